@@ -1,0 +1,102 @@
+"""The technicians' API: named methods with typed parameters and a minimum role.
+
+Each module here registers its methods with `@method`; the server's /admin channel looks
+them up, checks the caller's role, validates parameters and audits every change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+
+from shared.errors import PermissionDenied, ProtocolError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+
+    from coordinator.server import Coordinator
+
+Role = Literal["viewer", "technician", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "technician", "admin")
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    role: Role
+
+    def require(self, role: Role) -> None:
+        if ROLES.index(self.role) < ROLES.index(role):
+            raise PermissionDenied(f"{self.name} is a {self.role}; this needs the {role} role")
+
+
+@dataclass
+class Context:
+    coordinator: Coordinator
+    caller: Caller
+    now: dt.datetime
+
+    async def audit(
+        self, conn: AsyncConnection, action: str, target: str, **detail: Any
+    ) -> None:
+        from coordinator.storage.fleet import record_audit
+
+        await record_audit(
+            conn, actor=self.caller.name, action=action, target=target,
+            detail=msgspec.to_builtins(detail), now=self.now,
+        )
+
+
+Handler = Callable[[Context, Any], Awaitable[Any] | AsyncIterator[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    role: Role
+    params: type[msgspec.Struct]
+    handler: Handler
+    streams: bool  # an async generator: each yield is sent as a partial reply
+
+
+METHODS: dict[str, Method] = {}
+
+
+class NoParams(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+def method(
+    name: str, role: Role, params: type[msgspec.Struct] = NoParams, *, streams: bool = False
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        if name in METHODS:
+            raise RuntimeError(f"admin method {name} registered twice")
+        METHODS[name] = Method(name, role, params, handler, streams)
+        return handler
+
+    return register
+
+
+def lookup(name: str, caller: Caller) -> Method:
+    found = METHODS.get(name)
+    if found is None:
+        raise ProtocolError(f"unknown method {name!r}")
+    caller.require(found.role)
+    return found
+
+
+def parse_params(found: Method, params: dict[str, Any]) -> Any:
+    try:
+        return msgspec.convert(params, type=found.params, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"{found.name}: {exc}") from None
+
+
+def load_all() -> None:
+    """Import every API module so its methods register."""
+    from coordinator.api import fleet  # noqa: F401

@@ -1,0 +1,180 @@
+"""Fleet methods: customers, enrollment tokens, agents, technicians, audit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from typing import Any
+
+import msgspec
+
+from coordinator.api import Context, NoParams, Role, method
+from coordinator.storage import fleet as store
+from shared.errors import ConfigError
+from shared.keys import JoinString, new_token, token_hash
+
+AGENT_LIST_FIELDS = ("id", "customer_id", "hostname", "os", "agent_version", "status", "last_seen")
+
+
+def agent_status(row: dict[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:
+    """online while connected and heard from recently; a silent or dropped agent is offline."""
+    if row["revoked_at"] is not None:
+        return "revoked"
+    seen = row["last_seen"]
+    if row["connected"] and seen is not None and now - seen <= offline_after:
+        return "online"
+    return "offline"
+
+
+def agent_view(ctx: Context, row: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
+    view = {k: v for k, v in row.items() if k not in ("public_key", "health", "connected")}
+    view["status"] = agent_status(row, ctx.now, ctx.coordinator.offline_after)
+    health = row["health"] or {}
+    view["products"] = {
+        p["name"]: {"version": p["version"], "running": p["running"]}
+        for p in health.get("products", [])
+    }
+    if full:
+        view["health"] = health
+        view["public_key"] = row["public_key"].hex()
+    return view
+
+
+# ----------------------------------------------------------------------------- customers
+class AddCustomer(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    timezone: str = "Asia/Ho_Chi_Minh"
+
+
+@method("customers.add", "technician", AddCustomer)
+async def add_customer(ctx: Context, p: AddCustomer) -> dict[str, Any]:
+    if not p.name.strip():
+        raise ConfigError("customer name must not be empty")
+    try:
+        zoneinfo.ZoneInfo(p.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"unknown time zone {p.timezone!r}") from None
+    async with ctx.coordinator.db.transaction() as conn:
+        row = await store.add_customer(conn, p.name.strip(), p.timezone, ctx.now)
+        await ctx.audit(conn, "customer.add", f"customer:{row['id']}", name=row["name"])
+    return row
+
+
+@method("customers.list", "viewer")
+async def list_customers(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        return await store.list_customers(conn)
+
+
+# ----------------------------------------------------------------------------- tokens
+class CreateToken(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+    uses: int = 1
+    expires_seconds: float = 86400.0
+
+
+@method("tokens.create", "technician", CreateToken)
+async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
+    if p.uses < 1:
+        raise ConfigError("--uses must be at least 1")
+    if p.expires_seconds <= 0:
+        raise ConfigError("--expires must be in the future")
+    token = new_token("cle")
+    expires_at = ctx.now + dt.timedelta(seconds=p.expires_seconds)
+    async with ctx.coordinator.db.transaction() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        token_id = await store.add_enrollment_token(
+            conn, token_hash=token_hash(token), customer_id=customer["id"], uses_allowed=p.uses,
+            expires_at=expires_at, created_by=ctx.caller.name, now=ctx.now,
+        )
+        await ctx.audit(
+            conn, "token.create", f"customer:{customer['id']}", token_id=token_id, uses=p.uses,
+            expires_at=expires_at,
+        )
+    join = JoinString(ctx.coordinator.public_url, token, ctx.coordinator.ca_fingerprint)
+    return {
+        "join": str(join), "token_id": token_id, "customer_id": customer["id"],
+        "uses": p.uses, "expires_at": expires_at,
+    }
+
+
+# ----------------------------------------------------------------------------- agents
+class ListAgents(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str | None = None
+
+
+@method("agents.list", "viewer", ListAgents)
+async def list_agents(ctx: Context, p: ListAgents) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        rows = await store.list_agents(conn, customer_id)
+    return [agent_view(ctx, row) for row in rows]
+
+
+class AgentRef(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+
+
+@method("agents.show", "viewer", AgentRef)
+async def show_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
+    async with ctx.coordinator.db.connect() as conn:
+        row = await store.get_agent(conn, p.id)
+        view = agent_view(ctx, row, full=True)
+        view["recent_events"] = await store.list_events(conn, row["id"], limit=20)
+    return view
+
+
+@method("agents.revoke", "technician", AgentRef)
+async def revoke_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
+    async with ctx.coordinator.db.transaction() as conn:
+        row = await store.get_agent(conn, p.id)
+        await store.revoke_agent(conn, row["id"], ctx.now)
+        await ctx.audit(conn, "agent.revoke", f"agent:{row['id']}", hostname=row["hostname"])
+    await ctx.coordinator.disconnect_revoked(row["id"])
+    return {"id": row["id"], "revoked_at": ctx.now}
+
+
+# ----------------------------------------------------------------------------- technicians
+class AddTechnician(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    role: Role
+
+
+@method("technicians.add", "admin", AddTechnician)
+async def add_technician(ctx: Context, p: AddTechnician) -> dict[str, Any]:
+    token = new_token("clt")
+    async with ctx.coordinator.db.transaction() as conn:
+        row = await store.add_technician(conn, p.name, p.role, token_hash(token), ctx.now)
+        await ctx.audit(conn, "technician.add", f"technician:{p.name}", role=p.role)
+    return {**row, "token": token}
+
+
+@method("technicians.list", "viewer")
+async def list_technicians(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        return await store.list_technicians(conn)
+
+
+class TechnicianRef(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+@method("technicians.revoke", "admin", TechnicianRef)
+async def revoke_technician(ctx: Context, p: TechnicianRef) -> dict[str, Any]:
+    if p.name == ctx.caller.name:
+        raise ConfigError("a technician cannot revoke their own token")
+    async with ctx.coordinator.db.transaction() as conn:
+        await store.revoke_technician(conn, p.name, ctx.now)
+        await ctx.audit(conn, "technician.revoke", f"technician:{p.name}")
+    return {"name": p.name, "revoked_at": ctx.now}
+
+
+# ----------------------------------------------------------------------------- audit
+class ListAudit(msgspec.Struct, forbid_unknown_fields=True):
+    limit: int = 100
+
+
+@method("audit.list", "viewer", ListAudit)
+async def list_audit(ctx: Context, p: ListAudit) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        return await store.list_audit(conn, limit=max(1, min(p.limit, 10_000)))

@@ -1,0 +1,97 @@
+"""Creating a data directory and running the server process (signals, event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+from dataclasses import replace
+from typing import Any
+
+from coordinator.datadir import DataDir, Settings, resolve
+from coordinator.pki import create_pki
+from shared.errors import ConfigError
+from shared.keys import cert_fingerprint, new_token, token_hash
+
+
+def initialise(
+    data: str | None, hostnames: list[str], *, listen: str | None, database: str | None,
+    public_url: str | None, heartbeat_interval: float | None,
+) -> dict[str, Any]:
+    """Create the data dir; refuse to touch an existing one (its CA is pinned by agents)."""
+    datadir = DataDir(resolve(data))
+    if datadir.exists() or datadir.pki.exists():
+        raise ConfigError(f"{datadir.path} already holds a Careline data dir; refusing to overwrite")
+    overrides = {
+        "listen": listen, "database": database, "public_url": public_url,
+        "heartbeat_interval": heartbeat_interval,
+    }
+    settings = replace(Settings(), **{k: v for k, v in overrides.items() if v})
+    settings.listen_host_port()  # validate before creating anything
+    datadir.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    create_pki(datadir.pki, hostnames)
+    admin_token = new_token("clt")
+    local_token = new_token("clt")
+    asyncio.run(_create_database(datadir, settings, admin_token, local_token))
+    fd = os.open(datadir.local_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(local_token + "\n")
+    datadir.write_settings(settings)
+    return {
+        "data": str(datadir.path), "ca_fingerprint": cert_fingerprint(datadir.ca_file.read_bytes()),
+        "admin_token": admin_token, "hostnames": hostnames,
+    }
+
+
+async def _create_database(
+    datadir: DataDir, settings: Settings, admin_token: str, local_token: str
+) -> None:
+    from coordinator.storage import fleet as store
+    from coordinator.storage.db import Database
+
+    db = Database(datadir.database_url(settings))
+    try:
+        await db.migrate()
+        now = dt.datetime.now(dt.UTC)
+        async with db.transaction() as conn:
+            await store.add_technician(conn, "admin", "admin", token_hash(admin_token), now)
+            # The CLI run next to the server (same OS user) acts as this account.
+            await store.add_technician(conn, "local-admin", "admin", token_hash(local_token), now)
+            await store.record_audit(
+                conn, actor="careline init", action="coordinator.init", target=str(datadir.path),
+                detail={}, now=now,
+            )
+    finally:
+        await db.close()
+
+
+def serve_forever(data: str | None, *, listen: str | None, database: str | None,
+                  verbose: bool) -> None:
+    from coordinator.server import run_coordinator
+
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("careline.coordinator").setLevel(logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    datadir = DataDir(resolve(data)).require()
+    settings = datadir.settings(listen=listen, database=database)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # Windows
+                loop.add_signal_handler(signum, stop.set)
+        await run_coordinator(datadir, settings, stop)
+
+    try:
+        import uvloop  # far less memory per TLS connection than asyncio's own loop
+    except ImportError:
+        asyncio.run(main())
+    else:
+        uvloop.run(main())

@@ -1,0 +1,117 @@
+"""The technician CLI's connection to a running coordinator (sync: one request at a time)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared import protocol as p
+from shared.errors import AuthError, ConfigError, RemoteError
+
+
+@dataclass(frozen=True)
+class Credentials:
+    server_url: str
+    token: str
+    ca_pem: str
+
+
+def resolve_credentials(
+    server: str | None, token: str | None, ca: str | None, data: str | None
+) -> Credentials:
+    """--server/--token/--ca (or CARELINE_SERVER/_TOKEN/_CA), else the local data dir."""
+    server = server or os.environ.get("CARELINE_SERVER")
+    token = token or os.environ.get("CARELINE_TOKEN")
+    ca = ca or os.environ.get("CARELINE_CA")
+    local = None
+    if not (server and token and ca):
+        from coordinator.datadir import DataDir, resolve
+
+        candidate = DataDir(resolve(data))
+        if candidate.exists():
+            local = candidate
+    if local is not None:
+        settings = local.settings()
+        host, port = settings.listen_host_port()
+        server = server or settings.public_url or f"wss://{host}:{port}"
+        if not token and local.local_token_file.exists():
+            token = local.local_token_file.read_text().strip()
+        ca = ca or str(local.ca_file)
+    if not server:
+        raise ConfigError("no coordinator: pass --server wss://HOST:PORT or set CARELINE_SERVER")
+    if not token:
+        raise ConfigError("no technician token: pass --token or set CARELINE_TOKEN")
+    if not ca:
+        raise ConfigError("no CA to pin: pass --ca FILE (the coordinator's pki/ca.pem)")
+    try:
+        ca_pem = Path(ca).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read CA file {ca}: {exc.strerror}") from None
+    return Credentials(server.rstrip("/"), token, ca_pem)
+
+
+class AdminClient:
+    def __init__(self, credentials: Credentials, timeout: float = 30.0) -> None:
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+
+        from shared.tls import pinned_client_context
+
+        self._ids = itertools.count(1)
+        try:
+            self._ws = connect(
+                credentials.server_url + p.ADMIN_PATH,
+                ssl=pinned_client_context(credentials.ca_pem),
+                additional_headers={"Authorization": f"Bearer {credentials.token}"},
+                max_size=p.MAX_ADMIN_MESSAGE_BYTES, compression=None, open_timeout=timeout,
+                close_timeout=2,
+            )
+        except InvalidStatus as exc:
+            raise AuthError(f"coordinator refused the connection: {exc.response.status_code}") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot reach the coordinator at {credentials.server_url}: {exc}"
+            ) from None
+        self.timeout = timeout
+
+    def stream(self, method: str, **params: Any) -> Iterator[Any]:
+        """Yield partial results as they arrive, then the final result."""
+        from websockets.exceptions import ConnectionClosed
+
+        request_id = next(self._ids)
+        params = {k: v for k, v in params.items() if v is not None}
+        try:
+            self._ws.send(p.encode(p.Request(id=request_id, method=method, params=params)))
+            while True:
+                reply = p.decode(
+                    self._ws.recv(timeout=self.timeout), p.Reply, limit=p.MAX_ADMIN_MESSAGE_BYTES
+                )
+                if reply.id != request_id:
+                    continue
+                if not reply.ok:
+                    raise RemoteError(reply.error_code, reply.error)
+                yield reply.result
+                if reply.final:
+                    return
+        except ConnectionClosed as exc:
+            reason = exc.rcvd.reason if exc.rcvd else "connection lost"
+            raise AuthError(f"coordinator closed the connection: {reason}") from None
+        except TimeoutError:
+            raise RemoteError("timeout", f"no answer from the coordinator in {self.timeout:.0f}s") from None
+
+    def call(self, method: str, **params: Any) -> Any:
+        *_, result = self.stream(method, **params)
+        return result
+
+    def close(self) -> None:
+        self._ws.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,101 @@
+"""The coordinator's data directory: what lives where, and its settings file.
+
+    careline.toml      settings (listen address, database URL, heartbeat interval ...)
+    careline.db        SQLite database (unless `database` points at PostgreSQL)
+    pki/               private CA (ca.pem is what agents pin) and TLS server certificate
+    local-admin.token  credential for the technician CLI run next to the server (0600)
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+
+DEFAULT_DATA_DIR = "careline-data"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:8443"
+    # URL agents are told to use in join strings; defaults to wss://<listen>.
+    public_url: str = ""
+    # SQLAlchemy URL; empty means the SQLite file in the data dir.
+    database: str = ""
+    heartbeat_interval: float = 30.0
+    # An agent silent for this many intervals is offline.
+    missed_heartbeats: int = 3
+    # Vendor policy file (TOML); empty means the built-in defaults.
+    policy: str = ""
+
+    def listen_host_port(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigError(f"listen address {self.listen!r} is not HOST:PORT")
+        return host.strip("[]"), int(port)
+
+
+def resolve(data: str | os.PathLike[str] | None) -> Path:
+    return Path(data or os.environ.get("CARELINE_DATA") or DEFAULT_DATA_DIR).resolve()
+
+
+@dataclass(frozen=True)
+class DataDir:
+    path: Path
+
+    @property
+    def settings_file(self) -> Path:
+        return self.path / "careline.toml"
+
+    @property
+    def sqlite_file(self) -> Path:
+        return self.path / "careline.db"
+
+    @property
+    def pki(self) -> Path:
+        return self.path / "pki"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki / "ca.pem"
+
+    @property
+    def local_token_file(self) -> Path:
+        return self.path / "local-admin.token"
+
+    def exists(self) -> bool:
+        return self.settings_file.exists()
+
+    def require(self) -> DataDir:
+        if not self.exists():
+            raise ConfigError(f"{self.path} is not a Careline data dir; run `careline init` first")
+        return self
+
+    def settings(self, **overrides: Any) -> Settings:
+        try:
+            raw = tomllib.loads(self.settings_file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{self.path} is not a Careline data dir; run `careline init`") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{self.settings_file}: {exc}") from None
+        known = {f.name for f in fields(Settings)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ConfigError(f"{self.settings_file}: unknown settings {sorted(unknown)}")
+        settings = Settings(**raw)
+        return replace(settings, **{k: v for k, v in overrides.items() if v not in (None, "")})
+
+    def database_url(self, settings: Settings) -> str:
+        return settings.database or f"sqlite:///{self.sqlite_file}"
+
+    def write_settings(self, settings: Settings) -> None:
+        lines = []
+        for f in fields(Settings):
+            value = getattr(settings, f.name)
+            lines.append(f"{f.name} = {value!r}" if not isinstance(value, str) else
+                         f'{f.name} = "{value}"')
+        self.settings_file.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,347 @@
+"""The coordinator's network side: one TLS port, three websocket channels.
+
+    /enroll  an agent registers its key with a one-time token
+    /agent   an enrolled agent proves its key on a fresh challenge, then reports
+    /admin   a technician's CLI, authenticated by a bearer token
+
+Bad input closes only the connection that sent it, with a close code and a reason the
+other side can show (shared.protocol.CloseCode); every other connection carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import http
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from coordinator import api
+from coordinator.datadir import DataDir, Settings
+from coordinator.pki import server_context
+from coordinator.storage import fleet as store
+from coordinator.storage.db import Database
+from shared import protocol as p
+from shared.errors import AuthError, CarelineError, ProtocolError
+from shared.keys import agent_id_for, cert_fingerprint, token_hash, verify_challenge
+
+log = logging.getLogger("careline.coordinator")
+
+HANDSHAKE_TIMEOUT = 10.0
+# Connections still proving their identity; past this the coordinator asks agents to come
+# back later instead of falling over during a reconnect storm.
+MAX_PENDING_HANDSHAKES = 2000
+HEARTBEAT_FLUSH_SECONDS = 1.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+async def close(ws: ServerConnection, code: int, reason: str) -> None:
+    # A close reason is limited to 123 bytes on the wire.
+    await ws.close(code, reason.encode()[:123].decode(errors="ignore"))
+
+
+@dataclass(eq=False)
+class AgentLink:
+    """One authenticated agent connection and the commands waiting for its answers."""
+
+    ws: ServerConnection
+    agent_id: str
+    customer_id: int
+    last_heard: float = field(default_factory=time.monotonic)
+    pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
+
+    async def call(self, command_id: int, action: p.Action, timeout: float) -> p.CommandResult:
+        future: asyncio.Future[p.CommandResult] = asyncio.get_running_loop().create_future()
+        self.pending[command_id] = future
+        try:
+            await self.ws.send(p.encode(p.Command(id=command_id, action=action)))
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.pending.pop(command_id, None)
+
+
+class Coordinator:
+    def __init__(self, datadir: DataDir, settings: Settings, db: Database) -> None:
+        self.datadir = datadir
+        self.settings = settings
+        self.db = db
+        host, port = settings.listen_host_port()
+        self.public_url = settings.public_url or f"wss://{host}:{port}"
+        self.ca_pem = datadir.ca_file.read_text()
+        self.ca_fingerprint = cert_fingerprint(self.ca_pem)
+        self.heartbeat_interval = settings.heartbeat_interval
+        self.offline_after = dt.timedelta(
+            seconds=settings.heartbeat_interval * settings.missed_heartbeats
+        )
+        self.links: dict[str, AgentLink] = {}
+        self._heartbeats: dict[str, tuple[dt.datetime, Any]] = {}
+        self._pending_handshakes = 0
+        self._command_ids = itertools.count(1)
+        self.server: Server | None = None
+        api.load_all()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        host, port = self.settings.listen_host_port()
+        async with serve(
+            self._route, host, port, ssl=server_context(self.datadir.pki),
+            process_request=self._check_request, compression=None,
+            max_size=p.MAX_ADMIN_MESSAGE_BYTES, ping_interval=None,
+            open_timeout=HANDSHAKE_TIMEOUT, logger=logging.getLogger("careline.websockets"),
+        ) as server:
+            self.server = server
+            tasks = [
+                asyncio.create_task(self._flush_heartbeats_forever()),
+                asyncio.create_task(self._sweep_silent_forever()),
+            ]
+            log.info("listening on %s:%s (%s)", host, port, self.public_url)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+            for task in tasks:
+                task.cancel()
+            server.close(close_connections=True)
+            await server.wait_closed()
+        await self._flush_heartbeats()
+
+    def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        if request.path not in (p.ENROLL_PATH, p.AGENT_PATH, p.ADMIN_PATH):
+            return ws.respond(http.HTTPStatus.NOT_FOUND, "no such channel\n")
+        if request.path == p.ADMIN_PATH and not request.headers.get("Authorization", "").startswith(
+            "Bearer "
+        ):
+            return ws.respond(http.HTTPStatus.UNAUTHORIZED, "technician token required\n")
+        return None
+
+    async def _route(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        path = ws.request.path
+        try:
+            if path == p.AGENT_PATH:
+                await self._serve_agent(ws)
+            elif path == p.ENROLL_PATH:
+                await self._serve_enroll(ws)
+            else:
+                await self._serve_admin(ws, ws.request.headers)
+        except ConnectionClosed:
+            pass
+        except ProtocolError as exc:
+            await close(ws, p.CloseCode.PROTOCOL, str(exc))
+        except TimeoutError:
+            await close(ws, p.CloseCode.TIMEOUT, "handshake not completed in time")
+
+    # ------------------------------------------------------------------ /enroll
+    async def _serve_enroll(self, ws: ServerConnection) -> None:
+        await ws.send(p.encode(p.ServerIdentity(ca_pem=self.ca_pem)))
+        request = p.decode(
+            await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT), p.EnrollRequest
+        )
+        if len(request.public_key) != 32:
+            raise ProtocolError("public_key must be a raw 32-byte Ed25519 key")
+        agent_id = agent_id_for(request.public_key)
+        now = utcnow()
+        try:
+            async with self.db.transaction() as conn:
+                token = await store.spend_enrollment_token(conn, token_hash(request.token), now)
+                await store.add_agent(
+                    conn, agent_id=agent_id, customer_id=token["customer_id"],
+                    public_key=request.public_key, hostname=request.hostname[:255],
+                    os=request.os[:100], agent_version=request.agent_version[:40], now=now,
+                )
+                await store.record_audit(
+                    conn, actor=f"enrollment-token:{token['id']}", action="agent.enroll",
+                    target=f"agent:{agent_id}", detail={"hostname": request.hostname}, now=now,
+                )
+        except CarelineError as exc:
+            await close(ws, p.CloseCode.TOKEN_REFUSED, str(exc))
+            return
+        await ws.send(
+            p.encode(
+                p.Enrolled(
+                    agent_id=agent_id, customer_id=token["customer_id"],
+                    heartbeat_interval=self.heartbeat_interval,
+                )
+            )
+        )
+        log.info("enrolled %s (%s) for customer %s", agent_id, request.hostname, token["customer_id"])
+
+    # ------------------------------------------------------------------ /agent
+    async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:
+        nonce = secrets.token_bytes(32)
+        await ws.send(p.encode(p.Challenge(nonce=nonce, server_time=time.time())))
+        hello = p.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT), p.Hello)
+        async with self.db.connect() as conn:
+            try:
+                row = await store.get_agent(conn, hello.agent_id)
+            except CarelineError:
+                row = None
+        if row is None or row["id"] != hello.agent_id:
+            await close(ws, p.CloseCode.UNAUTHENTICATED, "unknown agent: enroll it again")
+            return None
+        if row["revoked_at"] is not None:
+            await close(ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
+            return None
+        try:
+            verify_challenge(row["public_key"], hello.signature, nonce, hello.agent_id)
+        except AuthError as exc:
+            await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
+            return None
+        link = AgentLink(ws, row["id"], row["customer_id"])
+        async with self.db.transaction() as conn:
+            await store.set_connected(conn, link.agent_id, True, utcnow(), hello.agent_version)
+        previous = self.links.get(link.agent_id)
+        self.links[link.agent_id] = link
+        if previous is not None:
+            await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
+        await ws.send(
+            p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval, server_time=time.time()))
+        )
+        return link
+
+    async def _serve_agent(self, ws: ServerConnection) -> None:
+        if self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
+            await close(ws, p.CloseCode.TRY_LATER, "coordinator busy; retry-after=5")
+            return
+        self._pending_handshakes += 1
+        try:
+            link = await self._authenticate_agent(ws)
+        finally:
+            self._pending_handshakes -= 1
+        if link is None:
+            return
+        try:
+            async for data in ws:
+                link.last_heard = time.monotonic()
+                await self._on_agent_message(link, p.decode(data, p.AgentToServer))
+        finally:
+            await self._forget(link)
+
+    async def _on_agent_message(self, link: AgentLink, message: Any) -> None:
+        if isinstance(message, p.Heartbeat):
+            self._heartbeats[link.agent_id] = (utcnow(), p.to_builtins(message.health))
+        elif isinstance(message, p.Event):
+            await self._store_event(link, message)
+            await link.ws.send(p.encode(p.Ack(seq=message.seq)))
+        elif isinstance(message, p.CommandResult):
+            future = link.pending.get(message.id)
+            if future is not None and not future.done():
+                future.set_result(message)
+        else:
+            raise ProtocolError(f"unexpected {type(message).__name__} after hello")
+
+    async def _store_event(self, link: AgentLink, event: p.Event) -> None:
+        now = utcnow()
+        at = dt.datetime.fromtimestamp(event.at, dt.UTC)
+        async with self.db.transaction() as conn:
+            await store.store_event(
+                conn, agent_id=link.agent_id, seq=event.seq, kind=event.kind, at=at,
+                data=event.data, now=now,
+            )
+
+    async def _forget(self, link: AgentLink) -> None:
+        for future in link.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionError("agent disconnected"))
+        if self.links.get(link.agent_id) is link:
+            del self.links[link.agent_id]
+            await self._flush_heartbeats()
+            async with self.db.transaction() as conn:
+                await store.set_connected(conn, link.agent_id, False, utcnow())
+
+    async def disconnect_revoked(self, agent_id: str) -> None:
+        link = self.links.get(agent_id)
+        if link is not None:
+            await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
+
+    # ------------------------------------------------------------------ background work
+    async def _flush_heartbeats(self) -> None:
+        if not self._heartbeats:
+            return
+        batch, self._heartbeats = self._heartbeats, {}
+        async with self.db.transaction() as conn:
+            await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
+
+    async def _flush_heartbeats_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_FLUSH_SECONDS)
+            try:
+                await self._flush_heartbeats()
+            except Exception:
+                log.exception("storing heartbeats failed; will retry")
+
+    async def _sweep_silent_forever(self) -> None:
+        """Close connections that stopped talking (half-open sockets, hung agents)."""
+        limit = self.offline_after.total_seconds()
+        while True:
+            await asyncio.sleep(min(self.heartbeat_interval, 5.0))
+            deadline = time.monotonic() - limit
+            for link in [lk for lk in self.links.values() if lk.last_heard < deadline]:
+                await close(link.ws, p.CloseCode.TIMEOUT, "no heartbeat; marked offline")
+
+    # ------------------------------------------------------------------ commands
+    def next_command_id(self) -> int:
+        return next(self._command_ids)
+
+    # ------------------------------------------------------------------ /admin
+    async def _authenticate_technician(self, headers: Headers) -> api.Caller | None:
+        token = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        async with self.db.connect() as conn:
+            row = await store.technician_by_token_hash(conn, token_hash(token))
+        if row is None or row["revoked_at"] is not None:
+            return None
+        return api.Caller(row["name"], row["role"])
+
+    async def _serve_admin(self, ws: ServerConnection, headers: Headers) -> None:
+        caller = await self._authenticate_technician(headers)
+        if caller is None:
+            await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
+            return
+        async for data in ws:
+            request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
+            await self._answer(ws, caller, request)
+
+    async def _answer(self, ws: ServerConnection, caller: api.Caller, request: p.Request) -> None:
+        try:
+            found = api.lookup(request.method, caller)
+            params = api.parse_params(found, request.params)
+            ctx = api.Context(self, caller, utcnow())
+            if found.streams:
+                stream: AsyncIterator[Any] = found.handler(ctx, params)  # type: ignore[assignment]
+                async for partial in stream:
+                    await ws.send(p.encode(p.Reply(id=request.id, result=p.to_builtins(partial), final=False)))
+                result = None
+            else:
+                result = await found.handler(ctx, params)  # type: ignore[misc]
+            reply = p.Reply(id=request.id, result=p.to_builtins(result))
+        except CarelineError as exc:
+            reply = p.Reply(id=request.id, ok=False, error_code=exc.code, error=str(exc))
+        except Exception as exc:
+            log.exception("admin method %s failed", request.method)
+            reply = p.Reply(id=request.id, ok=False, error_code="internal", error=repr(exc))
+        await ws.send(p.encode(reply))
+
+
+async def run_coordinator(
+    datadir: DataDir, settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
+    db = Database(datadir.database_url(settings))
+    try:
+        await db.migrate()
+        await Coordinator(datadir, settings, db).run(stop, ready)
+    finally:
+        with contextlib.suppress(Exception):
+            await db.close()

@@ -1,0 +1,1 @@
+"""Storage: one layer over SQLite (default) and PostgreSQL (scale-out), same migrations."""

@@ -1,0 +1,253 @@
+"""Queries for the fleet: customers, technicians, enrollment tokens, agents, events, audit.
+
+Each function takes an open connection, so callers decide what shares one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.storage.schema import (
+    agents,
+    audit,
+    customers,
+    enrollment_tokens,
+    events,
+    technicians,
+)
+from shared.errors import AuthError, Conflict, NotFound
+
+Row = dict[str, Any]
+
+
+def _rows(result: sa.CursorResult[Any]) -> list[Row]:
+    return [dict(r) for r in result.mappings()]
+
+
+async def _insert(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], what: str) -> int:
+    """Insert one row and return its id; a unique-key clash is a Conflict, not a crash."""
+    try:
+        result = await conn.execute(table.insert().values(**values).returning(table.c.id))
+    except IntegrityError:
+        raise Conflict(f"{what} already exists") from None
+    return int(result.scalar_one())
+
+
+def insert_ignoring_duplicates(conn: AsyncConnection, table: sa.Table) -> Any:
+    """An INSERT that silently skips rows clashing with a unique key, on either backend."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+# ----------------------------------------------------------------------------- customers
+async def add_customer(conn: AsyncConnection, name: str, timezone: str, now: dt.datetime) -> Row:
+    cid = await _insert(
+        conn, customers, {"name": name, "timezone": timezone, "created_at": now},
+        f"customer {name!r}",
+    )
+    return {"id": cid, "name": name, "timezone": timezone, "created_at": now}
+
+
+async def list_customers(conn: AsyncConnection) -> list[Row]:
+    return _rows(await conn.execute(sa.select(customers).order_by(customers.c.id)))
+
+
+async def get_customer(conn: AsyncConnection, ref: str | int) -> Row:
+    """A customer by id or exact name."""
+    query = sa.select(customers)
+    text = str(ref)
+    query = query.where(
+        customers.c.id == int(text) if text.isdigit() else customers.c.name == text
+    )
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        raise NotFound(f"no customer {ref!r}")
+    return dict(row)
+
+
+# ----------------------------------------------------------------------------- technicians
+async def add_technician(
+    conn: AsyncConnection, name: str, role: str, token_hash: str, now: dt.datetime
+) -> Row:
+    tid = await _insert(
+        conn, technicians,
+        {"name": name, "role": role, "token_hash": token_hash, "created_at": now},
+        f"technician {name!r}",
+    )
+    return {"id": tid, "name": name, "role": role, "created_at": now, "revoked_at": None}
+
+
+async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Row | None:
+    query = sa.select(technicians).where(technicians.c.token_hash == token_hash)
+    row = (await conn.execute(query)).mappings().first()
+    return dict(row) if row else None
+
+
+async def list_technicians(conn: AsyncConnection) -> list[Row]:
+    query = sa.select(technicians).order_by(technicians.c.id)
+    return [
+        {k: v for k, v in r.items() if k != "token_hash"}
+        for r in _rows(await conn.execute(query))
+    ]
+
+
+async def revoke_technician(conn: AsyncConnection, name: str, now: dt.datetime) -> None:
+    result = await conn.execute(
+        technicians.update()
+        .where(technicians.c.name == name, technicians.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    if result.rowcount == 0:
+        raise NotFound(f"no active technician {name!r}")
+
+
+# ----------------------------------------------------------------------------- enrollment
+async def add_enrollment_token(
+    conn: AsyncConnection, *, token_hash: str, customer_id: int, uses_allowed: int,
+    expires_at: dt.datetime, created_by: str, now: dt.datetime,
+) -> int:
+    return await _insert(
+        conn, enrollment_tokens,
+        {
+            "token_hash": token_hash, "customer_id": customer_id, "uses_allowed": uses_allowed,
+            "expires_at": expires_at, "created_by": created_by, "created_at": now,
+        },
+        "enrollment token",
+    )
+
+
+async def spend_enrollment_token(conn: AsyncConnection, token_hash: str, now: dt.datetime) -> Row:
+    """Use the token once, atomically, and return its row; AuthError says why it can't be."""
+    t = enrollment_tokens
+    spent = await conn.execute(
+        t.update()
+        .where(t.c.token_hash == token_hash, t.c.uses < t.c.uses_allowed, t.c.expires_at > now)
+        .values(uses=t.c.uses + 1)
+        .returning(t.c.id, t.c.customer_id)
+    )
+    row = spent.mappings().first()
+    if row is not None:
+        return dict(row)
+    existing = (await conn.execute(sa.select(t).where(t.c.token_hash == token_hash))).mappings().first()
+    if existing is None:
+        raise AuthError("enrollment token is not known")
+    if existing["expires_at"] <= now:
+        raise AuthError("enrollment token has expired")
+    raise AuthError("enrollment token has been used up")
+
+
+# ----------------------------------------------------------------------------- agents
+async def add_agent(
+    conn: AsyncConnection, *, agent_id: str, customer_id: int, public_key: bytes, hostname: str,
+    os: str, agent_version: str, now: dt.datetime,
+) -> None:
+    try:
+        await conn.execute(
+            agents.insert().values(
+                id=agent_id, customer_id=customer_id, public_key=public_key, hostname=hostname,
+                os=os, agent_version=agent_version, enrolled_at=now,
+            )
+        )
+    except IntegrityError:
+        raise Conflict("this agent key is already enrolled") from None
+
+
+async def get_agent(conn: AsyncConnection, ref: str) -> Row:
+    """An agent by full id or an unambiguous prefix of it, or by unique hostname."""
+    query = sa.select(agents).where(
+        sa.or_(agents.c.id == ref, agents.c.id.startswith(ref, autoescape=True),
+               agents.c.hostname == ref)
+    ).limit(2)
+    rows = _rows(await conn.execute(query))
+    exact = [r for r in rows if r["id"] == ref]
+    if exact:
+        return exact[0]
+    if not rows:
+        raise NotFound(f"no agent {ref!r}")
+    if len(rows) > 1:
+        raise Conflict(f"{ref!r} matches several agents; give more of the id")
+    return rows[0]
+
+
+async def list_agents(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+    query = sa.select(agents).order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
+    if customer_id is not None:
+        query = query.where(agents.c.customer_id == customer_id)
+    return _rows(await conn.execute(query))
+
+
+async def revoke_agent(conn: AsyncConnection, agent_id: str, now: dt.datetime) -> None:
+    result = await conn.execute(
+        agents.update()
+        .where(agents.c.id == agent_id, agents.c.revoked_at.is_(None))
+        .values(revoked_at=now, connected=False)
+    )
+    if result.rowcount == 0:
+        raise Conflict(f"agent {agent_id} is already revoked")
+
+
+async def set_connected(
+    conn: AsyncConnection, agent_id: str, connected: bool, now: dt.datetime,
+    agent_version: str | None = None,
+) -> None:
+    values: dict[str, Any] = {"connected": connected}
+    if connected:
+        values.update(last_seen=now, last_connected_at=now)
+        if agent_version:
+            values["agent_version"] = agent_version
+    await conn.execute(agents.update().where(agents.c.id == agent_id).values(**values))
+
+
+async def store_heartbeats(conn: AsyncConnection, beats: Iterable[tuple[str, dt.datetime, Any]]) -> None:
+    """One executemany for a batch of (agent_id, seen_at, health)."""
+    params = [{"b_id": a, "b_seen": seen, "b_health": health} for a, seen, health in beats]
+    if params:
+        await conn.execute(
+            agents.update()
+            .where(agents.c.id == sa.bindparam("b_id"))
+            .values(last_seen=sa.bindparam("b_seen"), health=sa.bindparam("b_health")),
+            params,
+        )
+
+
+async def store_event(
+    conn: AsyncConnection, *, agent_id: str, seq: int, kind: str, at: dt.datetime,
+    data: dict[str, Any], now: dt.datetime,
+) -> bool:
+    """Record an agent event once; False when it was already stored (a re-send)."""
+    result = await conn.execute(
+        insert_ignoring_duplicates(conn, events).values(
+            agent_id=agent_id, seq=seq, kind=kind, at=at, received_at=now, data=data
+        )
+    )
+    return bool(result.rowcount)
+
+
+async def list_events(conn: AsyncConnection, agent_id: str, limit: int = 50) -> list[Row]:
+    query = (
+        sa.select(events).where(events.c.agent_id == agent_id)
+        .order_by(events.c.id.desc()).limit(limit)
+    )
+    return _rows(await conn.execute(query))
+
+
+# ----------------------------------------------------------------------------- audit
+async def record_audit(
+    conn: AsyncConnection, *, actor: str, action: str, target: str, detail: dict[str, Any],
+    now: dt.datetime,
+) -> None:
+    await conn.execute(
+        audit.insert().values(at=now, actor=actor, action=action, target=target, detail=detail)
+    )
+
+
+async def list_audit(conn: AsyncConnection, limit: int = 100) -> list[Row]:
+    query = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
+    return _rows(await conn.execute(query))

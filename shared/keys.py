@@ -1,0 +1,146 @@
+"""Keys, signatures, tokens and join strings: the identity material both sides share.
+
+An agent is its Ed25519 key: its id is derived from the public key (so an id cannot be
+claimed without the key), and every connection proves possession by signing a fresh
+server nonce. Tokens are random secrets whose SHA-256 alone is stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.errors import AuthError, ConfigError
+
+_AUTH_CONTEXT = b"careline-agent-auth-v1\x00"
+JOIN_SCHEME = "careline+wss"
+
+
+def generate_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
+    """Write a private key readable by its owner only (0600 from the first byte)."""
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise ConfigError(f"no key at {path}") from None
+    except ValueError as exc:
+        raise ConfigError(f"unreadable key at {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} is not an Ed25519 key")
+    return key
+
+
+def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def agent_id_for(public_key: bytes) -> str:
+    """Stable, unforgeable agent id: a short hash of the raw public key."""
+    digest = hashlib.sha256(b"careline-agent-id\x00" + public_key).digest()
+    return "ag-" + base64.b32encode(digest[:10]).decode().lower()
+
+
+def auth_payload(nonce: bytes, agent_id: str) -> bytes:
+    return _AUTH_CONTEXT + nonce + agent_id.encode()
+
+
+def sign_challenge(key: Ed25519PrivateKey, nonce: bytes, agent_id: str) -> bytes:
+    return key.sign(auth_payload(nonce, agent_id))
+
+
+def verify_challenge(public_key: bytes, signature: bytes, nonce: bytes, agent_id: str) -> None:
+    """Raise AuthError unless `signature` is the agent's signature of this very nonce."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(
+            signature, auth_payload(nonce, agent_id)
+        )
+    except (InvalidSignature, ValueError):
+        raise AuthError("signature does not match this connection's challenge") from None
+
+
+# ----------------------------------------------------------------------------- tokens
+def new_token(prefix: str) -> str:
+    """A 256-bit random secret, prefixed so a leaked one is recognisable ('cle', 'clt')."""
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def token_hash(token: str) -> str:
+    """What is stored instead of the token. Tokens are random, so a plain hash suffices."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def same_secret(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+# ----------------------------------------------------------------------------- CA pinning
+def cert_fingerprint(cert_pem: bytes | str) -> str:
+    """SHA-256 of the certificate's DER form, hex: what a join string pins."""
+    data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
+    cert = x509.load_pem_x509_certificate(data)
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def check_issued_by(leaf_der: bytes, ca_pem: str) -> None:
+    """Raise AuthError unless the server's leaf certificate was signed by the pinned CA."""
+    try:
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        ca = x509.load_pem_x509_certificate(ca_pem.encode())
+        leaf.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise AuthError(f"server certificate is not issued by the pinned CA: {exc}") from None
+
+
+@dataclass(frozen=True)
+class JoinString:
+    """What `careline tokens create` prints and `careline-agent enroll` takes:
+    where the coordinator is, the one-time token, and the CA fingerprint to pin."""
+
+    server_url: str  # wss://host:port
+    token: str
+    ca_fingerprint: str
+
+    def __str__(self) -> str:
+        parts = urlsplit(self.server_url)
+        query = urlencode({"token": self.token, "ca": self.ca_fingerprint})
+        return f"{JOIN_SCHEME}://{parts.netloc}/?{query}"
+
+    @classmethod
+    def parse(cls, text: str) -> JoinString:
+        parts = urlsplit(text.strip())
+        query = parse_qs(parts.query)
+        token = query.get("token", [""])[0]
+        ca = query.get("ca", [""])[0].lower()
+        if parts.scheme != JOIN_SCHEME or not parts.netloc or not token:
+            raise ConfigError(
+                "not a join string: expected careline+wss://HOST:PORT/?token=...&ca=..."
+            )
+        if len(ca) != 64 or any(c not in "0123456789abcdef" for c in ca):
+            raise ConfigError("join string has no valid CA fingerprint (64 hex digits)")
+        return cls(server_url=f"wss://{parts.netloc}", token=token, ca_fingerprint=ca)

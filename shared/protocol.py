@@ -1,0 +1,223 @@
+"""The messages agents, coordinator and technicians exchange, and their encoding.
+
+Pure code: bytes in, typed messages out (or a ProtocolError), and back. Every message is a
+msgpack map tagged by its `t` field; decoding validates types, so a handler never sees a
+half-valid message. Three channels share one TLS port, each with its own message set:
+
+    /enroll  one-time registration of an agent key with an enrollment token
+    /agent   an enrolled agent: challenge-signed hello, heartbeats, events, commands
+    /admin   a technician's CLI: requests and replies
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+from shared.errors import MessageTooLarge, ProtocolError
+
+PROTOCOL_VERSION = 1
+# Largest message on any channel: a package chunk with its envelope, or a diagnostics bundle.
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_ADMIN_MESSAGE_BYTES = 8 << 20
+CHUNK_BYTES = 256 << 10
+
+ENROLL_PATH = "/enroll"
+AGENT_PATH = "/agent"
+ADMIN_PATH = "/admin"
+
+
+class CloseCode:
+    """Application close codes (4000–4999) with the reason shown to the user."""
+
+    PROTOCOL = 4400  # malformed, oversized or unexpected message
+    UNAUTHENTICATED = 4401  # unknown agent, bad signature, bad technician token
+    REVOKED = 4403  # agent key revoked by a technician
+    TIMEOUT = 4408  # handshake not completed in time
+    REPLACED = 4409  # the same agent connected again; the older connection is closed
+    TOKEN_REFUSED = 4410  # enrollment token unknown, expired or spent
+    TRY_LATER = 4429  # coordinator shedding load; reason carries "retry-after=N"
+
+    # Codes after which reconnecting with the same identity cannot succeed.
+    FATAL = frozenset({UNAUTHENTICATED, REVOKED, TOKEN_REFUSED})
+
+
+class Message(msgspec.Struct, tag_field="t", forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+# ----------------------------------------------------------------------------- shared shapes
+class DiskHealth(msgspec.Struct, forbid_unknown_fields=True):
+    mount: str
+    total: int
+    used: int
+    percent: float
+
+
+class ProductHealth(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    version: str | None
+    running: bool
+    pid: int | None = None
+
+
+class Health(msgspec.Struct, forbid_unknown_fields=True):
+    cpu_percent: float
+    memory_total: int
+    memory_used: int
+    memory_percent: float
+    disks: list[DiskHealth]
+    boot_time: float
+    uptime: float
+    os: str
+    agent_version: str
+    products: list[ProductHealth]
+
+
+# ----------------------------------------------------------------------------- /enroll
+class ServerIdentity(Message, tag="server_identity"):
+    """First message on /enroll: lets the agent check the CA against its join string
+    before it reveals the token."""
+
+    ca_pem: str
+
+
+class EnrollRequest(Message, tag="enroll"):
+    token: str
+    public_key: bytes  # raw Ed25519, 32 bytes
+    hostname: str
+    os: str
+    agent_version: str
+    products: list[str] = []
+
+
+class Enrolled(Message, tag="enrolled"):
+    agent_id: str
+    customer_id: int
+    heartbeat_interval: float
+
+
+# ----------------------------------------------------------------------------- /agent
+class Challenge(Message, tag="challenge"):
+    nonce: bytes
+    server_time: float
+
+
+class Hello(Message, tag="hello"):
+    agent_id: str
+    signature: bytes  # Ed25519 over shared.keys.auth_payload(nonce, agent_id)
+    agent_version: str
+    protocol: int = PROTOCOL_VERSION
+
+
+class Welcome(Message, tag="welcome"):
+    heartbeat_interval: float
+    server_time: float
+
+
+class Heartbeat(Message, tag="heartbeat"):
+    health: Health
+
+
+class Event(Message, tag="event"):
+    """Something the agent must not lose; kept in its outbox until acknowledged."""
+
+    seq: int
+    kind: str
+    at: float
+    data: dict[str, Any] = {}
+
+
+class Ack(Message, tag="ack"):
+    seq: int
+
+
+class Ping(Message, tag="ping"):
+    pass
+
+
+class Diagnose(Message, tag="diagnose"):
+    log_lines: int = 200
+    max_bytes: int = 256 << 10
+
+
+class RestartProduct(Message, tag="restart_product"):
+    product: str
+
+
+Action = Ping | Diagnose | RestartProduct
+
+
+class Command(Message, tag="command"):
+    """A typed action the coordinator asks of an agent; never a shell line."""
+
+    id: int
+    action: Action
+
+
+class CommandResult(Message, tag="command_result"):
+    id: int
+    ok: bool
+    data: dict[str, Any] = {}
+    error: str = ""
+
+
+AgentToServer = Hello | Heartbeat | Event | CommandResult
+ServerToAgent = Challenge | Welcome | Ack | Command
+EnrollToServer = EnrollRequest
+EnrollToAgent = ServerIdentity | Enrolled
+
+
+# ----------------------------------------------------------------------------- /admin
+class Request(Message, tag="request"):
+    id: int
+    method: str
+    params: dict[str, Any] = {}
+
+
+class Reply(Message, tag="reply"):
+    """Answer to a request. `final=False` replies stream partial results (fan-out)."""
+
+    id: int
+    ok: bool = True
+    result: Any = None
+    error_code: str = ""
+    error: str = ""
+    final: bool = True
+
+
+# ----------------------------------------------------------------------------- codec
+M = TypeVar("M")
+
+_encoder = msgspec.msgpack.Encoder()
+_decoders: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes | str, expected: type[M], limit: int = MAX_MESSAGE_BYTES) -> M:
+    """Decode one message of the `expected` type (or union), or raise ProtocolError."""
+    if isinstance(data, str):
+        raise ProtocolError("text frames are not part of the protocol; send binary msgpack")
+    if len(data) > limit:
+        raise MessageTooLarge(f"message of {len(data)} bytes exceeds the {limit}-byte limit")
+    decoder = _decoders.get(expected)
+    if decoder is None:
+        decoder = _decoders[expected] = msgspec.msgpack.Decoder(expected)
+    try:
+        return decoder.decode(data)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(f"invalid message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"undecodable message: {exc}") from None
+
+
+def to_builtins(value: Any) -> Any:
+    """Plain dicts/lists for JSON output and storage."""
+    return msgspec.to_builtins(value)
+
+
+ChannelRole = Literal["agent", "admin", "enroll"]
