@@ -62,6 +62,14 @@ class ProductHealth(msgspec.Struct, forbid_unknown_fields=True):
     pid: int | None = None
 
 
+class Problem(msgspec.Struct, forbid_unknown_fields=True):
+    """A trouble condition that holds at this check (the coordinator suppresses flapping)."""
+
+    kind: str  # disk_full | disk_failing | product_not_running | product_crash_loop | integrity_mismatch
+    subject: str  # the disk mount or product name
+    detail: str = ""
+
+
 class Health(msgspec.Struct, forbid_unknown_fields=True):
     cpu_percent: float
     memory_total: int
@@ -73,6 +81,7 @@ class Health(msgspec.Struct, forbid_unknown_fields=True):
     os: str
     agent_version: str
     products: list[ProductHealth]
+    problems: list[Problem] = []
 
 
 # ----------------------------------------------------------------------------- /enroll

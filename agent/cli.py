@@ -1,0 +1,163 @@
+"""`careline-agent`: enroll this machine, run the agent, show its status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import logging.handlers
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from shared.errors import CarelineError, ConfigError
+
+
+class AgentGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CarelineError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _state(state: str | None) -> Any:
+    from agent.platform import default_state_dir
+    from agent.state import StateDir
+
+    return StateDir(Path(state).resolve() if state else default_state_dir())
+
+
+state_option = click.option(
+    "--state", envvar="CARELINE_AGENT_STATE", default=None,
+    help="Agent state directory (default: per-OS system location).",
+)
+
+
+def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise ConfigError(f"{option} expects NAME=VALUE, got {value!r}")
+        pairs[name] = rest
+    return pairs
+
+
+@click.group(cls=AgentGroup)
+@click.version_option(package_name="careline")
+def main() -> None:
+    """Careline agent: keeps this PC's business software healthy and up to date."""
+
+
+@main.command()
+@click.argument("join_string")
+@state_option
+@click.option("--product", "products", multiple=True, metavar="NAME=INSTALL_DIR",
+              help="A product to watch (repeatable).")
+@click.option("--product-exec", "execs", multiple=True, metavar="NAME=PROGRAM",
+              help="How to start a product again (path relative to its install dir).")
+@click.option("--product-service", "services", multiple=True, metavar="NAME=SERVICE",
+              help="The product runs as this service (systemd unit / Windows service).")
+@click.option("--product-data", "datas", multiple=True, metavar="NAME=DIR",
+              help="Top-level folder in the install dir with customer data: never touched.")
+@click.option("--product-log", "logs", multiple=True, metavar="NAME=FILE",
+              help="The product's log file (relative to its install dir), for diagnostics.")
+def enroll(join_string: str, state: str | None, products: tuple[str, ...],
+           execs: tuple[str, ...], services: tuple[str, ...], datas: tuple[str, ...],
+           logs: tuple[str, ...]) -> None:
+    """Register this machine with the coordinator named in JOIN_STRING."""
+    import shlex
+
+    from agent.enroll import enroll as do_enroll
+    from agent.state import ProductConfig
+    from shared.keys import JoinString
+
+    join = JoinString.parse(join_string)
+    install_dirs = _pairs(products, "--product")
+    extras = {
+        "--product-exec": _pairs(execs, "--product-exec"),
+        "--product-service": _pairs(services, "--product-service"),
+        "--product-data": _pairs(datas, "--product-data"),
+        "--product-log": _pairs(logs, "--product-log"),
+    }
+    for option, values in extras.items():
+        unknown = set(values) - set(install_dirs)
+        if unknown:
+            raise ConfigError(f"{option} names {sorted(unknown)}, not given with --product")
+    configs = [
+        ProductConfig(
+            name=name, install_dir=str(Path(directory).resolve()),
+            executable=shlex.split(extras["--product-exec"][name])
+            if name in extras["--product-exec"] else None,
+            service=extras["--product-service"].get(name),
+            expect_running=name in extras["--product-service"],
+            data_dir=extras["--product-data"].get(name),
+            log_file=extras["--product-log"].get(name),
+        )
+        for name, directory in install_dirs.items()
+    ]
+    state_dir = _state(state)
+    config = asyncio.run(do_enroll(join, state_dir, configs))
+    click.echo(f"Enrolled as {config.agent_id} (customer {config.customer_id}).")
+    click.echo(f"Start the agent with: careline-agent run --state {state_dir.path}")
+
+
+@main.command()
+@state_option
+@click.option("-v", "--verbose", is_flag=True, help="Log to the terminal too.")
+def run(state: str | None, verbose: bool) -> None:
+    """Connect and report until stopped (SIGTERM/Ctrl-C stop it cleanly)."""
+    from agent.runner import AgentRunner
+
+    state_dir = _state(state)
+    config = state_dir.load_config()
+    handlers: list[logging.Handler] = [
+        logging.handlers.RotatingFileHandler(state_dir.log_file, maxBytes=1 << 20, backupCount=3)
+    ]
+    if verbose:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(
+        level=logging.INFO, handlers=handlers,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+    async def main_loop() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C raises instead
+                loop.add_signal_handler(signum, stop.set)
+        await AgentRunner(state_dir, config).run(stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main_loop())
+
+
+@main.command()
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(state: str | None, as_json: bool) -> None:
+    """Enrollment, coordinator, connection state and last report."""
+    state_dir = _state(state)
+    info: dict[str, Any] = {"state_dir": str(state_dir.path), "enrolled": state_dir.enrolled()}
+    if state_dir.enrolled():
+        config = state_dir.load_config()
+        info.update(agent_id=config.agent_id, customer_id=config.customer_id,
+                    coordinator=config.server_url,
+                    products=[p.name for p in config.products])
+        info["connection"] = state_dir.read_json(state_dir.status_file) or {"state": "never run"}
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    for key, value in info.items():
+        click.echo(f"{key:12} {value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

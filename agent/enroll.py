@@ -1,0 +1,65 @@
+"""One-time enrollment: make the agent's key, pin the coordinator's CA, register the key."""
+
+from __future__ import annotations
+
+import socket
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from agent import platform as osx
+from agent.state import AgentConfig, ProductConfig, StateDir
+from shared import __version__
+from shared import protocol as p
+from shared.errors import AuthError, ConfigError
+from shared.keys import (
+    JoinString,
+    cert_fingerprint,
+    check_issued_by,
+    generate_key,
+    load_private_key,
+    public_bytes,
+    save_private_key,
+)
+from shared.tls import first_contact_context
+
+
+async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig]) -> AgentConfig:
+    if state.enrolled():
+        raise ConfigError(f"already enrolled in {state.path}; use another --state or remove it")
+    state.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A key left by an earlier, failed attempt is reused: it was never accepted anywhere.
+    key = load_private_key(state.key_file) if state.key_file.exists() else None
+    if key is None:
+        key = generate_key()
+        save_private_key(key, state.key_file)
+    try:
+        async with connect(
+            join.server_url + p.ENROLL_PATH, ssl=first_contact_context(), compression=None,
+            max_size=p.MAX_MESSAGE_BYTES, open_timeout=15, close_timeout=2,
+        ) as ws:
+            identity = p.decode(await ws.recv(), p.ServerIdentity)
+            # Check who we talk to before the token leaves this machine.
+            if cert_fingerprint(identity.ca_pem) != join.ca_fingerprint:
+                raise AuthError("coordinator CA does not match the join string's fingerprint")
+            leaf = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            check_issued_by(leaf, identity.ca_pem)
+            await ws.send(p.encode(p.EnrollRequest(
+                token=join.token, public_key=public_bytes(key), hostname=socket.gethostname(),
+                os=osx.os_description(), agent_version=__version__,
+                products=[product.name for product in products],
+            )))
+            enrolled = p.decode(await ws.recv(), p.Enrolled)
+    except ConnectionClosed as exc:
+        reason = exc.rcvd.reason if exc.rcvd else "connection lost"
+        raise AuthError(f"enrollment refused: {reason}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
+    (state.ca_file).write_text(identity.ca_pem)
+    config = AgentConfig(
+        agent_id=enrolled.agent_id, customer_id=enrolled.customer_id,
+        server_url=join.server_url, heartbeat_interval=enrolled.heartbeat_interval,
+        products=products,
+    )
+    state.save_config(config)  # written last: its presence means "enrolled"
+    return config

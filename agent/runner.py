@@ -1,0 +1,199 @@
+"""The agent's connection loop: authenticate, report, deliver events, answer commands.
+
+Reconnects forever with exponential backoff and full jitter, except when the coordinator
+says the identity itself is refused (revoked, unknown): then it stops with that reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import time
+from typing import Any
+
+import psutil
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from agent.actions import perform
+from agent.outbox import Outbox
+from agent.probes import Prober
+from agent.state import AgentConfig, StateDir
+from shared import __version__
+from shared import protocol as p
+from shared.errors import AuthError, ProtocolError
+from shared.keys import load_private_key, sign_challenge
+from shared.tls import pinned_client_context
+
+log = logging.getLogger("careline.agent")
+
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 60.0
+
+
+def backoff_delay(attempt: int, rng: random.Random) -> float:
+    """Full jitter: spreads a fleet's reconnects after a coordinator restart."""
+    return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+
+
+def retry_after(reason: str) -> float | None:
+    for part in reason.replace(";", " ").split():
+        if part.startswith("retry-after="):
+            with contextlib.suppress(ValueError):
+                return float(part.split("=", 1)[1])
+    return None
+
+
+@dataclasses.dataclass
+class Status:
+    state: str = "starting"
+    since: float = dataclasses.field(default_factory=time.time)
+    last_report_at: float | None = None
+    last_error: str = ""
+
+
+class AgentRunner:
+    def __init__(self, state: StateDir, config: AgentConfig | None = None) -> None:
+        self.state = state
+        self.config = config or state.load_config()
+        self.key = load_private_key(state.key_file)
+        self.ssl = pinned_client_context(state.ca_file.read_text())
+        self.outbox = Outbox(state.outbox_file)
+        self.prober = Prober(self.config)
+        self.status = Status()
+        self.interval = self.config.heartbeat_interval
+        self._outbox_wakeup = asyncio.Event()
+        self._rng = random.Random()
+        self._answering: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ status & events
+    def _set_status(self, state: str | None = None, error: str | None = None) -> None:
+        if state is not None and state != self.status.state:
+            self.status.state, self.status.since = state, time.time()
+        if error is not None:
+            self.status.last_error = error
+        self.state.write_json(self.state.status_file, {
+            **dataclasses.asdict(self.status), "agent_id": self.config.agent_id,
+            "coordinator": self.config.server_url, "outbox_pending": len(self.outbox),
+        })
+
+    def emit(self, kind: str, data: dict[str, Any] | None = None) -> None:
+        """Put an event in the durable outbox; it is sent when connected."""
+        self.outbox.put(kind, data)
+        self._outbox_wakeup.set()
+
+    def check_power_loss(self) -> None:
+        """A boot since the last run without the agent's clean-stop mark means power was lost."""
+        previous = self.state.read_json(self.state.runtime_file)
+        boot = psutil.boot_time()
+        if previous and abs(previous.get("boot_time", boot) - boot) > 2 and not previous.get(
+            "clean_stop", True
+        ):
+            self.emit("unclean_shutdown", {"previous_boot": previous["boot_time"], "boot_time": boot})
+        self.state.write_json(self.state.runtime_file, {"boot_time": boot, "clean_stop": False})
+
+    def mark_clean_stop(self) -> None:
+        self.state.write_json(
+            self.state.runtime_file, {"boot_time": psutil.boot_time(), "clean_stop": True}
+        )
+
+    # ------------------------------------------------------------------ main loop
+    async def run(self, stop: asyncio.Event) -> None:
+        self.check_power_loss()
+        attempt = 0
+        try:
+            while not stop.is_set():
+                self._set_status("connecting")
+                delay: float | None = None
+                try:
+                    await self._session(stop)
+                    attempt = 0
+                except ConnectionClosed as exc:
+                    code = exc.rcvd.code if exc.rcvd else 1006
+                    reason = exc.rcvd.reason if exc.rcvd else "connection lost"
+                    if code in p.CloseCode.FATAL:
+                        self._set_status("refused", reason)
+                        raise AuthError(f"coordinator refused this agent: {reason}") from None
+                    self._set_status("disconnected", reason)
+                    delay = retry_after(reason)
+                except (OSError, InvalidHandshake, TimeoutError, ProtocolError) as exc:
+                    self._set_status("disconnected", str(exc) or type(exc).__name__)
+                if stop.is_set():
+                    break
+                attempt += 1
+                if delay is None:
+                    delay = backoff_delay(attempt, self._rng)
+                else:
+                    delay += self._rng.uniform(0, delay)
+                log.info("reconnecting in %.1fs", delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            self._set_status("stopped")
+            self.mark_clean_stop()
+            self.outbox.close()
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        async with connect(
+            self.config.server_url + p.AGENT_PATH, ssl=self.ssl, compression=None,
+            max_size=p.MAX_MESSAGE_BYTES, open_timeout=20, close_timeout=2, ping_interval=None,
+        ) as ws:
+            challenge = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Challenge)
+            await ws.send(p.encode(p.Hello(
+                agent_id=self.config.agent_id, agent_version=__version__,
+                signature=sign_challenge(self.key, challenge.nonce, self.config.agent_id),
+            )))
+            welcome = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Welcome)
+            self.interval = welcome.heartbeat_interval
+            self._set_status("connected", "")
+            log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)
+            tasks = [
+                asyncio.create_task(self._heartbeats(ws)),
+                asyncio.create_task(self._deliver_outbox(ws)),
+                asyncio.create_task(self._receive(ws)),
+                asyncio.create_task(stop.wait()),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+            for task in done:
+                task.result()  # re-raise why the session ended
+
+    async def _heartbeats(self, ws: ClientConnection) -> None:
+        while True:
+            health = await asyncio.to_thread(self.prober.check)
+            await ws.send(p.encode(p.Heartbeat(health=health)))
+            self.status.last_report_at = time.time()
+            self._set_status()
+            await asyncio.sleep(self.interval)
+
+    async def _deliver_outbox(self, ws: ClientConnection) -> None:
+        sent = 0  # everything pending is re-sent on each new connection
+        while True:
+            self._outbox_wakeup.clear()
+            for event in self.outbox.pending(after=sent):
+                await ws.send(p.encode(event))
+                sent = event.seq
+            await self._outbox_wakeup.wait()
+
+    async def _receive(self, ws: ClientConnection) -> None:
+        async for data in ws:
+            message = p.decode(data, p.ServerToAgent)
+            if isinstance(message, p.Ack):
+                self.outbox.ack(message.seq)
+            elif isinstance(message, p.Command):
+                task = asyncio.create_task(self._answer(ws, message))
+                self._answering.add(task)
+                task.add_done_callback(self._answering.discard)
+            else:
+                raise ProtocolError(f"unexpected {type(message).__name__}")
+
+    async def _answer(self, ws: ClientConnection, command: p.Command) -> None:
+        result = await perform(command, self.config, self.state)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(p.encode(result))
