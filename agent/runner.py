@@ -132,7 +132,8 @@ class AgentRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
-            self._set_status("stopped")
+            if self.status.state != "refused":
+                self._set_status("stopped")
             self.mark_clean_stop()
             self.outbox.close()
 

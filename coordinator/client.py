@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Iterator
@@ -62,14 +63,15 @@ class AdminClient:
         from shared.tls import pinned_client_context
 
         self._ids = itertools.count(1)
+        self._stack = contextlib.ExitStack()
         try:
-            self._ws = connect(
+            self._ws = self._stack.enter_context(connect(
                 credentials.server_url + p.ADMIN_PATH,
                 ssl=pinned_client_context(credentials.ca_pem),
                 additional_headers={"Authorization": f"Bearer {credentials.token}"},
                 max_size=p.MAX_ADMIN_MESSAGE_BYTES, compression=None, open_timeout=timeout,
                 close_timeout=2,
-            )
+            ))
         except InvalidStatus as exc:
             raise AuthError(f"coordinator refused the connection: {exc.response.status_code}") from None
         except OSError as exc:
@@ -108,7 +110,7 @@ class AdminClient:
         return result
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
 
     def __enter__(self) -> AdminClient:
         return self
