@@ -167,7 +167,13 @@ def agents_list(client: Any, as_json: bool, customer: str | None) -> None:
     from coordinator.render import emit
 
     rows = client.call("agents.list", customer=customer)
-    emit(rows, as_json, [*AGENT_LIST_FIELDS, "products"], title="agents")
+    if not as_json:
+        for row in rows:
+            row["products"] = ", ".join(
+                f"{name} {info['version'] or '?'}{' (running)' if info['running'] else ''}"
+                for name, info in row["products"].items()
+            )
+    emit(rows, as_json, AGENT_LIST_FIELDS, title="agents")
 
 
 @technician_command(agents, "show")

@@ -13,7 +13,7 @@ from coordinator.storage import fleet as store
 from shared.errors import ConfigError
 from shared.keys import JoinString, new_token, token_hash
 
-AGENT_LIST_FIELDS = ("id", "customer_id", "hostname", "os", "agent_version", "status", "last_seen")
+AGENT_LIST_FIELDS = ("id", "customer", "hostname", "status", "last_seen", "products")
 
 
 def agent_status(row: dict[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:

@@ -159,9 +159,13 @@ async def add_agent(
         raise Conflict("this agent key is already enrolled") from None
 
 
+def _agents_with_customer() -> sa.Select[Any]:
+    return sa.select(agents, customers.c.name.label("customer")).join(customers)
+
+
 async def get_agent(conn: AsyncConnection, ref: str) -> Row:
     """An agent by full id or an unambiguous prefix of it, or by unique hostname."""
-    query = sa.select(agents).where(
+    query = _agents_with_customer().where(
         sa.or_(agents.c.id == ref, agents.c.id.startswith(ref, autoescape=True),
                agents.c.hostname == ref)
     ).limit(2)
@@ -177,7 +181,7 @@ async def get_agent(conn: AsyncConnection, ref: str) -> Row:
 
 
 async def list_agents(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
-    query = sa.select(agents).order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
+    query = _agents_with_customer().order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
     return _rows(await conn.execute(query))
