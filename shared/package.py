@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import os
 import re
 import stat
@@ -192,7 +193,7 @@ def build_package(
                     (RELEASE_NAME, msgspec.json.encode(info)),
                     (MANIFEST_NAME, encode_manifest(manifest)),
                 ):
-                    tar.addfile(_tarinfo(name, len(data), 0o644), _BytesReader(data))
+                    tar.addfile(_tarinfo(name, len(data), 0o644), io.BytesIO(data))
                 for rel, entry in sorted(manifest.files.items()):
                     with open(source_dir / rel, "rb") as f:
                         reader = _HashingReader(f)
@@ -209,18 +210,6 @@ def build_package(
             tmp.unlink()
         raise
     return out
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._pos + size
-        chunk = self._data[self._pos:end]
-        self._pos += len(chunk)
-        return chunk
 
 
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeError)
@@ -279,10 +268,10 @@ def extract_package(path: Path, dest: Path) -> tuple[PackageInfo, Manifest]:
         if (manifest.product, manifest.version) != (info.product, info.version):
             raise VerificationError("package manifest and release metadata disagree")
         dest.mkdir()
-        _write_file(dest / MANIFEST_NAME, _BytesReader(manifest_bytes), len(manifest_bytes),
+        _write_file(dest / MANIFEST_NAME, io.BytesIO(manifest_bytes), len(manifest_bytes),
                     0o644)
         seen: set[str] = set()
-        for member in tar:
+        while (member := tar.next()) is not None:
             rel = member.name.removeprefix(PRODUCT_PREFIX)
             if not member.name.startswith(PRODUCT_PREFIX) or not _safe_rel(rel):
                 raise VerificationError(f"package entry {member.name!r} has an unsafe name")
@@ -316,7 +305,7 @@ def _extract_one(dest: Path, rel: str, f: IO[bytes], entry: FileEntry) -> None:
         raise VerificationError(f"package entry {rel!r} does not match its manifest hash")
 
 
-def _write_file(target: Path, f: IO[bytes] | _BytesReader, size: int, mode: int) -> str:
+def _write_file(target: Path, f: IO[bytes], size: int, mode: int) -> str:
     """Copy exactly `size` bytes into a new file, fsynced; returns the sha256."""
     digest = hashlib.sha256()
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

@@ -41,7 +41,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ TARGETS_EXPIRY = timedelta(days=365)
 BUNDLE_EXPIRY = timedelta(days=30)
 _METADATA_NAME = re.compile(r"^(?:[1-9][0-9]*\.(?:root|snapshot|targets)|timestamp)\.json$")
 
-Fetch = Callable[[str], "bytes | None"]
+Fetch = Callable[[str], bytes | None]
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class ReleaseMetadata:
 
 
 def _now(now: datetime | None) -> datetime:
-    return now if now is not None else datetime.now(timezone.utc)
+    return now if now is not None else datetime.now(UTC)
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -247,7 +247,12 @@ def sign_targets(
     keys_dir = Path(keys_dir)
     root = _release_root(keys_dir)
     md = _current_targets(root.signed, current_targets)
-    return _resign_targets(_load_signer(keys_dir / "targets.key"), md, _now(now), add, remove)
+    signer = _load_signer(keys_dir / "targets.key")
+    if signer.public_key.keyid not in root.signed.roles["targets"].keyids:
+        raise ConfigError(
+            f"{keys_dir}/targets.key is not the targets key root v{root.signed.version} trusts"
+        )
+    return _resign_targets(signer, md, _now(now), add, remove)
 
 
 def renew_root(keys_dir: Path, *, now: datetime | None = None) -> bytes:
@@ -415,11 +420,8 @@ class OnlineRepository:
         data = self._read("timestamp.json")
         return None if data is None else Metadata[Timestamp].from_bytes(data)
 
-    def _snapshot(self, version: int) -> Metadata[Snapshot]:
-        data = self._read(f"{version}.snapshot.json")
-        if data is None:
-            raise ConfigError(f"snapshot v{version} is missing from {self.metadata_dir}")
-        return Metadata[Snapshot].from_bytes(data)
+    def _current_snapshot(self) -> Metadata[Snapshot]:
+        return Metadata[Snapshot].from_bytes(self._current_snapshot_bytes())
 
     def read_metadata(self, name: str) -> bytes | None:
         """Serve one metadata file to an agent (the agent fetcher's remote end); None = 404."""
@@ -439,8 +441,7 @@ class OnlineRepository:
         ts = self._timestamp()
         if ts is None:
             raise ConfigError("no targets published yet")
-        version = self._snapshot(ts.signed.snapshot_meta.version).signed.meta[
-            "targets.json"].version
+        version = self._current_snapshot().signed.meta["targets.json"].version
         data = self._read(f"{version}.targets.json")
         if data is None:
             raise ConfigError(f"targets v{version} is missing from {self.metadata_dir}")
@@ -462,7 +463,7 @@ class OnlineRepository:
             raise ConfigError("publish the initial root first")
         signers = {role: self._signers(new_root.signed, role) for role in ONLINE_ROLES}
         ts = self._timestamp()
-        snapshot = self._snapshot(ts.signed.snapshot_meta.version) if ts else None
+        snapshot = self._current_snapshot() if ts else None
         targets_md: Metadata[Targets] | None = None
         if targets is not None:
             targets_md = _load_md(targets, "targets")
@@ -543,7 +544,7 @@ class OnlineRepository:
         root, ts = self._root(), self._timestamp()
         if root is None or ts is None:
             return False
-        snapshot = self._snapshot(ts.signed.snapshot_meta.version)
+        snapshot = self._current_snapshot()
         renew_snapshot = snapshot.signed.expires - now < self.snapshot_expiry / 2
         if not renew_snapshot and ts.signed.expires - now >= self.timestamp_expiry / 2:
             return False
