@@ -62,6 +62,8 @@ enrollment_tokens = sa.Table(
     sa.Column("expires_at", UTCDateTime, nullable=False),
     sa.Column("created_by", sa.String(100), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("contract_id", sa.Integer, sa.ForeignKey("contracts.id")),
+    sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id")),
 )
 
 agents = sa.Table(
@@ -79,6 +81,9 @@ agents = sa.Table(
     sa.Column("last_seen", UTCDateTime),
     sa.Column("last_connected_at", UTCDateTime),
     sa.Column("health", sa.JSON),
+    sa.Column("contract_id", sa.Integer, sa.ForeignKey("contracts.id")),
+    sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id")),
+    sa.Column("joined_contract_on", sa.Date),
 )
 
 events = sa.Table(
@@ -104,4 +109,111 @@ audit = sa.Table(
     sa.Column("action", sa.String(60), nullable=False),
     sa.Column("target", sa.String(200), nullable=False),
     sa.Column("detail", sa.JSON, nullable=False),
+)
+
+sites = sa.Table(
+    "sites",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+)
+
+contracts = sa.Table(
+    "contracts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("signed_on", sa.Date, nullable=False),
+    sa.Column("warranty_months", sa.Integer, nullable=False),
+    sa.Column("machines", sa.Integer),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+maintenance_packages = sa.Table(
+    "maintenance_packages",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("contract_id", sa.Integer, sa.ForeignKey("contracts.id"), nullable=False),
+    sa.Column("start", sa.Date, nullable=False),
+    sa.Column("end", sa.Date, nullable=False),
+    sa.Column("tier", sa.String(40), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+conditions = sa.Table(
+    "conditions",
+    metadata,
+    sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), primary_key=True),
+    sa.Column("kind", sa.String(40), primary_key=True),
+    sa.Column("subject", sa.String(255), primary_key=True),
+    sa.Column("state", sa.JSON, nullable=False),
+    sa.Column("incident_id", sa.Integer),
+)
+
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("subject", sa.String(255), nullable=False, server_default=""),
+    sa.Column("category", sa.String(20), nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("opened_by", sa.String(100), nullable=False),
+    sa.Column("opened_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("resolved_at", UTCDateTime),
+    sa.Column("signals", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("touched", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Column("resolution", sa.Text),
+)
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("covered", sa.Boolean, nullable=False),
+    sa.Column("billable", sa.Boolean, nullable=False),
+    sa.Column("fee_vnd", sa.BigInteger, nullable=False),
+    sa.Column("quote_vnd", sa.BigInteger, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("rule", sa.Integer, nullable=False),
+    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("facts", sa.JSON, nullable=False),
+)
+
+visits = sa.Table(
+    "visits",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False),
+    sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("fee_vnd", sa.BigInteger, nullable=False),
+    sa.Column("due_at", UTCDateTime, nullable=False),
+    sa.Column("technician", sa.String(100)),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("completed_at", UTCDateTime),
+    sa.Column("note", sa.Text),
+)
+
+diagnostics = sa.Table(
+    "diagnostics",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id")),
+    sa.Column("requested_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("bundle", sa.JSON, nullable=False),
 )
