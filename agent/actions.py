@@ -72,14 +72,15 @@ def diagnostics(config: AgentConfig, state: StateDir, request: p.Diagnose) -> di
         }
         if product.log_file:
             logs[product.name] = Path(product.install_dir, product.log_file)
-    budget = max(1024, request.max_bytes - len(json.dumps(bundle, default=str)))
-    per_log = budget // max(1, len(logs))
     for name, path in logs.items():
-        lines = tail(path, request.log_lines, per_log)
-        while lines and len(json.dumps(lines)) > per_log:
-            lines = lines[len(lines) // 4 + 1:]  # drop the oldest quarter until it fits
-        bundle["logs"][name] = lines
-    bundle["truncated_to_bytes"] = request.max_bytes
+        bundle["logs"][name] = tail(path, request.log_lines, request.max_bytes)
+    # Cut the oldest lines of the longest log until the whole bundle fits the cap.
+    while len(json.dumps(bundle, default=str)) > request.max_bytes:
+        longest = max(bundle["logs"].values(), key=lambda lines: len(json.dumps(lines)))
+        if not longest:
+            break
+        del longest[: len(longest) // 4 + 1]
+    bundle["size_cap_bytes"] = request.max_bytes
     return bundle
 
 

@@ -84,9 +84,11 @@ def start_product(product: ProductConfig, log_path: Path) -> None:
             f"product {product.name} has no executable or service configured to start it"
         )
     install_dir = Path(product.install_dir)
-    argv = list(product.executable)
-    if not os.path.isabs(argv[0]) and (install_dir / argv[0]).exists():
-        argv[0] = str(install_dir / argv[0])
+    # Paths relative to the install dir become absolute, so the process is found there later.
+    argv = [
+        str(install_dir / arg) if not os.path.isabs(arg) and (install_dir / arg).exists() else arg
+        for arg in product.executable
+    ]
     with open(log_path, "ab") as log:
         kwargs: dict[str, object] = {}
         if IS_WINDOWS:

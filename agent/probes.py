@@ -21,7 +21,7 @@ from agent.state import AgentConfig, ProductConfig
 from shared import __version__
 from shared.errors import ConfigError
 from shared.manifest import read_manifest, verify_tree
-from shared.protocol import DiskHealth, Health, ProductHealth, Problem
+from shared.protocol import DiskHealth, Health, Problem, ProductHealth
 
 CRASH_LOOP_RESTARTS = 3
 CRASH_LOOP_WINDOW = 600.0
@@ -55,10 +55,10 @@ class Prober:
         self._pids: dict[str, int | None] = {}
         self._restarts: dict[str, deque[float]] = {}
         self._integrity: dict[str, list[str]] = {}
-        self._last_verify = 0.0
+        self._last_verify = -float("inf")  # verify at the first check
         self._io_errors: dict[str, int] = {}
         self._smart_failing: list[str] = []
-        self._last_smart = 0.0
+        self._last_smart = -float("inf")
         psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
 
     def verify_now(self) -> dict[str, list[str]]:

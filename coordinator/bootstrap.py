@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from coordinator.datadir import DataDir, Settings, resolve
@@ -69,7 +70,7 @@ async def _create_database(
 
 
 def serve_forever(data: str | None, *, listen: str | None, database: str | None,
-                  verbose: bool) -> None:
+                  policy: str | None, verbose: bool) -> None:
     from coordinator.server import run_coordinator
 
     logging.basicConfig(
@@ -79,7 +80,10 @@ def serve_forever(data: str | None, *, listen: str | None, database: str | None,
     logging.getLogger("careline.coordinator").setLevel(logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     datadir = DataDir(resolve(data)).require()
-    settings = datadir.settings(listen=listen, database=database)
+    settings = datadir.settings(listen=listen, database=database, policy=policy)
+    from coordinator.policy.config import load_policy
+
+    load_policy(Path(settings.policy) if settings.policy else None)  # refuse a bad file now
 
     async def main() -> None:
         stop = asyncio.Event()

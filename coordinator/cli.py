@@ -101,12 +101,14 @@ def init(
 @data_option
 @click.option("--listen", default=None, help="HOST:PORT (overrides the data dir's setting).")
 @click.option("--database", default=None, help="postgresql://... (overrides the setting).")
+@click.option("--policy", default=None, help="Vendor policy TOML merged over the defaults.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection.")
-def serve(data: str | None, listen: str | None, database: str | None, verbose: bool) -> None:
+def serve(data: str | None, listen: str | None, database: str | None, policy: str | None,
+          verbose: bool) -> None:
     """Run the coordinator (websockets over TLS) until stopped."""
     from coordinator.bootstrap import serve_forever
 
-    serve_forever(data, listen=listen, database=database, verbose=verbose)
+    serve_forever(data, listen=listen, database=database, policy=policy, verbose=verbose)
 
 
 # ============================================================================ customers
@@ -225,6 +227,316 @@ def technicians_revoke(client: Any, as_json: bool, name: str) -> None:
     from coordinator.render import emit
 
     emit(client.call("technicians.revoke", name=name), as_json)
+
+@technician_command(customers, "hours")
+@click.argument("customer")
+@click.option("--workdays", default=None, help="e.g. mon,tue,wed,thu,fri,sat")
+@click.option("--opens", default=None, help="HH:MM local time")
+@click.option("--closes", default=None, help="HH:MM local time")
+def customers_hours(client: Any, as_json: bool, customer: str, workdays: str | None,
+                    opens: str | None, closes: str | None) -> None:
+    """Set a customer's business hours (due times count in them)."""
+    from coordinator.render import emit
+
+    emit(client.call("customers.hours", customer=customer, workdays=workdays, opens=opens,
+                     closes=closes), as_json)
+
+
+# ============================================================================ contracts
+@main.group(cls=CarelineGroup)
+def contracts() -> None:
+    """Contracts: warranty from the signing date, then maintenance packages."""
+
+
+@technician_command(contracts, "add")
+@click.option("--customer", required=True, help="Customer id or name.")
+@click.option("--signed", required=True, help="Signing date, YYYY-MM-DD.")
+@click.option("--warranty-months", default=12, show_default=True)
+@click.option("--machines", type=int, default=None, help="Machines the contract covers.")
+def contracts_add(client: Any, as_json: bool, customer: str, signed: str, warranty_months: int,
+                  machines: int | None) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("contracts.add", customer=customer, signed=signed,
+                     warranty_months=warranty_months, machines=machines), as_json)
+
+
+@technician_command(contracts, "list")
+@click.option("--customer", default=None)
+def contracts_list(client: Any, as_json: bool, customer: str | None) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("contracts.list", customer=customer), as_json, title="contracts")
+
+
+@technician_command(contracts, "show")
+@click.argument("contract", type=int)
+def contracts_show(client: Any, as_json: bool, contract: int) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("contracts.show", id=contract), as_json)
+
+
+@main.group(cls=CarelineGroup)
+def maintenance() -> None:
+    """Maintenance packages bought after the warranty."""
+
+
+@technician_command(maintenance, "add")
+@click.option("--contract", required=True, type=int)
+@click.option("--start", required=True, help="First covered day, YYYY-MM-DD.")
+@click.option("--end", required=True, help="Last covered day, YYYY-MM-DD.")
+@click.option("--tier", required=True, help="A tier of the policy file (basic, standard, premium).")
+def maintenance_add(client: Any, as_json: bool, contract: int, start: str, end: str,
+                    tier: str) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("maintenance.add", contract=contract, start=start, end=end, tier=tier),
+         as_json)
+
+
+@technician_command(main, "entitlement")
+@click.argument("machine")
+@click.option("--at", default=None, help="Date, YYYY-MM-DD (default: today, customer's zone).")
+def entitlement(client: Any, as_json: bool, machine: str, at: str | None) -> None:
+    """What covers a machine on a date: warranty, maintenance:<tier> or not_covered."""
+    from coordinator.render import emit
+
+    emit(client.call("entitlement.show", machine=machine, at=at), as_json)
+
+
+@main.group(cls=CarelineGroup)
+def report() -> None:
+    """Reports for the vendor's office."""
+
+
+@technician_command(report, "expiring")
+@click.option("--within", default="30d", show_default=True, help="e.g. 7d, 15d, 30d.")
+def report_expiring(client: Any, as_json: bool, within: str) -> None:
+    """Machines whose coverage ends soon: who to offer a maintenance package to."""
+    from coordinator.render import emit
+    from shared.units import parse_duration
+
+    days = parse_duration(within).days
+    emit(client.call("report.expiring", within_days=days), as_json, title="expiring coverage")
+
+
+# ============================================================================ incidents
+@main.group(cls=CarelineGroup)
+def incidents() -> None:
+    """Incidents: opened by agents' reports or by technicians, each with a decision."""
+
+
+INCIDENT_COLUMNS = ("id", "status", "customer", "hostname", "kind", "category", "severity",
+                    "action", "fee_vnd", "due_at")
+
+
+@technician_command(incidents, "open")
+@click.option("--machine", required=True)
+@click.option("--category", required=True,
+              type=click.Choice(["virus", "power", "disk", "bug", "regulation", "config", "other"]))
+@click.option("--severity", required=True, type=click.Choice(["low", "medium", "high", "critical"]))
+@click.option("--note", default="", help="What the customer reported.")
+def incidents_open(client: Any, as_json: bool, machine: str, category: str, severity: str,
+                   note: str) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("incidents.open", machine=machine, category=category, severity=severity,
+                     note=note), as_json)
+
+
+@technician_command(incidents, "list")
+@click.option("--open", "open_only", is_flag=True, help="Only open incidents.")
+@click.option("--customer", default=None)
+@click.option("--machine", default=None)
+def incidents_list(client: Any, as_json: bool, open_only: bool, customer: str | None,
+                   machine: str | None) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("incidents.list", open=open_only, customer=customer, machine=machine),
+         as_json, INCIDENT_COLUMNS, title="incidents")
+
+
+@technician_command(incidents, "show")
+@click.argument("incident", type=int)
+def incidents_show(client: Any, as_json: bool, incident: int) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("incidents.show", id=incident), as_json)
+
+
+@technician_command(incidents, "explain")
+@click.argument("incident", type=int)
+def incidents_explain(client: Any, as_json: bool, incident: int) -> None:
+    """Why the decision is what it is: coverage, the policy rule, the fee, the due time."""
+    result = client.call("incidents.explain", id=incident)
+    if as_json:
+        from coordinator.render import emit
+
+        emit(result, True)
+        return
+    covered = "covered" if result["covered"] else "not covered"
+    click.echo(f"Incident {incident} ({result['category']}, {result['severity']}): "
+               f"{result['action']}, {covered}, fee {result['fee_vnd']:,} VND, "
+               f"due {result['due_at']}")
+    for number, reason in enumerate(result["reasons"], 1):
+        click.echo(f"  {number}. {reason}")
+
+
+@technician_command(incidents, "resolve")
+@click.argument("incident", type=int)
+@click.option("--note", required=True, help="How it was resolved.")
+def incidents_resolve(client: Any, as_json: bool, incident: int, note: str) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("incidents.resolve", id=incident, note=note), as_json)
+
+
+@technician_command(incidents, "redecide")
+@click.argument("incident", type=int)
+def incidents_redecide(client: Any, as_json: bool, incident: int) -> None:
+    """Decide again with today's facts."""
+    from coordinator.render import emit
+
+    emit(client.call("incidents.redecide", id=incident), as_json)
+
+
+@main.group(cls=CarelineGroup)
+def visits() -> None:
+    """On-site work orders (reinstalls, technician visits, media by post)."""
+
+
+@technician_command(visits, "list")
+@click.option("--due", type=click.Choice(["today", "all"]), default="all", show_default=True)
+@click.option("--completed", is_flag=True, help="Include completed visits.")
+def visits_list(client: Any, as_json: bool, due: str, completed: bool) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("visits.list", due=due, completed=completed), as_json,
+         ("id", "status", "customer", "agent_id", "action", "fee_vnd", "due_at", "technician"),
+         title="visits")
+
+
+@technician_command(visits, "assign")
+@click.argument("visit", type=int)
+@click.option("--technician", required=True)
+def visits_assign(client: Any, as_json: bool, visit: int, technician: str) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("visits.assign", id=visit, technician=technician), as_json)
+
+
+@technician_command(visits, "complete")
+@click.argument("visit", type=int)
+@click.option("--note", required=True)
+def visits_complete(client: Any, as_json: bool, visit: int, note: str) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("visits.complete", id=visit, note=note), as_json)
+
+
+# ============================================================================ live commands
+@technician_command(agents, "ping")
+@click.option("--machine", default=None)
+@click.option("--customer", default=None)
+@click.option("--all", "all_", is_flag=True, help="Every enrolled machine.")
+@click.option("--timeout", default="5s", show_default=True)
+def agents_ping(client: Any, as_json: bool, machine: str | None, customer: str | None,
+                all_: bool, timeout: str) -> None:
+    """Is the machine there? Answers print as they arrive."""
+    import json
+
+    from shared.units import parse_duration
+
+    seconds = parse_duration(timeout).total_seconds()
+    answers = []
+    for answer in client.stream("agents.ping", machine=machine, customer=customer, all=all_,
+                                timeout=seconds):
+        if answer is None:
+            continue
+        if answer.get("summary"):
+            summary = answer
+        elif as_json:
+            answers.append(answer)
+        else:
+            rtt = f"{answer['rtt_ms']:.1f} ms" if answer["status"] == "ok" else answer["status"]
+            click.echo(f"{answer['machine']:24} {answer['hostname']:20} {rtt}")
+    if as_json:
+        click.echo(json.dumps(answers, indent=2))
+        return
+    others = ", ".join(f"{k} {v}" for k, v in summary.items()
+                       if k not in ("summary", "machines", "median_rtt_ms"))
+    median = summary["median_rtt_ms"]
+    click.echo(f"{summary['machines']} machines: {others}"
+               + (f"; median {median:.1f} ms" if median is not None else ""))
+
+
+@technician_command(main, "diagnose")
+@click.option("--machine", required=True)
+@click.option("--incident", type=int, default=None, help="Attach the bundle to this incident.")
+@click.option("--lines", default=200, show_default=True, help="Log lines per log.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the bundle here.")
+def diagnose(client: Any, as_json: bool, machine: str, incident: int | None, lines: int,
+             out: str | None) -> None:
+    """Collect a diagnostics bundle from a machine and store it."""
+    import json
+
+    result = client.call("agents.diagnose", machine=machine, incident=incident, log_lines=lines)
+    if out:
+        with open(out, "w") as f:
+            json.dump(result["bundle"], f, indent=2)
+    if as_json:
+        click.echo(json.dumps(result if not out else {k: v for k, v in result.items()
+                                                      if k != "bundle"}, indent=2))
+        return
+    bundle = result["bundle"]
+    click.echo(f"Diagnostics {result['id']} from {result['machine']} ({result['rtt_ms']:.0f} ms)")
+    click.echo(f"  system:   {bundle['system']['os']}, {bundle['system']['memory_percent']}% memory")
+    for disk in bundle["disks"]:
+        click.echo(f"  disk:     {disk['mount']} {disk['percent']}% used")
+    for name, product in bundle["products"].items():
+        state = "running" if product["running"] else "not running"
+        click.echo(f"  product:  {name} {product['version'] or '?'} {state}, "
+                   f"{len(product['integrity'])} integrity problems")
+    if out:
+        click.echo(f"  written to {out}")
+
+
+@main.group(cls=CarelineGroup)
+def diagnostics() -> None:
+    """Stored diagnostics bundles."""
+
+
+@technician_command(diagnostics, "list")
+@click.option("--machine", required=True)
+def diagnostics_list(client: Any, as_json: bool, machine: str) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("diagnostics.list", machine=machine), as_json, title="diagnostics")
+
+
+@technician_command(diagnostics, "show")
+@click.argument("diagnostics_id", type=int)
+def diagnostics_show(client: Any, as_json: bool, diagnostics_id: int) -> None:
+    import json
+
+    click.echo(json.dumps(client.call("diagnostics.show", id=diagnostics_id), indent=2))
+
+
+@technician_command(main, "restart-product")
+@click.option("--machine", required=True)
+@click.option("--product", required=True)
+def restart_product(client: Any, as_json: bool, machine: str, product: str) -> None:
+    """Stop and start a product's process; says whether it came back up."""
+    from coordinator.render import emit
+
+    result = client.call("agents.restart_product", machine=machine, product=product)
+    if as_json:
+        emit(result, True)
+    else:
+        state = "running again" if result["running"] else "NOT running"
+        click.echo(f"{product} on {result['machine']}: {state} "
+                   f"(pids {result['pids_before']} -> {result['pids_after']})")
 
 
 # ============================================================================ audit

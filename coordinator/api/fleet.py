@@ -10,6 +10,7 @@ import msgspec
 
 from coordinator.api import Context, NoParams, Role, method
 from coordinator.storage import fleet as store
+from coordinator.storage import service
 from shared.errors import ConfigError
 from shared.keys import JoinString, new_token, token_hash
 
@@ -71,6 +72,7 @@ class CreateToken(msgspec.Struct, forbid_unknown_fields=True):
     customer: str
     uses: int = 1
     expires_seconds: float = 86400.0
+    contract: int | None = None  # machines join it; default: the customer's current contract
 
 
 @method("tokens.create", "technician", CreateToken)
@@ -83,9 +85,14 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
     expires_at = ctx.now + dt.timedelta(seconds=p.expires_seconds)
     async with ctx.coordinator.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
+        if p.contract is not None:
+            contract = await service.get_contract(conn, p.contract)
+            if contract["customer_id"] != customer["id"]:
+                raise ConfigError(f"contract {p.contract} belongs to another customer")
         token_id = await store.add_enrollment_token(
             conn, token_hash=token_hash(token), customer_id=customer["id"], uses_allowed=p.uses,
             expires_at=expires_at, created_by=ctx.caller.name, now=ctx.now,
+            contract_id=p.contract,
         )
         await ctx.audit(
             conn, "token.create", f"customer:{customer['id']}", token_id=token_id, uses=p.uses,

@@ -18,7 +18,7 @@ from typing import Any
 
 from shared.errors import ConfigError
 
-from .alerts import CONDITION_KINDS, EVENT_KINDS, AlertRule
+from .alerts import CONDITION_KINDS, EVENT_KINDS, KINDS, AlertRule
 from .calendar import BusinessCalendar, DueRule
 from .entitlement import Tier
 
@@ -80,7 +80,10 @@ class Policy:
     same_day_cutoff: time
     calendar: BusinessCalendar  # default hours for customers without their own
     offline_long_after: timedelta
+    offline_incident_after: timedelta  # silent this long -> an agent_offline check fails
     alerts: Mapping[str, AlertRule]
+    # kind of an incident opened from agent reports -> (category, severity) for the rules
+    kinds: Mapping[str, tuple[str, str]]
     rules: tuple[Rule, ...]
 
     def tier(self, name: str) -> Tier:
@@ -163,6 +166,12 @@ class _Table:
             raise ConfigError(f"{self.name(key)} must be an integer >= {minimum}, got {value!r}")
         return value
 
+    def number(self, key: str) -> float:
+        value = self.raw(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{self.name(key)} must be a number > 0, got {value!r}")
+        return float(value)
+
     def flag(self, key: str, default: bool = _MISSING) -> bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
@@ -232,12 +241,17 @@ def _policy(root: _Table) -> Policy:
 
     machine = root.table("machine")
     offline_long_after = timedelta(hours=machine.integer("offline_long_after_hours", minimum=1))
+    offline_incident_after = timedelta(minutes=machine.number("offline_incident_after_minutes"))
     machine.done()
 
     alerts_table = root.table("alerts")
     alerts = {kind: _alert(alerts_table.table(kind)) for kind in CONDITION_KINDS}
     alerts_table.done()  # event kinds have no settings: see AlertRule.event
     alerts.update((kind, AlertRule.event()) for kind in EVENT_KINDS)
+
+    kinds_table = root.table("kinds")
+    kinds = {kind: _kind(kinds_table.table(kind)) for kind in KINDS}
+    kinds_table.done()
 
     rules = _rules(root.raw("rules"))
     root.done()
@@ -249,7 +263,9 @@ def _policy(root: _Table) -> Policy:
         same_day_cutoff=cutoff,
         calendar=calendar,
         offline_long_after=offline_long_after,
+        offline_incident_after=offline_incident_after,
         alerts=alerts,
+        kinds=kinds,
         rules=rules,
     )
 
@@ -292,6 +308,12 @@ def _alert(table: _Table) -> AlertRule:
     )
     table.done()
     return rule
+
+
+def _kind(table: _Table) -> tuple[str, str]:
+    kind = table.choice("category", CATEGORIES), table.choice("severity", SEVERITIES)
+    table.done()
+    return kind
 
 
 def _rules(value: object) -> tuple[Rule, ...]:

@@ -27,11 +27,11 @@ from shared.errors import AuthError, Conflict, NotFound
 Row = dict[str, Any]
 
 
-def _rows(result: sa.CursorResult[Any]) -> list[Row]:
+def rows_of(result: sa.CursorResult[Any]) -> list[Row]:
     return [dict(r) for r in result.mappings()]
 
 
-async def _insert(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], what: str) -> int:
+async def insert_row(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], what: str) -> int:
     """Insert one row and return its id; a unique-key clash is a Conflict, not a crash."""
     try:
         result = await conn.execute(table.insert().values(**values).returning(table.c.id))
@@ -48,7 +48,7 @@ def insert_ignoring_duplicates(conn: AsyncConnection, table: sa.Table) -> Any:
 
 # ----------------------------------------------------------------------------- customers
 async def add_customer(conn: AsyncConnection, name: str, timezone: str, now: dt.datetime) -> Row:
-    cid = await _insert(
+    cid = await insert_row(
         conn, customers, {"name": name, "timezone": timezone, "created_at": now},
         f"customer {name!r}",
     )
@@ -56,7 +56,7 @@ async def add_customer(conn: AsyncConnection, name: str, timezone: str, now: dt.
 
 
 async def list_customers(conn: AsyncConnection) -> list[Row]:
-    return _rows(await conn.execute(sa.select(customers).order_by(customers.c.id)))
+    return rows_of(await conn.execute(sa.select(customers).order_by(customers.c.id)))
 
 
 async def get_customer(conn: AsyncConnection, ref: str | int) -> Row:
@@ -72,11 +72,16 @@ async def get_customer(conn: AsyncConnection, ref: str | int) -> Row:
     return dict(row)
 
 
+async def update_customer(conn: AsyncConnection, customer_id: int, **values: Any) -> None:
+    if values:
+        await conn.execute(customers.update().where(customers.c.id == customer_id).values(**values))
+
+
 # ----------------------------------------------------------------------------- technicians
 async def add_technician(
     conn: AsyncConnection, name: str, role: str, token_hash: str, now: dt.datetime
 ) -> Row:
-    tid = await _insert(
+    tid = await insert_row(
         conn, technicians,
         {"name": name, "role": role, "token_hash": token_hash, "created_at": now},
         f"technician {name!r}",
@@ -94,7 +99,7 @@ async def list_technicians(conn: AsyncConnection) -> list[Row]:
     query = sa.select(technicians).order_by(technicians.c.id)
     return [
         {k: v for k, v in r.items() if k != "token_hash"}
-        for r in _rows(await conn.execute(query))
+        for r in rows_of(await conn.execute(query))
     ]
 
 
@@ -111,13 +116,14 @@ async def revoke_technician(conn: AsyncConnection, name: str, now: dt.datetime) 
 # ----------------------------------------------------------------------------- enrollment
 async def add_enrollment_token(
     conn: AsyncConnection, *, token_hash: str, customer_id: int, uses_allowed: int,
-    expires_at: dt.datetime, created_by: str, now: dt.datetime,
+    expires_at: dt.datetime, created_by: str, now: dt.datetime, contract_id: int | None = None,
 ) -> int:
-    return await _insert(
+    return await insert_row(
         conn, enrollment_tokens,
         {
             "token_hash": token_hash, "customer_id": customer_id, "uses_allowed": uses_allowed,
             "expires_at": expires_at, "created_by": created_by, "created_at": now,
+            "contract_id": contract_id,
         },
         "enrollment token",
     )
@@ -130,7 +136,7 @@ async def spend_enrollment_token(conn: AsyncConnection, token_hash: str, now: dt
         t.update()
         .where(t.c.token_hash == token_hash, t.c.uses < t.c.uses_allowed, t.c.expires_at > now)
         .values(uses=t.c.uses + 1)
-        .returning(t.c.id, t.c.customer_id)
+        .returning(t.c.id, t.c.customer_id, t.c.contract_id)
     )
     row = spent.mappings().first()
     if row is not None:
@@ -146,13 +152,15 @@ async def spend_enrollment_token(conn: AsyncConnection, token_hash: str, now: dt
 # ----------------------------------------------------------------------------- agents
 async def add_agent(
     conn: AsyncConnection, *, agent_id: str, customer_id: int, public_key: bytes, hostname: str,
-    os: str, agent_version: str, now: dt.datetime,
+    os: str, agent_version: str, now: dt.datetime, contract_id: int | None = None,
 ) -> None:
+    """Register a machine; a token naming a contract makes the machine join it today."""
     try:
         await conn.execute(
             agents.insert().values(
                 id=agent_id, customer_id=customer_id, public_key=public_key, hostname=hostname,
-                os=os, agent_version=agent_version, enrolled_at=now,
+                os=os, agent_version=agent_version, enrolled_at=now, contract_id=contract_id,
+                joined_contract_on=now.date() if contract_id else None,
             )
         )
     except IntegrityError:
@@ -160,7 +168,8 @@ async def add_agent(
 
 
 def _agents_with_customer() -> sa.Select[Any]:
-    return sa.select(agents, customers.c.name.label("customer")).join(customers)
+    return sa.select(agents, customers.c.name.label("customer")).select_from(
+        agents.join(customers, agents.c.customer_id == customers.c.id))
 
 
 async def get_agent(conn: AsyncConnection, ref: str) -> Row:
@@ -169,7 +178,7 @@ async def get_agent(conn: AsyncConnection, ref: str) -> Row:
         sa.or_(agents.c.id == ref, agents.c.id.startswith(ref, autoescape=True),
                agents.c.hostname == ref)
     ).limit(2)
-    rows = _rows(await conn.execute(query))
+    rows = rows_of(await conn.execute(query))
     exact = [r for r in rows if r["id"] == ref]
     if exact:
         return exact[0]
@@ -184,7 +193,7 @@ async def list_agents(conn: AsyncConnection, customer_id: int | None = None) -> 
     query = _agents_with_customer().order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
-    return _rows(await conn.execute(query))
+    return rows_of(await conn.execute(query))
 
 
 async def revoke_agent(conn: AsyncConnection, agent_id: str, now: dt.datetime) -> None:
@@ -239,7 +248,7 @@ async def list_events(conn: AsyncConnection, agent_id: str, limit: int = 50) -> 
         sa.select(events).where(events.c.agent_id == agent_id)
         .order_by(events.c.id.desc()).limit(limit)
     )
-    return _rows(await conn.execute(query))
+    return rows_of(await conn.execute(query))
 
 
 # ----------------------------------------------------------------------------- audit
@@ -254,4 +263,4 @@ async def record_audit(
 
 async def list_audit(conn: AsyncConnection, limit: int = 100) -> list[Row]:
     query = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
-    return _rows(await conn.execute(query))
+    return rows_of(await conn.execute(query))

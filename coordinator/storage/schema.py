@@ -38,6 +38,9 @@ customers = sa.Table(
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("timezone", sa.String(64), nullable=False),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("workdays", sa.String(40)),
+    sa.Column("opens", sa.String(5)),
+    sa.Column("closes", sa.String(5)),
 )
 
 technicians = sa.Table(
@@ -216,4 +219,66 @@ diagnostics = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("bundle", sa.JSON, nullable=False),
+)
+
+# ----------------------------------------------------------------------------- updates (0003)
+releases = sa.Table(
+    "releases",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("product", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("regulation_ref", sa.Text),
+    sa.Column("effective", sa.Date),
+    sa.Column("notes", sa.Text),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("length", sa.BigInteger, nullable=False),
+    sa.Column("published_by", sa.String(100), nullable=False),
+    sa.Column("published_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("product", "version", name="uq_releases_product_version"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),  # update | reinstall | verify
+    sa.Column("product", sa.String(64)),
+    sa.Column("version", sa.String(40)),
+    sa.Column("delivery", sa.String(20), nullable=False),  # network | media
+    sa.Column("stop_product", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+job_machines = sa.Table(
+    "job_machines",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), nullable=False),
+    # What agents call the job: the instruction's job_id.
+    sa.Column("ref", sa.String(80), nullable=False, unique=True),
+    sa.Column("product", sa.String(64)),
+    sa.Column("version", sa.String(40)),
+    sa.Column("status", sa.String(40), nullable=False),
+    sa.Column("outcome", sa.String(40)),
+    sa.Column("detail", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("finished_at", UTCDateTime),
+    sa.UniqueConstraint("job_id", "agent_id", name="uq_job_machines_job_agent"),
+)
+
+job_steps = sa.Table(
+    "job_steps",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("job_machine_id", sa.Integer, sa.ForeignKey("job_machines.id"), nullable=False),
+    sa.Column("step", sa.String(40), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("detail", sa.Text),
 )

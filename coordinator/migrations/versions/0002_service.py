@@ -35,6 +35,11 @@ def upgrade() -> None:
         sa.Column("tier", sa.String(40), nullable=False),
         sa.Column("created_at", UTCDateTime, nullable=False),
     )
+    with op.batch_alter_table("customers") as batch:
+        # Business hours for due times; NULL means the policy's defaults.
+        batch.add_column(sa.Column("workdays", sa.String(40)))
+        batch.add_column(sa.Column("opens", sa.String(5)))
+        batch.add_column(sa.Column("closes", sa.String(5)))
     with op.batch_alter_table("enrollment_tokens") as batch:
         batch.add_column(sa.Column(
             "contract_id", sa.Integer, sa.ForeignKey("contracts.id", name="fk_tokens_contract")))

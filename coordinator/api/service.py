@@ -1,0 +1,312 @@
+"""Service methods: contracts and maintenance, entitlement, incidents, visits, reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+import msgspec
+
+from coordinator.api import Context, method
+from coordinator.incidents import customer_calendar
+from coordinator.policy.config import WEEKDAYS
+from coordinator.policy.entitlement import expiring
+from coordinator.storage import fleet as store
+from coordinator.storage import service
+from shared.errors import ConfigError, Conflict
+
+Category = Literal["virus", "power", "disk", "bug", "regulation", "config", "other"]
+Severity = Literal["low", "medium", "high", "critical"]
+
+
+# ----------------------------------------------------------------------------- customers
+class CustomerHours(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+    workdays: str | None = None  # "mon,tue,wed,thu,fri,sat"
+    opens: str | None = None  # "08:00"
+    closes: str | None = None
+
+
+@method("customers.hours", "technician", CustomerHours)
+async def set_customer_hours(ctx: Context, p: CustomerHours) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if p.workdays is not None:
+        days = [d.strip().lower() for d in p.workdays.split(",") if d.strip()]
+        if not days or any(d not in WEEKDAYS for d in days):
+            raise ConfigError(f"workdays must be a comma list of {', '.join(WEEKDAYS)}")
+        values["workdays"] = ",".join(days)
+    for key in ("opens", "closes"):
+        text = getattr(p, key)
+        if text is not None:
+            try:
+                values[key] = dt.time.fromisoformat(text).strftime("%H:%M")
+            except ValueError:
+                raise ConfigError(f"--{key} must be HH:MM, got {text!r}") from None
+    async with ctx.coordinator.db.transaction() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        await store.update_customer(conn, customer["id"], **values)
+        await ctx.audit(conn, "customer.hours", f"customer:{customer['id']}", **values)
+        return await store.get_customer(conn, customer["id"])
+
+
+# ----------------------------------------------------------------------------- contracts
+class AddContract(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+    signed: dt.date
+    warranty_months: int = 12
+    machines: int | None = None
+
+
+@method("contracts.add", "technician", AddContract)
+async def add_contract(ctx: Context, p: AddContract) -> dict[str, Any]:
+    if not 0 <= p.warranty_months <= 120:
+        raise ConfigError("--warranty-months must be between 0 and 120")
+    if p.machines is not None and p.machines < 1:
+        raise ConfigError("--machines must be at least 1")
+    async with ctx.coordinator.db.transaction() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        contract_id = await service.add_contract(
+            conn, customer_id=customer["id"], signed_on=p.signed,
+            warranty_months=p.warranty_months, machines=p.machines, now=ctx.now)
+        await ctx.audit(conn, "contract.add", f"contract:{contract_id}",
+                        customer=customer["id"], signed=p.signed, months=p.warranty_months)
+        return await service.get_contract(conn, contract_id)
+
+
+class ListContracts(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str | None = None
+
+
+@method("contracts.list", "viewer", ListContracts)
+async def list_contracts(ctx: Context, p: ListContracts) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        return await service.list_contracts(conn, customer_id)
+
+
+class ContractRef(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+
+
+@method("contracts.show", "viewer", ContractRef)
+async def show_contract(ctx: Context, p: ContractRef) -> dict[str, Any]:
+    async with ctx.coordinator.db.connect() as conn:
+        contract = await service.get_contract(conn, p.id)
+        contract["maintenance"] = await service.list_maintenance(conn, p.id)
+        contract["machines_joined"] = await service.contract_machines(conn, p.id)
+    return contract
+
+
+class AddMaintenance(msgspec.Struct, forbid_unknown_fields=True):
+    contract: int
+    start: dt.date
+    end: dt.date
+    tier: str
+
+
+@method("maintenance.add", "technician", AddMaintenance)
+async def add_maintenance(ctx: Context, p: AddMaintenance) -> dict[str, Any]:
+    ctx.coordinator.policy.tier(p.tier)  # unknown tiers are refused with the known ones
+    if p.end < p.start:
+        raise ConfigError("--end must not be before --start")
+    async with ctx.coordinator.db.transaction() as conn:
+        await service.get_contract(conn, p.contract)
+        package_id = await service.add_maintenance(
+            conn, contract_id=p.contract, start=p.start, end=p.end, tier=p.tier, now=ctx.now)
+        await ctx.audit(conn, "maintenance.add", f"contract:{p.contract}", package=package_id,
+                        start=p.start, end=p.end, tier=p.tier)
+    return {"id": package_id, "contract_id": p.contract, "start": p.start, "end": p.end,
+            "tier": p.tier}
+
+
+# ----------------------------------------------------------------------------- entitlement
+class EntitlementParams(msgspec.Struct, forbid_unknown_fields=True):
+    machine: str
+    at: dt.date | None = None
+
+
+@method("entitlement.show", "viewer", EntitlementParams)
+async def show_entitlement(ctx: Context, p: EntitlementParams) -> dict[str, Any]:
+    async with ctx.coordinator.db.connect() as conn:
+        agent = await store.get_agent(conn, p.machine)
+        entitlement = await ctx.coordinator.desk.entitlement(conn, agent, p.at, ctx.now)
+    return {"machine": agent["id"], "hostname": agent["hostname"], "customer": agent["customer"],
+            **entitlement.to_dict()}
+
+
+class ExpiringParams(msgspec.Struct, forbid_unknown_fields=True):
+    within_days: int = 30
+
+
+@method("report.expiring", "viewer", ExpiringParams)
+async def report_expiring(ctx: Context, p: ExpiringParams) -> list[dict[str, Any]]:
+    """Machines whose coverage ends soon with nothing booked after: renewal offers."""
+    rows = []
+    async with ctx.coordinator.db.connect() as conn:
+        for agent in await store.list_agents(conn):
+            if agent["revoked_at"] is not None:
+                continue
+            entitlement = await ctx.coordinator.desk.entitlement(conn, agent, None, ctx.now)
+            if expiring(entitlement, p.within_days):
+                rows.append({
+                    "customer": agent["customer"], "machine": agent["id"],
+                    "hostname": agent["hostname"], "coverage": entitlement.label,
+                    "ends_on": entitlement.ends_on, "days_left": entitlement.days_left,
+                })
+    return sorted(rows, key=lambda r: (r["days_left"], r["customer"]))
+
+
+# ----------------------------------------------------------------------------- incidents
+class OpenIncident(msgspec.Struct, forbid_unknown_fields=True):
+    machine: str
+    category: Category
+    severity: Severity
+    note: str = ""
+
+
+@method("incidents.open", "technician", OpenIncident)
+async def open_incident(ctx: Context, p: OpenIncident) -> dict[str, Any]:
+    async with ctx.coordinator.db.transaction() as conn:
+        agent = await store.get_agent(conn, p.machine)
+        incident_id = await ctx.coordinator.desk.open_incident(
+            conn, agent, kind="reported", subject="", category=p.category, severity=p.severity,
+            opened_by=ctx.caller.name, detail=p.note, now=ctx.now)
+        await service.update_incident(conn, incident_id, touched=True)
+        return await _incident_view(conn, incident_id)
+
+
+async def _incident_view(conn: Any, incident_id: int) -> dict[str, Any]:
+    incident = await service.get_incident(conn, incident_id)
+    incident["decision"] = await service.latest_decision(conn, incident_id)
+    return incident
+
+
+class ListIncidents(msgspec.Struct, forbid_unknown_fields=True):
+    open: bool = False
+    customer: str | None = None
+    machine: str | None = None
+
+
+@method("incidents.list", "viewer", ListIncidents)
+async def list_incidents(ctx: Context, p: ListIncidents) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        agent_id = (await store.get_agent(conn, p.machine))["id"] if p.machine else None
+        rows = await service.list_incidents(conn, open_only=p.open, customer_id=customer_id,
+                                            agent_id=agent_id)
+        for row in rows:
+            decision = await service.latest_decision(conn, row["id"])
+            row["action"] = decision["action"] if decision else None
+            row["fee_vnd"] = decision["fee_vnd"] if decision else None
+            row["due_at"] = decision["due_at"] if decision else None
+    return rows
+
+
+class IncidentRef(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+
+
+@method("incidents.show", "viewer", IncidentRef)
+async def show_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
+    async with ctx.coordinator.db.connect() as conn:
+        return await _incident_view(conn, p.id)
+
+
+@method("incidents.explain", "viewer", IncidentRef)
+async def explain_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
+    async with ctx.coordinator.db.connect() as conn:
+        incident = await service.get_incident(conn, p.id)
+        decision = await service.latest_decision(conn, p.id)
+    if decision is None:
+        raise Conflict(f"incident {p.id} has no decision")
+    return {"incident": p.id, "category": incident["category"], "severity": incident["severity"],
+            "action": decision["action"], "covered": decision["covered"],
+            "fee_vnd": decision["fee_vnd"], "quote_vnd": decision["quote_vnd"],
+            "due_at": decision["due_at"], "reasons": decision["reasons"],
+            "facts": decision["facts"]}
+
+
+class ResolveIncident(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    note: str
+
+
+@method("incidents.resolve", "technician", ResolveIncident)
+async def resolve_incident(ctx: Context, p: ResolveIncident) -> dict[str, Any]:
+    if not p.note.strip():
+        raise ConfigError("--note must say how it was resolved")
+    async with ctx.coordinator.db.transaction() as conn:
+        await service.resolve_incident(conn, p.id, p.note, ctx.now)
+        await service.update_incident(conn, p.id, touched=True)
+        await service.forget_conditions_of(conn, p.id)
+        await ctx.audit(conn, "incident.resolve", f"incident:{p.id}", note=p.note)
+        return await _incident_view(conn, p.id)
+
+
+@method("incidents.redecide", "technician", IncidentRef)
+async def redecide_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
+    """Decide again with today's facts (agent back online, a fix released, coverage bought)."""
+    async with ctx.coordinator.db.transaction() as conn:
+        await ctx.coordinator.desk.touch(conn, p.id)
+        decision = await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
+        await ctx.audit(conn, "incident.redecide", f"incident:{p.id}", action=decision["action"])
+    return decision
+
+
+# ----------------------------------------------------------------------------- visits
+class ListVisits(msgspec.Struct, forbid_unknown_fields=True):
+    due: Literal["today", "all"] = "all"
+    completed: bool = False
+
+
+@method("visits.list", "viewer", ListVisits)
+async def list_visits(ctx: Context, p: ListVisits) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        rows = await service.list_visits(conn, open_only=not p.completed)
+        if p.due != "today":
+            return rows
+        today = []
+        for row in rows:
+            calendar = customer_calendar(ctx.coordinator.policy,
+                                         await store.get_customer(conn, row["customer_id"]))
+            if calendar.local(row["due_at"]).date() <= calendar.local(ctx.now).date():
+                today.append(row)
+        return today
+
+
+class AssignVisit(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    technician: str
+
+
+@method("visits.assign", "technician", AssignVisit)
+async def assign_visit(ctx: Context, p: AssignVisit) -> dict[str, Any]:
+    async with ctx.coordinator.db.transaction() as conn:
+        visit = await service.get_visit(conn, p.id)
+        if visit["status"] == "completed":
+            raise Conflict(f"visit {p.id} is already completed")
+        if p.technician not in {t["name"] for t in await store.list_technicians(conn)}:
+            raise ConfigError(f"no technician {p.technician!r}")
+        await service.update_visit(conn, p.id, technician=p.technician, status="assigned")
+        await ctx.coordinator.desk.touch(conn, visit["incident_id"])
+        await ctx.audit(conn, "visit.assign", f"visit:{p.id}", technician=p.technician)
+        return await service.get_visit(conn, p.id)
+
+
+class CompleteVisit(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    note: str
+
+
+@method("visits.complete", "technician", CompleteVisit)
+async def complete_visit(ctx: Context, p: CompleteVisit) -> dict[str, Any]:
+    async with ctx.coordinator.db.transaction() as conn:
+        visit = await service.get_visit(conn, p.id)
+        if visit["status"] == "completed":
+            raise Conflict(f"visit {p.id} is already completed")
+        await service.update_visit(conn, p.id, status="completed", completed_at=ctx.now,
+                                   note=p.note)
+        await ctx.coordinator.desk.touch(conn, visit["incident_id"])
+        await ctx.audit(conn, "visit.complete", f"visit:{p.id}", fee_vnd=visit["fee_vnd"],
+                        note=p.note)
+        return await service.get_visit(conn, p.id)

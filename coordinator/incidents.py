@@ -1,0 +1,263 @@
+"""Incidents: from agent reports and technicians to decisions, visits and jobs.
+
+The thin I/O shell around the pure policy: it loads what `entitlement_at`, `observe` and
+`decide` need from storage, calls them, and stores what they return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.policy.alerts import ConditionState, Transition, observe, touch
+from coordinator.policy.calendar import BusinessCalendar
+from coordinator.policy.config import WEEKDAYS, Policy
+from coordinator.policy.decide import IncidentFacts, MachineState, decide
+from coordinator.policy.entitlement import (
+    NOTHING,
+    Contract,
+    Entitlement,
+    MaintenancePackage,
+    entitlement_at,
+)
+from coordinator.storage import fleet as store
+from coordinator.storage import service
+from coordinator.storage.db import Database
+
+log = logging.getLogger("careline.coordinator")
+
+# Problems the agent reports in every heartbeat (level-triggered conditions).
+HEARTBEAT_KINDS = (
+    "disk_full", "disk_failing", "product_not_running", "product_crash_loop",
+    "integrity_mismatch",
+)
+ONSITE_ACTIONS = frozenset({"onsite_reinstall", "technician_visit", "physical_media"})
+
+ConditionKey = tuple[str, str, str]  # agent id, kind, subject
+
+
+def customer_calendar(policy: Policy, customer: dict[str, Any]) -> BusinessCalendar:
+    """The policy's business calendar in the customer's time zone and hours."""
+    default = policy.calendar
+    workdays = default.workdays
+    if customer.get("workdays"):
+        workdays = frozenset(WEEKDAYS.index(d) for d in customer["workdays"].split(","))
+    return dataclasses.replace(
+        default, timezone=customer["timezone"], workdays=workdays,
+        opens=dt.time.fromisoformat(customer["opens"]) if customer.get("opens") else default.opens,
+        closes=dt.time.fromisoformat(customer["closes"]) if customer.get("closes") else default.closes,
+    )
+
+
+def _state_to_json(state: ConditionState) -> dict[str, Any]:
+    data = dataclasses.asdict(state)
+    data["first_seen"] = state.first_seen.isoformat()
+    data["last_seen"] = state.last_seen.isoformat()
+    return data
+
+
+def _state_from_json(data: dict[str, Any]) -> ConditionState:
+    return ConditionState(**{
+        **data,
+        "first_seen": dt.datetime.fromisoformat(data["first_seen"]),
+        "last_seen": dt.datetime.fromisoformat(data["last_seen"]),
+    })
+
+
+class IncidentDesk:
+    def __init__(self, db: Database, policy: Policy, offline_after: dt.timedelta) -> None:
+        self.db = db
+        self.policy = policy
+        self.offline_after = offline_after
+
+    # ------------------------------------------------------------------ entitlement
+    async def entitlement(
+        self, conn: AsyncConnection, agent: dict[str, Any], at: dt.date | None = None,
+        now: dt.datetime | None = None,
+    ) -> Entitlement:
+        """A machine's entitlement on a local date (default: today in its customer's zone)."""
+        customer = await store.get_customer(conn, agent["customer_id"])
+        if at is None:
+            at = customer_calendar(self.policy, customer).local(now or dt.datetime.now(dt.UTC)).date()
+        contract_row = (
+            await service.get_contract(conn, agent["contract_id"]) if agent["contract_id"]
+            else await service.current_contract(conn, agent["customer_id"], at)
+        )
+        if contract_row is None:
+            return Entitlement(at, "not_covered", NOTHING)
+        contract = Contract(contract_row["id"], contract_row["signed_on"],
+                            contract_row["warranty_months"])
+        packages = [
+            MaintenancePackage(r["id"], r["contract_id"], r["start"], r["end"], r["tier"])
+            for r in await service.list_maintenance(conn, contract.id)
+        ]
+        joined = agent["joined_contract_on"] or agent["enrolled_at"].date()
+        return entitlement_at(
+            contract, packages, at, machine_joined_on=joined, tiers=self.policy.tiers,
+            warranty_tier=self.policy.warranty,
+            expiring_within_days=self.policy.expiring_within_days,
+        )
+
+    # ------------------------------------------------------------------ incidents
+    async def open_incident(
+        self, conn: AsyncConnection, agent: dict[str, Any], *, kind: str, subject: str,
+        category: str, severity: str, opened_by: str, detail: str, now: dt.datetime,
+    ) -> int:
+        incident_id = await service.add_incident(conn, {
+            "agent_id": agent["id"], "customer_id": agent["customer_id"], "kind": kind,
+            "subject": subject, "category": category, "severity": severity, "status": "open",
+            "opened_by": opened_by, "opened_at": now, "updated_at": now, "detail": detail,
+        })
+        await self.decide(conn, incident_id, now)
+        await store.record_audit(conn, actor=opened_by, action="incident.open",
+                                 target=f"incident:{incident_id}",
+                                 detail={"agent": agent["id"], "kind": kind}, now=now)
+        return incident_id
+
+    async def machine_state(
+        self, conn: AsyncConnection, agent: dict[str, Any], entitlement: Entitlement,
+        now: dt.datetime,
+    ) -> MachineState:
+        """What the agent can do remotely. Restoring integrity needs the agent online, the
+        installed versions known and the machine entitled to remote fixes (the signed copy)."""
+        seen = agent["last_seen"]
+        online = bool(agent["connected"] and seen and now - seen <= self.offline_after)
+        health = agent["health"] or {}
+        problems = {p["kind"] for p in health.get("problems", [])}
+        versions_known = all(p.get("version") for p in health.get("products", []))
+        return MachineState(
+            online=online,
+            healthy_for_remote=not problems & {"disk_full", "disk_failing"},
+            offline_for=None if online or seen is None else now - seen,
+            integrity_restorable=online and versions_known and bool(health.get("products"))
+            and entitlement.includes.remote_fixes,
+        )
+
+    async def decide(self, conn: AsyncConnection, incident_id: int, now: dt.datetime) -> dict[str, Any]:
+        """Decide (again) what to do about an incident, and store the decision and any visit."""
+        incident = await service.get_incident(conn, incident_id)
+        agent = await store.get_agent(conn, incident["agent_id"])
+        customer = await store.get_customer(conn, agent["customer_id"])
+        calendar = customer_calendar(self.policy, customer)
+        reported = incident["opened_at"]
+        entitlement = await self.entitlement(conn, agent, calendar.local(reported).date())
+        machine = await self.machine_state(conn, agent, entitlement, now)
+        year_ago = now - dt.timedelta(days=365)
+        decision = decide(
+            IncidentFacts(incident["category"], incident["severity"], reported), entitlement,
+            machine, fix_available=False, policy=self.policy, calendar=calendar,
+            onsite_visits_used=await service.count_visits(conn, customer["id"], year_ago),
+        )
+        facts = {
+            "entitlement": entitlement.to_dict(),
+            "machine": {**dataclasses.asdict(machine), "offline_for": str(machine.offline_for)
+                        if machine.offline_for else None},
+            "fix_available": False,
+        }
+        decision_id = await service.add_decision(conn, {
+            "incident_id": incident_id, "decided_at": now, "action": decision.action,
+            "covered": decision.covered, "billable": decision.billable,
+            "fee_vnd": decision.fee_vnd, "quote_vnd": decision.quote_vnd,
+            "due_at": decision.due_at, "rule": decision.rule, "reasons": list(decision.reasons),
+            "facts": facts,
+        })
+        if decision.action in ONSITE_ACTIONS:
+            await service.add_visit(conn, {
+                "incident_id": incident_id, "agent_id": agent["id"],
+                "customer_id": customer["id"], "action": decision.action,
+                "fee_vnd": decision.fee_vnd, "due_at": decision.due_at, "status": "open",
+                "created_at": now,
+            })
+        return {"id": decision_id, **decision.to_dict(), "facts": facts}
+
+    async def touch(self, conn: AsyncConnection, incident_id: int) -> None:
+        """A technician worked on the incident: it will no longer close by itself."""
+        await service.update_incident(conn, incident_id, touched=True)
+        for row in await service.touch_conditions_of(conn, incident_id):
+            state = touch(_state_from_json(row["state"]))
+            await service.save_condition(
+                conn, (row["agent_id"], row["kind"], row["subject"]), _state_to_json(state),
+                incident_id, exists=True)
+
+    # ------------------------------------------------------------------ signals
+    async def observe(
+        self, conn: AsyncConnection, checks: dict[ConditionKey, tuple[bool, str]],
+        now: dt.datetime,
+    ) -> None:
+        """Feed one check per condition (failing?, detail) through flap suppression."""
+        agent_ids = sorted({key[0] for key in checks})
+        existing = {
+            (r["agent_id"], r["kind"], r["subject"]): r
+            for r in await service.conditions_for(conn, agent_ids)
+        }
+        agents_by_id: dict[str, dict[str, Any]] = {}
+        for key, (failing, detail) in checks.items():
+            row = existing.get(key)
+            state = _state_from_json(row["state"]) if row else None
+            if state is None and not failing:
+                continue
+            agent_id, kind, subject = key
+            new_state, transition = observe(state, failing, now, self.policy.alerts[kind])
+            incident_id = row["incident_id"] if row else None
+            if transition is Transition.OPEN:
+                if agent_id not in agents_by_id:
+                    agents_by_id[agent_id] = await store.get_agent(conn, agent_id)
+                category, severity = self.policy.kinds[kind]
+                incident_id = await self.open_incident(
+                    conn, agents_by_id[agent_id], kind=kind, subject=subject, category=category,
+                    severity=severity, opened_by="agent", detail=detail, now=now)
+            elif transition is Transition.BUMP and incident_id is not None:
+                await service.bump_incident(conn, incident_id, detail, now)
+            elif transition is Transition.CLOSE and incident_id is not None:
+                await service.resolve_incident(conn, incident_id, "condition cleared", now)
+            elif transition is Transition.CLEAR and incident_id is not None:
+                await service.update_incident(conn, incident_id, updated_at=now,
+                                              detail=f"cleared; {detail}".strip("; "))
+            await service.save_condition(
+                conn, key, _state_to_json(new_state) if new_state else None, incident_id,
+                exists=row is not None)
+
+    async def on_heartbeats(self, conn: AsyncConnection, batch: dict[str, Any], now: dt.datetime) -> None:
+        """Each heartbeat is one check of every heartbeat condition of that agent."""
+        checks: dict[ConditionKey, tuple[bool, str]] = {}
+        known = {
+            (r["agent_id"], r["kind"], r["subject"])
+            for r in await service.conditions_for(conn, sorted(batch))
+        }
+        for agent_id, health in batch.items():
+            for problem in health.get("problems", []):
+                if problem["kind"] in HEARTBEAT_KINDS:
+                    checks[(agent_id, problem["kind"], problem["subject"])] = (True, problem["detail"])
+        for key in known:
+            if key[1] in HEARTBEAT_KINDS and key[0] in batch:
+                checks.setdefault(key, (False, ""))
+        if checks:
+            await self.observe(conn, checks, now)
+
+    async def on_event(
+        self, conn: AsyncConnection, agent_id: str, kind: str, data: dict[str, Any],
+        now: dt.datetime,
+    ) -> None:
+        """Events that signal trouble: one failing check of their condition."""
+        if kind not in self.policy.kinds:
+            return
+        subject = str(data.get("product") or data.get("subject") or "")
+        detail = str(data.get("detail") or data.get("reason") or "")
+        await self.observe(conn, {(agent_id, kind, subject): (True, detail)}, now)
+
+    async def sweep_offline(self, now: dt.datetime) -> None:
+        """One agent_offline check per machine: silent longer than the policy allows?"""
+        limit = self.policy.offline_incident_after
+        async with self.db.transaction() as conn:
+            checks = {}
+            for agent in await store.list_agents(conn):
+                if agent["revoked_at"] is not None:
+                    continue
+                heard = agent["last_seen"] or agent["enrolled_at"]
+                checks[(agent["id"], "agent_offline", "")] = (
+                    now - heard > limit, f"last heard from {heard:%Y-%m-%d %H:%M}Z")
+            await self.observe(conn, checks, now)

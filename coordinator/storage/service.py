@@ -1,0 +1,246 @@
+"""Queries for the service side: contracts, maintenance, incidents, decisions, visits,
+diagnostics and the flap-suppression state of trouble conditions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.storage.fleet import Row, insert_row, rows_of
+from coordinator.storage.schema import (
+    agents,
+    conditions,
+    contracts,
+    customers,
+    decisions,
+    diagnostics,
+    incidents,
+    maintenance_packages,
+    visits,
+)
+from shared.errors import Conflict, NotFound
+
+
+async def _one(conn: AsyncConnection, query: sa.Select[Any], missing: str) -> Row:
+    row = (await conn.execute(query)).mappings().first()
+    if row is None:
+        raise NotFound(missing)
+    return dict(row)
+
+
+# ----------------------------------------------------------------------------- contracts
+async def add_contract(
+    conn: AsyncConnection, *, customer_id: int, signed_on: dt.date, warranty_months: int,
+    machines: int | None, now: dt.datetime,
+) -> int:
+    return await insert_row(conn, contracts, {
+        "customer_id": customer_id, "signed_on": signed_on, "warranty_months": warranty_months,
+        "machines": machines, "created_at": now,
+    }, "contract")
+
+
+async def get_contract(conn: AsyncConnection, contract_id: int) -> Row:
+    return await _one(conn, sa.select(contracts).where(contracts.c.id == contract_id),
+                      f"no contract {contract_id}")
+
+
+async def list_contracts(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+    query = sa.select(contracts).order_by(contracts.c.id)
+    if customer_id is not None:
+        query = query.where(contracts.c.customer_id == customer_id)
+    return rows_of(await conn.execute(query))
+
+
+async def current_contract(conn: AsyncConnection, customer_id: int, on: dt.date) -> Row | None:
+    """The contract a customer's machines join by default: the latest one signed by `on`,
+    else the earliest one signed later."""
+    signed = (await conn.execute(
+        sa.select(contracts).where(contracts.c.customer_id == customer_id,
+                                   contracts.c.signed_on <= on)
+        .order_by(contracts.c.signed_on.desc(), contracts.c.id.desc()).limit(1)
+    )).mappings().first()
+    if signed is not None:
+        return dict(signed)
+    future = (await conn.execute(
+        sa.select(contracts).where(contracts.c.customer_id == customer_id)
+        .order_by(contracts.c.signed_on, contracts.c.id).limit(1)
+    )).mappings().first()
+    return dict(future) if future else None
+
+
+async def add_maintenance(
+    conn: AsyncConnection, *, contract_id: int, start: dt.date, end: dt.date, tier: str,
+    now: dt.datetime,
+) -> int:
+    return await insert_row(conn, maintenance_packages, {
+        "contract_id": contract_id, "start": start, "end": end, "tier": tier, "created_at": now,
+    }, "maintenance package")
+
+
+async def list_maintenance(conn: AsyncConnection, contract_id: int) -> list[Row]:
+    query = (sa.select(maintenance_packages)
+             .where(maintenance_packages.c.contract_id == contract_id)
+             .order_by(maintenance_packages.c.start))
+    return rows_of(await conn.execute(query))
+
+
+async def contract_machines(conn: AsyncConnection, contract_id: int) -> list[Row]:
+    query = sa.select(agents.c.id, agents.c.hostname, agents.c.joined_contract_on).where(
+        agents.c.contract_id == contract_id)
+    return rows_of(await conn.execute(query))
+
+
+# ----------------------------------------------------------------------------- conditions
+async def conditions_for(conn: AsyncConnection, agent_ids: list[str]) -> list[Row]:
+    if not agent_ids:
+        return []
+    return rows_of(await conn.execute(
+        sa.select(conditions).where(conditions.c.agent_id.in_(agent_ids))))
+
+
+async def save_condition(
+    conn: AsyncConnection, key: tuple[str, str, str], state: dict[str, Any] | None,
+    incident_id: int | None, exists: bool,
+) -> None:
+    agent_id, kind, subject = key
+    where = sa.and_(conditions.c.agent_id == agent_id, conditions.c.kind == kind,
+                    conditions.c.subject == subject)
+    if state is None:
+        if exists:
+            await conn.execute(conditions.delete().where(where))
+    elif exists:
+        await conn.execute(conditions.update().where(where).values(
+            state=state, incident_id=incident_id))
+    else:
+        await conn.execute(conditions.insert().values(
+            agent_id=agent_id, kind=kind, subject=subject, state=state, incident_id=incident_id))
+
+
+async def forget_conditions_of(conn: AsyncConnection, incident_id: int) -> None:
+    await conn.execute(conditions.delete().where(conditions.c.incident_id == incident_id))
+
+
+async def touch_conditions_of(conn: AsyncConnection, incident_id: int) -> list[Row]:
+    return rows_of(await conn.execute(
+        sa.select(conditions).where(conditions.c.incident_id == incident_id)))
+
+
+# ----------------------------------------------------------------------------- incidents
+async def add_incident(conn: AsyncConnection, values: dict[str, Any]) -> int:
+    return await insert_row(conn, incidents, values, "incident")
+
+
+def _incident_query() -> sa.Select[Any]:
+    return sa.select(incidents, customers.c.name.label("customer"), agents.c.hostname).select_from(
+        incidents.join(customers, incidents.c.customer_id == customers.c.id)
+        .join(agents, incidents.c.agent_id == agents.c.id))
+
+
+async def get_incident(conn: AsyncConnection, incident_id: int) -> Row:
+    return await _one(conn, _incident_query().where(incidents.c.id == incident_id),
+                      f"no incident {incident_id}")
+
+
+async def list_incidents(
+    conn: AsyncConnection, *, open_only: bool = False, customer_id: int | None = None,
+    agent_id: str | None = None,
+) -> list[Row]:
+    query = _incident_query().order_by(incidents.c.id.desc())
+    if open_only:
+        query = query.where(incidents.c.status == "open")
+    if customer_id is not None:
+        query = query.where(incidents.c.customer_id == customer_id)
+    if agent_id is not None:
+        query = query.where(incidents.c.agent_id == agent_id)
+    return rows_of(await conn.execute(query))
+
+
+async def update_incident(conn: AsyncConnection, incident_id: int, **values: Any) -> None:
+    await conn.execute(incidents.update().where(incidents.c.id == incident_id).values(**values))
+
+
+async def bump_incident(conn: AsyncConnection, incident_id: int, detail: str, now: dt.datetime) -> None:
+    await conn.execute(incidents.update().where(incidents.c.id == incident_id).values(
+        signals=incidents.c.signals + 1, updated_at=now, detail=detail))
+
+
+async def resolve_incident(
+    conn: AsyncConnection, incident_id: int, resolution: str, now: dt.datetime
+) -> None:
+    result = await conn.execute(
+        incidents.update().where(incidents.c.id == incident_id, incidents.c.status == "open")
+        .values(status="resolved", resolved_at=now, updated_at=now, resolution=resolution))
+    if result.rowcount == 0:
+        raise Conflict(f"incident {incident_id} is not open")
+
+
+# ----------------------------------------------------------------------------- decisions
+async def add_decision(conn: AsyncConnection, values: dict[str, Any]) -> int:
+    return await insert_row(conn, decisions, values, "decision")
+
+
+async def latest_decision(conn: AsyncConnection, incident_id: int) -> Row | None:
+    row = (await conn.execute(
+        sa.select(decisions).where(decisions.c.incident_id == incident_id)
+        .order_by(decisions.c.id.desc()).limit(1))).mappings().first()
+    return dict(row) if row else None
+
+
+# ----------------------------------------------------------------------------- visits
+async def add_visit(conn: AsyncConnection, values: dict[str, Any]) -> int:
+    return await insert_row(conn, visits, values, "visit")
+
+
+async def get_visit(conn: AsyncConnection, visit_id: int) -> Row:
+    return await _one(conn, sa.select(visits).where(visits.c.id == visit_id),
+                      f"no visit {visit_id}")
+
+
+async def list_visits(conn: AsyncConnection, due_before: dt.datetime | None = None,
+                      open_only: bool = True) -> list[Row]:
+    query = (sa.select(visits, customers.c.name.label("customer"))
+             .select_from(visits.join(customers, visits.c.customer_id == customers.c.id))
+             .order_by(visits.c.due_at))
+    if open_only:
+        query = query.where(visits.c.status != "completed")
+    if due_before is not None:
+        query = query.where(visits.c.due_at <= due_before)
+    return rows_of(await conn.execute(query))
+
+
+async def update_visit(conn: AsyncConnection, visit_id: int, **values: Any) -> None:
+    await conn.execute(visits.update().where(visits.c.id == visit_id).values(**values))
+
+
+async def count_visits(conn: AsyncConnection, customer_id: int, since: dt.datetime) -> int:
+    """On-site visits a customer has used since a date (for the yearly quota)."""
+    query = sa.select(sa.func.count()).select_from(visits).where(
+        visits.c.customer_id == customer_id, visits.c.created_at >= since,
+        visits.c.action == "technician_visit")
+    return int((await conn.execute(query)).scalar_one())
+
+
+# ----------------------------------------------------------------------------- diagnostics
+async def add_diagnostics(
+    conn: AsyncConnection, *, agent_id: str, incident_id: int | None, requested_by: str,
+    size: int, bundle: dict[str, Any], now: dt.datetime,
+) -> int:
+    return await insert_row(conn, diagnostics, {
+        "agent_id": agent_id, "incident_id": incident_id, "requested_by": requested_by,
+        "created_at": now, "size": size, "bundle": bundle,
+    }, "diagnostics")
+
+
+async def list_diagnostics(conn: AsyncConnection, agent_id: str) -> list[Row]:
+    query = (sa.select(diagnostics.c.id, diagnostics.c.agent_id, diagnostics.c.incident_id,
+                       diagnostics.c.requested_by, diagnostics.c.created_at, diagnostics.c.size)
+             .where(diagnostics.c.agent_id == agent_id).order_by(diagnostics.c.id.desc()))
+    return rows_of(await conn.execute(query))
+
+
+async def get_diagnostics(conn: AsyncConnection, diag_id: int) -> Row:
+    return await _one(conn, sa.select(diagnostics).where(diagnostics.c.id == diag_id),
+                      f"no diagnostics {diag_id}")
