@@ -107,3 +107,24 @@ def test_technician_reported_incident_and_maintenance(sqlite_coordinator, spawn_
     due = dt.datetime.fromisoformat(decision["due_at"])
     assert due > dt.datetime.now(dt.UTC)
     assert json.dumps(decision["reasons"]).count("premium") >= 1
+
+
+def test_condition_that_clears_closes_untouched_incident(sqlite_coordinator, spawn_agent, tmp_path):
+    coord = sqlite_coordinator
+    product = make_product(tmp_path / "p")
+    original = (product / "ketoan.bin").read_bytes()
+    (product / "ketoan.bin").write_bytes(b"patched by a virus")
+    agent = spawn_agent("pc", coord.join_string(), "--product", f"KeToan={product}", start=False)
+    config_file = agent.state / "agent.json"
+    config = json.loads(config_file.read_text())
+    config["verify_interval"] = 0.5  # re-check files at every heartbeat
+    config_file.write_text(json.dumps(config))
+    agent.start()
+    incident = wait_until(lambda: open_incidents(coord, agent.agent_id))[0]
+    (product / "ketoan.bin").write_bytes(original)  # the technician's fix, done by hand
+    closed = wait_until(lambda: coord.cli("incidents", "show", str(incident["id"]))["status"]
+                        == "resolved")
+    assert closed
+    shown = coord.cli("incidents", "show", str(incident["id"]))
+    assert shown["resolution"] == "condition cleared"
+    assert open_incidents(coord, agent.agent_id) == []
