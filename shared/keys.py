@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from shared.errors import AuthError, ConfigError
 
-_AUTH_CONTEXT = b"careline-agent-auth-v1\x00"
+_AUTH_CONTEXT = b"careline-agent-auth-v2\x00"
 JOIN_SCHEME = "careline+wss"
 
 
@@ -67,7 +67,9 @@ def agent_id_for(public_key: bytes) -> str:
 
 
 def auth_payload(nonce: bytes, agent_id: str) -> bytes:
-    return _AUTH_CONTEXT + nonce + agent_id.encode()
+    """What an agent signs: the nonce is length-prefixed so no (nonce, id) pair can pass
+    for another."""
+    return _AUTH_CONTEXT + len(nonce).to_bytes(2, "big") + nonce + agent_id.encode()
 
 
 def sign_challenge(key: Ed25519PrivateKey, nonce: bytes, agent_id: str) -> bytes:

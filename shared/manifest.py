@@ -76,14 +76,22 @@ def encode_manifest(manifest: Manifest) -> bytes:
     return json.dumps(msgspec.to_builtins(manifest), indent=1, sort_keys=True).encode()
 
 
+def is_safe_relative_path(rel: str) -> bool:
+    """A POSIX path that stays inside the directory it is joined to, on Windows too."""
+    parts = rel.split("/")
+    return bool(rel) and not (
+        rel.startswith("/") or "\\" in rel or ":" in rel or "\x00" in rel
+        or any(part in ("", ".", "..") for part in parts)
+    )
+
+
 def decode_manifest(data: bytes) -> Manifest:
     try:
         manifest = msgspec.json.decode(data, type=Manifest)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"invalid product manifest: {exc}") from None
     for rel in manifest.files:
-        parts = rel.split("/")
-        if rel.startswith("/") or ".." in parts or "" in parts or "\\" in rel:
+        if not is_safe_relative_path(rel):
             raise ConfigError(f"invalid product manifest: unsafe path {rel!r}")
     return manifest
 

@@ -38,6 +38,7 @@ from shared.manifest import (
     build_manifest,
     decode_manifest,
     encode_manifest,
+    is_safe_relative_path,
 )
 
 PACKAGE_SUFFIX = ".careline"
@@ -111,14 +112,6 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _safe_rel(rel: str) -> bool:
-    parts = rel.split("/")
-    return bool(rel) and not (
-        rel.startswith("/") or "\\" in rel or ":" in rel or "\x00" in rel
-        or any(part in ("", ".", "..") for part in parts)
-    )
-
-
 def _source_files(source_dir: Path) -> Iterator[Path]:
     for dirpath, dirs, files in os.walk(source_dir):
         for name in dirs + files:
@@ -177,7 +170,7 @@ def build_package(
     source_dir = Path(source_dir)
     for path in _source_files(source_dir):
         rel = path.relative_to(source_dir).as_posix()
-        if not _safe_rel(rel):
+        if not is_safe_relative_path(rel):
             raise ConfigError(f"file name {rel!r} cannot be packaged")
     manifest = build_manifest(source_dir, product, version, check)
     info = PackageInfo(FORMAT, product, version, kind, regulation_ref, effective, notes)
@@ -273,7 +266,7 @@ def extract_package(path: Path, dest: Path) -> tuple[PackageInfo, Manifest]:
         seen: set[str] = set()
         while (member := tar.next()) is not None:
             rel = member.name.removeprefix(PRODUCT_PREFIX)
-            if not member.name.startswith(PRODUCT_PREFIX) or not _safe_rel(rel):
+            if not member.name.startswith(PRODUCT_PREFIX) or not is_safe_relative_path(rel):
                 raise VerificationError(f"package entry {member.name!r} has an unsafe name")
             if not member.isreg() or member.issparse():
                 raise VerificationError(f"package entry {member.name!r} is not a regular file")

@@ -1,4 +1,4 @@
-"""Parsing of the durations users type: '30s', '5m', '24h', '7d', '2w' (bare numbers are seconds)."""
+"""Durations as users type them: '30s', '5m', '24h', '7d', '2w' (bare numbers: seconds)."""
 
 from __future__ import annotations
 
@@ -16,4 +16,7 @@ def parse_duration(text: str) -> dt.timedelta:
     if not match:
         raise ConfigError(f"not a duration: {text!r} (use e.g. 30s, 5m, 24h, 7d)")
     value, unit = match.groups()
-    return dt.timedelta(seconds=float(value) * _UNITS[unit or "s"])
+    try:
+        return dt.timedelta(seconds=float(value) * _UNITS[unit or "s"])
+    except OverflowError:
+        raise ConfigError(f"duration {text!r} is too long") from None

@@ -60,12 +60,13 @@ async def list_customers(conn: AsyncConnection) -> list[Row]:
 
 
 async def get_customer(conn: AsyncConnection, ref: str | int) -> Row:
-    """A customer by id or exact name."""
-    query = sa.select(customers)
+    """A customer by id or exact name (a name made of digits still matches by name)."""
     text = str(ref)
-    query = query.where(
-        customers.c.id == int(text) if text.isdigit() else customers.c.name == text
-    )
+    condition = customers.c.name == text
+    if text.isdigit():
+        condition = sa.or_(customers.c.id == int(text), condition)
+    query = sa.select(customers).where(condition).order_by(customers.c.id != (
+        int(text) if text.isdigit() else -1))
     row = (await conn.execute(query)).mappings().first()
     if row is None:
         raise NotFound(f"no customer {ref!r}")
@@ -174,6 +175,8 @@ def _agents_with_customer() -> sa.Select[Any]:
 
 async def get_agent(conn: AsyncConnection, ref: str) -> Row:
     """An agent by full id or an unambiguous prefix of it, or by unique hostname."""
+    if not ref:
+        raise NotFound("no agent given")
     query = _agents_with_customer().where(
         sa.or_(agents.c.id == ref, agents.c.id.startswith(ref, autoescape=True),
                agents.c.hostname == ref)

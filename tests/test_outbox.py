@@ -1,0 +1,169 @@
+"""agent.outbox: events are on disk before put() returns and leave only when acknowledged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.outbox import Outbox
+from shared.protocol import Event
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "outbox.db"
+
+
+def test_put_returns_increasing_seqs_and_pending_lists_them(path: Path) -> None:
+    box = Outbox(path)
+    before = time.time()
+    seqs = [box.put("boot", {"n": i}) for i in range(5)]
+    after = time.time()
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5 and seqs[0] >= 1
+    pending = box.pending()
+    assert [e.seq for e in pending] == seqs
+    assert [e.data for e in pending] == [{"n": i} for i in range(5)]
+    assert all(isinstance(e, Event) and e.kind == "boot" for e in pending)
+    assert all(before <= e.at <= after for e in pending)
+    assert len(box) == 5
+    box.close()
+
+
+def test_put_without_data_gives_empty_map_and_unusual_values_become_strings(path: Path) -> None:
+    box = Outbox(path)
+    a = box.put("power_loss")
+    when = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    b = box.put("crash", {"when": when, "nested": {"list": [1, "x", None]}})
+    events = {e.seq: e for e in box.pending()}
+    assert events[a].data == {}
+    assert events[b].data == {"when": str(when), "nested": {"list": [1, "x", None]}}
+    box.close()
+
+
+def test_ack_removes_only_that_event(path: Path) -> None:
+    box = Outbox(path)
+    s1, s2, s3 = (box.put("e", {"i": i}) for i in range(3))
+    box.ack(s2)
+    assert [e.seq for e in box.pending()] == [s1, s3]
+    box.ack(s2)  # acknowledging twice (a duplicate Ack) is harmless
+    box.ack(10_000)  # so is an unknown seq
+    assert [e.seq for e in box.pending()] == [s1, s3]
+    assert len(box) == 2
+    box.ack(s1)
+    box.ack(s3)
+    assert box.pending() == [] and len(box) == 0
+    box.close()
+
+
+def test_pending_after_and_limit(path: Path) -> None:
+    box = Outbox(path)
+    seqs = [box.put("e") for _ in range(10)]
+    assert [e.seq for e in box.pending(after=seqs[3])] == seqs[4:]  # strictly after
+    assert [e.seq for e in box.pending(after=seqs[-1])] == []
+    assert [e.seq for e in box.pending(after=0, limit=3)] == seqs[:3]
+    assert [e.seq for e in box.pending(after=seqs[2], limit=2)] == seqs[3:5]
+    # `after` need not be a stored seq: gaps left by acks are skipped over.
+    box.ack(seqs[5])
+    box.ack(seqs[6])
+    assert [e.seq for e in box.pending(after=seqs[5], limit=2)] == [seqs[7], seqs[8]]
+    # Paging through with after=last seen delivers each event exactly once.
+    delivered: list[int] = []
+    last = 0
+    while page := box.pending(after=last, limit=3):
+        delivered += [e.seq for e in page]
+        last = page[-1].seq
+    assert delivered == [s for s in seqs if s not in (seqs[5], seqs[6])]
+    box.close()
+
+
+def test_events_survive_close_and_reopen(path: Path) -> None:
+    box = Outbox(path)
+    seqs = [box.put("e", {"i": i}) for i in range(3)]
+    box.ack(seqs[0])
+    expected = box.pending()
+    box.close()
+    again = Outbox(path)
+    assert again.pending() == expected
+    assert len(again) == 2
+    again.close()
+
+
+def test_seq_is_never_reused_after_newest_is_acked_and_reopened(path: Path) -> None:
+    box = Outbox(path)
+    seqs = [box.put("e") for _ in range(3)]
+    for seq in seqs:
+        box.ack(seq)
+    assert len(box) == 0
+    box.close()
+    again = Outbox(path)
+    fresh = again.put("e")
+    assert fresh > max(seqs)  # the coordinator would otherwise drop it as a duplicate
+    again.ack(fresh)
+    again.close()
+    third = Outbox(path)
+    assert third.put("e") > fresh
+    third.close()
+
+
+def test_two_handles_see_each_others_events(path: Path) -> None:
+    writer, reader = Outbox(path), Outbox(path)
+    seq = writer.put("e", {"x": 1})
+    assert [e.seq for e in reader.pending()] == [seq]
+    reader.ack(seq)
+    assert writer.pending() == []
+    writer.close()
+    reader.close()
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from agent.outbox import Outbox
+box = Outbox(Path(sys.argv[1]))
+i = 0
+while True:
+    seq = box.put("tick", {"i": i, "pad": "x" * 200})
+    print(seq, i, flush=True)
+    i += 1
+"""
+
+
+def test_events_reported_as_put_survive_sigkill(path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    reported: dict[int, int] = {}
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 20
+        while len(reported) < 200 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seq, i = map(int, line.split())
+            reported[seq] = i
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # mid-stream: no close(), no checkpoint
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(reported) >= 200, proc.stderr.read() if proc.stderr else ""
+    box = Outbox(path)
+    stored = {e.seq: e.data["i"] for e in box.pending(limit=1_000_000)}
+    missing = set(reported) - set(stored)
+    assert not missing, f"events reported as put but lost: {sorted(missing)[:10]}"
+    assert all(stored[seq] == i for seq, i in reported.items())
+    # The child may have stored a few more than it managed to report; all are in order.
+    assert sorted(stored) == list(stored)
+    assert max(stored) >= max(reported)
+    # New events after the crash get fresh numbers.
+    assert box.put("after-crash") > max(stored)
+    box.close()
