@@ -159,5 +159,24 @@ def status(state: str | None, as_json: bool) -> None:
         click.echo(f"{key:12} {value}")
 
 
+@main.command("apply-bundle")
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False))
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def apply_bundle(bundle: str, state: str | None, as_json: bool) -> None:
+    """Install an update bundle from physical media, with no network (issue 6)."""
+    from agent.updater import apply_bundle as do_apply
+
+    result = do_apply(_state(state), Path(bundle))
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        click.echo(f"{result['product']}: {result['outcome']}"
+                   + (f" ({result['version']})" if result["version"] else "")
+                   + (f": {result['reason']}" if result["reason"] else ""))
+    if result["outcome"] != "installed":
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     sys.exit(main())

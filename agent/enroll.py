@@ -56,6 +56,9 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     except OSError as exc:
         raise ConfigError(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
     (state.ca_file).write_text(identity.ca_pem)
+    from agent.updater import store_enrollment_trust
+
+    store_enrollment_trust(state, enrolled.tuf_root, enrolled.instruction_key)
     config = AgentConfig(
         agent_id=enrolled.agent_id, customer_id=enrolled.customer_id,
         server_url=join.server_url, heartbeat_interval=enrolled.heartbeat_interval,

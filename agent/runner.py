@@ -103,6 +103,10 @@ class AgentRunner:
     # ------------------------------------------------------------------ main loop
     async def run(self, stop: asyncio.Event) -> None:
         self.check_power_loss()
+        from agent.updater import Updater  # issue 6: recover interrupted installs first
+
+        self.updater = Updater(self)
+        self.updater.start()
         attempt = 0
         try:
             while not stop.is_set():
@@ -187,6 +191,10 @@ class AgentRunner:
             message = p.decode(data, p.ServerToAgent)
             if isinstance(message, p.Ack):
                 self.outbox.ack(message.seq)
+            elif isinstance(message, (p.MetadataReply, p.Chunk)) or (
+                isinstance(message, p.Command) and isinstance(message.action, p.UpdateAction)
+            ):
+                await self.updater.receive(ws, message)
             elif isinstance(message, p.Command):
                 task = asyncio.create_task(self._answer(ws, message))
                 self._answering.add(task)

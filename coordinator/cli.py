@@ -539,6 +539,95 @@ def restart_product(client: Any, as_json: bool, machine: str, product: str) -> N
                    f"(pids {result['pids_before']} -> {result['pids_after']})")
 
 
+# ============================================================================ rollouts
+@main.group(cls=CarelineGroup)
+def rollouts() -> None:
+    """Staged rollouts of a release to every machine that needs it."""
+
+
+@technician_command(rollouts, "start")
+@click.option("--release", required=True, help="Release id, or 'PRODUCT VERSION'.")
+@click.option("--customer", default=None, help="Only this customer's machines.")
+@click.option("--waves", default=None, help="Cumulative percents, e.g. 5,25,100.")
+def rollouts_start(client: Any, as_json: bool, release: str, customer: str | None,
+                   waves: str | None) -> None:
+    _show_rollout(client.call("rollouts.start", release=release, customer=customer,
+                              waves=waves), as_json, not_covered=False)
+
+
+@technician_command(rollouts, "list")
+@click.option("--open", "open_only", is_flag=True)
+def rollouts_list(client: Any, as_json: bool, open_only: bool) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("rollouts.list", open=open_only), as_json,
+         ("id", "product", "version", "kind", "status", "sent_waves", "targeted", "succeeded",
+          "failed", "not_covered", "reason"), title="rollouts")
+
+
+def _show_rollout(rollout: dict[str, Any], as_json: bool, not_covered: bool) -> None:
+    from coordinator.render import emit
+
+    if not_covered:
+        emit(rollout["not_covered"], as_json, ("machine", "hostname", "customer", "detail"),
+             title=f"rollout {rollout['id']}: machines not covered")
+        return
+    if as_json:
+        emit(rollout, True)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    console = Console()
+    console.print(f"[bold]Rollout {rollout['id']}[/]: {rollout['product']} {rollout['version']}"
+                  f" ({rollout['kind']}) — {rollout['status']}: {rollout['reason']}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                        TextColumn("{task.fields[counts]}"), console=console, auto_refresh=False)
+    for wave in rollout["waves"]:
+        counts = (f"{wave['succeeded']}/{wave['targeted']} ok, {wave['failed']} failed, "
+                  f"{wave['pending']} pending, {wave['offline']} offline — {wave['verdict']}")
+        progress.add_task(f"wave {wave['wave']}{'' if wave['sent'] else ' (not sent)'}",
+                          total=max(wave["targeted"], 1), completed=wave["succeeded"],
+                          counts=counts)
+    progress.refresh()
+    console.print(f"{len(rollout['not_covered'])} machines not covered "
+                  f"(see --not-covered)")
+
+
+@technician_command(rollouts, "show")
+@click.argument("rollout", type=int)
+@click.option("--not-covered", is_flag=True, help="The machines left out for lack of coverage.")
+def rollouts_show(client: Any, as_json: bool, rollout: int, not_covered: bool) -> None:
+    _show_rollout(client.call("rollouts.show", id=rollout), as_json, not_covered)
+
+
+def _rollout_action(name: str, method: str, doc: str) -> None:
+    @technician_command(rollouts, name, help=doc)
+    @click.argument("rollout", type=int)
+    def command(client: Any, as_json: bool, rollout: int) -> None:
+        from coordinator.render import emit
+
+        emit(client.call(method, id=rollout), as_json)
+
+
+_rollout_action("pause", "rollouts.pause", "Stop sending the next machines.")
+_rollout_action("resume", "rollouts.resume", "Carry on after a pause.")
+_rollout_action("cancel", "rollouts.cancel", "End the rollout; nothing more is sent.")
+_rollout_action("retry-failed", "rollouts.retry_failed",
+                "Send again to failed and timed-out machines (resumes a paused rollout).")
+
+
+@technician_command(customers, "install-window")
+@click.argument("customer")
+@click.option("--window", default=None, help="Local hours, e.g. 18:00-07:00; omit to clear.")
+def customers_install_window(client: Any, as_json: bool, customer: str,
+                             window: str | None) -> None:
+    """When updates may install at a customer (default: whenever the product is closed)."""
+    from coordinator.render import emit
+
+    emit(client.call("customers.install_window", customer=customer, window=window), as_json)
+
+
 # ============================================================================ audit
 @technician_command(main, "audit")
 @click.option("--limit", default=50, show_default=True)
@@ -548,6 +637,13 @@ def audit(client: Any, as_json: bool, limit: int) -> None:
 
     emit(client.call("audit.list", limit=limit), as_json,
          ["at", "actor", "action", "target", "detail"], title="audit")
+
+
+# ============================================================================ releases & jobs
+from coordinator.cli_release import jobs, push, release, releases  # noqa: E402
+
+for _group in (release, releases, push, jobs):
+    main.add_command(_group)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,11 @@ from coordinator.policy.entitlement import (
 )
 from coordinator.storage import fleet as store
 from coordinator.storage import service
+from coordinator.storage import updates as ustore
 from coordinator.storage.db import Database
+from coordinator.updates import create_job
+from shared.errors import CarelineError, ConfigError
+from shared.package import parse_version
 
 log = logging.getLogger("careline.coordinator")
 
@@ -36,6 +40,15 @@ HEARTBEAT_KINDS = (
     "integrity_mismatch",
 )
 ONSITE_ACTIONS = frozenset({"onsite_reinstall", "technician_visit", "physical_media"})
+# Remote decisions carried out by an update job (issue 6): action -> job kind.
+JOB_ACTIONS = {"remote_update": "update", "remote_reinstall": "reinstall"}
+
+
+def _newer(version: str, than: str | None) -> bool:
+    try:
+        return than is None or parse_version(version) > parse_version(than)
+    except ConfigError:
+        return False
 
 ConditionKey = tuple[str, str, str]  # agent id, kind, subject
 
@@ -137,6 +150,39 @@ class IncidentDesk:
             and entitlement.includes.remote_fixes,
         )
 
+    async def newest_fix(
+        self, conn: AsyncConnection, agent: dict[str, Any], product: str
+    ) -> tuple[str, str] | None:
+        """(product, version) of the newest release above what the machine runs, if any.
+        `product` narrows it to one product; empty means any watched product."""
+        health = agent["health"] or {}
+        best: tuple[str, str] | None = None
+        for reported in health.get("products", []):
+            if product and reported["name"] != product:
+                continue
+            for release in await ustore.find_releases(conn, reported["name"], None):
+                if _newer(release["version"], reported.get("version")) and (
+                    best is None or _newer(release["version"], best[1])
+                ):
+                    best = (reported["name"], release["version"])
+        return best
+
+    async def _job_for(
+        self, conn: AsyncConnection, agent: dict[str, Any], incident: dict[str, Any],
+        action: str, fix: tuple[str, str] | None, now: dt.datetime,
+    ) -> dict[str, Any]:
+        """Carry out a remote decision with an update job; why not, if it can't be."""
+        product = fix[0] if fix else incident["subject"] or None
+        try:
+            job = await create_job(
+                conn, kind=JOB_ACTIONS[action], agent_ids=[agent["id"]],
+                actor=f"incident:{incident['id']}", product=product,
+                version=fix[1] if fix and action == "remote_update" else None,
+                reason=f"incident {incident['id']}: {incident['kind']}", now=now)
+        except CarelineError as exc:
+            return {"job_error": str(exc)}
+        return {"job": job["id"]}
+
     async def decide(self, conn: AsyncConnection, incident_id: int, now: dt.datetime) -> dict[str, Any]:
         """Decide (again) what to do about an incident, and store the decision and any visit."""
         incident = await service.get_incident(conn, incident_id)
@@ -147,17 +193,20 @@ class IncidentDesk:
         entitlement = await self.entitlement(conn, agent, calendar.local(reported).date())
         machine = await self.machine_state(conn, agent, entitlement, now)
         year_ago = now - dt.timedelta(days=365)
+        fix = await self.newest_fix(conn, agent, incident["subject"])
         decision = decide(
             IncidentFacts(incident["category"], incident["severity"], reported), entitlement,
-            machine, fix_available=False, policy=self.policy, calendar=calendar,
+            machine, fix_available=fix is not None, policy=self.policy, calendar=calendar,
             onsite_visits_used=await service.count_visits(conn, customer["id"], year_ago),
         )
-        facts = {
+        facts: dict[str, Any] = {
             "entitlement": entitlement.to_dict(),
             "machine": {**dataclasses.asdict(machine), "offline_for": str(machine.offline_for)
                         if machine.offline_for else None},
-            "fix_available": False,
+            "fix_available": f"{fix[0]} {fix[1]}" if fix else None,
         }
+        if decision.action in JOB_ACTIONS:
+            facts.update(await self._job_for(conn, agent, incident, decision.action, fix, now))
         decision_id = await service.add_decision(conn, {
             "incident_id": incident_id, "decided_at": now, "action": decision.action,
             "covered": decision.covered, "billable": decision.billable,

@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -29,6 +30,7 @@ from websockets.http11 import Request, Response
 
 from coordinator import api
 from coordinator.datadir import DataDir, Settings
+from coordinator.incidents import IncidentDesk
 from coordinator.pki import server_context
 from coordinator.storage import fleet as store
 from coordinator.storage.db import Database
@@ -87,12 +89,22 @@ class Coordinator:
         self.offline_after = dt.timedelta(
             seconds=settings.heartbeat_interval * settings.missed_heartbeats
         )
+        from coordinator.policy.config import load_policy
+
+        self.policy = load_policy(Path(settings.policy) if settings.policy else None)
+        self.desk = IncidentDesk(db, self.policy, self.offline_after)
         self.links: dict[str, AgentLink] = {}
         self._heartbeats: dict[str, tuple[dt.datetime, Any]] = {}
         self._pending_handshakes = 0
         self._command_ids = itertools.count(1)
         self.server: Server | None = None
         api.load_all()
+        from coordinator.updates import UpdateService
+
+        self.updates = UpdateService(self)
+        from coordinator.rollouts import Rollouts
+
+        self.rollouts = Rollouts(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -107,6 +119,8 @@ class Coordinator:
             tasks = [
                 asyncio.create_task(self._flush_heartbeats_forever()),
                 asyncio.create_task(self._sweep_silent_forever()),
+                asyncio.create_task(self._sweep_offline_forever()),
+                asyncio.create_task(self.rollouts.run_forever()),
             ]
             log.info("listening on %s:%s (%s)", host, port, self.public_url)
             if ready is not None:
@@ -161,6 +175,7 @@ class Coordinator:
                     conn, agent_id=agent_id, customer_id=token["customer_id"],
                     public_key=request.public_key, hostname=request.hostname[:255],
                     os=request.os[:100], agent_version=request.agent_version[:40], now=now,
+                    contract_id=token["contract_id"],
                 )
                 await store.record_audit(
                     conn, actor=f"enrollment-token:{token['id']}", action="agent.enroll",
@@ -174,6 +189,7 @@ class Coordinator:
                 p.Enrolled(
                     agent_id=agent_id, customer_id=token["customer_id"],
                     heartbeat_interval=self.heartbeat_interval,
+                    **self.updates.enrollment_trust(),
                 )
             )
         )
@@ -210,6 +226,7 @@ class Coordinator:
         await ws.send(
             p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval, server_time=time.time()))
         )
+        await self.updates.on_agent_connected(link)
         return link
 
     async def _serve_agent(self, ws: ServerConnection) -> None:
@@ -235,7 +252,10 @@ class Coordinator:
             self._heartbeats[link.agent_id] = (utcnow(), p.to_builtins(message.health))
         elif isinstance(message, p.Event):
             await self._store_event(link, message)
+            await self.updates.on_event(link, message)
             await link.ws.send(p.encode(p.Ack(seq=message.seq)))
+        elif isinstance(message, (p.FetchMetadata, p.Download)):
+            await self.updates.handle(link, message)
         elif isinstance(message, p.CommandResult):
             future = link.pending.get(message.id)
             if future is not None and not future.done():
@@ -247,10 +267,12 @@ class Coordinator:
         now = utcnow()
         at = dt.datetime.fromtimestamp(event.at, dt.UTC)
         async with self.db.transaction() as conn:
-            await store.store_event(
+            new = await store.store_event(
                 conn, agent_id=link.agent_id, seq=event.seq, kind=event.kind, at=at,
                 data=event.data, now=now,
             )
+            if new:
+                await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
 
     async def _forget(self, link: AgentLink) -> None:
         for future in link.pending.values():
@@ -274,6 +296,7 @@ class Coordinator:
         batch, self._heartbeats = self._heartbeats, {}
         async with self.db.transaction() as conn:
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
+            await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
 
     async def _flush_heartbeats_forever(self) -> None:
         while True:
@@ -291,6 +314,16 @@ class Coordinator:
             deadline = time.monotonic() - limit
             for link in [lk for lk in self.links.values() if lk.last_heard < deadline]:
                 await close(link.ws, p.CloseCode.TIMEOUT, "no heartbeat; marked offline")
+
+    async def _sweep_offline_forever(self) -> None:
+        """Agents silent longer than the policy allows get an agent_offline incident."""
+        period = min(60.0, max(1.0, self.policy.offline_incident_after.total_seconds() / 3))
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.desk.sweep_offline(utcnow())
+            except Exception:
+                log.exception("offline sweep failed; will retry")
 
     # ------------------------------------------------------------------ commands
     def next_command_id(self) -> int:
@@ -322,7 +355,8 @@ class Coordinator:
             if found.streams:
                 stream: AsyncIterator[Any] = found.handler(ctx, params)  # type: ignore[assignment]
                 async for partial in stream:
-                    await ws.send(p.encode(p.Reply(id=request.id, result=p.to_builtins(partial), final=False)))
+                    reply = p.Reply(id=request.id, result=p.to_builtins(partial), final=False)
+                    await ws.send(p.encode(reply))
                 result = None
             else:
                 result = await found.handler(ctx, params)  # type: ignore[misc]

@@ -105,6 +105,9 @@ class Enrolled(Message, tag="enrolled"):
     agent_id: str
     customer_id: int
     heartbeat_interval: float
+    # Update trust (issue 6): the vendor's TUF root and the coordinator's instruction key.
+    tuf_root: bytes = b""
+    instruction_key: bytes = b""  # raw Ed25519 public key
 
 
 # ----------------------------------------------------------------------------- /agent
@@ -155,7 +158,26 @@ class RestartProduct(Message, tag="restart_product"):
     product: str
 
 
-Action = Ping | Diagnose | RestartProduct
+class InstallPackage(Message, tag="install_package"):
+    """Install the package a signed instruction names (issue 6); the agent checks both the
+    instruction and the vendor's TUF metadata before anything changes."""
+
+    job: str
+    instruction: bytes
+
+
+class ReinstallProduct(Message, tag="reinstall_product"):
+    job: str
+    instruction: bytes
+
+
+class VerifyIntegrity(Message, tag="verify_integrity"):
+    job: str
+    product: str | None = None
+
+
+UpdateAction = InstallPackage | ReinstallProduct | VerifyIntegrity
+Action = Ping | Diagnose | RestartProduct | InstallPackage | ReinstallProduct | VerifyIntegrity
 
 
 class Command(Message, tag="command"):
@@ -172,8 +194,35 @@ class CommandResult(Message, tag="command_result"):
     error: str = ""
 
 
-AgentToServer = Hello | Heartbeat | Event | CommandResult
-ServerToAgent = Challenge | Welcome | Ack | Command
+# ----------------------------------------------------------------------------- updates
+class FetchMetadata(Message, tag="fetch_metadata"):
+    """Agent asks for one TUF metadata file (e.g. "timestamp.json", "3.root.json")."""
+
+    id: int
+    name: str
+
+
+class MetadataReply(Message, tag="metadata_reply"):
+    id: int
+    data: bytes | None = None  # None: the repository has no such file
+
+
+class Download(Message, tag="download"):
+    """Agent asks for its job's package from `offset` on (resume after a disconnect)."""
+
+    job: str
+    offset: int = 0
+
+
+class Chunk(Message, tag="chunk"):
+    job: str
+    offset: int
+    data: bytes = b""
+    error: str = ""  # the coordinator cannot serve this download
+
+
+AgentToServer = Hello | Heartbeat | Event | CommandResult | FetchMetadata | Download
+ServerToAgent = Challenge | Welcome | Ack | Command | MetadataReply | Chunk
 EnrollToServer = EnrollRequest
 EnrollToAgent = ServerIdentity | Enrolled
 
@@ -220,8 +269,10 @@ def decode(data: bytes | str, expected: type[M], limit: int = MAX_MESSAGE_BYTES)
         return decoder.decode(data)  # type: ignore[no-any-return]
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid message: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"undecodable message: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("message is nested too deeply") from None
 
 
 def to_builtins(value: Any) -> Any:

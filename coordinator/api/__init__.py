@@ -99,4 +99,10 @@ def parse_params(found: Method, params: dict[str, Any]) -> Any:
 
 def load_all() -> None:
     """Import every API module so its methods register."""
-    from coordinator.api import fleet  # noqa: F401
+    from coordinator.api import (  # noqa: F401
+        fleet,
+        live,
+        releases,
+        rollouts,
+        service,
+    )

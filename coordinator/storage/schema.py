@@ -41,6 +41,7 @@ customers = sa.Table(
     sa.Column("workdays", sa.String(40)),
     sa.Column("opens", sa.String(5)),
     sa.Column("closes", sa.String(5)),
+    sa.Column("install_window", sa.String(11)),
 )
 
 technicians = sa.Table(
@@ -281,4 +282,40 @@ job_steps = sa.Table(
     sa.Column("step", sa.String(40), nullable=False),
     sa.Column("at", UTCDateTime, nullable=False),
     sa.Column("detail", sa.Text),
+)
+
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("release_id", sa.Integer, sa.ForeignKey("releases.id"), nullable=False),
+    sa.Column("product", sa.String(64), nullable=False),
+    sa.Column("version", sa.String(40), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("effective", sa.Date),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id")),
+    sa.Column("percents", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("sent_waves", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("started_by", sa.String(100), nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.Column("last_targeting_at", UTCDateTime),
+)
+
+rollout_machines = sa.Table(
+    "rollout_machines",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("rollout_id", sa.Integer, sa.ForeignKey("rollouts.id"), nullable=False),
+    sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("wave", sa.Integer),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("job_id", sa.Integer, sa.ForeignKey("jobs.id")),
+    sa.Column("sent_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Column("deadline_incident", sa.Boolean, nullable=False, server_default=sa.false()),
 )

@@ -1,0 +1,426 @@
+"""The agent's side of updates (issue 6): install, reinstall and verify jobs.
+
+A job arrives as a typed Command (InstallPackage, ReinstallProduct, VerifyIntegrity), never a
+command line. For an install the agent
+
+1. checks the coordinator's signed instruction (this machine, not expired),
+2. refreshes its TUF metadata over the websocket (root rotations, rollback, freeze,
+   mix-and-match checks) and requires the vendor-signed target to agree with the
+   instruction on path, length and sha256,
+3. downloads the package in chunks into the state dir, bounded by the signed length, and
+   resumes from the bytes it has after a disconnect or a restart,
+4. hands the verified package to the atomic Installer (waiting while the product runs,
+   unless the instruction allows stopping it),
+
+and reports every step and the result through the durable outbox (`update_step`,
+`update_result`; `verify_result` and `integrity_mismatch` for checks). Transport trouble
+(disconnects, timeouts) is not a result: the coordinator re-sends unfinished jobs on the
+next connection and the job resumes.
+
+    STATE/updates/                  install journals (install-<product>.json), done jobs
+    STATE/updates/instruction-key   the coordinator's instruction public key (raw Ed25519)
+    STATE/tuf/                      trusted TUF metadata (shared.trust.AgentTrust)
+    STATE/downloads/                partial and complete package downloads
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from websockets.exceptions import ConnectionClosed
+
+from agent import platform as osx
+from agent.installer import Installer, InstallResult, ProductLayout
+from agent.state import AgentConfig, ProductConfig, StateDir
+from shared import protocol as p
+from shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
+from shared.instruction import Instruction, verify_instruction
+from shared.package import write_file_atomic
+from shared.trust import AgentTrust, PartialDownload, VerifiedPackage, install_trusted_root
+
+if TYPE_CHECKING:
+    from agent.runner import AgentRunner
+
+log = logging.getLogger("careline.agent.updater")
+
+FETCH_TIMEOUT = 30.0
+CHUNK_TIMEOUT = 60.0
+PRODUCT_EXIT_POLL = float(os.environ.get("CARELINE_AGENT_PRODUCT_EXIT_POLL", "5"))
+# Tests only: stop at a step ("download" after the first chunk, or an installer step such as
+# "moved_old") and wait there, so a test can kill -9 the agent at that exact point.
+_TEST_PAUSE = "CARELINE_AGENT_TEST_PAUSE"
+
+
+class TransportError(CarelineError):
+    """The connection failed mid-job: not a refusal; the job resumes on reconnect."""
+
+
+def _updates_dir(state: StateDir) -> Path:
+    return state.path / "updates"
+
+
+def store_enrollment_trust(state: StateDir, tuf_root: bytes, instruction_key: bytes) -> None:
+    """Keep what enrollment gave us: the vendor's TUF root and the instruction key."""
+    directory = _updates_dir(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    if instruction_key:
+        write_file_atomic(directory / "instruction-key", instruction_key)
+    if tuf_root:
+        install_trusted_root(state.path, tuf_root)
+
+
+def instruction_key(state: StateDir) -> Ed25519PublicKey:
+    try:
+        raw = (_updates_dir(state) / "instruction-key").read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("this agent has no coordinator instruction key; enroll it again") from None
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def find_product(config: AgentConfig, name: str) -> ProductConfig:
+    for product in config.products:
+        if product.name == name:
+            return product
+    raise ConfigError(f"product {name!r} is not configured on this machine")
+
+
+def make_installer(state: StateDir, product: ProductConfig) -> Installer:
+    def running() -> bool:
+        return bool(osx.product_processes(product))
+
+    start = None
+    if product.executable or product.service:
+        def start() -> None:
+            osx.start_product(product, state.path / f"{product.name}.out.log")
+
+    return Installer(
+        _updates_dir(state),
+        ProductLayout(product.name, Path(product.install_dir), product.data_dir),
+        running, stop_product=lambda: osx.stop_product(product), start_product=start,
+        step_hook=_pause_hook(state),
+    )
+
+
+def _pause_hook(state: StateDir) -> Any:
+    pause_at = os.environ.get(_TEST_PAUSE)
+
+    def hook(step: str) -> None:
+        if pause_at and step == pause_at:
+            (state.path / f"paused-at-{step}").touch()
+            time.sleep(3600)
+
+    return hook
+
+
+def result_data(result: InstallResult) -> dict[str, Any]:
+    return {"job": result.job_id, "outcome": result.outcome, "product": result.product,
+            "version": result.version, "reason": result.reason}
+
+
+def _done_path(state: StateDir, job: str) -> Path:
+    return _updates_dir(state) / "done" / (hashlib.sha256(job.encode()).hexdigest()[:32] + ".json")
+
+
+def record_done(state: StateDir, data: dict[str, Any]) -> None:
+    path = _done_path(state, str(data["job"]))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(path, json.dumps(data).encode())
+
+
+def apply_bundle(state: StateDir, bundle: Path) -> dict[str, Any]:
+    """Verify a physical-media bundle and install it, with no network. The result goes into
+    the outbox and reaches the coordinator on the next connection. Raises on refusal,
+    having changed nothing."""
+    from agent.outbox import Outbox
+    from shared.bundle import open_bundle
+
+    config = state.load_config()
+    verified = open_bundle(bundle, machine_id=config.agent_id,
+                           coordinator_key=instruction_key(state), state_dir=state.path)
+    try:
+        product = find_product(config, verified.instruction.product)
+        result = make_installer(state, product).install(verified)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            verified.path.unlink()
+    data = {**result_data(result), "delivery": "media"}
+    if result.outcome != "waiting_for_product_exit":
+        outbox = Outbox(state.outbox_file)
+        try:
+            outbox.put("update_result", data)
+        finally:
+            outbox.close()
+        record_done(state, data)
+    return data
+
+
+@dataclass
+class _Download:
+    partial: PartialDownload
+    progress: asyncio.Event = field(default_factory=asyncio.Event)
+    error: CarelineError | None = None
+    paused: bool = False
+
+
+class Updater:
+    """Runs update jobs for an AgentRunner (which feeds it messages and owns the outbox)."""
+
+    def __init__(self, runner: AgentRunner) -> None:
+        self.runner = runner
+        self.state: StateDir = runner.state
+        self.config: AgentConfig = runner.config
+        _updates_dir(self.state).mkdir(parents=True, exist_ok=True)
+        self._ws: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ids = itertools.count(1)
+        self._metadata: dict[int, asyncio.Future[bytes | None]] = {}
+        self._downloads: dict[str, _Download] = {}
+        self._active: dict[str, asyncio.Task[None]] = {}
+        self._install_lock = asyncio.Lock()
+        self._reported: dict[str, tuple[str, ...]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """At agent start: finish or roll back installs a crash interrupted, then schedule
+        periodic integrity checks."""
+        self._loop = asyncio.get_running_loop()
+        for product in self.config.products:
+            try:
+                result = make_installer(self.state, product).recover()
+            except CarelineError as exc:
+                log.error("recovering %s failed: %s", product.name, exc)
+                continue
+            if result is not None:
+                log.warning("recovered interrupted job %s: %s", result.job_id, result.outcome)
+                self._finish(result_data(result))
+        self._spawn(self._verify_forever())
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        self.runner.emit(kind, data)
+
+    def _step(self, job: str, step: str, detail: str | None = None) -> None:
+        self._emit("update_step", {"job": job, "step": step, "detail": detail})
+
+    def _finish(self, data: dict[str, Any]) -> None:
+        record_done(self.state, data)
+        self._emit("update_result", data)
+
+    # ------------------------------------------------------------------ messages
+    async def receive(self, ws: Any, message: Any) -> None:
+        self._ws = ws
+        if isinstance(message, p.MetadataReply):
+            future = self._metadata.get(message.id)
+            if future is not None and not future.done():
+                future.set_result(message.data)
+        elif isinstance(message, p.Chunk):
+            self._on_chunk(message)
+        elif isinstance(message, p.Command):
+            await self._on_command(ws, message)
+
+    async def _on_command(self, ws: Any, command: p.Command) -> None:
+        action = command.action
+        job = action.job  # type: ignore[union-attr]
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(p.encode(p.CommandResult(id=command.id, ok=True,
+                                                   data={"accepted": job})))
+        if job in self._active:
+            download = self._downloads.get(job)
+            if download is not None and not download.paused:  # a new connection: resume
+                await ws.send(p.encode(p.Download(job=job, offset=download.partial.offset)))
+            return
+        done = _done_path(self.state, job)
+        if done.exists():  # finished before; the coordinator has not heard yet
+            self._emit("update_result", json.loads(done.read_text()))
+            return
+        self._active[job] = self._spawn(self._run(job, action))
+        self._active[job].add_done_callback(lambda _t: self._active.pop(job, None))
+
+    def _on_chunk(self, chunk: p.Chunk) -> None:
+        download = self._downloads.get(chunk.job)
+        if download is None or download.paused:
+            return
+        if chunk.error:
+            download.error = TransportError(f"coordinator cannot serve the package: {chunk.error}")
+        else:
+            try:
+                download.partial.write(chunk.offset, chunk.data)
+            except VerificationError as exc:
+                download.error = exc
+            except ProtocolError:
+                return  # a stale chunk from a stream the coordinator has replaced
+            if os.environ.get(_TEST_PAUSE) == "download":
+                download.paused = True
+                (self.state.path / "paused-at-download").touch()
+        download.progress.set()
+
+    # ------------------------------------------------------------------ jobs
+    async def _run(self, job: str, action: Any) -> None:
+        try:
+            if isinstance(action, p.VerifyIntegrity):
+                await self._verify(job, action.product)
+                return
+            await self._install_job(job, action)
+        except (TransportError, ConnectionClosed, TimeoutError, OSError) as exc:
+            log.warning("job %s interrupted (%s); it resumes when the coordinator re-sends it",
+                        job, exc or type(exc).__name__)
+        except CarelineError as exc:
+            log.warning("job %s refused: %s", job, exc)
+            self._finish({"job": job, "outcome": "refused", "product": None, "version": None,
+                          "reason": str(exc)})
+        except Exception as exc:  # never let one job take the agent down
+            log.exception("job %s failed", job)
+            self._finish({"job": job, "outcome": "failed", "product": None, "version": None,
+                          "reason": repr(exc)})
+
+    async def _install_job(self, job: str, action: Any) -> None:
+        instr = verify_instruction(instruction_key(self.state), action.instruction,
+                                   self.config.agent_id, datetime.now(UTC))
+        if instr.job_id != job:
+            raise VerificationError(f"instruction is for job {instr.job_id}, not {job}")
+        wanted = "install" if isinstance(action, p.InstallPackage) else "reinstall"
+        if instr.action != wanted:
+            raise VerificationError(f"instruction says {instr.action}, the command {wanted}")
+        product = find_product(self.config, instr.product)
+        await self._ensure_root()
+        trust = AgentTrust(self.state.path, self._fetch_blocking)
+        await asyncio.to_thread(trust.refresh)
+        await asyncio.to_thread(trust.target_for, instr)
+        try:
+            path = await self._download(job, instr)
+            verified = await asyncio.to_thread(trust.verify_package, instr, path)
+            result = await self._install(job, product, verified)
+        except VerificationError:
+            PartialDownload(self.state.path, instr).discard()
+            raise
+        if result.outcome != "waiting_for_product_exit":
+            PartialDownload(self.state.path, instr).discard()
+        self._finish(result_data(result))
+
+    async def _ensure_root(self) -> None:
+        """An agent enrolled before the release keys existed takes root v1 over its
+        authenticated connection (the same trust its enrollment had)."""
+        if (self.state.path / "tuf" / "enrollment-root.json").exists():
+            return
+        root = await self._fetch("1.root.json")
+        if root is None:
+            raise ConfigError("the coordinator has no release root yet")
+        install_trusted_root(self.state.path, root)
+
+    async def _fetch(self, name: str) -> bytes | None:
+        if self._ws is None:
+            raise TransportError("not connected")
+        loop = asyncio.get_running_loop()
+        request_id = next(self._ids)
+        future: asyncio.Future[bytes | None] = loop.create_future()
+        self._metadata[request_id] = future
+        try:
+            await self._ws.send(p.encode(p.FetchMetadata(id=request_id, name=name)))
+            return await asyncio.wait_for(future, FETCH_TIMEOUT)
+        except ConnectionClosed:
+            raise TransportError("connection lost while fetching metadata") from None
+        finally:
+            self._metadata.pop(request_id, None)
+
+    def _fetch_blocking(self, name: str) -> bytes | None:
+        """AgentTrust's fetcher, called from a worker thread."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(self._fetch(name), self._loop).result(
+            FETCH_TIMEOUT + 5
+        )
+
+    async def _download(self, job: str, instr: Instruction) -> Path:
+        partial = PartialDownload(self.state.path, instr)
+        if partial.path.exists():
+            return partial.path
+        download = _Download(partial)
+        self._downloads[job] = download
+        try:
+            if not partial.complete:
+                start = partial.offset
+                self._step(job, "downloading", f"from byte {start} of {instr.length}")
+                await self._ws.send(p.encode(p.Download(job=job, offset=start)))
+                while not partial.complete:
+                    try:
+                        await asyncio.wait_for(download.progress.wait(), CHUNK_TIMEOUT)
+                    except TimeoutError:
+                        if download.paused:
+                            continue
+                        raise TransportError("download stalled") from None
+                    download.progress.clear()
+                    if download.error is not None:
+                        raise download.error
+            self._step(job, "verifying")
+            return await asyncio.to_thread(partial.finish)
+        finally:
+            self._downloads.pop(job, None)
+
+    async def _install(self, job: str, product: ProductConfig,
+                       verified: VerifiedPackage) -> InstallResult:
+        installer = make_installer(self.state, product)
+        self._step(job, "installing")
+        waiting = False
+        while True:
+            async with self._install_lock:
+                result = await asyncio.to_thread(installer.install, verified)
+            if result.outcome != "waiting_for_product_exit":
+                return result
+            if not waiting:
+                waiting = True
+                self._step(job, "waiting_for_product_exit", result.reason)
+            await asyncio.sleep(PRODUCT_EXIT_POLL)
+
+    # ------------------------------------------------------------------ integrity
+    async def _verify(self, job: str, product: str | None) -> None:
+        found = await asyncio.to_thread(self.runner.prober.verify_now)
+        if product is not None:
+            find_product(self.config, product)
+            found = {product: found.get(product, [])}
+        for name, problems in found.items():
+            if problems:
+                self._report_mismatch(name, problems, job)
+        bad = {name: problems for name, problems in found.items() if problems}
+        summary = "all files match" if not bad else "; ".join(
+            f"{name}: {len(problems)} file(s) differ" for name, problems in bad.items())
+        self._emit("verify_result", {"job": job, "ok": not bad, "products": found,
+                                     "summary": summary})
+        record_done(self.state, {"job": job, "outcome": "verified" if not bad else "mismatch"})
+
+    def _report_mismatch(self, product: str, problems: list[str], job: str | None = None) -> None:
+        shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
+        self._emit("integrity_mismatch", {"product": product, "detail": shown,
+                                          "problems": problems[:100], "job": job})
+        self._reported[product] = tuple(problems)
+
+    async def _verify_forever(self) -> None:
+        """Re-check installed files every verify_interval; report each new mismatch once."""
+        while True:
+            await asyncio.sleep(self.config.verify_interval)
+            try:
+                found = await asyncio.to_thread(self.runner.prober.verify_now)
+            except Exception:
+                log.exception("periodic verification failed")
+                continue
+            for name, problems in found.items():
+                if problems and tuple(problems) != self._reported.get(name):
+                    self._report_mismatch(name, problems)
+                elif not problems:
+                    self._reported.pop(name, None)

@@ -1,0 +1,187 @@
+"""Queries for releases and update jobs (issue 6).
+
+A job is what a technician (or an incident decision) asked for; each machine's part of it is
+a `job_machines` row with a status that the agent's durable events move forward, and a
+`job_steps` history. Each function takes an open connection, so callers decide what shares
+one transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from coordinator.storage.fleet import Row, insert_row, rows_of
+from coordinator.storage.schema import agents, job_machines, job_steps, jobs, releases
+from shared.errors import NotFound
+
+# A machine's part of a job is finished in these states.
+TERMINAL = frozenset({
+    "installed", "rolled_back", "refused", "failed", "verified", "mismatch", "cancelled",
+})
+
+
+# ----------------------------------------------------------------------------- releases
+async def add_release(conn: AsyncConnection, **values: Any) -> int:
+    return await insert_row(
+        conn, releases, values, f"release {values['product']} {values['version']}"
+    )
+
+
+async def list_releases(conn: AsyncConnection, product: str | None = None) -> list[Row]:
+    query = sa.select(releases).order_by(releases.c.product, releases.c.id)
+    if product:
+        query = query.where(releases.c.product == product)
+    return rows_of(await conn.execute(query))
+
+
+async def find_releases(
+    conn: AsyncConnection, product: str | None, version: str | None
+) -> list[Row]:
+    query = sa.select(releases).order_by(releases.c.id)
+    if product:
+        query = query.where(releases.c.product == product)
+    if version:
+        query = query.where(releases.c.version == version)
+    return rows_of(await conn.execute(query))
+
+
+# ----------------------------------------------------------------------------- jobs
+async def insert_job(
+    conn: AsyncConnection, *, kind: str, product: str | None, version: str | None,
+    delivery: str, created_by: str, reason: str | None, now: dt.datetime,
+    stop_product: bool = False,
+) -> int:
+    return await insert_row(conn, jobs, {
+        "kind": kind, "product": product, "version": version, "delivery": delivery,
+        "stop_product": stop_product,
+        "created_by": created_by, "reason": reason, "created_at": now,
+    }, "job")
+
+
+async def insert_job_machine(
+    conn: AsyncConnection, *, job_id: int, agent_id: str, product: str | None,
+    version: str | None, status: str, now: dt.datetime,
+) -> Row:
+    ref = f"j{job_id}-{agent_id[:16]}"
+    jm_id = await insert_row(conn, job_machines, {
+        "job_id": job_id, "agent_id": agent_id, "ref": ref, "product": product,
+        "version": version, "status": status, "created_at": now, "updated_at": now,
+    }, f"job {job_id} for {agent_id}")
+    await add_step(conn, jm_id, status, now)
+    return {"id": jm_id, "ref": ref, "agent_id": agent_id, "status": status}
+
+
+async def add_step(
+    conn: AsyncConnection, job_machine_id: int, step: str, now: dt.datetime,
+    detail: str | None = None,
+) -> None:
+    await conn.execute(job_steps.insert().values(
+        job_machine_id=job_machine_id, step=step, at=now, detail=detail,
+    ))
+
+
+async def get_job_machine(conn: AsyncConnection, ref: str) -> Row | None:
+    query = (
+        sa.select(job_machines, jobs.c.kind, jobs.c.delivery, jobs.c.stop_product)
+        .join(jobs, jobs.c.id == job_machines.c.job_id)
+        .where(job_machines.c.ref == ref)
+    )
+    rows = rows_of(await conn.execute(query))
+    return rows[0] if rows else None
+
+
+async def open_job_machines(
+    conn: AsyncConnection, agent_id: str | None = None, statuses: Sequence[str] | None = None,
+) -> list[Row]:
+    """Unfinished machine parts of network jobs, oldest first."""
+    query = (
+        sa.select(job_machines, jobs.c.kind, jobs.c.delivery, jobs.c.stop_product)
+        .join(jobs, jobs.c.id == job_machines.c.job_id)
+        .where(job_machines.c.finished_at.is_(None), jobs.c.delivery == "network")
+        .order_by(job_machines.c.id)
+    )
+    if agent_id is not None:
+        query = query.where(job_machines.c.agent_id == agent_id)
+    if statuses is not None:
+        query = query.where(job_machines.c.status.in_(list(statuses)))
+    return rows_of(await conn.execute(query))
+
+
+async def set_status(
+    conn: AsyncConnection, job_machine: Row, status: str, now: dt.datetime,
+    detail: str | None = None, outcome: str | None = None,
+) -> bool:
+    """Move a machine's part on; False (and nothing written) once it is finished."""
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if detail is not None:
+        values["detail"] = detail
+    if status in TERMINAL:
+        values.update(finished_at=now, outcome=outcome or status)
+    result = await conn.execute(
+        job_machines.update()
+        .where(job_machines.c.id == job_machine["id"], job_machines.c.finished_at.is_(None))
+        .values(**values)
+    )
+    if not result.rowcount:
+        return False
+    await add_step(conn, job_machine["id"], status, now, detail)
+    return True
+
+
+async def list_jobs(conn: AsyncConnection, open_only: bool = False, limit: int = 200) -> list[Row]:
+    counts = (
+        sa.select(
+            job_machines.c.job_id,
+            sa.func.count().label("machines"),
+            sa.func.count(job_machines.c.finished_at).label("finished"),
+            sa.func.sum(sa.case((job_machines.c.status == "installed", 1), else_=0))
+            .label("installed"),
+        )
+        .group_by(job_machines.c.job_id)
+        .subquery()
+    )
+    query = (
+        sa.select(jobs, counts.c.machines, counts.c.finished, counts.c.installed)
+        .join(counts, counts.c.job_id == jobs.c.id, isouter=True)
+        .order_by(jobs.c.id.desc()).limit(limit)
+    )
+    if open_only:
+        query = query.where(counts.c.finished < counts.c.machines)
+    rows = rows_of(await conn.execute(query))
+    for row in rows:
+        row["machines"] = int(row["machines"] or 0)
+        row["finished"] = int(row["finished"] or 0)
+        row["installed"] = int(row["installed"] or 0)
+        row["open"] = row["finished"] < row["machines"]
+    return rows
+
+
+async def get_job(conn: AsyncConnection, job_id: int) -> Row:
+    rows = rows_of(await conn.execute(sa.select(jobs).where(jobs.c.id == job_id)))
+    if not rows:
+        raise NotFound(f"no job {job_id}")
+    job = rows[0]
+    machines = rows_of(await conn.execute(
+        sa.select(job_machines, agents.c.hostname)
+        .join(agents, agents.c.id == job_machines.c.agent_id)
+        .where(job_machines.c.job_id == job_id).order_by(job_machines.c.id)
+    ))
+    steps = rows_of(await conn.execute(
+        sa.select(job_steps).where(job_steps.c.job_machine_id.in_([m["id"] for m in machines]))
+        .order_by(job_steps.c.id)
+    )) if machines else []
+    by_machine: dict[int, list[Row]] = {}
+    for step in steps:
+        by_machine.setdefault(step["job_machine_id"], []).append(
+            {"step": step["step"], "at": step["at"], "detail": step["detail"]}
+        )
+    for machine in machines:
+        machine["steps"] = by_machine.get(machine["id"], [])
+    job["machines"] = machines
+    job["open"] = any(m["finished_at"] is None for m in machines)
+    return job

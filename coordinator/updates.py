@@ -1,0 +1,434 @@
+"""The coordinator's side of updates (issue 6): repository, package store, jobs, downloads.
+
+    DATA/releases/keys/           online TUF keys (snapshot, timestamp), made here
+    DATA/releases/metadata/       the TUF repository agents fetch over their websocket
+    DATA/releases/instruction.key the coordinator's instruction-signing key (Uptane director)
+    DATA/releases/packages/ab/<sha256>   packages, content-addressed, streamed from disk
+    DATA/releases/uploads/        packages being uploaded by `careline release publish`
+
+A job (`create_job`) names machines; each machine's part is sent as a typed Command
+(InstallPackage / ReinstallProduct / VerifyIntegrity) when the agent is connected, and again
+on every reconnect until the agent's durable result event closes it. The agent fetches TUF
+metadata (FetchMetadata) and the package in chunks from an offset (Download), so a broken
+download resumes where it stopped. Packages are read from disk chunk by chunk and at most
+DOWNLOAD_SLOTS downloads run at once, so memory does not grow with the number of agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+from websockets.exceptions import ConnectionClosed
+
+from coordinator.storage import fleet as fleet_store
+from coordinator.storage import updates as store
+from shared import protocol as p
+from shared.errors import ConfigError, Conflict, NotFound, ProtocolError
+from shared.instruction import Instruction, sign_instruction
+from shared.keys import generate_key, load_private_key, public_bytes, save_private_key
+from shared.package import fsync_dir
+from shared.trust import OnlineRepository
+
+if TYPE_CHECKING:
+    from coordinator.server import AgentLink, Coordinator
+
+log = logging.getLogger("careline.coordinator.updates")
+
+JobKind = Literal["update", "reinstall", "verify"]
+# Concurrent package streams, and the piece read from disk and sent per message: together
+# they bound the memory a fan-out takes (each stream holds about a piece in TLS buffers).
+DOWNLOAD_SLOTS = 32
+SEND_CHUNK = 64 << 10
+INSTRUCTION_LIFETIME = dt.timedelta(days=7)
+DISPATCH_SWEEP_SECONDS = 2.0
+RENEW_CHECK_SECONDS = 60.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PackageStore:
+    """Packages on disk named by their sha256; never held in memory whole."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, sha256: str) -> Path:
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    def put(self, source: Path, sha256: str) -> Path:
+        dest = self.path(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            source.unlink()
+        else:
+            os.replace(source, dest)
+            fsync_dir(dest.parent)
+        return dest
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- job creation
+async def create_job(
+    conn: AsyncConnection, *, kind: JobKind, agent_ids: Sequence[str], actor: str,
+    product: str | None = None, version: str | None = None, reason: str | None = None,
+    stop_product: bool = False, delivery: str = "network", now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Record a job for `agent_ids` in the caller's transaction and return it.
+
+    kind "update": install release `version` (of `product`, needed only when several products
+    have that version). "reinstall": a clean copy of `version`, by default the version each
+    machine reports for `product` (or the newest release). "verify": re-check installed files.
+    Connected agents get it within seconds of commit (the dispatch sweep), or at once when the
+    caller then awaits `coordinator.updates.dispatch(job_id)`; offline ones when they connect.
+    """
+    now = now or utcnow()
+    if kind not in ("update", "reinstall", "verify"):
+        raise ConfigError(f"unknown job kind {kind!r}")
+    if not agent_ids:
+        raise ConfigError("the job names no machine")
+    machines = [await fleet_store.get_agent(conn, a) for a in agent_ids]
+    for machine in machines:
+        if machine["revoked_at"] is not None:
+            raise Conflict(f"agent {machine['id']} is revoked")
+    plans: list[tuple[dict[str, Any], str | None, str | None]] = []
+    if kind == "update":
+        if not version:
+            raise ConfigError("an update needs --version")
+        release = await _one_release(conn, product, version)
+        plans = [(m, release["product"], release["version"]) for m in machines]
+        product = release["product"]
+    elif kind == "reinstall":
+        for machine in machines:
+            name = product or _only_product(machine) or await _only_released_product(conn)
+            wanted = version or _reported_version(machine, name)
+            if wanted is None or not await store.find_releases(conn, name, wanted):
+                releases = await store.find_releases(conn, name, None)
+                if version or not releases:
+                    raise NotFound(f"no release of {name} {wanted or ''} to reinstall".strip())
+                wanted = releases[-1]["version"]
+            plans.append((machine, name, wanted))
+    else:
+        plans = [(m, product, None) for m in machines]
+    job_id = await store.insert_job(
+        conn, kind=kind, product=product, version=version, delivery=delivery,
+        created_by=actor, reason=reason, now=now, stop_product=stop_product,
+    )
+    status = "bundled" if delivery == "media" else "pending"
+    parts = []
+    for machine, part_product, part_version in plans:
+        part = await store.insert_job_machine(
+            conn, job_id=job_id, agent_id=machine["id"], product=part_product,
+            version=part_version, status=status, now=now,
+        )
+        parts.append({**part, "hostname": machine["hostname"], "product": part_product,
+                      "version": part_version})
+    await fleet_store.record_audit(
+        conn, actor=actor, action=f"job.{kind}", target=f"job:{job_id}",
+        detail={"machines": [m["id"] for m in machines], "product": product,
+                "version": version, "reason": reason, "delivery": delivery},
+        now=now,
+    )
+    return {"id": job_id, "kind": kind, "product": product, "version": version,
+            "delivery": delivery, "created_by": actor, "created_at": now, "machines": parts}
+
+
+async def _one_release(conn: AsyncConnection, product: str | None, version: str) -> dict[str, Any]:
+    found = await store.find_releases(conn, product, version)
+    if not found:
+        raise NotFound(f"no published release {product + ' ' if product else ''}{version}")
+    if len(found) > 1:
+        names = ", ".join(r["product"] for r in found)
+        raise Conflict(f"version {version} exists for {names}; pass --product")
+    return found[0]
+
+
+def _only_product(machine: dict[str, Any]) -> str | None:
+    products = [pr["name"] for pr in (machine.get("health") or {}).get("products", [])]
+    return products[0] if len(products) == 1 else None
+
+
+async def _only_released_product(conn: AsyncConnection) -> str:
+    products = sorted({r["product"] for r in await store.list_releases(conn)})
+    if len(products) != 1:
+        raise ConfigError("name the product with --product")
+    return products[0]
+
+
+def _reported_version(machine: dict[str, Any], product: str) -> str | None:
+    for reported in (machine.get("health") or {}).get("products", []):
+        if reported["name"] == product:
+            version = reported.get("version")
+            return None if version is None else str(version)
+    return None
+
+
+# ----------------------------------------------------------------------------- service
+class UpdateService:
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
+        self.dir = coordinator.datadir.path / "releases"
+        self.repo = OnlineRepository(self.dir)
+        self.packages = PackageStore(self.dir / "packages")
+        self.uploads = self.dir / "uploads"
+        key_file = self.dir / "instruction.key"
+        if key_file.exists():
+            self.instruction_key = load_private_key(key_file)
+        else:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.instruction_key = generate_key()
+            save_private_key(self.instruction_key, key_file)
+        # job ref -> (bytes sent, total): live progress for `jobs show`.
+        self.progress: dict[str, tuple[int, int]] = {}
+        self._streams: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._slots: asyncio.Semaphore | None = None
+        self._repo_lock: asyncio.Lock | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_renew = 0.0
+        self._releases: dict[tuple[str, str], dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def repo_lock(self) -> asyncio.Lock:
+        if self._repo_lock is None:
+            self._repo_lock = asyncio.Lock()
+        return self._repo_lock
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def enrollment_trust(self) -> dict[str, bytes]:
+        """Fields of Enrolled: the TUF root (once release keys exist) and the instruction key."""
+        try:
+            root = self.repo.enrollment_root()
+        except ConfigError:
+            root = b""
+        return {"tuf_root": root, "instruction_key": public_bytes(self.instruction_key)}
+
+    async def _release(self, product: str, version: str) -> dict[str, Any]:
+        key = (product, version)
+        if key not in self._releases:
+            async with self.coordinator.db.connect() as conn:
+                found = await store.find_releases(conn, product, version)
+            if not found:
+                raise NotFound(f"release {product} {version} is not published")
+            self._releases[key] = found[0]
+        return self._releases[key]
+
+    # ------------------------------------------------------------------ dispatch
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        """Send jobs created elsewhere (e.g. by an incident decision) to connected agents."""
+        while True:
+            await asyncio.sleep(DISPATCH_SWEEP_SECONDS)
+            try:
+                await self.dispatch(statuses=("pending",))
+            except Exception:
+                log.exception("dispatching pending jobs failed; will retry")
+
+    async def on_agent_connected(self, link: AgentLink) -> None:
+        """Called once an agent is authenticated: re-send every unfinished job it has."""
+        self._ensure_sweeper()
+        self._spawn(self._dispatch_safely(agent_id=link.agent_id))
+
+    async def _dispatch_safely(self, **kwargs: Any) -> None:
+        try:
+            await self.dispatch(**kwargs)
+        except Exception:
+            log.exception("dispatching jobs failed")
+
+    async def dispatch(
+        self, job_id: int | None = None, agent_id: str | None = None,
+        statuses: Sequence[str] | None = None,
+    ) -> int:
+        """Send unfinished machine parts to their agents if connected; returns how many."""
+        self._ensure_sweeper()
+        async with self.coordinator.db.connect() as conn:
+            rows = await store.open_job_machines(conn, agent_id, statuses)
+        sent: list[dict[str, Any]] = []
+        failed: list[tuple[dict[str, Any], str]] = []
+        for row in rows:
+            if job_id is not None and row["job_id"] != job_id:
+                continue
+            link = self.coordinator.links.get(row["agent_id"])
+            if link is None:
+                continue
+            try:
+                action = await self._action(row)
+            except NotFound as exc:
+                failed.append((row, str(exc)))
+                continue
+            command = p.Command(id=self.coordinator.next_command_id(), action=action)
+            try:
+                await link.ws.send(p.encode(command))
+            except ConnectionClosed:
+                continue
+            sent.append(row)
+        newly_sent = [row for row in sent if row["status"] == "pending"]
+        if newly_sent or failed:  # one transaction for the whole fan-out
+            async with self.coordinator.db.transaction() as conn:
+                now = utcnow()
+                for row in newly_sent:
+                    await store.set_status(conn, row, "sent", now)
+                for row, reason in failed:
+                    await store.set_status(conn, row, "failed", now, reason)
+        return len(sent)
+
+    async def _action(self, row: dict[str, Any]) -> p.Action:
+        if row["kind"] == "verify":
+            return p.VerifyIntegrity(job=row["ref"], product=row["product"])
+        signed = await self.instruction_for(row)
+        if row["kind"] == "update":
+            return p.InstallPackage(job=row["ref"], instruction=signed)
+        return p.ReinstallProduct(job=row["ref"], instruction=signed)
+
+    async def instruction_for(
+        self, row: dict[str, Any], lifetime: dt.timedelta = INSTRUCTION_LIFETIME,
+    ) -> bytes:
+        return sign_instruction(self.instruction_key, await self.make_instruction(row, lifetime))
+
+    async def make_instruction(
+        self, row: dict[str, Any], lifetime: dt.timedelta = INSTRUCTION_LIFETIME,
+    ) -> Instruction:
+        release = await self._release(row["product"], row["version"])
+        now = utcnow()
+        return Instruction(
+            job_id=row["ref"], machine_id=row["agent_id"], product=release["product"],
+            version=release["version"], target=release["target"], sha256=release["sha256"],
+            length=int(release["length"]),
+            action="install" if row["kind"] == "update" else "reinstall",
+            stop_product=bool(row.get("stop_product")), issued_at=now,
+            expires_at=now + lifetime,
+        )
+
+    # ------------------------------------------------------------------ agent messages
+    async def handle(self, link: AgentLink, message: Any) -> None:
+        if isinstance(message, p.FetchMetadata):
+            await self._renew_if_due()
+            data = self.repo.read_metadata(message.name)
+            await link.ws.send(p.encode(p.MetadataReply(id=message.id, data=data)))
+        elif isinstance(message, p.Download):
+            await self._start_download(link, message)
+        else:  # pragma: no cover - the server dispatches only the two above
+            raise ProtocolError(f"unexpected {type(message).__name__}")
+
+    async def _renew_if_due(self) -> None:
+        if time.monotonic() - self._last_renew < RENEW_CHECK_SECONDS:
+            return
+        self._last_renew = time.monotonic()
+        async with self.repo_lock:
+            with contextlib.suppress(ConfigError):
+                await asyncio.to_thread(self.repo.renew)
+
+    async def _start_download(self, link: AgentLink, message: p.Download) -> None:
+        async with self.coordinator.db.connect() as conn:
+            row = await store.get_job_machine(conn, message.job)
+        error = ""
+        if row is None or row["agent_id"] != link.agent_id or row["kind"] == "verify":
+            error = f"no download {message.job} for this agent"
+        elif row["finished_at"] is not None:
+            error = f"job {message.job} is finished ({row['status']})"
+        if error:
+            await link.ws.send(p.encode(p.Chunk(job=message.job, offset=message.offset,
+                                                error=error)))
+            return
+        assert row is not None
+        release = await self._release(row["product"], row["version"])
+        length = int(release["length"])
+        if not 0 <= message.offset <= length:
+            await link.ws.send(p.encode(p.Chunk(
+                job=message.job, offset=message.offset,
+                error=f"offset {message.offset} outside the {length}-byte package")))
+            return
+        key = (link.agent_id, message.job)
+        previous = self._streams.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        task = asyncio.create_task(
+            self._stream(link, message.job, self.packages.path(release["sha256"]),
+                         message.offset, length)
+        )
+        self._streams[key] = task
+        task.add_done_callback(lambda t: self._streams.pop(key, None)
+                               if self._streams.get(key) is t else None)
+
+    async def _stream(self, link: AgentLink, job: str, path: Path, offset: int,
+                      length: int) -> None:
+        """Send the package from `offset`, one chunk at a time, read from disk as it goes."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(DOWNLOAD_SLOTS)
+        self.progress[job] = (offset, length)
+        try:
+            async with self._slots:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    while offset < length:
+                        data = f.read(min(SEND_CHUNK, length - offset))
+                        if not data:
+                            raise OSError(f"{path} is shorter than its release says")
+                        await link.ws.send(p.encode(p.Chunk(job=job, offset=offset, data=data)))
+                        offset += len(data)
+                        self.progress[job] = (offset, length)
+        except (ConnectionClosed, asyncio.CancelledError):
+            return
+        except OSError as exc:
+            log.error("serving %s failed: %s", job, exc)
+            with contextlib.suppress(ConnectionClosed):
+                await link.ws.send(p.encode(p.Chunk(job=job, offset=offset,
+                                                    error="package unavailable")))
+
+    async def on_event(self, link: AgentLink, event: p.Event) -> None:
+        """Move a job on from the agent's durable events (already stored by the server)."""
+        if event.kind not in ("update_step", "update_result", "verify_result"):
+            return
+        ref = str(event.data.get("job", ""))
+        now = utcnow()
+        async with self.coordinator.db.transaction() as conn:
+            row = await store.get_job_machine(conn, ref)
+            if row is None or row["agent_id"] != link.agent_id:
+                return
+            if event.kind == "update_step":
+                await store.set_status(conn, row, str(event.data.get("step", "?"))[:40], now,
+                                       _text(event.data.get("detail")))
+            elif event.kind == "update_result":
+                outcome = str(event.data.get("outcome", "failed"))[:40]
+                await store.set_status(conn, row, outcome, now, _text(event.data.get("reason")),
+                                       outcome=outcome)
+            else:
+                ok = bool(event.data.get("ok"))
+                await store.set_status(conn, row, "verified" if ok else "mismatch", now,
+                                       _text(event.data.get("summary")))
+        if event.kind != "update_step":
+            self.progress.pop(ref, None)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:2000]
