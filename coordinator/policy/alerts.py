@@ -31,7 +31,9 @@ CONDITION_KINDS = (
     "agent_offline",
     "update_failed",
 )
-EVENT_KINDS = ("unclean_shutdown",)  # one-shot: no check ever reports them clear
+# One-shot: no check ever reports them clear. regulation_deadline: a covered machine still
+# lacks a regulation update close to its effective date.
+EVENT_KINDS = ("unclean_shutdown", "regulation_deadline")
 KINDS = CONDITION_KINDS + EVENT_KINDS
 
 

@@ -1,0 +1,125 @@
+"""Rollout methods: start one, follow it, pause, resume, cancel, retry the failed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from coordinator.api import Context, method
+from coordinator.policy import waves
+from coordinator.rollouts import release_by_id
+from coordinator.storage import fleet as store
+from coordinator.storage import rollouts as rstore
+from coordinator.storage import updates as ustore
+from shared.errors import ConfigError, Conflict, NotFound
+
+
+class StartRollout(msgspec.Struct, forbid_unknown_fields=True):
+    release: str  # release id, or "PRODUCT VERSION"
+    customer: str | None = None
+    waves: str | None = None  # cumulative percents "5,25,100"
+
+
+@method("rollouts.start", "technician", StartRollout)
+async def start(ctx: Context, p: StartRollout) -> dict[str, Any]:
+    try:
+        percents = waves.parse_percents(p.waves) if p.waves else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    async with ctx.coordinator.db.transaction() as conn:
+        if p.release.isdigit():
+            release = await release_by_id(conn, int(p.release))
+        else:
+            product, _, version = p.release.partition(" ")
+            found = await ustore.find_releases(conn, product, version.strip() or None)
+            if len(found) != 1:
+                raise NotFound(f"no single release matches {p.release!r}; give its id")
+            release = found[0]
+        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        rollout_id = await ctx.coordinator.rollouts.start(
+            conn, release, actor=ctx.caller.name, customer_id=customer_id, percents=percents,
+            now=ctx.now)
+        return await ctx.coordinator.rollouts.summary(conn, rollout_id, ctx.now)
+
+
+class ListRollouts(msgspec.Struct, forbid_unknown_fields=True):
+    open: bool = False
+
+
+@method("rollouts.list", "viewer", ListRollouts)
+async def list_rollouts(ctx: Context, p: ListRollouts) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        rows = await rstore.list_rollouts(conn, ("running", "paused") if p.open else None)
+        for row in rows:
+            summary = await ctx.coordinator.rollouts.summary(conn, row["id"], ctx.now)
+            row["targeted"] = sum(w["targeted"] for w in summary["waves"])
+            row["succeeded"] = sum(w["succeeded"] for w in summary["waves"])
+            row["failed"] = sum(w["failed"] for w in summary["waves"])
+            row["not_covered"] = len(summary["not_covered"])
+    return rows
+
+
+class RolloutRef(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+
+
+@method("rollouts.show", "viewer", RolloutRef)
+async def show(ctx: Context, p: RolloutRef) -> dict[str, Any]:
+    async with ctx.coordinator.db.connect() as conn:
+        return await ctx.coordinator.rollouts.summary(conn, p.id, ctx.now)
+
+
+async def _set(ctx: Context, rollout_id: int, status: str) -> dict[str, Any]:
+    async with ctx.coordinator.db.transaction() as conn:
+        return await ctx.coordinator.rollouts.set_status(conn, rollout_id, status,
+                                                         ctx.caller.name, ctx.now)
+
+
+@method("rollouts.pause", "technician", RolloutRef)
+async def pause(ctx: Context, p: RolloutRef) -> dict[str, Any]:
+    return await _set(ctx, p.id, "paused")
+
+
+@method("rollouts.resume", "technician", RolloutRef)
+async def resume(ctx: Context, p: RolloutRef) -> dict[str, Any]:
+    return await _set(ctx, p.id, "running")
+
+
+@method("rollouts.cancel", "technician", RolloutRef)
+async def cancel(ctx: Context, p: RolloutRef) -> dict[str, Any]:
+    return await _set(ctx, p.id, "cancelled")
+
+
+@method("rollouts.retry_failed", "technician", RolloutRef)
+async def retry_failed(ctx: Context, p: RolloutRef) -> dict[str, Any]:
+    """Send the release again to failed and timed-out machines; resumes a paused rollout."""
+    async with ctx.coordinator.db.transaction() as conn:
+        rollout = await rstore.get_rollout(conn, p.id)
+        if rollout["status"] not in ("running", "paused"):
+            raise Conflict(f"rollout {p.id} is {rollout['status']}")
+        count = await rstore.reset_failed(conn, p.id, ctx.now)
+        await rstore.update_rollout(conn, p.id, status="running", updated_at=ctx.now,
+                                    reason=f"{count} failed machines retried by {ctx.caller.name}")
+        await ctx.audit(conn, "rollout.retry_failed", f"rollout:{p.id}", machines=count)
+        return {"id": p.id, "retried": count}
+
+
+class InstallWindowParams(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+    window: str | None  # "18:00-07:00" local; None: any time the product is closed
+
+
+@method("customers.install_window", "technician", InstallWindowParams)
+async def set_install_window(ctx: Context, p: InstallWindowParams) -> dict[str, Any]:
+    if p.window is not None:
+        try:
+            waves.InstallWindow.parse(p.window)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    async with ctx.coordinator.db.transaction() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        await store.update_customer(conn, customer["id"], install_window=p.window)
+        await ctx.audit(conn, "customer.install_window", f"customer:{customer['id']}",
+                        window=p.window)
+        return await store.get_customer(conn, customer["id"])
