@@ -8,43 +8,18 @@ Imports are deferred to the command that needs them (python-tuf is slow to impor
 from __future__ import annotations
 
 import base64
-import functools
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
+from coordinator.cli_common import CarelineGroup, technician_command
+
 UPLOAD_CHUNK = 4 << 20
 TERMINAL = {"installed", "rolled_back", "refused", "failed", "verified", "mismatch",
             "cancelled"}
-
-
-def technician_command(group: click.Group, name: str, **kwargs: Any) -> Callable[..., Any]:
-    """Same options as coordinator.cli's technician commands (kept here to avoid an import
-    cycle when cli.py runs as __main__)."""
-
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        @group.command(name, **kwargs)
-        @click.option("--server", default=None, help="wss://HOST:PORT ($CARELINE_SERVER).")
-        @click.option("--token", default=None, help="Technician token ($CARELINE_TOKEN).")
-        @click.option("--ca", default=None, help="Coordinator CA file to pin ($CARELINE_CA).")
-        @click.option("--data", envvar="CARELINE_DATA", default=None,
-                      help="Data directory (default ./careline-data or $CARELINE_DATA).")
-        @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-        @functools.wraps(fn)
-        def command(server: str | None, token: str | None, ca: str | None, data: str | None,
-                    as_json: bool, **params: Any) -> None:
-            from coordinator.client import AdminClient, resolve_credentials
-
-            with AdminClient(resolve_credentials(server, token, ca, data), timeout=120) as client:
-                fn(client, as_json, **params)
-
-        return command
-
-    return decorate
 
 
 def _emit(data: Any, as_json: bool, columns: list[str] | None = None, title: str = "") -> None:
@@ -58,7 +33,7 @@ keys_option = click.option("--keys", "keys", required=True, type=click.Path(file
 
 
 # ============================================================================ release
-@click.group()
+@click.group(cls=CarelineGroup)
 def release() -> None:
     """Build, sign and publish update packages; physical-media bundles."""
 
@@ -68,7 +43,7 @@ def release_keys() -> None:
     """The vendor's offline release keys (root, targets)."""
 
 
-@technician_command(release_keys, "init")
+@technician_command(release_keys, "init", timeout=120)
 @keys_option
 def keys_init(client: Any, as_json: bool, keys: str) -> None:
     """Create root and targets keys in --keys and publish root v1 to the coordinator."""
@@ -87,7 +62,7 @@ def keys_init(client: Any, as_json: bool, keys: str) -> None:
         click.echo("Keep this directory offline; agents enrolled from now on trust it.")
 
 
-@technician_command(release_keys, "rotate")
+@technician_command(release_keys, "rotate", timeout=120)
 @keys_option
 @click.option("--role", required=True,
               type=click.Choice(["root", "targets", "snapshot", "timestamp"]))
@@ -155,7 +130,7 @@ def release_build(source_dir: str, product: str, version: str, kind: str,
         click.echo(f"Built {path} ({len(data)} bytes)")
 
 
-@technician_command(release, "publish")
+@technician_command(release, "publish", timeout=120)
 @click.argument("package", type=click.Path(exists=True, dir_okay=False))
 @keys_option
 def release_publish(client: Any, as_json: bool, package: str, keys: str) -> None:
@@ -180,7 +155,7 @@ def release_publish(client: Any, as_json: bool, package: str, keys: str) -> None
                    f"{row['length']} bytes, sha256 {row['sha256'][:16]}...)")
 
 
-@technician_command(release, "bundle")
+@technician_command(release, "bundle", timeout=120)
 @click.option("--machine", required=True)
 @click.option("--version", "version", required=True)
 @click.option("--product", default=None)
@@ -215,7 +190,7 @@ def release_bundle(client: Any, as_json: bool, machine: str, version: str,
 
 
 # ============================================================================ releases
-@click.group()
+@click.group(cls=CarelineGroup)
 def releases() -> None:
     """Published releases."""
 
@@ -229,7 +204,7 @@ def releases_list(client: Any, as_json: bool, product: str | None) -> None:
 
 
 # ============================================================================ push
-@click.group()
+@click.group(cls=CarelineGroup)
 def push() -> None:
     """Create update, reinstall and verify jobs."""
 
@@ -280,7 +255,7 @@ def push_verify(client: Any, as_json: bool, machine: str, product: str | None) -
 
 
 # ============================================================================ jobs
-@click.group()
+@click.group(cls=CarelineGroup)
 def jobs() -> None:
     """Update jobs and each machine's progress."""
 
