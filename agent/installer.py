@@ -160,6 +160,9 @@ class Installer:
             raise Conflict(f"install job {journal.job_id} is unfinished; call recover() first")
         if journal is not None and journal.job_id == instr.job_id:
             return self._result(journal)  # a retried job: report what happened
+        if self._already_installed(instr):
+            return InstallResult(instr.job_id, "installed", instr.product, instr.version,
+                                 "already installed and intact")
         refusal, from_version = self._refusal(instr)
         if refusal is not None:
             return InstallResult(instr.job_id, "refused", instr.product, from_version, refusal)
@@ -220,6 +223,21 @@ class Installer:
         return self._verify_and_finish(journal)
 
     # steps
+
+    def _already_installed(self, instr: Instruction) -> bool:
+        """Asked to install the version that is already there, whole: nothing to do (a job
+        can be issued before the machine's report of its new version arrives)."""
+        if instr.action != "install":
+            return False
+        try:
+            installed = read_manifest(self._install)
+        except ConfigError:
+            return False
+        if installed is None or (installed.product, installed.version) != (
+                instr.product, instr.version):
+            return False
+        ignore = frozenset({self.layout.data_subdir} if self.layout.data_subdir else ())
+        return not verify_tree(self._install, installed, ignore=ignore)
 
     def _refusal(self, instr: Instruction) -> tuple[str | None, str | None]:
         """(reason to refuse, installed version)."""

@@ -89,16 +89,14 @@ def start_product(product: ProductConfig, log_path: Path) -> None:
         str(install_dir / arg) if not os.path.isabs(arg) and (install_dir / arg).exists() else arg
         for arg in product.executable
     ]
+    # Detached, so the product outlives the agent like a program the user started.
+    flags = 0
+    if IS_WINDOWS:
+        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
     with open(log_path, "ab") as log:
-        kwargs: dict[str, object] = {}
-        if IS_WINDOWS:
-            kwargs["creationflags"] = (
-                subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-            )
-        else:
-            kwargs["start_new_session"] = True  # outlives the agent, like a started program
         subprocess.Popen(
-            argv, cwd=install_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log, **kwargs
+            argv, cwd=install_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            creationflags=flags, start_new_session=not IS_WINDOWS,
         )
 
 

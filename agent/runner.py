@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from agent.actions import perform
 from agent.outbox import Outbox
@@ -39,12 +39,25 @@ def backoff_delay(attempt: int, rng: random.Random) -> float:
     return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
 
 
-def retry_after(reason: str) -> float | None:
-    for part in reason.replace(";", " ").split():
-        if part.startswith("retry-after="):
-            with contextlib.suppress(ValueError):
-                return float(part.split("=", 1)[1])
-    return None
+def reconnect_delay(error: BaseException | None, attempt: int, rng: random.Random) -> float:
+    """How long to wait before connecting again after `error` (None: a clean close).
+
+    A busy coordinator's Retry-After is honoured, with jitter; a refused identity (revoked,
+    unknown) raises AuthError, since reconnecting cannot help.
+    """
+    if isinstance(error, ConnectionClosed) and error.rcvd and error.rcvd.code in p.CloseCode.FATAL:
+        raise AuthError(f"coordinator refused this agent: {error.rcvd.reason}")
+    if isinstance(error, InvalidStatus):
+        hint = error.response.headers.get("Retry-After", "")
+        if hint.isdigit():
+            return int(hint) + rng.uniform(0, int(hint))
+    return backoff_delay(attempt, rng)
+
+
+def describe(error: BaseException | None) -> str:
+    if isinstance(error, ConnectionClosed):
+        return error.rcvd.reason if error.rcvd else "connection lost"
+    return (str(error) or type(error).__name__) if error else "connection closed"
 
 
 @dataclasses.dataclass
@@ -67,6 +80,7 @@ class AgentRunner:
         self.interval = self.config.heartbeat_interval
         self._outbox_wakeup = asyncio.Event()
         self._rng = random.Random()
+        self.attempt = 0  # failed connections since the last welcome
         self._answering: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ status & events
@@ -107,31 +121,24 @@ class AgentRunner:
 
         self.updater = Updater(self)
         self.updater.start()
-        attempt = 0
         try:
             while not stop.is_set():
                 self._set_status("connecting")
-                delay: float | None = None
+                error: BaseException | None = None
                 try:
                     await self._session(stop)
-                    attempt = 0
-                except ConnectionClosed as exc:
-                    code = exc.rcvd.code if exc.rcvd else 1006
-                    reason = exc.rcvd.reason if exc.rcvd else "connection lost"
-                    if code in p.CloseCode.FATAL:
-                        self._set_status("refused", reason)
-                        raise AuthError(f"coordinator refused this agent: {reason}") from None
-                    self._set_status("disconnected", reason)
-                    delay = retry_after(reason)
-                except (OSError, InvalidHandshake, TimeoutError, ProtocolError) as exc:
-                    self._set_status("disconnected", str(exc) or type(exc).__name__)
+                except (ConnectionClosed, OSError, InvalidHandshake, TimeoutError,
+                        ProtocolError) as exc:
+                    error = exc
                 if stop.is_set():
                     break
-                attempt += 1
-                if delay is None:
-                    delay = backoff_delay(attempt, self._rng)
-                else:
-                    delay += self._rng.uniform(0, delay)
+                self.attempt += 1
+                try:
+                    delay = reconnect_delay(error, self.attempt, self._rng)
+                except AuthError as exc:
+                    self._set_status("refused", describe(error))
+                    raise exc from None
+                self._set_status("disconnected", describe(error))
                 log.info("reconnecting in %.1fs", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
@@ -153,6 +160,7 @@ class AgentRunner:
             )))
             welcome = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Welcome)
             self.interval = welcome.heartbeat_interval
+            self.attempt = 0
             self._set_status("connected", "")
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)
             tasks = [

@@ -48,10 +48,13 @@ from shared import protocol as p
 from shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
 from shared.instruction import Instruction, verify_instruction
 from shared.package import write_file_atomic
-from shared.trust import AgentTrust, PartialDownload, VerifiedPackage, install_trusted_root
 
 if TYPE_CHECKING:
     from agent.runner import AgentRunner
+    from shared.trust import PartialDownload, VerifiedPackage
+
+# shared.trust (python-tuf) is imported where it is used: an agent that is not installing
+# anything does not pay its start-up time and memory.
 
 log = logging.getLogger("careline.agent.updater")
 
@@ -78,6 +81,8 @@ def store_enrollment_trust(state: StateDir, tuf_root: bytes, instruction_key: by
     if instruction_key:
         write_file_atomic(directory / "instruction-key", instruction_key)
     if tuf_root:
+        from shared.trust import install_trusted_root
+
         install_trusted_root(state.path, tuf_root)
 
 
@@ -292,6 +297,8 @@ class Updater:
                           "reason": repr(exc)})
 
     async def _install_job(self, job: str, action: Any) -> None:
+        from shared.trust import AgentTrust, PartialDownload
+
         instr = verify_instruction(instruction_key(self.state), action.instruction,
                                    self.config.agent_id, datetime.now(UTC))
         if instr.job_id != job:
@@ -323,6 +330,8 @@ class Updater:
         root = await self._fetch("1.root.json")
         if root is None:
             raise ConfigError("the coordinator has no release root yet")
+        from shared.trust import install_trusted_root
+
         install_trusted_root(self.state.path, root)
 
     async def _fetch(self, name: str) -> bytes | None:
@@ -348,6 +357,8 @@ class Updater:
         )
 
     async def _download(self, job: str, instr: Instruction) -> Path:
+        from shared.trust import PartialDownload
+
         partial = PartialDownload(self.state.path, instr)
         if partial.path.exists():
             return partial.path

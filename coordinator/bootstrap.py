@@ -8,7 +8,6 @@ import datetime as dt
 import logging
 import os
 import signal
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,12 @@ def initialise(
     datadir = DataDir(resolve(data))
     if datadir.exists() or datadir.pki.exists():
         raise ConfigError(f"{datadir.path} already holds a Careline data dir; refusing to overwrite")
-    overrides = {
-        "listen": listen, "database": database, "public_url": public_url,
-        "heartbeat_interval": heartbeat_interval,
-    }
-    settings = replace(Settings(), **{k: v for k, v in overrides.items() if v})
+    defaults = Settings()
+    settings = Settings(
+        listen=listen or defaults.listen, database=database or defaults.database,
+        public_url=public_url or defaults.public_url,
+        heartbeat_interval=heartbeat_interval or defaults.heartbeat_interval,
+    )
     settings.listen_host_port()  # validate before creating anything
     datadir.path.mkdir(mode=0o700, parents=True, exist_ok=True)
     create_pki(datadir.pki, hostnames)

@@ -28,7 +28,7 @@ from coordinator.storage import fleet as store
 from coordinator.storage import service
 from coordinator.storage import updates as ustore
 from coordinator.storage.db import Database
-from coordinator.updates import create_job
+from coordinator.updates import JobKind, create_job
 from shared.errors import CarelineError, ConfigError
 from shared.package import parse_version
 
@@ -41,7 +41,7 @@ HEARTBEAT_KINDS = (
 )
 ONSITE_ACTIONS = frozenset({"onsite_reinstall", "technician_visit", "physical_media"})
 # Remote decisions carried out by an update job (issue 6): action -> job kind.
-JOB_ACTIONS = {"remote_update": "update", "remote_reinstall": "reinstall"}
+JOB_ACTIONS: dict[str, JobKind] = {"remote_update": "update", "remote_reinstall": "reinstall"}
 
 
 def _newer(version: str, than: str | None) -> bool:

@@ -167,7 +167,7 @@ class Rollouts:
         verdicts = self._verdicts(machines, plan_size)
         action = waves.next_action(rollout["status"], rollout["sent_waves"], verdicts)
         sent_waves = rollout["sent_waves"]
-        if action.kind is waves.ActionKind.SEND_WAVE:
+        if action.kind is waves.ActionKind.SEND_WAVE and action.wave is not None:
             sent_waves = action.wave + 1
             await rstore.update_rollout(conn, rollout_id, sent_waves=sent_waves,
                                         reason=action.reason, updated_at=now)

@@ -41,9 +41,11 @@ from shared.keys import agent_id_for, cert_fingerprint, token_hash, verify_chall
 log = logging.getLogger("careline.coordinator")
 
 HANDSHAKE_TIMEOUT = 10.0
-# Connections still proving their identity; past this the coordinator asks agents to come
-# back later instead of falling over during a reconnect storm.
-MAX_PENDING_HANDSHAKES = 2000
+# Connections still proving their identity; past this the coordinator answers new agent
+# upgrades with 503 and a Retry-After instead of falling over during a reconnect storm.
+MAX_PENDING_HANDSHAKES = 500
+# Agents authenticated per second, roughly: how Retry-After grows with the queue.
+DRAIN_RATE = 200
 HEARTBEAT_FLUSH_SECONDS = 1.0
 
 
@@ -95,6 +97,8 @@ class Coordinator:
         self.desk = IncidentDesk(db, self.policy, self.offline_after)
         self.links: dict[str, AgentLink] = {}
         self._heartbeats: dict[str, tuple[dt.datetime, Any]] = {}
+        # agent id -> (connected, when, agent version): written with the heartbeats
+        self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
         self._pending_handshakes = 0
         self._command_ids = itertools.count(1)
         self.server: Server | None = None
@@ -135,6 +139,10 @@ class Coordinator:
     def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         if request.path not in (p.ENROLL_PATH, p.AGENT_PATH, p.ADMIN_PATH):
             return ws.respond(http.HTTPStatus.NOT_FOUND, "no such channel\n")
+        if request.path == p.AGENT_PATH and self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
+            busy = ws.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "coordinator busy\n")
+            busy.headers["Retry-After"] = str(1 + self._pending_handshakes // DRAIN_RATE)
+            return busy
         if request.path == p.ADMIN_PATH and not request.headers.get("Authorization", "").startswith(
             "Bearer "
         ):
@@ -201,11 +209,8 @@ class Coordinator:
         await ws.send(p.encode(p.Challenge(nonce=nonce, server_time=time.time())))
         hello = p.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT), p.Hello)
         async with self.db.connect() as conn:
-            try:
-                row = await store.get_agent(conn, hello.agent_id)
-            except CarelineError:
-                row = None
-        if row is None or row["id"] != hello.agent_id:
+            row = await store.agent_by_id(conn, hello.agent_id)
+        if row is None:
             await close(ws, p.CloseCode.UNAUTHENTICATED, "unknown agent: enroll it again")
             return None
         if row["revoked_at"] is not None:
@@ -217,8 +222,7 @@ class Coordinator:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
         link = AgentLink(ws, row["id"], row["customer_id"])
-        async with self.db.transaction() as conn:
-            await store.set_connected(conn, link.agent_id, True, utcnow(), hello.agent_version)
+        self._presence[link.agent_id] = (True, utcnow(), hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
         if previous is not None:
@@ -230,9 +234,6 @@ class Coordinator:
         return link
 
     async def _serve_agent(self, ws: ServerConnection) -> None:
-        if self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
-            await close(ws, p.CloseCode.TRY_LATER, "coordinator busy; retry-after=5")
-            return
         self._pending_handshakes += 1
         try:
             link = await self._authenticate_agent(ws)
@@ -280,9 +281,7 @@ class Coordinator:
                 future.set_exception(ConnectionError("agent disconnected"))
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
-            await self._flush_heartbeats()
-            async with self.db.transaction() as conn:
-                await store.set_connected(conn, link.agent_id, False, utcnow())
+            self._presence[link.agent_id] = (False, utcnow(), "")
 
     async def disconnect_revoked(self, agent_id: str) -> None:
         link = self.links.get(agent_id)
@@ -291,10 +290,14 @@ class Coordinator:
 
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:
-        if not self._heartbeats:
+        """One transaction a second for every connect, disconnect and heartbeat since the
+        last: a reconnect storm costs a few writes, not one per agent."""
+        if not (self._heartbeats or self._presence):
             return
         batch, self._heartbeats = self._heartbeats, {}
+        presence, self._presence = self._presence, {}
         async with self.db.transaction() as conn:
+            await store.store_presence(conn, presence)
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
             await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
 

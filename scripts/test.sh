@@ -15,4 +15,5 @@ if [ -z "${CARELINE_TEST_PG:-}" ] && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev
 fi
 
 .venv/bin/ruff check agent coordinator shared tests bench
+.venv/bin/mypy agent coordinator shared
 .venv/bin/python -m pytest -q "$@"

@@ -11,7 +11,8 @@ half-valid message. Three channels share one TLS port, each with its own message
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from types import UnionType
+from typing import Any, Literal, TypeVar, overload
 
 import msgspec
 
@@ -37,7 +38,7 @@ class CloseCode:
     TIMEOUT = 4408  # handshake not completed in time
     REPLACED = 4409  # the same agent connected again; the older connection is closed
     TOKEN_REFUSED = 4410  # enrollment token unknown, expired or spent
-    TRY_LATER = 4429  # coordinator shedding load; reason carries "retry-after=N"
+    # A busy coordinator answers the upgrade itself with HTTP 503 and Retry-After.
 
     # Codes after which reconnecting with the same identity cannot succeed.
     FATAL = frozenset({UNAUTHENTICATED, REVOKED, TOKEN_REFUSED})
@@ -256,7 +257,15 @@ def encode(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
-def decode(data: bytes | str, expected: type[M], limit: int = MAX_MESSAGE_BYTES) -> M:
+@overload
+def decode(data: bytes | str, expected: type[M], limit: int = ...) -> M: ...
+
+
+@overload
+def decode(data: bytes | str, expected: UnionType, limit: int = ...) -> Any: ...
+
+
+def decode(data: bytes | str, expected: Any, limit: int = MAX_MESSAGE_BYTES) -> Any:
     """Decode one message of the `expected` type (or union), or raise ProtocolError."""
     if isinstance(data, str):
         raise ProtocolError("text frames are not part of the protocol; send binary msgpack")
@@ -266,7 +275,7 @@ def decode(data: bytes | str, expected: type[M], limit: int = MAX_MESSAGE_BYTES)
     if decoder is None:
         decoder = _decoders[expected] = msgspec.msgpack.Decoder(expected)
     try:
-        return decoder.decode(data)  # type: ignore[no-any-return]
+        return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid message: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:

@@ -495,6 +495,5 @@ def test_close_codes_are_application_codes_and_fatal_set_is_right() -> None:
     codes = [v for k, v in vars(p.CloseCode).items() if k.isupper() and isinstance(v, int)]
     assert all(4000 <= c <= 4999 for c in codes)
     assert len(codes) == len(set(codes))
-    assert p.CloseCode.TRY_LATER not in p.CloseCode.FATAL
     assert p.CloseCode.REPLACED not in p.CloseCode.FATAL
     assert {p.CloseCode.REVOKED, p.CloseCode.UNAUTHENTICATED} <= p.CloseCode.FATAL

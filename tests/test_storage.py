@@ -253,17 +253,18 @@ async def test_presence_and_revocation(db: Database) -> None:
     aid = await new_agent(db, cid)
     t1 = NOW + dt.timedelta(seconds=10)
     async with db.transaction() as conn:
-        await store.set_connected(conn, aid, True, t1, "2.0")
+        await store.store_presence(conn, {aid: (True, t1, "2.0")})
     async with db.connect() as conn:
-        row = await store.get_agent(conn, aid)
+        row = await store.agent_by_id(conn, aid)
+        assert await store.agent_by_id(conn, aid[:-1]) is None  # exact ids only
+    assert row is not None
     assert (row["connected"], row["last_seen"], row["last_connected_at"], row["agent_version"]) == (
         True, t1, t1, "2.0")
     async with db.transaction() as conn:
-        await store.set_connected(conn, aid, False, t1 + dt.timedelta(seconds=5))
-        await store.set_connected(conn, aid, True, t1)
+        await store.store_presence(conn, {aid: (False, t1 + dt.timedelta(seconds=5), "")})
     async with db.connect() as conn:
         row = await store.get_agent(conn, aid)
-    assert row["connected"] is True and row["agent_version"] == "2.0"  # no version: kept
+    assert row["connected"] is False and row["last_seen"] == t1  # a drop keeps last seen
 
     later = NOW + dt.timedelta(minutes=5)
     async with db.transaction() as conn:

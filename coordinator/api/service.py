@@ -249,7 +249,8 @@ async def redecide_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
     async with ctx.coordinator.db.transaction() as conn:
         await ctx.coordinator.desk.touch(conn, p.id)
         decision = await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
-        await ctx.audit(conn, "incident.redecide", f"incident:{p.id}", action=decision["action"])
+        await ctx.audit(conn, "incident.redecide", f"incident:{p.id}",
+                        decided=decision["action"])
     return decision
 
 

@@ -209,16 +209,30 @@ async def revoke_agent(conn: AsyncConnection, agent_id: str, now: dt.datetime) -
         raise Conflict(f"agent {agent_id} is already revoked")
 
 
-async def set_connected(
-    conn: AsyncConnection, agent_id: str, connected: bool, now: dt.datetime,
-    agent_version: str | None = None,
+async def agent_by_id(conn: AsyncConnection, agent_id: str) -> Row | None:
+    """Exact lookup by primary key: what authentication needs, with no scan."""
+    row = (await conn.execute(sa.select(agents).where(agents.c.id == agent_id))).mappings().first()
+    return dict(row) if row else None
+
+
+async def store_presence(
+    conn: AsyncConnection, presence: Mapping[str, tuple[bool, dt.datetime, str]]
 ) -> None:
-    values: dict[str, Any] = {"connected": connected}
-    if connected:
-        values.update(last_seen=now, last_connected_at=now)
-        if agent_version:
-            values["agent_version"] = agent_version
-    await conn.execute(agents.update().where(agents.c.id == agent_id).values(**values))
+    """Connects and disconnects since the last flush, two executemany at most."""
+    ups = [{"b_id": a, "b_at": at, "b_version": version}
+           for a, (connected, at, version) in presence.items() if connected]
+    downs = [{"b_id": a} for a, (connected, _at, _v) in presence.items() if not connected]
+    if ups:
+        await conn.execute(
+            agents.update().where(agents.c.id == sa.bindparam("b_id")).values(
+                connected=True, last_seen=sa.bindparam("b_at"),
+                last_connected_at=sa.bindparam("b_at"),
+                agent_version=sa.bindparam("b_version")),
+            ups)
+    if downs:
+        await conn.execute(
+            agents.update().where(agents.c.id == sa.bindparam("b_id")).values(connected=False),
+            downs)
 
 
 async def store_heartbeats(conn: AsyncConnection, beats: Iterable[tuple[str, dt.datetime, Any]]) -> None:

@@ -17,14 +17,14 @@ def test_two_agents_report_go_offline_and_come_back(coordinator, spawn_agent, tm
     )
     join = coordinator.join_string("Cong ty Minh Anh", uses=2)
     first = spawn_agent("pc1", join, "--product", f"ketoan={product_dir}")
-    second = spawn_agent("pc2", join)
+    second = spawn_agent("pc2", join, "--product", f"ketoan={product_dir}")
 
     key_mode = stat.S_IMODE(os.stat(first.state / "agent.key").st_mode)
     assert key_mode == 0o600
 
     def both_online_with_health():
         rows = coordinator.cli("agents", "list")
-        online = {r["id"]: r for r in rows if r["status"] == "online"}
+        online = {r["id"]: r for r in rows if r["status"] == "online" and r["products"] != {}}
         return online if {first.agent_id, second.agent_id} <= set(online) else None
 
     online = wait_until(both_online_with_health)

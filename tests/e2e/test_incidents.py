@@ -107,6 +107,11 @@ def test_technician_reported_incident_and_maintenance(sqlite_coordinator, spawn_
     due = dt.datetime.fromisoformat(decision["due_at"])
     assert due > dt.datetime.now(dt.UTC)
     assert json.dumps(decision["reasons"]).count("premium") >= 1
+    # Decided again (e.g. after coverage changed): a new decision, audited.
+    again = coord.cli("incidents", "redecide", str(incident["id"]))
+    assert again["action"] == "onsite_reinstall" and again["id"] != decision["id"]
+    assert any(a["action"] == "incident.redecide" and a["detail"]["decided"] == "onsite_reinstall"
+               for a in coord.cli("audit"))
 
 
 def test_condition_that_clears_closes_untouched_incident(sqlite_coordinator, spawn_agent, tmp_path):

@@ -122,3 +122,40 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
     assert {m["state"] for m in done["machines"]} == {"succeeded"}
     assert (machines["away"].product / "Data" / "ledger.db").read_text() == "customer books"
     assert [w["succeeded"] for w in done["waves"]] == [4]
+
+
+def test_rollout_survives_coordinator_kill(sqlite_coordinator, spawn_agent, tmp_path):
+    coord = sqlite_coordinator
+    today = dt.datetime.now(dt.UTC).date()
+    keys = tmp_path / "keys"
+    coord.cli("release", "keys", "init", "--keys", str(keys))
+    coord.cli("customers", "add", "Big Co")
+    coord.cli("contracts", "add", "--customer", "Big Co", "--signed", today.isoformat())
+    join = coord.join_string("Big Co", uses=6)
+    agents = {}
+    for n in range(6):
+        product = installed_product(tmp_path / f"pc{n}" / "acct", "1.0.0")
+        agent = spawn_agent(f"pc{n}", join, "--product", f"acct={product}",
+                            "--product-data", "acct=Data")
+        agents[agent.agent_id] = product
+    wait_until(lambda: all(a["products"].get("acct", {}).get("version") == "1.0.0"
+                           for a in coord.agents().values()))
+    published = coord.cli("release", "publish",
+                          str(regulation_package(tmp_path, "1.1.0", today + dt.timedelta(days=60))),
+                          "--keys", str(keys))
+    rid = published["rollout"]
+    wait_until(lambda: rollout(coord, rid)["sent_waves"] >= 1, timeout=30, interval=0.05)
+    coord.kill()  # kill -9 in the middle of the rollout
+    coord.start()
+    done = wait_until(lambda: (r := rollout(coord, rid))["status"] == "completed" and r,
+                      timeout=120)
+    assert {m["state"] for m in done["machines"]} == {"succeeded"}
+    assert sorted(m["machine"] for m in done["machines"]) == sorted(agents)
+    assert sum(w["succeeded"] for w in done["waves"]) == 6
+    assert all(w["succeeded"] == w["targeted"] for w in done["waves"])
+    with coord.client() as client:
+        jobs = [client.call("jobs.show", id=j["id"]) for j in client.call("jobs.list")
+                if j["created_by"] == f"rollout:{rid}"]
+    sent_to = [m["agent_id"] for job in jobs for m in job["machines"]]
+    assert sorted(sent_to) == sorted(agents)  # each machine got the job exactly once
+    assert all(version_of(product) == "1.1.0" for product in agents.values())

@@ -128,6 +128,11 @@ RULE_TAIL = '\naction = "remote_guidance"\ndue = "same_day"\nreason = "r"\n'
         ("[due]\ncountry = 'XX'", r"due: no public holiday calendar for country 'XX'"),
         ("[due]\nworkdays = ['monday']", r"due\.workdays must be a list of mon, tue"),
         ("[machine]\noffline_long_after_hours = 0", r"machine\.offline_long_after_hours"),
+        ("[machine]\noffline_incident_after_minutes = 0",
+         r"machine\.offline_incident_after_minutes must be a number > 0"),
+        ("[kinds.disk_full]\ncategory = 'hardware'", r"kinds\.disk_full\.category: unknown value"),
+        ("[kinds.disk_full]\nseverity = 'urgent'", r"kinds\.disk_full\.severity: unknown value"),
+        ("[kinds.meteor]\ncategory = 'other'", r"unknown key\(s\): kinds\.meteor"),
         ("[alerts.disk_ful]\nopen_after = 1", r"unknown key\(s\): alerts\.disk_ful"),
         ("[alerts.disk_full]\nopen_after = 0", r"alerts\.disk_full\.open_after must be"),
         ("[alerts.unclean_shutdown]\nopen_after = 1", r"unknown key\(s\): alerts\.unclean"),
@@ -167,3 +172,13 @@ def test_unreadable_or_broken_files(tmp_path):
     bad.write_bytes(b"# caf\xe9\n")
     with pytest.raises(ConfigError, match="cannot read"):
         load_policy(bad)
+
+
+def test_every_reported_kind_is_classified_and_offline_threshold_is_fractional(tmp_path):
+    policy = load_policy()
+    assert set(policy.kinds) == set(KINDS)
+    assert policy.kinds["integrity_mismatch"] == ("virus", "high")
+    assert policy.kinds["regulation_deadline"] == ("regulation", "high")
+    vendor = tmp_path / "vendor.toml"
+    vendor.write_text("[machine]\noffline_incident_after_minutes = 0.5\n")
+    assert load_policy(vendor).offline_incident_after == timedelta(seconds=30)

@@ -108,8 +108,13 @@ def test_older_version_refused_but_reinstall_allowed(machine: Machine) -> None:
     before = snapshot(machine.layout.install_dir)
     result = machine.install("1.0.0")
     assert result.outcome == "refused" and "not newer" in (result.reason or "")
-    assert machine.install("1.1.0", job_id="again").outcome == "refused"
+    # The same version again, intact: nothing to do, and that counts as installed.
+    again = machine.install("1.1.0", job_id="again")
+    assert (again.outcome, again.reason) == ("installed", "already installed and intact")
     assert snapshot(machine.layout.install_dir) == before
+    # ... but a damaged copy of it is not "installed": that takes a reinstall.
+    (machine.layout.install_dir / "bin/app.txt").write_text("damaged")
+    assert machine.install("1.1.0", job_id="damaged").outcome == "refused"
     assert machine.install("1.0.0", action="reinstall").outcome == "installed"
 
 

@@ -1,0 +1,204 @@
+"""One real agent's footprint: RSS and CPU share of `careline-agent run` (issue 4).
+
+    python bench/agent_footprint.py [--seconds 180] [--heartbeat-interval 30] [--json]
+
+Starts a real coordinator (`careline init` in a temporary data dir + `careline serve`),
+enrolls one agent with `careline-agent enroll`, runs `careline-agent run` for --seconds and
+samples it with psutil once a second: RSS (mean, max) and CPU as a share of one core
+(CPU seconds used over the window / wall seconds, children included). The first --warmup
+seconds (start-up, enrollment imports, first heartbeat) are left out of the figures and
+reported separately. Targets: <= 35 MB RSS and <= 0.5% of a core at the 30 s heartbeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+PYTHON = sys.executable
+TARGET_RSS_MB = 35.0
+TARGET_CPU_PERCENT = 0.5
+
+
+def log(message: str) -> None:
+    print(f"[footprint {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def tree_cpu_seconds(proc: psutil.Process) -> float:
+    """CPU of the process, its live children, and children it has waited for."""
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        t = proc.cpu_times()
+        total += t.user + t.system + t.children_user + t.children_system
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+    return total
+
+
+def tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        total += proc.memory_info().rss
+        for child in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += child.memory_info().rss
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=180.0)
+    parser.add_argument("--heartbeat-interval", type=float, default=30.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="careline-footprint-"))
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(argv: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        with open(root / log_name, "ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL)
+        procs.append(proc)
+        return proc
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # also when ignored, as for a background job
+    try:
+        data = root / "coordinator"
+        port = free_port()
+        init = subprocess.run(
+            [PYTHON, "-m", "coordinator.cli", "init", "--data", str(data), "--listen",
+             f"127.0.0.1:{port}", "--heartbeat-interval", str(args.heartbeat_interval), "--json"],
+            capture_output=True, text=True, timeout=120, check=True,
+        )
+        admin_token = json.loads(init.stdout)["admin_token"]
+        coordinator = start([PYTHON, "-m", "coordinator.cli", "serve", "--data", str(data)],
+                            "coordinator.log")
+        wait_for_port(port, coordinator)
+
+        from coordinator.client import AdminClient, Credentials
+
+        credentials = Credentials(f"wss://127.0.0.1:{port}", admin_token,
+                                  (data / "pki" / "ca.pem").read_text())
+        with AdminClient(credentials) as client:
+            client.call("customers.add", name="Footprint Co")
+            join = client.call("tokens.create", customer="Footprint Co", uses=1)["join"]
+        state = root / "agent"
+        product = root / "product"
+        product.mkdir()
+        subprocess.run(
+            [PYTHON, "-m", "agent.cli", "enroll", join, "--state", str(state),
+             "--product", f"KeToanPro={product}"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        agent = start([PYTHON, "-m", "agent.cli", "run", "--state", str(state)], "agent.log")
+        ps = psutil.Process(agent.pid)
+        log(f"agent pid {agent.pid}, heartbeat {args.heartbeat_interval}s; "
+            f"warm-up {args.warmup}s then sampling {args.seconds}s")
+        time.sleep(args.warmup)
+        warm_rss = tree_rss(ps)
+        warm_cpu = tree_cpu_seconds(ps)
+        t0 = time.monotonic()
+        cpu0 = tree_cpu_seconds(ps)
+        samples: list[int] = []
+        end = t0 + args.seconds
+        while time.monotonic() < end:
+            if agent.poll() is not None:
+                raise RuntimeError(f"agent exited with {agent.returncode}; see {root / 'agent.log'}")
+            samples.append(tree_rss(ps))
+            time.sleep(min(1.0, max(0.0, end - time.monotonic())))
+        wall = time.monotonic() - t0
+        cpu = tree_cpu_seconds(ps) - cpu0
+        with AdminClient(credentials) as client:
+            agents = client.call("agents.list")
+        status = agents[0]["status"] if agents else "missing"
+        results = {
+            "seconds": round(wall, 1), "heartbeat_interval": args.heartbeat_interval,
+            "samples": len(samples),
+            "rss_mean_mb": round(statistics.fmean(samples) / 2**20, 1),
+            "rss_max_mb": round(max(samples) / 2**20, 1),
+            "cpu_percent_of_one_core": round(100 * cpu / wall, 3),
+            "warmup": {"seconds": args.warmup, "rss_mb": round(warm_rss / 2**20, 1),
+                       "cpu_seconds": round(warm_cpu, 2)},
+            "agent_status_at_end": status,
+            "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
+            "targets": {},
+        }
+        results["targets"] = {
+            "rss_le_35mb": results["rss_max_mb"] <= TARGET_RSS_MB,
+            "cpu_le_0_5pct": results["cpu_percent_of_one_core"] <= TARGET_CPU_PERCENT,
+        }
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        ok = results["targets"]
+        print(f"careline-agent run, {results['seconds']}s at a {args.heartbeat_interval}s heartbeat "
+              f"(status at end: {status})")
+        print(f"  RSS  mean {results['rss_mean_mb']} MB, max {results['rss_max_mb']} MB  "
+              f"[{'ok' if ok['rss_le_35mb'] else 'MISSED'} <= {TARGET_RSS_MB:.0f} MB]")
+        print(f"  CPU  {results['cpu_percent_of_one_core']}% of one core  "
+              f"[{'ok' if ok['cpu_le_0_5pct'] else 'MISSED'} <= {TARGET_CPU_PERCENT}%]")
+    return 0
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    sys.exit(main())
