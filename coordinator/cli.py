@@ -89,6 +89,28 @@ def customers_list(client: Any, as_json: bool) -> None:
     emit(client.call("customers.list"), as_json, title="customers")
 
 
+@main.group(cls=CarelineGroup)
+def sites() -> None:
+    """A customer's sites (offices, branches) where machines are."""
+
+
+@technician_command(sites, "add")
+@click.option("--customer", required=True)
+@click.argument("name")
+def sites_add(client: Any, as_json: bool, customer: str, name: str) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("sites.add", customer=customer, name=name), as_json)
+
+
+@technician_command(sites, "list")
+@click.option("--customer", default=None)
+def sites_list(client: Any, as_json: bool, customer: str | None) -> None:
+    from coordinator.render import emit
+
+    emit(client.call("sites.list", customer=customer), as_json, title="sites")
+
+
 # ============================================================================ tokens
 @main.group(cls=CarelineGroup)
 def tokens() -> None:
@@ -99,11 +121,16 @@ def tokens() -> None:
 @click.option("--customer", required=True, help="Customer id or name.")
 @click.option("--uses", default=1, show_default=True, help="How many machines may enroll.")
 @click.option("--expires", default="24h", show_default=True, help="Lifetime, e.g. 30m, 24h, 7d.")
-def tokens_create(client: Any, as_json: bool, customer: str, uses: int, expires: str) -> None:
+@click.option("--contract", type=int, default=None,
+              help="Contract the machines join (default: the customer's current one).")
+@click.option("--site", default=None, help="The customer's site the machines are at.")
+def tokens_create(client: Any, as_json: bool, customer: str, uses: int, expires: str,
+                  contract: int | None, site: str | None) -> None:
     from shared.units import parse_duration
 
     seconds = parse_duration(expires).total_seconds()
-    result = client.call("tokens.create", customer=customer, uses=uses, expires_seconds=seconds)
+    result = client.call("tokens.create", customer=customer, uses=uses, expires_seconds=seconds,
+                         contract=contract, site=site)
     if as_json:
         from coordinator.render import emit
 

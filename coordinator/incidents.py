@@ -40,6 +40,8 @@ HEARTBEAT_KINDS = (
     "integrity_mismatch",
 )
 ONSITE_ACTIONS = frozenset({"onsite_reinstall", "technician_visit", "physical_media"})
+# An agent's update_result outcome -> whether it is a failing update_failed check.
+UPDATE_OUTCOMES = {"installed": False, "rolled_back": True, "failed": True, "refused": True}
 # Remote decisions carried out by an update job (issue 6): action -> job kind.
 JOB_ACTIONS: dict[str, JobKind] = {"remote_update": "update", "remote_reinstall": "reinstall"}
 
@@ -291,7 +293,15 @@ class IncidentDesk:
         self, conn: AsyncConnection, agent_id: str, kind: str, data: dict[str, Any],
         now: dt.datetime,
     ) -> None:
-        """Events that signal trouble: one failing check of their condition."""
+        """Events that signal trouble: one failing check of their condition. An update's
+        result is a check of update_failed: failed, rolled back or refused fails it, a
+        later successful install clears it."""
+        if kind == "update_result" and data.get("outcome") in UPDATE_OUTCOMES:
+            failing = UPDATE_OUTCOMES[data["outcome"]]
+            detail = f"{data.get('version')}: {data['outcome']} ({data.get('reason') or ''})"
+            key = (agent_id, "update_failed", str(data.get("product") or ""))
+            await self.observe(conn, {key: (failing, detail if failing else "")}, now)
+            return
         if kind not in self.policy.kinds:
             return
         subject = str(data.get("product") or data.get("subject") or "")

@@ -183,7 +183,7 @@ class Coordinator:
                     conn, agent_id=agent_id, customer_id=token["customer_id"],
                     public_key=request.public_key, hostname=request.hostname[:255],
                     os=request.os[:100], agent_version=request.agent_version[:40], now=now,
-                    contract_id=token["contract_id"],
+                    contract_id=token["contract_id"], site_id=token["site_id"],
                 )
                 await store.record_audit(
                     conn, actor=f"enrollment-token:{token['id']}", action="agent.enroll",

@@ -139,10 +139,10 @@ class CoordinatorProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.log = root / "coordinator.log"
 
-    def start(self) -> CoordinatorProcess:
+    def start(self, *extra: str) -> CoordinatorProcess:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "coordinator.cli", "serve", "--data", str(self.data), "-v"],
+                [PYTHON, "-m", "coordinator.cli", "serve", "--data", str(self.data), "-v", *extra],
                 stdout=log, stderr=subprocess.STDOUT, text=True,
             )
         wait_for_port(self.port, self.proc)

@@ -14,7 +14,7 @@ from coordinator.storage import service
 from shared.errors import ConfigError
 from shared.keys import JoinString, new_token, token_hash
 
-AGENT_LIST_FIELDS = ("id", "customer", "hostname", "status", "last_seen", "products")
+AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen", "products")
 
 
 def agent_status(row: dict[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:
@@ -67,12 +67,40 @@ async def list_customers(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
         return await store.list_customers(conn)
 
 
+class AddSite(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+    name: str
+
+
+@method("sites.add", "technician", AddSite)
+async def add_site(ctx: Context, p: AddSite) -> dict[str, Any]:
+    if not p.name.strip():
+        raise ConfigError("site name must not be empty")
+    async with ctx.coordinator.db.transaction() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        row = await store.add_site(conn, customer["id"], p.name.strip())
+        await ctx.audit(conn, "site.add", f"customer:{customer['id']}", site=row["name"])
+    return row
+
+
+class ListSites(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str | None = None
+
+
+@method("sites.list", "viewer", ListSites)
+async def list_sites(ctx: Context, p: ListSites) -> list[dict[str, Any]]:
+    async with ctx.coordinator.db.connect() as conn:
+        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        return await store.list_sites(conn, customer_id)
+
+
 # ----------------------------------------------------------------------------- tokens
 class CreateToken(msgspec.Struct, forbid_unknown_fields=True):
     customer: str
     uses: int = 1
     expires_seconds: float = 86400.0
     contract: int | None = None  # machines join it; default: the customer's current contract
+    site: str | None = None  # the customer's site (id or name) the machines are at
 
 
 @method("tokens.create", "technician", CreateToken)
@@ -89,10 +117,11 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
             contract = await service.get_contract(conn, p.contract)
             if contract["customer_id"] != customer["id"]:
                 raise ConfigError(f"contract {p.contract} belongs to another customer")
+        site_id = (await store.get_site(conn, customer["id"], p.site))["id"] if p.site else None
         token_id = await store.add_enrollment_token(
             conn, token_hash=token_hash(token), customer_id=customer["id"], uses_allowed=p.uses,
             expires_at=expires_at, created_by=ctx.caller.name, now=ctx.now,
-            contract_id=p.contract,
+            contract_id=p.contract, site_id=site_id,
         )
         await ctx.audit(
             conn, "token.create", f"customer:{customer['id']}", token_id=token_id, uses=p.uses,

@@ -20,6 +20,7 @@ from coordinator.storage.schema import (
     customers,
     enrollment_tokens,
     events,
+    sites,
     technicians,
 )
 from shared.errors import AuthError, Conflict, NotFound
@@ -78,6 +79,31 @@ async def update_customer(conn: AsyncConnection, customer_id: int, **values: Any
         await conn.execute(customers.update().where(customers.c.id == customer_id).values(**values))
 
 
+async def add_site(conn: AsyncConnection, customer_id: int, name: str) -> Row:
+    site_id = await insert_row(conn, sites, {"customer_id": customer_id, "name": name},
+                               f"site {name!r}")
+    return {"id": site_id, "customer_id": customer_id, "name": name}
+
+
+async def list_sites(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+    query = sa.select(sites).order_by(sites.c.customer_id, sites.c.name)
+    if customer_id is not None:
+        query = query.where(sites.c.customer_id == customer_id)
+    return rows_of(await conn.execute(query))
+
+
+async def get_site(conn: AsyncConnection, customer_id: int, ref: str) -> Row:
+    """A customer's site by id or name."""
+    condition = sites.c.name == ref
+    if ref.isdigit():
+        condition = sa.or_(sites.c.id == int(ref), condition)
+    row = (await conn.execute(sa.select(sites).where(
+        sites.c.customer_id == customer_id, condition))).mappings().first()
+    if row is None:
+        raise NotFound(f"customer {customer_id} has no site {ref!r}")
+    return dict(row)
+
+
 # ----------------------------------------------------------------------------- technicians
 async def add_technician(
     conn: AsyncConnection, name: str, role: str, token_hash: str, now: dt.datetime
@@ -118,13 +144,14 @@ async def revoke_technician(conn: AsyncConnection, name: str, now: dt.datetime) 
 async def add_enrollment_token(
     conn: AsyncConnection, *, token_hash: str, customer_id: int, uses_allowed: int,
     expires_at: dt.datetime, created_by: str, now: dt.datetime, contract_id: int | None = None,
+    site_id: int | None = None,
 ) -> int:
     return await insert_row(
         conn, enrollment_tokens,
         {
             "token_hash": token_hash, "customer_id": customer_id, "uses_allowed": uses_allowed,
             "expires_at": expires_at, "created_by": created_by, "created_at": now,
-            "contract_id": contract_id,
+            "contract_id": contract_id, "site_id": site_id,
         },
         "enrollment token",
     )
@@ -137,7 +164,7 @@ async def spend_enrollment_token(conn: AsyncConnection, token_hash: str, now: dt
         t.update()
         .where(t.c.token_hash == token_hash, t.c.uses < t.c.uses_allowed, t.c.expires_at > now)
         .values(uses=t.c.uses + 1)
-        .returning(t.c.id, t.c.customer_id, t.c.contract_id)
+        .returning(t.c.id, t.c.customer_id, t.c.contract_id, t.c.site_id)
     )
     row = spent.mappings().first()
     if row is not None:
@@ -154,6 +181,7 @@ async def spend_enrollment_token(conn: AsyncConnection, token_hash: str, now: dt
 async def add_agent(
     conn: AsyncConnection, *, agent_id: str, customer_id: int, public_key: bytes, hostname: str,
     os: str, agent_version: str, now: dt.datetime, contract_id: int | None = None,
+    site_id: int | None = None,
 ) -> None:
     """Register a machine; a token naming a contract makes the machine join it today."""
     try:
@@ -161,7 +189,7 @@ async def add_agent(
             agents.insert().values(
                 id=agent_id, customer_id=customer_id, public_key=public_key, hostname=hostname,
                 os=os, agent_version=agent_version, enrolled_at=now, contract_id=contract_id,
-                joined_contract_on=now.date() if contract_id else None,
+                joined_contract_on=now.date() if contract_id else None, site_id=site_id,
             )
         )
     except IntegrityError:
@@ -169,8 +197,10 @@ async def add_agent(
 
 
 def _agents_with_customer() -> sa.Select[Any]:
-    return sa.select(agents, customers.c.name.label("customer")).select_from(
-        agents.join(customers, agents.c.customer_id == customers.c.id))
+    return sa.select(agents, customers.c.name.label("customer"),
+                     sites.c.name.label("site")).select_from(
+        agents.join(customers, agents.c.customer_id == customers.c.id)
+        .outerjoin(sites, agents.c.site_id == sites.c.id))
 
 
 async def get_agent(conn: AsyncConnection, ref: str) -> Row:

@@ -133,3 +133,33 @@ def test_condition_that_clears_closes_untouched_incident(sqlite_coordinator, spa
     shown = coord.cli("incidents", "show", str(incident["id"]))
     assert shown["resolution"] == "condition cleared"
     assert open_incidents(coord, agent.agent_id) == []
+
+
+def test_offline_too_long_opens_and_return_closes(tmp_path, spawn_agent):
+    from tests.conftest import CoordinatorProcess
+
+    policy = tmp_path / "vendor-policy.toml"
+    policy.write_text("[machine]\noffline_incident_after_minutes = 0.05\n")  # 3 seconds
+    coord = CoordinatorProcess(tmp_path).start("--policy", str(policy))
+    try:
+        coord.cli("customers", "add", "Chuoi")
+        site = coord.cli("sites", "add", "--customer", "Chuoi", "Chi nhanh Ha Noi")
+        assert [s["name"] for s in coord.cli("sites", "list", "--customer", "Chuoi")] == [
+            "Chi nhanh Ha Noi"]
+        with coord.client() as client:
+            join = client.call("tokens.create", customer="Chuoi", expires_seconds=600,
+                               site=str(site["id"]))["join"]
+        agent = spawn_agent("pc", join)
+        wait_until(lambda: coord.agents()[agent.agent_id]["status"] == "online")
+        assert coord.agents()[agent.agent_id]["site"] == "Chi nhanh Ha Noi"
+        agent.kill()
+        incident = wait_until(lambda: open_incidents(coord, agent.agent_id), timeout=30)[0]
+        assert (incident["kind"], incident["category"]) == ("agent_offline", "other")
+        agent.start()
+        wait_until(lambda: coord.cli("incidents", "show", str(incident["id"]))["status"]
+                   == "resolved", timeout=30)
+        refused = coord.cli("sites", "add", "--customer", "Chuoi", "Chi nhanh Ha Noi",
+                            check=False)
+        assert refused.returncode == 1 and "already exists" in refused.stderr
+    finally:
+        coord.stop()
