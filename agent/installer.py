@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from shared.errors import ConfigError, Conflict, VerificationError
+from shared.files import fsync_dir, write_file_atomic
 from shared.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file, verify_tree
-from shared.package import extract_package, fsync_dir, parse_version, write_file_atomic
+from shared.package import extract_package, parse_version
 
 if TYPE_CHECKING:
     from shared.instruction import Instruction

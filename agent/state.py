@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import msgspec
 
 from shared.errors import ConfigError
+from shared.files import write_file_atomic
 
 
 class ProductConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,27 +45,6 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Re-check installed files against their manifests this often (seconds).
     verify_interval: float = 4 * 3600.0
     disk_full_percent: float = 90.0
-
-
-def write_atomically(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` so a crash leaves either the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 @dataclass(frozen=True)
@@ -115,7 +93,7 @@ class StateDir:
             raise ConfigError(f"{self.config_file}: {exc}") from None
 
     def save_config(self, config: AgentConfig) -> None:
-        write_atomically(self.config_file, msgspec.json.format(msgspec.json.encode(config)))
+        write_file_atomic(self.config_file, msgspec.json.format(msgspec.json.encode(config)))
 
     def read_json(self, path: Path) -> dict[str, Any]:
         try:
@@ -124,4 +102,4 @@ class StateDir:
             return {}
 
     def write_json(self, path: Path, value: dict[str, Any]) -> None:
-        write_atomically(path, json.dumps(value, indent=1, default=str).encode())
+        write_file_atomic(path, json.dumps(value, indent=1, default=str).encode())

@@ -46,8 +46,8 @@ from agent.installer import Installer, InstallResult, ProductLayout
 from agent.state import AgentConfig, ProductConfig, StateDir
 from shared import protocol as p
 from shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
+from shared.files import write_file_atomic
 from shared.instruction import Instruction, verify_instruction
-from shared.package import write_file_atomic
 
 if TYPE_CHECKING:
     from agent.runner import AgentRunner

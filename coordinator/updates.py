@@ -34,9 +34,9 @@ from coordinator.storage import fleet as fleet_store
 from coordinator.storage import updates as store
 from shared import protocol as p
 from shared.errors import ConfigError, Conflict, NotFound, ProtocolError
+from shared.files import fsync_dir
 from shared.instruction import Instruction, sign_instruction
 from shared.keys import generate_key, load_private_key, public_bytes, save_private_key
-from shared.package import fsync_dir
 from shared.trust import OnlineRepository
 
 if TYPE_CHECKING:

@@ -29,8 +29,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared.errors import VerificationError
+from shared.files import fsync_dir
 from shared.instruction import Instruction, sign_instruction, verify_instruction
-from shared.package import fsync_dir
 from shared.trust import BUNDLE_EXPIRY, AgentTrust, OnlineRepository, VerifiedPackage
 
 BUNDLE_SUFFIX = ".careline-bundle"

@@ -82,36 +82,6 @@ def package_filename(product: str, version: str) -> str:
     return f"{product}-{version}{PACKAGE_SUFFIX}"
 
 
-def write_file_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so a crash leaves the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # left by a crash; O_EXCL below then guarantees `mode` applies
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make renames inside `path` durable (POSIX only; Windows cannot open directories)."""
-    if os.name == "nt":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _source_files(source_dir: Path) -> Iterator[Path]:
     for dirpath, dirs, files in os.walk(source_dir):
         for name in dirs + files:
