@@ -156,7 +156,7 @@ class Rollouts:
 
     async def advance(self, conn: AsyncConnection, rollout_id: int, now: dt.datetime) -> list[int]:
         """One step of one rollout; returns the jobs it created (to dispatch after commit)."""
-        rollout = await rstore.get_rollout(conn, rollout_id)
+        rollout = await rstore.get_rollout(conn, rollout_id, lock=True)
         if rollout["status"] not in OPEN_STATUSES:
             return []
         machines = await rstore.machines_of(conn, rollout_id)

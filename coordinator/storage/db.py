@@ -13,6 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from shared.errors import ConfigError
 
+MIGRATION_LOCK = 0x6361726C  # "carl": the advisory lock key for migrations
+
 
 def async_url(url: str) -> str:
     """Accept the URLs users write (postgresql://, sqlite:///) and pick the async drivers."""
@@ -85,6 +87,9 @@ class Database:
             command.upgrade(config, "head")
 
         async with self.transaction() as conn:
+            if not self.is_sqlite:  # several coordinators starting at once migrate one by one
+                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                                   {"key": MIGRATION_LOCK})
             await conn.run_sync(upgrade)
 
     async def close(self) -> None:

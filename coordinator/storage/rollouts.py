@@ -17,8 +17,11 @@ async def add_rollout(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, rollouts, values, "rollout")
 
 
-async def get_rollout(conn: AsyncConnection, rollout_id: int) -> Row:
-    rows = rows_of(await conn.execute(sa.select(rollouts).where(rollouts.c.id == rollout_id)))
+async def get_rollout(conn: AsyncConnection, rollout_id: int, lock: bool = False) -> Row:
+    """A rollout; `lock` holds its row until the transaction ends, so coordinators sharing a
+    PostgreSQL database never advance the same rollout at once (SQLite has one writer)."""
+    query = sa.select(rollouts).where(rollouts.c.id == rollout_id)
+    rows = rows_of(await conn.execute(query.with_for_update() if lock else query))
     if not rows:
         raise NotFound(f"no rollout {rollout_id}")
     return rows[0]
