@@ -57,7 +57,7 @@ def resolve_credentials(
 
 class AdminClient:
     def __init__(self, credentials: Credentials, timeout: float = 30.0) -> None:
-        from websockets.exceptions import InvalidStatus
+        from websockets.exceptions import InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
 
         from shared.tls import pinned_client_context
@@ -74,7 +74,7 @@ class AdminClient:
             ))
         except InvalidStatus as exc:
             raise AuthError(f"coordinator refused the connection: {exc.response.status_code}") from None
-        except OSError as exc:
+        except (OSError, InvalidHandshake) as exc:
             raise ConfigError(
                 f"cannot reach the coordinator at {credentials.server_url}: {exc}"
             ) from None

@@ -55,3 +55,16 @@ def test_token_uses_are_spent(sqlite_coordinator, spawn_agent):
     assert "used up" in result.stderr
     assert not (second / "agent.json").exists()
     assert len(sqlite_coordinator.agents()) == 1
+
+
+def test_many_short_connections(sqlite_coordinator):
+    """Technician calls open a connection each: every one must be answered (a uvloop TLS
+    1.3 session-ticket stall used to drop about one in a hundred)."""
+    from coordinator.client import AdminClient, resolve_credentials
+
+    credentials = resolve_credentials(None, None, None, str(sqlite_coordinator.data))
+    answered = 0
+    for _ in range(300):
+        with AdminClient(credentials, timeout=8) as client:
+            answered += client.call("customers.list") == []
+    assert answered == 300
