@@ -218,10 +218,6 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
     timestamp.write_bytes(original)
     assert snapshot(pc1.product_dir) == before
 
-    # Rollback to an older version.
-    assert "not newer" in _push_and_refusal(coord, pc1, "1.0.0")
-    assert snapshot(pc1.product_dir) == before
-
     # The machine id: another agent's download is refused by the coordinator ...
     pc2 = enroll(spawn_agent, tmp_path, "pc2", coord.join_string(), start=False)
     job = coord.cli("push", "update", "--machine", pc2.agent_id, "--version", "1.1.0")
@@ -240,6 +236,11 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
     assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
     assert installed(pc1.product_dir) == "1.1.0"
     assert (pc1.product_dir / "Data" / "ledger.db").read_text() == "books"
+
+    # Rollback to an older version.
+    after = snapshot(pc1.product_dir)
+    assert "not newer" in _push_and_refusal(coord, pc1, "1.0.0")
+    assert snapshot(pc1.product_dir) == after
 
 
 def _download_as(coord: CoordinatorProcess, agent: Any, ref: str) -> str:
