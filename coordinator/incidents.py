@@ -195,7 +195,9 @@ class IncidentDesk:
         entitlement = await self.entitlement(conn, agent, calendar.local(reported).date())
         machine = await self.machine_state(conn, agent, entitlement, now)
         year_ago = now - dt.timedelta(days=365)
-        fix = await self.newest_fix(conn, agent, incident["subject"])
+        # The release that just failed to install is not a fix for its own failure.
+        fix = (None if incident["kind"] == "update_failed"
+               else await self.newest_fix(conn, agent, incident["subject"]))
         decision = decide(
             IncidentFacts(incident["category"], incident["severity"], reported), entitlement,
             machine, fix_available=fix is not None, policy=self.policy, calendar=calendar,

@@ -40,10 +40,14 @@ def regulation_package(tmp: Path, version: str, effective: dt.date) -> Path:
     return out
 
 
-def version_of(install_dir: Path) -> str:
+def version_of(install_dir: Path) -> str | None:
+    """The installed version; None while an install is switching directories."""
     import json
 
-    return str(json.loads((install_dir / MANIFEST_NAME).read_text())["version"])
+    try:
+        return str(json.loads((install_dir / MANIFEST_NAME).read_text())["version"])
+    except FileNotFoundError:
+        return None
 
 
 def rollout(coord: CoordinatorProcess, rollout_id: int) -> dict[str, Any]:
@@ -102,6 +106,7 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
     assert version_of(machines["bad"].product) == "1.0.0"  # rolled back, whole
     incidents = coord.cli("incidents", "list", "--open", "--machine", machines["bad"].agent_id)
     assert [i["kind"] for i in incidents] == ["update_failed"]
+    assert incidents[0]["action"] == "remote_guidance"  # retrying the failed update is no fix
     for name in ("ok1", "ok2"):
         wait_until(lambda n=name: version_of(machines[n].product) == "1.1.0")
     assert version_of(machines["lapsed"].product) == "1.0.0"
