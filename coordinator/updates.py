@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -205,7 +205,7 @@ class UpdateService:
         self._slots: asyncio.Semaphore | None = None
         self._repo_lock: asyncio.Lock | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reconnected: set[str] = set()  # agents to re-send unfinished jobs to
         self._last_renew = 0.0
         self._releases: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -215,12 +215,6 @@ class UpdateService:
         if self._repo_lock is None:
             self._repo_lock = asyncio.Lock()
         return self._repo_lock
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     def enrollment_trust(self) -> dict[str, bytes]:
         """Fields of Enrolled: the TUF root (once release keys exist) and the instruction key."""
@@ -246,38 +240,37 @@ class UpdateService:
             self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
-        """Send jobs created elsewhere (e.g. by an incident decision) to connected agents."""
+        """Send jobs created elsewhere (e.g. by an incident decision) to connected agents,
+        and every unfinished job to agents that connected since the last sweep."""
         while True:
             await asyncio.sleep(DISPATCH_SWEEP_SECONDS)
+            reconnected, self._reconnected = self._reconnected, set()
             try:
                 await self.dispatch(statuses=("pending",))
+                if reconnected:
+                    await self.dispatch(agent_ids=reconnected)
             except Exception:
-                log.exception("dispatching pending jobs failed; will retry")
+                log.exception("dispatching jobs failed; will retry")
 
     async def on_agent_connected(self, link: AgentLink) -> None:
-        """Called once an agent is authenticated: re-send every unfinished job it has."""
+        """Called once an agent is authenticated: its unfinished jobs go out with the next
+        sweep, in one query for every agent that connected meanwhile (a reconnect storm
+        costs no query per agent)."""
         self._ensure_sweeper()
-        self._spawn(self._dispatch_safely(agent_id=link.agent_id))
-
-    async def _dispatch_safely(self, **kwargs: Any) -> None:
-        try:
-            await self.dispatch(**kwargs)
-        except Exception:
-            log.exception("dispatching jobs failed")
+        self._reconnected.add(link.agent_id)
 
     async def dispatch(
-        self, job_id: int | None = None, agent_id: str | None = None,
+        self, job_id: int | None = None, agent_ids: Collection[str] | None = None,
         statuses: Sequence[str] | None = None,
     ) -> int:
         """Send unfinished machine parts to their agents if connected; returns how many."""
         self._ensure_sweeper()
         async with self.coordinator.db.connect() as conn:
-            rows = await store.open_job_machines(conn, agent_id, statuses)
+            rows = await store.open_job_machines(
+                conn, agent_ids=agent_ids, job_id=job_id, statuses=statuses)
         sent: list[dict[str, Any]] = []
         failed: list[tuple[dict[str, Any], str]] = []
         for row in rows:
-            if job_id is not None and row["job_id"] != job_id:
-                continue
             link = self.coordinator.links.get(row["agent_id"])
             if link is None:
                 continue

@@ -9,7 +9,7 @@ one transaction.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -96,7 +96,8 @@ async def get_job_machine(conn: AsyncConnection, ref: str) -> Row | None:
 
 
 async def open_job_machines(
-    conn: AsyncConnection, agent_id: str | None = None, statuses: Sequence[str] | None = None,
+    conn: AsyncConnection, *, agent_ids: Collection[str] | None = None,
+    job_id: int | None = None, statuses: Sequence[str] | None = None,
 ) -> list[Row]:
     """Unfinished machine parts of network jobs, oldest first."""
     query = (
@@ -105,8 +106,10 @@ async def open_job_machines(
         .where(job_machines.c.finished_at.is_(None), jobs.c.delivery == "network")
         .order_by(job_machines.c.id)
     )
-    if agent_id is not None:
-        query = query.where(job_machines.c.agent_id == agent_id)
+    if agent_ids is not None:
+        query = query.where(job_machines.c.agent_id.in_(list(agent_ids)))
+    if job_id is not None:
+        query = query.where(job_machines.c.job_id == job_id)
     if statuses is not None:
         query = query.where(job_machines.c.status.in_(list(statuses)))
     return rows_of(await conn.execute(query))
