@@ -30,13 +30,17 @@ from shared.tls import pinned_client_context
 
 log = logging.getLogger("careline.agent")
 
-BACKOFF_BASE = 1.0
+# The first retry after losing a connection is spread over this many seconds, then the
+# window doubles up to the cap: a restarted coordinator sees its fleet trickle back rather
+# than every agent's TLS handshake in the same second.
+BACKOFF_FIRST_WINDOW = 10.0
 BACKOFF_CAP = 60.0
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
-    """Full jitter: spreads a fleet's reconnects after a coordinator restart."""
-    return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempt, 16)))
+    """Exponential backoff with full jitter; `attempt` counts from 1."""
+    window = BACKOFF_FIRST_WINDOW * 2 ** min(max(attempt, 1) - 1, 16)
+    return rng.uniform(0, min(BACKOFF_CAP, window))
 
 
 def reconnect_delay(error: BaseException | None, attempt: int, rng: random.Random) -> float:

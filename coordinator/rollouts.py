@@ -238,7 +238,9 @@ class Rollouts:
                 continue
             if machine["wave"] >= sent_waves or machine["agent_id"] not in self.coordinator.links:
                 continue  # offline machines get it when they are back (next tick)
-            agent = await store.get_agent(conn, machine["agent_id"])
+            agent = await store.agent_by_id(conn, machine["agent_id"])
+            if agent is None:
+                continue
             customer = customers.get(agent["customer_id"]) or await store.get_customer(
                 conn, agent["customer_id"])
             customers[customer["id"]] = customer

@@ -44,8 +44,11 @@ HANDSHAKE_TIMEOUT = 10.0
 # Connections still proving their identity; past this the coordinator answers new agent
 # upgrades with 503 and a Retry-After instead of falling over during a reconnect storm.
 MAX_PENDING_HANDSHAKES = 500
-# Agents authenticated per second, roughly: how Retry-After grows with the queue.
+# Agents authenticated per second, roughly: how Retry-After grows with the queue and with
+# the agents turned away in the last SHED_WINDOW seconds.
 DRAIN_RATE = 200
+SHED_WINDOW = 10.0
+MAX_RETRY_AFTER = 60
 HEARTBEAT_FLUSH_SECONDS = 1.0
 
 
@@ -100,6 +103,7 @@ class Coordinator:
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
         self._pending_handshakes = 0
+        self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
         self.server: Server | None = None
         api.load_all()
@@ -140,14 +144,24 @@ class Coordinator:
         if request.path not in (p.ENROLL_PATH, p.AGENT_PATH, p.ADMIN_PATH):
             return ws.respond(http.HTTPStatus.NOT_FOUND, "no such channel\n")
         if request.path == p.AGENT_PATH and self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
-            busy = ws.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "coordinator busy\n")
-            busy.headers["Retry-After"] = str(1 + self._pending_handshakes // DRAIN_RATE)
-            return busy
+            return self._shed(ws)
         if request.path == p.ADMIN_PATH and not request.headers.get("Authorization", "").startswith(
             "Bearer "
         ):
             return ws.respond(http.HTTPStatus.UNAUTHORIZED, "technician token required\n")
         return None
+
+    def _shed(self, ws: ServerConnection) -> Response:
+        """503 with a Retry-After that grows with how many were turned away lately, so a
+        storm spreads itself over the time the coordinator needs to take everyone back."""
+        now = time.monotonic()
+        if now - self._shed_since > SHED_WINDOW:
+            self._shed_since, self._shed_count = now, 0
+        self._shed_count += 1
+        busy = ws.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "coordinator busy\n")
+        retry = 1 + (self._pending_handshakes + self._shed_count) // DRAIN_RATE
+        busy.headers["Retry-After"] = str(min(retry, MAX_RETRY_AFTER))
+        return busy
 
     async def _route(self, ws: ServerConnection) -> None:
         assert ws.request is not None

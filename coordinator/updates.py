@@ -108,8 +108,11 @@ async def create_job(
         raise ConfigError(f"unknown job kind {kind!r}")
     if not agent_ids:
         raise ConfigError("the job names no machine")
-    machines = [await fleet_store.get_agent(conn, a) for a in agent_ids]
-    for machine in machines:
+    machines = []
+    for agent_id in agent_ids:
+        machine = await fleet_store.agent_by_id(conn, agent_id) or await fleet_store.get_agent(
+            conn, agent_id)  # technicians may give a prefix or a hostname
+        machines.append(machine)
         if machine["revoked_at"] is not None:
             raise Conflict(f"agent {machine['id']} is revoked")
     plans: list[tuple[dict[str, Any], str | None, str | None]] = []
@@ -206,6 +209,7 @@ class UpdateService:
         self._repo_lock: asyncio.Lock | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._reconnected: set[str] = set()  # agents to re-send unfinished jobs to
+        self._sending: set[str] = set()  # job part refs a dispatch is sending now
         self._last_renew = 0.0
         self._releases: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -268,6 +272,16 @@ class UpdateService:
         async with self.coordinator.db.connect() as conn:
             rows = await store.open_job_machines(
                 conn, agent_ids=agent_ids, job_id=job_id, statuses=statuses)
+        # A part another dispatch is sending right now (a sweep beside a rollout tick) is
+        # left to it: each machine gets each send once.
+        rows = [row for row in rows if row["ref"] not in self._sending]
+        self._sending.update(row["ref"] for row in rows)
+        try:
+            return await self._send_parts(rows)
+        finally:
+            self._sending.difference_update(row["ref"] for row in rows)
+
+    async def _send_parts(self, rows: list[dict[str, Any]]) -> int:
         sent: list[dict[str, Any]] = []
         failed: list[tuple[dict[str, Any], str]] = []
         for row in rows:
