@@ -234,11 +234,26 @@ class CoordinatorProc:
         assert self.proc is not None
         return self.proc.pid
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 120.0) -> None:
+        """Start `careline serve`; return once it logs that it listens.
+
+        Not a port probe: during a reconnect storm thousands of agents keep the listen
+        backlog full, so a probe's SYN is dropped and retried after 1 s, 3 s, ... and the
+        restart looked 10-50 s slower than it was."""
+        offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = self.children.start(
             [PYTHON, "-m", "coordinator.cli", "serve", "--data", str(self.data)], self.log
         )
-        await wait_for_port(self.port, self.proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"coordinator exited with {self.proc.returncode}; see {self.log}")
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                if b"listening on" in f.read():
+                    return
+            await asyncio.sleep(0.05)
+        await wait_for_port(self.port, self.proc, timeout=30.0)  # no log line: probe
 
     def kill9(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -271,6 +286,7 @@ def sample_health(seq: int) -> p.Health:
 class Identity:
     key: Any
     agent_id: str = ""
+    instruction_key: bytes = b""  # the coordinator's instruction-signing key (Enrolled)
 
 
 @dataclass
@@ -300,6 +316,7 @@ class SimState:
     command_received_at: list[float] = field(default_factory=list)
     # reconnect storm
     generation: int = 0
+    first_retry_spread: float = 0.0  # what-if (--storm-spread): see SimAgent.run
     back_at: list[float] = field(default_factory=list)
 
 
@@ -335,6 +352,11 @@ class SimAgent:
             except AuthError:
                 sim.refused += 1
                 return
+            if (sim.first_retry_spread and self.attempt == 1 and isinstance(error, ConnectionClosed)
+                    and error.rcvd is None):
+                # What-if, not the real agent: the first retry after the connection died
+                # without a close frame (coordinator killed) is spread over N seconds.
+                delay = sim.rng.uniform(0, sim.first_retry_spread)
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
@@ -369,10 +391,7 @@ class SimAgent:
                     sim.gate.release()
                 sim.online += 1
                 try:
-                    tasks = [
-                        asyncio.create_task(self._heartbeats(ws)),
-                        asyncio.create_task(self._receive(ws)),
-                    ]
+                    tasks = [asyncio.create_task(c) for c in self._session_tasks(ws)]
                     try:
                         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                     finally:
@@ -385,6 +404,10 @@ class SimAgent:
         finally:
             if gated:
                 sim.gate.release()
+
+    def _session_tasks(self, ws: ClientConnection) -> list[Any]:
+        """Coroutines that run for one authenticated session (subclasses add their own)."""
+        return [self._heartbeats(ws), self._receive(ws)]
 
     def _on_online(self, started: float) -> None:
         sim = self.sim
@@ -431,27 +454,32 @@ class SimAgent:
         async for data in ws:
             if sim.bare:
                 continue
-            message = p.decode(data, p.ServerToAgent)
-            if isinstance(message, p.Command):
-                sim.command_received_at.append(time.monotonic())
-                if isinstance(message.action, p.Ping):
-                    result = p.CommandResult(id=message.id, ok=True, data={"agent_time": time.time()})
-                else:
-                    result = p.CommandResult(id=message.id, ok=False, error="not simulated")
-                with contextlib.suppress(ConnectionClosed):
-                    await ws.send(p.encode(result))
-            elif not isinstance(message, p.Ack):
-                raise ProtocolError(f"unexpected {type(message).__name__}")
+            await self._on_message(ws, p.decode(data, p.ServerToAgent))
+
+    async def _on_message(self, ws: ClientConnection, message: Any) -> None:
+        """One message from the coordinator (subclasses handle more kinds)."""
+        sim = self.sim
+        if isinstance(message, p.Command):
+            sim.command_received_at.append(time.monotonic())
+            if isinstance(message.action, p.Ping):
+                result = p.CommandResult(id=message.id, ok=True, data={"agent_time": time.time()})
+            else:
+                result = p.CommandResult(id=message.id, ok=False, error="not simulated")
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(p.encode(result))
+        elif not isinstance(message, p.Ack):
+            raise ProtocolError(f"unexpected {type(message).__name__}")
 
 
 class Fleet:
     """N simulated agents against one server (the coordinator, or the bare baseline)."""
 
     def __init__(self, url: str, ca_pem: str, identities: list[Identity], *, bare: bool,
-                 concurrency: int, seed: int) -> None:
+                 concurrency: int, seed: int, agent_class: type[SimAgent] | None = None) -> None:
         self.sim = SimState(url=url, ssl=pinned_client_context(ca_pem), bare=bare,
                             gate=asyncio.Semaphore(concurrency), rng=random.Random(seed))
-        self.agents = [SimAgent(self.sim, identity) for identity in identities]
+        make = agent_class or SimAgent
+        self.agents = [make(self.sim, identity) for identity in identities]
         self.tasks: list[asyncio.Task[None]] = []
 
     async def connect_all(self, timeout: float) -> dict[str, Any]:
@@ -535,6 +563,7 @@ async def enroll_all(join: JoinString, identities: list[Identity], concurrency: 
                         )))
                         enrolled = p.decode(await ws.recv(), p.Enrolled)
                         identity.agent_id = enrolled.agent_id
+                        identity.instruction_key = enrolled.instruction_key
                         return
                 except (OSError, InvalidHandshake, TimeoutError) as exc:
                     failures[type(exc).__name__] += 1
@@ -836,6 +865,7 @@ async def run(args: argparse.Namespace, root: Path, children: Children) -> dict[
         "agents": n, "database": "postgresql" if args.database else "sqlite",
         "heartbeat_interval": args.heartbeat_interval, "blast_seconds": args.duration,
         "concurrency": args.concurrency, "machine": machine_info(), "source": source_info(),
+        "storm_spread_s": args.storm_spread,
         "simulator_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
     }
     database, pg_name = "", ""
@@ -921,6 +951,7 @@ async def run(args: argparse.Namespace, root: Path, children: Children) -> dict[
             results["command"] = await command_all(coord, fleet)
             log(f"  command to all: {results['command']}")
             log("reconnect storm: kill -9 and restart the coordinator")
+            fleet.sim.first_retry_spread = args.storm_spread
             results["reconnect"] = await reconnect_storm(coord, fleet, args.storm_timeout)
             log(f"  95% back after {results['reconnect']['back_95_s']}s")
         finally:
@@ -1023,6 +1054,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="heartbeats in flight fleet-wide during the blast (window per agent)")
     parser.add_argument("--connect-timeout", type=float, default=300.0)
     parser.add_argument("--storm-timeout", type=float, default=150.0)
+    parser.add_argument("--storm-spread", type=float, default=0.0, metavar="S",
+                        help="what-if, off by default: simulated agents spread their first "
+                        "reconnect after the kill over S seconds instead of "
+                        "agent.runner.reconnect_delay (whose first retry waits 0-2 s)")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
     args = parser.parse_args(argv)

@@ -140,6 +140,7 @@ class SimAgent:
         self.installed_at: float | None = None
         self.connected = asyncio.Event()
         self.error = ""
+        self.commands = 0  # InstallPackage commands received (the coordinator may re-send)
 
 
 async def enroll(agent: SimAgent, url: str, token: str) -> None:
@@ -200,10 +201,18 @@ async def run_agent(agent: SimAgent, url: str, ctx: ssl.SSLContext, t0: list[flo
                                                                  p.InstallPackage):
                     import datetime as dt
 
+                    agent.commands += 1
                     instr = verify_instruction(key, message.action.instruction,
                                                agent.agent_id, dt.datetime.now(dt.UTC))
-                    job, length = instr.job_id, instr.length
                     await ws.send(p.encode(p.CommandResult(id=message.id, ok=True)))
+                    if job == instr.job_id:
+                        # A re-sent command for the job under way: as agent/updater.py does,
+                        # resume the download from the bytes we have (the coordinator
+                        # replaces its stream), never start over.
+                        if length is not None and agent.received < length:
+                            await ws.send(p.encode(p.Download(job=job, offset=agent.received)))
+                        continue
+                    job, length = instr.job_id, instr.length
                     await ws.send(p.encode(p.FetchMetadata(id=1, name="timestamp.json")))
                 elif isinstance(message, p.MetadataReply):
                     assert message.data
@@ -211,6 +220,8 @@ async def run_agent(agent: SimAgent, url: str, ctx: ssl.SSLContext, t0: list[flo
                 elif isinstance(message, p.Chunk):
                     if message.error:
                         raise RuntimeError(message.error)
+                    if message.offset != agent.received:
+                        continue  # a chunk of a stream the coordinator has replaced
                     agent.received += len(message.data)
                     if agent.received == length:
                         await ws.send(p.encode(p.Event(
@@ -265,6 +276,7 @@ def summary(agents: list[SimAgent], length: int, elapsed: float) -> dict[str, An
     total = sum(a.received for a in agents)
     return {
         "completed": len(times), "bytes": total, "seconds": round(elapsed, 2),
+        "install_commands": sum(a.commands for a in agents),
         "mb_per_s": round(total / elapsed / 1e6, 1),
         "p50_s": round(statistics.median(times), 2) if times else None,
         "p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 2) if times else None,

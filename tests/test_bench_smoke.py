@@ -37,3 +37,46 @@ def test_fleet_bench_smoke() -> None:
     assert figures["reconnect"]["back_95_s"] > 0
     # Present whether or not the coordinator has agents.ping yet.
     assert "available" in figures["command"]
+
+
+@pytest.mark.slow
+def test_ping_fanout_bench_smoke() -> None:
+    """bench/fanout.py with three real agent processes; all stopped at the end."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "fanout.py"), "--agents", "3",
+         "--customer-agents", "1", "--repeat", "1", "--rounds", "2", "--settle", "0", "--json"],
+        capture_output=True, text=True, timeout=58, cwd=ROOT,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    figures = json.loads(result.stdout)
+
+    assert figures["agents"] == 3
+    assert figures["cli_s"]["answers_all"] == 3
+    assert figures["cli_s"]["statuses_all"] == ["ok"]
+    assert figures["cli_s"]["customer_1"]["median"] > 0
+    assert figures["baseline_s"]["python_c_pass"]["median"] > 0
+    assert figures["open_connection"]["ok_per_round_min"] == 3
+    assert figures["open_connection"]["round_ms"]["n"] == 2
+    assert figures["importtime_ping_path"]["total_ms"] > 0
+
+
+@pytest.mark.slow
+def test_rollout_bench_smoke() -> None:
+    """bench/rollout.py: a regulation release published to 30 simulated agents completes
+    all three waves through the real update protocol."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "rollout.py"), "--agents", "30", "--customers",
+         "3", "--install-seconds", "0.2", "--json"],
+        capture_output=True, text=True, timeout=58, cwd=ROOT,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    figures = json.loads(result.stdout)
+
+    rollout = figures["rollout"]
+    assert rollout["targeted"] == 30
+    assert rollout["succeeded"] == 30
+    assert rollout["status_at_end"] == "completed"
+    assert rollout["publish_to_95_succeeded_s"] > 0
+    assert sum(w["machines"] for w in figures["waves"]) == 30
+    assert len(figures["waves"]) == 3
+    assert rollout["agent_errors"] == {}
