@@ -267,7 +267,6 @@ class Coordinator:
             self._heartbeats[link.agent_id] = (utcnow(), p.to_builtins(message.health))
         elif isinstance(message, p.Event):
             await self._store_event(link, message)
-            await self.updates.on_event(link, message)
             await link.ws.send(p.encode(p.Ack(seq=message.seq)))
         elif isinstance(message, (p.FetchMetadata, p.Download)):
             await self.updates.handle(link, message)
@@ -286,7 +285,8 @@ class Coordinator:
                 conn, agent_id=link.agent_id, seq=event.seq, kind=event.kind, at=at,
                 data=event.data, now=now,
             )
-            if new:
+            if new:  # one transaction: stored, job moved on, incidents updated, or none
+                await self.updates.on_event(conn, link.agent_id, event, now)
                 await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
 
     async def _forget(self, link: AgentLink) -> None:

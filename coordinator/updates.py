@@ -412,29 +412,29 @@ class UpdateService:
                 await link.ws.send(p.encode(p.Chunk(job=job, offset=offset,
                                                     error="package unavailable")))
 
-    async def on_event(self, link: AgentLink, event: p.Event) -> None:
-        """Move a job on from the agent's durable events (already stored by the server)."""
+    async def on_event(self, conn: AsyncConnection, agent_id: str, event: p.Event,
+                       now: dt.datetime) -> None:
+        """Move a job on from an agent's durable event, in the transaction that stores the
+        event: an acknowledged event has moved its job, exactly once."""
         if event.kind not in ("update_step", "update_result", "verify_result"):
             return
         ref = str(event.data.get("job", ""))
-        now = utcnow()
-        async with self.coordinator.db.transaction() as conn:
-            row = await store.get_job_machine(conn, ref)
-            if row is None or row["agent_id"] != link.agent_id:
-                return
-            if event.kind == "update_step":
-                await store.set_status(conn, row, str(event.data.get("step", "?"))[:40], now,
-                                       _text(event.data.get("detail")))
-            elif event.kind == "update_result":
-                outcome = str(event.data.get("outcome", "failed"))[:40]
-                await store.set_status(conn, row, outcome, now, _text(event.data.get("reason")),
-                                       outcome=outcome)
-            else:
-                ok = bool(event.data.get("ok"))
-                await store.set_status(conn, row, "verified" if ok else "mismatch", now,
-                                       _text(event.data.get("summary")))
-        if event.kind != "update_step":
-            self.progress.pop(ref, None)
+        row = await store.get_job_machine(conn, ref)
+        if row is None or row["agent_id"] != agent_id:
+            return
+        if event.kind == "update_step":
+            await store.set_status(conn, row, str(event.data.get("step", "?"))[:40], now,
+                                   _text(event.data.get("detail")))
+            return
+        if event.kind == "update_result":
+            outcome = str(event.data.get("outcome", "failed"))[:40]
+            await store.set_status(conn, row, outcome, now, _text(event.data.get("reason")),
+                                   outcome=outcome)
+        else:
+            ok = bool(event.data.get("ok"))
+            await store.set_status(conn, row, "verified" if ok else "mismatch", now,
+                                   _text(event.data.get("summary")))
+        self.progress.pop(ref, None)
 
 
 def _text(value: Any) -> str | None:
