@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from loopback import free_port, wait_for_port
 
 PYTHON = sys.executable
 TARGET_RSS_MB = 35.0
@@ -37,29 +38,6 @@ TARGET_CPU_PERCENT = 0.5
 
 def log(message: str) -> None:
     print(f"[footprint {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 def tree_cpu_seconds(proc: psutil.Process) -> float:

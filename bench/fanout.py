@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from loopback import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -56,12 +57,6 @@ TARGET_OPEN_MS = 20.0
 
 def log(message: str) -> None:
     print(f"[fanout {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pct(values: list[float], q: float) -> float | None:

@@ -43,7 +43,6 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from loopback import free_port
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -101,12 +101,6 @@ def raise_nofile() -> tuple[int, int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         soft = hard
     return soft, hard
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def source_info() -> dict[str, Any]:

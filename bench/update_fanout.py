@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import statistics
 import subprocess
@@ -42,27 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from loopback import free_port, wait_for_port
 
 PYTHON = sys.executable
 TARGET_RATIO = 0.5
 TARGET_RSS_MB = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing on port {port}")
 
 
 def cli(data: Path, *args: str) -> Any:
@@ -298,7 +281,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 [PYTHON, "-m", "coordinator.cli", "serve", "--data", str(data)],
                 stdout=subprocess.DEVNULL, stderr=log)
         procs.append(server)
-        wait_port(port, server)
+        wait_for_port(port, server)
         cli(data, "release", "keys", "init", "--keys", str(work / "keys"))
         src = work / "src"
         (src / "bin").mkdir(parents=True)
@@ -346,7 +329,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             [PYTHON, __file__, "--baseline-server", str(data / "pki"), str(bport), str(stored)],
             stdout=subprocess.DEVNULL)
         procs.append(base)
-        wait_port(bport, base)
+        wait_for_port(bport, base)
         bagents = [SimAgent(i) for i in range(args.agents)]
         t1 = [0.0]
         btasks = await connect_all(
