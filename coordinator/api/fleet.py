@@ -90,7 +90,7 @@ class ListSites(msgspec.Struct, forbid_unknown_fields=True):
 @method("sites.list", "viewer", ListSites)
 async def list_sites(ctx: Context, p: ListSites) -> list[dict[str, Any]]:
     async with ctx.coordinator.db.connect() as conn:
-        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        customer_id = await store.customer_id_of(conn, p.customer)
         return await store.list_sites(conn, customer_id)
 
 
@@ -142,7 +142,7 @@ class ListAgents(msgspec.Struct, forbid_unknown_fields=True):
 @method("agents.list", "viewer", ListAgents)
 async def list_agents(ctx: Context, p: ListAgents) -> list[dict[str, Any]]:
     async with ctx.coordinator.db.connect() as conn:
-        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        customer_id = await store.customer_id_of(conn, p.customer)
         rows = await store.list_agents(conn, customer_id)
     return [agent_view(ctx, row) for row in rows]
 

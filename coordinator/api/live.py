@@ -66,7 +66,7 @@ async def ping(ctx: Context, p_: PingParams) -> AsyncIterator[dict[str, Any]]:
         if p_.machine is not None:
             rows = [await store.get_agent(conn, p_.machine)]
         else:
-            customer_id = (await store.get_customer(conn, p_.customer))["id"] if p_.customer else None
+            customer_id = await store.customer_id_of(conn, p_.customer)
             rows = await store.list_agents(conn, customer_id)
     if not rows:
         raise NotFound("no enrolled machines match")

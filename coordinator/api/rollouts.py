@@ -36,7 +36,7 @@ async def start(ctx: Context, p: StartRollout) -> dict[str, Any]:
             if len(found) != 1:
                 raise NotFound(f"no single release matches {p.release!r}; give its id")
             release = found[0]
-        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        customer_id = await store.customer_id_of(conn, p.customer)
         rollout_id = await ctx.coordinator.rollouts.start(
             conn, release, actor=ctx.caller.name, customer_id=customer_id, percents=percents,
             now=ctx.now)

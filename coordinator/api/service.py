@@ -80,7 +80,7 @@ class ListContracts(msgspec.Struct, forbid_unknown_fields=True):
 @method("contracts.list", "viewer", ListContracts)
 async def list_contracts(ctx: Context, p: ListContracts) -> list[dict[str, Any]]:
     async with ctx.coordinator.db.connect() as conn:
-        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        customer_id = await store.customer_id_of(conn, p.customer)
         return await service.list_contracts(conn, customer_id)
 
 
@@ -190,7 +190,7 @@ class ListIncidents(msgspec.Struct, forbid_unknown_fields=True):
 @method("incidents.list", "viewer", ListIncidents)
 async def list_incidents(ctx: Context, p: ListIncidents) -> list[dict[str, Any]]:
     async with ctx.coordinator.db.connect() as conn:
-        customer_id = (await store.get_customer(conn, p.customer))["id"] if p.customer else None
+        customer_id = await store.customer_id_of(conn, p.customer)
         agent_id = (await store.get_agent(conn, p.machine))["id"] if p.machine else None
         rows = await service.list_incidents(conn, open_only=p.open, customer_id=customer_id,
                                             agent_id=agent_id)

@@ -74,6 +74,11 @@ async def get_customer(conn: AsyncConnection, ref: str | int) -> Row:
     return dict(row)
 
 
+async def customer_id_of(conn: AsyncConnection, ref: str | None) -> int | None:
+    """The id of the customer a filter names (id or name); None when no filter is given."""
+    return int((await get_customer(conn, ref))["id"]) if ref else None
+
+
 async def update_customer(conn: AsyncConnection, customer_id: int, **values: Any) -> None:
     if values:
         await conn.execute(customers.update().where(customers.c.id == customer_id).values(**values))
