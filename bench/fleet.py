@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1061,7 +1062,17 @@ def main(argv: list[str] | None = None) -> int:
     if soft < args.agents + 200:
         parser.error(f"RLIMIT_NOFILE is {soft} (hard {hard}); {args.agents} agents need more")
 
-    root = Path(tempfile.mkdtemp(prefix="careline-bench-"))
+    return run_and_report(args, "careline-bench-", run, table)
+
+
+def run_and_report(
+    args: argparse.Namespace, prefix: str,
+    run: Callable[[argparse.Namespace, Path, Children], Awaitable[dict[str, Any]]],
+    table: Callable[[dict[str, Any]], str],
+) -> int:
+    """Run a benchmark in its own temp dir (uvloop where available), stop every process it
+    started whatever happens, and print the results as JSON or a table."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     children = Children()
     try:
         try:
@@ -1074,18 +1085,14 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted")
         return 130
     except Exception as exc:
-        log(f"failed: {type(exc).__name__}: {exc}")
-        log(f"logs in {root}")
+        log(f"failed: {type(exc).__name__}: {exc}; logs in {root}")
         args.keep = True
         raise
     finally:
         children.kill_all()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(table(results))
+    print(json.dumps(results, indent=2) if args.json else table(results))
     return 0
 
 

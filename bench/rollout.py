@@ -42,12 +42,10 @@ import itertools
 import json
 import math
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -587,28 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     soft, hard = fleet.raise_nofile()
     if soft < args.agents + 200:
         parser.error(f"RLIMIT_NOFILE is {soft} (hard {hard}); {args.agents} agents need more")
-    root = Path(tempfile.mkdtemp(prefix="careline-rollout-"))
-    children = fleet.Children()
-    try:
-        try:
-            import uvloop
-        except ImportError:
-            results = asyncio.run(run(args, root, children))
-        else:
-            results = uvloop.run(run(args, root, children))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        log("interrupted")
-        return 130
-    except Exception as exc:
-        log(f"failed: {type(exc).__name__}: {exc}; logs in {root}")
-        args.keep = True
-        raise
-    finally:
-        children.kill_all()
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps(results, indent=2) if args.json else table(results))
-    return 0
+    return fleet.run_and_report(args, "careline-rollout-", run, table)
 
 
 if __name__ == "__main__":
