@@ -178,6 +178,7 @@ class AgentRunner:
             finally:
                 for task in tasks:
                     task.cancel()
+                self.updater.connection_lost()
             for task in done:
                 task.result()  # re-raise why the session ended
 

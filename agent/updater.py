@@ -193,6 +193,7 @@ class Updater:
         self._metadata: dict[int, asyncio.Future[bytes | None]] = {}
         self._downloads: dict[str, _Download] = {}
         self._active: dict[str, asyncio.Task[None]] = {}
+        self._resent: dict[str, Any] = {}  # job -> its action, re-sent while it was running
         self._install_lock = asyncio.Lock()
         self._reported: dict[str, tuple[str, ...]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -248,16 +249,38 @@ class Updater:
             await ws.send(p.encode(p.CommandResult(id=command.id, ok=True,
                                                    data={"accepted": job})))
         if job in self._active:
-            download = self._downloads.get(job)
-            if download is not None and not download.paused:  # a new connection: resume
-                await ws.send(p.encode(p.Download(job=job, offset=download.partial.offset)))
+            # Re-sent (after a reconnect): if the running attempt ends without a result
+            # because the old connection died under it, it starts again at once.
+            self._resent[job] = action
             return
         done = _done_path(self.state, job)
         if done.exists():  # finished before; the coordinator has not heard yet
             self._emit("update_result", json.loads(done.read_text()))
             return
-        self._active[job] = self._spawn(self._run(job, action))
-        self._active[job].add_done_callback(lambda _t: self._active.pop(job, None))
+        self._begin(job, action)
+
+    def _begin(self, job: str, action: Any) -> None:
+        task = self._spawn(self._run(job, action))
+        self._active[job] = task
+
+        def ended(_task: asyncio.Task[None]) -> None:
+            self._active.pop(job, None)
+            again = self._resent.pop(job, None)
+            if again is not None and not _done_path(self.state, job).exists():
+                self._begin(job, again)
+
+        task.add_done_callback(ended)
+
+    def connection_lost(self) -> None:
+        """The websocket closed: replies and chunks asked for on it will never come, so the
+        jobs waiting for them stop now (as interrupted) instead of after a timeout."""
+        for future in self._metadata.values():
+            if not future.done():
+                future.set_exception(TransportError("connection lost"))
+        for download in self._downloads.values():
+            if not download.paused:
+                download.error = TransportError("connection lost")
+                download.progress.set()
 
     def _on_chunk(self, chunk: p.Chunk) -> None:
         download = self._downloads.get(chunk.job)

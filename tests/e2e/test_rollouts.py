@@ -55,6 +55,22 @@ def rollout(coord: CoordinatorProcess, rollout_id: int) -> dict[str, Any]:
         return dict(client.call("rollouts.show", id=rollout_id))
 
 
+def rollout_reaches(coord: CoordinatorProcess, rollout_id: int, status: str,
+                    timeout: float) -> dict[str, Any]:
+    """Wait for the rollout to reach `status`; on timeout, fail showing where it stood."""
+    seen: dict[str, Any] = {}
+
+    def reached() -> bool:
+        seen.update(rollout(coord, rollout_id))
+        return seen["status"] == status
+
+    try:
+        wait_until(reached, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"rollout never became {status}; last seen: {seen!r}") from None
+    return seen
+
+
 def test_regulation_rollout_pause_resume_catch_up_not_covered(
     sqlite_coordinator, spawn_agent, tmp_path
 ):
@@ -99,7 +115,7 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
     coord.cli("rollouts", "cancel", str(auto[0]["id"]))
     started = coord.cli("rollouts", "start", "--release", str(published["id"]), "--waves", "100")
     rid = started["id"]
-    paused = wait_until(lambda: (r := rollout(coord, rid))["status"] == "paused" and r, timeout=60)
+    paused = rollout_reaches(coord, rid, "paused", timeout=60)
     states = {m["machine"]: m["state"] for m in paused["machines"]}
     assert states[machines["bad"].agent_id] == "failed"
     assert states[machines["away"].agent_id] == "offline"
@@ -113,7 +129,7 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
 
     # Resuming without fixing anything pauses again; fixing the machine and retrying passes.
     coord.cli("rollouts", "resume", str(rid))
-    wait_until(lambda: rollout(coord, rid)["status"] == "paused", timeout=30)
+    rollout_reaches(coord, rid, "paused", timeout=30)
     (machines["bad"].product / "Data" / "fail").unlink()
     coord.cli("rollouts", "retry-failed", str(rid))
     wait_until(lambda: version_of(machines["bad"].product) == "1.1.0", timeout=60)
@@ -122,8 +138,7 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
 
     machines["away"].start()
     wait_until(lambda: version_of(machines["away"].product) == "1.1.0", timeout=60)
-    done = wait_until(lambda: (r := rollout(coord, rid))["status"] == "completed" and r,
-                      timeout=60)
+    done = rollout_reaches(coord, rid, "completed", timeout=60)
     assert {m["state"] for m in done["machines"]} == {"succeeded"}
     assert (machines["away"].product / "Data" / "ledger.db").read_text() == "customer books"
     assert [w["succeeded"] for w in done["waves"]] == [4]
@@ -152,8 +167,7 @@ def test_rollout_survives_coordinator_kill(sqlite_coordinator, spawn_agent, tmp_
     wait_until(lambda: rollout(coord, rid)["sent_waves"] >= 1, timeout=30, interval=0.05)
     coord.kill()  # kill -9 in the middle of the rollout
     coord.start()
-    done = wait_until(lambda: (r := rollout(coord, rid))["status"] == "completed" and r,
-                      timeout=120)
+    done = rollout_reaches(coord, rid, "completed", timeout=120)
     assert {m["state"] for m in done["machines"]} == {"succeeded"}
     assert sorted(m["machine"] for m in done["machines"]) == sorted(agents)
     assert sum(w["succeeded"] for w in done["waves"]) == 6

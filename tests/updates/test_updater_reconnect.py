@@ -1,0 +1,102 @@
+"""An install job interrupted by a lost connection starts again when the coordinator re-sends
+it on the next connection, whether or not the old attempt has finished unwinding.
+
+Regression: a job waiting for a metadata reply on a connection that died stayed "active" for
+the 30 s fetch timeout, so the command re-sent on the new connection was dropped, and nothing
+re-sent it after: the machine's update hung until the rollout timed it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.state import AgentConfig, ProductConfig, StateDir
+from agent.updater import Updater, store_enrollment_trust
+from shared import protocol as p
+from shared.instruction import Instruction, sign_instruction
+from shared.keys import public_bytes
+
+JOB = "job-1"
+
+
+class RecordingSocket:
+    """Stands in for the websocket library's connection: records what the agent sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[Any] = []
+
+    async def send(self, data: bytes) -> None:
+        self.sent.append(p.decode(data, p.AgentToServer))
+
+    def fetches(self) -> list[str]:
+        return [m.name for m in self.sent if isinstance(m, p.FetchMetadata)]
+
+
+def make_updater(tmp_path: Path) -> tuple[Updater, p.Command]:
+    """An enrolled agent state (no TUF root yet, so a job begins by fetching root v1)."""
+    state = StateDir(tmp_path / "agent")
+    state.path.mkdir()
+    config = AgentConfig(agent_id="m1", customer_id=1, server_url="wss://127.0.0.1:1",
+                         products=[ProductConfig(name="acct", install_dir=str(tmp_path / "acct"))])
+    state.save_config(config)
+    key = Ed25519PrivateKey.generate()
+    store_enrollment_trust(state, b"", public_bytes(key))
+    now = datetime.now(UTC)
+    instruction = Instruction(
+        job_id=JOB, machine_id="m1", product="acct", version="1.1.0",
+        target="acct/acct-1.1.0.clpkg", sha256="0" * 64, length=10, action="install",
+        stop_product=False, issued_at=now, expires_at=now + timedelta(hours=1))
+    command = p.Command(id=1, action=p.InstallPackage(
+        job=JOB, instruction=sign_instruction(key, instruction)))
+    events: list[tuple[str, Any]] = []
+    runner = types.SimpleNamespace(state=state, config=config,
+                                   emit=lambda kind, data=None: events.append((kind, data)))
+    return Updater(runner), command  # type: ignore[arg-type]
+
+
+async def eventually(predicate: Any, timeout: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("unwound_first", [False, True],
+                         ids=["resent-while-unwinding", "resent-after-unwinding"])
+async def test_job_restarts_on_the_new_connection(tmp_path: Path, unwound_first: bool) -> None:
+    updater, command = make_updater(tmp_path)
+    old, new = RecordingSocket(), RecordingSocket()
+    await updater.receive(old, command)
+    await eventually(lambda: old.fetches() == ["1.root.json"])
+
+    updater.connection_lost()  # the coordinator died before replying
+    if unwound_first:
+        await eventually(lambda: JOB not in updater._active)
+    await updater.receive(new, command)  # re-sent by the restarted coordinator
+
+    await eventually(lambda: new.fetches() == ["1.root.json"])
+    assert isinstance(new.sent[0], p.CommandResult) and new.sent[0].data == {"accepted": JOB}
+    for task in list(updater._tasks):
+        task.cancel()
+
+
+async def test_a_resend_on_a_live_connection_does_not_start_a_second_attempt(
+    tmp_path: Path,
+) -> None:
+    updater, command = make_updater(tmp_path)
+    ws = RecordingSocket()
+    await updater.receive(ws, command)
+    await eventually(lambda: ws.fetches() == ["1.root.json"])
+    await updater.receive(ws, command)
+    await asyncio.sleep(0.2)
+    assert ws.fetches() == ["1.root.json"]  # still one attempt, waiting for its reply
+    assert len([m for m in ws.sent if isinstance(m, p.CommandResult)]) == 2
+    for task in list(updater._tasks):
+        task.cancel()
