@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from coordinator import api
+from coordinator.agent_keys import AgentKeys
 from coordinator.datadir import DataDir, Settings
 from coordinator.incidents import IncidentDesk
 from coordinator.pki import server_context
@@ -50,6 +51,9 @@ DRAIN_RATE = 200
 SHED_WINDOW = 10.0
 MAX_RETRY_AFTER = 60
 HEARTBEAT_FLUSH_SECONDS = 1.0
+# How soon a revocation made through another coordinator process (scale-out) disconnects
+# the agent here.
+REVOCATION_CHECK_SECONDS = 2.0
 
 
 def utcnow() -> dt.datetime:
@@ -99,6 +103,7 @@ class Coordinator:
         self.policy = load_policy(Path(settings.policy) if settings.policy else None)
         self.desk = IncidentDesk(db, self.policy, self.offline_after)
         self.links: dict[str, AgentLink] = {}
+        self.agent_keys = AgentKeys(db)
         self._heartbeats: dict[str, tuple[dt.datetime, Any]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
@@ -117,6 +122,7 @@ class Coordinator:
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         host, port = self.settings.listen_host_port()
+        await self.agent_keys.load(utcnow())
         async with serve(
             self._route, host, port, ssl=server_context(self.datadir.pki),
             process_request=self._check_request, compression=None,
@@ -128,6 +134,7 @@ class Coordinator:
                 asyncio.create_task(self._flush_heartbeats_forever()),
                 asyncio.create_task(self._sweep_silent_forever()),
                 asyncio.create_task(self._sweep_offline_forever()),
+                asyncio.create_task(self._disconnect_revoked_forever()),
                 asyncio.create_task(self.rollouts.run_forever()),
             ]
             log.info("listening on %s:%s (%s)", host, port, self.public_url)
@@ -206,6 +213,7 @@ class Coordinator:
         except CarelineError as exc:
             await close(ws, p.CloseCode.TOKEN_REFUSED, str(exc))
             return
+        self.agent_keys.add(agent_id, request.public_key, token["customer_id"])
         await ws.send(
             p.encode(
                 p.Enrolled(
@@ -222,20 +230,19 @@ class Coordinator:
         nonce = secrets.token_bytes(32)
         await ws.send(p.encode(p.Challenge(nonce=nonce, server_time=time.time())))
         hello = p.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT), p.Hello)
-        async with self.db.connect() as conn:
-            row = await store.agent_by_id(conn, hello.agent_id)
-        if row is None:
+        key = await self.agent_keys.lookup(hello.agent_id)
+        if key == "unknown":
             await close(ws, p.CloseCode.UNAUTHENTICATED, "unknown agent: enroll it again")
             return None
-        if row["revoked_at"] is not None:
+        if key == "revoked":
             await close(ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
             return None
         try:
-            verify_challenge(row["public_key"], hello.signature, nonce, hello.agent_id)
+            verify_challenge(key.public_key, hello.signature, nonce, hello.agent_id)
         except AuthError as exc:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
-        link = AgentLink(ws, row["id"], row["customer_id"])
+        link = AgentLink(ws, hello.agent_id, key.customer_id)
         self._presence[link.agent_id] = (True, utcnow(), hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
@@ -298,9 +305,21 @@ class Coordinator:
             self._presence[link.agent_id] = (False, utcnow(), "")
 
     async def disconnect_revoked(self, agent_id: str) -> None:
+        """After a revocation is committed: the agent can no longer connect, and is gone."""
+        self.agent_keys.evict(agent_id)
         link = self.links.get(agent_id)
         if link is not None:
             await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
+
+    async def _disconnect_revoked_forever(self) -> None:
+        """Agents revoked through another coordinator process leave this one too."""
+        while True:
+            await asyncio.sleep(REVOCATION_CHECK_SECONDS)
+            try:
+                for agent_id in await self.agent_keys.revocations(utcnow()):
+                    await self.disconnect_revoked(agent_id)
+            except Exception:
+                log.exception("checking revocations failed; will retry")
 
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:

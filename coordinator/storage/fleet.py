@@ -250,6 +250,19 @@ async def agent_by_id(conn: AsyncConnection, agent_id: str) -> Row | None:
     return dict(row) if row else None
 
 
+async def agent_keys(conn: AsyncConnection) -> dict[str, tuple[bytes, int]]:
+    """Public key and customer of every agent not revoked: all authentication needs."""
+    query = sa.select(agents.c.id, agents.c.public_key, agents.c.customer_id).where(
+        agents.c.revoked_at.is_(None))
+    return {row.id: (bytes(row.public_key), row.customer_id)
+            for row in await conn.execute(query)}
+
+
+async def revoked_since(conn: AsyncConnection, since: dt.datetime) -> list[str]:
+    query = sa.select(agents.c.id).where(agents.c.revoked_at >= since)
+    return [row.id for row in await conn.execute(query)]
+
+
 async def store_presence(
     conn: AsyncConnection, presence: Mapping[str, tuple[bool, dt.datetime, str]]
 ) -> None:

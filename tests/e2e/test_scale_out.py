@@ -36,6 +36,16 @@ def test_two_coordinators_share_one_postgresql(tmp_path, pg_url, spawn_agent):
         b.kill()
         wait_until(lambda: first.agents()[b.agent_id]["status"] == "offline")
         assert first.agents()[a.agent_id]["status"] == "online"
+
+        # Revoked through the first process, the agent held by the second leaves it too,
+        # and cannot come back through either.
+        b.start()
+        wait_until(lambda: first.agents()[b.agent_id]["status"] == "online")
+        first.cli("agents", "revoke", b.agent_id)
+        assert b.proc.wait(15) != 0
+        assert "revoked" in b.proc.stderr.read()
+        assert b.status()["connection"]["state"] == "refused"
+        assert first.agents()[a.agent_id]["status"] == "online"
     finally:
         second.terminate()
         second.wait(10)

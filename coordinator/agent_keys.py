@@ -1,0 +1,71 @@
+"""The keys agents authenticate with, held in memory.
+
+A reconnect storm is thousands of authentications a second; each one costs a signature
+check and no database round trip. The cache is loaded when the coordinator starts; an agent
+enrolled through another coordinator process (scale-out) is looked up on first sight and
+kept. A revocation evicts its key at once in the process that made it, and in every other
+process at its next `revocations()` check, which also tells it whom to disconnect.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+from coordinator.storage import fleet as store
+from coordinator.storage.db import Database
+
+# Revocations are read back this far before the last check, so a revocation stamped by a
+# process whose clock is a little behind is not missed.
+CLOCK_MARGIN = dt.timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class AgentKey:
+    public_key: bytes
+    customer_id: int
+
+
+class AgentKeys:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._keys: dict[str, AgentKey] = {}
+        self._checked_at: dt.datetime | None = None
+
+    async def load(self, now: dt.datetime) -> None:
+        async with self.db.connect() as conn:
+            keys = await store.agent_keys(conn)
+        self._keys = {agent_id: AgentKey(*key) for agent_id, key in keys.items()}
+        self._checked_at = now
+
+    async def lookup(self, agent_id: str) -> AgentKey | Literal["unknown", "revoked"]:
+        """The key of an agent that may connect, or why it may not."""
+        key = self._keys.get(agent_id)
+        if key is not None:
+            return key
+        async with self.db.connect() as conn:
+            row = await store.agent_by_id(conn, agent_id)
+        if row is None:
+            return "unknown"
+        if row["revoked_at"] is not None:
+            return "revoked"
+        key = self._keys[agent_id] = AgentKey(bytes(row["public_key"]), row["customer_id"])
+        return key
+
+    def add(self, agent_id: str, public_key: bytes, customer_id: int) -> None:
+        self._keys[agent_id] = AgentKey(public_key, customer_id)
+
+    def evict(self, agent_id: str) -> None:
+        self._keys.pop(agent_id, None)
+
+    async def revocations(self, now: dt.datetime) -> list[str]:
+        """Agents revoked by any process since the last check (give or take CLOCK_MARGIN),
+        evicted from the cache; the caller closes their connections."""
+        since = (self._checked_at or now) - CLOCK_MARGIN
+        async with self.db.connect() as conn:
+            revoked = await store.revoked_since(conn, since)
+        self._checked_at = now
+        for agent_id in revoked:
+            self.evict(agent_id)
+        return revoked
