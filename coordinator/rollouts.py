@@ -204,7 +204,9 @@ class Rollouts:
 
     def _outcome(self, machine: dict[str, Any]) -> str:
         state = machine["state"]
-        if state in ("pending", "sent") and machine["agent_id"] not in self.coordinator.links:
+        agent_id = machine["agent_id"]
+        if state in ("pending", "sent") and agent_id not in self.coordinator.links and (
+                not self.coordinator.held_elsewhere(agent_id, machine)):
             return "offline"
         return state
 

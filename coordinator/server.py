@@ -33,6 +33,7 @@ from coordinator.agent_keys import AgentKeys
 from coordinator.datadir import DataDir, Settings
 from coordinator.incidents import IncidentDesk
 from coordinator.pki import server_context
+from coordinator.relay import CommandRelay
 from coordinator.storage import fleet as store
 from coordinator.storage.db import Database
 from shared import protocol as p
@@ -104,6 +105,8 @@ class Coordinator:
         self.desk = IncidentDesk(db, self.policy, self.offline_after)
         self.links: dict[str, AgentLink] = {}
         self.agent_keys = AgentKeys(db)
+        # Live commands for agents held by another process (PostgreSQL scale-out only).
+        self.relay = None if db.is_sqlite else CommandRelay(self, db.driver_url)
         self._heartbeats: dict[str, tuple[dt.datetime, Any]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
@@ -123,6 +126,8 @@ class Coordinator:
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         host, port = self.settings.listen_host_port()
         await self.agent_keys.load(utcnow())
+        if self.relay is not None:
+            await self.relay.start()
         async with serve(
             self._route, host, port, ssl=server_context(self.datadir.pki),
             process_request=self._check_request, compression=None,
@@ -145,6 +150,8 @@ class Coordinator:
                 task.cancel()
             server.close(close_connections=True)
             await server.wait_closed()
+        if self.relay is not None:
+            await self.relay.close()
         await self._flush_heartbeats()
 
     def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -303,6 +310,14 @@ class Coordinator:
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
             self._presence[link.agent_id] = (False, utcnow(), "")
+
+    def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
+        """Scale-out: connected to another coordinator process, by the database's presence
+        (`row` has the agent's connected, last_seen and revoked_at)."""
+        from coordinator.api.fleet import agent_status
+
+        return (self.relay is not None and agent_id not in self.links
+                and agent_status(row, utcnow(), self.offline_after) == "online")
 
     async def disconnect_revoked(self, agent_id: str) -> None:
         """After a revocation is committed: the agent can no longer connect, and is gone."""

@@ -24,14 +24,22 @@ from shared.errors import ConfigError, NotFound
 MAX_TIMEOUT = 120.0
 
 
-async def _call(ctx: Context, agent_id: str, action: p.Action, timeout: float) -> dict[str, Any]:
-    """Run one action on one agent: its answer, or why there is none."""
+async def _call(ctx: Context, agent: dict[str, Any], action: p.Action,
+                timeout: float) -> dict[str, Any]:
+    """Run one action on one agent, connected here or (scale-out) to another coordinator
+    process: its answer, or why there is none."""
+    agent_id = agent["id"]
     link = ctx.coordinator.links.get(agent_id)
-    if link is None:
-        return {"machine": agent_id, "status": "offline"}
+    relay = ctx.coordinator.relay
     started = time.perf_counter()
+    if link is not None:
+        running = link.call(ctx.coordinator.next_command_id(), action, timeout)
+    elif relay is not None and ctx.coordinator.held_elsewhere(agent_id, agent):
+        running = relay.call(agent_id, action, timeout)
+    else:
+        return {"machine": agent_id, "status": "offline"}
     try:
-        result = await link.call(ctx.coordinator.next_command_id(), action, timeout)
+        result = await running
     except TimeoutError:
         return {"machine": agent_id, "status": "no answer", "timeout": timeout}
     except (ConnectionError, OSError):
@@ -81,7 +89,7 @@ async def ping(ctx: Context, p_: PingParams) -> AsyncIterator[dict[str, Any]]:
                         machines=len(rows))
     rtts: list[float] = []
     for next_answer in asyncio.as_completed(
-        [_call(ctx, r["id"], p.Ping(), timeout) for r in targets]
+        [_call(ctx, r, p.Ping(), timeout) for r in targets]
     ):
         answer = await next_answer
         answer.pop("data", None)
@@ -117,7 +125,7 @@ async def diagnose(ctx: Context, p_: DiagnoseParams) -> dict[str, Any]:
         if p_.incident is not None:
             await service.get_incident(conn, p_.incident)
     answer = await _call(
-        ctx, agent["id"], p.Diagnose(log_lines=p_.log_lines, max_bytes=p_.max_bytes),
+        ctx, agent, p.Diagnose(log_lines=p_.log_lines, max_bytes=p_.max_bytes),
         _timeout(p_.timeout),
     )
     if answer["status"] != "ok":
@@ -165,7 +173,7 @@ class RestartParams(msgspec.Struct, forbid_unknown_fields=True):
 async def restart_product(ctx: Context, p_: RestartParams) -> dict[str, Any]:
     async with ctx.coordinator.db.connect() as conn:
         agent = await store.get_agent(conn, p_.machine)
-    answer = await _call(ctx, agent["id"], p.RestartProduct(product=p_.product), _timeout(p_.timeout))
+    answer = await _call(ctx, agent, p.RestartProduct(product=p_.product), _timeout(p_.timeout))
     async with ctx.coordinator.db.transaction() as conn:
         await ctx.audit(conn, "agents.restart_product", f"agent:{agent['id']}",
                         product=p_.product, outcome=answer["status"],

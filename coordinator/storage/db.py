@@ -59,6 +59,11 @@ class Database:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
+    @property
+    def driver_url(self) -> str:
+        """The PostgreSQL URL for a plain asyncpg connection of its own (LISTEN/NOTIFY)."""
+        return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         if self._write_lock is None:

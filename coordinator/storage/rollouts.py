@@ -45,9 +45,11 @@ async def add_machines(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
 
 
 async def machines_of(conn: AsyncConnection, rollout_id: int) -> list[Row]:
-    """Every machine of a rollout with its customer, hostname and its job part's status."""
+    """Every machine of a rollout with its customer, hostname, presence and its job part's
+    status."""
     query = (
-        sa.select(rollout_machines, agents.c.hostname, customers.c.name.label("customer"),
+        sa.select(rollout_machines, agents.c.hostname, agents.c.connected, agents.c.last_seen,
+                  agents.c.revoked_at, customers.c.name.label("customer"),
                   job_machines.c.status.label("job_status"))
         .select_from(
             rollout_machines.join(agents, agents.c.id == rollout_machines.c.agent_id)

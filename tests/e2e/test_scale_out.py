@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
 
 from tests.conftest import PYTHON, CoordinatorProcess, free_port, wait_for_port, wait_until
 
 
-def test_two_coordinators_share_one_postgresql(tmp_path, pg_url, spawn_agent):
+@pytest.fixture
+def two_coordinators(tmp_path, pg_url) -> Iterator[tuple[CoordinatorProcess, int]]:
+    """The first process (driven by the tests' CLI) and the port of a second one."""
     first = CoordinatorProcess(tmp_path, pg_url)
     second_port = free_port()
     # Both start at once: their migrations must not trip over each other.
@@ -18,35 +24,75 @@ def test_two_coordinators_share_one_postgresql(tmp_path, pg_url, spawn_agent):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(second_port, second)
-        first.cli("customers", "add", "Shared Co")
-        join_first = first.join_string("Shared Co", uses=1)
-        with first.client() as client:
-            token = client.call("tokens.create", customer="Shared Co", uses=1,
-                                expires_seconds=600)["join"]
-        join_second = token.replace(f":{first.port}/", f":{second_port}/")
-        a = spawn_agent("a", join_first)
-        b = spawn_agent("b", join_second)
-        # Each process holds one agent's connection; either one shows both online.
-        wait_until(lambda: {x["status"] for x in first.agents().values()} == {"online"}
-                   and len(first.agents()) == 2)
-        via_second = first.cli("agents", "list", "--server", f"wss://127.0.0.1:{second_port}",
-                               "--ca", str(first.data / "pki" / "ca.pem"))
-        assert {r["id"]: r["status"] for r in via_second} == {a.agent_id: "online",
-                                                              b.agent_id: "online"}
-        b.kill()
-        wait_until(lambda: first.agents()[b.agent_id]["status"] == "offline")
-        assert first.agents()[a.agent_id]["status"] == "online"
-
-        # Revoked through the first process, the agent held by the second leaves it too,
-        # and cannot come back through either.
-        b.start()
-        wait_until(lambda: first.agents()[b.agent_id]["status"] == "online")
-        first.cli("agents", "revoke", b.agent_id)
-        assert b.proc.wait(15) != 0
-        assert "revoked" in b.proc.stderr.read()
-        assert b.status()["connection"]["state"] == "refused"
-        assert first.agents()[a.agent_id]["status"] == "online"
+        yield first, second_port
     finally:
         second.terminate()
         second.wait(10)
         first.stop()
+
+
+def join_via(first: CoordinatorProcess, port: int, customer: str) -> str:
+    """A join string whose agents connect to the coordinator process on `port`."""
+    with first.client() as client:
+        if not any(c["name"] == customer for c in client.call("customers.list")):
+            client.call("customers.add", name=customer)
+        join = client.call("tokens.create", customer=customer, uses=1,
+                           expires_seconds=600)["join"]
+    return str(join).replace(f":{first.port}/", f":{port}/")
+
+
+def test_two_coordinators_share_one_postgresql(two_coordinators, spawn_agent):
+    first, second_port = two_coordinators
+    a = spawn_agent("a", join_via(first, first.port, "Shared Co"))
+    b = spawn_agent("b", join_via(first, second_port, "Shared Co"))
+    # Each process holds one agent's connection; either one shows both online.
+    wait_until(lambda: {x["status"] for x in first.agents().values()} == {"online"}
+               and len(first.agents()) == 2)
+    via_second = first.cli("agents", "list", "--server", f"wss://127.0.0.1:{second_port}",
+                           "--ca", str(first.data / "pki" / "ca.pem"))
+    assert {r["id"]: r["status"] for r in via_second} == {a.agent_id: "online",
+                                                          b.agent_id: "online"}
+    b.kill()
+    wait_until(lambda: first.agents()[b.agent_id]["status"] == "offline")
+    assert first.agents()[a.agent_id]["status"] == "online"
+
+    # Revoked through the first process, the agent held by the second leaves it too,
+    # and cannot come back through either.
+    b.start()
+    wait_until(lambda: first.agents()[b.agent_id]["status"] == "online")
+    first.cli("agents", "revoke", b.agent_id)
+    assert b.proc.wait(15) != 0
+    assert "revoked" in b.proc.stderr.read()
+    assert b.status()["connection"]["state"] == "refused"
+    assert first.agents()[a.agent_id]["status"] == "online"
+
+
+def test_live_commands_reach_agents_held_by_the_other_process(
+    two_coordinators, spawn_agent, tmp_path
+):
+    first, second_port = two_coordinators
+    product = tmp_path / "Luong"
+    product.mkdir()
+    # A log big enough that the diagnostics answer needs many NOTIFY pieces.
+    (product / "luong.log").write_text("".join(f"line {i} " + "x" * 80 + "\n" for i in range(3000)))
+    here = spawn_agent("here", join_via(first, first.port, "Relay Co"))
+    there = spawn_agent("there", join_via(first, second_port, "Relay Co"),
+                        "--product", f"Luong={product}", "--product-log", "Luong=luong.log")
+    wait_until(lambda: len(first.agents()) == 2
+               and {x["status"] for x in first.agents().values()} == {"online"})
+
+    answers: dict[str, Any] = {
+        a["machine"]: a for a in first.cli("agents", "ping", "--all", "--timeout", "5s")}
+    assert answers[here.agent_id]["status"] == "ok"
+    assert answers[there.agent_id]["status"] == "ok"
+    assert 0 < answers[there.agent_id]["rtt_ms"] < 5000
+
+    result = first.cli("diagnose", "--machine", there.agent_id, "--lines", "2000")
+    logs = result["bundle"]["logs"]["Luong"]
+    assert logs[-1].startswith("line 2999 ") and len(logs) >= 1000  # ~100 KB: many pieces
+    assert first.cli("diagnostics", "show", str(result["id"]))["bundle"]["logs"]["Luong"] == logs
+
+    there.kill()
+    wait_until(lambda: first.agents()[there.agent_id]["status"] == "offline")
+    gone = first.cli("agents", "ping", "--machine", there.agent_id, "--timeout", "3s")
+    assert [a["status"] for a in gone if "machine" in a] == ["offline"]
