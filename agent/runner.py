@@ -30,20 +30,25 @@ from shared.tls import pinned_client_context
 
 log = logging.getLogger("careline.agent")
 
-# The first retry after losing a connection is spread over this many seconds, then the
-# window doubles up to the cap: a restarted coordinator sees its fleet trickle back rather
-# than every agent's TLS handshake in the same second.
+# The first retry after losing a connection is spread over a window (this one until a
+# coordinator's Welcome names its own, sized to its fleet), then the window doubles up to
+# the cap: a restarted coordinator sees its fleet trickle back rather than every agent's
+# TLS handshake in the same second.
 BACKOFF_FIRST_WINDOW = 10.0
 BACKOFF_CAP = 60.0
+MAX_FIRST_WINDOW = 600.0  # whatever a Welcome says
 
 
-def backoff_delay(attempt: int, rng: random.Random) -> float:
+def backoff_delay(attempt: int, rng: random.Random,
+                  first_window: float = BACKOFF_FIRST_WINDOW) -> float:
     """Exponential backoff with full jitter; `attempt` counts from 1."""
-    window = BACKOFF_FIRST_WINDOW * 2 ** min(max(attempt, 1) - 1, 16)
-    return rng.uniform(0, min(BACKOFF_CAP, window))
+    first_window = min(max(first_window, 1.0), MAX_FIRST_WINDOW)
+    window = first_window * 2 ** min(max(attempt, 1) - 1, 16)
+    return rng.uniform(0, min(max(BACKOFF_CAP, first_window), window))
 
 
-def reconnect_delay(error: BaseException | None, attempt: int, rng: random.Random) -> float:
+def reconnect_delay(error: BaseException | None, attempt: int, rng: random.Random,
+                    first_window: float = BACKOFF_FIRST_WINDOW) -> float:
     """How long to wait before connecting again after `error` (None: a clean close).
 
     A busy coordinator's Retry-After is honoured, with jitter; a refused identity (revoked,
@@ -55,7 +60,7 @@ def reconnect_delay(error: BaseException | None, attempt: int, rng: random.Rando
         hint = error.response.headers.get("Retry-After", "")
         if hint.isdigit():
             return int(hint) + rng.uniform(0, int(hint))
-    return backoff_delay(attempt, rng)
+    return backoff_delay(attempt, rng, first_window)
 
 
 def describe(error: BaseException | None) -> str:
@@ -85,6 +90,7 @@ class AgentRunner:
         self._outbox_wakeup = asyncio.Event()
         self._rng = random.Random()
         self.attempt = 0  # failed connections since the last welcome
+        self.first_window = BACKOFF_FIRST_WINDOW  # from the last Welcome
         self._answering: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ status & events
@@ -138,7 +144,7 @@ class AgentRunner:
                     break
                 self.attempt += 1
                 try:
-                    delay = reconnect_delay(error, self.attempt, self._rng)
+                    delay = reconnect_delay(error, self.attempt, self._rng, self.first_window)
                 except AuthError as exc:
                     self._set_status("refused", describe(error))
                     raise exc from None
@@ -164,6 +170,7 @@ class AgentRunner:
             )))
             welcome = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Welcome)
             self.interval = welcome.heartbeat_interval
+            self.first_window = welcome.reconnect_window
             self.attempt = 0
             self._set_status("connected", "")
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)

@@ -7,8 +7,9 @@ subprocess, and simulates N agents in this one process (asyncio, uvloop when ins
 Every simulated agent has its own Ed25519 key enrolled through /enroll, and speaks the real
 agent's protocol over TLS with the pinned CA: Challenge -> Hello(signature) -> Welcome,
 then heartbeats at the interval the coordinator asks for, answers to commands, and the
-real agent's reconnect loop (agent.runner.backoff_delay: exponential backoff, full jitter,
-retry-after on "try later" closes).
+real agent's reconnect loop (agent.runner.reconnect_delay: exponential backoff with full
+jitter, the first retry spread over the window the coordinator's Welcome names, Retry-After
+of a 503).
 
 Figures (human table, or --json):
   connect   connect + authenticate rate (agents/s), and its ratio to a bare websockets TLS
@@ -59,7 +60,7 @@ from loopback import free_port
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from agent.runner import reconnect_delay
+from agent.runner import BACKOFF_FIRST_WINDOW, reconnect_delay
 from shared import __version__
 from shared import protocol as p
 from shared.errors import AuthError, ProtocolError
@@ -326,6 +327,7 @@ class SimAgent:
         self.generation = 0
         self.ever_online = False
         self.attempt = 0
+        self.first_window = BACKOFF_FIRST_WINDOW  # from the last Welcome, as the agent
 
     async def run(self) -> None:
         """agent.runner.AgentRunner.run, minus the state files."""
@@ -343,7 +345,7 @@ class SimAgent:
                 break
             self.attempt += 1
             try:
-                delay = reconnect_delay(error, self.attempt, sim.rng)
+                delay = reconnect_delay(error, self.attempt, sim.rng, self.first_window)
             except AuthError:
                 sim.refused += 1
                 return
@@ -380,6 +382,7 @@ class SimAgent:
                     welcome = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Welcome)
                     self.attempt = 0  # as the real agent: backoff restarts after a welcome
                     self.interval = welcome.heartbeat_interval
+                    self.first_window = welcome.reconnect_window
                 self._on_online(started)
                 if gated:
                     gated = False
@@ -1052,7 +1055,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storm-spread", type=float, default=0.0, metavar="S",
                         help="what-if, off by default: simulated agents spread their first "
                         "reconnect after the kill over S seconds instead of "
-                        "agent.runner.reconnect_delay (whose first retry waits 0-2 s)")
+                        "agent.runner.reconnect_delay (whose first retry is spread over the "
+                        "Welcome's reconnect_window)")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
     args = parser.parse_args(argv)

@@ -53,6 +53,10 @@ class AgentKeys:
         key = self._keys[agent_id] = AgentKey(bytes(row["public_key"]), row["customer_id"])
         return key
 
+    def __len__(self) -> int:
+        """Enrolled agents not revoked (that this process knows of)."""
+        return len(self._keys)
+
     def add(self, agent_id: str, public_key: bytes, customer_id: int) -> None:
         self._keys[agent_id] = AgentKey(public_key, customer_id)
 

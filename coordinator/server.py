@@ -52,9 +52,18 @@ DRAIN_RATE = 200
 SHED_WINDOW = 10.0
 MAX_RETRY_AFTER = 60
 HEARTBEAT_FLUSH_SECONDS = 1.0
+# Bounds of the window over which agents spread their first reconnect (Welcome).
+RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 10.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
 # the agent here.
 REVOCATION_CHECK_SECONDS = 2.0
+
+
+def reconnect_window(fleet_size: int) -> float:
+    """Seconds over which a fleet should spread its reconnects after a coordinator restart:
+    long enough that they arrive at about DRAIN_RATE a second, the pace it authenticates
+    at, instead of queueing in TLS until their handshakes time out."""
+    return min(max(fleet_size / DRAIN_RATE, RECONNECT_WINDOW_MIN), RECONNECT_WINDOW_MAX)
 
 
 def utcnow() -> dt.datetime:
@@ -256,7 +265,8 @@ class Coordinator:
         if previous is not None:
             await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
         await ws.send(
-            p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval, server_time=time.time()))
+            p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval, server_time=time.time(),
+                               reconnect_window=reconnect_window(len(self.agent_keys))))
         )
         await self.updates.on_agent_connected(link)
         return link

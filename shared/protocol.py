@@ -127,6 +127,9 @@ class Hello(Message, tag="hello"):
 class Welcome(Message, tag="welcome"):
     heartbeat_interval: float
     server_time: float
+    # Seconds over which the agent spreads its first reconnect after losing this connection:
+    # the coordinator sizes it to its fleet, so a restart is not a stampede.
+    reconnect_window: float = 10.0
 
 
 class Heartbeat(Message, tag="heartbeat"):

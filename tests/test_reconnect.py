@@ -12,7 +12,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
 from websockets.http11 import Response
 
-from agent.runner import BACKOFF_CAP, BACKOFF_FIRST_WINDOW, backoff_delay, reconnect_delay
+from agent.runner import (
+    BACKOFF_CAP,
+    BACKOFF_FIRST_WINDOW,
+    MAX_FIRST_WINDOW,
+    backoff_delay,
+    reconnect_delay,
+)
+from coordinator.server import DRAIN_RATE, RECONNECT_WINDOW_MAX, RECONNECT_WINDOW_MIN
+from coordinator.server import reconnect_window as fleet_reconnect_window
 from shared import protocol as p
 from shared.errors import AuthError
 
@@ -60,3 +68,33 @@ def test_other_closes_and_errors_back_off() -> None:
     for error in (closed(p.CloseCode.REPLACED, "replaced"), closed(1006, ""), OSError("down"),
                   None):
         assert 0 <= reconnect_delay(error, 3, rng) <= 4 * BACKOFF_FIRST_WINDOW
+
+
+@given(first_window=st.floats(min_value=0, max_value=1e6), attempt=st.integers(1, 50),
+       seed=st.integers())
+def test_a_welcomes_window_widens_the_first_retry_within_bounds(
+    first_window: float, attempt: int, seed: int
+) -> None:
+    delay = backoff_delay(attempt, random.Random(seed), first_window)
+    window = min(max(first_window, 1.0), MAX_FIRST_WINDOW)
+    assert 0 <= delay <= max(BACKOFF_CAP, window)
+    if attempt == 1:
+        assert delay <= window
+
+
+def test_a_big_fleet_spreads_its_first_reconnects_over_the_window_it_was_given() -> None:
+    rng = random.Random(11)
+    window = fleet_reconnect_window(10_000)
+    delays = [reconnect_delay(closed(1006, ""), 1, rng, window) for _ in range(10_000)]
+    assert max(delays) <= window
+    # Arrivals per second stay near the pace the coordinator authenticates at.
+    busiest = max(sum(1 for d in delays if s <= d < s + 1) for s in range(int(window)))
+    assert busiest < 1.5 * DRAIN_RATE
+
+
+@pytest.mark.parametrize(("fleet", "window"), [
+    (0, RECONNECT_WINDOW_MIN), (500, RECONNECT_WINDOW_MIN), (2_000, RECONNECT_WINDOW_MIN),
+    (10_000, 10_000 / DRAIN_RATE), (1_000_000, RECONNECT_WINDOW_MAX),
+])
+def test_the_coordinator_sizes_the_window_to_its_fleet(fleet: int, window: float) -> None:
+    assert fleet_reconnect_window(fleet) == window
