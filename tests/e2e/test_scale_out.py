@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import PYTHON, CoordinatorProcess, free_port, wait_for_port, wait_until
+from tests.e2e.test_rollouts import installed_product
+from tests.e2e.test_updates import job_done, machine
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def test_two_coordinators_share_one_postgresql(two_coordinators, spawn_agent):
     assert first.agents()[a.agent_id]["status"] == "online"
 
 
-def test_live_commands_reach_agents_held_by_the_other_process(
+def test_commands_and_jobs_reach_agents_held_by_the_other_process(
     two_coordinators, spawn_agent, tmp_path
 ):
     first, second_port = two_coordinators
@@ -76,8 +78,10 @@ def test_live_commands_reach_agents_held_by_the_other_process(
     # A log big enough that the diagnostics answer needs many NOTIFY pieces.
     (product / "luong.log").write_text("".join(f"line {i} " + "x" * 80 + "\n" for i in range(3000)))
     here = spawn_agent("here", join_via(first, first.port, "Relay Co"))
+    acct = installed_product(tmp_path / "acct", "1.0.0")
     there = spawn_agent("there", join_via(first, second_port, "Relay Co"),
-                        "--product", f"Luong={product}", "--product-log", "Luong=luong.log")
+                        "--product", f"Luong={product}", "--product-log", "Luong=luong.log",
+                        "--product", f"acct={acct}", "--product-data", "acct=Data")
     wait_until(lambda: len(first.agents()) == 2
                and {x["status"] for x in first.agents().values()} == {"online"})
 
@@ -91,6 +95,10 @@ def test_live_commands_reach_agents_held_by_the_other_process(
     logs = result["bundle"]["logs"]["Luong"]
     assert logs[-1].startswith("line 2999 ") and len(logs) >= 1000  # ~100 KB: many pieces
     assert first.cli("diagnostics", "show", str(result["id"]))["bundle"]["logs"]["Luong"] == logs
+
+    # A job made through the first process is sent by the second, which holds the agent.
+    job = first.cli("push", "verify", "--machine", there.agent_id, "--product", "acct")
+    assert machine(job_done(first, job["id"]), there.agent_id)["status"] == "verified"
 
     there.kill()
     wait_until(lambda: first.agents()[there.agent_id]["status"] == "offline")
