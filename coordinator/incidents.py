@@ -315,7 +315,7 @@ class IncidentDesk:
         limit = self.policy.offline_incident_after
         async with self.db.transaction() as conn:
             checks = {}
-            for agent in await store.list_agents(conn):
+            for agent in await store.list_presence(conn):
                 if agent["revoked_at"] is not None:
                     continue
                 heard = agent["last_seen"] or agent["enrolled_at"]

@@ -75,7 +75,7 @@ async def ping(ctx: Context, p_: PingParams) -> AsyncIterator[dict[str, Any]]:
             rows = [await store.get_agent(conn, p_.machine)]
         else:
             customer_id = await store.customer_id_of(conn, p_.customer)
-            rows = await store.list_agents(conn, customer_id)
+            rows = await store.list_presence(conn, customer_id)
     if not rows:
         raise NotFound("no enrolled machines match")
     hostnames = {r["id"]: r["hostname"] for r in rows}

@@ -234,6 +234,18 @@ async def list_agents(conn: AsyncConnection, customer_id: int | None = None) -> 
     return rows_of(await conn.execute(query))
 
 
+async def list_presence(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+    """Each agent's identity and presence, without its health report (most of a row's
+    bytes): what a sweep or a command to thousands of machines needs."""
+    query = sa.select(
+        agents.c.id, agents.c.hostname, agents.c.customer_id, agents.c.enrolled_at,
+        agents.c.revoked_at, agents.c.connected, agents.c.last_seen,
+    ).order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
+    if customer_id is not None:
+        query = query.where(agents.c.customer_id == customer_id)
+    return rows_of(await conn.execute(query))
+
+
 async def revoke_agent(conn: AsyncConnection, agent_id: str, now: dt.datetime) -> None:
     result = await conn.execute(
         agents.update()
