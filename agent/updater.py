@@ -263,10 +263,11 @@ class Updater:
         task = self._spawn(self._run(job, action))
         self._active[job] = task
 
-        def ended(_task: asyncio.Task[None]) -> None:
+        def ended(ended_task: asyncio.Task[None]) -> None:
             self._active.pop(job, None)
             again = self._resent.pop(job, None)
-            if again is not None and not _done_path(self.state, job).exists():
+            if again is not None and not ended_task.cancelled() and not _done_path(
+                    self.state, job).exists():
                 self._begin(job, again)
 
         task.add_done_callback(ended)

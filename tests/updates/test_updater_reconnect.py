@@ -61,6 +61,15 @@ def make_updater(tmp_path: Path) -> tuple[Updater, p.Command]:
     return Updater(runner), command  # type: ignore[arg-type]
 
 
+async def stop(updater: Updater) -> None:
+    """Cancel the updater's jobs as the agent does when it stops, and let them end."""
+    tasks = list(updater._tasks)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert not updater._tasks  # a cancelled job is not started again
+
+
 async def eventually(predicate: Any, timeout: float = 2.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -83,8 +92,7 @@ async def test_job_restarts_on_the_new_connection(tmp_path: Path, unwound_first:
 
     await eventually(lambda: new.fetches() == ["1.root.json"])
     assert isinstance(new.sent[0], p.CommandResult) and new.sent[0].data == {"accepted": JOB}
-    for task in list(updater._tasks):
-        task.cancel()
+    await stop(updater)
 
 
 async def test_a_resend_on_a_live_connection_does_not_start_a_second_attempt(
@@ -98,5 +106,4 @@ async def test_a_resend_on_a_live_connection_does_not_start_a_second_attempt(
     await asyncio.sleep(0.2)
     assert ws.fetches() == ["1.root.json"]  # still one attempt, waiting for its reply
     assert len([m for m in ws.sent if isinstance(m, p.CommandResult)]) == 2
-    for task in list(updater._tasks):
-        task.cancel()
+    await stop(updater)
