@@ -116,7 +116,9 @@ class Coordinator:
         self.agent_keys = AgentKeys(db)
         # Live commands for agents held by another process (PostgreSQL scale-out only).
         self.relay = None if db.is_sqlite else CommandRelay(self, db.driver_url)
-        self._heartbeats: dict[str, tuple[dt.datetime, Any]] = {}
+        # agent id -> (time.time() received, its last Health): converted for storage only at
+        # the flush, so the reports an agent's next one replaces cost nothing more.
+        self._heartbeats: dict[str, tuple[float, p.Health]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
         self._pending_handshakes = 0
@@ -288,7 +290,7 @@ class Coordinator:
 
     async def _on_agent_message(self, link: AgentLink, message: Any) -> None:
         if isinstance(message, p.Heartbeat):
-            self._heartbeats[link.agent_id] = (utcnow(), p.to_builtins(message.health))
+            self._heartbeats[link.agent_id] = (time.time(), message.health)
         elif isinstance(message, p.Event):
             await self._store_event(link, message)
             await link.ws.send(p.encode(p.Ack(seq=message.seq)))
@@ -352,7 +354,9 @@ class Coordinator:
         last: a reconnect storm costs a few writes, not one per agent."""
         if not (self._heartbeats or self._presence):
             return
-        batch, self._heartbeats = self._heartbeats, {}
+        received, self._heartbeats = self._heartbeats, {}
+        batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
+                 for agent_id, (at, health) in received.items()}
         presence, self._presence = self._presence, {}
         async with self.db.transaction() as conn:
             await store.store_presence(conn, presence)
