@@ -85,11 +85,21 @@ class AgentLink:
     last_heard: float = field(default_factory=time.monotonic)
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
 
-    async def call(self, command_id: int, action: p.Action, timeout: float) -> p.CommandResult:
+    async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
+        """Send a command; the future gets the agent's answer, or ConnectionError if the
+        agent goes away first. The caller pops `pending[command_id]` when done with it."""
         future: asyncio.Future[p.CommandResult] = asyncio.get_running_loop().create_future()
         self.pending[command_id] = future
         try:
             await self.ws.send(p.encode(p.Command(id=command_id, action=action)))
+        except ConnectionClosed:
+            self.pending.pop(command_id, None)
+            raise ConnectionError("agent disconnected") from None
+        return future
+
+    async def call(self, command_id: int, action: p.Action, timeout: float) -> p.CommandResult:
+        future = await self.start_call(command_id, action)
+        try:
             return await asyncio.wait_for(future, timeout)
         finally:
             self.pending.pop(command_id, None)

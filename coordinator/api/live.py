@@ -8,6 +8,7 @@ its own timeout.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -44,10 +45,75 @@ async def _call(ctx: Context, agent: dict[str, Any], action: p.Action,
         return {"machine": agent_id, "status": "no answer", "timeout": timeout}
     except (ConnectionError, OSError):
         return {"machine": agent_id, "status": "offline"}
+    return _answer(agent_id, result, started)
+
+
+def _answer(agent_id: str, result: p.CommandResult, started: float) -> dict[str, Any]:
     rtt_ms = round((time.perf_counter() - started) * 1000, 2)
     if not result.ok:
         return {"machine": agent_id, "status": "failed", "error": result.error, "rtt_ms": rtt_ms}
     return {"machine": agent_id, "status": "ok", "rtt_ms": rtt_ms, "data": result.data}
+
+
+async def _fan_out(ctx: Context, agents: list[dict[str, Any]], action: p.Action,
+                   timeout: float) -> AsyncIterator[dict[str, Any]]:
+    """Run one action on many agents; yields their answers as they arrive.
+
+    Commands to agents connected here are all sent first and their answers collected from
+    the futures' callbacks, with no task per agent (at 10,000 agents, a task each was a
+    fifth of the call's CPU); one timer turns what is left at the deadline into "no answer".
+    Agents held by another process (scale-out), or by none, go through _call.
+    """
+    answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outstanding: dict[asyncio.Future[p.CommandResult], tuple[Any, int]] = {}
+    others: list[asyncio.Task[dict[str, Any]]] = []
+
+    def settle(agent_id: str, started: float, future: asyncio.Future[p.CommandResult]) -> None:
+        link, command_id = outstanding.pop(future)
+        link.pending.pop(command_id, None)
+        if future.cancelled():
+            answers.put_nowait({"machine": agent_id, "status": "no answer", "timeout": timeout})
+        elif future.exception() is not None:
+            answers.put_nowait({"machine": agent_id, "status": "offline"})
+        else:
+            answers.put_nowait(_answer(agent_id, future.result(), started))
+
+    def relayed(agent_id: str, task: asyncio.Task[dict[str, Any]]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        answers.put_nowait(task.result() if error is None else
+                           {"machine": agent_id, "status": "failed", "error": str(error)})
+
+    def expire() -> None:
+        for future in list(outstanding):
+            future.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        for agent in agents:
+            link = ctx.coordinator.links.get(agent["id"])
+            if link is None:
+                task = asyncio.create_task(_call(ctx, agent, action, timeout))
+                task.add_done_callback(functools.partial(relayed, agent["id"]))
+                others.append(task)
+                continue
+            command_id = ctx.coordinator.next_command_id()
+            started = time.perf_counter()
+            try:
+                future = await link.start_call(command_id, action)
+            except ConnectionError:
+                answers.put_nowait({"machine": agent["id"], "status": "offline"})
+                continue
+            outstanding[future] = (link, command_id)
+            future.add_done_callback(functools.partial(settle, agent["id"], started))
+        for _ in agents:
+            yield await answers.get()
+    finally:
+        timer.cancel()
+        expire()
+        for task in others:
+            task.cancel()
 
 
 def _timeout(seconds: float) -> float:
@@ -88,10 +154,7 @@ async def ping(ctx: Context, p_: PingParams) -> AsyncIterator[dict[str, Any]]:
         await ctx.audit(conn, "agents.ping", p_.machine or p_.customer or "all",
                         machines=len(rows))
     rtts: list[float] = []
-    for next_answer in asyncio.as_completed(
-        [_call(ctx, r, p.Ping(), timeout) for r in targets]
-    ):
-        answer = await next_answer
+    async for answer in _fan_out(ctx, targets, p.Ping(), timeout):
         answer.pop("data", None)
         answer["hostname"] = hostnames[answer["machine"]]
         counts[answer["status"]] = counts.get(answer["status"], 0) + 1

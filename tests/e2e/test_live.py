@@ -4,6 +4,7 @@ process, and roles (a viewer may ping and read, not act)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -40,6 +41,26 @@ def test_ping_mixed_fleet(sqlite_coordinator, spawn_agent):
     assert "3 machines: " in text and "ok 1" in text and "offline 1" in text
     refused = coord.cli("agents", "ping", "--machine", online.agent_id, "--all", check=False)
     assert refused.returncode == 1 and "exactly one" in refused.stderr
+
+
+def test_ping_a_connected_agent_that_does_not_answer(sqlite_coordinator, spawn_agent):
+    coord = sqlite_coordinator
+    join = coord.join_string("Frozen Co", uses=2)
+    awake, frozen = spawn_agent("awake", join), spawn_agent("frozen", join)
+    wait_until(lambda: all(coord.agents()[a.agent_id]["status"] == "online"
+                           for a in (awake, frozen)))
+    frozen.proc.send_signal(signal.SIGSTOP)  # its connection stays open; nothing answers
+    try:
+        started = time.monotonic()
+        answers = {a["machine"]: a for a in coord.cli(
+            "agents", "ping", "--customer", "Frozen Co", "--timeout", "1s")}
+        assert time.monotonic() - started < 5
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    assert answers[awake.agent_id]["status"] == "ok"
+    assert answers[frozen.agent_id]["status"] == "no answer"
+    assert answers[frozen.agent_id]["timeout"] == 1.0
+    assert len(answers) == 2
 
 
 def test_diagnose_bundle_and_size_cap(sqlite_coordinator, spawn_agent, tmp_path):
