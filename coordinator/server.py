@@ -30,6 +30,7 @@ from websockets.http11 import Request, Response
 
 from coordinator import api
 from coordinator.agent_keys import AgentKeys
+from coordinator.api.fleet import agent_status
 from coordinator.datadir import DataDir, Settings
 from coordinator.incidents import IncidentDesk
 from coordinator.pki import server_context
@@ -160,9 +161,10 @@ class Coordinator:
                 asyncio.create_task(self._flush_heartbeats_forever()),
                 asyncio.create_task(self._sweep_silent_forever()),
                 asyncio.create_task(self._sweep_offline_forever()),
-                asyncio.create_task(self._disconnect_revoked_forever()),
                 asyncio.create_task(self.rollouts.run_forever()),
             ]
+            if self.relay is not None:  # other coordinator processes may share the database
+                tasks.append(asyncio.create_task(self._disconnect_revoked_forever()))
             log.info("listening on %s:%s (%s)", host, port, self.public_url)
             if ready is not None:
                 ready.set()
@@ -336,8 +338,6 @@ class Coordinator:
     def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
         """Scale-out: connected to another coordinator process, by the database's presence
         (`row` has the agent's connected, last_seen and revoked_at)."""
-        from coordinator.api.fleet import agent_status
-
         return (self.relay is not None and agent_id not in self.links
                 and agent_status(row, utcnow(), self.offline_after) == "online")
 
