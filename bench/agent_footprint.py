@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from loopback import free_port, wait_for_port
+from loopback import free_port, stop_processes, wait_for_port
 
 PYTHON = sys.executable
 TARGET_RSS_MB = 35.0
@@ -155,14 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         log("interrupted")
         return 130
     finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
+        stop_processes(reversed(procs))
         shutil.rmtree(root, ignore_errors=True)
     if args.json:
         print(json.dumps(results, indent=2))

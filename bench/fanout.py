@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from loopback import free_port
+from loopback import free_port, stop_processes
+from measure import percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -59,16 +60,10 @@ def log(message: str) -> None:
     print(f"[fanout {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, -(-len(ordered) * q // 100) - 1))]
-
-
 def stats(values: list[float], digits: int = 4) -> dict[str, Any]:
     return {"n": len(values), "median": round(statistics.median(values), digits),
-            "p90": round(pct(values, 90) or 0, digits), "p99": round(pct(values, 99) or 0, digits),
+            "p90": round(percentile(values, 90) or 0, digits),
+            "p99": round(percentile(values, 99) or 0, digits),
             "min": round(min(values), digits), "max": round(max(values), digits)}
 
 
@@ -123,19 +118,7 @@ class Procs:
         return proc
 
     def stop_all(self) -> None:
-        live = [p for p in self.procs if p.poll() is None]
-        for proc in live:
-            with contextlib.suppress(OSError):
-                proc.terminate()
-        deadline = time.monotonic() + 15
-        for proc in live:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-                with contextlib.suppress(Exception):
-                    proc.wait(5)
+        stop_processes(self.procs, grace=15)
 
 
 def ping_all(client: Any) -> dict[str, Any]:

@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from loopback import free_port
+from loopback import free_port, stop_processes
+from measure import percentile
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -86,14 +87,6 @@ TARGET_RECONNECT_95_S = 60.0
 
 def log(message: str) -> None:
     print(f"[fleet {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -157,16 +150,6 @@ class Children:
         self.procs.append(proc)
         return proc
 
-    @staticmethod
-    def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-        if proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
     def kill_all(self) -> None:
         for proc in self.procs:
@@ -258,7 +241,7 @@ class CoordinatorProc:
 
     def stop(self) -> None:
         if self.proc is not None:
-            Children.stop(self.proc, grace=20)
+            stop_processes([self.proc], grace=20)
 
     def admin(self) -> Any:
         from coordinator.client import AdminClient, Credentials

@@ -1,10 +1,13 @@
-"""What every benchmark needs to run servers on 127.0.0.1: a free port, and waiting for it."""
+"""What every benchmark needs to run servers on 127.0.0.1: a free port, waiting for it,
+and stopping every process it started."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -26,3 +29,20 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0)
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any]], grace: float = 10.0) -> None:
+    """SIGTERM every live one, give them `grace` seconds between them, then SIGKILL."""
+    live = [proc for proc in procs if proc.poll() is None]
+    for proc in live:
+        with contextlib.suppress(OSError):
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in live:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                proc.wait(10)

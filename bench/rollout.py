@@ -46,18 +46,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fleet  # bench/fleet.py: the simulator and the process helpers
 import pyspy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from measure import PeakRSS
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -257,25 +255,6 @@ class RolloutAgent(fleet.SimAgent):
 
 
 # ============================================================================= measuring
-class PeakRSS:
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak = self.proc.memory_info().rss
-        self.start = self.peak
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 def parse_utc(value: str | None) -> float | None:
     if value is None:
         return None
@@ -455,7 +434,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         await asyncio.sleep(2.0)  # let the connect burst's dispatches and flushes settle
 
         # ------------------------------------------------ publish: the rollout starts
-        rss = PeakRSS(coord.pid)
+        rss = PeakRSS(coord.pid, interval=0.1).begin()
         if args.profile:
             recording = pyspy.Recording.start(coord.pid, args.timeout, Path(args.profile))
         meter = fleet.CpuMeter(coord.pid)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -35,13 +34,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psutil
-from loopback import free_port, wait_for_port
+from loopback import free_port, stop_processes, wait_for_port
+from measure import PeakRSS
 
 PYTHON = sys.executable
 TARGET_RATIO = 0.5
@@ -59,33 +58,6 @@ def push(data: Path) -> None:
 
     with AdminClient(resolve_credentials(None, None, None, str(data)), timeout=120) as client:
         client.call("push.update", customer="Bench", version="2.0")
-
-
-class PeakRSS:
-    """Polls a process's RSS in a thread; `peak` in bytes."""
-
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
-                self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.05)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._stop.clear()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 # ----------------------------------------------------------------------------- baseline server
@@ -344,13 +316,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "targets": {"ratio": TARGET_RATIO, "peak_rss_mb": TARGET_RSS_MB},
         }
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        stop_processes(procs)
 
 
 def main() -> None:
