@@ -76,6 +76,20 @@ def enroll(spawn_agent: Any, tmp_path: Path, name: str, join: str, start: bool =
     return agent
 
 
+def push_installed(coord: CoordinatorProcess, agent: Any, version: str) -> None:
+    """Push `version` to one agent and wait until it reports it installed."""
+    job = coord.cli("push", "update", "--machine", agent.agent_id, "--version", version)
+    assert machine(job_done(coord, job["id"]), agent.agent_id)["status"] == "installed"
+
+
+def pc1_on_1_0_0(coord: CoordinatorProcess, keys: Path, spawn_agent: Any, tmp_path: Path) -> Any:
+    """Release 1.0.0 published, and agent pc1 enrolled with it installed by a push."""
+    publish(coord, keys, build(tmp_path, "1.0.0"))
+    pc1 = enroll(spawn_agent, tmp_path, "pc1", coord.join_string())
+    push_installed(coord, pc1, "1.0.0")
+    return pc1
+
+
 # ----------------------------------------------------------------------------- tests
 def test_publish_push_two_agents_offline_catch_up_verify_reinstall(
     sqlite_coordinator, keys, spawn_agent, tmp_path
@@ -160,10 +174,7 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
     from shared.trust import OnlineRepository
 
     coord = sqlite_coordinator
-    publish(coord, keys, build(tmp_path, "1.0.0"))
-    pc1 = enroll(spawn_agent, tmp_path, "pc1", coord.join_string())
-    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.0.0")
-    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    pc1 = pc1_on_1_0_0(coord, keys, spawn_agent, tmp_path)
     (pc1.product_dir / "Data").mkdir()
     (pc1.product_dir / "Data" / "ledger.db").write_text("books")
     row = publish(coord, keys, build(tmp_path, "1.1.0"))
@@ -232,8 +243,7 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
     assert snapshot(pc1.product_dir) == before
 
     # Untouched, the same release installs.
-    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.1.0")
-    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    push_installed(coord, pc1, "1.1.0")
     assert installed(pc1.product_dir) == "1.1.0"
     assert (pc1.product_dir / "Data" / "ledger.db").read_text() == "books"
 
@@ -272,10 +282,7 @@ def test_kill_mid_download_resumes_and_mid_switch_rolls_back(
     sqlite_coordinator, keys, spawn_agent, tmp_path, monkeypatch
 ):
     coord = sqlite_coordinator
-    publish(coord, keys, build(tmp_path, "1.0.0"))
-    pc1 = enroll(spawn_agent, tmp_path, "pc1", coord.join_string())
-    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.0.0")
-    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    pc1 = pc1_on_1_0_0(coord, keys, spawn_agent, tmp_path)
     row = publish(coord, keys, build(tmp_path, "1.1.0", extra=3 << 20))
 
     # kill -9 in the middle of the download, restart: it resumes from the bytes it has.
@@ -312,18 +319,14 @@ def test_kill_mid_download_resumes_and_mid_switch_rolls_back(
     part = machine(job_done(coord, job["id"]), pc1.agent_id)
     assert part["status"] == "rolled_back" and "switching" in part["detail"], part
     assert snapshot(pc1.product_dir) == before  # a whole 1.1.0, nothing mixed
-    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.2.0")
-    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    push_installed(coord, pc1, "1.2.0")
     assert installed(pc1.product_dir) == "1.2.0"
 
 
 def test_bundle_installs_with_the_coordinator_stopped(sqlite_coordinator, keys, spawn_agent,
                                                       tmp_path):
     coord = sqlite_coordinator
-    publish(coord, keys, build(tmp_path, "1.0.0"))
-    pc1 = enroll(spawn_agent, tmp_path, "pc1", coord.join_string())
-    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.0.0")
-    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    pc1 = pc1_on_1_0_0(coord, keys, spawn_agent, tmp_path)
     publish(coord, keys, build(tmp_path, "1.1.0"))
     bundle = tmp_path / "pc1.careline-bundle"
     made = coord.cli("release", "bundle", "--machine", pc1.agent_id, "--version", "1.1.0",
@@ -358,18 +361,14 @@ def test_bundle_installs_with_the_coordinator_stopped(sqlite_coordinator, keys, 
 def test_agent_follows_key_rotation_then_updates(sqlite_coordinator, keys, spawn_agent,
                                                  tmp_path):
     coord = sqlite_coordinator
-    publish(coord, keys, build(tmp_path, "1.0.0"))
-    pc1 = enroll(spawn_agent, tmp_path, "pc1", coord.join_string())
-    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.0.0")
-    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    pc1 = pc1_on_1_0_0(coord, keys, spawn_agent, tmp_path)
     targets_key = (keys / "targets.key").read_bytes()
     versions = [coord.cli("release", "keys", "rotate", "--keys", str(keys), "--role", role)
                 ["root_version"] for role in ("root", "targets", "snapshot", "timestamp")]
     assert versions == [2, 3, 4, 5]
     assert (keys / "targets.key").read_bytes() != targets_key
     publish(coord, keys, build(tmp_path, "1.1.0"))
-    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.1.0")
-    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    push_installed(coord, pc1, "1.1.0")
     assert installed(pc1.product_dir) == "1.1.0"
     trusted = json.loads((pc1.state / "tuf" / "root.json").read_text())
     assert trusted["signed"]["version"] == 5  # walked 1 -> 5 through the TUF chain
