@@ -24,6 +24,27 @@ from shared.keys import (
 from shared.tls import first_contact_context
 
 
+async def register(join: JoinString, public_key: bytes, *, hostname: str, os: str,
+                   products: list[str], open_timeout: float = 15) -> tuple[str, p.Enrolled]:
+    """The /enroll exchange: check the coordinator against the CA the join string pins
+    before the token leaves this machine, then register `public_key`. Returns that CA (PEM)
+    and the coordinator's answer."""
+    async with connect(
+        join.server_url + p.ENROLL_PATH, ssl=first_contact_context(), compression=None,
+        max_size=p.MAX_MESSAGE_BYTES, open_timeout=open_timeout, close_timeout=2,
+    ) as ws:
+        identity = p.decode(await ws.recv(), p.ServerIdentity)
+        if cert_fingerprint(identity.ca_pem) != join.ca_fingerprint:
+            raise AuthError("coordinator CA does not match the join string's fingerprint")
+        leaf = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        check_issued_by(leaf, identity.ca_pem)
+        await ws.send(p.encode(p.EnrollRequest(
+            token=join.token, public_key=public_key, hostname=hostname, os=os,
+            agent_version=__version__, products=products,
+        )))
+        return identity.ca_pem, p.decode(await ws.recv(), p.Enrolled)
+
+
 async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig]) -> AgentConfig:
     if state.enrolled():
         raise ConfigError(f"already enrolled in {state.path}; use another --state or remove it")
@@ -34,28 +55,15 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
         key = generate_key()
         save_private_key(key, state.key_file)
     try:
-        async with connect(
-            join.server_url + p.ENROLL_PATH, ssl=first_contact_context(), compression=None,
-            max_size=p.MAX_MESSAGE_BYTES, open_timeout=15, close_timeout=2,
-        ) as ws:
-            identity = p.decode(await ws.recv(), p.ServerIdentity)
-            # Check who we talk to before the token leaves this machine.
-            if cert_fingerprint(identity.ca_pem) != join.ca_fingerprint:
-                raise AuthError("coordinator CA does not match the join string's fingerprint")
-            leaf = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-            check_issued_by(leaf, identity.ca_pem)
-            await ws.send(p.encode(p.EnrollRequest(
-                token=join.token, public_key=public_bytes(key), hostname=socket.gethostname(),
-                os=osx.os_description(), agent_version=__version__,
-                products=[product.name for product in products],
-            )))
-            enrolled = p.decode(await ws.recv(), p.Enrolled)
+        ca_pem, enrolled = await register(
+            join, public_bytes(key), hostname=socket.gethostname(), os=osx.os_description(),
+            products=[product.name for product in products])
     except ConnectionClosed as exc:
         reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         raise AuthError(f"enrollment refused: {reason}") from None
     except OSError as exc:
         raise ConfigError(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
-    (state.ca_file).write_text(identity.ca_pem)
+    (state.ca_file).write_text(ca_pem)
     from agent.updater import store_enrollment_trust
 
     store_enrollment_trust(state, enrolled.tuf_root, enrolled.instruction_key)

@@ -61,19 +61,18 @@ from measure import percentile
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from agent.enroll import register
 from agent.runner import BACKOFF_FIRST_WINDOW, reconnect_delay
 from shared import __version__
 from shared import protocol as p
 from shared.errors import AuthError, ProtocolError
 from shared.keys import (
     JoinString,
-    cert_fingerprint,
-    check_issued_by,
     generate_key,
     public_bytes,
     sign_challenge,
 )
-from shared.tls import first_contact_context, pinned_client_context
+from shared.tls import pinned_client_context
 
 PYTHON = sys.executable
 HERE = Path(__file__).resolve().parent
@@ -521,31 +520,18 @@ async def enroll_all(join: JoinString, identities: list[Identity], concurrency: 
                      timeout: float) -> dict[str, Any]:
     """Enroll every key through /enroll as agent.enroll does (CA pinned before the token)."""
     semaphore = asyncio.Semaphore(concurrency)
-    context = first_contact_context()
     failures: collections.Counter[str] = collections.Counter()
 
     async def one(identity: Identity) -> None:
         async with semaphore:
             for attempt in range(5):
                 try:
-                    async with connect(
-                        join.server_url + p.ENROLL_PATH, ssl=context, compression=None,
-                        max_size=p.MAX_MESSAGE_BYTES, open_timeout=30, close_timeout=2,
-                    ) as ws:
-                        server = p.decode(await ws.recv(), p.ServerIdentity)
-                        if cert_fingerprint(server.ca_pem) != join.ca_fingerprint:
-                            raise AuthError("coordinator CA does not match the join string")
-                        leaf = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
-                        check_issued_by(leaf, server.ca_pem)
-                        await ws.send(p.encode(p.EnrollRequest(
-                            token=join.token, public_key=public_bytes(identity.key),
-                            hostname=f"bench-{uuid.uuid4().hex[:10]}", os="Windows 10 Pro 22H2",
-                            agent_version=__version__, products=["KeToanPro"],
-                        )))
-                        enrolled = p.decode(await ws.recv(), p.Enrolled)
-                        identity.agent_id = enrolled.agent_id
-                        identity.instruction_key = enrolled.instruction_key
-                        return
+                    _ca, enrolled = await register(
+                        join, public_bytes(identity.key), hostname=f"bench-{uuid.uuid4().hex[:10]}",
+                        os="Windows 10 Pro 22H2", products=["KeToanPro"], open_timeout=30)
+                    identity.agent_id = enrolled.agent_id
+                    identity.instruction_key = enrolled.instruction_key
+                    return
                 except (OSError, InvalidHandshake, TimeoutError) as exc:
                     failures[type(exc).__name__] += 1
                     await asyncio.sleep(0.2 * (attempt + 1))
