@@ -13,11 +13,11 @@ from typing import Any
 
 import psutil
 
-from agent import platform as osx
-from agent.probes import integrity_problems, product_version, smart_failures
-from agent.state import AgentConfig, ProductConfig, StateDir
-from shared import protocol as p
-from shared.errors import CarelineError, ConfigError
+from careline.agent import platform as osx
+from careline.agent.probes import integrity_problems, product_version, smart_failures
+from careline.agent.state import AgentConfig, ProductConfig, StateDir
+from careline.shared import protocol as p
+from careline.shared.errors import CarelineError, ConfigError
 
 RESTART_WAIT_SECONDS = 15.0
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from shared.errors import CarelineError, ConfigError
+from careline.shared.errors import CarelineError, ConfigError
 
 
 class AgentGroup(click.Group):
@@ -26,8 +26,8 @@ class AgentGroup(click.Group):
 
 
 def _state(state: str | None) -> Any:
-    from agent.platform import default_state_dir
-    from agent.state import StateDir
+    from careline.agent.platform import default_state_dir
+    from careline.agent.state import StateDir
 
     return StateDir(Path(state).resolve() if state else default_state_dir())
 
@@ -73,9 +73,9 @@ def enroll(join_string: str, state: str | None, products: tuple[str, ...],
     """Register this machine with the coordinator named in JOIN_STRING."""
     import shlex
 
-    from agent.enroll import enroll as do_enroll
-    from agent.state import ProductConfig
-    from shared.keys import JoinString
+    from careline.agent.enroll import enroll as do_enroll
+    from careline.agent.state import ProductConfig
+    from careline.shared.keys import JoinString
 
     join = JoinString.parse(join_string)
     install_dirs = _pairs(products, "--product")
@@ -112,7 +112,7 @@ def enroll(join_string: str, state: str | None, products: tuple[str, ...],
 @click.option("-v", "--verbose", is_flag=True, help="Log to the terminal too.")
 def run(state: str | None, verbose: bool) -> None:
     """Connect and report until stopped (SIGTERM/Ctrl-C stop it cleanly)."""
-    from agent.runner import AgentRunner
+    from careline.agent.runner import AgentRunner
 
     state_dir = _state(state)
     config = state_dir.load_config()
@@ -165,7 +165,7 @@ def status(state: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def apply_bundle(bundle: str, state: str | None, as_json: bool) -> None:
     """Install an update bundle from physical media, with no network (issue 6)."""
-    from agent.updater import apply_bundle as do_apply
+    from careline.agent.updater import apply_bundle as do_apply
 
     result = do_apply(_state(state), Path(bundle))
     if as_json:

@@ -7,12 +7,12 @@ import socket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from agent import platform as osx
-from agent.state import AgentConfig, ProductConfig, StateDir
-from shared import __version__
-from shared import protocol as p
-from shared.errors import AuthError, ConfigError
-from shared.keys import (
+from careline.agent import platform as osx
+from careline.agent.state import AgentConfig, ProductConfig, StateDir
+from careline.shared import __version__
+from careline.shared import protocol as p
+from careline.shared.errors import AuthError, ConfigError
+from careline.shared.keys import (
     JoinString,
     cert_fingerprint,
     check_issued_by,
@@ -21,7 +21,7 @@ from shared.keys import (
     public_bytes,
     save_private_key,
 )
-from shared.tls import first_contact_context
+from careline.shared.tls import first_contact_context
 
 
 async def register(join: JoinString, public_key: bytes, *, hostname: str, os: str,
@@ -64,7 +64,7 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     except OSError as exc:
         raise ConfigError(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
     (state.ca_file).write_text(ca_pem)
-    from agent.updater import store_enrollment_trust
+    from careline.agent.updater import store_enrollment_trust
 
     store_enrollment_trust(state, enrolled.tuf_root, enrolled.instruction_key)
     config = AgentConfig(

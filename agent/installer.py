@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from shared.errors import ConfigError, Conflict, VerificationError
-from shared.files import fsync_dir, write_file_atomic
-from shared.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file, verify_tree
-from shared.package import extract_package, parse_version
+from careline.shared.errors import ConfigError, Conflict, VerificationError
+from careline.shared.files import fsync_dir, write_file_atomic
+from careline.shared.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file, verify_tree
+from careline.shared.package import extract_package, parse_version
 
 if TYPE_CHECKING:
-    from shared.instruction import Instruction
-    from shared.trust import VerifiedPackage
+    from careline.shared.instruction import Instruction
+    from careline.shared.trust import VerifiedPackage
 
 State = Literal[
     "staging", "staged", "switching", "switched", "verifying",

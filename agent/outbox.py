@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shared.protocol import Event
+from careline.shared.protocol import Event
 
 
 class Outbox:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import psutil
 
-from agent.state import ProductConfig
-from shared.errors import ConfigError
+from careline.agent.state import ProductConfig
+from careline.shared.errors import ConfigError
 
 IS_WINDOWS = sys.platform == "win32"
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import psutil
 
-from agent import platform as osx
-from agent.state import AgentConfig, ProductConfig
-from shared import __version__
-from shared.errors import ConfigError
-from shared.manifest import read_manifest, verify_tree
-from shared.protocol import DiskHealth, Health, Problem, ProductHealth
+from careline.agent import platform as osx
+from careline.agent.state import AgentConfig, ProductConfig
+from careline.shared import __version__
+from careline.shared.errors import ConfigError
+from careline.shared.manifest import read_manifest, verify_tree
+from careline.shared.protocol import DiskHealth, Health, Problem, ProductHealth
 
 CRASH_LOOP_RESTARTS = 3
 CRASH_LOOP_WINDOW = 600.0

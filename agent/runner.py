@@ -18,15 +18,15 @@ import psutil
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from agent.actions import perform
-from agent.outbox import Outbox
-from agent.probes import Prober
-from agent.state import AgentConfig, StateDir
-from shared import __version__
-from shared import protocol as p
-from shared.errors import AuthError, ProtocolError
-from shared.keys import load_private_key, sign_challenge
-from shared.tls import pinned_client_context
+from careline.agent.actions import perform
+from careline.agent.outbox import Outbox
+from careline.agent.probes import Prober
+from careline.agent.state import AgentConfig, StateDir
+from careline.shared import __version__
+from careline.shared import protocol as p
+from careline.shared.errors import AuthError, ProtocolError
+from careline.shared.keys import load_private_key, sign_challenge
+from careline.shared.tls import pinned_client_context
 
 log = logging.getLogger("careline.agent")
 
@@ -127,7 +127,7 @@ class AgentRunner:
     # ------------------------------------------------------------------ main loop
     async def run(self, stop: asyncio.Event) -> None:
         self.check_power_loss()
-        from agent.updater import Updater  # issue 6: recover interrupted installs first
+        from careline.agent.updater import Updater  # issue 6: recover interrupted installs first
 
         self.updater = Updater(self)
         self.updater.start()

@@ -17,8 +17,8 @@ from typing import Any
 
 import msgspec
 
-from shared.errors import ConfigError
-from shared.files import write_file_atomic
+from careline.shared.errors import ConfigError
+from careline.shared.files import write_file_atomic
 
 
 class ProductConfig(msgspec.Struct, forbid_unknown_fields=True):

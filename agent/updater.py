@@ -41,17 +41,17 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.exceptions import ConnectionClosed
 
-from agent import platform as osx
-from agent.installer import Installer, InstallResult, ProductLayout
-from agent.state import AgentConfig, ProductConfig, StateDir
-from shared import protocol as p
-from shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
-from shared.files import write_file_atomic
-from shared.instruction import Instruction, verify_instruction
+from careline.agent import platform as osx
+from careline.agent.installer import Installer, InstallResult, ProductLayout
+from careline.agent.state import AgentConfig, ProductConfig, StateDir
+from careline.shared import protocol as p
+from careline.shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
+from careline.shared.files import write_file_atomic
+from careline.shared.instruction import Instruction, verify_instruction
 
 if TYPE_CHECKING:
-    from agent.runner import AgentRunner
-    from shared.trust import PartialDownload, VerifiedPackage
+    from careline.agent.runner import AgentRunner
+    from careline.shared.trust import PartialDownload, VerifiedPackage
 
 # shared.trust (python-tuf) is imported where it is used: an agent that is not installing
 # anything does not pay its start-up time and memory.
@@ -81,7 +81,7 @@ def store_enrollment_trust(state: StateDir, tuf_root: bytes, instruction_key: by
     if instruction_key:
         write_file_atomic(directory / "instruction-key", instruction_key)
     if tuf_root:
-        from shared.trust import install_trusted_root
+        from careline.shared.trust import install_trusted_root
 
         install_trusted_root(state.path, tuf_root)
 
@@ -148,8 +148,8 @@ def apply_bundle(state: StateDir, bundle: Path) -> dict[str, Any]:
     """Verify a physical-media bundle and install it, with no network. The result goes into
     the outbox and reaches the coordinator on the next connection. Raises on refusal,
     having changed nothing."""
-    from agent.outbox import Outbox
-    from shared.bundle import open_bundle
+    from careline.agent.outbox import Outbox
+    from careline.shared.bundle import open_bundle
 
     config = state.load_config()
     verified = open_bundle(bundle, machine_id=config.agent_id,
@@ -321,7 +321,7 @@ class Updater:
                           "reason": repr(exc)})
 
     async def _install_job(self, job: str, action: Any) -> None:
-        from shared.trust import AgentTrust, PartialDownload
+        from careline.shared.trust import AgentTrust, PartialDownload
 
         instr = verify_instruction(instruction_key(self.state), action.instruction,
                                    self.config.agent_id, datetime.now(UTC))
@@ -354,7 +354,7 @@ class Updater:
         root = await self._fetch("1.root.json")
         if root is None:
             raise ConfigError("the coordinator has no release root yet")
-        from shared.trust import install_trusted_root
+        from careline.shared.trust import install_trusted_root
 
         install_trusted_root(self.state.path, root)
 
@@ -381,7 +381,7 @@ class Updater:
         )
 
     async def _download(self, job: str, instr: Instruction) -> Path:
-        from shared.trust import PartialDownload
+        from careline.shared.trust import PartialDownload
 
         partial = PartialDownload(self.state.path, instr)
         if partial.path.exists():

@@ -90,16 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         data = root / "coordinator"
         port = free_port()
         init = subprocess.run(
-            [PYTHON, "-m", "coordinator.cli", "init", "--data", str(data), "--listen",
+            [PYTHON, "-m", "careline.coordinator.cli", "init", "--data", str(data), "--listen",
              f"127.0.0.1:{port}", "--heartbeat-interval", str(args.heartbeat_interval), "--json"],
             capture_output=True, text=True, timeout=120, check=True,
         )
         admin_token = json.loads(init.stdout)["admin_token"]
-        coordinator = start([PYTHON, "-m", "coordinator.cli", "serve", "--data", str(data)],
+        coordinator = start([PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(data)],
                             "coordinator.log")
         wait_for_port(port, coordinator)
 
-        from coordinator.client import AdminClient, Credentials
+        from careline.coordinator.client import AdminClient, Credentials
 
         credentials = Credentials(f"wss://127.0.0.1:{port}", admin_token,
                                   (data / "pki" / "ca.pem").read_text())
@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         product = root / "product"
         product.mkdir()
         subprocess.run(
-            [PYTHON, "-m", "agent.cli", "enroll", join, "--state", str(state),
+            [PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(state),
              "--product", f"KeToanPro={product}"],
             capture_output=True, text=True, timeout=60, check=True,
         )
-        agent = start([PYTHON, "-m", "agent.cli", "run", "--state", str(state)], "agent.log")
+        agent = start([PYTHON, "-m", "careline.agent.cli", "run", "--state", str(state)], "agent.log")
         ps = psutil.Process(agent.pid)
         log(f"agent pid {agent.pid}, heartbeat {args.heartbeat_interval}s; "
             f"warm-up {args.warmup}s then sampling {args.seconds}s")

@@ -23,8 +23,8 @@ import time
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from coordinator.pki import server_context
-from shared import protocol as p
+from careline.coordinator.pki import server_context
+from careline.shared import protocol as p
 
 received = 0
 

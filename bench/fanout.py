@@ -72,7 +72,7 @@ def command(name: str) -> list[str]:
     script = BIN / name
     if script.exists():
         return [str(script)]
-    return [PYTHON, "-m", "coordinator.cli" if name == "careline" else "agent.cli"]
+    return [PYTHON, "-m", "careline.coordinator.cli" if name == "careline" else "careline.agent.cli"]
 
 
 def timed_run(argv: list[str], env: dict[str, str], timeout: float = 60) -> tuple[float, str]:
@@ -132,7 +132,7 @@ def ping_all(client: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, root: Path, procs: Procs) -> dict[str, Any]:
-    from coordinator.client import AdminClient, Credentials
+    from careline.coordinator.client import AdminClient, Credentials
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARELINE_")}
     data = root / "coordinator"
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace, root: Path, procs: Procs) -> dict[str, Any]:
     statuses = sorted({a["status"] for a in answers})
     log(f"  CLI ping --customer Alpha median {statistics.median(cli_small):.3f} s, "
         f"--all median {statistics.median(cli_all):.3f} s ({len(answers)} answers {statuses})")
-    imports = import_breakdown(["-m", "coordinator.cli", "agents", "ping", "--data", str(data),
+    imports = import_breakdown(["-m", "careline.coordinator.cli", "agents", "ping", "--data", str(data),
                                 "--json", "--all"], env)
 
     # ------------------------------------------------ split in-process

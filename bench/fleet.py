@@ -61,18 +61,18 @@ from measure import percentile
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from agent.enroll import register
-from agent.runner import BACKOFF_FIRST_WINDOW, reconnect_delay
-from shared import __version__
-from shared import protocol as p
-from shared.errors import AuthError, ProtocolError
-from shared.keys import (
+from careline.agent.enroll import register
+from careline.agent.runner import BACKOFF_FIRST_WINDOW, reconnect_delay
+from careline.shared import __version__
+from careline.shared import protocol as p
+from careline.shared.errors import AuthError, ProtocolError
+from careline.shared.keys import (
     JoinString,
     generate_key,
     public_bytes,
     sign_challenge,
 )
-from shared.tls import pinned_client_context
+from careline.shared.tls import pinned_client_context
 
 PYTHON = sys.executable
 HERE = Path(__file__).resolve().parent
@@ -99,7 +99,7 @@ def raise_nofile() -> tuple[int, int]:
 
 def source_info() -> dict[str, Any]:
     """Which code was measured: the checkout the coordinator package is imported from."""
-    import coordinator
+    from careline import coordinator
 
     root = Path(coordinator.__file__).resolve().parent.parent
     info: dict[str, Any] = {"path": str(root)}
@@ -192,7 +192,7 @@ class CoordinatorProc:
         self.port = free_port()
         self.url = f"wss://127.0.0.1:{self.port}"
         argv = [
-            PYTHON, "-m", "coordinator.cli", "init", "--data", str(self.data),
+            PYTHON, "-m", "careline.coordinator.cli", "init", "--data", str(self.data),
             "--listen", f"127.0.0.1:{self.port}", "--heartbeat-interval", str(heartbeat_interval),
             "--json",
         ]
@@ -220,7 +220,7 @@ class CoordinatorProc:
         restart looked 10-50 s slower than it was."""
         offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = self.children.start(
-            [PYTHON, "-m", "coordinator.cli", "serve", "--data", str(self.data)], self.log
+            [PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(self.data)], self.log
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -243,7 +243,7 @@ class CoordinatorProc:
             stop_processes([self.proc], grace=20)
 
     def admin(self) -> Any:
-        from coordinator.client import AdminClient, Credentials
+        from careline.coordinator.client import AdminClient, Credentials
 
         return AdminClient(Credentials(self.url, self.admin_token, self.ca_pem), timeout=60)
 
@@ -670,7 +670,7 @@ async def blast_coordinator(fleet: Fleet, coord: CoordinatorProc, duration: floa
     rate = sum(seq2 - seq0) / (p99(received2) - blast start):
     the coordinator is busy from the first blasted heartbeat to the last one it takes.
     """
-    from coordinator.server import HEARTBEAT_FLUSH_SECONDS
+    from careline.coordinator.server import HEARTBEAT_FLUSH_SECONDS
 
     s0 = await stored_heartbeats(coord.database_url)
     blast_wall = time.time()
@@ -728,7 +728,7 @@ def rtts_in(result: Any) -> list[float]:
 
 async def command_all(coord: CoordinatorProc, fleet: Fleet) -> dict[str, Any]:
     """agents.ping {"all": true, "timeout": 5.0} through the technicians' AdminClient."""
-    from shared.errors import RemoteError
+    from careline.shared.errors import RemoteError
 
     sim = fleet.sim
     sim.command_received_at.clear()

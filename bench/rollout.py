@@ -59,9 +59,9 @@ from measure import PeakRSS
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from shared import protocol as p
-from shared.errors import CarelineError
-from shared.instruction import verify_instruction
+from careline.shared import protocol as p
+from careline.shared.errors import CarelineError
+from careline.shared.instruction import verify_instruction
 
 PYTHON = sys.executable
 PRODUCT = "KeToanPro"
@@ -348,7 +348,7 @@ def cli(coord: fleet.CoordinatorProc | None, *args: str, timeout: float = 300) -
     """`careline ARGS --json` (with --data when talking to the coordinator); (output, seconds)."""
     started = time.monotonic()
     data = ["--data", str(coord.data)] if coord is not None else []
-    out = subprocess.run([PYTHON, "-m", "coordinator.cli", *args, *data, "--json"],
+    out = subprocess.run([PYTHON, "-m", "careline.coordinator.cli", *args, *data, "--json"],
                          capture_output=True, text=True, timeout=timeout)
     elapsed = time.monotonic() - started
     if out.returncode != 0:

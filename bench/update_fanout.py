@@ -48,13 +48,13 @@ TARGET_RSS_MB = 300
 
 
 def cli(data: Path, *args: str) -> Any:
-    out = subprocess.run([PYTHON, "-m", "coordinator.cli", *args, "--data", str(data), "--json"],
+    out = subprocess.run([PYTHON, "-m", "careline.coordinator.cli", *args, "--data", str(data), "--json"],
                          capture_output=True, text=True, timeout=600, check=True)
     return json.loads(out.stdout) if out.stdout.strip() else None
 
 
 def push(data: Path) -> None:
-    from coordinator.client import AdminClient, resolve_credentials
+    from careline.coordinator.client import AdminClient, resolve_credentials
 
     with AdminClient(resolve_credentials(None, None, None, str(data)), timeout=120) as client:
         client.call("push.update", customer="Bench", version="2.0")
@@ -64,9 +64,9 @@ def push(data: Path) -> None:
 async def baseline_server(pki: str, port: int, path: str) -> None:
     from websockets.asyncio.server import ServerConnection, serve
 
-    from coordinator.pki import server_context
-    from coordinator.updates import SEND_CHUNK
-    from shared import protocol as p
+    from careline.coordinator.pki import server_context
+    from careline.coordinator.updates import SEND_CHUNK
+    from careline.shared import protocol as p
 
     async def handler(ws: ServerConnection) -> None:
         await ws.recv()
@@ -85,7 +85,7 @@ async def baseline_server(pki: str, port: int, path: str) -> None:
 # ----------------------------------------------------------------------------- simulated agents
 class SimAgent:
     def __init__(self, index: int) -> None:
-        from shared.keys import generate_key
+        from careline.shared.keys import generate_key
 
         self.index = index
         self.key = generate_key()
@@ -101,9 +101,9 @@ class SimAgent:
 async def enroll(agent: SimAgent, url: str, token: str) -> None:
     from websockets.asyncio.client import connect
 
-    from shared import protocol as p
-    from shared.keys import public_bytes
-    from shared.tls import first_contact_context
+    from careline.shared import protocol as p
+    from careline.shared.keys import public_bytes
+    from careline.shared.tls import first_contact_context
 
     async with connect(url + p.ENROLL_PATH, ssl=first_contact_context(), compression=None,
                        max_size=p.MAX_MESSAGE_BYTES) as ws:
@@ -117,7 +117,7 @@ async def enroll(agent: SimAgent, url: str, token: str) -> None:
 
 
 def _health() -> Any:
-    from shared import protocol as p
+    from careline.shared import protocol as p
 
     return p.Health(cpu_percent=0.0, memory_total=1, memory_used=0, memory_percent=0.0,
                     disks=[], boot_time=0.0, uptime=1.0, os="bench", agent_version="bench",
@@ -128,9 +128,9 @@ async def run_agent(agent: SimAgent, url: str, ctx: ssl.SSLContext, t0: list[flo
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from websockets.asyncio.client import connect
 
-    from shared import protocol as p
-    from shared.instruction import verify_instruction
-    from shared.keys import sign_challenge
+    from careline.shared import protocol as p
+    from careline.shared.instruction import verify_instruction
+    from careline.shared.keys import sign_challenge
 
     key = Ed25519PublicKey.from_public_bytes(agent.instruction_key)
     async with connect(url + p.AGENT_PATH, ssl=ctx, compression=None, open_timeout=120,
@@ -239,18 +239,18 @@ def summary(agents: list[SimAgent], length: int, elapsed: float) -> dict[str, An
 
 
 async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from shared.tls import pinned_client_context
+    from careline.shared.tls import pinned_client_context
 
     data = work / "coordinator"
     port = free_port()
-    subprocess.run([PYTHON, "-m", "coordinator.cli", "init", "--data", str(data), "--listen",
+    subprocess.run([PYTHON, "-m", "careline.coordinator.cli", "init", "--data", str(data), "--listen",
                     f"127.0.0.1:{port}", "--heartbeat-interval", "30", "--json"],
                    capture_output=True, check=True, timeout=120)
     procs: list[subprocess.Popen[Any]] = []
     try:
         with open(work / "serve.log", "w") as log:
             server = subprocess.Popen(
-                [PYTHON, "-m", "coordinator.cli", "serve", "--data", str(data)],
+                [PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(data)],
                 stdout=subprocess.DEVNULL, stderr=log)
         procs.append(server)
         wait_for_port(port, server)
@@ -259,7 +259,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         (src / "bin").mkdir(parents=True)
         (src / "bin" / "blob.bin").write_bytes(os.urandom(int(args.size_mb * 1e6)))
         package = work / "bench-2.0.careline"
-        subprocess.run([PYTHON, "-m", "coordinator.cli", "release", "build", str(src),
+        subprocess.run([PYTHON, "-m", "careline.coordinator.cli", "release", "build", str(src),
                         "--product", "bench", "--version", "2.0", "--kind", "feature",
                         "--out", str(package)], check=True, capture_output=True)
         row = cli(data, "release", "publish", str(package), "--keys", str(work / "keys"))
@@ -267,7 +267,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         cli(data, "customers", "add", "Bench")
         join = cli(data, "tokens", "create", "--customer", "Bench", "--uses",
                    str(args.agents))["join"]
-        from shared.keys import JoinString
+        from careline.shared.keys import JoinString
 
         parsed = JoinString.parse(join)
         url = parsed.server_url

@@ -13,8 +13,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
 
-from coordinator.storage import fleet as store
-from coordinator.storage.db import Database
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage.db import Database
 
 # Revocations are read back this far before the last check, so a revocation stamped by a
 # process whose clock is a little behind is not missed.

@@ -11,10 +11,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from coordinator.datadir import DataDir, Settings, resolve
-from coordinator.pki import create_pki
-from shared.errors import ConfigError
-from shared.keys import cert_fingerprint, new_token, token_hash
+from careline.coordinator.datadir import DataDir, Settings, resolve
+from careline.coordinator.pki import create_pki
+from careline.shared.errors import ConfigError
+from careline.shared.keys import cert_fingerprint, new_token, token_hash
 
 
 def initialise(
@@ -50,8 +50,8 @@ def initialise(
 async def _create_database(
     datadir: DataDir, settings: Settings, admin_token: str, local_token: str
 ) -> None:
-    from coordinator.storage import fleet as store
-    from coordinator.storage.db import Database
+    from careline.coordinator.storage import fleet as store
+    from careline.coordinator.storage.db import Database
 
     db = Database(datadir.database_url(settings))
     try:
@@ -71,7 +71,7 @@ async def _create_database(
 
 def serve_forever(data: str | None, *, listen: str | None, database: str | None,
                   policy: str | None, verbose: bool) -> None:
-    from coordinator.server import run_coordinator
+    from careline.coordinator.server import run_coordinator
 
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -81,7 +81,7 @@ def serve_forever(data: str | None, *, listen: str | None, database: str | None,
     logging.getLogger("alembic").setLevel(logging.WARNING)
     datadir = DataDir(resolve(data)).require()
     settings = datadir.settings(listen=listen, database=database, policy=policy)
-    from coordinator.policy.config import load_policy
+    from careline.coordinator.policy.config import load_policy
 
     load_policy(Path(settings.policy) if settings.policy else None)  # refuse a bad file now
 

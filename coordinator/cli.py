@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from coordinator.cli_common import CarelineGroup, data_option, json_option, technician_command
+from careline.coordinator.cli_common import CarelineGroup, data_option, json_option, technician_command
 
 
 @click.group(cls=CarelineGroup)
@@ -35,14 +35,14 @@ def init(
     public_url: str | None, heartbeat_interval: float | None, as_json: bool,
 ) -> None:
     """Create a data directory: database, private CA, server certificate, admin token."""
-    from coordinator.bootstrap import initialise
+    from careline.coordinator.bootstrap import initialise
 
     result = initialise(
         data, list(hostnames) or ["localhost", "127.0.0.1"], listen=listen, database=database,
         public_url=public_url, heartbeat_interval=heartbeat_interval,
     )
     if as_json:
-        from coordinator.render import emit
+        from careline.coordinator.render import emit
 
         emit(result, True)
         return
@@ -62,7 +62,7 @@ def init(
 def serve(data: str | None, listen: str | None, database: str | None, policy: str | None,
           verbose: bool) -> None:
     """Run the coordinator (websockets over TLS) until stopped."""
-    from coordinator.bootstrap import serve_forever
+    from careline.coordinator.bootstrap import serve_forever
 
     serve_forever(data, listen=listen, database=database, policy=policy, verbose=verbose)
 
@@ -77,14 +77,14 @@ def customers() -> None:
 @click.argument("name")
 @click.option("--timezone", default="Asia/Ho_Chi_Minh", show_default=True)
 def customers_add(client: Any, as_json: bool, name: str, timezone: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("customers.add", name=name, timezone=timezone), as_json)
 
 
 @technician_command(customers, "list")
 def customers_list(client: Any, as_json: bool) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("customers.list"), as_json, title="customers")
 
@@ -98,7 +98,7 @@ def sites() -> None:
 @click.option("--customer", required=True)
 @click.argument("name")
 def sites_add(client: Any, as_json: bool, customer: str, name: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("sites.add", customer=customer, name=name), as_json)
 
@@ -106,7 +106,7 @@ def sites_add(client: Any, as_json: bool, customer: str, name: str) -> None:
 @technician_command(sites, "list")
 @click.option("--customer", default=None)
 def sites_list(client: Any, as_json: bool, customer: str | None) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("sites.list", customer=customer), as_json, title="sites")
 
@@ -126,13 +126,13 @@ def tokens() -> None:
 @click.option("--site", default=None, help="The customer's site the machines are at.")
 def tokens_create(client: Any, as_json: bool, customer: str, uses: int, expires: str,
                   contract: int | None, site: str | None) -> None:
-    from shared.units import parse_duration
+    from careline.shared.units import parse_duration
 
     seconds = parse_duration(expires).total_seconds()
     result = client.call("tokens.create", customer=customer, uses=uses, expires_seconds=seconds,
                          contract=contract, site=site)
     if as_json:
-        from coordinator.render import emit
+        from careline.coordinator.render import emit
 
         emit(result, True)
     else:
@@ -148,8 +148,8 @@ def agents() -> None:
 @technician_command(agents, "list")
 @click.option("--customer", default=None, help="Only this customer's machines.")
 def agents_list(client: Any, as_json: bool, customer: str | None) -> None:
-    from coordinator.api.fleet import AGENT_LIST_FIELDS
-    from coordinator.render import emit
+    from careline.coordinator.api.fleet import AGENT_LIST_FIELDS
+    from careline.coordinator.render import emit
 
     rows = client.call("agents.list", customer=customer)
     if not as_json:
@@ -164,7 +164,7 @@ def agents_list(client: Any, as_json: bool, customer: str | None) -> None:
 @technician_command(agents, "show")
 @click.argument("agent")
 def agents_show(client: Any, as_json: bool, agent: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("agents.show", id=agent), as_json)
 
@@ -172,7 +172,7 @@ def agents_show(client: Any, as_json: bool, agent: str) -> None:
 @technician_command(agents, "revoke")
 @click.argument("agent")
 def agents_revoke(client: Any, as_json: bool, agent: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("agents.revoke", id=agent), as_json)
 
@@ -189,7 +189,7 @@ def technicians() -> None:
 def technicians_add(client: Any, as_json: bool, name: str, role: str) -> None:
     result = client.call("technicians.add", name=name, role=role)
     if as_json:
-        from coordinator.render import emit
+        from careline.coordinator.render import emit
 
         emit(result, True)
     else:
@@ -199,7 +199,7 @@ def technicians_add(client: Any, as_json: bool, name: str, role: str) -> None:
 
 @technician_command(technicians, "list")
 def technicians_list(client: Any, as_json: bool) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("technicians.list"), as_json, title="technicians")
 
@@ -207,7 +207,7 @@ def technicians_list(client: Any, as_json: bool) -> None:
 @technician_command(technicians, "revoke")
 @click.argument("name")
 def technicians_revoke(client: Any, as_json: bool, name: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("technicians.revoke", name=name), as_json)
 
@@ -219,7 +219,7 @@ def technicians_revoke(client: Any, as_json: bool, name: str) -> None:
 def customers_hours(client: Any, as_json: bool, customer: str, workdays: str | None,
                     opens: str | None, closes: str | None) -> None:
     """Set a customer's business hours (due times count in them)."""
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("customers.hours", customer=customer, workdays=workdays, opens=opens,
                      closes=closes), as_json)
@@ -238,7 +238,7 @@ def contracts() -> None:
 @click.option("--machines", type=int, default=None, help="Machines the contract covers.")
 def contracts_add(client: Any, as_json: bool, customer: str, signed: str, warranty_months: int,
                   machines: int | None) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("contracts.add", customer=customer, signed=signed,
                      warranty_months=warranty_months, machines=machines), as_json)
@@ -247,7 +247,7 @@ def contracts_add(client: Any, as_json: bool, customer: str, signed: str, warran
 @technician_command(contracts, "list")
 @click.option("--customer", default=None)
 def contracts_list(client: Any, as_json: bool, customer: str | None) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("contracts.list", customer=customer), as_json, title="contracts")
 
@@ -255,7 +255,7 @@ def contracts_list(client: Any, as_json: bool, customer: str | None) -> None:
 @technician_command(contracts, "show")
 @click.argument("contract", type=int)
 def contracts_show(client: Any, as_json: bool, contract: int) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("contracts.show", id=contract), as_json)
 
@@ -272,7 +272,7 @@ def maintenance() -> None:
 @click.option("--tier", required=True, help="A tier of the policy file (basic, standard, premium).")
 def maintenance_add(client: Any, as_json: bool, contract: int, start: str, end: str,
                     tier: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("maintenance.add", contract=contract, start=start, end=end, tier=tier),
          as_json)
@@ -283,7 +283,7 @@ def maintenance_add(client: Any, as_json: bool, contract: int, start: str, end: 
 @click.option("--at", default=None, help="Date, YYYY-MM-DD (default: today, customer's zone).")
 def entitlement(client: Any, as_json: bool, machine: str, at: str | None) -> None:
     """What covers a machine on a date: warranty, maintenance:<tier> or not_covered."""
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("entitlement.show", machine=machine, at=at), as_json)
 
@@ -297,8 +297,8 @@ def report() -> None:
 @click.option("--within", default="30d", show_default=True, help="e.g. 7d, 15d, 30d.")
 def report_expiring(client: Any, as_json: bool, within: str) -> None:
     """Machines whose coverage ends soon: who to offer a maintenance package to."""
-    from coordinator.render import emit
-    from shared.units import parse_duration
+    from careline.coordinator.render import emit
+    from careline.shared.units import parse_duration
 
     days = parse_duration(within).days
     emit(client.call("report.expiring", within_days=days), as_json, title="expiring coverage")
@@ -322,7 +322,7 @@ INCIDENT_COLUMNS = ("id", "status", "customer", "hostname", "kind", "category", 
 @click.option("--note", default="", help="What the customer reported.")
 def incidents_open(client: Any, as_json: bool, machine: str, category: str, severity: str,
                    note: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("incidents.open", machine=machine, category=category, severity=severity,
                      note=note), as_json)
@@ -334,7 +334,7 @@ def incidents_open(client: Any, as_json: bool, machine: str, category: str, seve
 @click.option("--machine", default=None)
 def incidents_list(client: Any, as_json: bool, open_only: bool, customer: str | None,
                    machine: str | None) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("incidents.list", open=open_only, customer=customer, machine=machine),
          as_json, INCIDENT_COLUMNS, title="incidents")
@@ -343,7 +343,7 @@ def incidents_list(client: Any, as_json: bool, open_only: bool, customer: str | 
 @technician_command(incidents, "show")
 @click.argument("incident", type=int)
 def incidents_show(client: Any, as_json: bool, incident: int) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("incidents.show", id=incident), as_json)
 
@@ -354,7 +354,7 @@ def incidents_explain(client: Any, as_json: bool, incident: int) -> None:
     """Why the decision is what it is: coverage, the policy rule, the fee, the due time."""
     result = client.call("incidents.explain", id=incident)
     if as_json:
-        from coordinator.render import emit
+        from careline.coordinator.render import emit
 
         emit(result, True)
         return
@@ -370,7 +370,7 @@ def incidents_explain(client: Any, as_json: bool, incident: int) -> None:
 @click.argument("incident", type=int)
 @click.option("--note", required=True, help="How it was resolved.")
 def incidents_resolve(client: Any, as_json: bool, incident: int, note: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("incidents.resolve", id=incident, note=note), as_json)
 
@@ -379,7 +379,7 @@ def incidents_resolve(client: Any, as_json: bool, incident: int, note: str) -> N
 @click.argument("incident", type=int)
 def incidents_redecide(client: Any, as_json: bool, incident: int) -> None:
     """Decide again with today's facts."""
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("incidents.redecide", id=incident), as_json)
 
@@ -393,7 +393,7 @@ def visits() -> None:
 @click.option("--due", type=click.Choice(["today", "all"]), default="all", show_default=True)
 @click.option("--completed", is_flag=True, help="Include completed visits.")
 def visits_list(client: Any, as_json: bool, due: str, completed: bool) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("visits.list", due=due, completed=completed), as_json,
          ("id", "status", "customer", "agent_id", "action", "fee_vnd", "due_at", "technician"),
@@ -404,7 +404,7 @@ def visits_list(client: Any, as_json: bool, due: str, completed: bool) -> None:
 @click.argument("visit", type=int)
 @click.option("--technician", required=True)
 def visits_assign(client: Any, as_json: bool, visit: int, technician: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("visits.assign", id=visit, technician=technician), as_json)
 
@@ -413,7 +413,7 @@ def visits_assign(client: Any, as_json: bool, visit: int, technician: str) -> No
 @click.argument("visit", type=int)
 @click.option("--note", required=True)
 def visits_complete(client: Any, as_json: bool, visit: int, note: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("visits.complete", id=visit, note=note), as_json)
 
@@ -429,7 +429,7 @@ def agents_ping(client: Any, as_json: bool, machine: str | None, customer: str |
     """Is the machine there? Answers print as they arrive."""
     import json
 
-    from shared.units import parse_duration
+    from careline.shared.units import parse_duration
 
     seconds = parse_duration(timeout).total_seconds()
     answers = []
@@ -493,7 +493,7 @@ def diagnostics() -> None:
 @technician_command(diagnostics, "list")
 @click.option("--machine", required=True)
 def diagnostics_list(client: Any, as_json: bool, machine: str) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("diagnostics.list", machine=machine), as_json, title="diagnostics")
 
@@ -511,7 +511,7 @@ def diagnostics_show(client: Any, as_json: bool, diagnostics_id: int) -> None:
 @click.option("--product", required=True)
 def restart_product(client: Any, as_json: bool, machine: str, product: str) -> None:
     """Stop and start a product's process; says whether it came back up."""
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     result = client.call("agents.restart_product", machine=machine, product=product)
     if as_json:
@@ -541,7 +541,7 @@ def rollouts_start(client: Any, as_json: bool, release: str, customer: str | Non
 @technician_command(rollouts, "list")
 @click.option("--open", "open_only", is_flag=True)
 def rollouts_list(client: Any, as_json: bool, open_only: bool) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("rollouts.list", open=open_only), as_json,
          ("id", "product", "version", "kind", "status", "sent_waves", "targeted", "succeeded",
@@ -549,7 +549,7 @@ def rollouts_list(client: Any, as_json: bool, open_only: bool) -> None:
 
 
 def _show_rollout(rollout: dict[str, Any], as_json: bool, not_covered: bool) -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     if not_covered:
         emit(rollout["not_covered"], as_json, ("machine", "hostname", "customer", "detail"),
@@ -588,7 +588,7 @@ def _rollout_action(name: str, method: str, doc: str) -> None:
     @technician_command(rollouts, name, help=doc)
     @click.argument("rollout", type=int)
     def command(client: Any, as_json: bool, rollout: int) -> None:
-        from coordinator.render import emit
+        from careline.coordinator.render import emit
 
         emit(client.call(method, id=rollout), as_json)
 
@@ -606,7 +606,7 @@ _rollout_action("retry-failed", "rollouts.retry_failed",
 def customers_install_window(client: Any, as_json: bool, customer: str,
                              window: str | None) -> None:
     """When updates may install at a customer (default: whenever the product is closed)."""
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("customers.install_window", customer=customer, window=window), as_json)
 
@@ -616,14 +616,14 @@ def customers_install_window(client: Any, as_json: bool, customer: str,
 @click.option("--limit", default=50, show_default=True)
 def audit(client: Any, as_json: bool, limit: int) -> None:
     """Every recorded action, newest first, with who did it."""
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(client.call("audit.list", limit=limit), as_json,
          ["at", "actor", "action", "target", "detail"], title="audit")
 
 
 # ============================================================================ releases & jobs
-from coordinator.cli_release import jobs, push, release, releases  # noqa: E402
+from careline.coordinator.cli_release import jobs, push, release, releases  # noqa: E402
 
 for _group in (release, releases, push, jobs):
     main.add_command(_group)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from shared.errors import CarelineError
+from careline.shared.errors import CarelineError
 
 
 class CarelineGroup(click.Group):
@@ -46,7 +46,7 @@ def technician_command(
             server: str | None, token: str | None, ca: str | None, data: str | None,
             as_json: bool, **params: Any,
         ) -> None:
-            from coordinator.client import AdminClient, resolve_credentials
+            from careline.coordinator.client import AdminClient, resolve_credentials
 
             with AdminClient(resolve_credentials(server, token, ca, data), timeout) as client:
                 fn(client, as_json, **params)

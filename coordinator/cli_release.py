@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from coordinator.cli_common import CarelineGroup, technician_command
+from careline.coordinator.cli_common import CarelineGroup, technician_command
 
 UPLOAD_CHUNK = 4 << 20
 TERMINAL = {"installed", "rolled_back", "refused", "failed", "verified", "mismatch",
@@ -23,7 +23,7 @@ TERMINAL = {"installed", "rolled_back", "refused", "failed", "verified", "mismat
 
 
 def _emit(data: Any, as_json: bool, columns: list[str] | None = None, title: str = "") -> None:
-    from coordinator.render import emit
+    from careline.coordinator.render import emit
 
     emit(data, as_json, columns, title=title)
 
@@ -47,7 +47,7 @@ def release_keys() -> None:
 @keys_option
 def keys_init(client: Any, as_json: bool, keys: str) -> None:
     """Create root and targets keys in --keys and publish root v1 to the coordinator."""
-    from shared.trust import init_release_keys
+    from careline.shared.trust import init_release_keys
 
     online = client.call("releases.online_keys")["keys"].encode()
     metadata = init_release_keys(Path(keys), online)
@@ -68,7 +68,7 @@ def keys_init(client: Any, as_json: bool, keys: str) -> None:
               type=click.Choice(["root", "targets", "snapshot", "timestamp"]))
 def keys_rotate(client: Any, as_json: bool, keys: str, role: str) -> None:
     """Replace one role's key and publish root N+1 (agents follow it on their next refresh)."""
-    from shared.trust import rotate_key
+    from careline.shared.trust import rotate_key
 
     kwargs: dict[str, Any] = {}
     if role in ("snapshot", "timestamp"):
@@ -108,8 +108,8 @@ def release_build(source_dir: str, product: str, version: str, kind: str,
     import hashlib
     import shlex
 
-    from shared.errors import ConfigError
-    from shared.package import build_package
+    from careline.shared.errors import ConfigError
+    from careline.shared.package import build_package
 
     try:
         effective_date = dt.date.fromisoformat(effective) if effective else None
@@ -135,7 +135,7 @@ def release_build(source_dir: str, product: str, version: str, kind: str,
 @keys_option
 def release_publish(client: Any, as_json: bool, package: str, keys: str) -> None:
     """Sign PACKAGE into the targets metadata with --keys and upload both."""
-    from shared.trust import sign_targets, target_for_package
+    from careline.shared.trust import sign_targets, target_for_package
 
     path = Path(package)
     target = target_for_package(path)
@@ -165,7 +165,7 @@ def release_publish(client: Any, as_json: bool, package: str, keys: str) -> None
 def release_bundle(client: Any, as_json: bool, machine: str, version: str,
                    product: str | None, out: str, expires: str) -> None:
     """Write one file with everything an offline machine needs to install VERSION."""
-    from shared.units import parse_duration
+    from careline.shared.units import parse_duration
 
     days = parse_duration(expires).total_seconds() / 86400
     out_path = Path(out)
@@ -276,7 +276,7 @@ def _bar(done: int | None, total: int | None, width: int = 24) -> str:
 
 
 def _render_job(job: dict[str, Any]) -> str:
-    from coordinator.render import _cell
+    from careline.coordinator.render import _cell
 
     what = f"{job['kind']} {job.get('product') or ''} {job.get('version') or ''}".strip()
     lines = [f"Job {job['id']}: {what} ({job['delivery']}) by {job['created_by']} "

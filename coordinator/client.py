@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared import protocol as p
-from shared.errors import AuthError, ConfigError, RemoteError
+from careline.shared import protocol as p
+from careline.shared.errors import AuthError, ConfigError, RemoteError
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ def resolve_credentials(
     ca = ca or os.environ.get("CARELINE_CA")
     local = None
     if not (server and token and ca):
-        from coordinator.datadir import DataDir, resolve
+        from careline.coordinator.datadir import DataDir, resolve
 
         candidate = DataDir(resolve(data))
         if candidate.exists():
@@ -60,7 +60,7 @@ class AdminClient:
         from websockets.exceptions import InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
 
-        from shared.tls import pinned_client_context
+        from careline.shared.tls import pinned_client_context
 
         self._ids = itertools.count(1)
         self._stack = contextlib.ExitStack()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError
+from careline.shared.errors import ConfigError
 
 DEFAULT_DATA_DIR = "careline-data"
 

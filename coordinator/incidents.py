@@ -13,24 +13,24 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.policy.alerts import ConditionState, Transition, observe, touch
-from coordinator.policy.calendar import BusinessCalendar
-from coordinator.policy.config import WEEKDAYS, Policy
-from coordinator.policy.decide import IncidentFacts, MachineState, decide
-from coordinator.policy.entitlement import (
+from careline.coordinator.policy.alerts import ConditionState, Transition, observe, touch
+from careline.coordinator.policy.calendar import BusinessCalendar
+from careline.coordinator.policy.config import WEEKDAYS, Policy
+from careline.coordinator.policy.decide import IncidentFacts, MachineState, decide
+from careline.coordinator.policy.entitlement import (
     NOTHING,
     Contract,
     Entitlement,
     MaintenancePackage,
     entitlement_at,
 )
-from coordinator.storage import fleet as store
-from coordinator.storage import service
-from coordinator.storage import updates as ustore
-from coordinator.storage.db import Database
-from coordinator.updates import JobKind, create_job
-from shared.errors import CarelineError, ConfigError
-from shared.package import parse_version
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import service
+from careline.coordinator.storage import updates as ustore
+from careline.coordinator.storage.db import Database
+from careline.coordinator.updates import JobKind, create_job
+from careline.shared.errors import CarelineError, ConfigError
+from careline.shared.package import parse_version
 
 log = logging.getLogger("careline.coordinator")
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shared import protocol as p
+from careline.shared import protocol as p
 
 if TYPE_CHECKING:
-    from coordinator.server import Coordinator
+    from careline.coordinator.server import Coordinator
 
 log = logging.getLogger("careline.coordinator.relay")
 

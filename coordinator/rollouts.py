@@ -14,16 +14,16 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.policy import waves
-from coordinator.storage import fleet as store
-from coordinator.storage import rollouts as rstore
-from coordinator.storage import updates as ustore
-from coordinator.updates import create_job
-from shared.errors import ConfigError, Conflict
-from shared.package import parse_version
+from careline.coordinator.policy import waves
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import rollouts as rstore
+from careline.coordinator.storage import updates as ustore
+from careline.coordinator.updates import create_job
+from careline.shared.errors import ConfigError, Conflict
+from careline.shared.package import parse_version
 
 if TYPE_CHECKING:
-    from coordinator.server import Coordinator
+    from careline.coordinator.server import Coordinator
 
 log = logging.getLogger("careline.coordinator")
 

@@ -28,18 +28,18 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from coordinator import api
-from coordinator.agent_keys import AgentKeys
-from coordinator.api.fleet import agent_status
-from coordinator.datadir import DataDir, Settings
-from coordinator.incidents import IncidentDesk
-from coordinator.pki import server_context
-from coordinator.relay import CommandRelay
-from coordinator.storage import fleet as store
-from coordinator.storage.db import Database
-from shared import protocol as p
-from shared.errors import AuthError, CarelineError, ProtocolError
-from shared.keys import agent_id_for, cert_fingerprint, token_hash, verify_challenge
+from careline.coordinator import api
+from careline.coordinator.agent_keys import AgentKeys
+from careline.coordinator.api.fleet import agent_status
+from careline.coordinator.datadir import DataDir, Settings
+from careline.coordinator.incidents import IncidentDesk
+from careline.coordinator.pki import server_context
+from careline.coordinator.relay import CommandRelay
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage.db import Database
+from careline.shared import protocol as p
+from careline.shared.errors import AuthError, CarelineError, ProtocolError
+from careline.shared.keys import agent_id_for, cert_fingerprint, token_hash, verify_challenge
 
 log = logging.getLogger("careline.coordinator")
 
@@ -119,7 +119,7 @@ class Coordinator:
         self.offline_after = dt.timedelta(
             seconds=settings.heartbeat_interval * settings.missed_heartbeats
         )
-        from coordinator.policy.config import load_policy
+        from careline.coordinator.policy.config import load_policy
 
         self.policy = load_policy(Path(settings.policy) if settings.policy else None)
         self.desk = IncidentDesk(db, self.policy, self.offline_after)
@@ -137,10 +137,10 @@ class Coordinator:
         self._command_ids = itertools.count(1)
         self.server: Server | None = None
         api.load_all()
-        from coordinator.updates import UpdateService
+        from careline.coordinator.updates import UpdateService
 
         self.updates = UpdateService(self)
-        from coordinator.rollouts import Rollouts
+        from careline.coordinator.rollouts import Rollouts
 
         self.rollouts = Rollouts(self)
 

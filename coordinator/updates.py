@@ -30,17 +30,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 from websockets.exceptions import ConnectionClosed
 
-from coordinator.storage import fleet as fleet_store
-from coordinator.storage import updates as store
-from shared import protocol as p
-from shared.errors import ConfigError, Conflict, NotFound, ProtocolError
-from shared.files import fsync_dir
-from shared.instruction import Instruction, sign_instruction
-from shared.keys import generate_key, load_private_key, public_bytes, save_private_key
-from shared.trust import OnlineRepository
+from careline.coordinator.storage import fleet as fleet_store
+from careline.coordinator.storage import updates as store
+from careline.shared import protocol as p
+from careline.shared.errors import ConfigError, Conflict, NotFound, ProtocolError
+from careline.shared.files import fsync_dir
+from careline.shared.instruction import Instruction, sign_instruction
+from careline.shared.keys import generate_key, load_private_key, public_bytes, save_private_key
+from careline.shared.trust import OnlineRepository
 
 if TYPE_CHECKING:
-    from coordinator.server import AgentLink, Coordinator
+    from careline.coordinator.server import AgentLink, Coordinator
 
 log = logging.getLogger("careline.coordinator.updates")
 

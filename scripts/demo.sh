@@ -9,7 +9,7 @@ PORT=${CARELINE_DEMO_PORT:-8443}
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[coordinator]'
+.venv/bin/python -m pip install --quiet '.[coordinator]'
 PATH=$PWD/.venv/bin:$PATH
 export CARELINE_DATA=$DEMO/coordinator
 
@@ -30,9 +30,9 @@ enroll() {  # enroll NAME CUSTOMER: a sample "KeToan" install dir with a manifes
     if [ ! -e "$state/agent.json" ]; then
         mkdir -p "$product"
         echo "sample accounting program" >"$product/ketoan.bin"
-        python3 - "$product" <<'PY'
+        .venv/bin/python - "$product" <<'PY'
 import sys, pathlib
-from shared.manifest import build_manifest, encode_manifest, MANIFEST_NAME
+from careline.shared.manifest import build_manifest, encode_manifest, MANIFEST_NAME
 root = pathlib.Path(sys.argv[1])
 (root / MANIFEST_NAME).write_bytes(encode_manifest(build_manifest(root, "KeToan", "2026.1")))
 PY

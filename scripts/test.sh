@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs into .venv and run all tests.
+# Careline is installed from this checkout as a wheel would install it (not in editable
+# mode), so the tests see exactly the packages, data files and entry points users get.
 # PostgreSQL: uses $CARELINE_TEST_PG (default postgresql://127.0.0.1:5432/test); starts the
 # local cluster if it is installed but stopped, and installs it (Debian/Ubuntu, as root)
 # when it is missing.
@@ -8,12 +10,13 @@ cd "$(dirname "$0")/.."
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/python -m pip install --quiet '.[test]'
+.venv/bin/python -m pip install --quiet --no-deps --force-reinstall .
 
 if [ -z "${CARELINE_TEST_PG:-}" ] && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     bash scripts/ensure-postgres.sh || echo "PostgreSQL could not be started; its tests will say why"
 fi
 
 .venv/bin/ruff check agent coordinator shared tests bench
-.venv/bin/mypy agent coordinator shared
+bash scripts/typecheck.sh
 .venv/bin/python -m pytest -q "$@"

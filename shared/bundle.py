@@ -28,10 +28,10 @@ from typing import IO
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.errors import VerificationError
-from shared.files import fsync_dir
-from shared.instruction import Instruction, sign_instruction, verify_instruction
-from shared.trust import BUNDLE_EXPIRY, AgentTrust, OnlineRepository, VerifiedPackage
+from careline.shared.errors import VerificationError
+from careline.shared.files import fsync_dir
+from careline.shared.instruction import Instruction, sign_instruction, verify_instruction
+from careline.shared.trust import BUNDLE_EXPIRY, AgentTrust, OnlineRepository, VerifiedPackage
 
 BUNDLE_SUFFIX = ".careline-bundle"
 MAGIC = b"CLBNDL01"

@@ -24,7 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from shared.errors import VerificationError
+from careline.shared.errors import VerificationError
 
 _DOMAIN = b"careline-instruction-v1\x00"
 # Tolerated clock difference between coordinator and customer PC for `issued_at`.

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.errors import AuthError, ConfigError
+from careline.shared.errors import AuthError, ConfigError
 
 _AUTH_CONTEXT = b"careline-agent-auth-v2\x00"
 JOIN_SCHEME = "careline+wss"

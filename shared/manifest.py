@@ -16,7 +16,7 @@ from pathlib import Path
 
 import msgspec
 
-from shared.errors import ConfigError
+from careline.shared.errors import ConfigError
 
 MANIFEST_NAME = "careline-manifest.json"
 _CHUNK = 1 << 20

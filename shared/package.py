@@ -30,8 +30,8 @@ from typing import IO, Literal
 
 import msgspec
 
-from shared.errors import ConfigError, VerificationError
-from shared.manifest import (
+from careline.shared.errors import ConfigError, VerificationError
+from careline.shared.manifest import (
     MANIFEST_NAME,
     FileEntry,
     Manifest,

@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, overload
 
 import msgspec
 
-from shared.errors import MessageTooLarge, ProtocolError
+from careline.shared.errors import MessageTooLarge, ProtocolError
 
 PROTOCOL_VERSION = 1
 # Largest message on any channel: a package chunk with its envelope, or a diagnostics bundle.

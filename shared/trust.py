@@ -61,10 +61,10 @@ from tuf.api.metadata import (
 from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
 
-from shared.errors import ConfigError, Conflict, ProtocolError, VerificationError
-from shared.files import fsync_dir, write_file_atomic
-from shared.instruction import Instruction
-from shared.package import check_product_name, package_filename, read_package_info
+from careline.shared.errors import ConfigError, Conflict, ProtocolError, VerificationError
+from careline.shared.files import fsync_dir, write_file_atomic
+from careline.shared.instruction import Instruction
+from careline.shared.package import check_product_name, package_filename, read_package_info
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 OFFLINE_ROLES = ("root", "targets")

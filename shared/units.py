@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from shared.errors import ConfigError
+from careline.shared.errors import ConfigError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")

@@ -128,7 +128,7 @@ class CoordinatorProcess:
         self.port = free_port()
         self.url = f"wss://127.0.0.1:{self.port}"
         argv = [
-            PYTHON, "-m", "coordinator.cli", "init", "--data", str(self.data),
+            PYTHON, "-m", "careline.coordinator.cli", "init", "--data", str(self.data),
             "--listen", f"127.0.0.1:{self.port}", "--heartbeat-interval", str(heartbeat_interval),
             "--json",
         ]
@@ -142,7 +142,7 @@ class CoordinatorProcess:
     def start(self, *extra: str) -> CoordinatorProcess:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "coordinator.cli", "serve", "--data", str(self.data), "-v", *extra],
+                [PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(self.data), "-v", *extra],
                 stdout=log, stderr=subprocess.STDOUT, text=True,
             )
         wait_for_port(self.port, self.proc)
@@ -164,7 +164,7 @@ class CoordinatorProcess:
 
     def cli(self, *args: str, token: str | None = None, check: bool = True) -> Any:
         """Run a technician command with --json and return its parsed output."""
-        argv = [PYTHON, "-m", "coordinator.cli", *args, "--data", str(self.data), "--json"]
+        argv = [PYTHON, "-m", "careline.coordinator.cli", *args, "--data", str(self.data), "--json"]
         if token:
             argv += ["--token", token]
         result = run(argv, check=check)
@@ -173,7 +173,7 @@ class CoordinatorProcess:
         return json.loads(result.stdout) if result.stdout.strip() else None
 
     def client(self, token: str | None = None) -> Any:
-        from coordinator.client import AdminClient, resolve_credentials
+        from careline.coordinator.client import AdminClient, resolve_credentials
 
         return AdminClient(resolve_credentials(None, token, None, str(self.data)))
 
@@ -196,19 +196,19 @@ class AgentProcess:
         self.agent_id = ""
 
     def enroll(self, join: str, *extra: str) -> AgentProcess:
-        out = run([PYTHON, "-m", "agent.cli", "enroll", join, "--state", str(self.state), *extra])
+        out = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(self.state), *extra])
         self.agent_id = out.stdout.split("Enrolled as ", 1)[1].split(" ", 1)[0]
         return self
 
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "agent.cli", "run", "--state", str(self.state)],
+            [PYTHON, "-m", "careline.agent.cli", "run", "--state", str(self.state)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         return self
 
     def status(self) -> dict[str, Any]:
-        out = run([PYTHON, "-m", "agent.cli", "status", "--state", str(self.state), "--json"])
+        out = run([PYTHON, "-m", "careline.agent.cli", "status", "--state", str(self.state), "--json"])
         return dict(json.loads(out.stdout))
 
     def kill(self) -> None:

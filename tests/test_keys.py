@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.pki import create_pki
-from shared.errors import AuthError, ConfigError
-from shared.keys import (
+from careline.coordinator.pki import create_pki
+from careline.shared.errors import AuthError, ConfigError
+from careline.shared.keys import (
     JoinString,
     agent_id_for,
     auth_payload,

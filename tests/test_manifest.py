@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.errors import ConfigError
-from shared.manifest import (
+from careline.shared.errors import ConfigError
+from careline.shared.manifest import (
     MANIFEST_NAME,
     FileEntry,
     Manifest,

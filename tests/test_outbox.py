@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import Outbox
-from shared.protocol import Event
+from careline.agent.outbox import Outbox
+from careline.shared.protocol import Event
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_two_handles_see_each_others_events(path: Path) -> None:
 CHILD = """
 import sys
 from pathlib import Path
-from agent.outbox import Outbox
+from careline.agent.outbox import Outbox
 box = Outbox(Path(sys.argv[1]))
 i = 0
 while True:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import shared.protocol as p
-from shared.errors import MessageTooLarge, ProtocolError
+import careline.shared.protocol as p
+from careline.shared.errors import MessageTooLarge, ProtocolError
 
 # ----------------------------------------------------------------------------- strategies
 i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

@@ -12,17 +12,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.frames import Close
 from websockets.http11 import Response
 
-from agent.runner import (
+from careline.agent.runner import (
     BACKOFF_CAP,
     BACKOFF_FIRST_WINDOW,
     MAX_FIRST_WINDOW,
     backoff_delay,
     reconnect_delay,
 )
-from coordinator.server import DRAIN_RATE, RECONNECT_WINDOW_MAX, RECONNECT_WINDOW_MIN
-from coordinator.server import reconnect_window as fleet_reconnect_window
-from shared import protocol as p
-from shared.errors import AuthError
+from careline.coordinator.server import DRAIN_RATE, RECONNECT_WINDOW_MAX, RECONNECT_WINDOW_MIN
+from careline.coordinator.server import reconnect_window as fleet_reconnect_window
+from careline.shared import protocol as p
+from careline.shared.errors import AuthError
 
 
 @given(attempt=st.integers(min_value=1, max_value=10_000), seed=st.integers())

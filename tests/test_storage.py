@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from coordinator.storage import fleet as store
-from coordinator.storage.db import Database, async_url
-from coordinator.storage.schema import UTCDateTime, agents, customers, enrollment_tokens, events
-from shared.errors import AuthError, ConfigError, Conflict, NotFound
-from shared.keys import agent_id_for, generate_key, public_bytes, token_hash
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage.db import Database, async_url
+from careline.coordinator.storage.schema import UTCDateTime, agents, customers, enrollment_tokens, events
+from careline.shared.errors import AuthError, ConfigError, Conflict, NotFound
+from careline.shared.keys import agent_id_for, generate_key, public_bytes, token_hash
 
 NOW = dt.datetime(2025, 3, 1, 8, 30, 15, 123456, tzinfo=dt.UTC)
 HCM = zoneinfo.ZoneInfo("Asia/Ho_Chi_Minh")
@@ -66,7 +66,7 @@ def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
     config = Config()
-    config.set_main_option("script_location", str(resources.files("coordinator") / "migrations"))
+    config.set_main_option("script_location", str(resources.files("careline.coordinator") / "migrations"))
     head = ScriptDirectory.from_config(config).get_current_head()
     assert head is not None
     return head

@@ -6,8 +6,8 @@ import datetime as dt
 
 import pytest
 
-from shared.errors import ConfigError
-from shared.units import parse_duration
+from careline.shared.errors import ConfigError
+from careline.shared.units import parse_duration
 
 S = dt.timedelta(seconds=1)
 

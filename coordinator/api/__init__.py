@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from shared.errors import PermissionDenied, ProtocolError
+from careline.shared.errors import PermissionDenied, ProtocolError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from coordinator.server import Coordinator
+    from careline.coordinator.server import Coordinator
 
 Role = Literal["viewer", "technician", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "technician", "admin")
@@ -43,7 +43,7 @@ class Context:
     async def audit(
         self, conn: AsyncConnection, action: str, target: str, **detail: Any
     ) -> None:
-        from coordinator.storage.fleet import record_audit
+        from careline.coordinator.storage.fleet import record_audit
 
         await record_audit(
             conn, actor=self.caller.name, action=action, target=target,
@@ -99,7 +99,7 @@ def parse_params(found: Method, params: dict[str, Any]) -> Any:
 
 def load_all() -> None:
     """Import every API module so its methods register."""
-    from coordinator.api import (  # noqa: F401
+    from careline.coordinator.api import (  # noqa: F401
         fleet,
         live,
         releases,

@@ -8,11 +8,11 @@ from typing import Any
 
 import msgspec
 
-from coordinator.api import Context, NoParams, Role, method
-from coordinator.storage import fleet as store
-from coordinator.storage import service
-from shared.errors import ConfigError
-from shared.keys import JoinString, new_token, token_hash
+from careline.coordinator.api import Context, NoParams, Role, method
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import service
+from careline.shared.errors import ConfigError
+from careline.shared.keys import JoinString, new_token, token_hash
 
 AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen", "products")
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import msgspec
 
-from coordinator.api import Context, method
-from coordinator.storage import fleet as store
-from coordinator.storage import service
-from shared import protocol as p
-from shared.errors import ConfigError, NotFound
+from careline.coordinator.api import Context, method
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import service
+from careline.shared import protocol as p
+from careline.shared.errors import ConfigError, NotFound
 
 MAX_TIMEOUT = 120.0
 

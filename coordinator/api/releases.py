@@ -19,11 +19,11 @@ from typing import Any
 
 import msgspec
 
-from coordinator.api import Context, method
-from coordinator.storage import fleet as fleet_store
-from coordinator.storage import updates as store
-from coordinator.updates import create_job, file_sha256
-from shared.errors import ConfigError, Conflict, NotFound, VerificationError
+from careline.coordinator.api import Context, method
+from careline.coordinator.storage import fleet as fleet_store
+from careline.coordinator.storage import updates as store
+from careline.coordinator.updates import create_job, file_sha256
+from careline.shared.errors import ConfigError, Conflict, NotFound, VerificationError
 
 MAX_PACKAGE_BYTES = 4 << 30
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -124,8 +124,8 @@ async def publish(ctx: Context, p: Publish) -> dict[str, Any]:
     """Accept an uploaded package with the vendor-signed targets metadata that lists it."""
     from tuf.api.metadata import Metadata
 
-    from shared.package import read_package_info
-    from shared.trust import target_path
+    from careline.shared.package import read_package_info
+    from careline.shared.trust import target_path
 
     updates = _updates(ctx)
     path = _upload_path(ctx, p.upload)
@@ -283,7 +283,7 @@ class Bundle(msgspec.Struct, forbid_unknown_fields=True):
 @method("releases.bundle", "technician", Bundle, streams=True)
 async def bundle(ctx: Context, p: Bundle) -> AsyncIterator[dict[str, Any]]:
     """Write a physical-media bundle for one machine and stream it back in pieces."""
-    from shared.bundle import write_bundle
+    from careline.shared.bundle import write_bundle
 
     updates = _updates(ctx)
     async with ctx.coordinator.db.transaction() as conn:

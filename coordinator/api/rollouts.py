@@ -6,13 +6,13 @@ from typing import Any
 
 import msgspec
 
-from coordinator.api import Context, method
-from coordinator.policy import waves
-from coordinator.rollouts import release_by_id
-from coordinator.storage import fleet as store
-from coordinator.storage import rollouts as rstore
-from coordinator.storage import updates as ustore
-from shared.errors import ConfigError, Conflict, NotFound
+from careline.coordinator.api import Context, method
+from careline.coordinator.policy import waves
+from careline.coordinator.rollouts import release_by_id
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import rollouts as rstore
+from careline.coordinator.storage import updates as ustore
+from careline.shared.errors import ConfigError, Conflict, NotFound
 
 
 class StartRollout(msgspec.Struct, forbid_unknown_fields=True):

@@ -7,13 +7,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from coordinator.api import Context, method
-from coordinator.incidents import customer_calendar
-from coordinator.policy.config import WEEKDAYS
-from coordinator.policy.entitlement import expiring
-from coordinator.storage import fleet as store
-from coordinator.storage import service
-from shared.errors import ConfigError, Conflict
+from careline.coordinator.api import Context, method
+from careline.coordinator.incidents import customer_calendar
+from careline.coordinator.policy.config import WEEKDAYS
+from careline.coordinator.policy.entitlement import expiring
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import service
+from careline.shared.errors import ConfigError, Conflict
 
 Category = Literal["virus", "power", "disk", "bug", "regulation", "config", "other"]
 Severity = Literal["low", "medium", "high", "critical"]

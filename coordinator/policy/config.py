@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from shared.errors import ConfigError
+from careline.shared.errors import ConfigError
 
 from .alerts import CONDITION_KINDS, EVENT_KINDS, KINDS, AlertRule
 from .calendar import BusinessCalendar, DueRule

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from typing import Any, Literal
 
-from shared.errors import ConfigError
+from careline.shared.errors import ConfigError
 
 Kind = Literal["warranty", "maintenance", "not_covered"]
 _DAY = timedelta(days=1)

@@ -11,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from shared.errors import ConfigError
+from careline.shared.errors import ConfigError
 
 MIGRATION_LOCK = 0x6361726C  # "carl": the advisory lock key for migrations
 
@@ -86,7 +86,7 @@ class Database:
         def upgrade(sync_conn: sa.Connection) -> None:
             config = Config()
             config.set_main_option(
-                "script_location", str(resources.files("coordinator") / "migrations")
+                "script_location", str(resources.files("careline.coordinator") / "migrations")
             )
             config.attributes["connection"] = sync_conn
             command.upgrade(config, "head")

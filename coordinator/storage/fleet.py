@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.storage.schema import (
+from careline.coordinator.storage.schema import (
     agents,
     audit,
     customers,
@@ -23,7 +23,7 @@ from coordinator.storage.schema import (
     sites,
     technicians,
 )
-from shared.errors import AuthError, Conflict, NotFound
+from careline.shared.errors import AuthError, Conflict, NotFound
 
 Row = dict[str, Any]
 

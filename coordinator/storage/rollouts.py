@@ -8,9 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.storage.fleet import Row, insert_row, rows_of
-from coordinator.storage.schema import agents, customers, job_machines, rollout_machines, rollouts
-from shared.errors import NotFound
+from careline.coordinator.storage.fleet import Row, insert_row, rows_of
+from careline.coordinator.storage.schema import agents, customers, job_machines, rollout_machines, rollouts
+from careline.shared.errors import NotFound
 
 
 async def add_rollout(conn: AsyncConnection, values: dict[str, Any]) -> int:

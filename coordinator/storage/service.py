@@ -9,8 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.storage.fleet import Row, insert_row, rows_of
-from coordinator.storage.schema import (
+from careline.coordinator.storage.fleet import Row, insert_row, rows_of
+from careline.coordinator.storage.schema import (
     agents,
     conditions,
     contracts,
@@ -21,7 +21,7 @@ from coordinator.storage.schema import (
     maintenance_packages,
     visits,
 )
-from shared.errors import Conflict, NotFound
+from careline.shared.errors import Conflict, NotFound
 
 
 async def _one(conn: AsyncConnection, query: sa.Select[Any], missing: str) -> Row:

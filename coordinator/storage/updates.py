@@ -15,9 +15,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from coordinator.storage.fleet import Row, insert_row, rows_of
-from coordinator.storage.schema import agents, job_machines, job_steps, jobs, releases
-from shared.errors import NotFound
+from careline.coordinator.storage.fleet import Row, insert_row, rows_of
+from careline.coordinator.storage.schema import agents, job_machines, job_steps, jobs, releases
+from careline.shared.errors import NotFound
 
 # A machine's part of a job is finished in these states.
 TERMINAL = frozenset({

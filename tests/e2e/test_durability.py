@@ -7,7 +7,7 @@ import json
 
 import psutil
 
-from agent.outbox import Outbox
+from careline.agent.outbox import Outbox
 from tests.conftest import wait_until
 
 

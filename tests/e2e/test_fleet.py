@@ -50,7 +50,7 @@ def test_token_uses_are_spent(sqlite_coordinator, spawn_agent):
     join = sqlite_coordinator.join_string("One seat", uses=1)
     spawn_agent("pc1", join, start=False)
     second = sqlite_coordinator.data.parent / "pc2"
-    result = run([PYTHON, "-m", "agent.cli", "enroll", join, "--state", str(second)], check=False)
+    result = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(second)], check=False)
     assert result.returncode == 1
     assert "used up" in result.stderr
     assert not (second / "agent.json").exists()
@@ -60,7 +60,7 @@ def test_token_uses_are_spent(sqlite_coordinator, spawn_agent):
 def test_many_short_connections(sqlite_coordinator):
     """Technician calls open a connection each: every one must be answered (a uvloop TLS
     1.3 session-ticket stall used to drop about one in a hundred)."""
-    from coordinator.client import AdminClient, resolve_credentials
+    from careline.coordinator.client import AdminClient, resolve_credentials
 
     credentials = resolve_credentials(None, None, None, str(sqlite_coordinator.data))
     answered = 0

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from shared.manifest import MANIFEST_NAME, build_manifest, encode_manifest
+from careline.shared.manifest import MANIFEST_NAME, build_manifest, encode_manifest
 from tests.conftest import wait_until
 
 

@@ -36,7 +36,7 @@ def test_ping_mixed_fleet(sqlite_coordinator, spawn_agent):
     assert answers[killed.agent_id]["status"] == "offline"
     assert answers[revoked.agent_id]["status"] == "revoked"
 
-    text = run([PYTHON, "-m", "coordinator.cli", "agents", "ping", "--customer", "Ping Co",
+    text = run([PYTHON, "-m", "careline.coordinator.cli", "agents", "ping", "--customer", "Ping Co",
                 "--data", str(coord.data)]).stdout
     assert "3 machines: " in text and "ok 1" in text and "offline 1" in text
     refused = coord.cli("agents", "ping", "--machine", online.agent_id, "--all", check=False)

@@ -12,9 +12,16 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from shared import protocol as p
-from shared.keys import JoinString, agent_id_for, generate_key, load_private_key, public_bytes, sign_challenge
-from shared.tls import pinned_client_context
+from careline.shared import protocol as p
+from careline.shared.keys import (
+    JoinString,
+    agent_id_for,
+    generate_key,
+    load_private_key,
+    public_bytes,
+    sign_challenge,
+)
+from careline.shared.tls import pinned_client_context
 from tests.conftest import PYTHON, run, wait_until
 
 
@@ -119,7 +126,7 @@ def test_expired_token_is_refused_and_nothing_stored(sqlite_coordinator, tmp_pat
         client.call("customers.add", name="Late")
         join = client.call("tokens.create", customer="Late", uses=3, expires_seconds=1)["join"]
     time.sleep(1.5)
-    result = run([PYTHON, "-m", "agent.cli", "enroll", join, "--state", str(tmp_path / "late")],
+    result = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(tmp_path / "late")],
                  check=False)
     assert result.returncode == 1
     assert "expired" in result.stderr
@@ -130,17 +137,17 @@ def test_expired_token_is_refused_and_nothing_stored(sqlite_coordinator, tmp_pat
 def test_unknown_token_and_wrong_ca_fingerprint(sqlite_coordinator, tmp_path):
     real = JoinString.parse(sqlite_coordinator.join_string(uses=1))
     forged = JoinString(real.server_url, "cle_not-a-real-token", real.ca_fingerprint)
-    result = run([PYTHON, "-m", "agent.cli", "enroll", str(forged), "--state", str(tmp_path / "a")],
+    result = run([PYTHON, "-m", "careline.agent.cli", "enroll", str(forged), "--state", str(tmp_path / "a")],
                  check=False)
     assert result.returncode == 1 and "not known" in result.stderr
 
     # A coordinator whose CA is not the pinned one never sees the token.
     wrong_ca = JoinString(real.server_url, real.token, "0" * 64)
-    result = run([PYTHON, "-m", "agent.cli", "enroll", str(wrong_ca), "--state", str(tmp_path / "b")],
-                 check=False)
+    result = run([PYTHON, "-m", "careline.agent.cli", "enroll", str(wrong_ca),
+                  "--state", str(tmp_path / "b")], check=False)
     assert result.returncode == 1 and "fingerprint" in result.stderr
     # The real token is still unused: it can enroll a machine.
-    result = run([PYTHON, "-m", "agent.cli", "enroll", str(real), "--state", str(tmp_path / "c")])
+    result = run([PYTHON, "-m", "careline.agent.cli", "enroll", str(real), "--state", str(tmp_path / "c")])
     assert "Enrolled as" in result.stdout
     assert len(sqlite_coordinator.agents()) == 1
 
@@ -207,7 +214,7 @@ def test_technician_roles_and_revocation(sqlite_coordinator):
 
 
 def test_init_refuses_to_overwrite(sqlite_coordinator):
-    result = run([PYTHON, "-m", "coordinator.cli", "init", "--data", str(sqlite_coordinator.data)],
+    result = run([PYTHON, "-m", "careline.coordinator.cli", "init", "--data", str(sqlite_coordinator.data)],
                  check=False)
     assert result.returncode == 1
     assert "refusing to overwrite" in result.stderr

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.manifest import MANIFEST_NAME, build_manifest, encode_manifest
+from careline.shared.manifest import MANIFEST_NAME, build_manifest, encode_manifest
 from tests.conftest import PYTHON, CoordinatorProcess, run, wait_until
 
 FAIL_CHECK = (f"{sys.executable} -c \"import os, sys; "
@@ -34,7 +34,7 @@ def regulation_package(tmp: Path, version: str, effective: dt.date) -> Path:
     (src / "forms").mkdir()
     (src / "forms" / "vat-2027.xml").write_text("<form>VAT 2027</form>")
     out = tmp / f"acct-{version}.careline"
-    run([PYTHON, "-m", "coordinator.cli", "release", "build", str(src), "--product", "acct",
+    run([PYTHON, "-m", "careline.coordinator.cli", "release", "build", str(src), "--product", "acct",
          "--version", version, "--kind", "regulation", "--regulation-ref", "TT 99/2026/TT-BTC",
          "--effective", effective.isoformat(), "--check", FAIL_CHECK, "--out", str(out)])
     return out

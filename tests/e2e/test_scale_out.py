@@ -21,7 +21,7 @@ def two_coordinators(tmp_path, pg_url) -> Iterator[tuple[CoordinatorProcess, int
     # Both start at once: their migrations must not trip over each other.
     first.start()
     second = subprocess.Popen(
-        [PYTHON, "-m", "coordinator.cli", "serve", "--data", str(first.data),
+        [PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(first.data),
          "--listen", f"127.0.0.1:{second_port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -26,7 +26,7 @@ def build(tmp: Path, version: str, product: str = "acct", extra: int = 0) -> Pat
     if extra:
         (src / "lib" / "blob.bin").write_bytes(os.urandom(extra))
     out = tmp / f"{product}-{version}.careline"
-    run([PYTHON, "-m", "coordinator.cli", "release", "build", str(src), "--product", product,
+    run([PYTHON, "-m", "careline.coordinator.cli", "release", "build", str(src), "--product", product,
          "--version", version, "--kind", "bugfix", "--notes", f"fixes in {version}",
          "--out", str(out)])
     return out
@@ -155,7 +155,7 @@ def test_publish_push_two_agents_offline_catch_up_verify_reinstall(
     assert (pc1.product_dir / "Data" / "ledger.db").read_text() == "customer books"
 
     # The human view renders steps (no terminal: one print, no escape codes).
-    shown = run([PYTHON, "-m", "coordinator.cli", "jobs", "show", str(job["id"]), "--follow",
+    shown = run([PYTHON, "-m", "careline.coordinator.cli", "jobs", "show", str(job["id"]), "--follow",
                  "--data", str(coord.data)]).stdout
     assert "installed" in shown and "\x1b[" not in shown
 
@@ -171,7 +171,7 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
                                                   tmp_path):
     from datetime import timedelta
 
-    from shared.trust import OnlineRepository
+    from careline.shared.trust import OnlineRepository
 
     coord = sqlite_coordinator
     pc1 = pc1_on_1_0_0(coord, keys, spawn_agent, tmp_path)
@@ -237,7 +237,7 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
     bundle = tmp_path / "pc2.careline-bundle"
     coord.cli("release", "bundle", "--machine", pc2.agent_id, "--version", "1.1.0",
               "--out", str(bundle))
-    result = run([PYTHON, "-m", "agent.cli", "apply-bundle", str(bundle), "--state",
+    result = run([PYTHON, "-m", "careline.agent.cli", "apply-bundle", str(bundle), "--state",
                   str(pc1.state)], check=False)
     assert result.returncode == 1 and "not " + pc1.agent_id in result.stderr, result.stderr
     assert snapshot(pc1.product_dir) == before
@@ -257,9 +257,9 @@ def _download_as(coord: CoordinatorProcess, agent: Any, ref: str) -> str:
     """Authenticate as `agent` and ask for another machine's package: the error returned."""
     from websockets.sync.client import connect
 
-    from shared import protocol as p
-    from shared.keys import load_private_key, sign_challenge
-    from shared.tls import pinned_client_context
+    from careline.shared import protocol as p
+    from careline.shared.keys import load_private_key, sign_challenge
+    from careline.shared.tls import pinned_client_context
 
     key = load_private_key(agent.state / "agent.key")
     ca = (coord.data / "pki" / "ca.pem").read_text()
@@ -341,13 +341,13 @@ def test_bundle_installs_with_the_coordinator_stopped(sqlite_coordinator, keys, 
     for index in (700, len(data) // 2, len(data) - 80):  # header, body, seal
         data[index] ^= 0x01
         altered.write_bytes(bytes(data))
-        result = run([PYTHON, "-m", "agent.cli", "apply-bundle", str(altered), "--state",
+        result = run([PYTHON, "-m", "careline.agent.cli", "apply-bundle", str(altered), "--state",
                       str(pc1.state)], check=False)
         assert result.returncode == 1 and "altered" in result.stderr, result.stderr
         assert snapshot(pc1.product_dir) == before
         data[index] ^= 0x01
 
-    out = run([PYTHON, "-m", "agent.cli", "apply-bundle", str(bundle), "--state",
+    out = run([PYTHON, "-m", "careline.agent.cli", "apply-bundle", str(bundle), "--state",
                str(pc1.state), "--json"])
     assert json.loads(out.stdout)["outcome"] == "installed"
     assert installed(pc1.product_dir) == "1.1.0"

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.policy.alerts import AlertRule, ConditionState, Transition, observe, touch
+from careline.coordinator.policy.alerts import AlertRule, ConditionState, Transition, observe, touch
 
 T0 = datetime(2026, 1, 12, 2, 0, tzinfo=UTC)
 NONE, OPEN, BUMP, CLEAR, CLOSE = (

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.policy.calendar import BusinessCalendar, DueRule
+from careline.coordinator.policy.calendar import BusinessCalendar, DueRule
 
 VN = BusinessCalendar()  # Asia/Ho_Chi_Minh, Mon-Sat 08:00-17:30, VN holidays
 BERLIN = BusinessCalendar("Europe/Berlin", frozenset(range(5)), time(8), time(17, 30), "DE")

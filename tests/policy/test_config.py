@@ -2,9 +2,9 @@ from datetime import time, timedelta
 
 import pytest
 
-from coordinator.policy.alerts import KINDS, AlertRule
-from coordinator.policy.config import ACTIONS, Situation, load_policy
-from shared.errors import ConfigError
+from careline.coordinator.policy.alerts import KINDS, AlertRule
+from careline.coordinator.policy.config import ACTIONS, Situation, load_policy
+from careline.shared.errors import ConfigError
 
 DEFAULT = load_policy(None)
 

@@ -6,15 +6,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.policy.calendar import BusinessCalendar
-from coordinator.policy.config import (
+from careline.coordinator.policy.calendar import BusinessCalendar
+from careline.coordinator.policy.config import (
     ACTIONS,
     CATEGORIES,
     SEVERITIES,
     load_policy,
 )
-from coordinator.policy.decide import Decision, IncidentFacts, MachineState, decide
-from coordinator.policy.entitlement import NOTHING, Entitlement
+from careline.coordinator.policy.decide import Decision, IncidentFacts, MachineState, decide
+from careline.coordinator.policy.entitlement import NOTHING, Entitlement
 
 POLICY = load_policy(None)
 ONSITE_ACTIONS = {"technician_visit", "onsite_reinstall"}

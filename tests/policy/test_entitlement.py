@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.policy.config import load_policy
-from coordinator.policy.entitlement import (
+from careline.coordinator.policy.config import load_policy
+from careline.coordinator.policy.entitlement import (
     Contract,
     MaintenancePackage,
     Tier,
@@ -13,7 +13,7 @@ from coordinator.policy.entitlement import (
     entitlement_at,
     expiring,
 )
-from shared.errors import ConfigError
+from careline.shared.errors import ConfigError
 
 POLICY = load_policy(None)
 SIGNED = date(2025, 3, 15)  # warranty (12 months) covers 2025-03-15 .. 2026-03-14

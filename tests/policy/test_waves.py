@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.policy.waves import (
+from careline.coordinator.policy.waves import (
     Action,
     ActionKind,
     InstallWindow,

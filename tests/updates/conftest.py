@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.instruction import Instruction
-from shared.package import build_package
-from shared.trust import (
+from careline.shared.instruction import Instruction
+from careline.shared.package import build_package
+from careline.shared.trust import (
     AgentTrust,
     OnlineRepository,
     init_release_keys,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.installer import Installer, InstallResult, ProductLayout
-from shared.errors import Conflict
-from shared.manifest import read_manifest, verify_tree
-from shared.trust import VerifiedPackage
+from careline.agent.installer import Installer, InstallResult, ProductLayout
+from careline.shared.errors import Conflict
+from careline.shared.manifest import read_manifest, verify_tree
+from careline.shared.trust import VerifiedPackage
 
 from .conftest import CHECK_FAIL, CHECK_OK, instruction_for, make_package
 

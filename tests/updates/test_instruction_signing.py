@@ -9,8 +9,8 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.errors import VerificationError
-from shared.instruction import Instruction, sign_instruction, verify_instruction
+from careline.shared.errors import VerificationError
+from careline.shared.instruction import Instruction, sign_instruction, verify_instruction
 
 NOW = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 INSTR = Instruction(

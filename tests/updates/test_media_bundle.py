@@ -10,10 +10,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tuf.api.metadata import Metadata, Timestamp
 
-from agent.installer import Installer, ProductLayout
-from shared.bundle import open_bundle, write_bundle
-from shared.errors import VerificationError
-from shared.manifest import read_manifest
+from careline.agent.installer import Installer, ProductLayout
+from careline.shared.bundle import open_bundle, write_bundle
+from careline.shared.errors import VerificationError
+from careline.shared.manifest import read_manifest
 
 from .conftest import Release, instruction_for
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigError, VerificationError
-from shared.manifest import MANIFEST_NAME, read_manifest, verify_tree
-from shared.package import (
+from careline.shared.errors import ConfigError, VerificationError
+from careline.shared.manifest import MANIFEST_NAME, read_manifest, verify_tree
+from careline.shared.package import (
     PackageInfo,
     build_package,
     extract_package,

@@ -7,8 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.errors import ProtocolError, VerificationError
-from shared.trust import PartialDownload
+from careline.shared.errors import ProtocolError, VerificationError
+from careline.shared.trust import PartialDownload
 
 from .conftest import Release, instruction_for, make_package
 

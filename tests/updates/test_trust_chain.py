@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.errors import ConfigError, VerificationError
-from shared.trust import (
+from careline.shared.errors import ConfigError, VerificationError
+from careline.shared.trust import (
     AgentTrust,
     OnlineRepository,
     init_release_keys,
@@ -75,7 +75,7 @@ def test_targets_signed_with_the_old_key_after_rotation_are_refused(release: Rel
     with pytest.raises(ConfigError, match="not the targets key"):
         sign_targets(release.keys, release.repo.current_targets())
     package = make_package(release.tmp, "6.6.6")
-    from shared import trust
+    from careline.shared import trust
     forged = trust._resign_targets(  # bypass sign_targets' own check, as an attacker would
         trust._load_signer(old_key), trust.Metadata.from_bytes(release.repo.current_targets()),
         datetime.now(UTC), [target_for_package(package)])

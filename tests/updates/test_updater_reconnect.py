@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.state import AgentConfig, ProductConfig, StateDir
-from agent.updater import Updater, store_enrollment_trust
-from shared import protocol as p
-from shared.instruction import Instruction, sign_instruction
-from shared.keys import public_bytes
+from careline.agent.state import AgentConfig, ProductConfig, StateDir
+from careline.agent.updater import Updater, store_enrollment_trust
+from careline.shared import protocol as p
+from careline.shared.instruction import Instruction, sign_instruction
+from careline.shared.keys import public_bytes
 
 JOB = "job-1"
 

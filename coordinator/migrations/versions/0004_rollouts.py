@@ -3,7 +3,7 @@
 import sqlalchemy as sa
 from alembic import op
 
-from coordinator.storage.schema import UTCDateTime
+from careline.coordinator.storage.schema import UTCDateTime
 
 revision = "0004"
 down_revision = "0003"
