@@ -352,6 +352,8 @@ class Coordinator:
                 if refused is not None:
                     log.warning("agent %s over quota (%d refused so far): %s",
                                 link.agent_id, quota.refused, refused)
+                    # Its unread flood may hide its close frame: don't wait long for it.
+                    ws.close_timeout = 1.0
                     await close(ws, p.CloseCode.SLOW_DOWN, refused)
                     return
                 await self._on_agent_message(link, message)
