@@ -84,6 +84,7 @@ class AgentLink:
     agent_id: str
     customer_id: int
     last_heard: float = field(default_factory=time.monotonic)
+    connected_at: dt.datetime = field(default_factory=utcnow)
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
 
     async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
@@ -273,7 +274,7 @@ class Coordinator:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
         link = AgentLink(ws, hello.agent_id, key.customer_id)
-        self._presence[link.agent_id] = (True, utcnow(), hello.agent_version[:40])
+        self._presence[link.agent_id] = (True, link.connected_at, hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
         if previous is not None:
@@ -333,7 +334,7 @@ class Coordinator:
                 future.set_exception(ConnectionError("agent disconnected"))
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
-            self._presence[link.agent_id] = (False, utcnow(), "")
+            self._presence[link.agent_id] = (False, link.connected_at, "")
 
     def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
         """Scale-out: connected to another coordinator process, by the database's presence
@@ -361,17 +362,24 @@ class Coordinator:
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:
         """One transaction a second for every connect, disconnect and heartbeat since the
-        last: a reconnect storm costs a few writes, not one per agent."""
+        last: a reconnect storm costs a few writes, not one per agent. A failed write keeps
+        its batch for the next try, under whatever arrived for the same agents meanwhile."""
         if not (self._heartbeats or self._presence):
             return
         received, self._heartbeats = self._heartbeats, {}
-        batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
-                 for agent_id, (at, health) in received.items()}
         presence, self._presence = self._presence, {}
-        async with self.db.transaction() as conn:
-            await store.store_presence(conn, presence)
-            await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
-            await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
+        try:
+            batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
+                     for agent_id, (at, health) in received.items()}
+            async with self.db.transaction() as conn:
+                # Heartbeats first: a disconnect in the same batch comes after them.
+                await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
+                await store.store_presence(conn, presence)
+                await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
+        except BaseException:
+            self._heartbeats = {**received, **self._heartbeats}
+            self._presence = {**presence, **self._presence}
+            raise
 
     async def _flush_heartbeats_forever(self) -> None:
         while True:
