@@ -277,13 +277,18 @@ class Coordinator:
         self._presence[link.agent_id] = (True, link.connected_at, hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
-        if previous is not None:
-            await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
-        await ws.send(
-            p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval, server_time=time.time(),
-                               reconnect_window=reconnect_window(len(self.agent_keys))))
-        )
-        await self.updates.on_agent_connected(link)
+        try:  # registered all or nothing: a link that fails here is forgotten at once
+            if previous is not None:
+                await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
+            await ws.send(
+                p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval,
+                                   server_time=time.time(),
+                                   reconnect_window=reconnect_window(len(self.agent_keys))))
+            )
+            await self.updates.on_agent_connected(link)
+        except BaseException:
+            await self._forget(link)
+            raise
         return link
 
     async def _serve_agent(self, ws: ServerConnection) -> None:
