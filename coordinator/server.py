@@ -115,6 +115,7 @@ class AgentLink:
     agent_id: str
     customer_id: int
     last_heard: float = field(default_factory=time.monotonic)
+    connected_at: dt.datetime = field(default_factory=utcnow)
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
 
     async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
@@ -325,16 +326,21 @@ class Coordinator:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
         link = AgentLink(ws, hello.agent_id, key.customer_id)
-        self._presence[link.agent_id] = (True, utcnow(), hello.agent_version[:40])
+        self._presence[link.agent_id] = (True, link.connected_at, hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
-        if previous is not None:
-            await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
-        await ws.send(
-            p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval, server_time=time.time(),
-                               reconnect_window=reconnect_window(len(self.agent_keys))))
-        )
-        await self.updates.on_agent_connected(link)
+        try:  # registered all or nothing: a link that fails here is forgotten at once
+            if previous is not None:
+                await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
+            await ws.send(
+                p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval,
+                                   server_time=time.time(),
+                                   reconnect_window=reconnect_window(len(self.agent_keys))))
+            )
+            await self.updates.on_agent_connected(link)
+        except BaseException:
+            await self._forget(link)
+            raise
         return link
 
     async def _serve_agent(self, ws: ServerConnection) -> None:
@@ -398,7 +404,7 @@ class Coordinator:
                 future.set_exception(ConnectionError("agent disconnected"))
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
-            self._presence[link.agent_id] = (False, utcnow(), "")
+            self._presence[link.agent_id] = (False, link.connected_at, "")
 
     def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
         """Scale-out: connected to another coordinator process, by the database's presence
@@ -430,8 +436,9 @@ class Coordinator:
 
         If the batch fails it is split in halves until the failing agents are alone: each
         of those loses only its own report, logged with its id, and everyone else's is
-        stored. If the database itself is at fault (unreachable, locked, or every part
-        failed), the batch is put back, newer reports winning, and tried again."""
+        stored. If the database itself is at fault (unreachable, locked, or nothing could
+        be stored, which is all one can tell of a batch of one), the batch is put back,
+        newer reports winning, and tried again."""
         if not (self._heartbeats or self._presence):
             return
         received, self._heartbeats = self._heartbeats, {}
@@ -439,9 +446,9 @@ class Coordinator:
         agent_ids = sorted(received.keys() | presence.keys())
         try:
             failed = await self._write_isolating(agent_ids, received, presence)
-            if len(agent_ids) > 1 and len(failed) == len(agent_ids):
+            if failed and len(failed) == len(agent_ids):  # nothing stored: blame the storage
                 raise next(iter(failed.values()))
-        except Exception:
+        except BaseException:  # cancelled at shutdown, or storage down: keep it
             self._heartbeats = {**received, **self._heartbeats}
             self._presence = {**presence, **self._presence}
             raise
@@ -472,8 +479,9 @@ class Coordinator:
         batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
                  for agent_id, (at, health) in received.items()}
         async with self.db.transaction() as conn:
-            await store.store_presence(conn, presence)
+            # Heartbeats first: a disconnect in the same batch comes after them.
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
+            await store.store_presence(conn, presence)
             await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
 
     async def _flush_heartbeats_forever(self) -> None:

@@ -254,6 +254,7 @@ class UpdateService:
                 if reconnected:
                     await self.dispatch(agent_ids=reconnected)
             except Exception:
+                self._reconnected |= reconnected  # their jobs go out with the next sweep
                 log.exception("dispatching jobs failed; will retry")
 
     async def on_agent_connected(self, link: AgentLink) -> None:
