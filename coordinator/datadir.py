@@ -31,6 +31,8 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
+    # A technician connection with no request for this many seconds is closed.
+    admin_idle_timeout: float = 900.0
 
     def listen_host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")

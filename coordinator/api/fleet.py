@@ -202,6 +202,7 @@ async def revoke_technician(ctx: Context, p: TechnicianRef) -> dict[str, Any]:
     async with ctx.coordinator.db.transaction() as conn:
         await store.revoke_technician(conn, p.name, ctx.now)
         await ctx.audit(conn, "technician.revoke", f"technician:{p.name}")
+    await ctx.coordinator.disconnect_technician(p.name)
     return {"name": p.name, "revoked_at": ctx.now}
 
 
