@@ -36,7 +36,13 @@ from careline.shared import protocol as p
 from careline.shared.errors import ConfigError, Conflict, NotFound, ProtocolError
 from careline.shared.files import fsync_dir
 from careline.shared.instruction import Instruction, sign_instruction
-from careline.shared.keys import generate_key, load_private_key, public_bytes, save_private_key
+from careline.shared.keys import (
+    generate_key,
+    load_private_key,
+    public_bytes,
+    root_pin,
+    save_private_key,
+)
 from careline.shared.trust import OnlineRepository
 
 if TYPE_CHECKING:
@@ -227,6 +233,11 @@ class UpdateService:
         except ConfigError:
             root = b""
         return {"tuf_root": root, "instruction_key": public_bytes(self.instruction_key)}
+
+    def root_pin(self) -> str:
+        """What join strings pin: the hash of the first release root ("" before release keys)."""
+        root = self.enrollment_trust()["tuf_root"]
+        return root_pin(root) if root else ""
 
     async def _release(self, product: str, version: str) -> dict[str, Any]:
         key = (product, version)

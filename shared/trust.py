@@ -425,11 +425,12 @@ class OnlineRepository:
         return self._read(name)
 
     def enrollment_root(self) -> bytes:
-        """The root an agent stores at enrollment (`install_trusted_root`)."""
-        path = _latest_root_path(self.metadata_dir)
-        if path is None:
+        """The root an agent stores at enrollment (`install_trusted_root`): the vendor's
+        first, which join strings pin by hash; the agent walks to the newest from it."""
+        data = self._read("1.root.json")
+        if data is None:
             raise ConfigError("no release root published yet; run `careline release keys init`")
-        return path.read_bytes()
+        return data
 
     def current_targets(self) -> bytes:
         """The targets metadata the release manager signs the next release over."""

@@ -127,10 +127,11 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
             conn, "token.create", f"customer:{customer['id']}", token_id=token_id, uses=p.uses,
             expires_at=expires_at,
         )
-    join = JoinString(ctx.coordinator.public_url, token, ctx.coordinator.ca_fingerprint)
+    pin = ctx.coordinator.updates.root_pin()
+    join = JoinString(ctx.coordinator.public_url, token, ctx.coordinator.ca_fingerprint, pin)
     return {
         "join": str(join), "token_id": token_id, "customer_id": customer["id"],
-        "uses": p.uses, "expires_at": expires_at,
+        "uses": p.uses, "expires_at": expires_at, "root_pin": pin or None,
     }
 
 
