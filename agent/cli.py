@@ -25,11 +25,15 @@ class AgentGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
-def _state(state: str | None) -> Any:
-    from careline.agent.platform import default_state_dir
+def _state(state: str | None, *, secure: bool = True) -> Any:
+    """The state dir; unless only read (`status`), refused when others own or can write it."""
+    from careline.agent.platform import default_state_dir, secure_state_dir
     from careline.agent.state import StateDir
 
-    return StateDir(Path(state).resolve() if state else default_state_dir())
+    state_dir = StateDir(Path(state).resolve() if state else default_state_dir())
+    if secure and state_dir.enrolled():
+        secure_state_dir(state_dir.path)
+    return state_dir
 
 
 state_option = click.option(
@@ -167,7 +171,7 @@ def run(state: str | None, verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(state: str | None, as_json: bool) -> None:
     """Enrollment, coordinator, connection state and last report."""
-    state_dir = _state(state)
+    state_dir = _state(state, secure=False)
     info: dict[str, Any] = {"state_dir": str(state_dir.path), "enrolled": state_dir.enrolled()}
     if state_dir.enrolled():
         config = state_dir.load_config()

@@ -48,7 +48,7 @@ async def register(join: JoinString, public_key: bytes, *, hostname: str, os: st
 async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig]) -> AgentConfig:
     if state.enrolled():
         raise ConfigError(f"already enrolled in {state.path}; use another --state or remove it")
-    state.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    osx.secure_state_dir(state.path)
     # A key left by an earlier, failed attempt is reused: it was never accepted anywhere.
     key = load_private_key(state.key_file) if state.key_file.exists() else None
     if key is None:
