@@ -152,6 +152,9 @@ def run(state: str | None, verbose: bool) -> None:
         level=logging.INFO, handlers=handlers,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from careline.shared.logs import use_safe_formatter
+
+    use_safe_formatter()  # agents and clients choose some of what is logged
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
     async def main_loop() -> None:

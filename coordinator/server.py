@@ -40,6 +40,7 @@ from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, CarelineError, PermissionDenied, ProtocolError
 from careline.shared.keys import agent_id_for, cert_fingerprint, token_hash, verify_challenge
+from careline.shared.logs import safe_text
 
 log = logging.getLogger("careline.coordinator")
 
@@ -268,7 +269,8 @@ class Coordinator:
                 )
             )
         )
-        log.info("enrolled %s (%s) for customer %s", agent_id, request.hostname, token["customer_id"])
+        log.info("enrolled %s (%s) for customer %s", agent_id, safe_text(request.hostname),
+                 token["customer_id"])
 
     # ------------------------------------------------------------------ /agent
     async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:
@@ -488,7 +490,7 @@ class Coordinator:
 
     async def _refused(self, actor: str, method: str, reason: str) -> None:
         """A technician request refused for who is asking: logged and audited."""
-        log.warning("refused %s to %s: %s", p.safe_text(method), actor, reason)
+        log.warning("refused %s to %s: %s", safe_text(method), actor, reason)
         async with self.db.transaction() as conn:
             await store.record_audit(conn, actor=actor, action="admin.refused",
                                      target=f"method:{method[:100]}", detail={"reason": reason},
@@ -517,7 +519,7 @@ class Coordinator:
         except Exception:
             # The details stay in the log; the technician gets an id to quote.
             log_id = secrets.token_hex(4)
-            log.exception("admin method %s failed [log id %s]", p.safe_text(request.method), log_id)
+            log.exception("admin method %s failed [log id %s]", safe_text(request.method), log_id)
             reply = p.Reply(id=request.id, ok=False, error_code="internal",
                             error=f"internal error on the coordinator (log id {log_id})")
         await ws.send(p.encode(reply))

@@ -294,13 +294,3 @@ def to_builtins(value: Any) -> Any:
 
 ChannelRole = Literal["agent", "admin", "enroll"]
 
-
-def safe_text(value: object, limit: int = 200) -> str:
-    """A peer-chosen string made safe for a log line: control characters, line breaks and
-    other unprintables escaped (no forged log lines, no terminal escapes), cut to `limit`."""
-    text = str(value)
-    cut = len(text) > limit
-    text = text[:limit]
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return text + ("…" if cut else "")
