@@ -48,3 +48,25 @@ def test_substituted_root_is_refused(sqlite_coordinator, tmp_path):
          "--state", str(state)])
     anchor = json.loads((state / "tuf" / "enrollment-root.json").read_text())
     assert anchor["signed"]["version"] == 1
+
+
+def test_agent_enrolled_before_release_keys_updates_only_after_a_local_pin(
+    sqlite_coordinator, spawn_agent, tmp_path
+):
+    from tests.e2e.test_updates import build, enroll, installed, job_done, machine, publish
+
+    coord = sqlite_coordinator
+    pc1 = enroll(spawn_agent, tmp_path, "pc1", coord.join_string())  # no release keys yet
+    keys = tmp_path / "keys"
+    pin = coord.cli("release", "keys", "init", "--keys", str(keys))["root_pin"]
+    publish(coord, keys, build(tmp_path, "1.0.0"))
+
+    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.0.0")
+    refused = machine(job_done(coord, job["id"]), pc1.agent_id)
+    assert refused["status"] == "refused" and "pin-root" in refused["detail"]
+    assert not (pc1.state / "tuf").exists()  # nothing taken from the coordinator on trust
+
+    run([PYTHON, "-m", "careline.agent.cli", "pin-root", pin, "--state", str(pc1.state)])
+    job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.0.0")
+    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    assert installed(pc1.product_dir) == "1.0.0"
