@@ -89,8 +89,11 @@ def secure_state_dir(path: Path) -> None:
         st = path.stat()
         problems = posix_dir_problems(st.st_uid, st.st_mode, os.geteuid())
     if problems:
-        raise ConfigError(f"refusing the state dir {path}: {'; '.join(problems)}. Remove it "
-                          "or fix its permissions (SYSTEM and Administrators only / 0700).")
+        fix = (f'icacls "{path}" /setowner *S-1-5-32-544 /T && icacls "{path}" /inheritance:r '
+               "/grant:r *S-1-5-18:(OI)(CI)F *S-1-5-32-544:(OI)(CI)F" if IS_WINDOWS
+               else f"chown {os.geteuid()} {path} && chmod 700 {path}")
+        raise ConfigError(f"refusing the state dir {path}: {'; '.join(problems)}. If its "
+                          f"contents are trusted, an administrator can fix it with: {fix}")
 
 
 def _windows_create_private_dir(path: Path) -> None:
