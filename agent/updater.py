@@ -209,7 +209,8 @@ def apply_bundle(state: StateDir, bundle: Path) -> dict[str, Any]:
 
     config = state.load_config()
     verified = open_bundle(bundle, machine_id=config.agent_id,
-                           coordinator_key=instruction_key(state), state_dir=state.path)
+                           coordinator_key=instruction_key(state), state_dir=state.path,
+                           root_pin=pinned_root(state))
     try:
         product = find_product(config, verified.instruction.product)
         result = make_installer(state, product).install(verified)

@@ -648,6 +648,10 @@ def _tuf_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "tuf"
 
 
+def has_trusted_root(state_dir: Path) -> bool:
+    return (_tuf_dir(state_dir) / _TRUSTED_ROOT).exists()
+
+
 def install_trusted_root(state_dir: Path, root_bytes: bytes) -> None:
     """Store the root received at enrollment as this agent's trust anchor.
 
@@ -713,7 +717,8 @@ class AgentTrust:
         try:
             anchor = (self._dir / _TRUSTED_ROOT).read_bytes()
         except FileNotFoundError:
-            raise ConfigError("this agent has no trusted root; enroll it again") from None
+            raise ConfigError("this agent has no trusted update root: pin the vendor's with "
+                              "`careline-agent pin-root HASH`, or enroll it again") from None
         with self._translate():
             # An Updater refreshes once; a new one per refresh starts from the cached chain.
             updater = Updater(

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from careline.agent.state import StateDir
 from careline.agent.updater import accept_first_root, pin_root, pinned_root, store_enrollment_trust
+from careline.shared.bundle import open_bundle
 from careline.shared.errors import ConfigError, VerificationError
 from careline.shared.keys import JoinString, public_bytes, root_pin
 from careline.shared.trust import AgentTrust, OnlineRepository, init_release_keys
@@ -91,3 +92,23 @@ def test_the_pin_is_of_the_first_root_and_survives_rotation(tmp_path: Path):
     rotated = rotate_key(tmp_path / "vendor" / "keys", "root")
     repo.publish(root=rotated.root)
     assert repo.enrollment_root() == first
+
+
+def test_a_bundle_brings_the_first_root_only_to_a_machine_that_pinned_it(release, tmp_path):
+    from tests.updates.test_media_bundle import _bundle
+
+    bundle, _ = _bundle(release)
+    genuine = release.repo.enrollment_root()
+    key = release.instruction_key.public_key()
+    for pin, works in (("", False), ("ab" * 32, False), (root_pin(genuine), True)):
+        state = tmp_path / f"offline-{pin[:4] or 'none'}"
+        state.mkdir()
+        if works:
+            verified = open_bundle(bundle, machine_id="m1", coordinator_key=key,
+                                   state_dir=state, root_pin=pin)
+            assert verified.instruction.version == "2.0.0"
+            assert (state / "tuf" / "enrollment-root.json").read_bytes() == genuine
+        else:
+            with pytest.raises((ConfigError, VerificationError), match="pin"):
+                open_bundle(bundle, machine_id="m1", coordinator_key=key, state_dir=state,
+                            root_pin=pin)
