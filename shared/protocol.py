@@ -375,4 +375,3 @@ def to_builtins(value: Any) -> Any:
 
 
 ChannelRole = Literal["agent", "admin", "enroll"]
-
