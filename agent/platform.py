@@ -197,10 +197,30 @@ def start_product(product: ProductConfig, log_path: Path) -> None:
     never with the agent's rights over files a standard user could swap. An elevated agent
     starts it in the logged-on user's session on Windows (a program started from the
     service would run as SYSTEM in session 0, invisible), and on Linux only from paths
-    that root alone can change; otherwise it refuses, saying why."""
+    that root alone can change; otherwise it refuses, saying why (`check_startable`)."""
     if product.service:
         _service(product.service, "start")
         return
+    argv, install_dir = check_startable(product)
+    if is_elevated() and IS_WINDOWS:
+        _windows_start_in_user_session(product.name, argv, install_dir)
+        return
+    # Detached, so the product outlives the agent like a program the user started.
+    flags = 0
+    if IS_WINDOWS:
+        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            argv, cwd=install_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            creationflags=flags, start_new_session=not IS_WINDOWS,
+        )
+
+
+def check_startable(product: ProductConfig) -> tuple[list[str], Path]:
+    """Raise ConfigError, with the reason, if `start_product` would refuse this product;
+    else its argv and install dir. Called before a restart stops anything."""
+    if product.service:
+        return [], Path(product.install_dir)
     if not product.executable:
         raise ConfigError(
             f"product {product.name} has no executable or service configured to start it"
@@ -211,26 +231,19 @@ def start_product(product: ProductConfig, log_path: Path) -> None:
         str(install_dir / arg) if not os.path.isabs(arg) and (install_dir / arg).exists() else arg
         for arg in product.executable
     ]
-    if is_elevated():
-        if IS_WINDOWS:
-            _windows_start_in_user_session(product.name, argv, install_dir)
-            return
-        for path in [install_dir, *(Path(a) for a in argv if os.path.isabs(a) and os.path.exists(a))]:
-            problem = changeable_by_others(path)
-            if problem:
-                raise ConfigError(
-                    f"not starting {product.name} as root: {problem}, so a standard user could "
-                    "replace what it runs. Configure it as a service (--product-service), make "
-                    "its files root-only, or ask the user to start it.")
-    # Detached, so the product outlives the agent like a program the user started.
-    flags = 0
+    if not is_elevated():
+        return argv, install_dir
     if IS_WINDOWS:
-        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    with open(log_path, "ab") as log:
-        subprocess.Popen(
-            argv, cwd=install_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            creationflags=flags, start_new_session=not IS_WINDOWS,
-        )
+        _windows_console_user_token(product.name)
+        return argv, install_dir
+    for path in [install_dir, *(Path(a) for a in argv if os.path.isabs(a) and os.path.exists(a))]:
+        problem = changeable_by_others(path)
+        if problem:
+            raise ConfigError(
+                f"not starting {product.name} as root: {problem}, so a standard user could "
+                "replace what it runs. Configure it as a service (--product-service), make "
+                "its files root-only, or ask the user to start it.")
+    return argv, install_dir
 
 
 def unsafe_path_entry(chain: list[tuple[str, int, int]]) -> str | None:
@@ -264,22 +277,28 @@ def changeable_by_others(path: Path) -> str | None:
     return None
 
 
-def _windows_start_in_user_session(name: str, argv: list[str], cwd: Path) -> None:
-    """Start a desktop program as the user logged on at the console, on their desktop."""
+def _windows_console_user_token(name: str) -> object:
+    """The token of the user logged on at the console, or ConfigError if nobody is."""
     import pywintypes
-    import win32con
-    import win32process
-    import win32profile
     import win32ts
 
     session = win32ts.WTSGetActiveConsoleSessionId()
     try:
         if session == 0xFFFFFFFF:
             raise pywintypes.error(0, "WTSGetActiveConsoleSessionId", "no console session")
-        token = win32ts.WTSQueryUserToken(session)
+        return win32ts.WTSQueryUserToken(session)
     except pywintypes.error:
         raise ConfigError(f"not starting {name}: nobody is logged on to start it for, and the "
                           "agent will not run a desktop program as SYSTEM") from None
+
+
+def _windows_start_in_user_session(name: str, argv: list[str], cwd: Path) -> None:
+    """Start a desktop program as the user logged on at the console, on their desktop."""
+    import win32con
+    import win32process
+    import win32profile
+
+    token = _windows_console_user_token(name)
     startup = win32process.STARTUPINFO()
     startup.lpDesktop = "winsta0\\default"
     environment = win32profile.CreateEnvironmentBlock(token, False)

@@ -5,7 +5,12 @@ in the coordinator's log."""
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
+import subprocess
+import sys
+
+import pytest
 
 from careline.agent.enroll import register
 from careline.shared.keys import JoinString, generate_key, public_bytes
@@ -42,3 +47,27 @@ def test_agent_chosen_hostname_cannot_forge_a_log_line(sqlite_coordinator):
     log = wait_until(lambda: "enrolled" in coord.log.read_text() and coord.log.read_text())
     assert "pc\\n2026-01-01 00:00:00,000 ERROR" in log
     assert not any(line.startswith("2026-01-01 00:00:00,000 ERROR") for line in log.splitlines())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the rule is about an agent running as root")
+def test_root_agent_will_not_start_a_product_any_user_can_replace(sqlite_coordinator, spawn_agent,
+                                                                   tmp_path):
+    coord = sqlite_coordinator
+    product = tmp_path / "Kho"
+    product.mkdir()
+    (product / "app.py").write_text("import time\ntime.sleep(60)\n")
+    product.chmod(0o777)  # installed where every user may write
+    agent = spawn_agent("pc", coord.join_string(), "--product", f"Kho={product}",
+                        "--product-exec", f"Kho={sys.executable} app.py")
+    app = subprocess.Popen([sys.executable, str(product / "app.py")], start_new_session=True)
+    try:
+        wait_until(lambda: coord.agents()[agent.agent_id]["products"].get("Kho", {}).get("running"))
+        refused = coord.cli("restart-product", "--machine", agent.agent_id, "--product", "Kho",
+                            check=False)
+        assert refused.returncode == 1
+        assert "not starting Kho as root" in refused.stderr
+        assert "writable by group" in refused.stderr
+        assert app.poll() is None  # refused before anything was stopped
+    finally:
+        app.kill()
+        app.wait(10)
