@@ -164,7 +164,10 @@ def make_installer(state: StateDir, product: ProductConfig) -> Installer:
     start = None
     if product.executable or product.service:
         def start() -> None:
-            osx.start_product(product, state.path / f"{product.name}.out.log")
+            try:
+                osx.start_product(product, state.path / f"{product.name}.out.log")
+            except ConfigError as exc:  # the update stands; only the restart is refused
+                log.warning("%s updated but not started again: %s", product.name, exc)
 
     return Installer(
         _updates_dir(state),
