@@ -76,8 +76,8 @@ RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 10.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
 # the agent here.
 REVOCATION_CHECK_SECONDS = 2.0
-# Failed technician logins from one address are audited at most this often (all are logged),
-# so a stranger guessing tokens cannot fill the audit table.
+# Failed technician logins from one address are logged and audited at most this often (with
+# a count of the rest), so a stranger guessing tokens cannot fill the log or audit table.
 LOGIN_FAILURE_AUDIT_SECONDS = 10.0
 
 
@@ -183,7 +183,8 @@ class Coordinator:
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
         self.admin_sessions: set[AdminSession] = set()
-        self._login_failures: dict[str, float] = {}  # source address -> last audited
+        # source address -> (when last reported, failed logins since then)
+        self._login_failures: dict[str, tuple[float, int]] = {}
         self.server: Server | None = None
         api.load_all()
         from careline.coordinator.updates import UpdateService
@@ -599,18 +600,23 @@ class Coordinator:
             self.admin_sessions.discard(session)
 
     async def _login_failed(self, ws: ServerConnection) -> None:
-        """Logged always; audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per source."""
+        """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
         source = peer_address(ws)
-        log.warning("technician login refused from %s: token unknown or revoked", source)
         now = time.monotonic()
-        if now - self._login_failures.get(source, -LOGIN_FAILURE_AUDIT_SECONDS) < LOGIN_FAILURE_AUDIT_SECONDS:
+        since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
+        if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
+            self._login_failures[source] = (since, suppressed + 1)
             return
         if len(self._login_failures) > 10_000:
             self._login_failures.clear()
-        self._login_failures[source] = now
+        self._login_failures[source] = (now, 0)
+        log.warning("technician login refused from %s: token unknown or revoked "
+                    "(%d more refused since the last report)", source, suppressed)
         async with self.db.transaction() as conn:
             await store.record_audit(conn, actor="unknown", action="admin.login_refused",
-                                     target=f"address:{source}", detail={}, now=utcnow())
+                                     target=f"address:{source}",
+                                     detail={"refused_since_last": suppressed}, now=utcnow())
 
     async def _refused(self, actor: str, method: str, reason: str) -> None:
         """A technician request refused for who is asking: logged and audited."""
