@@ -124,13 +124,25 @@ def tokens() -> None:
 @click.option("--contract", type=int, default=None,
               help="Contract the machines join (default: the customer's current one).")
 @click.option("--site", default=None, help="The customer's site the machines are at.")
+@click.option("--expect-root", envvar="CARELINE_ROOT_PIN", default=None,
+              help="The update root hash `careline release keys init` printed: refuse a join "
+                   "string that pins another (env CARELINE_ROOT_PIN).")
 def tokens_create(client: Any, as_json: bool, customer: str, uses: int, expires: str,
-                  contract: int | None, site: str | None) -> None:
+                  contract: int | None, site: str | None, expect_root: str | None) -> None:
+    from careline.shared.errors import VerificationError
     from careline.shared.units import parse_duration
 
     seconds = parse_duration(expires).total_seconds()
     result = client.call("tokens.create", customer=customer, uses=uses, expires_seconds=seconds,
                          contract=contract, site=site)
+    if expect_root and (result.get("root_pin") or "") != expect_root.strip().lower():
+        raise VerificationError(
+            f"the coordinator's join string pins update root {result.get('root_pin')}, not "
+            f"{expect_root}: do not hand it out (token {result['token_id']} was created)")
+    if not result.get("root_pin"):
+        click.echo("warning: no release keys yet, so this join string pins no update root; "
+                   "its machines need `careline-agent pin-root` before they accept updates",
+                   err=True)
     if as_json:
         from careline.coordinator.render import emit
 

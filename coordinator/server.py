@@ -41,7 +41,7 @@ from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
-from careline.shared.errors import AuthError, CarelineError, ProtocolError
+from careline.shared.errors import AuthError, CarelineError, PermissionDenied, ProtocolError
 from careline.shared.keys import (
     agent_id_for,
     cert_fingerprint,
@@ -49,6 +49,7 @@ from careline.shared.keys import (
     token_hash,
     verify_challenge,
 )
+from careline.shared.logs import safe_text
 
 log = logging.getLogger("careline.coordinator")
 
@@ -75,6 +76,9 @@ RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 10.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
 # the agent here.
 REVOCATION_CHECK_SECONDS = 2.0
+# Failed technician logins from one address are logged and audited at most this often (with
+# a count of the rest), so a stranger guessing tokens cannot fill the log or audit table.
+LOGIN_FAILURE_AUDIT_SECONDS = 10.0
 
 
 def reconnect_window(fleet_size: int) -> float:
@@ -138,6 +142,16 @@ class AgentLink:
             self.pending.pop(command_id, None)
 
 
+@dataclass(eq=False)
+class AdminSession:
+    """One open technician connection: its token is re-checked on every request and by
+    the revocation poll, so a revoked technician keeps no open door."""
+
+    ws: ServerConnection
+    token_hash: str
+    name: str
+
+
 class Coordinator:
     def __init__(self, datadir: DataDir, settings: Settings, db: Database) -> None:
         self.datadir = datadir
@@ -169,6 +183,9 @@ class Coordinator:
         self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
+        self.admin_sessions: set[AdminSession] = set()
+        # source address -> (when last reported, failed logins since then)
+        self._login_failures: dict[str, tuple[float, int]] = {}
         self.server: Server | None = None
         api.load_all()
         from careline.coordinator.updates import UpdateService
@@ -306,7 +323,8 @@ class Coordinator:
                 )
             )
         )
-        log.info("enrolled %s (%s) for customer %s", agent_id, request.hostname, token["customer_id"])
+        log.info("enrolled %s (%s) for customer %s", agent_id, safe_text(request.hostname),
+                 token["customer_id"])
 
     # ------------------------------------------------------------------ /agent
     async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:
@@ -420,14 +438,32 @@ class Coordinator:
             await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
 
     async def _disconnect_revoked_forever(self) -> None:
-        """Agents revoked through another coordinator process leave this one too."""
+        """Agents and technicians revoked through another coordinator process leave this
+        one too."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             try:
                 for agent_id in await self.agent_keys.revocations(utcnow()):
                     await self.disconnect_revoked(agent_id)
+                await self._close_revoked_admin_sessions()
             except Exception:
                 log.exception("checking revocations failed; will retry")
+
+    async def _close_revoked_admin_sessions(self) -> None:
+        sessions = list(self.admin_sessions)
+        if not sessions:
+            return
+        async with self.db.connect() as conn:
+            active = await store.active_token_hashes(conn, {s.token_hash for s in sessions})
+        for session in sessions:
+            if session.token_hash not in active:
+                await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
+
+    async def disconnect_technician(self, name: str) -> None:
+        """After a technician's revocation is committed: close their open connections here
+        (other processes close theirs at their next revocation check)."""
+        for session in [s for s in self.admin_sessions if s.name == name]:
+            await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
 
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:
@@ -534,30 +570,77 @@ class Coordinator:
         return next(self._command_ids)
 
     # ------------------------------------------------------------------ /admin
-    async def _authenticate_technician(self, headers: Headers) -> api.Caller | None:
-        token = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    async def _technician(self, digest: str) -> api.Caller | None:
+        """The technician holding this token now, or None once it is revoked."""
         async with self.db.connect() as conn:
-            row = await store.technician_by_token_hash(conn, token_hash(token))
+            row = await store.technician_by_token_hash(conn, digest)
         if row is None or row["revoked_at"] is not None:
             return None
         return api.Caller(row["name"], row["role"])
 
     async def _serve_admin(self, ws: ServerConnection, headers: Headers) -> None:
+        digest = token_hash(headers.get("Authorization", "").removeprefix("Bearer ").strip())
         with self._unauthenticated(ws, p.ADMIN_PATH):
-            caller = await asyncio.wait_for(self._authenticate_technician(headers),
-                                            HANDSHAKE_TIMEOUT)
+            caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
+            await self._login_failed(ws)
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
         # Technicians upload release packages: larger frames only once the token checked out.
         ws.protocol.max_message_size = p.MAX_ADMIN_MESSAGE_BYTES
-        async for data in ws:
-            request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
-            await self._answer(ws, caller, request)
+        session = AdminSession(ws, digest, caller.name)
+        self.admin_sessions.add(session)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(ws.recv(), self.settings.admin_idle_timeout)
+                except TimeoutError:
+                    await close(ws, p.CloseCode.TIMEOUT, "idle technician connection closed")
+                    return
+                request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
+                caller = await self._technician(digest)  # revoked or demoted since?
+                if caller is None:
+                    await self._refused(session.name, request.method, "token revoked")
+                    await close(ws, p.CloseCode.REVOKED, "technician token revoked")
+                    return
+                await self._answer(ws, caller, request)
+        finally:
+            self.admin_sessions.discard(session)
+
+    async def _login_failed(self, ws: ServerConnection) -> None:
+        """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
+        source = peer_address(ws)
+        now = time.monotonic()
+        since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
+        if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
+            self._login_failures[source] = (since, suppressed + 1)
+            return
+        if len(self._login_failures) > 10_000:
+            self._login_failures.clear()
+        self._login_failures[source] = (now, 0)
+        log.warning("technician login refused from %s: token unknown or revoked "
+                    "(%d more refused since the last report)", source, suppressed)
+        async with self.db.transaction() as conn:
+            await store.record_audit(conn, actor="unknown", action="admin.login_refused",
+                                     target=f"address:{source}",
+                                     detail={"refused_since_last": suppressed}, now=utcnow())
+
+    async def _refused(self, actor: str, method: str, reason: str) -> None:
+        """A technician request refused for who is asking: logged and audited."""
+        log.warning("refused %s to %s: %s", safe_text(method), actor, reason)
+        async with self.db.transaction() as conn:
+            await store.record_audit(conn, actor=actor, action="admin.refused",
+                                     target=f"method:{method[:100]}", detail={"reason": reason},
+                                     now=utcnow())
 
     async def _answer(self, ws: ServerConnection, caller: api.Caller, request: p.Request) -> None:
         try:
-            found = api.lookup(request.method, caller)
+            try:
+                found = api.lookup(request.method, caller)
+            except PermissionDenied as exc:
+                await self._refused(caller.name, request.method, str(exc))
+                raise
             params = api.parse_params(found, request.params)
             ctx = api.Context(self, caller, utcnow())
             if found.streams:
@@ -571,9 +654,12 @@ class Coordinator:
             reply = p.Reply(id=request.id, result=p.to_builtins(result))
         except CarelineError as exc:
             reply = p.Reply(id=request.id, ok=False, error_code=exc.code, error=str(exc))
-        except Exception as exc:
-            log.exception("admin method %s failed", request.method)
-            reply = p.Reply(id=request.id, ok=False, error_code="internal", error=repr(exc))
+        except Exception:
+            # The details stay in the log; the technician gets an id to quote.
+            log_id = secrets.token_hex(4)
+            log.exception("admin method %s failed [log id %s]", safe_text(request.method), log_id)
+            reply = p.Reply(id=request.id, ok=False, error_code="internal",
+                            error=f"internal error on the coordinator (log id {log_id})")
         await ws.send(p.encode(reply))
 
 

@@ -129,6 +129,16 @@ async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Ro
     return dict(row) if row else None
 
 
+async def active_token_hashes(conn: AsyncConnection, hashes: Iterable[str]) -> set[str]:
+    """Which of these technician token hashes still belong to an unrevoked technician."""
+    wanted = list(hashes)
+    if not wanted:
+        return set()
+    query = sa.select(technicians.c.token_hash).where(
+        technicians.c.token_hash.in_(wanted), technicians.c.revoked_at.is_(None))
+    return {row.token_hash for row in await conn.execute(query)}
+
+
 async def list_technicians(conn: AsyncConnection) -> list[Row]:
     query = sa.select(technicians).order_by(technicians.c.id)
     return [
