@@ -186,6 +186,8 @@ class AgentRunner:
                 for task in tasks:
                     task.cancel()
                 self.updater.connection_lost()
+            if stop.is_set():  # tell the coordinator this PC is being switched off
+                await ws.close(p.CloseCode.AGENT_STOPPING, "agent stopping")
             for task in done:
                 task.result()  # re-raise why the session ended
 

@@ -225,6 +225,22 @@ def customers_hours(client: Any, as_json: bool, customer: str, workdays: str | N
                      closes=closes), as_json)
 
 
+@technician_command(customers, "closed")
+@click.argument("customer")
+@click.option("--from", "first_day", default=None, help="First closed day, YYYY-MM-DD.")
+@click.option("--to", "last_day", default=None, help="Last closed day, YYYY-MM-DD.")
+@click.option("--note", default="", help="Why, e.g. Tet.")
+def customers_closed(client: Any, as_json: bool, customer: str, first_day: str | None,
+                     last_day: str | None, note: str) -> None:
+    """Record days the customer is closed (no offline incidents, no due times in them);
+    without --from/--to, list their closures."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("customers.closed", customer=customer, first_day=first_day,
+                     last_day=last_day, note=note), as_json,
+         ("id", "first_day", "last_day", "note", "created_by"), title="closures")
+
+
 # ============================================================================ contracts
 @main.group(cls=CarelineGroup)
 def contracts() -> None:
@@ -364,6 +380,27 @@ def incidents_explain(client: Any, as_json: bool, incident: int) -> None:
                f"due {result['due_at']}")
     for number, reason in enumerate(result["reasons"], 1):
         click.echo(f"  {number}. {reason}")
+
+
+@technician_command(incidents, "wait")
+@click.argument("incident", type=int)
+@click.option("--on", "on", type=click.Choice(["customer", "vendor", "third_party"]),
+              default="customer", show_default=True)
+@click.option("--note", default="", help="What it waits for.")
+def incidents_wait(client: Any, as_json: bool, incident: int, on: str, note: str) -> None:
+    """Stop the incident's due-time clock while it waits on someone."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("incidents.wait", id=incident, on=on, note=note), as_json)
+
+
+@technician_command(incidents, "resume")
+@click.argument("incident", type=int)
+def incidents_resume(client: Any, as_json: bool, incident: int) -> None:
+    """Start the clock again; the due time moves out by the business time paused."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("incidents.resume", id=incident), as_json)
 
 
 @technician_command(incidents, "resolve")

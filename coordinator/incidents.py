@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from careline.coordinator.policy.alerts import ConditionState, Transition, observe, touch
 from careline.coordinator.policy.calendar import BusinessCalendar
 from careline.coordinator.policy.config import WEEKDAYS, Policy
-from careline.coordinator.policy.decide import IncidentFacts, MachineState, decide
+from careline.coordinator.policy.decide import IncidentFacts, MachineState, Pause, decide
 from careline.coordinator.policy.entitlement import (
     NOTHING,
     Contract,
@@ -24,6 +24,7 @@ from careline.coordinator.policy.entitlement import (
     MaintenancePackage,
     entitlement_at,
 )
+from careline.coordinator.policy.offline import Presence, offline_check, silent_for
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
@@ -55,8 +56,12 @@ def _newer(version: str, than: str | None) -> bool:
 ConditionKey = tuple[str, str, str]  # agent id, kind, subject
 
 
-def customer_calendar(policy: Policy, customer: dict[str, Any]) -> BusinessCalendar:
-    """The policy's business calendar in the customer's time zone and hours."""
+def customer_calendar(
+    policy: Policy, customer: dict[str, Any],
+    closures: tuple[tuple[dt.date, dt.date], ...] = (),
+) -> BusinessCalendar:
+    """The policy's business calendar in the customer's time zone and hours, with the
+    customer's own closures."""
     default = policy.calendar
     workdays = default.workdays
     if customer.get("workdays"):
@@ -65,7 +70,17 @@ def customer_calendar(policy: Policy, customer: dict[str, Any]) -> BusinessCalen
         default, timezone=customer["timezone"], workdays=workdays,
         opens=dt.time.fromisoformat(customer["opens"]) if customer.get("opens") else default.opens,
         closes=dt.time.fromisoformat(customer["closes"]) if customer.get("closes") else default.closes,
+        closures=closures,
     )
+
+
+async def load_calendar(
+    conn: AsyncConnection, policy: Policy, customer: dict[str, Any]
+) -> BusinessCalendar:
+    """A customer's calendar with their closures, read from storage."""
+    closures = await service.list_closures(conn, customer["id"])
+    return customer_calendar(policy, customer, tuple(
+        (row["first_day"], row["last_day"]) for row in closures))
 
 
 def _state_to_json(state: ConditionState) -> dict[str, Any]:
@@ -135,10 +150,11 @@ class IncidentDesk:
 
     async def machine_state(
         self, conn: AsyncConnection, agent: dict[str, Any], entitlement: Entitlement,
-        now: dt.datetime,
+        now: dt.datetime, calendar: BusinessCalendar,
     ) -> MachineState:
         """What the agent can do remotely. Restoring integrity needs the agent online, the
-        installed versions known and the machine entitled to remote fixes (the signed copy)."""
+        installed versions known and the machine entitled to remote fixes (the signed copy).
+        How long it has been offline is counted as the policy says (business time)."""
         seen = agent["last_seen"]
         online = bool(agent["connected"] and seen and now - seen <= self.offline_after)
         health = agent["health"] or {}
@@ -147,7 +163,8 @@ class IncidentDesk:
         return MachineState(
             online=online,
             healthy_for_remote=not problems & {"disk_full", "disk_failing"},
-            offline_for=None if online or seen is None else now - seen,
+            offline_for=None if online or seen is None else silent_for(
+                Presence(seen), now, calendar, self.policy.offline_counts),
             integrity_restorable=online and versions_known and bool(health.get("products"))
             and entitlement.includes.remote_fixes,
         )
@@ -190,10 +207,12 @@ class IncidentDesk:
         incident = await service.get_incident(conn, incident_id)
         agent = await store.get_agent(conn, incident["agent_id"])
         customer = await store.get_customer(conn, agent["customer_id"])
-        calendar = customer_calendar(self.policy, customer)
+        calendar = await load_calendar(conn, self.policy, customer)
         reported = incident["opened_at"]
         entitlement = await self.entitlement(conn, agent, calendar.local(reported).date())
-        machine = await self.machine_state(conn, agent, entitlement, now)
+        machine = await self.machine_state(conn, agent, entitlement, now, calendar)
+        paused = tuple(Pause(w["started_at"], w["ended_at"], w["on_whom"], w["note"])
+                       for w in await service.list_waits(conn, incident_id))
         year_ago = now - dt.timedelta(days=365)
         # The release that just failed to install is not a fix for its own failure.
         fix = (None if incident["kind"] == "update_failed"
@@ -202,6 +221,7 @@ class IncidentDesk:
             IncidentFacts(incident["category"], incident["severity"], reported), entitlement,
             machine, fix_available=fix is not None, policy=self.policy, calendar=calendar,
             onsite_visits_used=await service.count_visits(conn, customer["id"], year_ago),
+            paused=paused,
         )
         facts: dict[str, Any] = {
             "entitlement": entitlement.to_dict(),
@@ -218,7 +238,12 @@ class IncidentDesk:
             "due_at": decision.due_at, "rule": decision.rule, "reasons": list(decision.reasons),
             "facts": facts,
         })
-        if decision.action in ONSITE_ACTIONS:
+        visit = await service.open_visit_of(conn, incident_id)
+        if visit is not None and visit["action"] == decision.action:
+            # Decided again (resumed, redecided): the same work order, with the new terms.
+            await service.update_visit(conn, visit["id"], fee_vnd=decision.fee_vnd,
+                                       due_at=decision.due_at)
+        elif decision.action in ONSITE_ACTIONS:
             await service.add_visit(conn, {
                 "incident_id": incident_id, "agent_id": agent["id"],
                 "customer_id": customer["id"], "action": decision.action,
@@ -311,14 +336,24 @@ class IncidentDesk:
         await self.observe(conn, {(agent_id, kind, subject): (True, detail)}, now)
 
     async def sweep_offline(self, now: dt.datetime) -> None:
-        """One agent_offline check per machine: silent longer than the policy allows?"""
-        limit = self.policy.offline_incident_after
+        """One agent_offline check per machine: silent longer than the policy allows, in
+        its customer's business time? A machine switched off cleanly is never offline."""
+        policy = self.policy
         async with self.db.transaction() as conn:
+            customers = {c["id"]: c for c in await store.list_customers(conn)}
+            closures = await service.closures_by_customer(conn)
+            calendars: dict[int, BusinessCalendar] = {}
             checks = {}
             for agent in await store.list_presence(conn):
                 if agent["revoked_at"] is not None:
                     continue
-                heard = agent["last_seen"] or agent["enrolled_at"]
-                checks[(agent["id"], "agent_offline", "")] = (
-                    now - heard > limit, f"last heard from {heard:%Y-%m-%d %H:%M}Z")
+                customer_id = agent["customer_id"]
+                if customer_id not in calendars:
+                    calendars[customer_id] = customer_calendar(
+                        policy, customers[customer_id], closures.get(customer_id, ()))
+                presence = Presence(agent["last_seen"] or agent["enrolled_at"],
+                                    agent["off_at"] if store.is_off(agent) else None)
+                checks[(agent["id"], "agent_offline", "")] = offline_check(
+                    presence, now, calendar=calendars[customer_id],
+                    limit=policy.offline_incident_after, counts=policy.offline_counts)
             await self.observe(conn, checks, now)

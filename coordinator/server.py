@@ -132,6 +132,8 @@ class Coordinator:
         self._heartbeats: dict[str, tuple[float, p.Health]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
+        # agent id -> when it disconnected saying it was stopping cleanly (PC switched off)
+        self._clean_stops: dict[str, dt.datetime] = {}
         self._pending_handshakes = 0
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
@@ -333,7 +335,11 @@ class Coordinator:
                 future.set_exception(ConnectionError("agent disconnected"))
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
-            self._presence[link.agent_id] = (False, utcnow(), "")
+            now = utcnow()
+            self._presence[link.agent_id] = (False, now, "")
+            said = link.ws.protocol.close_rcvd
+            if said is not None and said.code == p.CloseCode.AGENT_STOPPING:
+                self._clean_stops[link.agent_id] = now
 
     def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
         """Scale-out: connected to another coordinator process, by the database's presence
@@ -368,8 +374,10 @@ class Coordinator:
         batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
                  for agent_id, (at, health) in received.items()}
         presence, self._presence = self._presence, {}
+        clean_stops, self._clean_stops = self._clean_stops, {}
         async with self.db.transaction() as conn:
             await store.store_presence(conn, presence)
+            await store.store_clean_stops(conn, clean_stops)
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
             await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
 

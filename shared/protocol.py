@@ -39,6 +39,9 @@ class CloseCode:
     REPLACED = 4409  # the same agent connected again; the older connection is closed
     TOKEN_REFUSED = 4410  # enrollment token unknown, expired or spent
     # A busy coordinator answers the upgrade itself with HTTP 503 and Retry-After.
+    # Sent by the agent: it is stopping cleanly (service stopped, PC shutting down), so the
+    # machine is "off", not "offline".
+    AGENT_STOPPING = 4000
 
     # Codes after which reconnecting with the same identity cannot succeed.
     FATAL = frozenset({UNAUTHENTICATED, REVOKED, TOKEN_REFUSED})

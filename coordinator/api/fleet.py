@@ -18,13 +18,14 @@ AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen"
 
 
 def agent_status(row: dict[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:
-    """online while connected and heard from recently; a silent or dropped agent is offline."""
+    """online while connected and heard from recently; off when its agent stopped cleanly
+    (the PC was shut down); any other silent or dropped agent is offline."""
     if row["revoked_at"] is not None:
         return "revoked"
     seen = row["last_seen"]
     if row["connected"] and seen is not None and now - seen <= offline_after:
         return "online"
-    return "offline"
+    return "off" if store.is_off(row) else "offline"
 
 
 def agent_view(ctx: Context, row: dict[str, Any], *, full: bool = False) -> dict[str, Any]:

@@ -7,6 +7,10 @@ is used only inside to find business days and closing time. Public holidays come
 A due time is always a closing time: "same day" is today's close if the report came in on a
 business day before the cutoff, else the next business day's close; "N business days" is the
 close of the N-th business day after the day of the report.
+
+Business *time* is the part of a span that falls inside opening hours on business days: what
+an offline machine is charged with (a PC switched off at night or over Tết is not missing
+work), and how far a due time moves when its clock was paused waiting on the customer.
 """
 
 from __future__ import annotations
@@ -64,6 +68,9 @@ class BusinessCalendar:
     opens: time = time(8, 0)
     closes: time = time(17, 30)
     country: str = "VN"  # holidays.country_holidays code
+    # The customer's own closures (company holiday, Tết week, moving office): inclusive
+    # local dates, (first, last).
+    closures: tuple[tuple[date, date], ...] = ()
 
     def __post_init__(self) -> None:
         try:
@@ -72,6 +79,8 @@ class BusinessCalendar:
             raise ValueError(f"unknown time zone {self.timezone!r}") from None
         if not self.workdays or not self.workdays <= frozenset(range(7)):
             raise ValueError("workdays must be a non-empty set of weekdays 0 (Mon) .. 6 (Sun)")
+        if any(first > last for first, last in self.closures):
+            raise ValueError("a closure must not end before it starts")
         if self.opens >= self.closes:
             raise ValueError("business hours must open before they close")
         try:
@@ -90,8 +99,12 @@ class BusinessCalendar:
         return moment.astimezone(self.tz)
 
     def is_business_day(self, day: date) -> bool:
-        """`day` is a local date on a workday that is not a public holiday."""
-        return day.weekday() in self.workdays and day not in _holidays(self.country, day.year)
+        """`day` is a local date on a workday, not a public holiday nor a customer closure."""
+        return (
+            day.weekday() in self.workdays
+            and day not in _holidays(self.country, day.year)
+            and not any(first <= day <= last for first, last in self.closures)
+        )
 
     def next_business_day(self, day: date) -> date:
         """The first business day strictly after local date `day`."""
@@ -126,3 +139,42 @@ class BusinessCalendar:
         if rule.business_days == 0:
             return self.same_day_due(reported_at, cutoff)
         return self.next_business_days(reported_at, rule.business_days)
+
+    # ------------------------------------------------------------------ business time
+    def _hours(self, day: date) -> tuple[datetime, datetime]:
+        """Opening and closing of local date `day`, in UTC (zoneinfo resolves DST)."""
+        tz = self.tz
+        return (datetime.combine(day, self.opens, tzinfo=tz).astimezone(UTC),
+                datetime.combine(day, self.closes, tzinfo=tz).astimezone(UTC))
+
+    def business_time(self, start: datetime, end: datetime) -> timedelta:
+        """How much of [start, end) lies in business hours (zero when end <= start)."""
+        total = timedelta(0)
+        if end <= start:
+            return total
+        day, last = self.local(start).date(), self.local(end).date()
+        while day <= last:
+            if self.is_business_day(day):
+                opens, closes = self._hours(day)
+                overlap = min(closes, end) - max(opens, start)
+                if overlap > timedelta(0):
+                    total += overlap
+            day += _DAY
+        return total
+
+    def add_business_time(self, start: datetime, amount: timedelta) -> datetime:
+        """The first moment by which `amount` of business time has passed since `start`."""
+        if amount < timedelta(0):
+            raise ValueError("amount must not be negative")
+        if amount == timedelta(0):
+            return start
+        day = self.local(start).date()
+        while True:
+            if self.is_business_day(day):
+                opens, closes = self._hours(day)
+                begin = max(opens, start)
+                if closes > begin:
+                    if begin + amount <= closes:
+                        return begin + amount
+                    amount -= closes - begin
+            day += _DAY

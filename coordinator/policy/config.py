@@ -21,6 +21,7 @@ from careline.shared.errors import ConfigError
 from .alerts import CONDITION_KINDS, EVENT_KINDS, KINDS, AlertRule
 from .calendar import BusinessCalendar, DueRule
 from .entitlement import Tier
+from .offline import OFFLINE_COUNTS
 
 ACTIONS = (
     "remote_update",
@@ -81,6 +82,7 @@ class Policy:
     calendar: BusinessCalendar  # default hours for customers without their own
     offline_long_after: timedelta
     offline_incident_after: timedelta  # silent this long -> an agent_offline check fails
+    offline_counts: str  # how silence is counted: see offline.OFFLINE_COUNTS
     alerts: Mapping[str, AlertRule]
     # kind of an incident opened from agent reports -> (category, severity) for the rules
     kinds: Mapping[str, tuple[str, str]]
@@ -242,6 +244,7 @@ def _policy(root: _Table) -> Policy:
     machine = root.table("machine")
     offline_long_after = timedelta(hours=machine.integer("offline_long_after_hours", minimum=1))
     offline_incident_after = timedelta(minutes=machine.number("offline_incident_after_minutes"))
+    offline_counts = machine.choice("offline_counts", OFFLINE_COUNTS)
     machine.done()
 
     alerts_table = root.table("alerts")
@@ -264,6 +267,7 @@ def _policy(root: _Table) -> Policy:
         calendar=calendar,
         offline_long_after=offline_long_after,
         offline_incident_after=offline_incident_after,
+        offline_counts=offline_counts,
         alerts=alerts,
         kinds=kinds,
         rules=rules,

@@ -12,6 +12,9 @@ What coverage includes, per action:
                                     unless the tier waives it)
 Included -> fee 0; otherwise fee = the action's list price from [fees]. `quote_vnd` is always
 the list price, so a technician can tell the customer what coverage saved them.
+
+The due-time clock stops while an incident waits on the customer: every business hour of a
+pause that began before the (running) due time moves it out by as much.
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ class MachineState:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A span the incident waited on someone else (`end` None: still waiting)."""
+
+    start: datetime
+    end: datetime | None
+    on: str  # whom it waits on, e.g. "customer"
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Decision:
     action: str
     covered: bool  # the machine was under warranty or maintenance when reported
@@ -81,6 +94,7 @@ def decide(
     policy: Policy,
     calendar: BusinessCalendar,
     onsite_visits_used: int = 0,
+    paused: tuple[Pause, ...] = (),
 ) -> Decision:
     """Decide action, fee and due time for one machine's incident.
 
@@ -105,7 +119,8 @@ def decide(
     quote = policy.fees[rule.action]
     included, what = _included(rule.action, incident.category, entitlement, onsite_visits_used)
     fee = 0 if included else quote
-    due_at = calendar.due_at(incident.reported_at, rule.due, policy.same_day_cutoff)
+    base_due = calendar.due_at(incident.reported_at, rule.due, policy.same_day_cutoff)
+    due_at, pause_reasons = paused_due(base_due, paused, calendar)
     return Decision(
         action=rule.action,
         covered=entitlement.covered,
@@ -117,10 +132,39 @@ def decide(
             _entitlement_reason(entitlement),
             f"rules[{rule.index}]: {rule.reason}",
             _fee_reason(entitlement, rule.action, included, what, fee),
-            _due_reason(incident.reported_at, due_at, calendar, rule.due, policy.same_day_cutoff),
+            _due_reason(incident.reported_at, base_due, calendar, rule.due,
+                        policy.same_day_cutoff),
+            *pause_reasons,
         ),
         rule=rule.index,
     )
+
+
+def paused_due(
+    due_at: datetime, paused: tuple[Pause, ...], calendar: BusinessCalendar
+) -> tuple[datetime, tuple[str, ...]]:
+    """Move `due_at` out by the business time of each finished pause that began before it;
+    one reason per pause (an open pause holds the clock: the due time moves when it ends)."""
+    reasons = []
+    for pause in sorted(paused, key=lambda p: p.start):
+        start = calendar.local(pause.start)
+        note = f" ({pause.note})" if pause.note else ""
+        if pause.end is None:
+            reasons.append(f"Clock paused since {start:%Y-%m-%d %H:%M}, waiting on {pause.on}"
+                           f"{note}: the due time moves out when it resumes")
+            continue
+        end = calendar.local(pause.end)
+        span = f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
+        if pause.start >= due_at:
+            reasons.append(f"Paused {span} waiting on {pause.on}{note}: after the due time,"
+                           " so it does not move it")
+            continue
+        held = calendar.business_time(pause.start, pause.end)
+        due_at = calendar.add_business_time(due_at, held)
+        minutes = int(held.total_seconds() // 60)
+        reasons.append(f"Paused {span} waiting on {pause.on}{note}: {minutes // 60}h{minutes % 60:02d}m"
+                       f" of business time added, due {calendar.local(due_at):%Y-%m-%d %H:%M}")
+    return due_at, tuple(reasons)
 
 
 def _included(

@@ -240,6 +240,7 @@ async def list_presence(conn: AsyncConnection, customer_id: int | None = None) -
     query = sa.select(
         agents.c.id, agents.c.hostname, agents.c.customer_id, agents.c.enrolled_at,
         agents.c.revoked_at, agents.c.connected, agents.c.last_seen,
+        agents.c.last_connected_at, agents.c.off_at, agents.c.site_id,
     ).order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
@@ -293,6 +294,22 @@ async def store_presence(
         await conn.execute(
             agents.update().where(agents.c.id == sa.bindparam("b_id")).values(connected=False),
             downs)
+
+
+def is_off(row: Mapping[str, Any]) -> bool:
+    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline"."""
+    off, connected_at = row.get("off_at"), row.get("last_connected_at")
+    return (not row["connected"] and off is not None
+            and (connected_at is None or off >= connected_at))
+
+
+async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.datetime]) -> None:
+    """Agents that said goodbye before disconnecting: their PC is being switched off."""
+    if stops:
+        await conn.execute(
+            agents.update().where(agents.c.id == sa.bindparam("b_id"))
+            .values(off_at=sa.bindparam("b_at")),
+            [{"b_id": a, "b_at": at} for a, at in stops.items()])
 
 
 async def store_heartbeats(conn: AsyncConnection, beats: Iterable[tuple[str, dt.datetime, Any]]) -> None:
