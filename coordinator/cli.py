@@ -305,6 +305,55 @@ def entitlement(client: Any, as_json: bool, machine: str, at: str | None) -> Non
 
 
 @main.group(cls=CarelineGroup)
+def policy() -> None:
+    """Policy overrides: vendor file -> customer -> site -> machine."""
+
+
+def _policy_target(fn: Any) -> Any:
+    fn = click.option("--machine", default=None, help="A machine (id, prefix or hostname).")(fn)
+    fn = click.option("--site", default=None, help="A site of --customer (id or name).")(fn)
+    return click.option("--customer", default=None, help="Customer id or name.")(fn)
+
+
+POLICY_COLUMNS = ("key", "value", "source")
+
+
+@technician_command(policy, "set")
+@_policy_target
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+def policy_set(client: Any, as_json: bool, customer: str | None, site: str | None,
+               machine: str | None, assignments: tuple[str, ...]) -> None:
+    """Override values, e.g. fees.onsite_reinstall_vnd=450000 (admin)."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("policy.set", customer=customer, site=site, machine=machine,
+                     assignments=list(assignments)), as_json, POLICY_COLUMNS, title="policy")
+
+
+@technician_command(policy, "unset")
+@_policy_target
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+def policy_unset(client: Any, as_json: bool, customer: str | None, site: str | None,
+                 machine: str | None, keys: tuple[str, ...]) -> None:
+    """Drop overrides: the values fall back to the level above (admin)."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("policy.unset", customer=customer, site=site, machine=machine,
+                     keys=list(keys)), as_json, POLICY_COLUMNS, title="policy")
+
+
+@technician_command(policy, "show")
+@_policy_target
+def policy_show(client: Any, as_json: bool, customer: str | None, site: str | None,
+                machine: str | None) -> None:
+    """Every value that may vary by customer and where it comes from."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("policy.show", customer=customer, site=site, machine=machine), as_json,
+         POLICY_COLUMNS, title="policy")
+
+
+@main.group(cls=CarelineGroup)
 def report() -> None:
     """Reports for the vendor's office."""
 

@@ -119,10 +119,13 @@ class Coordinator:
         self.offline_after = dt.timedelta(
             seconds=settings.heartbeat_interval * settings.missed_heartbeats
         )
-        from careline.coordinator.policy.config import load_policy
+        from careline.coordinator.policy.config import load_policy_data
+        from careline.coordinator.policy.overrides import PolicyLayers
 
-        self.policy = load_policy(Path(settings.policy) if settings.policy else None)
-        self.desk = IncidentDesk(db, self.policy, self.offline_after)
+        self.policy_layers = PolicyLayers(
+            *load_policy_data(Path(settings.policy) if settings.policy else None))
+        self.policy = self.policy_layers.resolve()
+        self.desk = IncidentDesk(db, self.policy_layers, self.offline_after)
         self.links: dict[str, AgentLink] = {}
         self.agent_keys = AgentKeys(db)
         # Live commands for agents held by another process (PostgreSQL scale-out only).

@@ -130,10 +130,14 @@ def decide(
         due_at=due_at,
         reasons=(
             _entitlement_reason(entitlement),
-            f"rules[{rule.index}]: {rule.reason}",
-            _fee_reason(entitlement, rule.action, included, what, fee),
+            f"rules[{rule.index}]: {rule.reason}"
+            + _set_by(policy, f"rules[{rule.index}].action"),
+            _fee_reason(entitlement, rule.action, included, what, fee)
+            + _set_by(policy, f"fees.{rule.action}_vnd"),
             _due_reason(incident.reported_at, base_due, calendar, rule.due,
-                        policy.same_day_cutoff),
+                        policy.same_day_cutoff)
+            + _set_by(policy, f"rules[{rule.index}].due",
+                      *(["due.same_day_cutoff"] if not rule.due.business_days else [])),
             *pause_reasons,
         ),
         rule=rule.index,
@@ -184,6 +188,13 @@ def _included(
         allowed = includes.onsite_visits_per_year
         return visits_used < allowed, f"on-site visits ({visits_used} of {allowed} used this year)"
     return includes.waive_onsite_reinstall_fee, "a waiver of the on-site reinstall fee"
+
+
+def _set_by(policy: Policy, *keys: str) -> str:
+    """Which policy level set the values a reason rests on, when not the built-in one."""
+    levels = [f"{key} set by the {policy.source(key)} policy"
+              for key in keys if policy.source(key) != "default"]
+    return f" [{'; '.join(levels)}]" if levels else ""
 
 
 def _entitlement_reason(entitlement: Entitlement) -> str:

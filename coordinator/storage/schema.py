@@ -178,6 +178,18 @@ incidents = sa.Table(
     sa.Column("waiting_on", sa.String(40)),
 )
 
+policy_overrides = sa.Table(
+    "policy_overrides",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("target", sa.String(80), nullable=False),
+    sa.Column("key", sa.String(120), nullable=False),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("set_by", sa.String(100), nullable=False),
+    sa.Column("set_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("target", "key", name="uq_policy_overrides_target_key"),
+)
+
 customer_closures = sa.Table(
     "customer_closures",
     metadata,

@@ -21,6 +21,7 @@ from careline.coordinator.storage.schema import (
     incident_waits,
     incidents,
     maintenance_packages,
+    policy_overrides,
     visits,
 )
 from careline.shared.errors import Conflict, NotFound
@@ -121,6 +122,45 @@ async def closures_by_customer(
     for row in await list_closures(conn):
         found.setdefault(row["customer_id"], []).append((row["first_day"], row["last_day"]))
     return {customer: tuple(days) for customer, days in found.items()}
+
+
+# ----------------------------------------------------------------------------- overrides
+async def set_override(
+    conn: AsyncConnection, *, target: str, key: str, value: Any, by: str, now: dt.datetime,
+) -> None:
+    """Set (or replace) one policy value for a customer, site or machine."""
+    await conn.execute(policy_overrides.delete().where(
+        policy_overrides.c.target == target, policy_overrides.c.key == key))
+    await conn.execute(policy_overrides.insert().values(
+        target=target, key=key, value=value, set_by=by, set_at=now))
+
+
+async def unset_override(conn: AsyncConnection, target: str, key: str) -> bool:
+    result = await conn.execute(policy_overrides.delete().where(
+        policy_overrides.c.target == target, policy_overrides.c.key == key))
+    return bool(result.rowcount)
+
+
+async def list_overrides(conn: AsyncConnection) -> list[Row]:
+    return rows_of(await conn.execute(
+        sa.select(policy_overrides).order_by(policy_overrides.c.target, policy_overrides.c.key)))
+
+
+async def agent_owners(conn: AsyncConnection, agent_ids: list[str]) -> list[Row]:
+    """Id, customer and site of each agent: whose overrides apply to it."""
+    if not agent_ids:
+        return []
+    return rows_of(await conn.execute(
+        sa.select(agents.c.id, agents.c.customer_id, agents.c.site_id)
+        .where(agents.c.id.in_(agent_ids))))
+
+
+async def overrides_by_target(conn: AsyncConnection) -> dict[str, dict[str, Any]]:
+    """Every override, target -> key -> value (a small table, read whole)."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in await list_overrides(conn):
+        found.setdefault(row["target"], {})[row["key"]] = row["value"]
+    return found
 
 
 # ----------------------------------------------------------------------------- conditions
