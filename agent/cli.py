@@ -67,9 +67,11 @@ def main() -> None:
               help="Top-level folder in the install dir with customer data: never touched.")
 @click.option("--product-log", "logs", multiple=True, metavar="NAME=FILE",
               help="The product's log file (relative to its install dir), for diagnostics.")
+@click.option("--replaces", default="", metavar="MACHINE",
+              help="This is a reinstall of that machine (id or hostname): keep its history.")
 def enroll(join_string: str, state: str | None, products: tuple[str, ...],
            execs: tuple[str, ...], services: tuple[str, ...], datas: tuple[str, ...],
-           logs: tuple[str, ...]) -> None:
+           logs: tuple[str, ...], replaces: str) -> None:
     """Register this machine with the coordinator named in JOIN_STRING."""
     import shlex
 
@@ -102,7 +104,7 @@ def enroll(join_string: str, state: str | None, products: tuple[str, ...],
         for name, directory in install_dirs.items()
     ]
     state_dir = _state(state)
-    config = asyncio.run(do_enroll(join, state_dir, configs))
+    config = asyncio.run(do_enroll(join, state_dir, configs, replaces))
     click.echo(f"Enrolled as {config.agent_id} (customer {config.customer_id}).")
     click.echo(f"Start the agent with: careline-agent run --state {state_dir.path}")
 

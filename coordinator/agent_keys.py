@@ -25,6 +25,7 @@ CLOCK_MARGIN = dt.timedelta(seconds=60)
 class AgentKey:
     public_key: bytes
     customer_id: int
+    machine_id: str = ""  # the machine it belongs to, when not the id said in hello
 
 
 class AgentKeys:
@@ -45,20 +46,23 @@ class AgentKeys:
         if key is not None:
             return key
         async with self.db.connect() as conn:
-            row = await store.agent_by_id(conn, agent_id)
+            # A key that replaced a reinstalled machine's first; then the machine itself.
+            row = await store.agent_for_key(conn, agent_id) or await store.agent_by_id(
+                conn, agent_id)
         if row is None:
             return "unknown"
         if row["revoked_at"] is not None:
             return "revoked"
-        key = self._keys[agent_id] = AgentKey(bytes(row["public_key"]), row["customer_id"])
+        key = self._keys[agent_id] = AgentKey(
+            bytes(row["public_key"]), row["customer_id"], row["id"])
         return key
 
     def __len__(self) -> int:
         """Enrolled agents not revoked (that this process knows of)."""
         return len(self._keys)
 
-    def add(self, agent_id: str, public_key: bytes, customer_id: int) -> None:
-        self._keys[agent_id] = AgentKey(public_key, customer_id)
+    def add(self, agent_id: str, public_key: bytes, customer_id: int, machine_id: str = "") -> None:
+        self._keys[agent_id] = AgentKey(public_key, customer_id, machine_id)
 
     def evict(self, agent_id: str) -> None:
         self._keys.pop(agent_id, None)
@@ -69,7 +73,10 @@ class AgentKeys:
         since = (self._checked_at or now) - CLOCK_MARGIN
         async with self.db.connect() as conn:
             revoked = await store.revoked_since(conn, since)
+            rekeyed = await store.rekeyed_since(conn, since)
         self._checked_at = now
+        for ref in rekeyed:  # a reinstall elsewhere: look the new key up on next sight
+            self.evict(ref)
         for agent_id in revoked:
             self.evict(agent_id)
         return revoked

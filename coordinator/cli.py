@@ -177,6 +177,27 @@ def agents_revoke(client: Any, as_json: bool, agent: str) -> None:
     emit(client.call("agents.revoke", id=agent), as_json)
 
 
+@technician_command(agents, "candidates")
+@click.option("--customer", default=None, help="Only this customer's machines.")
+def agents_candidates(client: Any, as_json: bool, customer: str | None) -> None:
+    """Machines that may be reinstalls of an earlier one (same hardware): link with replace."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("agents.candidates", customer=customer), as_json,
+         ("customer", "old", "old_hostname", "new", "new_hostname", "strength", "matching"),
+         title="possible reinstalls")
+
+
+@technician_command(agents, "replace")
+@click.argument("old")
+@click.argument("new")
+def agents_replace(client: Any, as_json: bool, old: str, new: str) -> None:
+    """NEW is a reinstall of OLD: OLD keeps its id, history and seat, and takes NEW's key."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("agents.replace", old=old, new=new), as_json)
+
+
 # ============================================================================ technicians
 @main.group(cls=CarelineGroup)
 def technicians() -> None:

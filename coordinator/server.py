@@ -32,6 +32,7 @@ from careline.coordinator import api
 from careline.coordinator.agent_keys import AgentKeys
 from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.datadir import DataDir, Settings
+from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
 from careline.coordinator.relay import CommandRelay
@@ -39,7 +40,7 @@ from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, CarelineError, ProtocolError
-from careline.shared.keys import agent_id_for, cert_fingerprint, token_hash, verify_challenge
+from careline.shared.keys import cert_fingerprint, token_hash, verify_challenge
 
 log = logging.getLogger("careline.coordinator")
 
@@ -230,25 +231,18 @@ class Coordinator:
         )
         if len(request.public_key) != 32:
             raise ProtocolError("public_key must be a raw 32-byte Ed25519 key")
-        agent_id = agent_id_for(request.public_key)
         now = utcnow()
         try:
             async with self.db.transaction() as conn:
                 token = await store.spend_enrollment_token(conn, token_hash(request.token), now)
-                await store.add_agent(
-                    conn, agent_id=agent_id, customer_id=token["customer_id"],
-                    public_key=request.public_key, hostname=request.hostname[:255],
-                    os=request.os[:100], agent_version=request.agent_version[:40], now=now,
-                    contract_id=token["contract_id"], site_id=token["site_id"],
-                )
-                await store.record_audit(
-                    conn, actor=f"enrollment-token:{token['id']}", action="agent.enroll",
-                    target=f"agent:{agent_id}", detail={"hostname": request.hostname}, now=now,
-                )
+                enrolled = await enroll_machine(conn, token, request, now, self.offline_after)
         except CarelineError as exc:
             await close(ws, p.CloseCode.TOKEN_REFUSED, str(exc))
             return
-        self.agent_keys.add(agent_id, request.public_key, token["customer_id"])
+        agent_id = enrolled.machine_id
+        if enrolled.relinked:  # a reinstall: the machine's old key is gone
+            await self.disconnect_revoked(agent_id)
+        self.agent_keys.add(agent_id, request.public_key, token["customer_id"], agent_id)
         await ws.send(
             p.encode(
                 p.Enrolled(
@@ -277,7 +271,7 @@ class Coordinator:
         except AuthError as exc:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
-        link = AgentLink(ws, hello.agent_id, key.customer_id)
+        link = AgentLink(ws, key.machine_id or hello.agent_id, key.customer_id)
         self._presence[link.agent_id] = (True, utcnow(), hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
@@ -356,6 +350,15 @@ class Coordinator:
         link = self.links.get(agent_id)
         if link is not None:
             await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
+
+    async def relinked(self, machine_id: str, replaced_id: str) -> None:
+        """A technician linked agent `replaced_id` to the machine it reinstalls: the machine's
+        old key is gone, and the agent reconnects as that machine (REPLACED: it retries)."""
+        await self.disconnect_revoked(machine_id)
+        self.agent_keys.evict(replaced_id)
+        link = self.links.get(replaced_id)
+        if link is not None:
+            await close(link.ws, p.CloseCode.REPLACED, f"linked to machine {machine_id}")
 
     async def _disconnect_revoked_forever(self) -> None:
         """Agents revoked through another coordinator process leave this one too."""

@@ -41,7 +41,10 @@ PY
             *) careline customers add "$customer" >/dev/null ;;
         esac
         join=$(careline tokens create --customer "$customer" --uses 1 --expires 10m)
-        careline-agent enroll "$join" --state "$state" --product "KeToan=$product"
+        # Three "PCs" on one host: each its own hardware identity, or the second would be
+        # taken for a reinstall of the first.
+        CARELINE_AGENT_HARDWARE="{\"uuid\": \"demo-$name\", \"disk\": \"demo-disk-$name\"}" \
+            careline-agent enroll "$join" --state "$state" --product "KeToan=$product"
     fi
     careline-agent run --state "$state" &
     pids+=($!)

@@ -103,6 +103,9 @@ class EnrollRequest(Message, tag="enroll"):
     os: str
     agent_version: str
     products: list[str] = []
+    # Hashed hardware identity (shared.hardware): a reinstalled PC is the same machine.
+    hardware: dict[str, str] = {}
+    replaces: str = ""  # the machine a technician says this reinstall is (id or hostname)
 
 
 class Enrolled(Message, tag="enrolled"):

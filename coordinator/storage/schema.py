@@ -89,6 +89,13 @@ agents = sa.Table(
     sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id")),
     sa.Column("joined_contract_on", sa.Date),
     sa.Column("off_at", UTCDateTime),
+    sa.Column("hw_uuid", sa.String(64)),
+    sa.Column("hw_serial", sa.String(64)),
+    sa.Column("hw_disk", sa.String(64)),
+    sa.Column("hw_mac", sa.String(64)),
+    sa.Column("key_id", sa.String(40), unique=True),
+    sa.Column("key_changed_at", UTCDateTime),
+    sa.Column("replaced_by", sa.String(40)),
 )
 
 events = sa.Table(

@@ -319,6 +319,19 @@ async def open_visit_of(conn: AsyncConnection, incident_id: int) -> Row | None:
     return dict(row) if row else None
 
 
+async def complete_reinstall_visits(
+    conn: AsyncConnection, agent_id: str, note: str, now: dt.datetime
+) -> list[int]:
+    """The machine was reinstalled and is back: its open on-site reinstalls are done."""
+    open_visits = (visits.c.agent_id == agent_id, visits.c.status != "completed",
+                   visits.c.action == "onsite_reinstall")
+    ids = [row.id for row in await conn.execute(sa.select(visits.c.id).where(*open_visits))]
+    if ids:
+        await conn.execute(visits.update().where(visits.c.id.in_(ids)).values(
+            status="completed", completed_at=now, note=note))
+    return ids
+
+
 async def update_visit(conn: AsyncConnection, visit_id: int, **values: Any) -> None:
     await conn.execute(visits.update().where(visits.c.id == visit_id).values(**values))
 
