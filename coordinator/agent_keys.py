@@ -59,9 +59,7 @@ class AgentKeys:
         if seen is not None and time.monotonic() - seen < UNKNOWN_TTL_SECONDS:
             return "unknown"
         async with self.db.connect() as conn:
-            # A key that replaced a reinstalled machine's first; then the machine itself.
-            row = await store.agent_for_key(conn, agent_id) or await store.agent_by_id(
-                conn, agent_id)
+            row = await store.agent_for_hello(conn, agent_id)
         if row is None:
             self._unknown[agent_id] = time.monotonic()
             self._unknown.move_to_end(agent_id)

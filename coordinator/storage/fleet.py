@@ -355,11 +355,14 @@ async def agent_keys(conn: AsyncConnection) -> dict[str, tuple[bytes, int, str]]
     return keys
 
 
-async def agent_for_key(conn: AsyncConnection, key_id: str) -> Row | None:
-    """The machine (not revoked) whose current key has this id."""
-    row = (await conn.execute(sa.select(agents).where(
-        agents.c.key_id == key_id, agents.c.revoked_at.is_(None)))).mappings().first()
-    return dict(row) if row else None
+async def agent_for_hello(conn: AsyncConnection, ref: str) -> Row | None:
+    """The machine an agent saying hello as `ref` is, in one query: the machine whose
+    current key has that id (a reinstall linked to an older machine), else the agent whose
+    id it is (revoked or not)."""
+    rows = rows_of(await conn.execute(sa.select(agents).where(
+        sa.or_(agents.c.key_id == ref, agents.c.id == ref))))
+    current = [r for r in rows if r["key_id"] == ref and r["revoked_at"] is None]
+    return next(iter(current or [r for r in rows if r["id"] == ref]), None)
 
 
 async def rekeyed_since(conn: AsyncConnection, since: dt.datetime) -> list[str]:
