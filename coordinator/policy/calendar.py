@@ -4,9 +4,11 @@ Times come in and go out as UTC-aware datetimes (storage and wire); the customer
 is used only inside to find business days and closing time. Public holidays come from the
 `holidays` package (Vietnam's Tết and Hùng Kings follow the lunar calendar), never hard-coded.
 
-A due time is always a closing time: "same day" is today's close if the report came in on a
-business day before the cutoff, else the next business day's close; "N business days" is the
-close of the N-th business day after the day of the report.
+A due time in days is always a closing time: "same day" is today's close if the report came
+in on a business day before the cutoff, else the next business day's close; "N business
+days" is the close of the N-th business day after the day of the report. A response target
+in hours ("business_hours:4", a hospital's contract) is N hours of business time after the
+report.
 
 Business *time* is the part of a span that falls inside opening hours on business days: what
 an offline machine is charged with (a PC switched off at night or over Tết is not missing
@@ -33,13 +35,15 @@ def _holidays(country: str, year: int) -> frozenset[date]:
 
 @dataclass(frozen=True)
 class DueRule:
-    """When an action is due: `business_days` = 0 means the same day (subject to the cutoff)."""
+    """When an action is due: `business_days` = 0 means the same day (subject to the
+    cutoff), unless `business_hours` (> 0) sets a response target in hours instead."""
 
     business_days: int
+    business_hours: int = 0
 
     @classmethod
     def parse(cls, text: str) -> DueRule:
-        """'same_day' | 'next_business_day' | 'business_days:N' (N >= 1)."""
+        """'same_day' | 'next_business_day' | 'business_days:N' | 'business_hours:N' (N >= 1)."""
         if text == "same_day":
             return cls(0)
         if text == "next_business_day":
@@ -47,11 +51,20 @@ class DueRule:
         prefix, _, count = text.partition(":")
         if prefix == "business_days" and count.isdigit() and int(count) >= 1:
             return cls(int(count))
+        if prefix == "business_hours" and count.isdigit() and int(count) >= 1:
+            return cls(0, int(count))
         raise ValueError(
-            f"due must be 'same_day', 'next_business_day' or 'business_days:N', got {text!r}"
+            "due must be 'same_day', 'next_business_day', 'business_days:N' or"
+            f" 'business_hours:N', got {text!r}"
         )
 
+    @property
+    def uses_cutoff(self) -> bool:
+        return self.business_days == 0 and not self.business_hours
+
     def __str__(self) -> str:
+        if self.business_hours:
+            return f"within {self.business_hours} business hours"
         if self.business_days == 0:
             return "same business day if reported before the cutoff, else the next"
         if self.business_days == 1:
@@ -136,6 +149,8 @@ class BusinessCalendar:
         return self.closing(day)
 
     def due_at(self, reported_at: datetime, rule: DueRule, cutoff: time) -> datetime:
+        if rule.business_hours:
+            return self.add_business_time(reported_at, timedelta(hours=rule.business_hours))
         if rule.business_days == 0:
             return self.same_day_due(reported_at, cutoff)
         return self.next_business_days(reported_at, rule.business_days)

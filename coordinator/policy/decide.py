@@ -137,7 +137,7 @@ def decide(
             _due_reason(incident.reported_at, base_due, calendar, rule.due,
                         policy.same_day_cutoff)
             + _set_by(policy, f"rules[{rule.index}].due",
-                      *(["due.same_day_cutoff"] if not rule.due.business_days else [])),
+                      *(["due.same_day_cutoff"] if rule.due.uses_cutoff else [])),
             *pause_reasons,
         ),
         rule=rule.index,
@@ -225,7 +225,7 @@ def _due_reason(
 ) -> str:
     reported, due = calendar.local(reported_at), calendar.local(due_at)
     when = f"Due {due:%Y-%m-%d %H:%M} {calendar.timezone}"
-    if rule.business_days:
+    if not rule.uses_cutoff:
         return f"{when}: {rule}"
     cutoff = f"{same_day_cutoff:%H:%M}"
     if due.date() == reported.date():

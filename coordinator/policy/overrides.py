@@ -29,6 +29,8 @@ OVERRIDE_LEVELS = LEVELS[2:]
 # What may vary by customer: money, due times and their rules, alert thresholds, the
 # offline rules. Tiers, warranty and incident kinds are the vendor's product, not a contract.
 OVERRIDABLE = ("fees.", "due.", "machine.", "alerts.", "rules[")
+# The customer's own setting decides these (`careline customers add --timezone`).
+_NOT_OVERRIDABLE = {"due.timezone": "set the customer's time zone instead"}
 _RULE_KEY = re.compile(r"^rules\[(\d+)\]\.(\w+)$")
 
 Override = tuple[str, str, Any]  # (level, key, value), applied in order: later wins
@@ -129,6 +131,8 @@ class PolicyLayers:
         leaves = flatten(self.base)
         if key not in leaves:
             raise ConfigError(f"unknown policy key {key!r}")
+        if key in _NOT_OVERRIDABLE:
+            raise ConfigError(f"{key} cannot be overridden: {_NOT_OVERRIDABLE[key]}")
         if not key.startswith(OVERRIDABLE):
             raise ConfigError(f"{key} cannot be overridden per customer, site or machine"
                               f" (only {', '.join(k.rstrip('.[') for k in OVERRIDABLE)})")
@@ -165,5 +169,6 @@ class PolicyLayers:
             _assign(data, key, value)
         return [
             {"key": key, "value": value, "source": policy.source(key)}
-            for key, value in flatten(data).items() if key.startswith(OVERRIDABLE)
+            for key, value in flatten(data).items()
+            if key.startswith(OVERRIDABLE) and key not in _NOT_OVERRIDABLE
         ]

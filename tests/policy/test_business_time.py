@@ -108,3 +108,22 @@ def test_property_a_whole_day_is_its_opening_hours_or_nothing(calendar, moment):
              - datetime.combine(day, calendar.opens, tzinfo=tz))
     expected = hours if calendar.is_business_day(day) else timedelta(0)
     assert calendar.business_time(midnight, next_midnight) == expected
+
+
+@pytest.mark.parametrize(
+    ("reported", "due"),
+    [
+        (vn(2026, 1, 13, 9, 0), vn(2026, 1, 13, 13, 0)),  # Tuesday morning: same afternoon
+        (vn(2026, 1, 13, 16, 0), vn(2026, 1, 14, 10, 30)),  # 1.5 h today, 2.5 h tomorrow
+        (vn(2026, 1, 13, 22, 0), vn(2026, 1, 14, 12, 0)),  # at night: from the opening
+        (vn(2027, 2, 3, 17, 0), vn(2027, 2, 11, 11, 30)),  # over Tết
+    ],
+)
+def test_response_target_in_business_hours(reported, due):
+    from careline.coordinator.policy.calendar import DueRule
+
+    rule = DueRule.parse("business_hours:4")
+    assert (rule.business_days, rule.business_hours, str(rule)) == (
+        0, 4, "within 4 business hours")
+    assert not rule.uses_cutoff and DueRule.parse("same_day").uses_cutoff
+    assert VN.due_at(reported, rule, time(15)) == due

@@ -69,6 +69,7 @@ def test_chain_orders_customer_site_machine_and_skips_missing_levels():
         ("tiers.premium.onsite_visits_per_year", 9, "tiers.premium.onsite_visits_per_year"
          " cannot be overridden"),
         ("kinds.disk_full.severity", "low", "cannot be overridden"),
+        ("due.timezone", "Asia/Bangkok", "set the customer's time zone instead"),
     ],
 )
 def test_bad_overrides_are_refused_naming_the_key(key, value, message):
@@ -171,3 +172,16 @@ def test_show_lists_every_overridable_value_and_its_source():
     assert shown["alerts.agent_offline.open_after"]["source"] == "default"
     assert "rules[12].due" in shown
     assert not any(key.startswith(("tiers.", "kinds.", "warranty.")) for key in shown)
+
+
+def test_a_four_hour_response_for_a_hospital():
+    reported = datetime(2026, 3, 3, 9, 0, tzinfo=ZoneInfo("Asia/Ho_Chi_Minh")).astimezone(UTC)
+    policy = LAYERS.resolve([("customer", "rules[5].due", "business_hours:4")])
+    decision = decide(IncidentFacts("disk", "high", reported),
+                      Entitlement(reported.date(), "not_covered", NOTHING),
+                      MachineState(online=True), fix_available=False, policy=policy,
+                      calendar=BusinessCalendar())
+    assert decision.due_at == reported + timedelta(hours=4)
+    assert decision.reasons[3] == (
+        "Due 2026-03-03 13:00 Asia/Ho_Chi_Minh: within 4 business hours"
+        " [rules[5].due set by the customer policy]")
