@@ -90,6 +90,9 @@ class AgentRunner:
         self.ssl = pinned_client_context(state.ca_file.read_text())
         self.outbox = Outbox(state.outbox_file)
         self.prober = Prober(self.config)
+        from careline.agent.platform import hardware_identity
+
+        self.hardware = hardware_identity()  # said with every hello: see shared.hardware
         self.status = Status()
         self.interval = self.config.heartbeat_interval
         self._outbox_wakeup = asyncio.Event()
@@ -172,6 +175,7 @@ class AgentRunner:
             await ws.send(p.encode(p.Hello(
                 agent_id=self.config.agent_id, agent_version=__version__,
                 signature=sign_challenge(self.key, challenge.nonce, self.config.agent_id),
+                hardware=self.hardware,
             )))
             welcome = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Welcome)
             self.interval = welcome.heartbeat_interval

@@ -43,6 +43,7 @@ from careline.coordinator.storage import service
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, CarelineError, ProtocolError
+from careline.shared.hardware import valid as valid_hardware
 from careline.shared.keys import (
     cert_fingerprint,
     looks_like_agent_id,
@@ -168,6 +169,8 @@ class Coordinator:
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
         # agent id -> when it disconnected saying it was stopping cleanly (PC switched off)
         self._clean_stops: dict[str, dt.datetime] = {}
+        # agent id -> the hardware identity it said hello with, written with the clean stops
+        self._hardware: dict[str, dict[str, str]] = {}
         self.gate = Gate()
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
         self.unknown_kinds = 0  # events acknowledged but not stored
@@ -326,6 +329,8 @@ class Coordinator:
         self._presence[link.agent_id] = (True, utcnow(), hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
+        if hello.hardware and valid_hardware(hello.hardware):
+            self._hardware[link.agent_id] = dict(hello.hardware)
         if previous is not None:
             await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
         await ws.send(
@@ -460,12 +465,15 @@ class Coordinator:
             log.error("report of agent %s not stored: %s", agent_id,
                       (str(exc).splitlines() or [type(exc).__name__])[0][:300])
         stops, self._clean_stops = self._clean_stops, {}
-        if stops:  # after the disconnects they follow: the machines are off, not offline
+        hardware, self._hardware = self._hardware, {}
+        if stops or hardware:  # after the disconnects: the machines are off, not offline
             try:
                 async with self.db.transaction() as conn:
                     await store.store_clean_stops(conn, stops)
+                    await store.store_hardware(conn, hardware)
             except Exception:
                 self._clean_stops = {**stops, **self._clean_stops}
+                self._hardware = {**hardware, **self._hardware}
                 raise
 
     async def _write_isolating(

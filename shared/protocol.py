@@ -204,6 +204,9 @@ class Hello(Message, tag="hello"):
     signature: Annotated[bytes, Meta(max_length=128)]  # Ed25519 over keys.auth_payload(nonce, id)
     agent_version: Short
     protocol: Int = PROTOCOL_VERSION
+    # Hashed hardware identity (shared.hardware), on every connection: machines enrolled
+    # before agents reported it gain one, and a replaced network card is noticed.
+    hardware: Annotated[dict[Short, Short], Meta(max_length=8)] = {}
 
 
 class Welcome(Message, tag="welcome"):

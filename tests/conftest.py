@@ -203,18 +203,18 @@ class AgentProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.agent_id = ""
         self.hardware = hardware or fake_hardware()
+        self.env = {**os.environ, "CARELINE_AGENT_HARDWARE": json.dumps(self.hardware)}
 
     def enroll(self, join: str, *extra: str) -> AgentProcess:
-        env = {**os.environ, "CARELINE_AGENT_HARDWARE": json.dumps(self.hardware)}
         out = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(self.state),
-                   *extra], env=env)
+                   *extra], env=self.env)
         self.agent_id = out.stdout.split("Enrolled as ", 1)[1].split(" ", 1)[0]
         return self
 
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "careline.agent.cli", "run", "--state", str(self.state)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env,
         )
         return self
 

@@ -257,6 +257,18 @@ async def retire_replaced(
         connected=False, replaced_by=replaced_by, key_changed_at=now))
 
 
+async def store_hardware(
+    conn: AsyncConnection, reports: Mapping[str, Mapping[str, str]]
+) -> None:
+    """The hardware identities agents said hello with (one executemany)."""
+    if reports:
+        await conn.execute(
+            agents.update().where(agents.c.id == sa.bindparam("b_id"))
+            .values(**{column: sa.bindparam(f"b_{column}") for column in HARDWARE_COLUMNS.values()}),
+            [{"b_id": agent_id, **{f"b_{k}": v for k, v in hardware_columns(hw).items()}}
+             for agent_id, hw in reports.items()])
+
+
 async def count_seats(
     conn: AsyncConnection, contract_id: int, customer_id: int, default_contract: bool
 ) -> int:

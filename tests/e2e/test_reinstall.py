@@ -7,10 +7,12 @@ tests/test_enrollment.py."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
 from careline.shared.errors import CarelineError
+from careline.shared.hardware import hashed
 from tests.conftest import fake_hardware, wait_until
 
 
@@ -44,6 +46,12 @@ def test_reinstall_keeps_the_machine_and_clones_are_proposed(sqlite_coordinator,
             incident["id"]]
         done = client.call("visits.list", completed=True)
         assert done[0]["status"] == "completed" and "re-enrolled" in done[0]["note"]
+
+        # Every hello carries the identity: a new network card in pc2 is noticed.
+        pc2.env["CARELINE_AGENT_HARDWARE"] = json.dumps({**pc2.hardware, "mac": "aa:bb:cc:00:00:02"})
+        pc2.start()
+        new_mac = hashed({"mac": "aa:bb:cc:00:00:02"})["mac"]
+        wait_until(lambda: client.call("agents.show", id=pc2.agent_id)["hw_mac"] == new_mac)
 
         # The old key is gone: the old install cannot come back.
         pc1.start()
