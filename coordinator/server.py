@@ -296,6 +296,7 @@ class Coordinator:
         agent_id = enrolled.machine_id
         if enrolled.relinked:  # a reinstall: the machine's old key is gone
             await self.disconnect_revoked(agent_id)
+            self.agent_keys.rekeyed(agent_id, now)
         self.agent_keys.add(agent_id, request.public_key, token["customer_id"], agent_id)
         await ws.send(
             p.encode(
@@ -420,10 +421,11 @@ class Coordinator:
         if link is not None:
             await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
 
-    async def relinked(self, machine_id: str, replaced_id: str) -> None:
+    async def relinked(self, machine_id: str, replaced_id: str, at: dt.datetime) -> None:
         """A technician linked agent `replaced_id` to the machine it reinstalls: the machine's
         old key is gone, and the agent reconnects as that machine (REPLACED: it retries)."""
         await self.disconnect_revoked(machine_id)
+        self.agent_keys.rekeyed(machine_id, at)
         self.agent_keys.evict(replaced_id)
         link = self.links.get(replaced_id)
         if link is not None:
@@ -434,8 +436,13 @@ class Coordinator:
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             try:
-                for agent_id in await self.agent_keys.revocations(utcnow()):
+                revoked, rekeyed = await self.agent_keys.revocations(utcnow())
+                for agent_id in revoked:
                     await self.disconnect_revoked(agent_id)
+                for ref in rekeyed:  # a reinstall linked elsewhere: say hello again
+                    link = self.links.get(ref)
+                    if link is not None:
+                        await close(link.ws, p.CloseCode.REPLACED, "machine re-keyed; reconnect")
             except Exception:
                 log.exception("checking revocations failed; will retry")
 

@@ -169,3 +169,31 @@ async def test_refusals(db: Database) -> None:
     assert mine != theirs
     with pytest.raises(ProtocolError, match="hardware"):
         await enroll(db, token, request({"uuid": "not-a-hash"}))
+
+
+async def test_other_processes_learn_of_a_rekey_once(db: Database) -> None:
+    """Scale-out: a process that did not link the reinstall drops the old key from its cache
+    and has the machine's connections say hello again, once; the retired agent of a
+    technician's link is not treated as revoked (it lives on as the machine)."""
+    from careline.coordinator.agent_keys import AgentKeys
+
+    token = await setup(db)
+    keys = AgentKeys(db)
+    await keys.load(NOW)
+    old = await enroll(db, token, request(PC1, "pc1"))
+    await keys.lookup(old)
+    clone = await enroll(db, token, request(CLONE_OF_2, "pc3"))
+    later = NOW + dt.timedelta(seconds=5)
+    fresh = request(PC1, "pc1-new")
+    assert await enroll(db, token, fresh, later) == old  # reinstalled, via another process
+    revoked, rekeyed = await keys.revocations(later)
+    assert revoked == [] and rekeyed == [old, agent_id_for(fresh.public_key)]
+    assert (await keys.lookup(old)).public_key == fresh.public_key  # type: ignore[union-attr]
+    assert await keys.revocations(later + dt.timedelta(seconds=2)) == ([], [])  # once
+    async with db.transaction() as conn:
+        await replace(conn, await store.get_agent(conn, old), await store.get_agent(conn, clone),
+                      actor="lan", now=later + dt.timedelta(seconds=3))
+    revoked, rekeyed = await keys.revocations(later + dt.timedelta(seconds=4))
+    assert revoked == [] and rekeyed == [old, clone]
+    key = await keys.lookup(clone)  # the clone's agent says hello with its own id
+    assert key != "revoked" and key.machine_id == old  # type: ignore[union-attr]

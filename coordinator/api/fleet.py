@@ -196,7 +196,7 @@ async def replace_agent(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
         new = await store.get_agent(conn, p.new)
         note = await replace(conn, old, new, actor=ctx.caller.name, now=ctx.now)
         row = await store.get_agent(conn, old["id"])
-    await ctx.coordinator.relinked(old["id"], new["id"])
+    await ctx.coordinator.relinked(old["id"], new["id"], ctx.now)
     return {**agent_view(ctx, row), "replaced": new["id"], "note": note}
 
 

@@ -377,13 +377,20 @@ async def agent_for_hello(conn: AsyncConnection, ref: str) -> Row | None:
     return next(iter(current or [r for r in rows if r["id"] == ref]), None)
 
 
-async def rekeyed_since(conn: AsyncConnection, since: dt.datetime) -> list[str]:
-    query = sa.select(agents.c.id, agents.c.key_id).where(agents.c.key_changed_at >= since)
-    return [ref for row in await conn.execute(query) for ref in (row.id, row.key_id) if ref]
+async def rekeyed_since(
+    conn: AsyncConnection, since: dt.datetime
+) -> list[tuple[str, str | None, dt.datetime]]:
+    """(machine, its new key's id, when) for machines that took a new key since."""
+    query = sa.select(agents.c.id, agents.c.key_id, agents.c.key_changed_at).where(
+        agents.c.key_changed_at >= since, agents.c.replaced_by.is_(None))
+    return [(row.id, row.key_id, row.key_changed_at) for row in await conn.execute(query)]
 
 
 async def revoked_since(conn: AsyncConnection, since: dt.datetime) -> list[str]:
-    query = sa.select(agents.c.id).where(agents.c.revoked_at >= since)
+    """Agents revoked since; not those retired as reinstalls of another machine, whose
+    agent lives on as that machine (rekeyed_since)."""
+    query = sa.select(agents.c.id).where(agents.c.revoked_at >= since,
+                                         agents.c.replaced_by.is_(None))
     return [row.id for row in await conn.execute(query)]
 
 
