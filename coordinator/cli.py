@@ -397,7 +397,7 @@ def incidents() -> None:
 
 
 INCIDENT_COLUMNS = ("id", "status", "customer", "hostname", "kind", "category", "severity",
-                    "action", "fee_vnd", "due_at")
+                    "action", "fee_vnd", "due_at", "waiting_on")
 
 
 @technician_command(incidents, "open")
