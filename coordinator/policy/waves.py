@@ -43,6 +43,8 @@ from careline.shared.package import parse_version
 
 __all__ = [
     "DEFAULT_TZ",
+    "EXCUSED",
+    "SETTLED",
     "Action",
     "ActionKind",
     "InstallWindow",
