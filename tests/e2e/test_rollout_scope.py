@@ -13,7 +13,7 @@ import datetime as dt
 import time
 from typing import Any
 
-from tests.conftest import CoordinatorProcess, wait_until
+from tests.conftest import PYTHON, CoordinatorProcess, run, wait_until
 from tests.e2e.test_rollouts import (
     installed_product,
     regulation_package,
@@ -75,8 +75,9 @@ def test_the_issue_sequence_ends_with_both_machines_on_the_regulation_version(
         wait_until(lambda: all(version_of(a.product) == "1.1.0" for a in pcs), timeout=25)
         done = rollout_reaches(coord, published["rollout"], "completed", timeout=20)
         assert set(counts_add_up(done).values()) == {"installed"}
-        text = coord.cli("rollouts", "show", str(published["rollout"])) or {}
-        assert text["counts"]["installed"] == 2
+        text = run([PYTHON, "-m", "careline.coordinator.cli", "rollouts", "show",
+                    str(published["rollout"]), "--data", str(coord.data)]).stdout
+        assert "2 machines in scope: 2 installed" in text
     finally:
         coord.stop()
 
