@@ -166,8 +166,9 @@ def test_a_rollout_with_nobody_to_update_waits_for_its_first_machine(
     coord.cli("release", "keys", "init", "--keys", str(keys))
     coord.cli("customers", "add", "Covered")
     coord.cli("contracts", "add", "--customer", "Covered", "--signed", today.isoformat())
+    # Effective in 2 days: installs are forced and the deadline watch is on from the start.
     published = coord.cli("release", "publish", str(regulation_package(
-        tmp_path, "1.1.0", today + dt.timedelta(days=30))), "--keys", str(keys))
+        tmp_path, "1.1.0", today + dt.timedelta(days=2))), "--keys", str(keys))
     rid = published["rollout"]
     wait_until(lambda: "watching" in rollout(coord, rid)["reason"])
     time.sleep(3)  # more ticks: it never calls itself completed with nobody in it
@@ -180,3 +181,16 @@ def test_a_rollout_with_nobody_to_update_waits_for_its_first_machine(
     done = rollout_reaches(coord, rid, "completed", timeout=20)
     never_completed_while_missing(done)
     assert done["in_scope"] == 1
+
+    # A machine that joins after completion reopens it; its install fails, which pauses the
+    # rollout, and the deadline watch still hands it to a technician.
+    broken = installed_product(tmp_path / "broken" / "acct", "1.0.0")
+    (broken / "Data" / "fail").write_text("this machine's check fails")
+    late = spawn_agent("broken", coord.join_string("Covered"), "--product", f"acct={broken}",
+                       "--product-data", "acct=Data")
+    paused = rollout_reaches(coord, rid, "paused", timeout=40)
+    assert counts_add_up(paused)[late.agent_id] == "failed"
+    kinds = {i["kind"] for i in coord.cli("incidents", "list", "--open", "--machine",
+                                          late.agent_id)}
+    assert kinds == {"update_failed", "regulation_deadline"}
+    assert version_of(broken) == "1.0.0"
