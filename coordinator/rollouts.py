@@ -67,18 +67,6 @@ def covers(includes: dict[str, Any], kind: str) -> bool:
     return True  # a feature rollout is a technician's explicit choice (an upgrade sold)
 
 
-def watched(rollouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rollouts the tick advances: the open ones, and each product's newest regulation
-    rollout even once completed (a machine may still join, or fall behind, later)."""
-    newest: dict[tuple[str, int | None], int] = {}
-    for r in rollouts:
-        if r["kind"] == "regulation" and r["status"] != "cancelled":
-            key = (r["product"], r["customer_id"])
-            newest[key] = max(newest.get(key, 0), r["id"])
-    return [r for r in rollouts if r["status"] in OPEN_STATUSES or (
-        r["status"] == "completed" and newest.get((r["product"], r["customer_id"])) == r["id"])]
-
-
 class Rollouts:
     def __init__(self, coordinator: Coordinator, rules: waves.WaveRules | None = None) -> None:
         self.coordinator = coordinator
@@ -236,7 +224,7 @@ class Rollouts:
 
     async def tick(self, now: dt.datetime) -> None:
         async with self.db.connect() as conn:
-            rollouts = watched(await rstore.list_rollouts(
+            rollouts = waves.watched(await rstore.list_rollouts(
                 conn, (*OPEN_STATUSES, "completed")))
         for rollout in rollouts:
             async with self.db.transaction() as conn:

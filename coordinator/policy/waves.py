@@ -20,6 +20,7 @@ Who is in scope, and where each machine stands (issue 11: never miss a covered m
 
     version_standing(watched, reported, release_version)   -> Standing (below / unknown / ...)
     open_reason(kind, stored_states)                        -> why it must stay open, or None
+    watched(rollouts)                                       -> the rollouts each tick advances
     scope_state(stored, ...)                                -> ScopeState for `rollouts show`
 
 Every invalid input raises ValueError with a message a user can act on.
@@ -31,11 +32,12 @@ import hashlib
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from fractions import Fraction
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from careline.shared.errors import ConfigError
@@ -71,6 +73,7 @@ __all__ = [
     "plan_waves",
     "scope_state",
     "version_standing",
+    "watched",
     "wave_counts",
 ]
 
@@ -760,3 +763,18 @@ def scope_state(
     if window_closed:
         return ScopeState.WAITING_FOR_WINDOW
     return ScopeState.PENDING if version_known else ScopeState.UNKNOWN_VERSION
+
+
+def watched(rollouts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rollouts the tick advances: the running and paused ones, and the newest regulation
+    rollout of each product (and customer scope) even once completed, so a machine that
+    joins or falls behind later reopens it. An older one is superseded: the newer version
+    reaches every machine the older one would."""
+    rollouts = list(rollouts)
+    newest: dict[tuple[str, int | None], int] = {}
+    for r in rollouts:
+        if r["kind"] == "regulation" and r["status"] != "cancelled":
+            key = (r["product"], r["customer_id"])
+            newest[key] = max(newest.get(key, r["id"]), r["id"])
+    return [r for r in rollouts if r["status"] in ("running", "paused") or (
+        r["status"] == "completed" and newest.get((r["product"], r["customer_id"])) == r["id"])]

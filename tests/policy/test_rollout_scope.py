@@ -17,6 +17,7 @@ from careline.coordinator.policy.waves import (
     open_reason,
     scope_state,
     version_standing,
+    watched,
 )
 
 STORED = ("pending", "sent", "succeeded", "failed", "timed_out", "not_covered", "retired")
@@ -134,3 +135,40 @@ def test_scope_state_rejects_unknown_stored_state() -> None:
     with pytest.raises(ValueError, match="unknown stored rollout machine state"):
         scope_state("exploded", wave_sent=True, online=True, window_closed=False,
                     version_known=True, overdue=False)
+
+
+# --------------------------------------------------------------------------- watching
+def _rollout(id_: int, status: str, kind: str = "regulation", product: str = "acct",
+             customer: int | None = None) -> dict[str, object]:
+    return {"id": id_, "status": status, "kind": kind, "product": product,
+            "customer_id": customer}
+
+
+def test_watched_keeps_open_rollouts_and_the_newest_completed_regulation() -> None:
+    rollouts = [
+        _rollout(1, "completed"),  # superseded by 4
+        _rollout(2, "running", "bugfix"),
+        _rollout(3, "completed", "bugfix"),  # a technician's rollout ends for good
+        _rollout(4, "completed"),  # newest regulation of acct: still watching
+        _rollout(5, "cancelled"),  # cancelled: neither watched nor superseding
+        _rollout(6, "completed", product="luong"),
+        _rollout(7, "paused", product="luong", customer=3),
+        _rollout(8, "completed", product="luong", customer=3),  # newest for that scope
+        _rollout(9, "completed", product="luong", customer=4),
+    ]
+    assert [r["id"] for r in watched(rollouts)] == [2, 4, 6, 7, 8, 9]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["running", "paused", "completed", "cancelled"]),
+                          st.sampled_from(["regulation", "bugfix"]),
+                          st.sampled_from(["a", "b"])), max_size=10))
+def test_watched_properties(specs: list[tuple[str, str, str]]) -> None:
+    rollouts = [_rollout(i, status, kind, product)
+                for i, (status, kind, product) in enumerate(specs, 1)]
+    chosen = watched(rollouts)
+    assert {r["id"] for r in rollouts if r["status"] in ("running", "paused")} <= {
+        r["id"] for r in chosen}
+    assert all(r["status"] != "cancelled" for r in chosen)
+    for product in ("a", "b"):  # at most one completed rollout watched per product
+        assert sum(1 for r in chosen if r["status"] == "completed"
+                   and r["product"] == product) <= 1
