@@ -72,7 +72,9 @@ class Rollouts:
         self.coordinator = coordinator
         self.db = coordinator.db
         self.rules = rules or waves.WaveRules()
-        self._last_full: dict[int, dt.datetime] = {}  # rollout id -> last full re-targeting
+        # rollout id -> when this process last re-targeted it (any way / looking at all)
+        self._last_look: dict[int, dt.datetime] = {}
+        self._last_full: dict[int, dt.datetime] = {}
         self._versions: dict[str, tuple[Any, ...]] = {}  # agent id -> versions last reported
 
     # ------------------------------------------------------------------ start
@@ -96,7 +98,7 @@ class Rollouts:
             "started_at": now, "updated_at": now, "last_targeting_at": now,
         })
         rollout = await rstore.get_rollout(conn, rollout_id)
-        added = await self._retarget(conn, rollout, [], now, full=True)
+        added = await self._retarget(conn, rollout, [], now)
         await store.record_audit(conn, actor=actor, action="rollout.start",
                                  target=f"rollout:{rollout_id}",
                                  detail={"release": release["id"], **added}, now=now)
@@ -113,18 +115,24 @@ class Rollouts:
 
     # ------------------------------------------------------------------ targeting
     async def _retarget(
-        self, conn: AsyncConnection, rollout: dict[str, Any], machines: list[dict[str, Any]],
-        now: dt.datetime, *, full: bool,
+        self, conn: AsyncConnection, rollout: dict[str, Any],
+        machines: list[dict[str, Any]] | None, now: dt.datetime,
     ) -> dict[str, int]:
-        """Bring the rollout's scope up to date with the machines whose inputs changed
-        (every machine if `full`): new targets join a wave, the uncovered are listed, the
-        renewed are moved into a wave, machines found on the version are settled. A
-        completed rollout that gains a target reopens. Returns counts of what changed."""
-        since = None if full else (rollout["last_targeting_at"] or now) - RETARGET_OVERLAP
+        """Bring the rollout's scope up to date with the machines whose inputs changed since
+        this process last looked (every machine on its first look and every FULL_RETARGET):
+        new targets join a wave, the uncovered are listed, the renewed are moved into a
+        wave, machines found on the version are settled. A completed rollout that gains a
+        target reopens. `machines`: the rollout's rows, None to load them only if needed.
+        Returns counts of what changed."""
+        last, last_full = self._last_look.get(rollout["id"]), self._last_full.get(rollout["id"])
+        full = last is None or last_full is None or now - last_full >= FULL_RETARGET
+        since = None if full or last is None else last - RETARGET_OVERLAP
         candidates = await rstore.targeting_candidates(
             conn, rollout["id"], rollout["customer_id"], since)
-        await rstore.update_rollout(conn, rollout["id"], last_targeting_at=now)
-        rollout["last_targeting_at"] = now
+        self._last_look[rollout["id"]] = now
+        if full:
+            self._last_full[rollout["id"]] = now
+            await rstore.update_rollout(conn, rollout["id"], last_targeting_at=now)
         changed = {"targeted": 0, "not_covered": 0, "settled": 0}
         needing, reported = [], {}
         for agent in candidates:
@@ -158,6 +166,8 @@ class Rollouts:
                              "detail": f"{entitlement.label} on {entitlement.at}; "
                                        f"{self._suggestion(rollout['kind'])}"})
         changed["not_covered"] = len(rows)
+        if machines is None:
+            machines = await rstore.machines_of(conn, rollout["id"])
         placed = self._place(rollout, machines, covered)
         for agent in covered:
             wave, reason = placed[agent["id"]]
@@ -237,15 +247,15 @@ class Rollouts:
         rollout = await rstore.get_rollout(conn, rollout_id, lock=True)
         if rollout["status"] not in (*OPEN_STATUSES, "completed"):
             return []
-        machines = await rstore.machines_of(conn, rollout_id)
-        full = now - self._last_full.get(rollout_id, dt.datetime.min.replace(tzinfo=dt.UTC)) \
-            >= FULL_RETARGET
-        if full:
-            self._last_full[rollout_id] = now
-        if any((await self._retarget(conn, rollout, machines, now, full=full)).values()):
+        if rollout["status"] == "completed":  # watching: its rows are read only if it reopens
+            await self._retarget(conn, rollout, None, now)
+            if rollout["status"] == "completed":
+                return []
             machines = await rstore.machines_of(conn, rollout_id)
-        if rollout["status"] == "completed":
-            return []
+        else:
+            machines = await rstore.machines_of(conn, rollout_id)
+            if any((await self._retarget(conn, rollout, machines, now)).values()):
+                machines = await rstore.machines_of(conn, rollout_id)
         await self._settle(conn, rollout, machines, now)
         await self._watch_deadline(conn, rollout, machines, now)
         plan_size = len(rollout["percents"].split(","))
