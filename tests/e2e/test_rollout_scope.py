@@ -194,3 +194,10 @@ def test_a_rollout_with_nobody_to_update_waits_for_its_first_machine(
                                           late.agent_id)}
     assert kinds == {"update_failed", "regulation_deadline"}
     assert version_of(broken) == "1.0.0"
+
+    # The machine is retired (revoked): excused with a reason, the rollout may complete.
+    coord.cli("agents", "revoke", late.agent_id)
+    coord.cli("rollouts", "resume", str(rid))
+    final = rollout_reaches(coord, rid, "completed", timeout=20)
+    assert counts_add_up(final)[late.agent_id] == "retired"
+    never_completed_while_missing(final)
