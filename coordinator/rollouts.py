@@ -49,13 +49,17 @@ OPEN_STATUSES = ("running", "paused")
 WINDOW_WAIT = "waiting for install window: "
 
 
-def product_report(health: dict[str, Any] | None, product: str) -> tuple[bool, str | None]:
-    """(watched, reported version) of `product` in a machine's last health report."""
-    for reported in (health or {}).get("products", []):
+def product_report(products: list[dict[str, Any]] | None, product: str) -> tuple[bool, str | None]:
+    """(watched, reported version) of `product` in a machine's last reported products."""
+    for reported in products or []:
         if reported.get("name") == product:
             version = reported.get("version")
             return True, str(version) if version else None
     return False, None
+
+
+def _versions(products: list[dict[str, Any]] | None) -> tuple[tuple[Any, Any], ...]:
+    return tuple((p.get("name"), p.get("version")) for p in products or [])
 
 
 def covers(includes: dict[str, Any], kind: str) -> bool:
@@ -136,7 +140,7 @@ class Rollouts:
         changed = {"targeted": 0, "not_covered": 0, "settled": 0}
         needing, reported = [], {}
         for agent in candidates:
-            watching, version = product_report(agent["health"], rollout["product"])
+            watching, version = product_report(agent["products"], rollout["product"])
             standing = waves.version_standing(watching, version, rollout["version"])
             reported[agent["id"]] = version
             if standing is waves.Standing.CURRENT and agent["row_id"] is not None:
@@ -211,15 +215,22 @@ class Rollouts:
 
     async def on_heartbeats(self, conn: AsyncConnection, batch: dict[str, Any],
                             now: dt.datetime) -> None:
-        """Heartbeats being stored: machines whose reported versions differ from their last
-        report here (or are first heard by this process) are re-targeted on the next tick."""
-        changed = []
-        for agent_id, health in batch.items():
-            versions = tuple((p.get("name"), p.get("version"))
-                             for p in (health or {}).get("products", []))
-            if self._versions.get(agent_id) != versions:
-                self._versions[agent_id] = versions
-                changed.append(agent_id)
+        """Heartbeats about to be stored (call before storing them): machines whose reported
+        product versions differ from what is stored are re-targeted on the next tick.
+
+        What is stored is remembered per process, so a machine costs a read (one query for
+        the batch) only when first heard of here or after a change: a changed machine is
+        forgotten rather than remembered as changed, so if this transaction fails, its
+        next report is compared with the database again and marked again."""
+        reported = {agent_id: _versions((health or {}).get("products"))
+                    for agent_id, health in batch.items()}
+        unseen = [agent_id for agent_id in reported if agent_id not in self._versions]
+        if unseen:
+            for agent_id, products in (await rstore.stored_products(conn, unseen)).items():
+                self._versions[agent_id] = _versions(products)
+        changed = [a for a, versions in reported.items() if self._versions.get(a) != versions]
+        for agent_id in changed:
+            self._versions.pop(agent_id, None)
         if changed:
             await rstore.mark_targeting_changed(conn, now, agent_ids=changed)
 

@@ -473,10 +473,10 @@ class Coordinator:
                  for agent_id, (at, health) in received.items()}
         async with self.db.transaction() as conn:
             await store.store_presence(conn, presence)
-            await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
-            await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
             await self.rollouts.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()},
                                               utcnow())
+            await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
+            await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
 
     async def _flush_heartbeats_forever(self) -> None:
         while True:

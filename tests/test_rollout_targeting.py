@@ -82,6 +82,16 @@ async def test_a_job_result_sets_the_version_and_an_older_heartbeat_keeps_it(db:
     assert (await row(db, pc))["health"]["cpu_percent"] == 7
 
 
+async def test_stored_products_reads_only_the_products(db: Database) -> None:
+    cid = await customer(db, "Co")
+    reported, silent = await agent(db, cid), await agent(db, cid)
+    async with db.transaction() as conn:
+        await store.store_heartbeats(conn, [(reported, NOW, health("1.0.0"))])
+    async with db.connect() as conn:
+        found = await rstore.stored_products(conn, [reported, silent, "ag-unknown"])
+    assert found == {reported: health("1.0.0")["products"], silent: None}
+
+
 async def test_a_product_not_in_the_report_yet_is_added(db: Database) -> None:
     pc = await agent(db, await customer(db, "New"))
     async with db.transaction() as conn:

@@ -98,11 +98,13 @@ async def targeting_candidates(
 ) -> list[Row]:
     """Machines a rollout should (re)consider, in one query: every machine not revoked and
     not yet in it (or in it in a REVISITED state, or pending with an unknown version) whose
-    targeting inputs changed at or after `since` (None: all of them)."""
+    targeting inputs changed at or after `since` (None: all of them). Of the health
+    report only `products` is read: the rest is most of its bytes."""
     rm = rollout_machines
     query = (
         sa.select(agents.c.id, agents.c.customer_id, agents.c.contract_id,
-                  agents.c.joined_contract_on, agents.c.enrolled_at, agents.c.health,
+                  agents.c.joined_contract_on, agents.c.enrolled_at,
+                  agents.c.health["products"].label("products"),
                   rm.c.id.label("row_id"), rm.c.state.label("row_state"),
                   rm.c.wave.label("row_wave"), rm.c.detail.label("row_detail"))
         .select_from(agents.outerjoin(rm, sa.and_(rm.c.agent_id == agents.c.id,
@@ -117,6 +119,16 @@ async def targeting_candidates(
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
     return rows_of(await conn.execute(query))
+
+
+async def stored_products(conn: AsyncConnection, agent_ids: list[str]) -> dict[str, Any]:
+    """The products each of these machines last reported (as stored), by agent id."""
+    found: dict[str, Any] = {}
+    for start in range(0, len(agent_ids), 500):
+        query = sa.select(agents.c.id, agents.c.health["products"].label("products")).where(
+            agents.c.id.in_(agent_ids[start:start + 500]))
+        found.update((r.id, r.products) for r in await conn.execute(query))
+    return found
 
 
 async def mark_targeting_changed(
