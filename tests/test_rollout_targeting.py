@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from careline.coordinator.incidents import IncidentDesk
-from careline.coordinator.policy.config import load_policy
+from careline.coordinator.policy.config import load_policy_data
+from careline.coordinator.policy.overrides import PolicyLayers
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import service
@@ -155,7 +156,7 @@ def test_pick_current_contract(on: dt.date) -> None:
 
 
 async def test_entitlements_of_many_machines_in_one_go(db: Database) -> None:
-    desk = IncidentDesk(db, load_policy(None), dt.timedelta(minutes=3))
+    desk = IncidentDesk(db, PolicyLayers(*load_policy_data(None)), dt.timedelta(minutes=3))
     fresh, lapsed, renewed, nothing = [
         await customer(db, n) for n in ("Fresh", "Lapsed", "Renewed", "Nothing")]
     async with db.transaction() as conn:
