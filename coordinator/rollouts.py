@@ -143,17 +143,18 @@ class Rollouts:
             watching, version = product_report(agent["products"], rollout["product"])
             standing = waves.version_standing(watching, version, rollout["version"])
             reported[agent["id"]] = version
-            if standing is waves.Standing.CURRENT and agent["row_id"] is not None:
-                await rstore.set_machine(conn, agent["row_id"], state="succeeded",
-                                         finished_at=now, from_version=version,
-                                         detail=f"runs {version}")
-                changed["settled"] += 1
+            if standing is waves.Standing.CURRENT:
+                if agent["row_id"] is not None and agent["row_state"] != "succeeded":
+                    await rstore.set_machine(conn, agent["row_id"], state="succeeded",
+                                             finished_at=now, from_version=version,
+                                             detail=f"runs {version}")
+                    changed["settled"] += 1
             elif standing in (waves.Standing.BELOW, waves.Standing.UNKNOWN):
                 if agent["row_state"] == "pending":
                     if version:  # its version became known: nothing else changes
                         await rstore.set_machine(conn, agent["row_id"], from_version=version)
-                elif agent["row_state"] in (None, "not_covered"):
-                    needing.append(agent)
+                elif agent["row_state"] in (None, "not_covered", "succeeded"):
+                    needing.append(agent)  # new, perhaps renewed, or fallen behind
         if not needing:
             return changed
         entitlements = await self.coordinator.desk.entitlements(
@@ -163,22 +164,32 @@ class Rollouts:
             entitlement = entitlements[agent["id"]]
             if covers(entitlement.to_dict()["includes"], rollout["kind"]) and entitlement.covered:
                 covered.append(agent)
-            elif agent["row_id"] is None:
-                rows.append({"rollout_id": rollout["id"], "agent_id": agent["id"],
-                             "customer_id": agent["customer_id"], "wave": None,
-                             "state": "not_covered", "from_version": reported[agent["id"]],
-                             "detail": f"{entitlement.label} on {entitlement.at}; "
-                                       f"{self._suggestion(rollout['kind'])}"})
+            else:
+                detail = (f"{entitlement.label} on {entitlement.at}; "
+                          f"{self._suggestion(rollout['kind'])}")
+                if agent["row_id"] is None:
+                    rows.append({"rollout_id": rollout["id"], "agent_id": agent["id"],
+                                 "customer_id": agent["customer_id"], "wave": None,
+                                 "state": "not_covered", "from_version": reported[agent["id"]],
+                                 "detail": detail})
+                elif agent["row_state"] == "succeeded":  # fell behind, no longer covered
+                    await rstore.set_machine(conn, agent["row_id"], wave=None,
+                                             state="not_covered", detail=detail,
+                                             from_version=reported[agent["id"]])
+                    changed["settled"] += 1
         changed["not_covered"] = len(rows)
         if machines is None:
             machines = await rstore.machines_of(conn, rollout["id"])
         placed = self._place(rollout, machines, covered)
         for agent in covered:
             wave, reason = placed[agent["id"]]
-            if agent["row_id"] is not None:  # renewed: now covered
+            if agent["row_id"] is not None:  # renewed, or installed and fallen behind
+                why = ("renewed" if agent["row_state"] == "not_covered" else
+                       f"fell behind: runs {reported[agent['id']] or 'an unknown version'}")
                 await rstore.set_machine(conn, agent["row_id"], wave=wave, state="pending",
-                                         from_version=reported[agent["id"]],
-                                         detail=f"renewed; {reason}")
+                                         from_version=reported[agent["id"]], job_id=None,
+                                         sent_at=None, finished_at=None,
+                                         detail=f"{why}; {reason}".strip("; "))
             else:
                 rows.append({"rollout_id": rollout["id"], "agent_id": agent["id"],
                              "customer_id": agent["customer_id"], "wave": wave,

@@ -454,7 +454,7 @@ async def store_heartbeats(conn: AsyncConnection, beats: Iterable[tuple[str, dt.
     of a live connection, so it also marks the agent connected: presence follows what
     the agent sends, whatever a lost flush or another process wrote before. A report
     received before the coordinator set the machine's versions from a job result
-    (versions_at) is older than what it knows: its health is not taken."""
+    (versions_at) is older than what it knows: it leaves the stored health as it is."""
     params = [{"b_id": a, "b_seen": seen, "b_health": health} for a, seen, health in beats]
     if params:
         seen = sa.bindparam("b_seen", type_=agents.c.last_seen.type)

@@ -97,9 +97,10 @@ async def targeting_candidates(
     since: dt.datetime | None,
 ) -> list[Row]:
     """Machines a rollout should (re)consider, in one query: every machine not revoked and
-    not yet in it (or in it in a REVISITED state, or pending with an unknown version) whose
-    targeting inputs changed at or after `since` (None: all of them). Of the health
-    report only `products` is read: the rest is most of its bytes."""
+    not yet in it (or in it in a REVISITED state, pending with an unknown version, or
+    installed but changed since) whose targeting inputs changed at or after `since` (None:
+    all of them). Of the health report only `products` is read: most of its bytes are
+    the rest."""
     rm = rollout_machines
     query = (
         sa.select(agents.c.id, agents.c.customer_id, agents.c.contract_id,
@@ -111,7 +112,10 @@ async def targeting_candidates(
                                                   rm.c.rollout_id == rollout_id)))
         .where(agents.c.revoked_at.is_(None),
                sa.or_(rm.c.id.is_(None), rm.c.state.in_(REVISITED),
-                      sa.and_(rm.c.state == "pending", rm.c.from_version.is_(None))))
+                      sa.and_(rm.c.state == "pending", rm.c.from_version.is_(None)),
+                      # installed, then changed again (e.g. reinstalled from old media)
+                      sa.and_(rm.c.state == "succeeded",
+                              agents.c.targeting_changed_at > rm.c.finished_at)))
         .order_by(agents.c.id)
     )
     if since is not None:

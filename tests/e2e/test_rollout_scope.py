@@ -10,6 +10,7 @@ version was unknown and then old.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import time
 from typing import Any
 
@@ -181,6 +182,13 @@ def test_a_rollout_with_nobody_to_update_waits_for_its_first_machine(
     done = rollout_reaches(coord, rid, "completed", timeout=20)
     never_completed_while_missing(done)
     assert done["in_scope"] == 1
+
+    # Reinstalled from old media: it reports 1.0.0 again, and the rollout takes it back.
+    shutil.rmtree(product)
+    installed_product(product, "1.0.0")
+    wait_until(lambda: version_of(product) == "1.1.0", timeout=30)
+    again = rollout_reaches(coord, rid, "completed", timeout=20)
+    assert counts_add_up(again) == {done["machines"][0]["machine"]: "installed"}
 
     # A machine that joins after completion reopens it; its install fails, which pauses the
     # rollout, and the deadline watch still hands it to a technician.
