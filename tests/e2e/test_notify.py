@@ -1,0 +1,153 @@
+"""Issue 14 end to end: a real agent's failing disk reaches a technician's mailbox (in
+Vietnamese, with the fee and due time) and a signed webhook exactly once, even when the
+coordinator is killed -9 between committing and sending; and 200 machines going offline at
+once make one message naming 200."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import CoordinatorProcess, wait_until
+from tests.notify.receivers import Mailbox, WebhookReceiver
+
+ALL_DAY = ("--workdays", "mon,tue,wed,thu,fri,sat,sun", "--opens", "00:00", "--closes", "23:59")
+
+
+def fake_smartctl(root: Path) -> Path:
+    """A smartctl that reports one disk whose SMART health check fails (exit bit 3)."""
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "smartctl"
+    script.write_text('#!/bin/sh\nif [ "$1" = "--scan" ]; then echo "/dev/sda -d sat"; exit 0; fi\n'
+                      "echo 'SMART overall-health self-assessment test result: FAILED!'\nexit 8\n")
+    script.chmod(0o755)
+    return bin_dir
+
+
+def setup_channels(coord: CoordinatorProcess, mailbox: Mailbox, hook: WebhookReceiver,
+                   secret_env: str, events: str) -> None:
+    coord.cli("notify", "channels", "add", "mail", "--kind", "email", "--host", "127.0.0.1",
+              "--port", str(mailbox.port), "--security", "none", "--from", "careline@vendor.vn")
+    coord.cli("notify", "channels", "add", "ops-hook", "--kind", "webhook", "--url", hook.url,
+              "--secret-env", secret_env)
+    coord.cli("notify", "recipients", "add", "lan", "--channel", "mail", "--address",
+              "lan@vendor.vn", "--language", "vi", *ALL_DAY)
+    coord.cli("notify", "recipients", "add", "ops", "--channel", "ops-hook", "--language", "en",
+              *ALL_DAY)
+    coord.cli("notify", "routes", "add", "--recipient", "lan", "--events", events)
+    coord.cli("notify", "routes", "add", "--recipient", "ops", "--events", events)
+
+
+def test_failing_disk_notifies_once_across_kill9(tmp_path, spawn_agent, monkeypatch):
+    secret = secrets.token_urlsafe(24)
+    monkeypatch.setenv("HOOK_SECRET", secret)
+    coord = CoordinatorProcess(tmp_path)
+    (coord.data / "notify.toml").write_text("poll_seconds = 0.2\nlease_seconds = 2.0\n")
+    monkeypatch.setenv("CARELINE_NOTIFY_TEST_PAUSE_AFTER_CLAIM", "1")
+    coord.start()
+    monkeypatch.delenv("CARELINE_NOTIFY_TEST_PAUSE_AFTER_CLAIM")
+    try:
+        with Mailbox() as mailbox, WebhookReceiver(secret) as hook:
+            today = dt.datetime.now(dt.UTC).date()
+            coord.cli("customers", "add", "Minh Anh")
+            coord.cli("customers", "hours", "Minh Anh", "--workdays", "mon,tue,wed,thu,fri,sat,sun",
+                      "--opens", "00:00", "--closes", "23:59")
+            contract = coord.cli("contracts", "add", "--customer", "Minh Anh", "--signed",
+                                 today.isoformat())
+            setup_channels(coord, mailbox, hook, "HOOK_SECRET", "incident.opened,visit.created")
+            listed = coord.cli("notify", "channels", "list")
+            assert secret not in str(listed) and {c["secret"] for c in listed} == {"set", "none"}
+
+            monkeypatch.setenv("PATH", f"{fake_smartctl(tmp_path)}{os.pathsep}{os.environ['PATH']}")
+            with coord.client() as client:
+                join = client.call("tokens.create", customer="Minh Anh", uses=1,
+                                   expires_seconds=600, contract=contract["id"])["join"]
+            agent = spawn_agent("pc-ketoan", join)
+            incident = wait_until(lambda: coord.cli("incidents", "list", "--open", "--machine",
+                                                    agent.agent_id), timeout=30)[0]
+            assert incident["kind"] == "disk_failing" and incident["action"] == "onsite_reinstall"
+            assert incident["fee_vnd"] == 500_000
+
+            # The sender claimed both notifications and stopped before sending: kill -9 now.
+            wait_until(lambda: "pausing before sending" in coord.log.read_text(), timeout=20)
+            coord.kill()
+            assert mailbox.messages == [] and hook.received == []
+            coord.start()
+            wait_until(lambda: len(mailbox.messages) >= 1 and len(hook.received) >= 1, timeout=20)
+            time.sleep(2.0)  # nothing more arrives: no copy, no separate visit message
+            assert len(mailbox.messages) == 1 and len(hook.received) == 1 and hook.rejected == 0
+
+            mail = mailbox.messages[0]
+            assert mail["To"] == "lan@vendor.vn"
+            assert mail["Subject"].startswith(f"Sự cố #{incident['id']}: ổ cứng hỏng")
+            body = mail.get_content()
+            assert "500.000\xa0₫" in body and "cài đặt lại tại chỗ" in body and "Hạn xử lý" in body
+            assert mail["Message-ID"].startswith("<careline-n")
+
+            payload = hook.received[0]
+            assert payload["event"] == "incident.opened" and payload["count"] == 1
+            assert payload["items"][0]["fee_vnd"] == 500_000
+            assert payload["items"][0]["action"] == "onsite_reinstall"
+            assert "Fee: 500.000" in payload["text"] and "Due:" in payload["text"]
+            assert hook.headers[0]["X-Careline-Delivery"] == payload["delivery"]
+
+            status = coord.cli("notify", "status")
+            assert status["unhealthy"] == []
+            assert {c["channel"]: c["sent"] for c in status["channels"]} == {"mail": 1, "ops-hook": 1}
+    finally:
+        coord.stop()
+
+
+async def _enroll_offline(db_url: str, customer: str, count: int) -> None:
+    """`count` machines of `customer` enrolled an hour ago and never heard from since."""
+    from careline.coordinator.storage import fleet
+    from careline.coordinator.storage.db import Database
+
+    db = Database(db_url)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    try:
+        async with db.transaction() as conn:
+            customer_id = (await fleet.get_customer(conn, customer))["id"]
+            for n in range(count):
+                key = secrets.token_bytes(32)
+                await fleet.add_agent(conn, agent_id=f"sim{n:04d}{key.hex()[:20]}",
+                                      customer_id=customer_id, public_key=key,
+                                      hostname=f"ma-pc{n:03d}", os="Windows 11",
+                                      agent_version="0.1.0", now=long_ago, contract_id=None,
+                                      site_id=None)
+    finally:
+        await db.close()
+
+
+@pytest.mark.slow
+def test_two_hundred_machines_offline_make_one_message(tmp_path, monkeypatch):
+    secret = secrets.token_urlsafe(24)
+    monkeypatch.setenv("HOOK_SECRET", secret)
+    policy = tmp_path / "vendor-policy.toml"
+    policy.write_text("[machine]\noffline_incident_after_minutes = 0.05\n")  # 3 seconds
+    coord = CoordinatorProcess(tmp_path)
+    (coord.data / "notify.toml").write_text("poll_seconds = 0.2\nfold_window_seconds = 3.0\n")
+    coord.start("--policy", str(policy))
+    try:
+        with Mailbox() as mailbox, WebhookReceiver(secret) as hook:
+            coord.cli("customers", "add", "Minh Anh")
+            coord.cli("customers", "hours", "Minh Anh", "--workdays", "mon,tue,wed,thu,fri,sat,sun",
+                      "--opens", "00:00", "--closes", "23:59")
+            setup_channels(coord, mailbox, hook, "HOOK_SECRET", "incident.opened")
+            asyncio.run(_enroll_offline(f"sqlite:///{coord.data / 'careline.db'}", "Minh Anh", 200))
+            wait_until(lambda: hook.received and mailbox.messages, timeout=40)
+            time.sleep(3.0)
+            assert len(hook.received) == 1 and len(mailbox.messages) == 1
+            assert hook.received[0]["count"] == 200
+            assert hook.received[0]["subject"] == "200 machines of Minh Anh offline"
+            assert mailbox.messages[0]["Subject"] == "200 máy của Minh Anh mất kết nối"
+            assert len(coord.cli("incidents", "list", "--open")) == 200
+    finally:
+        coord.stop()
