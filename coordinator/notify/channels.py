@@ -15,6 +15,7 @@ database dump or backup alone reveals none of them; they are never sent back to 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import smtplib
@@ -22,6 +23,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -99,7 +101,8 @@ def check_config(kind: str, config: dict[str, Any], secret: str) -> dict[str, An
             raise ConfigError("a password needs --username")
         return {"host": config["host"], "port": int(config.get("port") or DEFAULT_PORTS[security]),
                 "security": security, "username": config.get("username") or "",
-                "from_addr": config["from_addr"], "timeout": float(config.get("timeout") or 20)}
+                "from_addr": config["from_addr"], "ca_file": config.get("ca_file") or "",
+                "timeout": float(config.get("timeout") or 20)}
     if kind == "webhook":
         url = config.get("url") or ""
         if urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
@@ -119,22 +122,45 @@ def check_config(kind: str, config: dict[str, Any], secret: str) -> dict[str, An
 
 async def deliver(kind: str, config: dict[str, Any], secret: str, message: Message) -> None:
     """Send one message; DeliveryError if the channel did not take it."""
-    try:
-        if kind == "email":
-            await asyncio.to_thread(_send_email, config, secret, message)
-        elif kind == "webhook":
-            await asyncio.to_thread(_post_webhook, config, secret, message)
-        elif kind == "apprise":
-            await _send_apprise(secret, message)
-        else:
-            raise DeliveryError(f"unknown channel kind {kind!r}")
-    except DeliveryError:
-        raise
-    except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
-        raise DeliveryError(f"{type(exc).__name__}: {exc}"[:500]) from None
+    error = (await deliver_many(kind, config, secret, [message]))[0]
+    if error is not None:
+        raise DeliveryError(error)
 
 
-def _send_email(config: dict[str, Any], password: str, message: Message) -> None:
+async def deliver_many(kind: str, config: dict[str, Any], secret: str,
+                       messages: Sequence[Message], parallel: int = 8) -> list[str | None]:
+    """Send messages over one channel: None for each one taken, else why not. E-mails share
+    one SMTP session; webhooks and chat messages go `parallel` at a time."""
+    if kind == "email":
+        return await asyncio.to_thread(_send_emails, config, secret, messages)
+    if kind not in ("webhook", "apprise"):
+        return [f"unknown channel kind {kind!r}"] * len(messages)
+    slots = asyncio.Semaphore(parallel)
+
+    async def one(message: Message) -> str | None:
+        async with slots:
+            try:
+                if kind == "webhook":
+                    await asyncio.to_thread(_post_webhook, config, secret, message)
+                else:
+                    await _send_apprise(secret, message)
+            except DeliveryError as exc:
+                return str(exc)
+            except Exception as exc:  # network errors, and whatever a chat plugin raises
+                return f"{type(exc).__name__}: {exc}"[:500]
+            return None
+
+    return list(await asyncio.gather(*(one(m) for m in messages)))
+
+
+@functools.cache
+def _tls_context(ca_file: str) -> ssl.SSLContext:
+    """Verifying context (system CAs, or the channel's own CA file); loading CAs is slow, so
+    it is made once."""
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+def _email(config: dict[str, Any], message: Message) -> EmailMessage:
     mail = EmailMessage()
     mail["From"] = config["from_addr"]
     mail["To"] = message.address
@@ -145,21 +171,37 @@ def _send_email(config: dict[str, Any], password: str, message: Message) -> None
     mail["Message-ID"] = f"<careline-{message.delivery}@{domain}>"
     mail[policy.DELIVERY_HEADER] = message.delivery
     mail.set_content(message.text)
+    return mail
+
+
+def _send_emails(config: dict[str, Any], password: str, messages: Sequence[Message]) -> list[str | None]:
+    results: list[str | None] = []
     security, timeout = config["security"], config["timeout"]
-    context = ssl.create_default_context()
-    client: smtplib.SMTP
-    if security == "tls":
-        client = smtplib.SMTP_SSL(config["host"], config["port"], timeout=timeout, context=context)
-    else:
-        client = smtplib.SMTP(config["host"], config["port"], timeout=timeout)
-    with client:
-        if security == "starttls":
-            client.starttls(context=context)
-        if config.get("username"):
-            client.login(config["username"], password)
-        refused = client.send_message(mail)
-    if refused:
-        raise DeliveryError(f"refused recipients: {sorted(refused)}")
+    try:
+        client: smtplib.SMTP
+        if security == "tls":
+            client = smtplib.SMTP_SSL(config["host"], config["port"], timeout=timeout,
+                                      context=_tls_context(config.get("ca_file") or ""))
+        else:
+            client = smtplib.SMTP(config["host"], config["port"], timeout=timeout)
+        with client:
+            if security == "starttls":
+                client.starttls(context=_tls_context(config.get("ca_file") or ""))
+            if config.get("username"):
+                client.login(config["username"], password)
+            for message in messages:
+                try:
+                    refused = client.send_message(_email(config, message))
+                except (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError,
+                        smtplib.SMTPSenderRefused) as exc:
+                    results.append(f"{type(exc).__name__}: {exc}"[:500])
+                    client.rset()
+                    continue
+                results.append(f"refused recipients: {sorted(refused)}" if refused else None)
+    except (OSError, smtplib.SMTPException, ssl.SSLError) as exc:
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        results += [error] * (len(messages) - len(results))
+    return results
 
 
 def webhook_request(config: dict[str, Any], secret: str, message: Message,

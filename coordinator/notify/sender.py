@@ -32,7 +32,7 @@ from careline.coordinator.notify.render import render
 from careline.coordinator.storage import fleet as fstore
 from careline.coordinator.storage import notify as store
 from careline.coordinator.storage import service
-from careline.shared.errors import CarelineError, ConfigError
+from careline.shared.errors import ConfigError
 
 if TYPE_CHECKING:
     from careline.coordinator.server import Coordinator
@@ -41,6 +41,8 @@ log = logging.getLogger("careline.coordinator.notify")
 
 # Test hook: stop dead after committing a claim, before sending (the test then kill -9s).
 PAUSE_AFTER_CLAIM_ENV = "CARELINE_NOTIFY_TEST_PAUSE_AFTER_CLAIM"
+# Messages per channel sent between two records of their results (one SMTP session).
+SEND_BATCH = 25
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class NotifySettings:
     lease_seconds: float = 60.0  # a claim not finished by then is taken over
     fold_window_seconds: float = 30.0  # mass events wait this long to be counted together
     batch: int = 200  # notifications claimed per round
-    parallel: int = 8  # messages in flight per round
+    parallel: int = 8  # webhook / chat messages in flight per channel
     max_attempts: int = 10
     backoff_seconds: float = 10.0  # first retry; doubles up to backoff_cap_seconds
     backoff_cap_seconds: float = 3600.0
@@ -138,32 +140,41 @@ class Notifier:
         async with self.db.connect() as conn:
             chans = {c["id"]: c for c in await store.list_channels(conn)}
             people = {r["id"]: r for r in await store.list_recipients(conn)}
-        for start in range(0, len(groups), self.settings.parallel):
-            chunk = groups[start:start + self.settings.parallel]
-            results = await asyncio.gather(*(self._send(g, chans, people) for g in chunk))
-            await self._record(list(zip(chunk, results, strict=True)), chans)
+        by_channel: dict[int, list[list[dict[str, Any]]]] = {}
+        for group in groups:
+            by_channel.setdefault(group[0]["channel_id"], []).append(group)
+        await asyncio.gather(*(self._send_channel(chans[cid], chans, mine, people)
+                               for cid, mine in by_channel.items()))
         return sum(map(len, groups))
 
-    async def _send(self, group: Sequence[Mapping[str, Any]], chans: Mapping[int, dict[str, Any]],
-                    people: Mapping[int, dict[str, Any]]) -> str | float | None:
-        """None when sent; seconds to wait when throttled; the error text when it failed."""
-        first = group[0]
-        channel = chans[first["channel_id"]]
-        wait = self.throttle.wait(channel["id"], channel["rate_per_minute"], time.monotonic())
-        if wait > 0:
-            return wait
-        self.throttle.record(channel["id"], time.monotonic())
-        recipient = people[first["recipient_id"]]
-        try:
-            message = self.message(group, recipient)
-            await channels.deliver(channel["kind"], channel["config"],
-                                   self.secrets.decrypt(channel["secret"]), message)
-        except CarelineError as exc:
-            return str(exc) or type(exc).__name__
-        except Exception as exc:  # a template error or a library bug: still a failed attempt
-            log.exception("sending notification %s failed", first["delivery"])
-            return f"{type(exc).__name__}: {exc}"
-        return None
+    async def _send_channel(self, channel: dict[str, Any], chans: dict[int, dict[str, Any]],
+                            groups: list[list[dict[str, Any]]],
+                            people: Mapping[int, dict[str, Any]]) -> None:
+        """Send one channel's messages in batches (one SMTP session each), recording the
+        results after every batch so a crash repeats at most one batch."""
+        secret = self.secrets.decrypt(channel["secret"])
+        for start in range(0, len(groups), SEND_BATCH):
+            batch = groups[start:start + SEND_BATCH]
+            results: list[str | float | None] = []
+            sending: list[tuple[int, channels.Message]] = []
+            for group in batch:
+                wait = self.throttle.wait(channel["id"], channel["rate_per_minute"], time.monotonic())
+                if wait > 0:
+                    results.append(wait)
+                    continue
+                self.throttle.record(channel["id"], time.monotonic())
+                try:
+                    sending.append((len(results), self.message(group, people[group[0]["recipient_id"]])))
+                    results.append(None)
+                except Exception as exc:  # a broken (vendor-edited) template: a failed attempt
+                    log.exception("rendering notification %s failed", group[0]["delivery"])
+                    results.append(f"{type(exc).__name__}: {exc}")
+            if sending:
+                sent = await channels.deliver_many(channel["kind"], channel["config"], secret,
+                                                   [m for _, m in sending], self.settings.parallel)
+                for (index, _), error in zip(sending, sent, strict=True):
+                    results[index] = error
+            await self._record(list(zip(batch, results, strict=True)), chans)
 
     def message(self, group: Sequence[Mapping[str, Any]], recipient: Mapping[str, Any]) -> channels.Message:
         first = group[0]
