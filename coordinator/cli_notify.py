@@ -30,6 +30,8 @@ def channels() -> None:
 @click.option("--password-env", default=None,
               help="Name of an environment variable holding the SMTP password.")
 @click.option("--from", "from_addr", default=None, help="Sender address (email).")
+@click.option("--smtp-ca", "ca_file", default=None,
+              help="CA file (on the coordinator) to verify the SMTP server (default: system CAs).")
 @click.option("--url", default=None,
               help="webhook: https://... to POST to; apprise: the service URL (kept secret).")
 @click.option("--secret-env", default=None,
@@ -38,8 +40,8 @@ def channels() -> None:
               help="At most this many messages a minute on this channel (0: no limit).")
 def channels_add(client: Any, as_json: bool, name: str, kind: str, host: str | None,
                  port: int | None, security: str | None, username: str | None,
-                 password_env: str | None, from_addr: str | None, url: str | None,
-                 secret_env: str | None, rate_per_minute: int) -> None:
+                 password_env: str | None, from_addr: str | None, ca_file: str | None,
+                 url: str | None, secret_env: str | None, rate_per_minute: int) -> None:
     """Add a channel. Secrets come from environment variables, never the command line."""
     import os
 
@@ -54,7 +56,7 @@ def channels_add(client: Any, as_json: bool, name: str, kind: str, host: str | N
 
     result = client.call("notify.channels.add", name=name, kind=kind, host=host, port=port,
                          security=security, username=username, password=env(password_env),
-                         from_addr=from_addr, url=url, secret=env(secret_env),
+                         from_addr=from_addr, ca_file=ca_file, url=url, secret=env(secret_env),
                          rate_per_minute=rate_per_minute)
     secret = result.pop("webhook_secret", None)
     emit(result if not secret or not as_json else {**result, "webhook_secret": secret}, as_json)

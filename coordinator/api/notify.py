@@ -28,6 +28,7 @@ class AddChannel(msgspec.Struct, forbid_unknown_fields=True):
     username: str | None = None
     password: str | None = None
     from_addr: str | None = None
+    ca_file: str | None = None  # CA to verify the SMTP server with (default: the system's)
     # webhook (url) and apprise (url, a secret: it holds the service's token)
     url: str | None = None
     secret: str | None = None
@@ -45,7 +46,7 @@ async def add_channel(ctx: Context, p: AddChannel) -> dict[str, Any]:
     if p.kind == "email":
         secret = p.password or ""
         config = {"host": p.host, "port": p.port, "security": p.security, "username": p.username,
-                  "from_addr": p.from_addr}
+                  "from_addr": p.from_addr, "ca_file": p.ca_file}
     elif p.kind == "webhook":
         secret = p.secret or ""
         if not secret:

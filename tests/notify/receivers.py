@@ -25,7 +25,15 @@ class Mailbox:
         self.messages: list[EmailMessage] = []
         self.port = free_port()
         self.fail_with: str | None = None  # e.g. "451 try later": refuse every message
+        self.refuse: set[str] = set()  # recipients answered "550 no such user"
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **controller_args)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: Any) -> str:
+        if address in self.refuse:
+            return "550 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.fail_with:
@@ -43,10 +51,11 @@ class Mailbox:
 
 
 class WebhookReceiver:
-    """Accepts POSTs whose HMAC signature and timestamp verify; rejects others with 401."""
+    """Accepts POSTs whose HMAC signature and timestamp verify; rejects others with 401.
+    Without a secret it accepts any JSON POST (an apprise json:// target)."""
 
-    def __init__(self, secret: str) -> None:
-        self.secret = secret.encode()
+    def __init__(self, secret: str | None) -> None:
+        self.secret = secret.encode() if secret is not None else None
         self.received: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.rejected = 0
@@ -56,7 +65,7 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                ok = policy.verify_webhook(
+                ok = receiver.secret is None or policy.verify_webhook(
                     receiver.secret, self.headers.get(policy.TIMESTAMP_HEADER, ""), body,
                     self.headers.get(policy.SIGNATURE_HEADER, ""), time.time())
                 if not ok:
