@@ -66,10 +66,20 @@ class Secrets:
             from cryptography.fernet import Fernet
 
             if not self.key_file.exists():
-                key = Fernet.generate_key()
-                fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                # Written aside, then linked into place: coordinator processes sharing the
+                # data dir that start together agree on one key, and none reads half of one.
+                spare = self.key_file.with_name(f".{self.key_file.name}.{os.getpid()}")
+                fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 with os.fdopen(fd, "wb") as f:
-                    f.write(key)
+                    f.write(Fernet.generate_key())
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(spare, self.key_file)
+                except FileExistsError:
+                    pass
+                finally:
+                    spare.unlink()
             self._fernet = Fernet(self.key_file.read_bytes().strip())
         return self._fernet
 

@@ -38,6 +38,8 @@ EVENTS: Mapping[str, str] = {
 }
 # What a customer's own contact may hear about.
 CUSTOMER_EVENTS = frozenset({"visit.created", "update.installed", "coverage.ending"})
+# ... and what only a customer's contact hears (staff get the weekly coverage.expiring list).
+CUSTOMER_ONLY = frozenset({"coverage.ending"})
 # Events for a thread (an incident, a visit) that has already been notified go out anyway:
 # they say something got worse. Every other repeat is folded into the next digest.
 THREAD_BREAKERS = frozenset({"incident.escalated", "incident.overdue", "visit.overdue"})
@@ -107,6 +109,8 @@ def route_matches(route: Route, recipient: Recipient, event: Event) -> bool:
         return False
     if recipient.customer_id is not None and (
             event.kind not in CUSTOMER_EVENTS or event.customer_id != recipient.customer_id):
+        return False
+    if recipient.customer_id is None and event.kind in CUSTOMER_ONLY:
         return False
     if route.customer_id is not None and route.customer_id != event.customer_id:
         return False

@@ -54,6 +54,9 @@ class NotifySettings:
     fold_window_seconds: float = 30.0  # mass events wait this long to be counted together
     batch: int = 200  # notifications claimed per round
     parallel: int = 8  # webhook / chat messages in flight per channel
+    # Messages a second this process sends at most (0: no limit): a backlog drains at this
+    # pace so that agents' heartbeats keep most of the coordinator (bench/notify.py).
+    max_per_second: float = 50.0
     max_attempts: int = 10
     backoff_seconds: float = 10.0  # first retry; doubles up to backoff_cap_seconds
     backoff_cap_seconds: float = 3600.0
@@ -90,6 +93,7 @@ class Notifier:
         self.throttle = policy.Throttle()
         self._wake = asyncio.Event()
         self._periodic_done: set[str] = set()  # keys queued by this process already
+        self._paced_until = 0.0  # time.monotonic() before which the pace allows no more
 
     def wake(self) -> None:
         """Something was queued: deliver now rather than at the next poll."""
@@ -106,7 +110,7 @@ class Notifier:
                 if time.monotonic() - last_periodic >= self.settings.periodic_seconds:
                     last_periodic = time.monotonic()
                     await self.periodic(utcnow())
-                while await self.deliver_due(utcnow()) >= self.settings.batch:
+                while await self.deliver_due(utcnow()) >= self.claim_limit:
                     pass
             except Exception:
                 log.exception("notification round failed; will retry")
@@ -117,7 +121,7 @@ class Notifier:
         token = uuid.uuid4().hex
         fold_before = now - dt.timedelta(seconds=self.settings.fold_window_seconds)
         async with self.db.transaction() as conn:
-            rows = await store.claimable(conn, now, fold_before, self.settings.batch)
+            rows = await store.claimable(conn, now, fold_before, self.claim_limit)
             groups = policy.fold_groups(rows)
             until = now + dt.timedelta(seconds=self.settings.lease_seconds)
             for group in groups:
@@ -127,6 +131,26 @@ class Notifier:
                 for row in group:
                     row.update(claim=token, delivery=delivery)
         return groups
+
+    @property
+    def claim_limit(self) -> int:
+        """Rows per claim: never more than the pace sends in half a lease, so a claim is
+        finished long before another process may take it over."""
+        rate = self.settings.max_per_second
+        if rate <= 0:
+            return self.settings.batch
+        return max(1, min(self.settings.batch, int(rate * self.settings.lease_seconds / 2)))
+
+    async def _pace(self, count: int) -> None:
+        """Wait until `count` more messages fit under max_per_second."""
+        rate = self.settings.max_per_second
+        if rate <= 0:
+            return
+        now = time.monotonic()
+        start = max(self._paced_until, now)
+        self._paced_until = start + count / rate
+        if start > now:
+            await asyncio.sleep(start - now)
 
     async def deliver_due(self, now: dt.datetime) -> int:
         """One round: claim, send, record. Returns how many notifications were claimed."""
@@ -170,6 +194,7 @@ class Notifier:
                     log.exception("rendering notification %s failed", group[0]["delivery"])
                     results.append(f"{type(exc).__name__}: {exc}")
             if sending:
+                await self._pace(len(sending))
                 sent = await channels.deliver_many(channel["kind"], channel["config"], secret,
                                                    [m for _, m in sending], self.settings.parallel)
                 for (index, _), error in zip(sending, sent, strict=True):
@@ -321,7 +346,7 @@ class Notifier:
                                                 ("hostname", "customer", "incident")}}
                        for i in items]
             if visits or updates or open_incidents:
-                await store.insert_notifications(conn, [{
+                new = await store.insert_notifications(conn, [{
                     "key": key, "recipient_id": recipient["id"],
                     "channel_id": recipient["channel_id"], "event": "digest.daily",
                     "severity": "low", "customer_id": None, "thread": key, "fold_key": None,
@@ -329,7 +354,9 @@ class Notifier:
                               "updates": updates},
                     "status": "pending", "created_at": now, "next_attempt_at": now,
                 }])
-                await store.set_notifications(conn, [i["id"] for i in items], status="digested")
+                if new:  # not already made today by another coordinator process
+                    await store.set_notifications(conn, [i["id"] for i in items],
+                                                  status="digested")
         self._periodic_done.add(key)
 
     async def _coverage(self, recipient: Mapping[str, Any], now: dt.datetime) -> None:

@@ -110,10 +110,16 @@ async def remove_route(conn: AsyncConnection, route_id: int) -> None:
 
 
 # ----------------------------------------------------------------------------- outbox
-async def insert_notifications(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
-    """Store notifications; one whose key exists already (the same event again) is skipped."""
-    if rows:
-        await conn.execute(insert_ignoring_duplicates(conn, notifications), list(rows))
+async def insert_notifications(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> int:
+    """Store notifications; one whose key exists already (the same event again) is skipped.
+    Returns how many were new."""
+    if not rows:
+        return 0
+    inserted = 0
+    for row in rows:  # one statement each: a multi-row insert's count is not reliable
+        result = await conn.execute(insert_ignoring_duplicates(conn, notifications).values(**row))
+        inserted += max(0, result.rowcount or 0)
+    return inserted
 
 
 async def told(conn: AsyncConnection, recipient_ids: Sequence[int], thread: str) -> set[int]:

@@ -35,13 +35,14 @@ def setup_channels(coord: CoordinatorProcess, mailbox: Mailbox, hook: WebhookRec
     English recipient. The webhook goes through the CLI (secret from the environment); the
     rest through the same admin API in this process, to keep the test quick."""
     coord.cli("notify", "channels", "add", "ops-hook", "--kind", "webhook", "--url", hook.url,
-              "--secret-env", secret_env)
+              "--secret-env", secret_env, "--rate", "0")
     all_day = {"workdays": "mon,tue,wed,thu,fri,sat,sun", "opens": "00:00", "closes": "23:59"}
     with coord.client() as client:
         client.call("customers.add", name="Minh Anh")
         client.call("customers.hours", customer="Minh Anh", **all_day)
         client.call("notify.channels.add", name="mail", kind="email", host="127.0.0.1",
-                    port=mailbox.port, security="none", from_addr="careline@vendor.vn")
+                    port=mailbox.port, security="none", from_addr="careline@vendor.vn",
+                    rate_per_minute=0)
         client.call("notify.recipients.add", name="lan", channel="mail", address="lan@vendor.vn",
                     language="vi", **all_day)
         client.call("notify.recipients.add", name="ops", channel="ops-hook", language="en", **all_day)
@@ -150,3 +151,57 @@ def test_two_hundred_machines_offline_make_one_message(tmp_path, monkeypatch):
             assert len(coord.cli("incidents", "list", "--open")) == 200
     finally:
         coord.stop()
+
+
+async def _queue(db_url: str, customer: str, count: int) -> None:
+    """`count` incident notifications queued as the coordinator queues them."""
+    from careline.coordinator.notify import policy
+    from careline.coordinator.notify.events import notify
+    from careline.coordinator.storage import fleet
+    from careline.coordinator.storage.db import Database
+
+    db = Database(db_url)
+    try:
+        async with db.transaction() as conn:
+            customer_id = (await fleet.get_customer(conn, customer))["id"]
+            for n in range(count):
+                await notify(conn, policy.Event(
+                    "incident.opened", f"incident:{n}:opened", "high",
+                    {"incident": n, "kind": "disk_failing", "severity": "high", "detail": "",
+                     "machine": "ab" * 20, "hostname": f"pc{n}", "customer": customer,
+                     "action": None}, customer_id=customer_id, thread=f"incident:{n}"),
+                    dt.datetime.now(dt.UTC))
+    finally:
+        await db.close()
+
+
+def test_two_coordinators_on_postgresql_send_each_notification_once(tmp_path, pg_url, monkeypatch):
+    import subprocess
+
+    from tests.conftest import PYTHON, free_port, wait_for_port
+
+    secret = secrets.token_urlsafe(24)
+    monkeypatch.setenv("HOOK_SECRET", secret)
+    first = CoordinatorProcess(tmp_path, pg_url)
+    # Small claims at a slow pace: both processes keep claiming while the other sends.
+    (first.data / "notify.toml").write_text("poll_seconds = 0.1\nbatch = 5\nmax_per_second = 40\n")
+    first.start()
+    second_port = free_port()
+    second = subprocess.Popen(
+        [PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(first.data),
+         "--listen", f"127.0.0.1:{second_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(second_port, second)
+        with Mailbox() as mailbox, WebhookReceiver(secret) as hook:
+            setup_channels(first, mailbox, hook, "HOOK_SECRET", "incident.opened")
+            asyncio.run(_queue(pg_url, "Minh Anh", 60))
+            wait_until(lambda: len(hook.received) >= 60 and len(mailbox.messages) >= 60, timeout=30)
+            time.sleep(1.0)
+            deliveries = [m["delivery"] for m in hook.received]
+            assert len(deliveries) == 60 and len(set(deliveries)) == 60
+            assert len({m["Message-ID"] for m in mailbox.messages}) == len(mailbox.messages) == 60
+    finally:
+        second.terminate()
+        second.wait(10)
+        first.stop()

@@ -175,3 +175,79 @@ async def test_processes_claim_disjoint_rows(setup: Setup, database: str) -> Non
         assert len(held) + len(rest) == 4
     finally:
         await other.close()
+
+
+async def _machine(setup: Setup, signed_on: dt.date, at: dt.datetime) -> dict[str, Any]:
+    """A machine of customer 1 on a contract signed `signed_on` (12 months of warranty)."""
+    from careline.coordinator.storage import service
+
+    async with setup.db.transaction() as conn:
+        contract = await service.add_contract(conn, customer_id=1, signed_on=signed_on,
+                                              warranty_months=12, machines=None, now=at)
+        key = secrets.token_bytes(32)
+        await fleet.add_agent(conn, agent_id="pc" + key.hex()[:30], customer_id=1, public_key=key,
+                              hostname="KT-01", os="Windows 11", agent_version="0.1.0", now=at,
+                              contract_id=contract)
+        return await fleet.get_agent(conn, "KT-01")
+
+
+# Monday 2026-11-30, 09:00 in Ho Chi Minh City (the ops recipient is on UTC: 02:00, open all day).
+MONDAY = dt.datetime(2026, 11, 30, 2, 0, tzinfo=dt.UTC)
+
+
+async def test_weekly_coverage_list_to_sales_and_the_offer_to_the_customer(setup: Setup) -> None:
+    await _machine(setup, MONDAY.date() - dt.timedelta(days=350), MONDAY)  # warranty ends in ~2 weeks
+    async with setup.db.transaction() as conn:
+        await store.add_route(conn, {"recipient_id": 1, "events": "coverage.expiring",
+                                     "customer_id": None, "min_severity": "low", "kinds": "",
+                                     "created_at": MONDAY})
+        contact = await store.add_recipient(conn, {
+            "name": "Minh Anh <ketoan@minhanh.vn>", "channel_id": 1, "address": "",
+            "language": "vi", "timezone": "Asia/Ho_Chi_Minh", "workdays": "mon,tue,wed,thu,fri",
+            "opens": "08:00", "closes": "17:30", "customer_id": 1, "created_at": MONDAY})
+        await store.add_route(conn, {"recipient_id": contact, "events": "coverage.ending,incident.opened",
+                                     "customer_id": 1, "min_severity": "low", "kinds": "",
+                                     "created_at": MONDAY})
+    await setup.notifier.periodic(MONDAY)
+    await setup.notifier.periodic(MONDAY + dt.timedelta(hours=1))  # once a week, not per round
+    await setup.notifier.periodic(MONDAY + dt.timedelta(days=1))  # Tuesday: not the day
+    rows = [r for r in await setup.rows() if r["event"].startswith("coverage")]
+    assert sorted((r["event"], r["recipient_id"]) for r in rows) == [
+        ("coverage.ending", contact), ("coverage.expiring", 1)]
+    machines = rows[0]["facts"]["machines"]
+    assert [m["hostname"] for m in machines] == ["KT-01"] and machines[0]["coverage"] == "warranty"
+    # The customer's contact never hears of incidents, even with a route naming them.
+    await setup.emit("incident.opened", "incident:9:opened", thread="incident:9")
+    assert [r["recipient_id"] for r in await setup.rows() if r["event"] == "incident.opened"] == [1]
+
+
+async def test_open_incident_past_its_due_time_is_notified_overdue_once(setup: Setup) -> None:
+    reported = MONDAY - dt.timedelta(days=7)
+    agent = await _machine(setup, reported.date(), reported)
+    async with setup.db.transaction() as conn:
+        incident = await setup.notifier.coordinator.desk.open_incident(
+            conn, agent, kind="disk_failing", subject="sda", category="disk", severity="high",
+            opened_by="agent", detail="SMART", now=reported)
+    await setup.notifier.periodic(MONDAY)
+    await setup.notifier.periodic(MONDAY)
+    events = [(r["event"], r["status"]) for r in await setup.rows()]
+    # The visit was folded into the day's digest (the route is "*"); being late breaks through.
+    assert events == [("incident.opened", "pending"), ("visit.created", "digested"),
+                      ("incident.overdue", "pending"), ("visit.overdue", "pending"),
+                      ("digest.daily", "pending")]
+    assert await setup.notifier.deliver_due(MONDAY + dt.timedelta(days=1)) == 4
+    overdue = next(m for m in setup.hook.received if m["event"] == "incident.overdue")
+    assert overdue["subject"].startswith(f"OVERDUE: Incident #{incident}: failing disk")
+
+
+async def test_channel_throttle_holds_the_rest_without_counting_an_attempt(setup: Setup) -> None:
+    async with setup.db.transaction() as conn:
+        await store.update_channel(conn, 1, rate_per_minute=2)
+    for n in range(3):
+        await setup.emit(key=f"t{n}", thread=f"incident:{n}")
+    assert await setup.notifier.deliver_due(now()) == 3
+    rows = await setup.rows()
+    assert sorted(r["status"] for r in rows) == ["pending", "sent", "sent"]
+    held = next(r for r in rows if r["status"] == "pending")
+    assert held["attempts"] == 0 and held["next_attempt_at"] > now() + dt.timedelta(seconds=50)
+    assert len(setup.hook.received) == 2

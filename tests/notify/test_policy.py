@@ -55,6 +55,8 @@ def test_unknown_event_or_severity_is_refused():
     (Route(2, None), CONTACT, event("visit.created"), True),
     (Route(2, None), CONTACT, event("visit.created", customer=7), False),
     (Route(2, None), CONTACT, event("coverage.ending", customer=None), False),
+    (Route(2, None), CONTACT, event("coverage.ending"), True),
+    (Route(1, None), STAFF, event("coverage.ending"), False),  # sales get coverage.expiring
 ])
 def test_route_matches(route, recipient, ev, expected):
     assert policy.route_matches(route, recipient, ev) is expected
