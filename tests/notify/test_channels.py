@@ -121,3 +121,18 @@ def test_secrets_are_encrypted_with_a_key_outside_the_database(tmp_path: Path) -
     other.encrypt("x")  # makes a different key
     with pytest.raises(ConfigError, match="cannot be decrypted"):
         other.decrypt(sealed)
+
+
+async def test_long_vietnamese_subject_and_body_arrive_intact() -> None:
+    subject = "Sự cố #12: ổ cứng hỏng trên máy KT-01 (Công ty TNHH Kế toán Minh Anh, chi nhánh Hà Nội)"
+    text = "Phí: 500.000 ₫\nHạn xử lý: 17:30 1/12/26\n"
+    with Mailbox() as mailbox:
+        config = channels.check_config("email", {"host": "127.0.0.1", "port": mailbox.port,
+                                                 "security": "none",
+                                                 "from_addr": "careline@vendor.vn"}, "")
+        await channels.deliver("email", config, "", channels.Message("n12", "lan@vendor.vn",
+                                                                     subject, text, {}))
+        mail = mailbox.messages[0]
+        assert mail["Subject"] == subject
+        assert mail.get_content().replace("\r\n", "\n") == text  # SMTP line ends are CRLF
+        assert mail["X-Careline-Delivery"] == "n12"
