@@ -103,6 +103,7 @@ def load_all() -> None:
         fleet,
         live,
         notify,
+        policy,
         releases,
         rollouts,
         service,

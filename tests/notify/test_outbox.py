@@ -19,7 +19,8 @@ from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.notify import policy
 from careline.coordinator.notify.events import notify
 from careline.coordinator.notify.sender import Notifier
-from careline.coordinator.policy.config import load_policy
+from careline.coordinator.policy.config import load_policy_data
+from careline.coordinator.policy.overrides import PolicyLayers
 from careline.coordinator.storage import fleet
 from careline.coordinator.storage import notify as store
 from careline.coordinator.storage.db import Database
@@ -57,7 +58,7 @@ async def setup(database: str, tmp_path: Path) -> AsyncIterator[Setup]:
     (tmp_path / "notify.toml").write_text("lease_seconds = 30\nbackoff_seconds = 10\nunhealthy_after = 2\n")
     db = Database(database)
     await db.migrate()
-    desk = IncidentDesk(db, load_policy(None), dt.timedelta(seconds=90))
+    desk = IncidentDesk(db, PolicyLayers(*load_policy_data(None)), dt.timedelta(seconds=90))
     coordinator = types.SimpleNamespace(db=db, datadir=types.SimpleNamespace(path=tmp_path), desk=desk)
     notifier = Notifier(coordinator)  # type: ignore[arg-type]
     with WebhookReceiver(SECRET) as hook:

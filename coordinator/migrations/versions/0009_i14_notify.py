@@ -6,7 +6,7 @@ from alembic import op
 from careline.coordinator.storage.schema import UTCDateTime
 
 revision = "i14_notify"
-down_revision = "0004"
+down_revision = "i11_rollout_targeting"
 
 
 def upgrade() -> None:
