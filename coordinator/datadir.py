@@ -31,6 +31,11 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
+    # Web console and REST API (HOST:PORT, same TLS certificate); empty: not served.
+    web: str = ""
+    # Shown on care reports: the vendor's name and logo (a PNG or SVG file).
+    vendor_name: str = "Careline"
+    vendor_logo: str = ""
 
     def listen_host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")

@@ -450,7 +450,15 @@ async def run_coordinator(
     db = Database(datadir.database_url(settings))
     try:
         await db.migrate()
-        await Coordinator(datadir, settings, db).run(stop, ready)
+        coordinator = Coordinator(datadir, settings, db)
+        if not settings.web:
+            await coordinator.run(stop, ready)
+            return
+        from careline.coordinator.web.serve import serve_web
+
+        async with asyncio.TaskGroup() as both:  # the web console shares the process and loop
+            both.create_task(coordinator.run(stop, ready))
+            both.create_task(serve_web(coordinator, settings.web, stop))
     finally:
         with contextlib.suppress(Exception):
             await db.close()

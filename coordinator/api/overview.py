@@ -1,0 +1,49 @@
+"""Screens' methods: the fleet at a glance and incident lists a page at a time.
+
+They answer from one aggregate query each (storage/views.py), so the web console's busiest
+pages stay fast at 10,000 machines; the CLI and REST API can call them too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from careline.coordinator.api import Context, NoParams, method
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import views
+from careline.shared.errors import ConfigError
+
+MAX_PAGE = 500
+
+
+@method("fleet.overview", "viewer")
+async def fleet_overview(ctx: Context, _: NoParams) -> dict[str, Any]:
+    """Machines online, offline and needing attention (an open incident), per customer."""
+    async with ctx.coordinator.db.connect() as conn:
+        rows = await views.fleet_overview(conn, ctx.now - ctx.coordinator.offline_after)
+    totals = {key: sum(r[key] for r in rows)
+              for key in ("machines", "online", "offline", "needs_attention", "open_incidents")}
+    return {"customers": rows, "totals": totals}
+
+
+class IncidentPage(msgspec.Struct, forbid_unknown_fields=True):
+    open: bool = False
+    customer: str | None = None
+    machine: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@method("incidents.page", "viewer", IncidentPage)
+async def incidents_page(ctx: Context, p: IncidentPage) -> dict[str, Any]:
+    """One page of incidents, open first, with the decision's action, fee and due time."""
+    if not 1 <= p.limit <= MAX_PAGE or p.offset < 0:
+        raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset at least 0")
+    async with ctx.coordinator.db.connect() as conn:
+        customer_id = await store.customer_id_of(conn, p.customer)
+        agent_id = (await store.get_agent(conn, p.machine))["id"] if p.machine else None
+        total, rows = await views.incidents_page(conn, open_only=p.open, customer_id=customer_id,
+                                                 agent_id=agent_id, limit=p.limit, offset=p.offset)
+    return {"total": total, "limit": p.limit, "offset": p.offset, "rows": rows}

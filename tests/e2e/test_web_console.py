@@ -1,0 +1,210 @@
+"""The web console in a real headless Chromium against a real coordinator (issue 15).
+
+Chromium is Debian's (`/usr/bin/chromium`, installed by scripts/test.sh), driven by Playwright;
+the agents are real `careline-agent` processes, and the hostile hostname comes through the real
+/enroll exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from careline.shared.keys import JoinString, generate_key, public_bytes
+from tests.conftest import CoordinatorProcess, free_port, wait_for_port, wait_until
+from tests.e2e.test_updates import build, enroll, job_done, machine, publish
+
+CHROMIUM = "/usr/bin/chromium"
+HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
+
+pytestmark = pytest.mark.skipif(shutil.which("chromium") is None and not Path(CHROMIUM).exists(),
+                                reason="Debian's chromium is not installed (scripts/test.sh installs it)")
+
+
+class Console:
+    def __init__(self, coord: CoordinatorProcess, port: int) -> None:
+        self.coord = coord
+        self.url = f"https://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[Console]:
+    coord = CoordinatorProcess(tmp_path)
+    port = free_port()
+    coord.start("--web", f"127.0.0.1:{port}")
+    wait_for_port(port, coord.proc)  # type: ignore[arg-type]
+    yield Console(coord, port)
+    coord.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def new_page(browser: Any, lang: str = "en-US") -> Any:
+    context = browser.new_context(ignore_https_errors=True, locale=lang,
+                                  extra_http_headers={"Accept-Language": lang})
+    return context.new_page()
+
+
+def sign_in(page: Any, console: Console, token: str) -> None:
+    page.goto(console.url + "/fleet")
+    assert page.url.endswith("/signin")
+    page.fill("#token", token)
+    page.click("#signin")
+    page.wait_for_url(re.compile(r".*/fleet$"))
+
+
+def hostile_enrollment(join: str) -> str:
+    """A modified agent: the real /enroll exchange, with a hostname that is markup."""
+    from careline.agent.enroll import register
+
+    exchange = register(JoinString.parse(join), public_bytes(generate_key()), hostname=HOSTILE,
+                        os="Windows 10", products=[])
+    with ThreadPoolExecutor(1) as thread:  # Playwright's loop runs in this one
+        _, enrolled = thread.submit(asyncio.run, exchange).result()
+    return enrolled.agent_id
+
+
+def test_technician_works_an_incident_and_pushes_an_update_viewer_is_refused(
+        console: Console, browser: Any, tmp_path: Path, spawn_agent: Any) -> None:
+    coord = console.coord
+    keys = tmp_path / "release-keys"
+    coord.cli("release", "keys", "init", "--keys", str(keys))
+    publish(coord, keys, build(tmp_path, "1.0.0"))
+    coord.cli("customers", "add", "Cong ty Minh Anh")
+    coord.cli("contracts", "add", "--customer", "Cong ty Minh Anh", "--signed", "2026-01-15")
+    join = coord.join_string("Cong ty Minh Anh")
+    pc1 = enroll(spawn_agent, tmp_path, "pc1", join)
+    hostile = hostile_enrollment(join)
+    tech_token = coord.cli("technicians", "add", "lan", "--role", "technician")["token"]
+    viewer_token = coord.cli("technicians", "add", "mai", "--role", "viewer")["token"]
+    wait_until(lambda: coord.agents()[pc1.agent_id]["status"] == "online")
+    incident = coord.cli("incidents", "open", "--machine", hostile, "--category", "disk",
+                         "--severity", "high", "--note", "customer called")
+
+    page = new_page(browser)
+    sign_in(page, console, tech_token)
+    # Session cookie: HttpOnly, Secure, SameSite=Strict; the token itself is not kept.
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    session = cookies["careline_session"]
+    assert (session["httpOnly"], session["secure"], session["sameSite"]) == (True, True, "Strict")
+    assert tech_token not in json.dumps(list(cookies.values()))
+
+    # Fleet overview, with live counters.
+    row = page.locator("#customers tr", has_text="Cong ty Minh Anh")
+    assert row.locator("td").nth(1).inner_text() == "2"
+    assert page.locator("[data-live=total-online]").inner_text() == "1"
+
+    # The hostile hostname is text, never markup, wherever it shows.
+    page.goto(f"{console.url}/machines/{hostile}")
+    assert page.locator("#hostname").inner_text() == HOSTILE
+    assert page.evaluate("window.pwned") is None
+
+    # An incident: decision, fee in VND, due time, reasons; assign its visit.
+    page.goto(f"{console.url}/incidents")
+    page.click(f"a[href='/incidents/{incident['id']}']")
+    assert page.locator("#decision-action").inner_text() == "onsite_reinstall"
+    assert page.locator("#decision-fee").inner_text().replace("\xa0", " ") == "500.000 ₫"
+    assert page.locator("ol.reasons li").count() >= 1
+    visit = page.locator("div.visit").first
+    visit.locator("select.assign-technician").select_option("lan")
+    visit.locator("button[data-method='visits.assign']").click()
+    assert "visits.assign" in page.locator(".flash.ok").inner_text()
+    visits = coord.cli("visits", "list")
+    assert [(v["technician"], v["status"]) for v in visits] == [("lan", "assigned")]
+
+    # Push an update to pc1 from its page; the agent installs it.
+    page.goto(f"{console.url}/machines/{pc1.agent_id}")
+    page.select_option("#push-version", "1.0.0")
+    page.click("button[data-method='push.update']")
+    assert "push.update" in page.locator(".flash.ok").inner_text()
+    job = coord.cli("jobs", "list")[0]
+    assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+
+    # Every action is audited as the technician, exactly as from the CLI.
+    audit = coord.cli("audit")
+    assert {("lan", "visit.assign"), ("lan", "job.update")} <= {(a["actor"], a["action"]) for a in audit}
+
+    # A viewer sees the same page, and is refused the same action by the server.
+    viewer = new_page(browser)
+    sign_in(viewer, console, viewer_token)
+    viewer.goto(f"{console.url}/machines/{pc1.agent_id}")
+    viewer.click("button[data-method='push.update']")
+    assert "technician role" in viewer.locator("#error").inner_text()
+    assert len(coord.cli("jobs", "list")) == 1
+
+    # Sign out: the old session cookie no longer opens anything.
+    page.click("#signout")
+    page.wait_for_url(re.compile(r".*/signin$"))
+    page.context.add_cookies([{"name": session["name"], "value": session["value"],
+                               "url": console.url}])
+    page.goto(console.url + "/fleet")
+    assert page.url.endswith("/signin")
+
+
+def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any) -> None:
+    coord = console.coord
+    coord.cli("customers", "add", "Acme")
+    tech_token = coord.cli("technicians", "add", "lan", "--role", "technician")["token"]
+    viewer_token = coord.cli("technicians", "add", "mai", "--role", "viewer")["token"]
+    page = new_page(browser, "vi-VN")
+    sign_in(page, console, tech_token)
+    assert page.locator("nav a").first.inner_text() == "Tổng quan"  # Vietnamese from the browser
+
+    # A form post without the CSRF token is refused, and nothing happens.
+    answer = page.request.post(f"{console.url}/act/customers.add", form={"name": "Evil"},
+                               max_redirects=0)
+    assert answer.status == 403
+    csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+    answer = page.request.post(f"{console.url}/act/customers.add",
+                               form={"name": "Good", "csrf": csrf, "next": "/fleet"}, max_redirects=0)
+    assert answer.status == 303
+    names = {c["name"] for c in coord.cli("customers", "list")}
+    assert "Good" in names and "Evil" not in names
+
+    # REST API: the same methods with the bearer token; OpenAPI lists them.
+    api = page.context.request
+    listed = api.post(f"{console.url}/api/v1/customers/list", data={},
+                      headers={"Authorization": f"Bearer {viewer_token}"})
+    assert listed.status == 200 and {c["name"] for c in listed.json()} == names
+    refused = api.post(f"{console.url}/api/v1/customers/add", data={"name": "Nope"},
+                       headers={"Authorization": f"Bearer {viewer_token}"})
+    assert refused.status == 403 and refused.json()["error_code"] == "forbidden"
+    schema = api.get(f"{console.url}/api/v1/schema/openapi.json").json()
+    assert "/api/v1/incidents/page" in schema["paths"] and "/api/v1/push/update" in schema["paths"]
+
+    # The admin revokes lan: the open session stops working at the next request.
+    coord.cli("technicians", "revoke", "lan")
+    page.goto(console.url + "/fleet")
+    assert page.url.endswith("/signin")
+    gone = api.post(f"{console.url}/api/v1/customers/list", data={},
+                    headers={"Authorization": f"Bearer {tech_token}"})
+    assert gone.status == 401
+
+
+def test_care_report_pdf_from_the_cli(console: Console, tmp_path: Path) -> None:
+    """The report through the running coordinator: PDF text has the customer, the Vietnamese."""
+    from pypdf import PdfReader
+
+    coord = console.coord
+    coord.cli("customers", "add", "Công ty Minh Anh")
+    out = tmp_path / "care.pdf"
+    coord.cli("report", "care", "--customer", "Công ty Minh Anh", "--month", "2026-11",
+              "--out", str(out))
+    text = "\n".join(p.extract_text() for p in PdfReader(out).pages)
+    assert "Báo cáo chăm sóc" in text and "Công ty Minh Anh" in text
