@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -53,11 +52,6 @@ async def fleet_overview(conn: AsyncConnection, online_since: dt.datetime) -> li
     return rows
 
 
-def _latest_decision() -> Any:
-    return (sa.select(decisions.c.incident_id, sa.func.max(decisions.c.id).label("decision_id"))
-            .group_by(decisions.c.incident_id).subquery())
-
-
 async def incidents_page(
     conn: AsyncConnection, *, open_only: bool, customer_id: int | None, agent_id: str | None,
     limit: int, offset: int,
@@ -71,38 +65,47 @@ async def incidents_page(
     if agent_id is not None:
         where.append(incidents.c.agent_id == agent_id)
     total = (await conn.execute(sa.select(sa.func.count()).select_from(incidents).where(*where))).scalar_one()
-    latest = _latest_decision()
     query = (
-        sa.select(incidents, agents.c.hostname, customers.c.name.label("customer"),
-                  decisions.c.action, decisions.c.covered, decisions.c.fee_vnd, decisions.c.due_at)
-        .select_from(
-            incidents.join(agents, agents.c.id == incidents.c.agent_id)
-            .join(customers, customers.c.id == incidents.c.customer_id)
-            .outerjoin(latest, latest.c.incident_id == incidents.c.id)
-            .outerjoin(decisions, decisions.c.id == latest.c.decision_id))
+        sa.select(incidents, agents.c.hostname, customers.c.name.label("customer"))
+        .select_from(incidents.join(agents, agents.c.id == incidents.c.agent_id)
+                     .join(customers, customers.c.id == incidents.c.customer_id))
         .where(*where)
         .order_by(sa.case((incidents.c.status == "open", 0), else_=1), incidents.c.id.desc())
         .limit(limit).offset(offset)
     )
-    return int(total), rows_of(await conn.execute(query))
+    rows = rows_of(await conn.execute(query))
+    await _with_decisions(conn, rows)
+    return int(total), rows
+
+
+async def _with_decisions(conn: AsyncConnection, rows: list[Row]) -> None:
+    """Add each incident's latest decision (action, covered, fee, due time) to its row: one
+    query for the rows shown, not a scan of every decision ever made."""
+    ids = [row["id"] for row in rows]
+    latest = (sa.select(sa.func.max(decisions.c.id)).where(decisions.c.incident_id.in_(ids))
+              .group_by(decisions.c.incident_id))
+    found = {d["incident_id"]: d for d in rows_of(await conn.execute(
+        sa.select(decisions.c.incident_id, decisions.c.action, decisions.c.covered,
+                  decisions.c.fee_vnd, decisions.c.due_at).where(decisions.c.id.in_(latest))))} if ids else {}
+    for row in rows:
+        decision = found.get(row["id"], {})
+        for key in ("action", "covered", "fee_vnd", "due_at"):
+            row[key] = decision.get(key)
 
 
 async def incidents_between(conn: AsyncConnection, customer_id: int, start: dt.datetime,
                             end: dt.datetime) -> list[Row]:
     """A customer's incidents opened in [start, end), with their latest decision."""
-    latest = _latest_decision()
     query = (
-        sa.select(incidents, agents.c.hostname, decisions.c.action, decisions.c.covered,
-                  decisions.c.fee_vnd, decisions.c.due_at)
-        .select_from(
-            incidents.join(agents, agents.c.id == incidents.c.agent_id)
-            .outerjoin(latest, latest.c.incident_id == incidents.c.id)
-            .outerjoin(decisions, decisions.c.id == latest.c.decision_id))
+        sa.select(incidents, agents.c.hostname)
+        .select_from(incidents.join(agents, agents.c.id == incidents.c.agent_id))
         .where(incidents.c.customer_id == customer_id, incidents.c.opened_at >= start,
                incidents.c.opened_at < end)
         .order_by(incidents.c.opened_at)
     )
-    return rows_of(await conn.execute(query))
+    rows = rows_of(await conn.execute(query))
+    await _with_decisions(conn, rows)
+    return rows
 
 
 async def visits_between(conn: AsyncConnection, customer_id: int, start: dt.datetime,

@@ -309,11 +309,13 @@ def create_app(coordinator: Coordinator) -> Litestar:
         q = request.query_params
         open_only = q.get("open", "1") == "1"
         customer_ref = q.get("customer") or None
-        first = await console.call(caller, "incidents.page", open=open_only, customer=customer_ref,
-                                   limit=1)
-        page_no, offset, last = page_of(first["total"], _int(q.get("page")), PAGE_SIZE)
+        wanted = max(1, _int(q.get("page")))
         rows = await console.call(caller, "incidents.page", open=open_only, customer=customer_ref,
-                                  limit=PAGE_SIZE, offset=offset)
+                                  limit=PAGE_SIZE, offset=(wanted - 1) * PAGE_SIZE)
+        page_no, offset, last = page_of(rows["total"], wanted, PAGE_SIZE)
+        if page_no != wanted:  # past the end: show the last page
+            rows = await console.call(caller, "incidents.page", open=open_only,
+                                      customer=customer_ref, limit=PAGE_SIZE, offset=offset)
         return console.page(request, session, caller, "incidents.html", result=rows,
                             page_no=page_no, last=last, open_only=open_only,
                             customer=customer_ref or "")

@@ -34,7 +34,7 @@ async def serve_web(coordinator: Coordinator, listen: str, stop: asyncio.Event) 
     server = Server(uvicorn.Config(
         create_app(coordinator), host=host, port=port, ssl_certfile=str(pki / "server.pem"),
         ssl_keyfile=str(pki / "server.key"), lifespan="off", access_log=False,
-        log_level="warning", server_header=False, proxy_headers=False,
+        log_level="warning", server_header=False, proxy_headers=False, timeout_graceful_shutdown=1,
     ))
     serving = asyncio.create_task(server.serve())
     log.info("web console on https://%s:%s", host, port)
