@@ -1,4 +1,4 @@
-"""Screens' methods: the fleet at a glance and incident lists a page at a time.
+"""Screens' methods: the fleet at a glance, incident lists a page at a time, the caller's language.
 
 They answer from one aggregate query each (storage/views.py), so the web console's busiest
 pages stay fast at 10,000 machines; the CLI and REST API can call them too.
@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from careline.coordinator.api import Context, NoParams, method
+from careline.coordinator.i18n import LANGUAGES
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import views
 from careline.shared.errors import ConfigError
@@ -26,6 +27,20 @@ async def fleet_overview(ctx: Context, _: NoParams) -> dict[str, Any]:
     totals = {key: sum(r[key] for r in rows)
               for key in ("machines", "online", "offline", "needs_attention", "open_incidents")}
     return {"customers": rows, "totals": totals}
+
+
+class LanguageParams(msgspec.Struct, forbid_unknown_fields=True):
+    language: str
+
+
+@method("profile.language", "viewer", LanguageParams)
+async def set_language(ctx: Context, p: LanguageParams) -> dict[str, Any]:
+    """The caller's own language for the web console (and what it sends them)."""
+    if p.language not in LANGUAGES:
+        raise ConfigError(f"language must be one of {', '.join(LANGUAGES)}")
+    async with ctx.coordinator.db.transaction() as conn:
+        await store.set_technician_language(conn, ctx.caller.name, p.language)
+    return {"name": ctx.caller.name, "language": p.language}
 
 
 class IncidentPage(msgspec.Struct, forbid_unknown_fields=True):

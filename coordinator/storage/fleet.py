@@ -127,6 +127,10 @@ async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Ro
     return dict(row) if row else None
 
 
+async def set_technician_language(conn: AsyncConnection, name: str, language: str) -> None:
+    await conn.execute(technicians.update().where(technicians.c.name == name).values(language=language))
+
+
 async def list_technicians(conn: AsyncConnection) -> list[Row]:
     query = sa.select(technicians).order_by(technicians.c.id)
     return [

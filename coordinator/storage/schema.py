@@ -53,6 +53,7 @@ technicians = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
+    sa.Column("language", sa.String(5)),  # the web console's, once chosen
 )
 
 enrollment_tokens = sa.Table(

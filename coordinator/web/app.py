@@ -43,6 +43,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+# The care report is one self-contained page: its own inline style and inlined logo, nothing else.
+REPORT_HEADERS = {**SECURITY_HEADERS, "Content-Security-Policy":
+                  "default-src 'none'; style-src 'unsafe-inline'; img-src data:"}
 
 
 def utcnow() -> dt.datetime:
@@ -87,15 +90,17 @@ class Console:
                                              overrides if overrides.is_dir() else None)
 
     # ------------------------------------------------------------------ who is asking
-    async def caller_for(self, hashed: str) -> api.Caller | None:
+    async def technician(self, hashed: str) -> dict[str, Any] | None:
         """The technician holding this token now: None once revoked (re-read on every request)."""
         from careline.coordinator.storage import fleet as store
 
         async with self.coordinator.db.connect() as conn:
             row = await store.technician_by_token_hash(conn, hashed)
-        if row is None or row["revoked_at"] is not None:
-            return None
-        return api.Caller(row["name"], row["role"])
+        return None if row is None or row["revoked_at"] is not None else row
+
+    async def caller_for(self, hashed: str) -> api.Caller | None:
+        row = await self.technician(hashed)
+        return None if row is None else api.Caller(row["name"], row["role"])
 
     async def signed_in(self, request: Request[Any, Any, Any]) -> tuple[Session, api.Caller]:
         session = self.sessions.get(request.cookies.get(COOKIE))
@@ -179,9 +184,11 @@ def create_app(coordinator: Coordinator) -> Litestar:
         if not pre or not secrets.compare_digest(pre, form.get("pre", "")):
             return console.html("signin.html", lang, 403, pre=pre, error="csrf")
         hashed = token_hash(form.get("token", "").strip())
-        caller = await console.caller_for(hashed)
-        if caller is None:
+        row = await console.technician(hashed)
+        if row is None:
             return console.html("signin.html", lang, 401, pre=pre, error="token")
+        caller = api.Caller(row["name"], row["role"])
+        lang = row.get("language") or lang  # chosen once in the console, else the browser's
         timezone = form.get("timezone") or DEFAULT_TIMEZONE
         try:
             i18n.format_time(utcnow(), timezone, lang)
@@ -211,8 +218,9 @@ def create_app(coordinator: Coordinator) -> Litestar:
 
     @post("/preferences", status_code=303)
     async def preferences(request: Request[Any, Any, Any]) -> Response[Any]:
-        session, _, form = await checked_form(request)
+        session, caller, form = await checked_form(request)
         if form.get("lang") in i18n.LANGUAGES:
+            await console.call(caller, "profile.language", language=form["lang"])
             session.lang = form["lang"]
         return Redirect(safe_next(form.get("next"), "/fleet"), status_code=303)
 
@@ -286,7 +294,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         name = f"care-report-{customer_id}-{month}"
         if request.query_params.get("format") == "html":
             return Response(report.render_html(data, i18n.language(lang), overrides_dir),
-                            media_type=MediaType.HTML, headers=SECURITY_HEADERS)
+                            media_type=MediaType.HTML, headers=REPORT_HEADERS)
         pdf = report.render_pdf(data, i18n.language(lang), overrides_dir)
         return Response(pdf, media_type="application/pdf", headers={
             **SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}.pdf"'})

@@ -165,6 +165,18 @@ def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any
     page = new_page(browser, "vi-VN")
     sign_in(page, console, tech_token)
     assert page.locator("nav a").first.inner_text() == "Tổng quan"  # Vietnamese from the browser
+    page.click("header button[name=lang]")  # English, remembered for lan's next sign-in
+    assert page.locator("nav a").first.inner_text() == "Fleet"
+    again = new_page(browser, "vi-VN")
+    sign_in(again, console, tech_token)
+    assert again.locator("nav a").first.inner_text() == "Fleet"
+
+    # The customer page's care report link downloads the PDF.
+    page.goto(f"{console.url}/customers/1")
+    with page.expect_download() as download:
+        page.click("#care-report button[value=pdf]")
+    assert download.value.suggested_filename.endswith(".pdf")
+    assert Path(download.value.path()).read_bytes().startswith(b"%PDF")
 
     # A form post without the CSRF token is refused, and nothing happens.
     answer = page.request.post(f"{console.url}/act/customers.add", form={"name": "Evil"},
