@@ -43,6 +43,21 @@ async def set_language(ctx: Context, p: LanguageParams) -> dict[str, Any]:
     return {"name": ctx.caller.name, "language": p.language}
 
 
+class MachineJobs(msgspec.Struct, forbid_unknown_fields=True):
+    machine: str
+    limit: int = 20
+
+
+@method("jobs.machine", "viewer", MachineJobs)
+async def machine_jobs(ctx: Context, p: MachineJobs) -> list[dict[str, Any]]:
+    """One machine's jobs (update, reinstall, verify), newest first."""
+    if not 1 <= p.limit <= MAX_PAGE:
+        raise ConfigError(f"limit must be 1..{MAX_PAGE}")
+    async with ctx.coordinator.db.connect() as conn:
+        agent = await store.get_agent(conn, p.machine)
+        return await views.machine_jobs(conn, agent["id"], p.limit)
+
+
 class IncidentPage(msgspec.Struct, forbid_unknown_fields=True):
     open: bool = False
     customer: str | None = None

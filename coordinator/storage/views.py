@@ -108,6 +108,19 @@ async def incidents_between(conn: AsyncConnection, customer_id: int, start: dt.d
     return rows
 
 
+async def machine_jobs(conn: AsyncConnection, agent_id: str, limit: int) -> list[Row]:
+    """A machine's update, reinstall and verify jobs, newest first, with its part's state."""
+    query = (
+        sa.select(job_machines.c.job_id, jobs.c.kind, job_machines.c.product, job_machines.c.version,
+                  job_machines.c.status, job_machines.c.detail, jobs.c.created_by,
+                  job_machines.c.created_at, job_machines.c.finished_at)
+        .join(jobs, jobs.c.id == job_machines.c.job_id)
+        .where(job_machines.c.agent_id == agent_id)
+        .order_by(job_machines.c.id.desc()).limit(limit)
+    )
+    return rows_of(await conn.execute(query))
+
+
 async def visits_between(conn: AsyncConnection, customer_id: int, start: dt.datetime,
                          end: dt.datetime) -> list[Row]:
     """A customer's visits created or completed in [start, end)."""

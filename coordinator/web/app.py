@@ -306,10 +306,11 @@ def create_app(coordinator: Coordinator) -> Litestar:
         coverage = await console.call(caller, "entitlement.show", machine=agent["id"])
         incidents = await console.call(caller, "incidents.page", machine=agent["id"], limit=20)
         diagnostics = await console.call(caller, "diagnostics.list", machine=agent["id"])
+        jobs = await console.call(caller, "jobs.machine", machine=agent["id"])
         releases = await console.call(caller, "releases.list")
         return console.page(request, session, caller, "machine.html", agent=agent,
                             coverage=coverage, incidents=incidents, diagnostics=diagnostics,
-                            releases=releases)
+                            releases=releases, jobs=jobs)
 
     @get("/incidents")
     async def incidents(request: Request[Any, Any, Any]) -> Response[Any]:

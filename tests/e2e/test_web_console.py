@@ -135,6 +135,8 @@ def test_technician_works_an_incident_and_pushes_an_update_viewer_is_refused(
     assert "push.update" in page.locator(".flash.ok").inner_text()
     job = coord.cli("jobs", "list")[0]
     assert machine(job_done(coord, job["id"]), pc1.agent_id)["status"] == "installed"
+    page.reload()
+    assert "installed" in page.locator("#jobs tbody tr").first.inner_text()
 
     # Every action is audited as the technician, exactly as from the CLI.
     audit = coord.cli("audit")
