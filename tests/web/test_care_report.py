@@ -124,3 +124,15 @@ def test_every_text_has_a_vietnamese_translation(domain: str) -> None:
     catalog = i18n.translations("vi", domain)
     missing = sorted(i for i in ids if catalog.gettext(i) == i)
     assert not missing, missing
+
+
+def test_the_vendor_logo_is_inlined(tmp_path) -> None:
+    logo = tmp_path / "logo.png"
+    logo.write_bytes(b"\x89PNG\r\n\x1a\n-not-really")
+    assert cr.logo_data_uri(str(logo)) == "data:image/png;base64,iVBORw0KGgotbm90LXJlYWxseQ=="
+    assert cr.logo_data_uri("") is None
+    with pytest.raises(ConfigError, match="vendor_logo"):
+        cr.logo_data_uri(str(tmp_path / "missing.svg"))
+    data = sample()
+    data["vendor"]["logo"] = cr.logo_data_uri(str(logo))
+    assert 'src="data:image/png;base64,' in cr.render_html(data, "vi")
