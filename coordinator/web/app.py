@@ -7,6 +7,7 @@ on the server (Jinja2, auto-escaped); the only script refreshes the live counter
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import secrets
@@ -295,7 +296,8 @@ def create_app(coordinator: Coordinator) -> Litestar:
         if request.query_params.get("format") == "html":
             return Response(report.render_html(data, i18n.language(lang), overrides_dir),
                             media_type=MediaType.HTML, headers=REPORT_HEADERS)
-        pdf = report.render_pdf(data, i18n.language(lang), overrides_dir)
+        # Printing takes a second or so: off the event loop the agents' connections share.
+        pdf = await asyncio.to_thread(report.render_pdf, data, i18n.language(lang), overrides_dir)
         return Response(pdf, media_type="application/pdf", headers={
             **SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="{name}.pdf"'})
 
