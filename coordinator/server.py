@@ -18,11 +18,12 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -34,30 +35,50 @@ from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
+from careline.coordinator.quotas import AgentQuota, Gate
 from careline.coordinator.relay import CommandRelay
 from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import service
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
-from careline.shared.errors import AuthError, CarelineError, ProtocolError
-from careline.shared.keys import agent_id_for, cert_fingerprint, token_hash, verify_challenge
+from careline.shared.errors import AuthError, CarelineError, PermissionDenied, ProtocolError
+from careline.shared.keys import (
+    agent_id_for,
+    cert_fingerprint,
+    looks_like_agent_id,
+    token_hash,
+    verify_challenge,
+)
+from careline.shared.logs import safe_text
 
 log = logging.getLogger("careline.coordinator")
 
-HANDSHAKE_TIMEOUT = 10.0
-# Connections still proving their identity; past this the coordinator answers new agent
-# upgrades with 503 and a Retry-After instead of falling over during a reconnect storm.
-MAX_PENDING_HANDSHAKES = 500
+# TLS and upgrade, then answering the challenge (or sending the enrollment): a real agent
+# needs well under a second; a stranger holding a connection open is dropped after this.
+HANDSHAKE_TIMEOUT = 5.0
+# Connections not yet authenticated are capped per channel and per address
+# (coordinator/quotas.py); past a cap the upgrade gets 503 and a Retry-After, so a reconnect
+# storm or a flood from one address sheds load instead of locking agents out.
 # Agents authenticated per second, roughly: how Retry-After grows with the queue and with
 # the agents turned away in the last SHED_WINDOW seconds.
 DRAIN_RATE = 200
 SHED_WINDOW = 10.0
 MAX_RETRY_AFTER = 60
 HEARTBEAT_FLUSH_SECONDS = 1.0
+# Per-agent storage budget: newest events kept per agent, and how long any event is kept;
+# newest diagnostics bundles kept per agent (each at most protocol.MAX_MESSAGE_BYTES / 2).
+EVENTS_KEPT_PER_AGENT = 10_000
+EVENT_RETENTION = dt.timedelta(days=400)
+DIAGNOSTICS_KEPT_PER_AGENT = 20
+PRUNE_SECONDS = 600.0
 # Bounds of the window over which agents spread their first reconnect (Welcome).
 RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 10.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
 # the agent here.
 REVOCATION_CHECK_SECONDS = 2.0
+# Failed technician logins from one address are logged and audited at most this often (with
+# a count of the rest), so a stranger guessing tokens cannot fill the log or audit table.
+LOGIN_FAILURE_AUDIT_SECONDS = 10.0
 
 
 def reconnect_window(fleet_size: int) -> float:
@@ -69,6 +90,20 @@ def reconnect_window(fleet_size: int) -> float:
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _storage_unavailable(exc: BaseException) -> bool:
+    """The database did not answer (or was busy): nobody's data was at fault."""
+    if isinstance(exc, (OSError, TimeoutError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError) and "locked" in str(exc)
+
+
+def peer_address(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return str(address[0]) if address else "?"
 
 
 async def close(ws: ServerConnection, code: int, reason: str) -> None:
@@ -84,6 +119,7 @@ class AgentLink:
     agent_id: str
     customer_id: int
     last_heard: float = field(default_factory=time.monotonic)
+    connected_at: dt.datetime = field(default_factory=utcnow)
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
 
     async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
@@ -104,6 +140,16 @@ class AgentLink:
             return await asyncio.wait_for(future, timeout)
         finally:
             self.pending.pop(command_id, None)
+
+
+@dataclass(eq=False)
+class AdminSession:
+    """One open technician connection: its token is re-checked on every request and by
+    the revocation poll, so a revoked technician keeps no open door."""
+
+    ws: ServerConnection
+    token_hash: str
+    name: str
 
 
 class Coordinator:
@@ -132,9 +178,14 @@ class Coordinator:
         self._heartbeats: dict[str, tuple[float, p.Health]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
-        self._pending_handshakes = 0
+        self.gate = Gate()
+        self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
+        self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
+        self.admin_sessions: set[AdminSession] = set()
+        # source address -> (when last reported, failed logins since then)
+        self._login_failures: dict[str, tuple[float, int]] = {}
         self.server: Server | None = None
         api.load_all()
         from careline.coordinator.updates import UpdateService
@@ -153,7 +204,7 @@ class Coordinator:
         async with serve(
             self._route, host, port, ssl=server_context(self.datadir.pki),
             process_request=self._check_request, compression=None,
-            max_size=p.MAX_ADMIN_MESSAGE_BYTES, ping_interval=None,
+            max_size=p.MAX_MESSAGE_BYTES, ping_interval=None,
             open_timeout=HANDSHAKE_TIMEOUT, logger=logging.getLogger("careline.websockets"),
         ) as server:
             self.server = server
@@ -162,6 +213,7 @@ class Coordinator:
                 asyncio.create_task(self._sweep_silent_forever()),
                 asyncio.create_task(self._sweep_offline_forever()),
                 asyncio.create_task(self.rollouts.run_forever()),
+                asyncio.create_task(self._prune_forever()),
             ]
             if self.relay is not None:  # other coordinator processes may share the database
                 tasks.append(asyncio.create_task(self._disconnect_revoked_forever()))
@@ -180,25 +232,38 @@ class Coordinator:
     def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         if request.path not in (p.ENROLL_PATH, p.AGENT_PATH, p.ADMIN_PATH):
             return ws.respond(http.HTTPStatus.NOT_FOUND, "no such channel\n")
-        if request.path == p.AGENT_PATH and self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
-            return self._shed(ws)
+        full = self.gate.check(request.path, peer_address(ws))
+        if full is not None:
+            return self._shed(ws, request.path, full)
         if request.path == p.ADMIN_PATH and not request.headers.get("Authorization", "").startswith(
             "Bearer "
         ):
             return ws.respond(http.HTTPStatus.UNAUTHORIZED, "technician token required\n")
         return None
 
-    def _shed(self, ws: ServerConnection) -> Response:
+    def _shed(self, ws: ServerConnection, channel: str, full: str) -> Response:
         """503 with a Retry-After that grows with how many were turned away lately, so a
         storm spreads itself over the time the coordinator needs to take everyone back."""
         now = time.monotonic()
         if now - self._shed_since > SHED_WINDOW:
             self._shed_since, self._shed_count = now, 0
+            log.warning("turning away unauthenticated %s connections (%s cap full, from %s)",
+                        channel, full, peer_address(ws))
         self._shed_count += 1
         busy = ws.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "coordinator busy\n")
-        retry = 1 + (self._pending_handshakes + self._shed_count) // DRAIN_RATE
+        retry = 1 + (self.gate.pending(channel) + self._shed_count) // DRAIN_RATE
         busy.headers["Retry-After"] = str(min(retry, MAX_RETRY_AFTER))
         return busy
+
+    @contextlib.contextmanager
+    def _unauthenticated(self, ws: ServerConnection, channel: str) -> Iterator[None]:
+        """Counts the connection against its channel's caps until the block ends."""
+        address = peer_address(ws)
+        self.gate.enter(channel, address)
+        try:
+            yield
+        finally:
+            self.gate.leave(channel, address)
 
     async def _route(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -207,7 +272,8 @@ class Coordinator:
             if path == p.AGENT_PATH:
                 await self._serve_agent(ws)
             elif path == p.ENROLL_PATH:
-                await self._serve_enroll(ws)
+                with self._unauthenticated(ws, path):
+                    await self._serve_enroll(ws)
             else:
                 await self._serve_admin(ws, ws.request.headers)
         except ConnectionClosed:
@@ -225,6 +291,10 @@ class Coordinator:
         )
         if len(request.public_key) != 32:
             raise ProtocolError("public_key must be a raw 32-byte Ed25519 key")
+        if looks_like_agent_id(request.hostname):
+            # Checked before the token is spent: the machine can be renamed and try again.
+            raise ProtocolError(f"hostname {request.hostname!r} looks like an agent id; "
+                                "rename the machine and enroll again")
         agent_id = agent_id_for(request.public_key)
         now = utcnow()
         try:
@@ -253,7 +323,8 @@ class Coordinator:
                 )
             )
         )
-        log.info("enrolled %s (%s) for customer %s", agent_id, request.hostname, token["customer_id"])
+        log.info("enrolled %s (%s) for customer %s", agent_id, safe_text(request.hostname),
+                 token["customer_id"])
 
     # ------------------------------------------------------------------ /agent
     async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:
@@ -273,30 +344,43 @@ class Coordinator:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
         link = AgentLink(ws, hello.agent_id, key.customer_id)
-        self._presence[link.agent_id] = (True, utcnow(), hello.agent_version[:40])
+        self._presence[link.agent_id] = (True, link.connected_at, hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
-        if previous is not None:
-            await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
-        await ws.send(
-            p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval, server_time=time.time(),
-                               reconnect_window=reconnect_window(len(self.agent_keys))))
-        )
-        await self.updates.on_agent_connected(link)
+        try:  # registered all or nothing: a link that fails here is forgotten at once
+            if previous is not None:
+                await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
+            await ws.send(
+                p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval,
+                                   server_time=time.time(),
+                                   reconnect_window=reconnect_window(len(self.agent_keys))))
+            )
+            await self.updates.on_agent_connected(link)
+        except BaseException:
+            await self._forget(link)
+            raise
         return link
 
     async def _serve_agent(self, ws: ServerConnection) -> None:
-        self._pending_handshakes += 1
-        try:
+        with self._unauthenticated(ws, p.AGENT_PATH):
             link = await self._authenticate_agent(ws)
-        finally:
-            self._pending_handshakes -= 1
         if link is None:
             return
+        quota = self.quotas.setdefault(link.agent_id, AgentQuota())
         try:
             async for data in ws:
                 link.last_heard = time.monotonic()
-                await self._on_agent_message(link, p.decode(data, p.AgentToServer))
+                message = p.decode(data, p.AgentToServer)
+                refused = quota.admit("event" if isinstance(message, p.Event) else "other",
+                                      len(data), time.monotonic())
+                if refused is not None:
+                    log.warning("agent %s over quota (%d refused so far): %s",
+                                link.agent_id, quota.refused, refused)
+                    # Its unread flood may hide its close frame: don't wait long for it.
+                    ws.close_timeout = 1.0
+                    await close(ws, p.CloseCode.SLOW_DOWN, refused)
+                    return
+                await self._on_agent_message(link, message)
         finally:
             await self._forget(link)
 
@@ -304,7 +388,12 @@ class Coordinator:
         if isinstance(message, p.Heartbeat):
             self._heartbeats[link.agent_id] = (time.time(), message.health)
         elif isinstance(message, p.Event):
-            await self._store_event(link, message)
+            if message.kind in p.EVENT_KINDS:
+                await self._store_event(link, message)
+            else:  # acknowledged, so the agent's outbox moves on; not stored
+                self.unknown_kinds += 1
+                log.warning("agent %s sent an event of unknown kind %r; not stored",
+                            link.agent_id, message.kind)
             await link.ws.send(p.encode(p.Ack(seq=message.seq)))
         elif isinstance(message, (p.FetchMetadata, p.Download)):
             await self.updates.handle(link, message)
@@ -333,7 +422,7 @@ class Coordinator:
                 future.set_exception(ConnectionError("agent disconnected"))
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
-            self._presence[link.agent_id] = (False, utcnow(), "")
+            self._presence[link.agent_id] = (False, link.connected_at, "")
 
     def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
         """Scale-out: connected to another coordinator process, by the database's presence
@@ -349,28 +438,86 @@ class Coordinator:
             await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
 
     async def _disconnect_revoked_forever(self) -> None:
-        """Agents revoked through another coordinator process leave this one too."""
+        """Agents and technicians revoked through another coordinator process leave this
+        one too."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             try:
                 for agent_id in await self.agent_keys.revocations(utcnow()):
                     await self.disconnect_revoked(agent_id)
+                await self._close_revoked_admin_sessions()
             except Exception:
                 log.exception("checking revocations failed; will retry")
+
+    async def _close_revoked_admin_sessions(self) -> None:
+        sessions = list(self.admin_sessions)
+        if not sessions:
+            return
+        async with self.db.connect() as conn:
+            active = await store.active_token_hashes(conn, {s.token_hash for s in sessions})
+        for session in sessions:
+            if session.token_hash not in active:
+                await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
+
+    async def disconnect_technician(self, name: str) -> None:
+        """After a technician's revocation is committed: close their open connections here
+        (other processes close theirs at their next revocation check)."""
+        for session in [s for s in self.admin_sessions if s.name == name]:
+            await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
 
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:
         """One transaction a second for every connect, disconnect and heartbeat since the
-        last: a reconnect storm costs a few writes, not one per agent."""
+        last: a reconnect storm costs a few writes, not one per agent.
+
+        If the batch fails it is split in halves until the failing agents are alone: each
+        of those loses only its own report, logged with its id, and everyone else's is
+        stored. If the database itself is at fault (unreachable, locked, or nothing could
+        be stored, which is all one can tell of a batch of one), the batch is put back,
+        newer reports winning, and tried again."""
         if not (self._heartbeats or self._presence):
             return
         received, self._heartbeats = self._heartbeats, {}
+        presence, self._presence = self._presence, {}
+        agent_ids = sorted(received.keys() | presence.keys())
+        try:
+            failed = await self._write_isolating(agent_ids, received, presence)
+            if failed and len(failed) == len(agent_ids):  # nothing stored: blame the storage
+                raise next(iter(failed.values()))
+        except BaseException:  # cancelled at shutdown, or storage down: keep it
+            self._heartbeats = {**received, **self._heartbeats}
+            self._presence = {**presence, **self._presence}
+            raise
+        for agent_id, exc in failed.items():
+            log.error("report of agent %s not stored: %s", agent_id,
+                      (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+
+    async def _write_isolating(
+        self, agent_ids: list[str], received: dict[str, tuple[float, p.Health]],
+        presence: dict[str, tuple[bool, dt.datetime, str]],
+    ) -> dict[str, Exception]:
+        """Write these agents' reports; the agents whose own data failed, with why."""
+        try:
+            await self._write_reports({a: received[a] for a in agent_ids if a in received},
+                                      {a: presence[a] for a in agent_ids if a in presence})
+            return {}
+        except Exception as exc:
+            if _storage_unavailable(exc):
+                raise
+            if len(agent_ids) == 1:
+                return {agent_ids[0]: exc}
+        half = len(agent_ids) // 2
+        return {**await self._write_isolating(agent_ids[:half], received, presence),
+                **await self._write_isolating(agent_ids[half:], received, presence)}
+
+    async def _write_reports(self, received: dict[str, tuple[float, p.Health]],
+                             presence: dict[str, tuple[bool, dt.datetime, str]]) -> None:
         batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
                  for agent_id, (at, health) in received.items()}
-        presence, self._presence = self._presence, {}
         async with self.db.transaction() as conn:
-            await store.store_presence(conn, presence)
+            # Heartbeats first: a disconnect in the same batch comes after them.
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
+            await store.store_presence(conn, presence)
             await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
 
     async def _flush_heartbeats_forever(self) -> None:
@@ -380,6 +527,24 @@ class Coordinator:
                 await self._flush_heartbeats()
             except Exception:
                 log.exception("storing heartbeats failed; will retry")
+
+    async def _prune_forever(self) -> None:
+        """Each agent's storage budget: its newest events and diagnostics, within retention."""
+        while True:
+            await asyncio.sleep(PRUNE_SECONDS)
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("pruning old events failed; will retry")
+
+    async def prune(self) -> dict[str, int]:
+        async with self.db.transaction() as conn:
+            removed = await store.prune_events(conn, EVENTS_KEPT_PER_AGENT,
+                                               utcnow() - EVENT_RETENTION)
+            removed_diagnostics = await service.prune_diagnostics(conn, DIAGNOSTICS_KEPT_PER_AGENT)
+        if removed or removed_diagnostics:
+            log.info("pruned %d events and %d diagnostics bundles", removed, removed_diagnostics)
+        return {"events": removed, "diagnostics": removed_diagnostics}
 
     async def _sweep_silent_forever(self) -> None:
         """Close connections that stopped talking (half-open sockets, hung agents)."""
@@ -405,26 +570,77 @@ class Coordinator:
         return next(self._command_ids)
 
     # ------------------------------------------------------------------ /admin
-    async def _authenticate_technician(self, headers: Headers) -> api.Caller | None:
-        token = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    async def _technician(self, digest: str) -> api.Caller | None:
+        """The technician holding this token now, or None once it is revoked."""
         async with self.db.connect() as conn:
-            row = await store.technician_by_token_hash(conn, token_hash(token))
+            row = await store.technician_by_token_hash(conn, digest)
         if row is None or row["revoked_at"] is not None:
             return None
         return api.Caller(row["name"], row["role"])
 
     async def _serve_admin(self, ws: ServerConnection, headers: Headers) -> None:
-        caller = await self._authenticate_technician(headers)
+        digest = token_hash(headers.get("Authorization", "").removeprefix("Bearer ").strip())
+        with self._unauthenticated(ws, p.ADMIN_PATH):
+            caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
+            await self._login_failed(ws)
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
-        async for data in ws:
-            request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
-            await self._answer(ws, caller, request)
+        # Technicians upload release packages: larger frames only once the token checked out.
+        ws.protocol.max_message_size = p.MAX_ADMIN_MESSAGE_BYTES
+        session = AdminSession(ws, digest, caller.name)
+        self.admin_sessions.add(session)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(ws.recv(), self.settings.admin_idle_timeout)
+                except TimeoutError:
+                    await close(ws, p.CloseCode.TIMEOUT, "idle technician connection closed")
+                    return
+                request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
+                caller = await self._technician(digest)  # revoked or demoted since?
+                if caller is None:
+                    await self._refused(session.name, request.method, "token revoked")
+                    await close(ws, p.CloseCode.REVOKED, "technician token revoked")
+                    return
+                await self._answer(ws, caller, request)
+        finally:
+            self.admin_sessions.discard(session)
+
+    async def _login_failed(self, ws: ServerConnection) -> None:
+        """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
+        source = peer_address(ws)
+        now = time.monotonic()
+        since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
+        if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
+            self._login_failures[source] = (since, suppressed + 1)
+            return
+        if len(self._login_failures) > 10_000:
+            self._login_failures.clear()
+        self._login_failures[source] = (now, 0)
+        log.warning("technician login refused from %s: token unknown or revoked "
+                    "(%d more refused since the last report)", source, suppressed)
+        async with self.db.transaction() as conn:
+            await store.record_audit(conn, actor="unknown", action="admin.login_refused",
+                                     target=f"address:{source}",
+                                     detail={"refused_since_last": suppressed}, now=utcnow())
+
+    async def _refused(self, actor: str, method: str, reason: str) -> None:
+        """A technician request refused for who is asking: logged and audited."""
+        log.warning("refused %s to %s: %s", safe_text(method), actor, reason)
+        async with self.db.transaction() as conn:
+            await store.record_audit(conn, actor=actor, action="admin.refused",
+                                     target=f"method:{method[:100]}", detail={"reason": reason},
+                                     now=utcnow())
 
     async def _answer(self, ws: ServerConnection, caller: api.Caller, request: p.Request) -> None:
         try:
-            found = api.lookup(request.method, caller)
+            try:
+                found = api.lookup(request.method, caller)
+            except PermissionDenied as exc:
+                await self._refused(caller.name, request.method, str(exc))
+                raise
             params = api.parse_params(found, request.params)
             ctx = api.Context(self, caller, utcnow())
             if found.streams:
@@ -438,9 +654,12 @@ class Coordinator:
             reply = p.Reply(id=request.id, result=p.to_builtins(result))
         except CarelineError as exc:
             reply = p.Reply(id=request.id, ok=False, error_code=exc.code, error=str(exc))
-        except Exception as exc:
-            log.exception("admin method %s failed", request.method)
-            reply = p.Reply(id=request.id, ok=False, error_code="internal", error=repr(exc))
+        except Exception:
+            # The details stay in the log; the technician gets an id to quote.
+            log_id = secrets.token_hex(4)
+            log.exception("admin method %s failed [log id %s]", safe_text(request.method), log_id)
+            reply = p.Reply(id=request.id, ok=False, error_code="internal",
+                            error=f"internal error on the coordinator (log id {log_id})")
         await ws.send(p.encode(reply))
 
 

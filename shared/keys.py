@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,15 @@ def agent_id_for(public_key: bytes) -> str:
     return "ag-" + base64.b32encode(digest[:10]).decode().lower()
 
 
+AGENT_ID_SHAPE = re.compile(r"ag-[a-z2-7]{16}", re.IGNORECASE)
+
+
+def looks_like_agent_id(text: str) -> bool:
+    """Shaped like `agent_id_for`'s output: such a hostname is refused at enrollment, so a
+    machine's name can never pass for another machine's id."""
+    return AGENT_ID_SHAPE.fullmatch(text.strip()) is not None
+
+
 def auth_payload(nonce: bytes, agent_id: str) -> bytes:
     """What an agent signs: the nonce is length-prefixed so no (nonce, id) pair can pass
     for another."""
@@ -109,6 +119,17 @@ def cert_fingerprint(cert_pem: bytes | str) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
+def root_pin(root_json: bytes) -> str:
+    """SHA-256 of the vendor's first TUF root (1.root.json), hex: what a join string pins so
+    that the update trust anchor never comes from the coordinator alone. Later roots are
+    reached from it through the TUF chain, so the pin survives key rotations."""
+    return hashlib.sha256(root_json).hexdigest()
+
+
+def _is_sha256_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def check_issued_by(leaf_der: bytes, ca_pem: str) -> None:
     """Raise AuthError unless the server's leaf certificate was signed by the pinned CA."""
     try:
@@ -122,16 +143,20 @@ def check_issued_by(leaf_der: bytes, ca_pem: str) -> None:
 @dataclass(frozen=True)
 class JoinString:
     """What `careline tokens create` prints and `careline-agent enroll` takes:
-    where the coordinator is, the one-time token, and the CA fingerprint to pin."""
+    where the coordinator is, the one-time token, the CA fingerprint to pin and, once
+    release keys exist, the update root to pin (`root_pin`)."""
 
     server_url: str  # wss://host:port
     token: str
     ca_fingerprint: str
+    root_pin: str = ""  # empty: made before the vendor had release keys
 
     def __str__(self) -> str:
         parts = urlsplit(self.server_url)
-        query = urlencode({"token": self.token, "ca": self.ca_fingerprint})
-        return f"{JOIN_SCHEME}://{parts.netloc}/?{query}"
+        fields = {"token": self.token, "ca": self.ca_fingerprint}
+        if self.root_pin:
+            fields["root"] = self.root_pin
+        return f"{JOIN_SCHEME}://{parts.netloc}/?{urlencode(fields)}"
 
     @classmethod
     def parse(cls, text: str) -> JoinString:
@@ -143,6 +168,10 @@ class JoinString:
             raise ConfigError(
                 "not a join string: expected careline+wss://HOST:PORT/?token=...&ca=..."
             )
-        if len(ca) != 64 or any(c not in "0123456789abcdef" for c in ca):
+        if not _is_sha256_hex(ca):
             raise ConfigError("join string has no valid CA fingerprint (64 hex digits)")
-        return cls(server_url=f"wss://{parts.netloc}", token=token, ca_fingerprint=ca)
+        root = query.get("root", [""])[0].lower()
+        if root and not _is_sha256_hex(root):
+            raise ConfigError("join string's update root pin is not 64 hex digits")
+        return cls(server_url=f"wss://{parts.netloc}", token=token, ca_fingerprint=ca,
+                   root_pin=root)

@@ -122,9 +122,16 @@ class Console:
             raise AuthError("technician token unknown or revoked")
         return caller
 
+    async def invoke(self, caller: api.Caller, method: str, params: dict[str, Any]) -> Any:
+        try:
+            return await api.invoke(self.coordinator, caller, method, params, utcnow())
+        except PermissionDenied as exc:  # audited as a refused /admin request is
+            await self.coordinator._refused(caller.name, method, str(exc))
+            raise
+
     async def call(self, caller: api.Caller, method: str, /, **params: Any) -> Any:
-        clean = {k: v for k, v in params.items() if v is not None}
-        return await api.invoke(self.coordinator, caller, method, clean, utcnow())
+        """For pages: parameters left as None take the method's default."""
+        return await self.invoke(caller, method, {k: v for k, v in params.items() if v is not None})
 
     # ------------------------------------------------------------------ rendering
     def html(self, template: str, lang: str, status: int = 200, **context: Any) -> Response[str]:
@@ -449,8 +456,7 @@ def api_router(console: Console) -> Router:
     def route(found: api.Method) -> Any:
         async def call(request: Request[Any, Any, Any], data: Any) -> Any:
             caller = await console.bearer(request)
-            return p.to_builtins(await api.invoke(console.coordinator, caller, found.name,
-                                                  p.to_builtins(data), utcnow()))
+            return p.to_builtins(await console.invoke(caller, found.name, p.to_builtins(data)))
 
         call.__annotations__ = {"request": Request, "data": found.params, "return": Any}
         return post("/" + found.name.replace(".", "/"), name=f"api-{found.name}", status_code=200,

@@ -162,6 +162,8 @@ def test_technician_works_an_incident_and_pushes_an_update_viewer_is_refused(
     viewer.click("button[data-method='push.update']")
     assert "technician role" in viewer.locator("#error").inner_text()
     assert len(coord.cli("jobs", "list")) == 1
+    assert ("mai", "admin.refused", "method:push.update") in {
+        (a["actor"], a["action"], a["target"]) for a in coord.cli("audit")}
 
     # Sign out: the old session cookie no longer opens anything.
     page.click("#signout")
