@@ -583,7 +583,7 @@ class Coordinator:
         with self._unauthenticated(ws, p.ADMIN_PATH):
             caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
-            await self._login_failed(ws)
+            await self._login_failed(peer_address(ws))
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
         # Technicians upload release packages: larger frames only once the token checked out.
@@ -607,10 +607,10 @@ class Coordinator:
         finally:
             self.admin_sessions.discard(session)
 
-    async def _login_failed(self, ws: ServerConnection) -> None:
+    async def _login_failed(self, source: str) -> None:
         """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
-        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
-        source = peer_address(ws)
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either. The
+        web console reports its failed sign-ins and API calls here too."""
         now = time.monotonic()
         since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
         if now - since < LOGIN_FAILURE_AUDIT_SECONDS:

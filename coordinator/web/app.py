@@ -119,6 +119,7 @@ class Console:
             raise AuthError("technician token required (Authorization: Bearer TOKEN)")
         caller = await self.caller_for(token_hash(header.removeprefix("Bearer ").strip()))
         if caller is None:
+            await self.coordinator._login_failed(_address(request))
             raise AuthError("technician token unknown or revoked")
         return caller
 
@@ -160,6 +161,10 @@ class Console:
                          can_act=caller.role != "viewer", **context)
 
 
+def _address(request: Request[Any, Any, Any]) -> str:
+    return request.client.host if request.client else "?"
+
+
 def _instant(value: Any) -> dt.datetime:
     return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
 
@@ -194,6 +199,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         hashed = token_hash(form.get("token", "").strip())
         row = await console.technician(hashed)
         if row is None:
+            await coordinator._login_failed(_address(request))
             return console.html("signin.html", lang, 401, pre=pre, error="token")
         caller = api.Caller(row["name"], row["role"])
         lang = row.get("language") or lang  # chosen once in the console, else the browser's

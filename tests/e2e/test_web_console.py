@@ -224,3 +224,5 @@ def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any
     gone = api.post(f"{console.url}/api/v1/customers/list", data={},
                     headers={"Authorization": f"Bearer {tech_token}"})
     assert gone.status == 401
+    refused = [a for a in coord.cli("audit") if a["action"] == "admin.login_refused"]
+    assert refused and refused[0]["target"] == "address:127.0.0.1"
