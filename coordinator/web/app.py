@@ -89,6 +89,7 @@ class Console:
         overrides = coordinator.datadir.path / "templates"
         self.env = i18n.template_environment("careline.coordinator.web",
                                              overrides if overrides.is_dir() else None)
+        self.env.filters["utc"] = lambda seconds: dt.datetime.fromtimestamp(seconds, dt.UTC)
 
     # ------------------------------------------------------------------ who is asking
     async def technician(self, hashed: str) -> dict[str, Any] | None:

@@ -131,6 +131,7 @@ def test_technician_works_an_incident_and_pushes_an_update_viewer_is_refused(
 
     # Push an update to pc1 from its page; the agent installs it.
     page.goto(f"{console.url}/machines/{pc1.agent_id}")
+    assert page.locator("#disks tbody tr").count() >= 1  # its health report
     page.select_option("#push-version", "1.0.0")
     page.click("button[data-method='push.update']")
     assert "push.update" in page.locator(".flash.ok").inner_text()
