@@ -320,3 +320,17 @@ rollout_machines = sa.Table(
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Column("deadline_incident", sa.Boolean, nullable=False, server_default=sa.false()),
 )
+
+
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("lang", sa.String(5), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("flash", sa.JSON, nullable=False),
+)

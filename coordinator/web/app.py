@@ -24,7 +24,8 @@ from litestar.response import Redirect
 from litestar.static_files import create_static_files_router
 
 from careline.coordinator import api, i18n
-from careline.coordinator.web.sessions import COOKIE, Session, Sessions, page_of, safe_next
+from careline.coordinator.storage import sessions as stored
+from careline.coordinator.web.sessions import COOKIE, IDLE, LIFETIME, Session, id_hash, page_of, safe_next
 from careline.shared.errors import AuthError, CarelineError, ConfigError, NotFound, PermissionDenied
 from careline.shared.keys import token_hash
 
@@ -85,7 +86,6 @@ class Console:
 
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
-        self.sessions = Sessions()
         overrides = coordinator.datadir.path / "templates"
         self.env = i18n.template_environment("careline.coordinator.web",
                                              overrides if overrides.is_dir() else None)
@@ -105,14 +105,43 @@ class Console:
         return None if row is None else api.Caller(row["name"], row["role"])
 
     async def signed_in(self, request: Request[Any, Any, Any]) -> tuple[Session, api.Caller]:
-        session = self.sessions.get(request.cookies.get(COOKIE))
-        if session is None:
+        """The request's session and technician, read afresh; SignInRequired when the session
+        is unknown, expired, or its technician was revoked (then all their sessions end)."""
+        cookie = request.cookies.get(COOKIE)
+        if not cookie:
             raise SignInRequired
-        caller = await self.caller_for(session.token_hash)
-        if caller is None:
-            self.sessions.close_for(session.token_hash)
+        now = utcnow()
+        async with self.coordinator.db.connect() as conn:
+            row = await stored.get_with_technician(conn, id_hash(cookie))
+        if row is None:
             raise SignInRequired
-        return session, caller
+        session = Session.from_row(row)
+        if row["name"] is None or row["revoked_at"] is not None or not session.live(now):
+            async with self.coordinator.db.transaction() as conn:
+                if row["name"] is None or row["revoked_at"] is not None:
+                    await stored.delete_for_token(conn, session.token_hash)
+                else:
+                    await stored.delete(conn, session.id_hash)
+            raise SignInRequired
+        if session.needs_touch(now):
+            async with self.coordinator.db.transaction() as conn:
+                await stored.update(conn, session.id_hash, last_seen=now)
+        return session, api.Caller(row["name"], row["role"])
+
+    async def save(self, session: Session, **values: Any) -> None:
+        async with self.coordinator.db.transaction() as conn:
+            await stored.update(conn, session.id_hash, **values)
+
+    async def flash(self, session: Session, kind: str, text: str) -> None:
+        """A message for the next page this session shows (whichever process serves it)."""
+        session.flash.append([kind, text])
+        await self.save(session, flash=session.flash)
+
+    async def pop_flash(self, session: Session) -> list[list[str]]:
+        shown, session.flash = session.flash, []
+        if shown:
+            await self.save(session, flash=[])
+        return shown
 
     async def bearer(self, request: Request[Any, Any, Any]) -> api.Caller:
         header = request.headers.get("authorization", "")
@@ -140,8 +169,8 @@ class Console:
         body = i18n.render(self.env, template, lang, "web", **context)
         return Response(body, media_type=MediaType.HTML, status_code=status, headers=SECURITY_HEADERS)
 
-    def page(self, request: Request[Any, Any, Any], session: Session, caller: api.Caller,
-             template: str, **context: Any) -> Response[str]:
+    async def page(self, request: Request[Any, Any, Any], session: Session, caller: api.Caller,
+                   template: str, **context: Any) -> Response[str]:
         tz, lang = session.timezone, session.lang
 
         def when(value: Any) -> str:
@@ -158,7 +187,7 @@ class Console:
 
         here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return self.html(template, lang, me=caller, csrf=session.csrf, tz=tz, here=here,
-                         flash=session.pop_flash(), when=when, day=day,
+                         flash=await self.pop_flash(session), when=when, day=day,
                          can_act=caller.role != "viewer", **context)
 
 
@@ -202,16 +231,19 @@ def create_app(coordinator: Coordinator) -> Litestar:
         if row is None:
             await coordinator._login_failed(_address(request))
             return console.html("signin.html", lang, 401, pre=pre, error="token")
-        caller = api.Caller(row["name"], row["role"])
         lang = row.get("language") or lang  # chosen once in the console, else the browser's
         timezone = form.get("timezone") or DEFAULT_TIMEZONE
         try:
             i18n.format_time(utcnow(), timezone, lang)
         except Exception:
             timezone = DEFAULT_TIMEZONE
-        session = console.sessions.open(caller.name, hashed, lang, timezone)
+        now = utcnow()
+        cookie, session = Session.new(hashed, lang, timezone, now)
+        async with coordinator.db.transaction() as conn:
+            await stored.prune(conn, now - IDLE, now - LIFETIME)
+            await stored.add(conn, session.row())
         response = Redirect("/fleet", status_code=303)
-        response.set_cookie(Cookie(key=COOKIE, value=session.id, httponly=True, secure=True,
+        response.set_cookie(Cookie(key=COOKIE, value=cookie, httponly=True, secure=True,
                                    samesite="strict", path="/"))
         response.delete_cookie(PRE_COOKIE, path="/signin")
         return response
@@ -226,7 +258,8 @@ def create_app(coordinator: Coordinator) -> Litestar:
     @post("/signout", status_code=303)
     async def signout(request: Request[Any, Any, Any]) -> Response[Any]:
         session, _, _ = await checked_form(request)
-        console.sessions.close(session.id)
+        async with coordinator.db.transaction() as conn:
+            await stored.delete(conn, session.id_hash)
         response = Redirect("/signin", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
@@ -236,7 +269,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         session, caller, form = await checked_form(request)
         if form.get("lang") in i18n.LANGUAGES:
             await console.call(caller, "profile.language", language=form["lang"])
-            session.lang = form["lang"]
+            await console.save(session, lang=form["lang"])
         return Redirect(safe_next(form.get("next"), "/fleet"), status_code=303)
 
     @post("/act/{name:str}", status_code=303)
@@ -249,9 +282,9 @@ def create_app(coordinator: Coordinator) -> Litestar:
         except PermissionDenied:
             raise
         except CarelineError as exc:
-            session.flash.append(("error", f"{name}: {exc}"))
+            await console.flash(session, "error", f"{name}: {exc}")
         else:
-            session.flash.append(("ok", f"{name}: {summary(name, result)}"))
+            await console.flash(session, "ok", f"{name}: {summary(name, result)}")
         return Redirect(back, status_code=303)
 
     # ------------------------------------------------------------------ pages
@@ -263,7 +296,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
     async def fleet(request: Request[Any, Any, Any]) -> Response[Any]:
         session, caller = await console.signed_in(request)
         overview = await console.call(caller, "fleet.overview")
-        return console.page(request, session, caller, "fleet.html", overview=overview)
+        return await console.page(request, session, caller, "fleet.html", overview=overview)
 
     @get("/live/fleet")
     async def live_fleet(request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -292,7 +325,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
                     if r["customer_id"] in (None, customer_id)]
         contracts = await console.call(caller, "contracts.list", customer=ref)
         month = utcnow().strftime("%Y-%m")
-        return console.page(request, session, caller, "customer.html", customer=found,
+        return await console.page(request, session, caller, "customer.html", customer=found,
                             machines=machines, incidents=incidents, visits=visits,
                             rollouts=rollouts, contracts=contracts, month=month)
 
@@ -324,7 +357,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         diagnostics = await console.call(caller, "diagnostics.list", machine=agent["id"])
         jobs = await console.call(caller, "jobs.machine", machine=agent["id"])
         releases = await console.call(caller, "releases.list")
-        return console.page(request, session, caller, "machine.html", agent=agent,
+        return await console.page(request, session, caller, "machine.html", agent=agent,
                             coverage=coverage, incidents=incidents, diagnostics=diagnostics,
                             releases=releases, jobs=jobs)
 
@@ -341,7 +374,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         if page_no != wanted:  # past the end: show the last page
             rows = await console.call(caller, "incidents.page", open=open_only,
                                       customer=customer_ref, limit=PAGE_SIZE, offset=offset)
-        return console.page(request, session, caller, "incidents.html", result=rows,
+        return await console.page(request, session, caller, "incidents.html", result=rows,
                             page_no=page_no, last=last, open_only=open_only,
                             customer=customer_ref or "")
 
@@ -356,7 +389,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
                   if v["incident_id"] == incident_id]
         technicians = [t for t in await console.call(caller, "technicians.list")
                        if t["revoked_at"] is None and t["role"] != "viewer"]
-        return console.page(request, session, caller, "incident.html", incident=found,
+        return await console.page(request, session, caller, "incident.html", incident=found,
                             explain=explain, visits=visits, technicians=technicians)
 
     @get("/visits")
@@ -376,15 +409,15 @@ def create_app(coordinator: Coordinator) -> Litestar:
         page_no, offset, last = page_of(len(rows), _int(q.get("page")), PAGE_SIZE)
         technicians = [t for t in await console.call(caller, "technicians.list")
                        if t["revoked_at"] is None and t["role"] != "viewer"]
-        return console.page(request, session, caller, "visits.html", rows=rows[offset:offset + PAGE_SIZE],
-                            page_no=page_no, last=last, show=show, technician=technician,
-                            technicians=technicians, now=now)
+        return await console.page(request, session, caller, "visits.html",
+                                  rows=rows[offset:offset + PAGE_SIZE], page_no=page_no, last=last,
+                                  show=show, technician=technician, technicians=technicians, now=now)
 
     @get("/rollouts")
     async def rollouts(request: Request[Any, Any, Any]) -> Response[Any]:
         session, caller = await console.signed_in(request)
         rows = await console.call(caller, "rollouts.list")
-        return console.page(request, session, caller, "rollouts.html", rows=rows)
+        return await console.page(request, session, caller, "rollouts.html", rows=rows)
 
     @get("/rollouts/{rollout_id:int}")
     async def rollout(request: Request[Any, Any, Any], rollout_id: int) -> Response[Any]:
@@ -392,7 +425,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         found = await console.call(caller, "rollouts.show", id=rollout_id)
         q = request.query_params
         page_no, offset, last = page_of(len(found["machines"]), _int(q.get("page")), PAGE_SIZE)
-        return console.page(request, session, caller, "rollout.html", rollout=found,
+        return await console.page(request, session, caller, "rollout.html", rollout=found,
                             machines=found["machines"][offset:offset + PAGE_SIZE],
                             page_no=page_no, last=last)
 
@@ -401,7 +434,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         session, caller = await console.signed_in(request)
         within = max(1, min(_int(request.query_params.get("within"), 60), 366))
         rows = await console.call(caller, "report.expiring", within_days=within)
-        return console.page(request, session, caller, "expiring.html", rows=rows, within=within)
+        return await console.page(request, session, caller, "expiring.html", rows=rows, within=within)
 
     @get("/audit")
     async def audit(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -414,7 +447,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
             rows = [r for r in rows if r["actor"] == actor]
         shown = rows[(page_no - 1) * PAGE_SIZE:page_no * PAGE_SIZE]
         more = len(rows) > page_no * PAGE_SIZE
-        return console.page(request, session, caller, "audit.html", rows=shown, page_no=page_no,
+        return await console.page(request, session, caller, "audit.html", rows=shown, page_no=page_no,
                             more=more, actor=actor)
 
     # ------------------------------------------------------------------ errors

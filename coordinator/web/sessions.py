@@ -1,83 +1,67 @@
-"""Server-side web sessions: a technician's token is exchanged once for a random session id.
+"""Web sessions: a technician's token is exchanged once for a random session id.
 
-The browser holds only the session id (HttpOnly, Secure, SameSite=Strict cookie); the token's
-hash stays here, and every request re-reads that technician's row, so a revocation or a role
-change bites on the next click. Pure: no I/O, the clock is injected.
+The browser holds only that id (HttpOnly, Secure, SameSite=Strict cookie); the database holds
+its SHA-256 with the technician's token hash, so every coordinator process behind one address
+knows the session and a restart keeps it. Every request re-reads the technician's row, so a
+revocation or a role change bites on the next click. This module is the policy (lifetimes,
+CSRF, redirects, pages) and is pure; coordinator/storage/sessions.py stores the rows.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import secrets
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 COOKIE = "careline_session"
-IDLE_SECONDS = 8 * 3600.0
-LIFETIME_SECONDS = 24 * 3600.0
-MAX_SESSIONS = 10_000
+IDLE = dt.timedelta(hours=8)
+LIFETIME = dt.timedelta(hours=24)
+TOUCH_EVERY = dt.timedelta(minutes=1)  # last_seen is written at most this often
+
+
+def id_hash(cookie: str) -> str:
+    return hashlib.sha256(cookie.encode()).hexdigest()
 
 
 @dataclass
 class Session:
-    id: str
-    technician: str
+    id_hash: str
     token_hash: str
     csrf: str
     lang: str
     timezone: str
-    created: float
-    last_seen: float
-    flash: list[tuple[str, str]] = field(default_factory=list)  # (kind, text) shown once
+    created_at: dt.datetime
+    last_seen: dt.datetime
+    flash: list[list[str]] = field(default_factory=list)  # [kind, text], shown once
+
+    @classmethod
+    def new(cls, token_hash: str, lang: str, timezone: str, now: dt.datetime) -> tuple[str, Session]:
+        """A fresh session and the cookie value that names it (only its hash is kept)."""
+        cookie = secrets.token_urlsafe(32)
+        return cookie, cls(id_hash(cookie), token_hash, secrets.token_urlsafe(32), lang, timezone,
+                           now, now)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Session:
+        return cls(row["id_hash"], row["token_hash"], row["csrf"], row["lang"], row["timezone"],
+                   row["created_at"], row["last_seen"], [list(f) for f in row["flash"]])
+
+    def row(self) -> dict[str, Any]:
+        return {"id_hash": self.id_hash, "token_hash": self.token_hash, "csrf": self.csrf,
+                "lang": self.lang, "timezone": self.timezone, "created_at": self.created_at,
+                "last_seen": self.last_seen, "flash": self.flash}
+
+    def live(self, now: dt.datetime) -> bool:
+        """Not idle longer than IDLE, nor older than LIFETIME."""
+        return now - self.last_seen <= IDLE and now - self.created_at <= LIFETIME
+
+    def needs_touch(self, now: dt.datetime) -> bool:
+        return now - self.last_seen >= TOUCH_EVERY
 
     def check_csrf(self, submitted: str | None) -> bool:
         return bool(submitted) and secrets.compare_digest(self.csrf, submitted or "")
-
-    def pop_flash(self) -> list[tuple[str, str]]:
-        shown, self.flash = self.flash, []
-        return shown
-
-
-class Sessions:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, idle: float = IDLE_SECONDS,
-                 lifetime: float = LIFETIME_SECONDS) -> None:
-        self._clock, self._idle, self._lifetime = clock, idle, lifetime
-        self._by_id: dict[str, Session] = {}
-
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def open(self, technician: str, token_hash: str, lang: str, timezone: str) -> Session:
-        now = self._clock()
-        if len(self._by_id) >= MAX_SESSIONS:  # drop the least recently used, never grow unbounded
-            oldest = min(self._by_id.values(), key=lambda s: s.last_seen)
-            del self._by_id[oldest.id]
-        session = Session(secrets.token_urlsafe(32), technician, token_hash, secrets.token_urlsafe(32),
-                          lang, timezone, now, now)
-        self._by_id[session.id] = session
-        return session
-
-    def get(self, session_id: str | None) -> Session | None:
-        """The live session with this id, touched; None when unknown, idle too long or too old."""
-        session = self._by_id.get(session_id or "")
-        if session is None:
-            return None
-        now = self._clock()
-        if now - session.last_seen > self._idle or now - session.created > self._lifetime:
-            del self._by_id[session.id]
-            return None
-        session.last_seen = now
-        return session
-
-    def close(self, session_id: str) -> None:
-        self._by_id.pop(session_id, None)
-
-    def close_for(self, token_hash: str) -> int:
-        """End every session opened with this token (it was revoked); how many there were."""
-        doomed = [s.id for s in self._by_id.values() if s.token_hash == token_hash]
-        for session_id in doomed:
-            del self._by_id[session_id]
-        return len(doomed)
 
 
 def safe_next(target: str | None, default: str = "/") -> str:

@@ -11,6 +11,8 @@ import asyncio
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,11 +76,45 @@ def hostile_enrollment(join: str) -> str:
     """A modified agent: the real /enroll exchange, with a hostname that is markup."""
     from careline.agent.enroll import register
 
-    exchange = register(JoinString.parse(join), public_bytes(generate_key()), hostname=HOSTILE,
-                        os="Windows 10", products=[])
-    with ThreadPoolExecutor(1) as thread:  # Playwright's loop runs in this one
-        _, enrolled = thread.submit(asyncio.run, exchange).result()
+    _, enrolled = in_thread(register(JoinString.parse(join), public_bytes(generate_key()),
+                                     hostname=HOSTILE, os="Windows 10", products=[]))
     return enrolled.agent_id
+
+
+def in_thread(coroutine: Any) -> Any:
+    """Run a coroutine to its end beside Playwright's event loop, which holds this thread."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
+
+
+@pytest.fixture
+def fresh_pg() -> Iterator[str]:
+    """A fresh PostgreSQL database, as conftest's pg_url makes one but beside Playwright's
+    loop; skipped (or failed under CARELINE_REQUIRE_PG) the same way when there is none."""
+    import os
+    import uuid
+
+    import asyncpg
+
+    from tests.conftest import PG_ADMIN_URL
+
+    name = f"careline_t_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=3)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        in_thread(admin(f'CREATE DATABASE "{name}"'))
+    except OSError as exc:
+        if os.environ.get("CARELINE_REQUIRE_PG"):
+            pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is unreachable: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} unreachable ({exc}); set CARELINE_TEST_PG")
+    yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    in_thread(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def test_technician_works_an_incident_and_pushes_an_update_viewer_is_refused(
@@ -227,3 +263,35 @@ def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any
     assert gone.status == 401
     refused = [a for a in coord.cli("audit") if a["action"] == "admin.login_refused"]
     assert refused and refused[0]["target"] == "address:127.0.0.1"
+
+
+def test_a_session_is_known_to_every_coordinator_process(tmp_path: Path, fresh_pg: str,
+                                                        browser: Any) -> None:
+    """Scale-out: signed in through one process, the browser may reach any other; its
+    messages, language and sign-out follow it."""
+    first = CoordinatorProcess(tmp_path, fresh_pg)
+    first_web, second_web = free_port(), free_port()
+    first.start("--web", f"127.0.0.1:{first_web}")
+    second = subprocess.Popen(
+        [sys.executable, "-m", "careline.coordinator.cli", "serve", "--data", str(first.data),
+         "--listen", f"127.0.0.1:{free_port()}", "--web", f"127.0.0.1:{second_web}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(first_web, first.proc)  # type: ignore[arg-type]
+        wait_for_port(second_web, second)
+        token = first.cli("technicians", "add", "lan", "--role", "technician")["token"]
+        page = new_page(browser)
+        sign_in(page, Console(first, first_web), token)
+        other = f"https://127.0.0.1:{second_web}"
+        page.goto(other + "/fleet")
+        assert page.url == other + "/fleet"
+        page.click("header button[name=lang]")  # English -> Vietnamese, made on the second
+        page.goto(f"https://127.0.0.1:{first_web}/fleet")
+        assert page.locator("nav a").first.inner_text() == "Tổng quan"
+        page.click("#signout")
+        page.goto(other + "/fleet")
+        assert page.url.endswith("/signin")
+    finally:
+        second.terminate()
+        second.wait(10)
+        first.stop()

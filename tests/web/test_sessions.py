@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -9,68 +11,42 @@ from careline.coordinator.web import sessions as s
 from careline.coordinator.web.app import form_params, status_of, summary
 from careline.shared.errors import AuthError, ConfigError, Conflict, NotFound, PermissionDenied
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+NOW = dt.datetime(2026, 11, 30, 8, tzinfo=dt.UTC)
 
 
 def test_a_session_lives_while_used_and_ends_when_idle_or_old() -> None:
-    clock = Clock()
-    store = s.Sessions(clock, idle=60, lifetime=300)
-    session = store.open("lan", "h1", "vi", "Asia/Ho_Chi_Minh")
-    for _ in range(4):  # used every 50 s: stays, until its lifetime is over
-        clock.now += 50
-        assert store.get(session.id) is session
-    clock.now += 101
-    assert store.get(session.id) is None
-    idle = store.open("lan", "h1", "vi", "UTC")
-    clock.now += 61
-    assert store.get(idle.id) is None and len(store) == 0
+    cookie, session = s.Session.new("h1", "vi", "Asia/Ho_Chi_Minh", NOW)
+    assert session.id_hash == s.id_hash(cookie) and cookie not in session.row().values()
+    now = NOW
+    for _ in range(3):  # used every 7 h: stays, until its 24 h lifetime is over
+        now += dt.timedelta(hours=7)
+        assert session.live(now)
+        session.last_seen = now
+    assert not session.live(now + dt.timedelta(hours=4))  # 25 h old
+    _, idle = s.Session.new("h1", "vi", "UTC", NOW)
+    assert idle.live(NOW + s.IDLE) and not idle.live(NOW + s.IDLE + dt.timedelta(seconds=1))
 
 
-def test_unknown_ids_and_closing() -> None:
-    store = s.Sessions(Clock())
-    a = store.open("lan", "h1", "en", "UTC")
-    b = store.open("lan", "h1", "en", "UTC")
-    c = store.open("mai", "h2", "en", "UTC")
-    assert store.get(None) is None and store.get("") is None and store.get("nope") is None
-    assert a.id != b.id and a.csrf != b.csrf
-    assert store.close_for("h1") == 2  # the token was revoked: all its sessions end
-    assert store.get(a.id) is None and store.get(b.id) is None and store.get(c.id) is c
-    store.close(c.id)
-    assert store.get(c.id) is None
+def test_last_seen_is_written_at_most_once_a_minute() -> None:
+    _, session = s.Session.new("h1", "vi", "UTC", NOW)
+    assert not session.needs_touch(NOW + dt.timedelta(seconds=59))
+    assert session.needs_touch(NOW + s.TOUCH_EVERY)
 
 
-def test_the_store_never_grows_past_its_bound(monkeypatch) -> None:
-    monkeypatch.setattr(s, "MAX_SESSIONS", 3)
-    clock = Clock()
-    store = s.Sessions(clock)
-    opened = []
-    for i in range(5):
-        clock.now += 1
-        opened.append(store.open(f"t{i}", f"h{i}", "vi", "UTC"))
-    assert len(store) == 3
-    assert [store.get(x.id) is not None for x in opened] == [False, False, True, True, True]
+def test_sessions_are_unguessable_and_round_trip_through_storage() -> None:
+    (c1, a), (c2, b) = s.Session.new("h", "en", "UTC", NOW), s.Session.new("h", "en", "UTC", NOW)
+    assert len({c1, c2, a.csrf, b.csrf}) == 4 and min(len(c1), len(a.csrf)) >= 43
+    a.flash.append(["ok", "done"])
+    assert s.Session.from_row(a.row()) == a
 
 
 def test_csrf_must_match_exactly() -> None:
-    session = s.Sessions(Clock()).open("lan", "h", "vi", "UTC")
+    _, session = s.Session.new("h", "vi", "UTC", NOW)
     assert session.check_csrf(session.csrf)
     assert not session.check_csrf(None)
     assert not session.check_csrf("")
     assert not session.check_csrf(session.csrf[:-1])
     assert not session.check_csrf(session.csrf + "x")
-
-
-def test_flash_messages_show_once() -> None:
-    session = s.Sessions(Clock()).open("lan", "h", "vi", "UTC")
-    session.flash.append(("ok", "done"))
-    assert session.pop_flash() == [("ok", "done")]
-    assert session.pop_flash() == []
 
 
 @given(st.text())

@@ -81,3 +81,31 @@ async def test_incident_pages_open_first_with_the_latest_decision(db: Database) 
     assert all(r["hostname"] == "pc-1" and r["customer"] == "Acme" for r in shown)
     assert open_total == 3 and {r["id"] for r in open_rows} == {ids[0], ids[3], ids[6]}
     assert [r["id"] for r in month] == ids[:3] and month[0]["action"] == "onsite_reinstall"
+
+
+async def test_sessions_are_stored_found_with_their_technician_and_pruned(db: Database) -> None:
+    from careline.coordinator.storage import sessions as stored
+    from careline.coordinator.web.sessions import IDLE, LIFETIME, Session, id_hash
+
+    async with db.transaction() as conn:
+        await store.add_technician(conn, "lan", "technician", "tok-lan", NOW)
+    cookie, session = Session.new("tok-lan", "vi", "Asia/Ho_Chi_Minh", NOW)
+    _, stale = Session.new("tok-lan", "en", "UTC", NOW - LIFETIME - dt.timedelta(minutes=1))
+    _, orphan = Session.new("tok-gone", "en", "UTC", NOW)
+    async with db.transaction() as conn:
+        for s in (session, stale, orphan):
+            await stored.add(conn, s.row())
+        await stored.update(conn, session.id_hash, flash=[["ok", "visits.assign: status assigned"]])
+    async with db.connect() as conn:
+        row = await stored.get_with_technician(conn, id_hash(cookie))
+        assert await stored.get_with_technician(conn, id_hash("not-a-session")) is None
+        ghost = await stored.get_with_technician(conn, orphan.id_hash)
+    assert row is not None and (row["name"], row["role"], row["revoked_at"]) == ("lan", "technician", None)
+    assert Session.from_row(row).flash == [["ok", "visits.assign: status assigned"]]
+    assert ghost is not None and ghost["name"] is None  # token unknown: no technician
+    async with db.transaction() as conn:
+        await stored.prune(conn, NOW - IDLE, NOW - LIFETIME)
+        assert await stored.get_with_technician(conn, stale.id_hash) is None
+        await stored.delete_for_token(conn, "tok-lan")
+        assert await stored.get_with_technician(conn, session.id_hash) is None
+        assert await stored.get_with_technician(conn, orphan.id_hash) is not None
