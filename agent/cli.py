@@ -90,10 +90,12 @@ def _read_join(join_string: str | None, join_file: str | None) -> str:
               help="Top-level folder in the install dir with customer data: never touched.")
 @click.option("--product-log", "logs", multiple=True, metavar="NAME=FILE",
               help="The product's log file (relative to its install dir), for diagnostics.")
+@click.option("--replaces", default="", metavar="MACHINE",
+              help="This is a reinstall of that machine (id or hostname): keep its history.")
 def enroll(join_string: str | None, join_file: str | None, state: str | None,
            products: tuple[str, ...],
            execs: tuple[str, ...], services: tuple[str, ...], datas: tuple[str, ...],
-           logs: tuple[str, ...]) -> None:
+           logs: tuple[str, ...], replaces: str) -> None:
     """Register this machine with the coordinator named in JOIN_STRING (`-`: stdin)."""
     import shlex
 
@@ -126,7 +128,7 @@ def enroll(join_string: str | None, join_file: str | None, state: str | None,
         for name, directory in install_dirs.items()
     ]
     state_dir = _state(state)
-    config = asyncio.run(do_enroll(join, state_dir, configs))
+    config = asyncio.run(do_enroll(join, state_dir, configs, replaces))
     click.echo(f"Enrolled as {config.agent_id} (customer {config.customer_id}).")
     if not join.root_pin:
         click.echo("No update root pinned (join string made before release keys existed): "

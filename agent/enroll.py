@@ -25,7 +25,9 @@ from careline.shared.tls import first_contact_context
 
 
 async def register(join: JoinString, public_key: bytes, *, hostname: str, os: str,
-                   products: list[str], open_timeout: float = 15) -> tuple[str, p.Enrolled]:
+                   products: list[str], open_timeout: float = 15,
+                   hardware: dict[str, str] | None = None,
+                   replaces: str = "") -> tuple[str, p.Enrolled]:
     """The /enroll exchange: check the coordinator against the CA the join string pins
     before the token leaves this machine, then register `public_key`. Returns that CA (PEM)
     and the coordinator's answer."""
@@ -40,12 +42,16 @@ async def register(join: JoinString, public_key: bytes, *, hostname: str, os: st
         check_issued_by(leaf, identity.ca_pem)
         await ws.send(p.encode(p.EnrollRequest(
             token=join.token, public_key=public_key, hostname=hostname, os=os,
-            agent_version=__version__, products=products,
+            agent_version=__version__, products=products, hardware=hardware or {},
+            replaces=replaces,
         )))
         return identity.ca_pem, p.decode(await ws.recv(), p.Enrolled)
 
 
-async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig]) -> AgentConfig:
+async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig],
+                 replaces: str = "") -> AgentConfig:
+    """Register this PC. After a reinstall the coordinator recognises its hardware and
+    gives back the machine it was (`replaces` names it when a technician knows)."""
     if state.enrolled():
         raise ConfigError(f"already enrolled in {state.path}; use another --state or remove it")
     osx.secure_state_dir(state.path)
@@ -57,7 +63,8 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     try:
         ca_pem, enrolled = await register(
             join, public_bytes(key), hostname=socket.gethostname(), os=osx.os_description(),
-            products=[product.name for product in products])
+            products=[product.name for product in products],
+            hardware=osx.hardware_identity(), replaces=replaces)
     except ConnectionClosed as exc:
         reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         raise AuthError(f"enrollment refused: {reason}") from None

@@ -313,3 +313,86 @@ def _service(name: str, verb: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise ConfigError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+# ----------------------------------------------------------------------------- hardware
+# Tests and fleet simulators run many agents on one PC: each gives its own raw identity
+# (a JSON object with uuid, serial, disk, mac) in this variable.
+HARDWARE_ENV = "CARELINE_AGENT_HARDWARE"
+
+
+def hardware_identity() -> dict[str, str]:
+    """This PC's hardware identity, hashed (shared.hardware): what survives a reinstall.
+    Fields the OS does not expose (or this user may not read) are left out."""
+    import json
+
+    from careline.shared.hardware import hashed
+
+    override = os.environ.get(HARDWARE_ENV)
+    if override:
+        try:
+            raw = json.loads(override)
+        except ValueError:
+            raise ConfigError(f"{HARDWARE_ENV} must be a JSON object") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{HARDWARE_ENV} must be a JSON object")
+        return hashed(raw)
+    reader = _windows_hardware if IS_WINDOWS else _linux_hardware
+    try:
+        found = reader()
+    except (OSError, subprocess.SubprocessError, ValueError):
+        found = {}
+    return hashed({**found, "mac": _primary_mac()})
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(errors="replace").strip() or None
+    except OSError:  # missing, or root-only (product_serial)
+        return None
+
+
+def _linux_hardware() -> dict[str, str | None]:
+    dmi = "/sys/class/dmi/id"
+    return {"uuid": _read(f"{dmi}/product_uuid"), "serial": _read(f"{dmi}/product_serial"),
+            "disk": _linux_boot_disk_serial()}
+
+
+def _linux_boot_disk_serial() -> str | None:
+    """Serial of the disk holding /: its partition's parent block device in sysfs."""
+    root = next((p.device for p in psutil.disk_partitions(all=False) if p.mountpoint == "/"), "")
+    if not root.startswith("/dev/"):
+        return None
+    block = Path("/sys/class/block") / Path(os.path.realpath(root)).name
+    disk = block.resolve().parent if (block / "partition").exists() else block.resolve()
+    return (_read(str(disk / "device" / "serial"))
+            or _read(str(disk / "device" / "vpd_pg80"))
+            or _read(str(disk / "serial")))
+
+
+def _windows_hardware() -> dict[str, str | None]:
+    """SMBIOS and boot-disk serials through CIM (PowerShell ships with every Windows)."""
+    import json
+
+    script = (
+        "$p = Get-CimInstance Win32_ComputerSystemProduct; $b = Get-CimInstance Win32_BIOS;"
+        " $d = Get-Partition -DriveLetter $env:SystemDrive[0] | Get-Disk;"
+        " @{uuid=$p.UUID; serial=$b.SerialNumber; disk=$d.SerialNumber} | ConvertTo-Json"
+    )
+    result = subprocess.run(["powershell", "-NoProfile", "-NonInteractive", "-Command", script],
+                            capture_output=True, text=True, timeout=60)
+    data = json.loads(result.stdout) if result.returncode == 0 else {}
+    return {key: str(data[key]) if data.get(key) else None for key in ("uuid", "serial", "disk")}
+
+
+def _primary_mac() -> str | None:
+    """The MAC of the first physical network card by name (virtual bridges, VPNs and
+    loopback come and go; on Linux a physical card has a `device` link in sysfs)."""
+    macs = []
+    for name, addresses in psutil.net_if_addrs().items():
+        if not IS_WINDOWS and not os.path.exists(f"/sys/class/net/{name}/device"):
+            continue
+        if IS_WINDOWS and any(v in name.lower() for v in ("virtual", "vpn", "loopback", "vethernet")):
+            continue
+        macs += [(name, a.address) for a in addresses if a.family == psutil.AF_LINK]
+    return min(macs)[1] if macs else None

@@ -33,6 +33,7 @@ from careline.coordinator import api
 from careline.coordinator.agent_keys import AgentKeys
 from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.datadir import DataDir, Settings
+from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
 from careline.coordinator.quotas import AgentQuota, Gate
@@ -42,8 +43,8 @@ from careline.coordinator.storage import service
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, CarelineError, PermissionDenied, ProtocolError
+from careline.shared.hardware import valid as valid_hardware
 from careline.shared.keys import (
-    agent_id_for,
     cert_fingerprint,
     looks_like_agent_id,
     token_hash,
@@ -165,10 +166,13 @@ class Coordinator:
         self.offline_after = dt.timedelta(
             seconds=settings.heartbeat_interval * settings.missed_heartbeats
         )
-        from careline.coordinator.policy.config import load_policy
+        from careline.coordinator.policy.config import load_policy_data
+        from careline.coordinator.policy.overrides import PolicyLayers
 
-        self.policy = load_policy(Path(settings.policy) if settings.policy else None)
-        self.desk = IncidentDesk(db, self.policy, self.offline_after)
+        self.policy_layers = PolicyLayers(
+            *load_policy_data(Path(settings.policy) if settings.policy else None))
+        self.policy = self.policy_layers.resolve()
+        self.desk = IncidentDesk(db, self.policy_layers, self.offline_after)
         self.links: dict[str, AgentLink] = {}
         self.agent_keys = AgentKeys(db)
         # Live commands for agents held by another process (PostgreSQL scale-out only).
@@ -178,6 +182,10 @@ class Coordinator:
         self._heartbeats: dict[str, tuple[float, p.Health]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
+        # agent id -> when it disconnected saying it was stopping cleanly (PC switched off)
+        self._clean_stops: dict[str, dt.datetime] = {}
+        # agent id -> the hardware identity it said hello with, written with the clean stops
+        self._hardware: dict[str, dict[str, str]] = {}
         self.gate = Gate()
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
         self.unknown_kinds = 0  # events acknowledged but not stored
@@ -295,25 +303,19 @@ class Coordinator:
             # Checked before the token is spent: the machine can be renamed and try again.
             raise ProtocolError(f"hostname {request.hostname!r} looks like an agent id; "
                                 "rename the machine and enroll again")
-        agent_id = agent_id_for(request.public_key)
         now = utcnow()
         try:
             async with self.db.transaction() as conn:
                 token = await store.spend_enrollment_token(conn, token_hash(request.token), now)
-                await store.add_agent(
-                    conn, agent_id=agent_id, customer_id=token["customer_id"],
-                    public_key=request.public_key, hostname=request.hostname[:255],
-                    os=request.os[:100], agent_version=request.agent_version[:40], now=now,
-                    contract_id=token["contract_id"], site_id=token["site_id"],
-                )
-                await store.record_audit(
-                    conn, actor=f"enrollment-token:{token['id']}", action="agent.enroll",
-                    target=f"agent:{agent_id}", detail={"hostname": request.hostname}, now=now,
-                )
+                enrolled = await enroll_machine(conn, token, request, now, self.offline_after)
         except CarelineError as exc:
             await close(ws, p.CloseCode.TOKEN_REFUSED, str(exc))
             return
-        self.agent_keys.add(agent_id, request.public_key, token["customer_id"])
+        agent_id = enrolled.machine_id
+        if enrolled.relinked:  # a reinstall: the machine's old key is gone
+            await self.disconnect_revoked(agent_id)
+            self.agent_keys.rekeyed(agent_id, now)
+        self.agent_keys.add(agent_id, request.public_key, token["customer_id"], agent_id)
         await ws.send(
             p.encode(
                 p.Enrolled(
@@ -343,10 +345,12 @@ class Coordinator:
         except AuthError as exc:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
-        link = AgentLink(ws, hello.agent_id, key.customer_id)
+        link = AgentLink(ws, key.machine_id or hello.agent_id, key.customer_id)
         self._presence[link.agent_id] = (True, link.connected_at, hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
+        if hello.hardware and valid_hardware(hello.hardware):
+            self._hardware[link.agent_id] = dict(hello.hardware)
         try:  # registered all or nothing: a link that fails here is forgotten at once
             if previous is not None:
                 await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
@@ -423,6 +427,9 @@ class Coordinator:
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
             self._presence[link.agent_id] = (False, link.connected_at, "")
+            said = link.ws.protocol.close_rcvd
+            if said is not None and said.code == p.CloseCode.AGENT_STOPPING:
+                self._clean_stops[link.agent_id] = utcnow()
 
     def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
         """Scale-out: connected to another coordinator process, by the database's presence
@@ -437,14 +444,29 @@ class Coordinator:
         if link is not None:
             await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
 
+    async def relinked(self, machine_id: str, replaced_id: str, at: dt.datetime) -> None:
+        """A technician linked agent `replaced_id` to the machine it reinstalls: the machine's
+        old key is gone, and the agent reconnects as that machine (REPLACED: it retries)."""
+        await self.disconnect_revoked(machine_id)
+        self.agent_keys.rekeyed(machine_id, at)
+        self.agent_keys.evict(replaced_id)
+        link = self.links.get(replaced_id)
+        if link is not None:
+            await close(link.ws, p.CloseCode.REPLACED, f"linked to machine {machine_id}")
+
     async def _disconnect_revoked_forever(self) -> None:
         """Agents and technicians revoked through another coordinator process leave this
         one too."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             try:
-                for agent_id in await self.agent_keys.revocations(utcnow()):
+                revoked, rekeyed = await self.agent_keys.revocations(utcnow())
+                for agent_id in revoked:
                     await self.disconnect_revoked(agent_id)
+                for ref in rekeyed:  # a reinstall linked elsewhere: say hello again
+                    link = self.links.get(ref)
+                    if link is not None:
+                        await close(link.ws, p.CloseCode.REPLACED, "machine re-keyed; reconnect")
                 await self._close_revoked_admin_sessions()
             except Exception:
                 log.exception("checking revocations failed; will retry")
@@ -491,6 +513,17 @@ class Coordinator:
         for agent_id, exc in failed.items():
             log.error("report of agent %s not stored: %s", agent_id,
                       (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+        stops, self._clean_stops = self._clean_stops, {}
+        hardware, self._hardware = self._hardware, {}
+        if stops or hardware:  # after the disconnects: the machines are off, not offline
+            try:
+                async with self.db.transaction() as conn:
+                    await store.store_clean_stops(conn, stops)
+                    await store.store_hardware(conn, hardware)
+            except Exception:
+                self._clean_stops = {**stops, **self._clean_stops}
+                self._hardware = {**hardware, **self._hardware}
+                raise
 
     async def _write_isolating(
         self, agent_ids: list[str], received: dict[str, tuple[float, p.Health]],

@@ -117,6 +117,7 @@ def load_all() -> None:
         fleet,
         live,
         overview,
+        policy,
         releases,
         report,
         rollouts,

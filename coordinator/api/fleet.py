@@ -18,13 +18,14 @@ AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen"
 
 
 def agent_status(row: dict[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:
-    """online while connected and heard from recently; a silent or dropped agent is offline."""
+    """online while connected and heard from recently; off when its agent stopped cleanly
+    (the PC was shut down); any other silent or dropped agent is offline."""
     if row["revoked_at"] is not None:
         return "revoked"
     seen = row["last_seen"]
     if row["connected"] and seen is not None and now - seen <= offline_after:
         return "online"
-    return "offline"
+    return "off" if store.is_off(row) else "offline"
 
 
 def agent_view(ctx: Context, row: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
@@ -169,6 +170,35 @@ async def revoke_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
         await ctx.audit(conn, "agent.revoke", f"agent:{row['id']}", hostname=row["hostname"])
     await ctx.coordinator.disconnect_revoked(row["id"])
     return {"id": row["id"], "revoked_at": ctx.now}
+
+
+@method("agents.candidates", "viewer", ListAgents)
+async def agent_candidates(ctx: Context, p: ListAgents) -> list[dict[str, Any]]:
+    """Machines whose hardware matches an earlier machine of the same customer: possible
+    reinstalls that were not linked by themselves (see coordinator/enrollment.py)."""
+    from careline.coordinator.enrollment import candidates
+
+    async with ctx.coordinator.db.connect() as conn:
+        return await candidates(conn, await store.customer_id_of(conn, p.customer))
+
+
+class ReplaceAgent(msgspec.Struct, forbid_unknown_fields=True):
+    old: str
+    new: str
+
+
+@method("agents.replace", "technician", ReplaceAgent)
+async def replace_agent(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
+    """NEW is a reinstall of OLD: OLD keeps its id, history and seat and takes NEW's key."""
+    from careline.coordinator.enrollment import replace
+
+    async with ctx.coordinator.db.transaction() as conn:
+        old = await store.get_agent(conn, p.old)
+        new = await store.get_agent(conn, p.new)
+        note = await replace(conn, old, new, actor=ctx.caller.name, now=ctx.now)
+        row = await store.get_agent(conn, old["id"])
+    await ctx.coordinator.relinked(old["id"], new["id"], ctx.now)
+    return {**agent_view(ctx, row), "replaced": new["id"], "note": note}
 
 
 # ----------------------------------------------------------------------------- technicians
