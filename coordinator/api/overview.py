@@ -58,6 +58,18 @@ async def machine_jobs(ctx: Context, p: MachineJobs) -> list[dict[str, Any]]:
         return await views.machine_jobs(conn, agent["id"], p.limit)
 
 
+class CustomerRef(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+
+
+@method("rollouts.customer", "viewer", CustomerRef)
+async def customer_rollouts(ctx: Context, p: CustomerRef) -> list[dict[str, Any]]:
+    """Rollouts that reached the customer's machines, with how many succeeded or failed there."""
+    async with ctx.coordinator.db.connect() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        return await views.customer_rollouts(conn, customer["id"])
+
+
 class IncidentPage(msgspec.Struct, forbid_unknown_fields=True):
     open: bool = False
     customer: str | None = None

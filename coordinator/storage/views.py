@@ -16,6 +16,8 @@ from careline.coordinator.storage.schema import (
     job_machines,
     jobs,
     releases,
+    rollout_machines,
+    rollouts,
     visits,
 )
 
@@ -119,6 +121,28 @@ async def machine_jobs(conn: AsyncConnection, agent_id: str, limit: int) -> list
         .order_by(job_machines.c.id.desc()).limit(limit)
     )
     return rows_of(await conn.execute(query))
+
+
+async def customer_rollouts(conn: AsyncConnection, customer_id: int) -> list[Row]:
+    """Rollouts that reached any of a customer's machines, with that customer's counts."""
+    machines = rollout_machines
+    query = (
+        sa.select(rollouts.c.id, rollouts.c.product, rollouts.c.version, rollouts.c.kind,
+                  rollouts.c.status, rollouts.c.effective,
+                  sa.func.count().label("machines"),
+                  sa.func.sum(sa.case((machines.c.state == "succeeded", 1), else_=0)).label("succeeded"),
+                  sa.func.sum(sa.case((machines.c.state.in_(("failed", "timed_out")), 1), else_=0))
+                  .label("failed"))
+        .join(rollouts, rollouts.c.id == machines.c.rollout_id)
+        .where(machines.c.customer_id == customer_id)
+        .group_by(rollouts.c.id, rollouts.c.product, rollouts.c.version, rollouts.c.kind,
+                  rollouts.c.status, rollouts.c.effective)
+        .order_by(rollouts.c.id.desc())
+    )
+    rows = rows_of(await conn.execute(query))
+    for row in rows:
+        row["succeeded"], row["failed"] = int(row["succeeded"] or 0), int(row["failed"] or 0)
+    return rows
 
 
 async def visits_between(conn: AsyncConnection, customer_id: int, start: dt.datetime,

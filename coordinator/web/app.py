@@ -321,8 +321,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         incidents = await console.call(caller, "incidents.page", customer=ref, limit=20)
         visits = [v for v in await console.call(caller, "visits.list", completed=True)
                   if v["customer_id"] == customer_id]
-        rollouts = [r for r in await console.call(caller, "rollouts.list")
-                    if r["customer_id"] in (None, customer_id)]
+        rollouts = await console.call(caller, "rollouts.customer", customer=ref)
         contracts = await console.call(caller, "contracts.list", customer=ref)
         month = utcnow().strftime("%Y-%m")
         return await console.page(request, session, caller, "customer.html", customer=found,

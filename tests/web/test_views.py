@@ -109,3 +109,27 @@ async def test_sessions_are_stored_found_with_their_technician_and_pruned(db: Da
         await stored.delete_for_token(conn, "tok-lan")
         assert await stored.get_with_technician(conn, session.id_hash) is None
         assert await stored.get_with_technician(conn, orphan.id_hash) is not None
+
+
+async def test_rollouts_touching_a_customer_count_only_its_machines(db: Database) -> None:
+    from careline.coordinator.storage.schema import releases, rollout_machines, rollouts
+
+    acme, other = await new_customer(db, "Acme"), await new_customer(db, "Other")
+    pcs = [await new_agent(db, acme, f"pc-{i}") for i in range(3)]
+    theirs = await new_agent(db, other, "x-1")
+    async with db.transaction() as conn:
+        await conn.execute(releases.insert().values(
+            id=1, product="KeToan", version="2026.2", kind="regulation", target="t", sha256="0" * 64,
+            length=1, published_by="rm", published_at=NOW))
+        for rid in (1, 2):
+            await conn.execute(rollouts.insert().values(
+                id=rid, release_id=1, product="KeToan", version="2026.2", kind="regulation",
+                percents="5,25,100", status="running", started_by="lan", started_at=NOW, updated_at=NOW))
+        states = ["succeeded", "failed", "sent"]
+        await conn.execute(rollout_machines.insert(), [
+            {"rollout_id": 1, "agent_id": pc, "customer_id": acme, "wave": 0, "state": state}
+            for pc, state in zip(pcs, states, strict=True)] + [
+            {"rollout_id": 2, "agent_id": theirs, "customer_id": other, "wave": 0, "state": "succeeded"}])
+    async with db.connect() as conn:
+        mine = await views.customer_rollouts(conn, acme)
+    assert [(r["id"], r["machines"], r["succeeded"], r["failed"]) for r in mine] == [(1, 3, 1, 1)]
