@@ -86,6 +86,9 @@ def main(out: Path) -> None:
                        "--severity", "high", "--note", "Máy báo lỗi ổ cứng")
         cli("incidents", "open", "--machine", agents[2]["id"], "--category", "bug", "--severity",
             "medium", "--note", "Không in được hóa đơn")
+        release = cli("releases", "list")[0]
+        rollout = cli("rollouts", "start", "--release", str(release["id"]), "--customer",
+                      "Nhà sách Hòa Bình")
         visit = cli("visits", "list")[0]
         cli("visits", "assign", str(visit["id"]), "--technician", "admin")
         month = time.strftime("%Y-%m")
@@ -95,7 +98,8 @@ def main(out: Path) -> None:
             str(out / "care-report"))
         pages = {"fleet": "/fleet", "customer": "/customers/1", "machine": f"/machines/{first}",
                  "incidents": "/incidents", "incident": f"/incidents/{incident['id']}",
-                 "visits": "/visits", "audit": "/audit"}
+                 "visits": "/visits", "rollout": f"/rollouts/{rollout['id']}",
+                 "expiring": "/contracts/expiring?within=60", "audit": "/audit"}
         _photograph(f"https://127.0.0.1:{web}", admin, pages, out)
         print(f"screenshots in {out}")
     finally:

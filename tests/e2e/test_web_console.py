@@ -225,6 +225,13 @@ def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any
     sign_in(again, console, tech_token)
     assert again.locator("nav a").first.inner_text() == "Fleet"
 
+    # Every list answers, with its filters and past its last page.
+    for path in ("/rollouts", "/contracts/expiring?within=60", "/visits?show=overdue&technician=lan",
+                 "/visits?show=today", "/audit?actor=lan&page=2", "/incidents?open=0&page=9",
+                 "/customers/1", "/static/console.css"):
+        assert page.goto(console.url + path).status == 200, path
+    assert page.goto(console.url + "/customers/999").status == 404
+
     # The customer page's care report link downloads the PDF.
     page.goto(f"{console.url}/customers/1")
     with page.expect_download() as download:
