@@ -8,6 +8,7 @@ Run through scripts/screenshots.sh; everything stays on 127.0.0.1 and in a tempo
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -73,9 +74,13 @@ def main(out: Path) -> None:
             join = cli("tokens", "create", "--customer", customer, "--uses", "5")["join"]
             for host in hosts:
                 state = tmp / host
-                run(*AGENT, "enroll", join, "--state", str(state), "--product",
-                    f"KeToan={tmp / (host + '-app')}", "--product-data", "KeToan=Data")
-                procs.append(subprocess.Popen([*AGENT, "run", "--state", str(state)],
+                # Several "PCs" on one host: each its own hardware identity (as scripts/demo.sh).
+                hardware = {**os.environ, "CARELINE_AGENT_HARDWARE":
+                            json.dumps({"uuid": f"shots-{host}", "disk": f"disk-{host}"})}
+                subprocess.run([*AGENT, "enroll", join, "--state", str(state), "--product",
+                                f"KeToan={tmp / (host + '-app')}", "--product-data", "KeToan=Data"],
+                               env=hardware, check=True, capture_output=True, timeout=60)
+                procs.append(subprocess.Popen([*AGENT, "run", "--state", str(state)], env=hardware,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         agents = wait(lambda: [a for a in cli("agents", "list") if a["status"] == "online"]
                       if len([a for a in cli("agents", "list") if a["status"] == "online"]) == 3 else None)
