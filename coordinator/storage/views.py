@@ -124,12 +124,13 @@ async def machine_jobs(conn: AsyncConnection, agent_id: str, limit: int) -> list
 
 
 async def customer_rollouts(conn: AsyncConnection, customer_id: int) -> list[Row]:
-    """Rollouts that reached any of a customer's machines, with that customer's counts."""
+    """Rollouts that reached any of a customer's machines, with that customer's counts
+    (machines: those covered for it; a machine listed as not covered is not counted)."""
     machines = rollout_machines
     query = (
         sa.select(rollouts.c.id, rollouts.c.product, rollouts.c.version, rollouts.c.kind,
                   rollouts.c.status, rollouts.c.effective,
-                  sa.func.count().label("machines"),
+                  sa.func.sum(sa.case((machines.c.state != "not_covered", 1), else_=0)).label("machines"),
                   sa.func.sum(sa.case((machines.c.state == "succeeded", 1), else_=0)).label("succeeded"),
                   sa.func.sum(sa.case((machines.c.state.in_(("failed", "timed_out")), 1), else_=0))
                   .label("failed"))
@@ -141,7 +142,8 @@ async def customer_rollouts(conn: AsyncConnection, customer_id: int) -> list[Row
     )
     rows = rows_of(await conn.execute(query))
     for row in rows:
-        row["succeeded"], row["failed"] = int(row["succeeded"] or 0), int(row["failed"] or 0)
+        for key in ("machines", "succeeded", "failed"):
+            row[key] = int(row[key] or 0)
     return rows
 
 
