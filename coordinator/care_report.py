@@ -65,7 +65,7 @@ def attention_reasons(status: str, coverage: str, open_incidents: int) -> list[s
     reasons = []
     if open_incidents:
         reasons.append("open_incidents")
-    if status != "online":
+    if status == "offline":  # "off" (shut down cleanly, e.g. for the night) is no concern
         reasons.append("offline")
     if coverage == "not_covered":
         reasons.append("not_covered")

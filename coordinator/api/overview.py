@@ -21,11 +21,12 @@ MAX_PAGE = 500
 
 @method("fleet.overview", "viewer")
 async def fleet_overview(ctx: Context, _: NoParams) -> dict[str, Any]:
-    """Machines online, offline and needing attention (an open incident), per customer."""
+    """Machines online, off (shut down cleanly), offline and needing attention (an open
+    incident), per customer."""
     async with ctx.coordinator.db.connect() as conn:
         rows = await views.fleet_overview(conn, ctx.now - ctx.coordinator.offline_after)
     totals = {key: sum(r[key] for r in rows)
-              for key in ("machines", "online", "offline", "needs_attention", "open_incidents")}
+              for key in ("machines", "online", "off", "offline", "needs_attention", "open_incidents")}
     return {"customers": rows, "totals": totals}
 
 

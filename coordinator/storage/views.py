@@ -23,9 +23,13 @@ from careline.coordinator.storage.schema import (
 
 
 async def fleet_overview(conn: AsyncConnection, online_since: dt.datetime) -> list[Row]:
-    """Per customer: machines, online, offline and needing attention (an open incident)."""
+    """Per customer: machines online, off (shut down cleanly), offline, and needing attention
+    (an open incident); the same rules as api.fleet.agent_status, counted in the database."""
     live = agents.c.revoked_at.is_(None)
     online = sa.and_(live, agents.c.connected.is_(True), agents.c.last_seen >= online_since)
+    off = sa.and_(live, agents.c.connected.is_(False), agents.c.off_at.is_not(None),
+                  sa.or_(agents.c.last_connected_at.is_(None),
+                         agents.c.off_at >= agents.c.last_connected_at))
     attention = (
         sa.select(incidents.c.customer_id,
                   sa.func.count(sa.distinct(incidents.c.agent_id)).label("needs_attention"),
@@ -35,12 +39,13 @@ async def fleet_overview(conn: AsyncConnection, online_since: dt.datetime) -> li
     counts = (
         sa.select(agents.c.customer_id,
                   sa.func.sum(sa.case((live, 1), else_=0)).label("machines"),
-                  sa.func.sum(sa.case((online, 1), else_=0)).label("online"))
+                  sa.func.sum(sa.case((online, 1), else_=0)).label("online"),
+                  sa.func.sum(sa.case((off, 1), else_=0)).label("off"))
         .group_by(agents.c.customer_id).subquery()
     )
     query = (
         sa.select(customers.c.id, customers.c.name, customers.c.timezone,
-                  counts.c.machines, counts.c.online, attention.c.needs_attention,
+                  counts.c.machines, counts.c.online, counts.c.off, attention.c.needs_attention,
                   attention.c.open_incidents)
         .select_from(customers.outerjoin(counts, counts.c.customer_id == customers.c.id)
                      .outerjoin(attention, attention.c.customer_id == customers.c.id))
@@ -48,9 +53,9 @@ async def fleet_overview(conn: AsyncConnection, online_since: dt.datetime) -> li
     )
     rows = rows_of(await conn.execute(query))
     for row in rows:
-        for key in ("machines", "online", "needs_attention", "open_incidents"):
+        for key in ("machines", "online", "off", "needs_attention", "open_incidents"):
             row[key] = int(row[key] or 0)
-        row["offline"] = row["machines"] - row["online"]
+        row["offline"] = row["machines"] - row["online"] - row["off"]
     return rows
 
 

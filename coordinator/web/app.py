@@ -303,7 +303,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         _, caller = await console.signed_in(request)
         overview = await console.call(caller, "fleet.overview")
         counts = {f"c{c['id']}-{k}": c[k] for c in overview["customers"]
-                  for k in ("machines", "online", "offline", "needs_attention")}
+                  for k in ("machines", "online", "off", "offline", "needs_attention")}
         counts.update({f"total-{k}": v for k, v in overview["totals"].items()})
         return counts
 

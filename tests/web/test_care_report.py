@@ -46,6 +46,7 @@ def test_handling_and_time_to_resolution() -> None:
 
 def test_attention_reasons() -> None:
     assert cr.attention_reasons("online", "warranty", 0) == []
+    assert cr.attention_reasons("off", "warranty", 0) == []
     assert cr.attention_reasons("offline", "not_covered", 2) == ["open_incidents", "offline", "not_covered"]
 
 

@@ -43,7 +43,11 @@ async def test_fleet_overview_counts_per_customer(db: Database) -> None:
     silent = await new_agent(db, acme, "pc-2")
     revoked = await new_agent(db, acme, "pc-3")
     away = await new_agent(db, minh_anh, "kt-1")
+    shut = await new_agent(db, minh_anh, "kt-2")
     async with db.transaction() as conn:
+        await conn.execute(agents.update().where(agents.c.id == shut).values(  # said goodbye
+            connected=False, last_connected_at=NOW - dt.timedelta(hours=9),
+            off_at=NOW - dt.timedelta(hours=1)))
         await conn.execute(agents.update().where(agents.c.id == online).values(connected=True, last_seen=NOW))
         await conn.execute(agents.update().where(agents.c.id == silent).values(
             connected=True, last_seen=NOW - dt.timedelta(minutes=10)))
@@ -53,9 +57,9 @@ async def test_fleet_overview_counts_per_customer(db: Database) -> None:
     await incident(db, away, minh_anh, "resolved", NOW, [0])
     async with db.connect() as conn:
         rows = await views.fleet_overview(conn, NOW - dt.timedelta(minutes=2))
-    got = {r["name"]: (r["machines"], r["online"], r["offline"], r["needs_attention"], r["open_incidents"])
-           for r in rows}
-    assert got == {"Acme": (2, 1, 1, 1, 2), "Minh Anh": (1, 0, 1, 0, 0)}
+    got = {r["name"]: (r["machines"], r["online"], r["off"], r["offline"], r["needs_attention"],
+                       r["open_incidents"]) for r in rows}
+    assert got == {"Acme": (2, 1, 0, 1, 1, 2), "Minh Anh": (2, 0, 1, 1, 0, 0)}
 
 
 async def test_incident_pages_open_first_with_the_latest_decision(db: Database) -> None:
