@@ -149,8 +149,9 @@ def render_html(data: dict[str, Any], lang: str, overrides: Path | None = None) 
     from babel.dates import format_date
 
     from careline.coordinator import i18n
+    from careline.coordinator.web.jinja import environment
 
-    env = i18n.template_environment("careline.coordinator.web", overrides)
+    env = environment("report", overrides)
     report = _as_values(data)
     zone = report["customer"]["timezone"]
 

@@ -5,5 +5,6 @@ signed-in technician, so roles, validation and audit stay where the CLI already 
 
     sessions   server-side sessions: cookie id, CSRF token, language, time zone (pure)
     app        the Litestar application: pages, form actions, /api/v1, OpenAPI
+    jinja      the templates' environment (also the care report's)
     serve      runs it under uvicorn in the coordinator's event loop, with its TLS certificate
 """

@@ -25,6 +25,7 @@ from litestar.static_files import create_static_files_router
 
 from careline.coordinator import api, i18n
 from careline.coordinator.storage import sessions as stored
+from careline.coordinator.web.jinja import environment
 from careline.coordinator.web.sessions import COOKIE, IDLE, LIFETIME, Session, id_hash, page_of, safe_next
 from careline.shared.errors import AuthError, CarelineError, ConfigError, NotFound, PermissionDenied
 from careline.shared.keys import token_hash
@@ -87,9 +88,7 @@ class Console:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
         overrides = coordinator.datadir.path / "templates"
-        self.env = i18n.template_environment("careline.coordinator.web",
-                                             overrides if overrides.is_dir() else None)
-        self.env.filters["utc"] = lambda seconds: dt.datetime.fromtimestamp(seconds, dt.UTC)
+        self.env = environment("web", overrides if overrides.is_dir() else None)
 
     # ------------------------------------------------------------------ who is asking
     async def technician(self, hashed: str) -> dict[str, Any] | None:
