@@ -11,7 +11,7 @@ from careline.agent import platform as osx
 from careline.agent.state import AgentConfig, ProductConfig, StateDir
 from careline.shared import __version__
 from careline.shared import protocol as p
-from careline.shared.errors import AuthError, ConfigError
+from careline.shared.errors import AuthError, ConfigError, Unreachable
 from careline.shared.keys import (
     JoinString,
     cert_fingerprint,
@@ -62,7 +62,7 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
         reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         raise AuthError(f"enrollment refused: {reason}") from None
     except OSError as exc:
-        raise ConfigError(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
+        raise Unreachable(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
     (state.ca_file).write_text(ca_pem)
     from careline.agent.updater import store_enrollment_trust
 

@@ -6,16 +6,22 @@ The rest of the agent calls these functions and never tests the OS itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from careline.agent.service import DESCRIPTION as SERVICE_DESCRIPTION
+from careline.agent.service import SERVICE_NAME, ServiceSpec, systemd_unit
 from careline.agent.state import ProductConfig
-from careline.shared.errors import ConfigError
+from careline.shared.errors import ConfigError, PermissionDenied
+from careline.shared.files import write_file_atomic
 
 IS_WINDOWS = sys.platform == "win32"
 
@@ -105,3 +111,184 @@ def _service(name: str, verb: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     if result.returncode != 0:
         raise ConfigError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
+
+
+# ----------------------------------------------------------------------------- the agent's service
+# Issue 17: `careline-agent service install|uninstall|status|start|stop`. What is installed is
+# computed in careline.agent.service (pure); these classes only talk to the service manager.
+# Both take their OS interface as an argument, so tests drive them with fakes.
+
+def require_admin(is_admin: Callable[[], bool] | None = None) -> None:
+    """PermissionDenied unless this process runs as root / an elevated Administrator."""
+    if is_admin is None:
+        is_admin = _windows_is_admin if IS_WINDOWS else (lambda: os.geteuid() == 0)
+    if not is_admin():
+        who = "an Administrator (elevated prompt)" if IS_WINDOWS else "root (sudo)"
+        raise PermissionDenied(f"installing and controlling the agent service needs {who}")
+
+
+def _windows_is_admin() -> bool:
+    import ctypes
+
+    return bool(ctypes.windll.shell32.IsUserAnAdmin())  # type: ignore[attr-defined]
+
+
+def _run_checked(argv: list[str]) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise ConfigError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+class SystemdServices:
+    """The agent's unit under /etc/systemd/system, driven with systemctl."""
+
+    def __init__(self, unit_dir: Path = Path("/etc/systemd/system"),
+                 run: Callable[[list[str]], str] = _run_checked) -> None:
+        self.unit_dir, self.run = unit_dir, run
+
+    def unit_path(self, name: str) -> Path:
+        return self.unit_dir / f"{name}.service"
+
+    def install(self, spec: ServiceSpec) -> None:
+        write_file_atomic(self.unit_path(spec.name), systemd_unit(spec).encode(), mode=0o644)
+        self.run(["systemctl", "daemon-reload"])
+        self.run(["systemctl", "enable", f"{spec.name}.service"])
+
+    def uninstall(self, name: str) -> None:
+        if not self.unit_path(name).exists():
+            raise ConfigError(f"service {name} is not installed")
+        self.run(["systemctl", "disable", "--now", f"{name}.service"])
+        self.unit_path(name).unlink()
+        self.run(["systemctl", "daemon-reload"])
+
+    def start(self, name: str) -> None:
+        self.run(["systemctl", "start", f"{name}.service"])
+
+    def stop(self, name: str) -> None:
+        self.run(["systemctl", "stop", f"{name}.service"])
+
+    def status(self, name: str) -> dict[str, str]:
+        if not self.unit_path(name).exists():
+            return {"installed": "no", "state": "not installed"}
+        # `is-active` exits non-zero for anything but active: read its word, not its code
+        state = self.run(["systemctl", "show", "-p", "ActiveState,SubState,UnitFileState",
+                          f"{name}.service"])
+        props = dict(line.split("=", 1) for line in state.splitlines() if "=" in line)
+        return {"installed": "yes", "state": props.get("ActiveState", "unknown"),
+                "detail": props.get("SubState", ""), "enabled": props.get("UnitFileState", "")}
+
+
+# Windows service states (winsvc.h SERVICE_STOPPED ... SERVICE_PAUSED).
+_WIN_STATES = {1: "stopped", 2: "start_pending", 3: "stop_pending", 4: "running",
+               5: "continue_pending", 6: "pause_pending", 7: "paused"}
+SC_ACTION_RESTART = 1
+WINDOWS_RESTART_DELAYS_MS = (5_000, 30_000, 60_000)
+WINDOWS_FAILURE_RESET_SECONDS = 86_400
+
+
+class WindowsServices:
+    """The agent as a Windows service, through pywin32 (win32serviceutil, win32service).
+
+    The service process is the agent's own program started with `service-host`, which hands
+    itself to the service control dispatcher (`windows_service_host`). Recovery: restart after
+    5 s, 30 s, 60 s, counting failures over a day, also when the agent exits with an error.
+    """
+
+    def __init__(self, win32serviceutil: Any = None, win32service: Any = None) -> None:
+        if win32serviceutil is None or win32service is None:
+            import win32service as _service
+            import win32serviceutil as _util
+
+            win32serviceutil, win32service = _util, _service
+        self.util, self.svc = win32serviceutil, win32service
+
+    def install(self, spec: ServiceSpec) -> None:
+        exe, *args = spec.command
+        self.util.InstallService(
+            None, spec.name, "Careline agent", startType=self.svc.SERVICE_AUTO_START,
+            exeName=exe, exeArgs=subprocess.list2cmdline(args), description=SERVICE_DESCRIPTION,
+        )
+        manager = self.svc.OpenSCManager(None, None, self.svc.SC_MANAGER_ALL_ACCESS)
+        try:
+            handle = self.svc.OpenService(manager, spec.name, self.svc.SERVICE_ALL_ACCESS)
+            try:
+                self.svc.ChangeServiceConfig2(handle, self.svc.SERVICE_CONFIG_FAILURE_ACTIONS, {
+                    "ResetPeriod": WINDOWS_FAILURE_RESET_SECONDS, "RebootMsg": None, "Command": None,
+                    "Actions": [(SC_ACTION_RESTART, delay) for delay in WINDOWS_RESTART_DELAYS_MS],
+                })
+                # also restart when the agent exits with an error code, not only on a crash
+                self.svc.ChangeServiceConfig2(handle, self.svc.SERVICE_CONFIG_FAILURE_ACTIONS_FLAG, True)
+            finally:
+                self.svc.CloseServiceHandle(handle)
+        finally:
+            self.svc.CloseServiceHandle(manager)
+
+    def uninstall(self, name: str) -> None:
+        with contextlib.suppress(Exception):  # not running is fine
+            self.util.StopService(name)
+        self.util.RemoveService(name)
+
+    def start(self, name: str) -> None:
+        self.util.StartService(name)
+
+    def stop(self, name: str) -> None:
+        self.util.StopService(name)
+
+    def status(self, name: str) -> dict[str, str]:
+        try:
+            state = self.util.QueryServiceStatus(name)[1]
+        except Exception:
+            return {"installed": "no", "state": "not installed"}
+        return {"installed": "yes", "state": _WIN_STATES.get(state, f"unknown ({state})")}
+
+
+def service_manager() -> SystemdServices | WindowsServices:
+    return WindowsServices() if IS_WINDOWS else SystemdServices()
+
+
+def windows_service_class(win32serviceutil: Any, win32service: Any,
+                          run: Callable[[Callable[[Callable[[], None]], None]], None]) -> type:
+    """The pywin32 ServiceFramework class for the agent. `run(on_start)` runs the agent
+    until the stop function it hands to `on_start` is called (careline.agent.entry.run_agent)."""
+
+    class AgentService(win32serviceutil.ServiceFramework):
+        _svc_name_ = SERVICE_NAME
+        _svc_display_name_ = "Careline agent"
+        _svc_description_ = SERVICE_DESCRIPTION
+
+        def __init__(self, args: Any) -> None:
+            super().__init__(args)
+            self._stop: Callable[[], None] | None = None
+            self._stop_requested = False
+
+        def SvcStop(self) -> None:
+            self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING)
+            self._stop_requested = True
+            if self._stop is not None:
+                self._stop()
+
+        def SvcDoRun(self) -> None:
+            def started(stop: Callable[[], None]) -> None:
+                self._stop = stop
+                if self._stop_requested:
+                    stop()
+
+            run(started)
+
+    return AgentService
+
+
+def windows_service_host(state: str | None) -> None:
+    """Entry of the service process the Windows service manager starts (`service-host`)."""
+    import servicemanager
+    import win32service
+    import win32serviceutil
+
+    from careline.agent.entry import run_agent
+
+    cls = windows_service_class(win32serviceutil, win32service,
+                                lambda on_start: run_agent(state, False, on_start))
+    servicemanager.Initialize()
+    servicemanager.PrepareToHostSingle(cls)
+    servicemanager.StartServiceCtrlDispatcher()

@@ -21,11 +21,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from careline.agent.actions import perform
 from careline.agent.outbox import Outbox
 from careline.agent.probes import Prober
+from careline.agent.signer import load_signer
 from careline.agent.state import AgentConfig, StateDir
 from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
-from careline.shared.keys import load_private_key, sign_challenge
+from careline.shared.keys import sign_challenge
 from careline.shared.tls import pinned_client_context
 
 log = logging.getLogger("careline.agent")
@@ -81,7 +82,7 @@ class AgentRunner:
     def __init__(self, state: StateDir, config: AgentConfig | None = None) -> None:
         self.state = state
         self.config = config or state.load_config()
-        self.key = load_private_key(state.key_file)
+        self.key = load_signer(state.key_file)
         self.ssl = pinned_client_context(state.ca_file.read_text())
         self.outbox = Outbox(state.outbox_file)
         self.prober = Prober(self.config)

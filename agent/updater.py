@@ -38,7 +38,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.exceptions import ConnectionClosed
 
 from careline.agent import platform as osx
@@ -47,14 +46,16 @@ from careline.agent.state import AgentConfig, ProductConfig, StateDir
 from careline.shared import protocol as p
 from careline.shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
 from careline.shared.files import write_file_atomic
-from careline.shared.instruction import Instruction, verify_instruction
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from careline.agent.runner import AgentRunner
+    from careline.shared.instruction import Instruction
     from careline.shared.trust import PartialDownload, VerifiedPackage
 
-# shared.trust (python-tuf) is imported where it is used: an agent that is not installing
-# anything does not pay its start-up time and memory.
+# shared.trust (python-tuf), shared.instruction and cryptography are imported where they are
+# used: an agent that is not installing anything does not pay their start-up time and memory.
 
 log = logging.getLogger("careline.agent.updater")
 
@@ -87,6 +88,8 @@ def store_enrollment_trust(state: StateDir, tuf_root: bytes, instruction_key: by
 
 
 def instruction_key(state: StateDir) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         raw = (_updates_dir(state) / "instruction-key").read_bytes()
     except FileNotFoundError:
@@ -321,6 +324,7 @@ class Updater:
                           "reason": repr(exc)})
 
     async def _install_job(self, job: str, action: Any) -> None:
+        from careline.shared.instruction import verify_instruction
         from careline.shared.trust import AgentTrust, PartialDownload
 
         instr = verify_instruction(instruction_key(self.state), action.instruction,

@@ -202,7 +202,7 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "careline.agent.cli", "run", "--state", str(self.state)],
+            [PYTHON, "-m", "careline.agent", "run", "--state", str(self.state)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         return self
