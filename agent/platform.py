@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -144,8 +145,12 @@ class SystemdServices:
     """The agent's unit under /etc/systemd/system, driven with systemctl."""
 
     def __init__(self, unit_dir: Path = Path("/etc/systemd/system"),
-                 run: Callable[[list[str]], str] = _run_checked) -> None:
-        self.unit_dir, self.run = unit_dir, run
+                 run: Callable[[list[str]], str] = _run_checked,
+                 systemctl: list[str] | None = None) -> None:
+        self.unit_dir, self._run, self.systemctl = unit_dir, run, systemctl or ["systemctl"]
+
+    def run(self, argv: list[str]) -> str:
+        return self._run([*self.systemctl, *argv[1:]])
 
     def unit_path(self, name: str) -> Path:
         return self.unit_dir / f"{name}.service"
@@ -244,7 +249,13 @@ class WindowsServices:
 
 
 def service_manager() -> SystemdServices | WindowsServices:
-    return WindowsServices() if IS_WINDOWS else SystemdServices()
+    if IS_WINDOWS:
+        return WindowsServices()
+    # Both overridable where systemd is not PID 1 (containers; the tests use a stand-in).
+    return SystemdServices(
+        Path(os.environ.get("CARELINE_AGENT_UNIT_DIR", "/etc/systemd/system")),
+        systemctl=shlex.split(os.environ.get("CARELINE_AGENT_SYSTEMCTL", "systemctl")),
+    )
 
 
 def windows_service_class(win32serviceutil: Any, win32service: Any,
