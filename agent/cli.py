@@ -73,11 +73,14 @@ def main() -> None:
               help="Top-level folder in the install dir with customer data: never touched.")
 @click.option("--product-log", "logs", multiple=True, metavar="NAME=FILE",
               help="The product's log file (relative to its install dir), for diagnostics.")
+@click.option("--proxy", default=None, metavar="URL",
+              help="Reach the coordinator through this proxy (http://host:port, socks5://...), "
+                   "or 'direct'; default: the OS / HTTPS_PROXY settings. Kept for `run`.")
 @click.option("--service", "as_service", is_flag=True,
               help="Then install and start the agent as a system service (root/Administrator).")
 def enroll(join_string: str | None, state: str | None, products: tuple[str, ...],
            execs: tuple[str, ...], services: tuple[str, ...], datas: tuple[str, ...],
-           logs: tuple[str, ...], as_service: bool) -> None:
+           logs: tuple[str, ...], proxy: str | None, as_service: bool) -> None:
     """Register this machine with the coordinator named in JOIN_STRING (or $CARELINE_JOIN)."""
     import shlex
 
@@ -116,7 +119,7 @@ def enroll(join_string: str | None, state: str | None, products: tuple[str, ...]
         for name, directory in install_dirs.items()
     ]
     state_dir = _state(state)
-    config = asyncio.run(do_enroll(join, state_dir, configs))
+    config = asyncio.run(do_enroll(join, state_dir, configs, proxy=proxy))
     click.echo(f"Enrolled as {config.agent_id} (customer {config.customer_id}).")
     if as_service:
         _install_service(state_dir)

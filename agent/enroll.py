@@ -5,10 +5,11 @@ from __future__ import annotations
 import socket
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidProxy
+from websockets.proxy import parse_proxy
 
 from careline.agent import platform as osx
-from careline.agent.state import AgentConfig, ProductConfig, StateDir
+from careline.agent.state import DIRECT, AgentConfig, ProductConfig, StateDir, websocket_proxy
 from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ConfigError, Unreachable
@@ -25,13 +26,15 @@ from careline.shared.tls import first_contact_context
 
 
 async def register(join: JoinString, public_key: bytes, *, hostname: str, os: str,
-                   products: list[str], open_timeout: float = 15) -> tuple[str, p.Enrolled]:
+                   products: list[str], open_timeout: float = 15,
+                   proxy: str | None = None) -> tuple[str, p.Enrolled]:
     """The /enroll exchange: check the coordinator against the CA the join string pins
     before the token leaves this machine, then register `public_key`. Returns that CA (PEM)
     and the coordinator's answer."""
     async with connect(
         join.server_url + p.ENROLL_PATH, ssl=first_contact_context(), compression=None,
         max_size=p.MAX_MESSAGE_BYTES, open_timeout=open_timeout, close_timeout=2,
+        proxy=websocket_proxy(proxy),
     ) as ws:
         identity = p.decode(await ws.recv(), p.ServerIdentity)
         if cert_fingerprint(identity.ca_pem) != join.ca_fingerprint:
@@ -45,7 +48,14 @@ async def register(join: JoinString, public_key: bytes, *, hostname: str, os: st
         return identity.ca_pem, p.decode(await ws.recv(), p.Enrolled)
 
 
-async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig]) -> AgentConfig:
+async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig],
+                 proxy: str | None = None) -> AgentConfig:
+    """Register this machine; `proxy` (a URL or "direct") is kept for every later connection."""
+    if proxy is not None and proxy != DIRECT:
+        try:
+            parse_proxy(proxy)
+        except InvalidProxy as exc:
+            raise ConfigError(f"--proxy: {exc}") from None
     if state.enrolled():
         raise ConfigError(f"already enrolled in {state.path}; use another --state or remove it")
     state.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -57,7 +67,7 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     try:
         ca_pem, enrolled = await register(
             join, public_bytes(key), hostname=socket.gethostname(), os=osx.os_description(),
-            products=[product.name for product in products])
+            products=[product.name for product in products], proxy=proxy)
     except ConnectionClosed as exc:
         reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         raise AuthError(f"enrollment refused: {reason}") from None
@@ -70,7 +80,7 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     config = AgentConfig(
         agent_id=enrolled.agent_id, customer_id=enrolled.customer_id,
         server_url=join.server_url, heartbeat_interval=enrolled.heartbeat_interval,
-        products=products,
+        products=products, proxy=proxy,
     )
     state.save_config(config)  # written last: its presence means "enrolled"
     return config

@@ -22,7 +22,7 @@ from careline.agent.actions import perform
 from careline.agent.outbox import Outbox
 from careline.agent.probes import Prober
 from careline.agent.signer import load_signer
-from careline.agent.state import AgentConfig, StateDir
+from careline.agent.state import AgentConfig, StateDir, websocket_proxy
 from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
@@ -163,6 +163,7 @@ class AgentRunner:
         async with connect(
             self.config.server_url + p.AGENT_PATH, ssl=self.ssl, compression=None,
             max_size=p.MAX_MESSAGE_BYTES, open_timeout=20, close_timeout=2, ping_interval=None,
+            proxy=websocket_proxy(self.config.proxy),
         ) as ws:
             challenge = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Challenge)
             await ws.send(p.encode(p.Hello(
