@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from careline.agent.platform import child_env
 from careline.shared.errors import ConfigError, Conflict, VerificationError
 from careline.shared.files import fsync_dir, write_file_atomic
 from careline.shared.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file, verify_tree
@@ -342,6 +343,7 @@ class Installer:
             done = subprocess.run(
                 argv, cwd=self._install, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, timeout=self._check_timeout, check=False,
+                env=child_env(),
             )
         except subprocess.TimeoutExpired:
             return f"check command timed out after {self._check_timeout:g}s"

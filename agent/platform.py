@@ -36,6 +36,26 @@ def default_state_dir() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "careline-agent"
 
 
+def child_env() -> dict[str, str] | None:
+    """The environment for programs the agent starts (products, systemctl, smartctl, checks).
+
+    None (inherit) normally. In the self-contained build the PyInstaller bootloader points
+    LD_LIBRARY_PATH at its bundled libraries and sets _PYI_* variables; a system program
+    would load the wrong libraries, and another copy of the agent would look for a deleted
+    extraction folder. So those are undone (bootloader keeps the original as *_ORIG).
+    """
+    if not getattr(sys, "frozen", False):
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("_PYI_", "_MEIPASS"))}
+    for name in ("LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH"):
+        original = env.pop(f"{name}_ORIG", None)
+        if original is not None:
+            env[name] = original
+        else:
+            env.pop(name, None)
+    return env
+
+
 def os_description() -> str:
     return f"{platform.system()} {platform.release()} ({platform.machine()})"
 
@@ -103,13 +123,13 @@ def start_product(product: ProductConfig, log_path: Path) -> None:
     with open(log_path, "ab") as log:
         subprocess.Popen(
             argv, cwd=install_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            creationflags=flags, start_new_session=not IS_WINDOWS,
+            creationflags=flags, start_new_session=not IS_WINDOWS, env=child_env(),
         )
 
 
 def _service(name: str, verb: str) -> None:
     argv = ["sc", verb, name] if IS_WINDOWS else ["systemctl", verb, name]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=child_env())
     if result.returncode != 0:
         raise ConfigError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
 
@@ -135,7 +155,7 @@ def _windows_is_admin() -> bool:
 
 
 def _run_checked(argv: list[str]) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=child_env())
     if result.returncode != 0:
         raise ConfigError(f"{' '.join(argv)} failed: {result.stderr.strip() or result.stdout.strip()}")
     return result.stdout

@@ -145,13 +145,15 @@ def smart_failures() -> list[str]:
         return []
     failing = []
     try:
-        scan = subprocess.run([smartctl, "--scan"], capture_output=True, text=True, timeout=30)
+        scan = subprocess.run([smartctl, "--scan"], capture_output=True, text=True, timeout=30,
+                              env=osx.child_env())
         for line in scan.stdout.splitlines():
             device = line.split(" ", 1)[0]
             if not device.startswith(("/dev/", "\\\\.\\")):
                 continue
             health = subprocess.run(
-                [smartctl, "-H", device], capture_output=True, text=True, timeout=30
+                [smartctl, "-H", device], capture_output=True, text=True, timeout=30,
+                env=osx.child_env(),
             )
             # Bit 3 of smartctl's exit status: "disk failing".
             if health.returncode & 0b1000:
