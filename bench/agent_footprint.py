@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
         wall = time.monotonic() - t0
         cpu = tree_cpu_seconds(ps) - cpu0
-        mappings = rss_by_mapping(max([ps, *ps.children(recursive=True)],
-                                      key=lambda pr: pr.memory_info().rss).pid)
+        tree = [ps, *ps.children(recursive=True)]  # the one-file build: bootloader + agent
+        per_process_mb = [round(pr.memory_info().rss / 2**20, 1) for pr in tree]
+        mappings = rss_by_mapping(max(tree, key=lambda pr: pr.memory_info().rss).pid)
         with AdminClient(credentials) as client:
             agents = client.call("agents.list")
         status = agents[0]["status"] if agents else "missing"
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "imports": None if args.agent_binary else import_profile(
                 (root / "agent.log").read_text(errors="replace").splitlines()),
             "rss_by_mapping": mappings,
+            "rss_per_process_mb": per_process_mb,
             "machine": {"nproc": os.cpu_count(), "python": platform.python_version()},
             "targets": {},
         }
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  imports  {imports['modules']} modules, {imports['total_ms']} ms; loaded: "
                   + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in imports["loaded"].items()))
             print("  slowest  " + ", ".join(f"{r['module']} {r['ms']} ms" for r in imports["slowest"]))
+        if len(per_process_mb) > 1:
+            print(f"  RSS per process (MB)  {per_process_mb}")
         if mappings:
             print("  RSS by mapping  " + ", ".join(f"{m['mapping']} {m['mb']}" for m in mappings))
     return 0
