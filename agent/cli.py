@@ -135,7 +135,7 @@ def run(state: str | None, verbose: bool) -> None:
     # `careline-agent run` normally starts in careline.agent.entry without click at all.
     from careline.agent.entry import run_agent
 
-    run_agent(state, verbose)
+    sys.exit(run_agent(state, verbose))
 
 
 @main.command()
@@ -160,10 +160,10 @@ def status(state: str | None, as_json: bool) -> None:
 
 def _install_service(state_dir: Any) -> None:
     from careline.agent import platform as osx
-    from careline.agent.service import service_spec
+    from careline.agent.service import program_path, service_spec
 
     osx.require_admin()
-    spec = service_spec(state_dir, state_dir.load_config(),
+    spec = service_spec(state_dir, state_dir.load_config(), program=program_path(),
                         verb="service-host" if osx.IS_WINDOWS else "run")
     manager = osx.service_manager()
     manager.install(spec)

@@ -23,6 +23,7 @@ EXIT_USAGE = 2  # click: unknown option, missing argument
 EXIT_REFUSED = 3  # the coordinator refused: token invalid, used up or expired; agent revoked
 EXIT_UNREACHABLE = 4  # the coordinator could not be reached (retry later)
 EXIT_NOT_ADMIN = 5  # `service ...` and `enroll --service` need root / Administrator
+EXIT_RESTART = 75  # `run` after a self-update's switch: the service manager starts it again
 
 
 def exit_code(error: BaseException) -> int:
@@ -63,9 +64,10 @@ def parse_run_argv(argv: list[str], verb: str = "run") -> tuple[str | None, bool
 
 
 def run_agent(state: str | None, verbose: bool,
-              on_start: Callable[[Callable[[], None]], None] | None = None) -> None:
+              on_start: Callable[[Callable[[], None]], None] | None = None) -> int:
     """Connect and report until SIGTERM/Ctrl-C stops the agent, or the function handed to
-    `on_start` is called (from any thread: the Windows service's stop request)."""
+    `on_start` is called (from any thread: the Windows service's stop request). Returns the
+    exit code: EXIT_RESTART when a self-update hands over to the new program."""
     import asyncio
     import contextlib
     import logging
@@ -89,7 +91,7 @@ def run_agent(state: str | None, verbose: bool,
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
-    async def main_loop() -> None:
+    async def main_loop() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -101,15 +103,24 @@ def run_agent(state: str | None, verbose: bool,
                 loop.call_soon_threadsafe(stop.set)
 
             on_start(stop_soon)
-        await AgentRunner(state_dir, config).run(stop)
+        runner = AgentRunner(state_dir, config)
+        await runner.run(stop)
+        return runner.exit_code
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main_loop())
+    try:
+        return asyncio.run(main_loop())
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     fast = parse_run_argv(args)
+    watchdog = parse_run_argv(args, "watchdog")
+    if watchdog is not None:  # started by a self-update's hand-over, from the previous program
+        from careline.agent.selfupdate import run_watchdog
+
+        return run_watchdog(watchdog[0])
     host = parse_run_argv(args, "service-host")
     if host is not None:
         from careline.agent.platform import windows_service_host
@@ -123,11 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     from careline.shared.errors import CarelineError
 
     try:
-        run_agent(*fast)
+        return run_agent(*fast)
     except CarelineError as exc:  # the same one line click prints
         print(f"Error: {exc}", file=sys.stderr)
         return exit_code(exc)
-    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -279,9 +279,12 @@ def service_manager() -> SystemdServices | WindowsServices:
 
 
 def windows_service_class(win32serviceutil: Any, win32service: Any,
-                          run: Callable[[Callable[[Callable[[], None]], None]], None]) -> type:
+                          run: Callable[[Callable[[Callable[[], None]], None]], int],
+                          exit_process: Callable[[int], None] = os._exit) -> type:
     """The pywin32 ServiceFramework class for the agent. `run(on_start)` runs the agent
-    until the stop function it hands to `on_start` is called (careline.agent.entry.run_agent)."""
+    until the stop function it hands to `on_start` is called (careline.agent.entry.run_agent);
+    a non-zero result ends the process without reporting "stopped", so the recovery actions
+    restart it (a self-update's hand-over)."""
 
     class AgentService(win32serviceutil.ServiceFramework):
         _svc_name_ = SERVICE_NAME
@@ -305,7 +308,9 @@ def windows_service_class(win32serviceutil: Any, win32service: Any,
                 if self._stop_requested:
                     stop()
 
-            run(started)
+            code = run(started)
+            if code and not self._stop_requested:
+                exit_process(code)
 
     return AgentService
 

@@ -98,6 +98,8 @@ class AgentRunner:
         self.attempt = 0  # failed connections since the last welcome
         self.first_window = BACKOFF_FIRST_WINDOW  # from the last Welcome
         self._answering: set[asyncio.Task[None]] = set()
+        self.exit_code = 0  # entry.EXIT_RESTART after a self-update's switch
+        self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ status & events
     def _set_status(self, state: str | None = None, error: str | None = None) -> None:
@@ -131,7 +133,14 @@ class AgentRunner:
         )
 
     # ------------------------------------------------------------------ main loop
+    def request_restart(self, code: int) -> None:
+        """Stop, and exit with `code` so the service manager starts the (new) program."""
+        self.exit_code = code
+        if self._stop is not None:
+            self._stop.set()
+
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         self.check_power_loss()
         from careline.agent.updater import Updater  # issue 6: recover interrupted installs first
 
@@ -180,6 +189,7 @@ class AgentRunner:
             self.first_window = welcome.reconnect_window
             self.attempt = 0
             self._set_status("connected", "")
+            self.updater.confirm_self_update()
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)
             tasks = [
                 asyncio.create_task(self._heartbeats(ws)),

@@ -40,13 +40,30 @@ class ServiceSpec:
     writable: list[str]  # folders the agent must be able to write under the sandbox
 
 
+def program_path() -> Path | None:
+    """The agent's own program file, if it has one: the self-contained build, or a
+    `careline-agent` launcher / console script. None for `python -m careline.agent`."""
+    if getattr(sys, "frozen", False):
+        return Path(sys.executable)
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name.startswith(SERVICE_NAME) and argv0.is_file():
+        return argv0.resolve()
+    return None
+
+
 def agent_command(state_dir: Path, *, executable: str | None = None,
-                  frozen: bool | None = None, verb: str = "run") -> list[str]:
-    """How the service manager starts the agent: the self-contained binary itself, or this
-    Python running the package."""
+                  frozen: bool | None = None, verb: str = "run",
+                  program: Path | None = None) -> list[str]:
+    """How the service manager starts the agent: the self-contained binary itself, the
+    agent's program (`program`, a launcher), or this Python running the package."""
     executable = executable or sys.executable
     frozen = getattr(sys, "frozen", False) if frozen is None else frozen
-    head = [executable] if frozen else [executable, "-m", "careline.agent"]
+    if frozen:
+        head = [executable]
+    elif program is not None:
+        head = [str(program)]
+    else:
+        head = [executable, "-m", "careline.agent"]
     return [*head, verb, "--state", str(state_dir)]
 
 
@@ -58,14 +75,18 @@ def agent_install_dir(*, executable: str | None = None, frozen: bool | None = No
 
 
 def service_spec(state: StateDir, config: AgentConfig, *, executable: str | None = None,
-                 frozen: bool | None = None, verb: str = "run") -> ServiceSpec:
+                 frozen: bool | None = None, verb: str = "run",
+                 program: Path | None = None) -> ServiceSpec:
     writable = [str(state.path)]
     for product in config.products:
         writable.append(str(Path(product.install_dir).parent))
     writable.append(str(agent_install_dir(executable=executable, frozen=frozen)))
+    if program is not None:
+        writable.append(str(program.parent))  # a self-update replaces it
     return ServiceSpec(
         name=SERVICE_NAME,
-        command=agent_command(state.path, executable=executable, frozen=frozen, verb=verb),
+        command=agent_command(state.path, executable=executable, frozen=frozen, verb=verb,
+                              program=program),
         state_dir=str(state.path),
         writable=list(dict.fromkeys(writable)),  # unique, in order
     )

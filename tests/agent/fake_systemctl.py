@@ -1,11 +1,14 @@
 """A stand-in for `systemctl` where systemd is not PID 1 (this container): it reads the
-real unit file the agent installed and starts its ExecStart= command as systemd would
-(without the sandbox), so `careline-agent service ...` runs end to end.
+real unit file the agent installed and runs its ExecStart= command under a small supervisor
+that does what systemd does with it (without the sandbox): Restart=on-failure except
+RestartPreventExitStatus=, and on stop KillMode=process (SIGTERM to the main process only).
+So `careline-agent service ...` and a self-update's hand-over run end to end.
 
     CARELINE_AGENT_UNIT_DIR=DIR python fake_systemctl.py daemon-reload | enable U |
-        disable --now U | start U | stop U | show -p PROPS U
+        disable --now U | start U | stop U | restart U | show -p PROPS U
 
-State (enabled units, pids, every call in calls.log) lives in DIR.
+State (enabled units, pids, every call in calls.log) lives in DIR. RestartSec= is replaced
+by FAKE_SYSTEMD_RESTART_SEC (default 0.5 s) to keep tests short.
 """
 
 from __future__ import annotations
@@ -22,11 +25,42 @@ from pathlib import Path
 UNIT_DIR = Path(os.environ["CARELINE_AGENT_UNIT_DIR"])
 
 
-def exec_start(unit: str) -> list[str]:
+def setting(unit: str, key: str) -> str:
     for line in (UNIT_DIR / unit).read_text().splitlines():
-        if line.startswith("ExecStart="):
-            return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line[10:])]
-    raise SystemExit(f"{unit}: no ExecStart")
+        if line.startswith(key + "="):
+            return line[len(key) + 1:]
+    return ""
+
+
+def exec_start(unit: str) -> list[str]:
+    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(setting(unit, "ExecStart"))]
+
+
+def supervise(unit: str) -> int:
+    """Run ExecStart= until stopped; restart it on failure like Restart=on-failure."""
+    prevent = {int(code) for code in setting(unit, "RestartPreventExitStatus").split()}
+    delay = float(os.environ.get("FAKE_SYSTEMD_RESTART_SEC", "0.5"))
+    stopping = False
+    child: subprocess.Popen[bytes] | None = None
+
+    def on_term(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child is not None and child.poll() is None:
+            child.terminate()  # KillMode=process: the main process only
+
+    signal.signal(signal.SIGTERM, on_term)
+    while not stopping:
+        with open(UNIT_DIR / f"{unit}.out", "ab") as out:
+            child = subprocess.Popen(exec_start(unit), stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+        (UNIT_DIR / f"{unit}.main").write_text(str(child.pid))
+        code = child.wait()
+        with open(UNIT_DIR / "calls.log", "a") as log:
+            log.write(f"# {unit} main process exited with {code}\n")
+        if stopping or code == 0 or code in prevent:
+            break
+        time.sleep(delay)
+    return 0
 
 
 def pid_of(unit: str) -> int | None:
@@ -60,6 +94,11 @@ def main(argv: list[str]) -> int:
     verb, unit = argv[0], argv[-1]
     if verb == "daemon-reload":
         return 0
+    if verb == "supervise":
+        return supervise(unit)
+    if verb == "restart":
+        stop(unit)
+        verb = "start"
     if not (UNIT_DIR / unit).exists():
         print(f"Unit {unit} not found.", file=sys.stderr)
         return 5
@@ -70,9 +109,9 @@ def main(argv: list[str]) -> int:
         if "--now" in argv:
             stop(unit)
     elif verb == "start" and pid_of(unit) is None:
-        with open(UNIT_DIR / f"{unit}.out", "ab") as out:
-            proc = subprocess.Popen(exec_start(unit), stdout=out, stderr=out,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, __file__, "supervise", unit], start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         (UNIT_DIR / f"{unit}.pid").write_text(str(proc.pid))
     elif verb == "stop":
         stop(unit)
