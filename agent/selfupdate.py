@@ -42,11 +42,12 @@ from careline.agent.service import SERVICE_NAME, program_path
 from careline.agent.state import StateDir
 from careline.shared.errors import ConfigError, VerificationError
 from careline.shared.files import fsync_dir, write_file_atomic
+from careline.shared.protocol import AGENT_PRODUCT
 
 if TYPE_CHECKING:
     from careline.shared.trust import VerifiedPackage
 
-SELF_PRODUCT = SERVICE_NAME  # the product name of the agent's own releases
+SELF_PRODUCT = AGENT_PRODUCT
 GRACE_SECONDS = float(os.environ.get("CARELINE_AGENT_SELF_UPDATE_GRACE", "120"))
 WATCHDOG_POLL = 0.5
 

@@ -10,6 +10,7 @@ file; the one-file build is the same case with a bigger file.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -135,5 +136,33 @@ def test_kill_9_during_the_hand_over_leaves_a_working_agent(
         assert (result["status"], result.get("version")) == ("installed", "0.2.0"), result
         assert agent.program.read_text() == v2
         assert wait_until(agent.online, timeout=30)
+    finally:
+        agent.close()
+
+
+def test_rollout_of_the_agent_itself(sqlite_coordinator: CoordinatorProcess, release_keys: Path,
+                                     tmp_path: Path) -> None:
+    """The agent reports itself as the product careline-agent, so its releases roll out in
+    waves like any product's (to machines whose warranty or maintenance covers bug fixes)."""
+    v2 = LAUNCHER + "# 0.2.0\n"
+    release(sqlite_coordinator, release_keys, tmp_path, new_program(tmp_path, "v2", v2), "0.2.0")
+    with sqlite_coordinator.client() as client:
+        client.call("customers.add", name="Acme")
+        client.call("contracts.add", customer="Acme", signed=dt.date.today().isoformat())
+    agent = ServiceAgent(sqlite_coordinator, tmp_path, CARELINE_AGENT_SELF_UPDATE_GRACE="60")
+    try:
+        assert wait_until(lambda: "careline-agent" in (
+            sqlite_coordinator.agents()[agent.agent_id].get("products") or {}), timeout=30)
+        rollout = sqlite_coordinator.cli("rollouts", "start", "--release", "careline-agent 0.2.0")
+
+        def finished() -> dict[str, Any] | None:
+            shown = sqlite_coordinator.cli("rollouts", "show", str(rollout["id"]))
+            return shown if shown["status"] not in ("running", "pending") else None
+
+        shown = wait_until(finished, timeout=120, interval=1)
+        assert shown["status"] == "completed", shown
+        assert [(m["machine"], m["state"]) for m in shown["machines"]] == [
+            (agent.agent_id, "succeeded")], shown
+        assert agent.program.read_text() == v2
     finally:
         agent.close()
