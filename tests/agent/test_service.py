@@ -235,3 +235,18 @@ def test_service_host_argv_goes_to_the_windows_host_not_click() -> None:
     from careline.agent.entry import parse_run_argv
 
     assert parse_run_argv(["service-host", "--state", "C:/s"], "service-host") == ("C:/s", False)
+
+
+def test_windows_service_exits_for_a_restart_after_a_self_update() -> None:
+    """A non-zero result of the agent (EXIT_RESTART after a self-update's switch) ends the
+    process without reporting "stopped", so the recovery actions start the new program."""
+    from careline.agent.entry import EXIT_RESTART
+
+    util = type("util", (), {"ServiceFramework": FakeFramework})
+    exits: list[int] = []
+    cls = osx.windows_service_class(util, FakeWin32, lambda on_start: EXIT_RESTART, exits.append)
+    cls(["careline-agent"]).SvcDoRun()
+    assert exits == [EXIT_RESTART]
+    clean = osx.windows_service_class(util, FakeWin32, lambda on_start: 0, exits.append)
+    clean(["careline-agent"]).SvcDoRun()
+    assert exits == [EXIT_RESTART]
