@@ -74,11 +74,14 @@ def run_agent(state: str | None, verbose: bool,
     import logging.handlers
     import signal
 
-    from careline.agent.platform import default_state_dir
+    from careline.agent.platform import default_state_dir, secure_state_dir
     from careline.agent.runner import AgentRunner
     from careline.agent.state import StateDir
+    from careline.shared.logs import use_safe_formatter
 
     state_dir = StateDir(Path(state).resolve() if state else default_state_dir())
+    if state_dir.enrolled():  # refused when others own or can write it
+        secure_state_dir(state_dir.path)
     config = state_dir.load_config()
     handlers: list[logging.Handler] = [
         logging.handlers.RotatingFileHandler(state_dir.log_file, maxBytes=1 << 20, backupCount=3)
@@ -89,6 +92,7 @@ def run_agent(state: str | None, verbose: bool,
         level=logging.INFO, handlers=handlers,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    use_safe_formatter()  # agents and clients choose some of what is logged
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
     async def main_loop() -> int:

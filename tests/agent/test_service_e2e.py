@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from careline.agent.entry import EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
+from careline.agent.entry import EXIT_ERROR, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE
 from tests.conftest import PYTHON, CoordinatorProcess, free_port, wait_until
 
 FAKE_SYSTEMCTL = Path(__file__).with_name("fake_systemctl.py")
@@ -74,4 +74,6 @@ def test_unattended_enroll_exit_codes(sqlite_coordinator: CoordinatorProcess, tm
     unreachable = agent("enroll", nowhere, "--state", str(tmp_path / "c"), env={})
     assert unreachable.returncode == EXIT_UNREACHABLE, unreachable.stderr
     missing = agent("enroll", "--state", str(tmp_path / "d"), env={"CARELINE_JOIN": ""})
-    assert missing.returncode == EXIT_USAGE
+    assert missing.returncode == EXIT_ERROR and "no join string" in missing.stderr
+    typo = agent("enroll", join, "--sevice", env={})
+    assert typo.returncode == EXIT_USAGE
