@@ -162,7 +162,7 @@ def test_rollout_of_the_agent_itself(sqlite_coordinator: CoordinatorProcess, rel
         shown = wait_until(finished, timeout=120, interval=1)
         assert shown["status"] == "completed", shown
         assert [(m["machine"], m["state"]) for m in shown["machines"]] == [
-            (agent.agent_id, "succeeded")], shown
+            (agent.agent_id, "installed")], shown
         assert agent.program.read_text() == v2
     finally:
         agent.close()
