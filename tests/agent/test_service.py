@@ -250,3 +250,24 @@ def test_windows_service_exits_for_a_restart_after_a_self_update() -> None:
     clean = osx.windows_service_class(util, FakeWin32, lambda on_start: 0, exits.append)
     clean(["careline-agent"]).SvcDoRun()
     assert exits == [EXIT_RESTART]
+
+
+def test_program_path_and_launcher_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service runs the agent's own program when it has one (a launcher or console
+    script named careline-agent...), which is also what a self-update replaces."""
+    import sys
+
+    from careline.agent.service import program_path
+
+    launcher = tmp_path / "careline-agent"
+    launcher.write_text("#!/bin/sh\n")
+    monkeypatch.delattr(sys, "frozen", raising=False)
+    monkeypatch.setattr(sys, "argv", [str(launcher), "enroll"])
+    assert program_path() == launcher.resolve()
+    monkeypatch.setattr(sys, "argv", ["/x/careline/agent/__main__.py", "enroll"])
+    assert program_path() is None  # python -m careline.agent: updated with pip
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert program_path() == Path(sys.executable)
+    spec = service_spec(STATE, CONFIG, frozen=False, program=launcher)
+    assert spec.command == [str(launcher), "run", "--state", "/var/lib/careline-agent"]
+    assert str(tmp_path) in spec.writable
