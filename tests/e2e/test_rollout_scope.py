@@ -79,6 +79,8 @@ def test_the_issue_sequence_ends_with_both_machines_on_the_regulation_version(
         text = run([PYTHON, "-m", "careline.coordinator.cli", "rollouts", "show",
                     str(published["rollout"]), "--data", str(coord.data)]).stdout
         assert "2 machines in scope: 2 installed" in text
+        listed = coord.cli("rollouts", "list")
+        assert [(r["in_scope"], r["succeeded"], r["overdue"]) for r in listed] == [(2, 2, 0)]
     finally:
         coord.stop()
 
