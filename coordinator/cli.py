@@ -708,8 +708,8 @@ def rollouts_list(client: Any, as_json: bool, open_only: bool) -> None:
     from careline.coordinator.render import emit
 
     emit(client.call("rollouts.list", open=open_only), as_json,
-         ("id", "product", "version", "kind", "status", "sent_waves", "targeted", "succeeded",
-          "failed", "not_covered", "reason"), title="rollouts")
+         ("id", "product", "version", "kind", "status", "sent_waves", "in_scope", "targeted",
+          "succeeded", "failed", "not_covered", "overdue", "reason"), title="rollouts")
 
 
 def _show_rollout(rollout: dict[str, Any], as_json: bool, not_covered: bool) -> None:
