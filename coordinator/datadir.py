@@ -31,6 +31,10 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
+    # Connections one address may hold open before authenticating, on each channel; 0 means
+    # the built-in caps (coordinator/quotas.py). Raise it when every agent arrives through
+    # one address (a TCP proxy without the PROXY protocol, a load test).
+    max_unauthenticated_per_address: int = 0
 
     def listen_host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")

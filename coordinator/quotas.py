@@ -100,6 +100,15 @@ DEFAULT_CAPS: dict[str, Caps] = {
 }
 
 
+def caps_for(per_address: int = 0) -> dict[str, Caps]:
+    """The default caps, or every channel's per-address cap set to `per_address` (if > 0),
+    never above that channel's total."""
+    if per_address <= 0:
+        return dict(DEFAULT_CAPS)
+    return {channel: Caps(min(per_address, caps.total), caps.total)
+            for channel, caps in DEFAULT_CAPS.items()}
+
+
 @dataclass
 class Gate:
     caps: dict[str, Caps] = field(default_factory=lambda: dict(DEFAULT_CAPS))

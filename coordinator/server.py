@@ -35,7 +35,7 @@ from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
-from careline.coordinator.quotas import AgentQuota, Gate
+from careline.coordinator.quotas import AgentQuota, Gate, caps_for
 from careline.coordinator.relay import CommandRelay
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
@@ -163,7 +163,7 @@ class Coordinator:
         self._heartbeats: dict[str, tuple[float, p.Health]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
-        self.gate = Gate()
+        self.gate = Gate(caps_for(settings.max_unauthenticated_per_address))
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
         self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
