@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from loopback import free_port, stop_processes
+from loopback import allow_one_address, free_port, stop_processes
 from measure import percentile
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -202,12 +202,7 @@ class CoordinatorProc:
         if result.returncode != 0:
             raise RuntimeError(f"careline init failed:\n{result.stdout}\n{result.stderr}")
         self.init_result = json.loads(result.stdout)
-        # Every simulated agent connects from 127.0.0.1, as if through one proxy: only the
-        # coordinator's per-channel totals of unauthenticated connections apply.
-        settings = self.data / "careline.toml"
-        kept = [line for line in settings.read_text().splitlines()
-                if not line.startswith("max_unauthenticated_per_address")]
-        settings.write_text("\n".join([*kept, "max_unauthenticated_per_address = 100000", ""]))
+        allow_one_address(self.data)
         self.admin_token: str = self.init_result["admin_token"]
         self.ca_pem = (self.data / "pki" / "ca.pem").read_text()
         self.database_url = database or f"sqlite:///{self.data / 'careline.db'}"
