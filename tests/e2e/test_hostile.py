@@ -203,22 +203,26 @@ def test_quotas_for_an_agent_that_floods(sqlite_coordinator):
         with contextlib.suppress(asyncio.CancelledError):
             await answering
 
-        # A flood of small events: closed with a retry-after, counted, logged.
-        for seq in range(10, 10 + quotas.EVENT_BURST + 50):
-            try:
-                await ws.send(p.encode(p.Event(seq=seq, kind="update_step", at=time.time())))
-            except ConnectionClosed:
-                break
-        code, reason = await closed_with(ws)
-        assert code == p.CloseCode.SLOW_DOWN and "too many events" in reason
+        # A flood of big events: closed with a retry-after, counted, logged. (A flood of
+        # small ones is refused the same way past quotas.EVENT_BURST: tests/test_quotas.py.)
+        big = {"blob": "x" * (60 << 10)}
+
+        async def flood(first: int, count: int) -> tuple[int, str]:
+            for seq in range(first, first + count):
+                try:
+                    await ws.send(p.encode(p.Event(seq=seq, kind="update_step", at=time.time(),
+                                                   data=big)))
+                except ConnectionClosed:
+                    break
+            return await closed_with(ws)
+
+        code, reason = await flood(10, quotas.EVENT_BYTES_BURST // (60 << 10) + 20)
+        assert code == p.CloseCode.SLOW_DOWN and "too many event bytes" in reason
         assert (p.retry_after_of(reason) or 0) >= 1
-        # Reconnecting does not refill the quota (a fresh one would take these 100).
+        # Reconnecting does not refill the quota (a fresh one would take these 40).
         ws = await hostile.session()
-        for seq in range(1000, 1100):
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(p.encode(p.Event(seq=seq, kind="update_step", at=time.time())))
-        code, reason = await closed_with(ws)
-        assert code == p.CloseCode.SLOW_DOWN
+        code, reason = await flood(1000, 40)
+        assert code == p.CloseCode.SLOW_DOWN and "too many event bytes" in reason
 
     asyncio.run(scenario())
     assert answered == [4096]
