@@ -65,7 +65,8 @@ class AgentQuota:
     events: TokenBucket = field(default_factory=lambda: TokenBucket(EVENT_BURST, EVENT_RATE))
     event_bytes: TokenBucket = field(
         default_factory=lambda: TokenBucket(EVENT_BYTES_BURST, EVENT_BYTES_RATE))
-    refused: int = 0  # messages refused over a limit, for logs and the soak bench
+    refused: int = 0  # messages refused over a limit (logged; `agents show` says how many)
+    unknown_kinds: int = 0  # events of a kind we do not know: acknowledged, not stored
 
     def admit(self, kind: str, size: int, now: float) -> str | None:
         """None if this message (of `kind`: "event" or another, `size` bytes encoded) is

@@ -188,7 +188,6 @@ class Coordinator:
         self._hardware: dict[str, dict[str, str]] = {}
         self.gate = Gate(caps_for(settings.max_unauthenticated_per_address))
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
-        self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
         self.admin_sessions: set[AdminSession] = set()
@@ -395,7 +394,7 @@ class Coordinator:
             if message.kind in p.EVENT_KINDS:
                 await self._store_event(link, message)
             else:  # acknowledged, so the agent's outbox moves on; not stored
-                self.unknown_kinds += 1
+                self.quotas.setdefault(link.agent_id, AgentQuota()).unknown_kinds += 1
                 log.warning("agent %s sent an event of unknown kind %r; not stored",
                             link.agent_id, message.kind)
             await link.ws.send(p.encode(p.Ack(seq=message.seq)))

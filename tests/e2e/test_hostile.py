@@ -230,6 +230,8 @@ def test_quotas_for_an_agent_that_floods(sqlite_coordinator):
     with coord.client() as client:
         shown = client.call("agents.show", id=hostile.agent_id)
     assert "format_disk" not in {e["kind"] for e in shown["recent_events"]}
+    assert shown["refused"]["unknown_kind_events"] == 1
+    assert shown["refused"]["over_quota"] == 3  # oversized event, two floods
     incidents = open_incidents(coord, hostile.agent_id)
     assert len(incidents) == 5 and {i["kind"] for i in incidents} == {"product_not_running"}
     log = coord.log.read_text()
