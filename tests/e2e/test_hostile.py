@@ -278,24 +278,26 @@ def test_one_flooding_address_cannot_lock_agents_out(sqlite_coordinator, spawn_a
         raw = [socket.create_connection(("127.0.0.1", coord.port), source_address=("127.0.0.2", 0))
                for _ in range(100)]
         held, refused = await idle_upgrades(coord, p.AGENT_PATH, 520, "127.0.0.2")
+        held_at = time.monotonic()
         assert len(held) == caps[p.AGENT_PATH].per_address and refused == 520 - len(held)
         enrolls, refused = await idle_upgrades(coord, p.ENROLL_PATH, 20, "127.0.0.2")
         assert len(enrolls) == caps[p.ENROLL_PATH].per_address and refused == 20 - len(enrolls)
-        started = time.monotonic()
         agent.start()
         await asyncio.to_thread(wait_until, lambda: coord.agents()[agent.agent_id]["status"]
                                 == "online", 10)
         other = spawn_agent("also-real", join, start=False)  # enrolls from 127.0.0.1
         assert other.agent_id in coord.agents()
         # The silent ones are closed after the handshake timeout (5 s), not held.
-        code, _ = await closed_with(held[0], timeout=10)
-        assert code == p.CloseCode.TIMEOUT
-        assert time.monotonic() - started < 10
+        await asyncio.sleep(max(0.0, held_at + 8 - time.monotonic()))
+        for ws in held:
+            code, _ = await closed_with(ws, timeout=2)
+            assert code == p.CloseCode.TIMEOUT
         for sock in raw:  # TLS never started: closed by the server too
             sock.settimeout(10)
-            assert sock.recv(1) == b""
+            with contextlib.suppress(ConnectionResetError):  # aborted: closed all the same
+                assert sock.recv(1) == b""
             sock.close()
-        for ws in held + enrolls:
+        for ws in enrolls:
             await ws.close()
 
     asyncio.run(scenario())
