@@ -511,7 +511,7 @@ class Coordinator:
             raise
         for agent_id, exc in failed.items():
             log.error("report of agent %s not stored: %s", agent_id,
-                      (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+                      safe_text((str(exc).splitlines() or [type(exc).__name__])[0], 300))
         stops, self._clean_stops = self._clean_stops, {}
         hardware, self._hardware = self._hardware, {}
         if stops or hardware:  # after the disconnects: the machines are off, not offline
