@@ -36,7 +36,7 @@ from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
-from careline.coordinator.quotas import AgentQuota, Gate
+from careline.coordinator.quotas import AgentQuota, Gate, caps_for
 from careline.coordinator.relay import CommandRelay
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
@@ -186,9 +186,8 @@ class Coordinator:
         self._clean_stops: dict[str, dt.datetime] = {}
         # agent id -> the hardware identity it said hello with, written with the clean stops
         self._hardware: dict[str, dict[str, str]] = {}
-        self.gate = Gate()
+        self.gate = Gate(caps_for(settings.max_unauthenticated_per_address))
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
-        self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
         self.admin_sessions: set[AdminSession] = set()
@@ -399,7 +398,7 @@ class Coordinator:
             if message.kind in p.EVENT_KINDS:
                 await self._store_event(link, message)
             else:  # acknowledged, so the agent's outbox moves on; not stored
-                self.unknown_kinds += 1
+                self.quotas.setdefault(link.agent_id, AgentQuota()).unknown_kinds += 1
                 log.warning("agent %s sent an event of unknown kind %r; not stored",
                             link.agent_id, message.kind)
             await link.ws.send(p.encode(p.Ack(seq=message.seq)))
@@ -516,7 +515,7 @@ class Coordinator:
             raise
         for agent_id, exc in failed.items():
             log.error("report of agent %s not stored: %s", agent_id,
-                      (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+                      safe_text((str(exc).splitlines() or [type(exc).__name__])[0], 300))
         stops, self._clean_stops = self._clean_stops, {}
         hardware, self._hardware = self._hardware, {}
         if stops or hardware:  # after the disconnects: the machines are off, not offline

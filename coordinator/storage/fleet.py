@@ -487,9 +487,12 @@ async def store_event(
 
 
 def beyond_newest(table: sa.Table, keep: int) -> sa.Select[Any]:
-    """Ids of each agent's rows older than its `keep` newest."""
+    """Ids of each agent's rows older than its `keep` newest (ranking only the rows of
+    agents over budget: the count per agent is an index scan)."""
+    over = sa.select(table.c.agent_id).group_by(table.c.agent_id).having(sa.func.count() > keep)
     ranked = sa.select(table.c.id, sa.func.row_number().over(
-        partition_by=table.c.agent_id, order_by=table.c.id.desc()).label("rank")).subquery()
+        partition_by=table.c.agent_id, order_by=table.c.id.desc()).label("rank")
+    ).where(table.c.agent_id.in_(over)).subquery()
     return sa.select(ranked.c.id).where(ranked.c.rank > keep)
 
 
