@@ -31,6 +31,8 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
+    # Seconds a technician's connection may sit without a request before it is closed.
+    admin_idle_timeout: float = 900.0
 
     def listen_host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")

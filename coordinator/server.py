@@ -431,7 +431,12 @@ class Coordinator:
         if caller is None:
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
-        async for data in ws:
+        while True:
+            try:  # a console left open (or a dead laptop) does not hold a connection forever
+                data = await asyncio.wait_for(ws.recv(), self.settings.admin_idle_timeout)
+            except TimeoutError:
+                await close(ws, p.CloseCode.TIMEOUT, "idle for too long; reconnect")
+                return
             request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
             await self._answer(ws, caller, request)
 
