@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from careline.shared.protocol import Event
+from careline.shared.protocol import MAX_EVENT_BYTES, Event, check_data
 
 
 class DeliveryWindow:
@@ -56,11 +56,16 @@ class Outbox:
         )
 
     def put(self, kind: str, data: dict[str, Any] | None = None) -> int:
+        text = json.dumps(data or {}, default=str)
+        try:  # what the coordinator would refuse must not block the outbox forever
+            check_data(json.loads(text))
+            if len(text) > MAX_EVENT_BYTES - 1024:
+                raise ValueError(f"event data of {len(text)} bytes is too large")
+        except ValueError as exc:
+            text = json.dumps({"unsendable": str(exc)})
         with self._lock:
             cursor = self._db.execute(
-                "INSERT INTO outbox (kind, at, data) VALUES (?, ?, ?)",
-                (kind, time.time(), json.dumps(data or {}, default=str)),
-            )
+                "INSERT INTO outbox (kind, at, data) VALUES (?, ?, ?)", (kind, time.time(), text))
         return int(cursor.lastrowid or 0)
 
     def pending(self, after: int = 0, limit: int = 100) -> list[Event]:

@@ -82,11 +82,16 @@ def reconnect_delay(error: BaseException | None, attempt: int, rng: random.Rando
                     first_window: float = BACKOFF_FIRST_WINDOW) -> float:
     """How long to wait before connecting again after `error` (None: a clean close).
 
-    A busy coordinator's Retry-After is honoured, with jitter; a refused identity (revoked,
+    A busy coordinator's Retry-After, or the wait an over-quota close asks for, is
+    honoured, with jitter; a refused identity (revoked,
     unknown) raises AuthError, since reconnecting cannot help.
     """
     if isinstance(error, ConnectionClosed) and error.rcvd and error.rcvd.code in p.CloseCode.FATAL:
         raise AuthError(f"coordinator refused this agent: {error.rcvd.reason}")
+    if isinstance(error, ConnectionClosed) and error.rcvd and error.rcvd.code == p.CloseCode.SLOW_DOWN:
+        wait = p.retry_after_of(error.rcvd.reason)
+        if wait is not None:
+            return wait + rng.uniform(0, wait)
     if isinstance(error, InvalidStatus):
         hint = error.response.headers.get("Retry-After", "")
         if hint.isdigit():

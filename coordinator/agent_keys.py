@@ -5,11 +5,16 @@ check and no database round trip. The cache is loaded when the coordinator start
 enrolled through another coordinator process (scale-out) is looked up on first sight and
 kept. A revocation evicts its key at once in the process that made it, and in every other
 process at its next `revocations()` check, which also tells it whom to disconnect.
+
+Ids found unknown are remembered for a while (bounded), so a stranger repeating Hellos with
+made-up ids costs no query after the first.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +24,10 @@ from careline.coordinator.storage.db import Database
 # Revocations are read back this far before the last check, so a revocation stamped by a
 # process whose clock is a little behind is not missed.
 CLOCK_MARGIN = dt.timedelta(seconds=60)
+# Unknown ids remembered: how many, and for how long (an id is a hash of a key, so only an
+# agent enrolled meanwhile through another coordinator process could turn known).
+UNKNOWN_CACHE_SIZE = 100_000
+UNKNOWN_TTL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,7 @@ class AgentKeys:
         self.db = db
         self._keys: dict[str, AgentKey] = {}
         self._checked_at: dt.datetime | None = None
+        self._unknown: OrderedDict[str, float] = OrderedDict()  # id -> time.monotonic() seen
 
     async def load(self, now: dt.datetime) -> None:
         async with self.db.connect() as conn:
@@ -44,9 +54,16 @@ class AgentKeys:
         key = self._keys.get(agent_id)
         if key is not None:
             return key
+        seen = self._unknown.get(agent_id)
+        if seen is not None and time.monotonic() - seen < UNKNOWN_TTL_SECONDS:
+            return "unknown"
         async with self.db.connect() as conn:
             row = await store.agent_by_id(conn, agent_id)
         if row is None:
+            self._unknown[agent_id] = time.monotonic()
+            self._unknown.move_to_end(agent_id)
+            while len(self._unknown) > UNKNOWN_CACHE_SIZE:
+                self._unknown.popitem(last=False)
             return "unknown"
         if row["revoked_at"] is not None:
             return "revoked"
@@ -59,6 +76,7 @@ class AgentKeys:
 
     def add(self, agent_id: str, public_key: bytes, customer_id: int) -> None:
         self._keys[agent_id] = AgentKey(public_key, customer_id)
+        self._unknown.pop(agent_id, None)
 
     def evict(self, agent_id: str) -> None:
         self._keys.pop(agent_id, None)

@@ -80,6 +80,10 @@ def serve_forever(data: str | None, *, listen: str | None, database: str | None,
     logging.getLogger("careline.coordinator").setLevel(logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     datadir = DataDir(resolve(data)).require()
+    from careline.shared import __version__
+
+    logging.getLogger("careline.coordinator").info("Careline %s coordinator starting, data %s",
+                                                   __version__, datadir.path)
     settings = datadir.settings(listen=listen, database=database, policy=policy)
     from careline.coordinator.policy.config import load_policy
 

@@ -39,6 +39,9 @@ HEARTBEAT_KINDS = (
     "disk_full", "disk_failing", "product_not_running", "product_crash_loop",
     "integrity_mismatch",
 )
+# Open incidents one machine may have of one kind (one per disk or product subject): a
+# hostile agent reporting hundreds of subjects opens this many, not hundreds of visits.
+MAX_OPEN_PER_KIND = 5
 ONSITE_ACTIONS = frozenset({"onsite_reinstall", "technician_visit", "physical_media"})
 # An agent's update_result outcome -> whether it is a failing update_failed check.
 UPDATE_OUTCOMES = {"installed": False, "rolled_back": True, "failed": True, "refused": True}
@@ -188,7 +191,7 @@ class IncidentDesk:
     async def decide(self, conn: AsyncConnection, incident_id: int, now: dt.datetime) -> dict[str, Any]:
         """Decide (again) what to do about an incident, and store the decision and any visit."""
         incident = await service.get_incident(conn, incident_id)
-        agent = await store.get_agent(conn, incident["agent_id"])
+        agent = await store.get_agent_exact(conn, incident["agent_id"])
         customer = await store.get_customer(conn, agent["customer_id"])
         calendar = customer_calendar(self.policy, customer)
         reported = incident["opened_at"]
@@ -256,9 +259,14 @@ class IncidentDesk:
             agent_id, kind, subject = key
             new_state, transition = observe(state, failing, now, self.policy.alerts[kind])
             incident_id = row["incident_id"] if row else None
-            if transition is Transition.OPEN:
+            if transition is Transition.OPEN and (
+                await service.count_open_incidents(conn, agent_id, kind) >= MAX_OPEN_PER_KIND
+            ):
+                log.warning("agent %s already has %d open %s incidents; not opening one for %r",
+                            agent_id, MAX_OPEN_PER_KIND, kind, subject)
+            elif transition is Transition.OPEN:
                 if agent_id not in agents_by_id:
-                    agents_by_id[agent_id] = await store.get_agent(conn, agent_id)
+                    agents_by_id[agent_id] = await store.get_agent_exact(conn, agent_id)
                 category, severity = self.policy.kinds[kind]
                 incident_id = await self.open_incident(
                     conn, agents_by_id[agent_id], kind=kind, subject=subject, category=category,

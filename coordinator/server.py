@@ -18,11 +18,12 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -34,25 +35,46 @@ from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
+from careline.coordinator.quotas import AgentQuota, Gate
 from careline.coordinator.relay import CommandRelay
 from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import service
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, CarelineError, ProtocolError
-from careline.shared.keys import agent_id_for, cert_fingerprint, token_hash, verify_challenge
+from careline.shared.keys import (
+    agent_id_for,
+    cert_fingerprint,
+    looks_like_agent_id,
+    token_hash,
+    verify_challenge,
+)
 
 log = logging.getLogger("careline.coordinator")
 
-HANDSHAKE_TIMEOUT = 10.0
-# Connections still proving their identity; past this the coordinator answers new agent
-# upgrades with 503 and a Retry-After instead of falling over during a reconnect storm.
-MAX_PENDING_HANDSHAKES = 500
+# TLS and upgrade, then answering the challenge (or sending the enrollment): a real agent
+# needs well under a second; a stranger holding a connection open is dropped after this.
+HANDSHAKE_TIMEOUT = 5.0
+# Connections not yet authenticated are capped per channel and per address
+# (coordinator/quotas.py); past a cap the upgrade gets 503 and a Retry-After, so a reconnect
+# storm or a flood from one address sheds load instead of locking agents out.
 # Agents authenticated per second, roughly: how Retry-After grows with the queue and with
 # the agents turned away in the last SHED_WINDOW seconds.
 DRAIN_RATE = 200
 SHED_WINDOW = 10.0
 MAX_RETRY_AFTER = 60
 HEARTBEAT_FLUSH_SECONDS = 1.0
+# Events of one agent stored per transaction (one fsync), and how many may wait: an outbox
+# backlog of thousands is stored in seconds, not one commit per event.
+EVENT_BATCH, EVENT_QUEUE = 250, 1000
+# How long one agent's report that fails on its own is retried before it is dropped.
+BAD_REPORT_GRACE = 60.0
+# Per-agent storage budget: newest events kept per agent, and how long any event is kept;
+# newest diagnostics bundles kept per agent (each at most protocol.MAX_MESSAGE_BYTES / 2).
+EVENTS_KEPT_PER_AGENT = 10_000
+EVENT_RETENTION = dt.timedelta(days=400)
+DIAGNOSTICS_KEPT_PER_AGENT = 20
+PRUNE_SECONDS = 600.0
 # Bounds of the window over which agents spread their first reconnect (Welcome).
 RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 10.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
@@ -71,6 +93,20 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _storage_unavailable(exc: BaseException) -> bool:
+    """The database did not answer (or was busy): nobody's data was at fault."""
+    if isinstance(exc, (OSError, TimeoutError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError) and "locked" in str(exc)
+
+
+def peer_address(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return str(address[0]) if address else "?"
+
+
 async def close(ws: ServerConnection, code: int, reason: str) -> None:
     # A close reason is limited to 123 bytes on the wire.
     await ws.close(code, reason.encode()[:123].decode(errors="ignore"))
@@ -85,6 +121,9 @@ class AgentLink:
     customer_id: int
     last_heard: float = field(default_factory=time.monotonic)
     connected_at: dt.datetime = field(default_factory=utcnow)
+    # Events received, waiting to be stored (in batches) and acknowledged, in order.
+    events: asyncio.Queue[p.Event] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
 
     async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
@@ -133,7 +172,11 @@ class Coordinator:
         self._heartbeats: dict[str, tuple[float, p.Health]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
-        self._pending_handshakes = 0
+        # agent id -> when its report first failed on its own (see _flush_heartbeats)
+        self._failing_since: dict[str, float] = {}
+        self.gate = Gate()
+        self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
+        self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
         self.server: Server | None = None
@@ -154,7 +197,7 @@ class Coordinator:
         async with serve(
             self._route, host, port, ssl=server_context(self.datadir.pki),
             process_request=self._check_request, compression=None,
-            max_size=p.MAX_ADMIN_MESSAGE_BYTES, ping_interval=None,
+            max_size=p.MAX_MESSAGE_BYTES, ping_interval=None,
             open_timeout=HANDSHAKE_TIMEOUT, logger=logging.getLogger("careline.websockets"),
         ) as server:
             self.server = server
@@ -163,6 +206,7 @@ class Coordinator:
                 asyncio.create_task(self._sweep_silent_forever()),
                 asyncio.create_task(self._sweep_offline_forever()),
                 asyncio.create_task(self.rollouts.run_forever()),
+                asyncio.create_task(self._prune_forever()),
             ]
             if self.relay is not None:  # other coordinator processes may share the database
                 tasks.append(asyncio.create_task(self._disconnect_revoked_forever()))
@@ -181,25 +225,38 @@ class Coordinator:
     def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         if request.path not in (p.ENROLL_PATH, p.AGENT_PATH, p.ADMIN_PATH):
             return ws.respond(http.HTTPStatus.NOT_FOUND, "no such channel\n")
-        if request.path == p.AGENT_PATH and self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
-            return self._shed(ws)
+        full = self.gate.check(request.path, peer_address(ws))
+        if full is not None:
+            return self._shed(ws, request.path, full)
         if request.path == p.ADMIN_PATH and not request.headers.get("Authorization", "").startswith(
             "Bearer "
         ):
             return ws.respond(http.HTTPStatus.UNAUTHORIZED, "technician token required\n")
         return None
 
-    def _shed(self, ws: ServerConnection) -> Response:
+    def _shed(self, ws: ServerConnection, channel: str, full: str) -> Response:
         """503 with a Retry-After that grows with how many were turned away lately, so a
         storm spreads itself over the time the coordinator needs to take everyone back."""
         now = time.monotonic()
         if now - self._shed_since > SHED_WINDOW:
             self._shed_since, self._shed_count = now, 0
+            log.warning("turning away unauthenticated %s connections (%s cap full, from %s)",
+                        channel, full, peer_address(ws))
         self._shed_count += 1
         busy = ws.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "coordinator busy\n")
-        retry = 1 + (self._pending_handshakes + self._shed_count) // DRAIN_RATE
+        retry = 1 + (self.gate.pending(channel) + self._shed_count) // DRAIN_RATE
         busy.headers["Retry-After"] = str(min(retry, MAX_RETRY_AFTER))
         return busy
+
+    @contextlib.contextmanager
+    def _unauthenticated(self, ws: ServerConnection, channel: str) -> Iterator[None]:
+        """Counts the connection against its channel's caps until the block ends."""
+        address = peer_address(ws)
+        self.gate.enter(channel, address)
+        try:
+            yield
+        finally:
+            self.gate.leave(channel, address)
 
     async def _route(self, ws: ServerConnection) -> None:
         assert ws.request is not None
@@ -208,7 +265,8 @@ class Coordinator:
             if path == p.AGENT_PATH:
                 await self._serve_agent(ws)
             elif path == p.ENROLL_PATH:
-                await self._serve_enroll(ws)
+                with self._unauthenticated(ws, path):
+                    await self._serve_enroll(ws)
             else:
                 await self._serve_admin(ws, ws.request.headers)
         except ConnectionClosed:
@@ -226,6 +284,10 @@ class Coordinator:
         )
         if len(request.public_key) != 32:
             raise ProtocolError("public_key must be a raw 32-byte Ed25519 key")
+        if looks_like_agent_id(request.hostname):
+            # Checked before the token is spent: the machine can be renamed and try again.
+            raise ProtocolError(f"hostname {request.hostname!r} looks like an agent id; "
+                                "rename the machine and enroll again")
         agent_id = agent_id_for(request.public_key)
         now = utcnow()
         try:
@@ -292,26 +354,42 @@ class Coordinator:
         return link
 
     async def _serve_agent(self, ws: ServerConnection) -> None:
-        self._pending_handshakes += 1
-        try:
+        with self._unauthenticated(ws, p.AGENT_PATH):
             link = await self._authenticate_agent(ws)
-        finally:
-            self._pending_handshakes -= 1
         if link is None:
             return
+        quota = self.quotas.setdefault(link.agent_id, AgentQuota())
+        storing = asyncio.create_task(self._store_events_forever(link))
         try:
             async for data in ws:
                 link.last_heard = time.monotonic()
-                await self._on_agent_message(link, p.decode(data, p.AgentToServer))
+                message = p.decode(data, p.AgentToServer)
+                refused = quota.admit(self._quota_kind(link, message), len(data), time.monotonic())
+                if refused is not None:
+                    log.warning("agent %s over quota (%d refused so far): %s",
+                                link.agent_id, quota.refused, refused)
+                    # Its unread flood may hide its close frame: don't wait long for it.
+                    ws.close_timeout = 1.0
+                    await close(ws, p.CloseCode.SLOW_DOWN, refused)
+                    return
+                await self._on_agent_message(link, message)
         finally:
+            storing.cancel()
+            await asyncio.gather(storing, return_exceptions=True)
             await self._forget(link)
+
+    @staticmethod
+    def _quota_kind(link: AgentLink, message: Any) -> str:
+        """Events made before this connection are an outbox's backlog (quotas.BACKLOG_BURST)."""
+        if not isinstance(message, p.Event):
+            return "other"
+        return "backlog" if message.at < link.connected_at.timestamp() else "event"
 
     async def _on_agent_message(self, link: AgentLink, message: Any) -> None:
         if isinstance(message, p.Heartbeat):
             self._heartbeats[link.agent_id] = (time.time(), message.health)
         elif isinstance(message, p.Event):
-            await self._store_event(link, message)
-            await link.ws.send(p.encode(p.Ack(seq=message.seq)))
+            await link.events.put(message)  # stored and acknowledged by _store_events_forever
         elif isinstance(message, (p.FetchMetadata, p.Download)):
             await self.updates.handle(link, message)
         elif isinstance(message, p.CommandResult):
@@ -321,17 +399,45 @@ class Coordinator:
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} after hello")
 
-    async def _store_event(self, link: AgentLink, event: p.Event) -> None:
+    async def _store_events_forever(self, link: AgentLink) -> None:
+        """Store what the agent's connection received, as many events per transaction as
+        are waiting, and acknowledge each once committed. A failure closes the connection
+        (the agent re-sends what was not acknowledged)."""
+        try:
+            while True:
+                batch = [await link.events.get()]
+                while len(batch) < EVENT_BATCH and not link.events.empty():
+                    batch.append(link.events.get_nowait())
+                await self._store_events(link, batch)
+                for event in batch:
+                    await link.ws.send(p.encode(p.Ack(seq=event.seq)))
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("storing events of agent %s failed; closing its connection", link.agent_id)
+            await link.ws.close(1011, "could not store events; retry later")
+
+    async def _store_events(self, link: AgentLink, batch: list[p.Event]) -> None:
+        known = []
+        for event in batch:
+            if event.kind in p.EVENT_KINDS:
+                known.append(event)
+            else:  # acknowledged, so the outbox moves on; not stored
+                self.unknown_kinds += 1
+                log.warning("agent %s sent an event of unknown kind %r; not stored",
+                            link.agent_id, event.kind)
+        if not known:
+            return
         now = utcnow()
-        at = dt.datetime.fromtimestamp(event.at, dt.UTC)
         async with self.db.transaction() as conn:
-            new = await store.store_event(
-                conn, agent_id=link.agent_id, seq=event.seq, kind=event.kind, at=at,
-                data=event.data, now=now,
-            )
-            if new:  # one transaction: stored, job moved on, incidents updated, or none
-                await self.updates.on_event(conn, link.agent_id, event, now)
-                await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
+            new = await store.store_events(conn, link.agent_id, [
+                (e.seq, e.kind, dt.datetime.fromtimestamp(e.at, dt.UTC), e.data) for e in known
+            ], now)
+            for event in known:
+                if event.seq in new:  # one transaction: stored, jobs moved on, incidents updated
+                    new.discard(event.seq)  # a seq twice in one batch counts once
+                    await self.updates.on_event(conn, link.agent_id, event, now)
+                    await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
 
     async def _forget(self, link: AgentLink) -> None:
         for future in link.pending.values():
@@ -367,24 +473,71 @@ class Coordinator:
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:
         """One transaction a second for every connect, disconnect and heartbeat since the
-        last: a reconnect storm costs a few writes, not one per agent. A failed write keeps
-        its batch for the next try, under whatever arrived for the same agents meanwhile."""
+        last: a reconnect storm costs a few writes, not one per agent.
+
+        If the batch fails it is split in halves until the failing agents are alone: the
+        others' reports are stored, and each of those is logged with its id and put back
+        for the next flush, until it has failed alone for BAD_REPORT_GRACE seconds (a row
+        of its own that can never be written), when its report is dropped. If the database
+        itself is at fault (unreachable, locked, or every part failed), the whole batch is
+        put back. Put back means merged under what arrived meanwhile: newer news wins."""
         if not (self._heartbeats or self._presence):
             return
         received, self._heartbeats = self._heartbeats, {}
         presence, self._presence = self._presence, {}
+        agent_ids = sorted(received.keys() | presence.keys())
         try:
-            batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
-                     for agent_id, (at, health) in received.items()}
-            async with self.db.transaction() as conn:
-                # Heartbeats first: a disconnect in the same batch comes after them.
-                await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
-                await store.store_presence(conn, presence)
-                await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
-        except BaseException:
+            failed = await self._write_isolating(agent_ids, received, presence)
+            if len(agent_ids) > 1 and len(failed) == len(agent_ids):
+                raise next(iter(failed.values()))
+        except BaseException:  # a cancelled flush (shutdown) keeps its batch too
             self._heartbeats = {**received, **self._heartbeats}
             self._presence = {**presence, **self._presence}
             raise
+        now = time.monotonic()
+        for agent_id in agent_ids:
+            if agent_id not in failed:
+                self._failing_since.pop(agent_id, None)
+        for agent_id, exc in failed.items():
+            retry = now - self._failing_since.setdefault(agent_id, now) < BAD_REPORT_GRACE
+            log.error("report of agent %s not stored (%s): %s", agent_id,
+                      "will retry" if retry else "dropped",
+                      (str(exc).splitlines() or [type(exc).__name__])[0][:300])
+            if not retry:
+                del self._failing_since[agent_id]
+                continue
+            if agent_id in received:
+                self._heartbeats = {agent_id: received[agent_id], **self._heartbeats}
+            if agent_id in presence:
+                self._presence = {agent_id: presence[agent_id], **self._presence}
+
+    async def _write_isolating(
+        self, agent_ids: list[str], received: dict[str, tuple[float, p.Health]],
+        presence: dict[str, tuple[bool, dt.datetime, str]],
+    ) -> dict[str, Exception]:
+        """Write these agents' reports; the agents whose own data failed, with why."""
+        try:
+            await self._write_reports({a: received[a] for a in agent_ids if a in received},
+                                      {a: presence[a] for a in agent_ids if a in presence})
+            return {}
+        except Exception as exc:
+            if _storage_unavailable(exc):
+                raise
+            if len(agent_ids) == 1:
+                return {agent_ids[0]: exc}
+        half = len(agent_ids) // 2
+        return {**await self._write_isolating(agent_ids[:half], received, presence),
+                **await self._write_isolating(agent_ids[half:], received, presence)}
+
+    async def _write_reports(self, received: dict[str, tuple[float, p.Health]],
+                             presence: dict[str, tuple[bool, dt.datetime, str]]) -> None:
+        batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
+                 for agent_id, (at, health) in received.items()}
+        async with self.db.transaction() as conn:
+            # Heartbeats first: a disconnect in the same batch comes after them.
+            await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
+            await store.store_presence(conn, presence)
+            await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
 
     async def _flush_heartbeats_forever(self) -> None:
         while True:
@@ -393,6 +546,24 @@ class Coordinator:
                 await self._flush_heartbeats()
             except Exception:
                 log.exception("storing heartbeats failed; will retry")
+
+    async def _prune_forever(self) -> None:
+        """Each agent's storage budget: its newest events and diagnostics, within retention."""
+        while True:
+            await asyncio.sleep(PRUNE_SECONDS)
+            try:
+                await self.prune()
+            except Exception:
+                log.exception("pruning old events failed; will retry")
+
+    async def prune(self) -> dict[str, int]:
+        async with self.db.transaction() as conn:
+            removed = await store.prune_events(conn, EVENTS_KEPT_PER_AGENT,
+                                               utcnow() - EVENT_RETENTION)
+            removed_diagnostics = await service.prune_diagnostics(conn, DIAGNOSTICS_KEPT_PER_AGENT)
+        if removed or removed_diagnostics:
+            log.info("pruned %d events and %d diagnostics bundles", removed, removed_diagnostics)
+        return {"events": removed, "diagnostics": removed_diagnostics}
 
     async def _sweep_silent_forever(self) -> None:
         """Close connections that stopped talking (half-open sockets, hung agents)."""
@@ -427,10 +598,14 @@ class Coordinator:
         return api.Caller(row["name"], row["role"])
 
     async def _serve_admin(self, ws: ServerConnection, headers: Headers) -> None:
-        caller = await self._authenticate_technician(headers)
+        with self._unauthenticated(ws, p.ADMIN_PATH):
+            caller = await asyncio.wait_for(self._authenticate_technician(headers),
+                                            HANDSHAKE_TIMEOUT)
         if caller is None:
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
+        # Technicians upload release packages: larger frames only once the token checked out.
+        ws.protocol.max_message_size = p.MAX_ADMIN_MESSAGE_BYTES
         while True:
             try:  # a console left open (or a dead laptop) does not hold a connection forever
                 data = await asyncio.wait_for(ws.recv(), self.settings.admin_idle_timeout)

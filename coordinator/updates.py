@@ -420,6 +420,8 @@ class UpdateService:
         if event.kind not in ("update_step", "update_result", "verify_result"):
             return
         ref = str(event.data.get("job", ""))
+        if not ref:
+            return
         row = await store.get_job_machine(conn, ref)
         if row is None or row["agent_id"] != agent_id:
             return

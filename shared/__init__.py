@@ -12,4 +12,4 @@ def __getattr__(name: str) -> Any:
             return version("careline")
         except PackageNotFoundError:  # a source tree that is not installed
             return "0.0.0+source"
-    raise AttributeError(f"module 'shared' has no attribute {name!r}")
+    raise AttributeError(f"module 'careline.shared' has no attribute {name!r}")

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,15 @@ def agent_id_for(public_key: bytes) -> str:
     """Stable, unforgeable agent id: a short hash of the raw public key."""
     digest = hashlib.sha256(b"careline-agent-id\x00" + public_key).digest()
     return "ag-" + base64.b32encode(digest[:10]).decode().lower()
+
+
+AGENT_ID_SHAPE = re.compile(r"ag-[a-z2-7]{16}", re.IGNORECASE)
+
+
+def looks_like_agent_id(text: str) -> bool:
+    """Shaped like `agent_id_for`'s output: such a hostname is refused at enrollment, so a
+    machine's name can never pass for another machine's id."""
+    return AGENT_ID_SHAPE.fullmatch(text.strip()) is not None
 
 
 def auth_payload(nonce: bytes, agent_id: str) -> bytes:

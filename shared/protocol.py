@@ -11,10 +11,12 @@ half-valid message. Three channels share one TLS port, each with its own message
 
 from __future__ import annotations
 
+import math
 from types import UnionType
-from typing import Any, Literal, TypeVar, overload
+from typing import Annotated, Any, Literal, TypeVar, overload
 
 import msgspec
+from msgspec import Meta
 
 from careline.shared.errors import MessageTooLarge, ProtocolError
 
@@ -23,6 +25,19 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_ADMIN_MESSAGE_BYTES = 8 << 20
 CHUNK_BYTES = 256 << 10
+
+# What one agent may make the coordinator hold: every agent is treated as possibly hostile
+# after it has authenticated (a virus-infected PC), so what it sends is bounded at decode.
+MAX_EVENT_BYTES = 64 << 10  # one encoded event
+MAX_PROBLEMS = 32  # per heartbeat
+MAX_DISKS = MAX_PRODUCTS = 64
+MAX_DATA_ITEMS = 10_000  # values in an event's or a command result's free-form data
+MAX_DATA_DEPTH = 16
+# Kinds of event an agent may send; anything else is acknowledged and not stored.
+EVENT_KINDS = frozenset({
+    "unclean_shutdown", "update_step", "update_result", "verify_result", "integrity_mismatch",
+    "disk_full", "disk_failing", "product_not_running", "product_crash_loop",
+})
 
 ENROLL_PATH = "/enroll"
 AGENT_PATH = "/agent"
@@ -38,51 +53,112 @@ class CloseCode:
     TIMEOUT = 4408  # handshake not completed in time
     REPLACED = 4409  # the same agent connected again; the older connection is closed
     TOKEN_REFUSED = 4410  # enrollment token unknown, expired or spent
+    SLOW_DOWN = 4429  # over a quota; the reason ends with "retry after N s"
     # A busy coordinator answers the upgrade itself with HTTP 503 and Retry-After.
 
     # Codes after which reconnecting with the same identity cannot succeed.
     FATAL = frozenset({UNAUTHENTICATED, REVOKED, TOKEN_REFUSED})
 
 
+def slow_down_reason(what: str, retry_after: int) -> str:
+    return f"{what}: slow down, retry after {retry_after} s"
+
+
+def retry_after_of(reason: str) -> int | None:
+    """The seconds a SLOW_DOWN close reason asks the agent to wait."""
+    _, sep, tail = reason.rpartition("retry after ")
+    number = tail.removesuffix(" s")
+    return int(number) if sep and number.isdigit() else None
+
+
 class Message(msgspec.Struct, tag_field="t", forbid_unknown_fields=True, omit_defaults=True):
     pass
 
 
+# ----------------------------------------------------------------------------- bounded values
+# Strings are bounded and never hold NUL (PostgreSQL refuses it in text and JSON); numbers
+# are finite and fit a signed 64-bit column; timestamps lie between 1970 and 9999.
+NO_NUL = r"^[^\x00]*$"
+Short = Annotated[str, Meta(max_length=100, pattern=NO_NUL)]  # ids, versions, kinds
+Name = Annotated[str, Meta(max_length=255, pattern=NO_NUL)]  # hostnames, mounts, products
+Detail = Annotated[str, Meta(max_length=2000, pattern=NO_NUL)]
+Int = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Real = Annotated[float, Meta(ge=-1e15, le=1e15)]  # also refuses NaN and infinities
+Percent = Annotated[float, Meta(ge=0, le=100)]
+Timestamp = Annotated[float, Meta(ge=0, le=253_402_300_799)]  # 9999-12-31T23:59:59Z
+
+
+def check_data(value: Any) -> None:
+    """Free-form data (event data, command results) is plain JSON: str keys, finite
+    numbers, no NUL, no bytes, bounded size and depth; else ValueError (a ValidationError
+    when raised during decoding)."""
+    budget = MAX_DATA_ITEMS
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        budget -= 1
+        if budget < 0:
+            raise ValueError(f"data holds more than {MAX_DATA_ITEMS} values")
+        if depth > MAX_DATA_DEPTH:
+            raise ValueError(f"data nested deeper than {MAX_DATA_DEPTH}")
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, int):
+            if not -(2**63) <= item < 2**63:
+                raise ValueError("data holds an integer beyond 64 bits")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("data holds a NaN or infinite number")
+        elif isinstance(item, str):
+            if "\x00" in item:
+                raise ValueError("data holds a NUL character")
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, dict):
+            for key, v in item.items():
+                if not isinstance(key, str) or "\x00" in key:
+                    raise ValueError("data keys must be text without NUL")
+                stack.append((v, depth + 1))
+        else:
+            raise ValueError(f"data holds a {type(item).__name__}; only JSON values are allowed")
+
+
 # ----------------------------------------------------------------------------- shared shapes
 class DiskHealth(msgspec.Struct, forbid_unknown_fields=True):
-    mount: str
-    total: int
-    used: int
-    percent: float
+    mount: Name
+    total: Count
+    used: Count
+    percent: Percent
 
 
 class ProductHealth(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    version: str | None
+    name: Name
+    version: Short | None
     running: bool
-    pid: int | None = None
+    pid: Count | None = None
 
 
 class Problem(msgspec.Struct, forbid_unknown_fields=True):
     """A trouble condition that holds at this check (the coordinator suppresses flapping)."""
 
-    kind: str  # disk_full | disk_failing | product_not_running | product_crash_loop | integrity_mismatch
-    subject: str  # the disk mount or product name
-    detail: str = ""
+    kind: Short  # disk_full | disk_failing | product_not_running | product_crash_loop | integrity_mismatch
+    subject: Name  # the disk mount or product name
+    detail: Detail = ""
 
 
 class Health(msgspec.Struct, forbid_unknown_fields=True):
-    cpu_percent: float
-    memory_total: int
-    memory_used: int
-    memory_percent: float
-    disks: list[DiskHealth]
-    boot_time: float
-    uptime: float
-    os: str
-    agent_version: str
-    products: list[ProductHealth]
-    problems: list[Problem] = []
+    cpu_percent: Percent
+    memory_total: Count
+    memory_used: Count
+    memory_percent: Percent
+    disks: Annotated[list[DiskHealth], Meta(max_length=MAX_DISKS)]
+    boot_time: Timestamp
+    uptime: Real
+    os: Name
+    agent_version: Short
+    products: Annotated[list[ProductHealth], Meta(max_length=MAX_PRODUCTS)]
+    problems: Annotated[list[Problem], Meta(max_length=MAX_PROBLEMS)] = []
 
 
 # ----------------------------------------------------------------------------- /enroll
@@ -94,12 +170,12 @@ class ServerIdentity(Message, tag="server_identity"):
 
 
 class EnrollRequest(Message, tag="enroll"):
-    token: str
-    public_key: bytes  # raw Ed25519, 32 bytes
-    hostname: str
-    os: str
-    agent_version: str
-    products: list[str] = []
+    token: Short
+    public_key: Annotated[bytes, Meta(max_length=64)]  # raw Ed25519, 32 bytes
+    hostname: Name
+    os: Name
+    agent_version: Short
+    products: Annotated[list[Name], Meta(max_length=MAX_PRODUCTS)] = []
 
 
 class Enrolled(Message, tag="enrolled"):
@@ -118,10 +194,10 @@ class Challenge(Message, tag="challenge"):
 
 
 class Hello(Message, tag="hello"):
-    agent_id: str
-    signature: bytes  # Ed25519 over shared.keys.auth_payload(nonce, agent_id)
-    agent_version: str
-    protocol: int = PROTOCOL_VERSION
+    agent_id: Short
+    signature: Annotated[bytes, Meta(max_length=128)]  # Ed25519 over keys.auth_payload(nonce, id)
+    agent_version: Short
+    protocol: Int = PROTOCOL_VERSION
 
 
 class Welcome(Message, tag="welcome"):
@@ -139,10 +215,13 @@ class Heartbeat(Message, tag="heartbeat"):
 class Event(Message, tag="event"):
     """Something the agent must not lose; kept in its outbox until acknowledged."""
 
-    seq: int
-    kind: str
-    at: float
+    seq: Count
+    kind: Short
+    at: Timestamp
     data: dict[str, Any] = {}
+
+    def __post_init__(self) -> None:
+        check_data(self.data)
 
 
 class Ack(Message, tag="ack"):
@@ -192,18 +271,21 @@ class Command(Message, tag="command"):
 
 
 class CommandResult(Message, tag="command_result"):
-    id: int
+    id: Int
     ok: bool
     data: dict[str, Any] = {}
-    error: str = ""
+    error: Detail = ""
+
+    def __post_init__(self) -> None:
+        check_data(self.data)
 
 
 # ----------------------------------------------------------------------------- updates
 class FetchMetadata(Message, tag="fetch_metadata"):
     """Agent asks for one TUF metadata file (e.g. "timestamp.json", "3.root.json")."""
 
-    id: int
-    name: str
+    id: Int
+    name: Name
 
 
 class MetadataReply(Message, tag="metadata_reply"):
@@ -214,8 +296,8 @@ class MetadataReply(Message, tag="metadata_reply"):
 class Download(Message, tag="download"):
     """Agent asks for its job's package from `offset` on (resume after a disconnect)."""
 
-    job: str
-    offset: int = 0
+    job: Short
+    offset: Count = 0
 
 
 class Chunk(Message, tag="chunk"):

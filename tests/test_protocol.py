@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import typing
 from typing import Any
 
@@ -16,8 +18,13 @@ from careline.shared.errors import MessageTooLarge, ProtocolError
 
 # ----------------------------------------------------------------------------- strategies
 i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+counts = st.integers(min_value=0, max_value=2**63 - 1)
 floats = st.floats(allow_nan=False)  # NaN != NaN would make equality meaningless
-text = st.text(max_size=30)
+# What an agent may send is bounded (see "bounded values" in shared/protocol.py).
+reals = st.floats(min_value=-1e15, max_value=1e15)
+percents = st.floats(min_value=0, max_value=100)
+stamps = st.floats(min_value=0, max_value=253_402_300_799)
+text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
 blobs = st.binary(max_size=64)
 
 scalars = st.none() | st.booleans() | i64 | floats | text | blobs
@@ -26,18 +33,23 @@ any_value = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
     max_leaves=12,
 )
-json_maps = st.dictionaries(text, any_value, max_size=5)
+json_value = st.recursive(
+    st.none() | st.booleans() | i64 | reals | text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text, inner, max_size=4),
+    max_leaves=12,
+)
+json_maps = st.dictionaries(text, json_value, max_size=5)
 
-disk = st.builds(p.DiskHealth, mount=text, total=i64, used=i64, percent=floats)
+disk = st.builds(p.DiskHealth, mount=text, total=counts, used=counts, percent=percents)
 product = st.builds(
     p.ProductHealth, name=text, version=st.none() | text, running=st.booleans(),
-    pid=st.none() | i64,
+    pid=st.none() | counts,
 )
 problem = st.builds(p.Problem, kind=text, subject=text, detail=text)
 health = st.builds(
-    p.Health, cpu_percent=floats, memory_total=i64, memory_used=i64, memory_percent=floats,
-    disks=st.lists(disk, max_size=3), boot_time=floats, uptime=floats, os=text,
-    agent_version=text, products=st.lists(product, max_size=3),
+    p.Health, cpu_percent=percents, memory_total=counts, memory_used=counts,
+    memory_percent=percents, disks=st.lists(disk, max_size=3), boot_time=stamps, uptime=reals,
+    os=text, agent_version=text, products=st.lists(product, max_size=3),
     problems=st.lists(problem, max_size=3),
 )
 ACTIONS: dict[type[p.Message], st.SearchStrategy[Any]] = {
@@ -67,13 +79,13 @@ STRATEGIES: dict[type[p.Message], st.SearchStrategy[Any]] = {
     ),
     p.Welcome: st.builds(p.Welcome, heartbeat_interval=floats, server_time=floats),
     p.Heartbeat: st.builds(p.Heartbeat, health=health),
-    p.Event: st.builds(p.Event, seq=i64, kind=text, at=floats, data=json_maps),
+    p.Event: st.builds(p.Event, seq=counts, kind=text, at=stamps, data=json_maps),
     p.Ack: st.builds(p.Ack, seq=i64),
     p.Command: st.builds(p.Command, id=i64, action=actions),
     p.CommandResult: st.builds(p.CommandResult, id=i64, ok=st.booleans(), data=json_maps, error=text),
     p.FetchMetadata: st.builds(p.FetchMetadata, id=i64, name=text),
     p.MetadataReply: st.builds(p.MetadataReply, id=i64, data=st.none() | blobs),
-    p.Download: st.builds(p.Download, job=text, offset=i64),
+    p.Download: st.builds(p.Download, job=text, offset=counts),
     p.Chunk: st.builds(p.Chunk, job=text, offset=i64, data=blobs, error=text),
     p.Request: st.builds(p.Request, id=i64, method=text, params=json_maps),
     p.Reply: st.builds(
@@ -497,3 +509,131 @@ def test_close_codes_are_application_codes_and_fatal_set_is_right() -> None:
     assert len(codes) == len(set(codes))
     assert p.CloseCode.REPLACED not in p.CloseCode.FATAL
     assert {p.CloseCode.REVOKED, p.CloseCode.UNAUTHENTICATED} <= p.CloseCode.FATAL
+
+
+# ----------------------------------------------------------------------------- hostile values
+# An authenticated agent may still be hostile (a virus-infected PC): whatever it sends is
+# bounded at decode, so storage never sees a value one backend accepts and another refuses.
+def _health_raw() -> dict[str, Any]:
+    return raw_map(SAMPLES[p.Heartbeat])["health"]
+
+
+HOSTILE_HEALTH: list[tuple[str, Any]] = [
+    ("cpu_percent", float("nan")),
+    ("cpu_percent", float("inf")),
+    ("cpu_percent", -1.0),
+    ("memory_percent", 1e9),
+    ("uptime", float("-inf")),
+    ("boot_time", -5.0),
+    ("boot_time", 1e300),
+    ("memory_total", -1),
+    ("memory_used", 2**64 - 1),
+    ("os", "x" * 256),
+    ("os", "Linux\x00"),
+    ("agent_version", "v" * 101),
+    ("problems", [{"kind": "disk_full", "subject": f"/d{i}", "detail": ""}
+                  for i in range(p.MAX_PROBLEMS + 1)]),
+    ("disks", [{"mount": "/", "total": 1, "used": 1, "percent": 1.0}] * (p.MAX_DISKS + 1)),
+    ("products", [{"name": "a", "version": None, "running": True}] * (p.MAX_PRODUCTS + 1)),
+    ("problems", [{"kind": "k" * 101, "subject": "/", "detail": ""}]),
+    ("problems", [{"kind": "disk_full", "subject": "/", "detail": "d" * 2001}]),
+    ("problems", [{"kind": "disk_full", "subject": "\x00", "detail": ""}]),
+    ("disks", [{"mount": "/", "total": 1, "used": 1, "percent": float("nan")}]),
+    ("products", [{"name": "a", "version": None, "running": True, "pid": -3}]),
+]
+
+
+@pytest.mark.parametrize(("field", "bad"), HOSTILE_HEALTH,
+                         ids=[f"{f}-{i}" for i, (f, _) in enumerate(HOSTILE_HEALTH)])
+def test_hostile_health_values_are_refused(field: str, bad: Any) -> None:
+    health = _health_raw()
+    health[field] = bad
+    raw = {"t": "heartbeat", "health": health}
+    with pytest.raises(ProtocolError, match="invalid message"):
+        p.decode(msgspec.msgpack.encode(raw), A2S)
+
+
+HOSTILE_EVENTS: list[dict[str, Any]] = [
+    {"seq": -1}, {"seq": 2**64 - 1}, {"at": float("nan")}, {"at": 1e300}, {"at": -1.0},
+    {"kind": "k" * 101}, {"kind": "boot\x00"},
+    {"data": {"x": float("nan")}}, {"data": {"x": [1, [float("inf")]]}},
+    {"data": {"x": b"bytes are not JSON"}}, {"data": {"nul\x00key": 1}},
+    {"data": {"x": "nul\x00value"}}, {"data": {"deep": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}},
+    {"data": {"many": list(range(p.MAX_DATA_ITEMS + 1))}},
+]
+
+
+@pytest.mark.parametrize("change", HOSTILE_EVENTS, ids=[str(i) for i in range(len(HOSTILE_EVENTS))])
+def test_hostile_event_values_are_refused(change: dict[str, Any]) -> None:
+    raw = {**raw_map(SAMPLES[p.Event]), **change}
+    with pytest.raises(ProtocolError, match="invalid message"):
+        p.decode(msgspec.msgpack.encode(raw), A2S)
+
+
+@pytest.mark.parametrize("change", [{"data": {"x": float("nan")}}, {"error": "e" * 2001},
+                                    {"data": {"blob": b"\x00"}}, {"id": 2**64 - 1}])
+def test_hostile_command_results_are_refused(change: dict[str, Any]) -> None:
+    raw = {**raw_map(SAMPLES[p.CommandResult]), **change}
+    with pytest.raises(ProtocolError, match="invalid message"):
+        p.decode(msgspec.msgpack.encode(raw), A2S)
+
+
+@pytest.mark.parametrize("change", [{"hostname": "h" * 256}, {"hostname": "pc\x00"},
+                                    {"products": ["p"] * (p.MAX_PRODUCTS + 1)},
+                                    {"public_key": b"k" * 65}, {"token": "t" * 101}])
+def test_hostile_enroll_requests_are_refused(change: dict[str, Any]) -> None:
+    raw = {**raw_map(SAMPLES[p.EnrollRequest]), **change}
+    with pytest.raises(ProtocolError, match="invalid message"):
+        p.decode(msgspec.msgpack.encode(raw), p.EnrollToServer)
+
+
+wild_floats = st.floats(allow_nan=True, allow_infinity=True)
+wild_text = st.text(max_size=300)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(cpu=wild_floats, boot=wild_floats, uptime=wild_floats, os_=wild_text,
+       total=st.integers(min_value=-(2**63), max_value=2**64 - 1),
+       problems=st.integers(min_value=0, max_value=40))
+def test_any_decoded_health_is_storable(cpu: float, boot: float, uptime: float, os_: str,
+                                        total: int, problems: int) -> None:
+    """Fuzz: a heartbeat either decodes to values every backend stores, or is refused."""
+    health = _health_raw()
+    health.update(cpu_percent=cpu, boot_time=boot, uptime=uptime, os=os_, memory_total=total,
+                  problems=[{"kind": "disk_full", "subject": str(i), "detail": ""}
+                            for i in range(problems)])
+    try:
+        raw = msgspec.msgpack.encode({"t": "heartbeat", "health": health})
+    except UnicodeEncodeError:
+        return
+    try:
+        decoded = p.decode(raw, A2S)
+    except ProtocolError:
+        return
+    h = decoded.health
+    assert all(math.isfinite(x) for x in (h.cpu_percent, h.boot_time, h.uptime))
+    assert 0 <= h.memory_total < 2**63 and len(h.os) <= 255 and "\x00" not in h.os
+    assert len(h.problems) <= p.MAX_PROBLEMS
+    p.check_data(p.to_builtins(h))  # plain JSON through and through
+
+
+@given(value=json_value)
+def test_check_data_accepts_every_json_value(value: Any) -> None:
+    p.check_data({"v": value})
+
+
+@given(value=any_value)
+def test_check_data_refuses_only_with_value_error(value: Any) -> None:
+    """Whatever check_data lets through is strict JSON without NUL."""
+    try:
+        p.check_data({"v": value})
+    except ValueError:
+        return
+    assert "\\u0000" not in json.dumps(value, allow_nan=False)
+
+
+def test_slow_down_reason_round_trips() -> None:
+    reason = p.slow_down_reason("too many events", 30)
+    assert p.retry_after_of(reason) == 30
+    assert len(reason.encode()) <= 123
+    assert p.retry_after_of("no heartbeat; marked offline") is None

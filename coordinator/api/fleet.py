@@ -14,7 +14,7 @@ from careline.coordinator.storage import service
 from careline.shared.errors import ConfigError
 from careline.shared.keys import JoinString, new_token, token_hash
 
-AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen", "products")
+AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen", "agent_version", "products")
 
 
 def agent_status(row: dict[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,6 +24,11 @@ from careline.shared import protocol as p
 from careline.shared.errors import ConfigError, NotFound
 
 MAX_TIMEOUT = 120.0
+# What a diagnostics bundle may exceed `max_bytes` by: the agent caps the logs it collects,
+# and the system facts and JSON around them add a little.
+DIAGNOSTICS_SLACK = 16 << 10
+
+log = logging.getLogger("careline.coordinator")
 
 
 async def _call(ctx: Context, agent: dict[str, Any], action: p.Action,
@@ -194,10 +200,17 @@ async def diagnose(ctx: Context, p_: DiagnoseParams) -> dict[str, Any]:
     if answer["status"] != "ok":
         raise ConfigError(f"{agent['id']}: {answer['status']} {answer.get('error', '')}".strip())
     bundle = answer["data"]
+    size = len(json.dumps(bundle))
+    # The agent is asked for max_bytes; a hostile one may send more, up to a whole message.
+    if size > p_.max_bytes + DIAGNOSTICS_SLACK:
+        log.warning("agent %s sent %d bytes of diagnostics when %d were asked; not stored",
+                    agent["id"], size, p_.max_bytes)
+        raise ConfigError(f"{agent['id']} sent {size} bytes of diagnostics, more than the "
+                          f"{p_.max_bytes} asked for; not stored")
     async with ctx.coordinator.db.transaction() as conn:
         diag_id = await service.add_diagnostics(
             conn, agent_id=agent["id"], incident_id=p_.incident, requested_by=ctx.caller.name,
-            size=len(json.dumps(bundle)), bundle=bundle, now=ctx.now,
+            size=size, bundle=bundle, now=ctx.now,
         )
         await ctx.audit(conn, "agents.diagnose", f"agent:{agent['id']}", diagnostics=diag_id,
                         incident=p_.incident)

@@ -5,8 +5,9 @@ Each function takes an open connection, so callers decide what shares one transa
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ from careline.coordinator.storage.schema import (
     technicians,
 )
 from careline.shared.errors import AuthError, Conflict, NotFound
+from careline.shared.keys import looks_like_agent_id
 
 Row = dict[str, Any]
 
@@ -208,18 +210,27 @@ def _agents_with_customer() -> sa.Select[Any]:
         .outerjoin(sites, agents.c.site_id == sites.c.id))
 
 
+async def get_agent_exact(conn: AsyncConnection, agent_id: str) -> Row:
+    """An agent (with its customer and site names) by its exact id: all internal code uses
+    this, so no hostname or prefix can ever stand for another machine."""
+    row = (await conn.execute(_agents_with_customer().where(agents.c.id == agent_id))
+           ).mappings().first()
+    if row is None:
+        raise NotFound(f"no agent {agent_id!r}")
+    return dict(row)
+
+
 async def get_agent(conn: AsyncConnection, ref: str) -> Row:
-    """An agent by full id or an unambiguous prefix of it, or by unique hostname."""
+    """What a technician typed: an agent's full id first, else an unambiguous prefix of an
+    id, or a unique hostname (never when `ref` is shaped like an id)."""
     if not ref:
         raise NotFound("no agent given")
-    query = _agents_with_customer().where(
-        sa.or_(agents.c.id == ref, agents.c.id.startswith(ref, autoescape=True),
-               agents.c.hostname == ref)
-    ).limit(2)
-    rows = rows_of(await conn.execute(query))
-    exact = [r for r in rows if r["id"] == ref]
-    if exact:
-        return exact[0]
+    with contextlib.suppress(NotFound):
+        return await get_agent_exact(conn, ref)
+    matches = agents.c.id.startswith(ref, autoescape=True)
+    if not looks_like_agent_id(ref):
+        matches = sa.or_(matches, agents.c.hostname == ref)
+    rows = rows_of(await conn.execute(_agents_with_customer().where(matches).limit(2)))
     if not rows:
         raise NotFound(f"no agent {ref!r}")
     if len(rows) > 1:
@@ -330,6 +341,37 @@ async def store_event(
         )
     )
     return bool(result.rowcount)
+
+
+def beyond_newest(table: sa.Table, keep: int) -> sa.Select[Any]:
+    """Ids of each agent's rows older than its `keep` newest."""
+    ranked = sa.select(table.c.id, sa.func.row_number().over(
+        partition_by=table.c.agent_id, order_by=table.c.id.desc()).label("rank")).subquery()
+    return sa.select(ranked.c.id).where(ranked.c.rank > keep)
+
+
+async def prune_events(conn: AsyncConnection, keep_per_agent: int, older_than: dt.datetime) -> int:
+    """An agent's storage budget: its newest `keep_per_agent` events, none received before
+    `older_than`. Returns how many were deleted."""
+    old = await conn.execute(events.delete().where(events.c.received_at < older_than))
+    beyond = await conn.execute(events.delete().where(
+        events.c.id.in_(beyond_newest(events, keep_per_agent))))
+    return int(old.rowcount or 0) + int(beyond.rowcount or 0)
+
+
+async def store_events(
+    conn: AsyncConnection, agent_id: str,
+    batch: Sequence[tuple[int, str, dt.datetime, dict[str, Any]]], now: dt.datetime,
+) -> set[int]:
+    """Record a batch of one agent's (seq, kind, at, data) in one statement; returns the
+    seqs stored now (the others were stored before: re-sends)."""
+    if not batch:
+        return set()
+    rows = [{"agent_id": agent_id, "seq": seq, "kind": kind, "at": at, "received_at": now,
+             "data": data} for seq, kind, at, data in batch]
+    result = await conn.execute(
+        insert_ignoring_duplicates(conn, events).returning(events.c.seq), rows)
+    return {int(seq) for seq in result.scalars()}
 
 
 async def list_events(conn: AsyncConnection, agent_id: str, limit: int = 50) -> list[Row]:

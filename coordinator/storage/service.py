@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.storage.fleet import Row, insert_row, rows_of
+from careline.coordinator.storage.fleet import Row, beyond_newest, insert_row, rows_of
 from careline.coordinator.storage.schema import (
     agents,
     conditions,
@@ -144,6 +144,12 @@ async def get_incident(conn: AsyncConnection, incident_id: int) -> Row:
                       f"no incident {incident_id}")
 
 
+async def count_open_incidents(conn: AsyncConnection, agent_id: str, kind: str) -> int:
+    query = sa.select(sa.func.count()).select_from(incidents).where(
+        incidents.c.agent_id == agent_id, incidents.c.kind == kind, incidents.c.status == "open")
+    return int((await conn.execute(query)).scalar_one())
+
+
 async def list_incidents(
     conn: AsyncConnection, *, open_only: bool = False, customer_id: int | None = None,
     agent_id: str | None = None,
@@ -232,6 +238,13 @@ async def add_diagnostics(
         "agent_id": agent_id, "incident_id": incident_id, "requested_by": requested_by,
         "created_at": now, "size": size, "bundle": bundle,
     }, "diagnostics")
+
+
+async def prune_diagnostics(conn: AsyncConnection, keep_per_agent: int) -> int:
+    """Each agent's newest `keep_per_agent` bundles are kept; returns how many were deleted."""
+    result = await conn.execute(diagnostics.delete().where(
+        diagnostics.c.id.in_(beyond_newest(diagnostics, keep_per_agent))))
+    return int(result.rowcount or 0)
 
 
 async def list_diagnostics(conn: AsyncConnection, agent_id: str) -> list[Row]:

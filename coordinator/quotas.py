@@ -1,0 +1,140 @@
+"""Quotas: how much one agent, or one address before it authenticates, may cost us.
+
+Pure code with the clock passed in, tested directly (tests/test_quotas.py); the server
+(coordinator/server.py) asks and acts. Two kinds of limit:
+
+- `AgentQuota`: an authenticated agent may still be hostile (a virus-infected PC), so its
+  messages and event bytes are metered by token buckets, and an event above
+  `protocol.MAX_EVENT_BYTES` is refused. Over a limit, the server closes the connection with
+  CloseCode.SLOW_DOWN and a retry-after; the quota is kept per agent id, so reconnecting
+  does not refill it.
+- `Gate`: connections not yet authenticated, per channel, per peer address and in all.
+  One source flooding the port fills only its own per-address allowance, so a real agent
+  from elsewhere still gets in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from careline.shared import protocol as p
+
+
+@dataclass
+class TokenBucket:
+    """`capacity` tokens at most, refilled at `rate` a second."""
+
+    capacity: float
+    rate: float
+    tokens: float = -1.0  # full at first use
+    at: float = 0.0
+
+    def take(self, amount: float, now: float) -> bool:
+        if self.tokens < 0:
+            self.tokens, self.at = self.capacity, now
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if amount > self.tokens:
+            return False
+        self.tokens -= amount
+        return True
+
+    def wait_for(self, amount: float) -> int:
+        """Whole seconds until `amount` tokens are there again (at least 1)."""
+        missing = max(0.0, min(amount, self.capacity) - self.tokens)
+        return max(1, math.ceil(missing / self.rate))
+
+
+# Per agent. A healthy agent sends a heartbeat every interval and a handful of events a day.
+# Messages other than events cost only memory that the next one replaces, so their limit is
+# loose (bench/fleet.py's throughput blast stays under it); events are stored, so theirs is not.
+MESSAGE_BURST, MESSAGE_RATE = 2000, 200.0  # any message, per second
+EVENT_BURST, EVENT_RATE = 300, 10.0  # events, per second
+# Events made before the connection they arrive on (the outbox of a PC back after days
+# offline: up to agent.outbox.MAX_EVENTS) are delivered at once (issue 13), from their own
+# allowance: a liar dating its flood in the past gets this once, then the same 10 a second.
+BACKLOG_BURST, BACKLOG_RATE = 10_000, 10.0
+EVENT_BYTES_BURST, EVENT_BYTES_RATE = 4 << 20, 128 << 10  # encoded event bytes, per second
+
+
+@dataclass
+class AgentQuota:
+    messages: TokenBucket = field(default_factory=lambda: TokenBucket(MESSAGE_BURST, MESSAGE_RATE))
+    events: TokenBucket = field(default_factory=lambda: TokenBucket(EVENT_BURST, EVENT_RATE))
+    backlog: TokenBucket = field(default_factory=lambda: TokenBucket(BACKLOG_BURST, BACKLOG_RATE))
+    event_bytes: TokenBucket = field(
+        default_factory=lambda: TokenBucket(EVENT_BYTES_BURST, EVENT_BYTES_RATE))
+    refused: int = 0  # messages refused over a limit, for logs and the soak bench
+
+    def admit(self, kind: str, size: int, now: float) -> str | None:
+        """None if this message (of `kind`: "event", "backlog" for an event made before
+        this connection, or another; `size` bytes encoded) is within quota; else the close
+        reason, which tells the agent when to come back."""
+        event = kind in ("event", "backlog")
+        if event and size > p.MAX_EVENT_BYTES:
+            self.refused += 1
+            return f"event of {size} bytes exceeds the {p.MAX_EVENT_BYTES}-byte limit"
+        if kind != "backlog" and not self.messages.take(1, now):
+            self.refused += 1
+            return p.slow_down_reason("too many messages", self.messages.wait_for(MESSAGE_BURST / 2))
+        # A backlog event spends the backlog allowance while it lasts, then the event rate.
+        if event and not (kind == "backlog" and self.backlog.take(1, now)) \
+                and not self.events.take(1, now):
+            self.refused += 1
+            return p.slow_down_reason("too many events", self.events.wait_for(EVENT_BURST / 2))
+        if event and not self.event_bytes.take(size, now):
+            self.refused += 1
+            return p.slow_down_reason("too many event bytes",
+                                      self.event_bytes.wait_for(EVENT_BYTES_BURST / 2))
+        return None
+
+
+# ----------------------------------------------------------------------------- unauthenticated
+@dataclass(frozen=True)
+class Caps:
+    per_address: int
+    total: int
+
+
+# Connections between the upgrade and authentication, per channel. An office behind one NAT
+# address reconnecting after a restart passes in turns (the rest get 503 and Retry-After);
+# one flooding address cannot take more than its share.
+DEFAULT_CAPS: dict[str, Caps] = {
+    p.AGENT_PATH: Caps(per_address=64, total=500),
+    p.ENROLL_PATH: Caps(per_address=8, total=64),
+    p.ADMIN_PATH: Caps(per_address=16, total=128),
+}
+
+
+@dataclass
+class Gate:
+    caps: dict[str, Caps] = field(default_factory=lambda: dict(DEFAULT_CAPS))
+    _by_address: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _by_channel: Counter[str] = field(default_factory=Counter)
+
+    def check(self, channel: str, address: str) -> str | None:
+        """None if one more unauthenticated connection may start; else which cap is full."""
+        caps = self.caps[channel]
+        if self._by_address[(channel, address)] >= caps.per_address:
+            return "address"
+        if self._by_channel[channel] >= caps.total:
+            return "total"
+        return None
+
+    def enter(self, channel: str, address: str) -> None:
+        self._by_address[(channel, address)] += 1
+        self._by_channel[channel] += 1
+
+    def leave(self, channel: str, address: str) -> None:
+        key = (channel, address)
+        self._by_address[key] -= 1
+        if self._by_address[key] <= 0:
+            del self._by_address[key]
+        self._by_channel[channel] -= 1
+
+    def pending(self, channel: str, address: str | None = None) -> int:
+        if address is None:
+            return self._by_channel[channel]
+        return self._by_address[(channel, address)]
