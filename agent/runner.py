@@ -211,6 +211,8 @@ class AgentRunner:
             self.first_window = welcome.reconnect_window
             self.attempt = 0
             self._set_status("connected", "")
+            if await asyncio.to_thread(self.outbox.report_losses) is not None:
+                self._outbox_wakeup.set()  # what the bound folded or dropped while away
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)
             self._window = DeliveryWindow(OUTBOX_WINDOW)
             try:
