@@ -156,3 +156,16 @@ def test_reader_refuses_garbage(tmp_path: Path, data: bytes) -> None:
     path.write_bytes(data)
     with pytest.raises(VerificationError):
         read_package_info(path)
+
+
+def test_versions_compare_as_packaging_does() -> None:
+    """Issue 13: 2026.2 and 2026.2.0 are one version (a tuple compare called it older,
+    so a machine on 2026.2 was offered 2026.2.0 again and again)."""
+    from careline.coordinator.rollouts import needs_update
+    from careline.shared.package import parse_version
+
+    assert parse_version("2026.2") == parse_version("2026.2.0")
+    assert parse_version("2026.10") > parse_version("2026.9.9")
+    health = {"products": [{"name": "KeToan", "version": "2026.2"}]}
+    assert not needs_update(health, "KeToan", "2026.2.0")
+    assert needs_update(health, "KeToan", "2026.2.1")
