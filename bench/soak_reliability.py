@@ -199,7 +199,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
 
     identities = [fleet.Identity(fleet.generate_key()) for _ in range(n)]
     await fleet.enroll_all(fleet.JoinString.parse(await asyncio.to_thread(join)), identities,
-                           32, timeout=max(120, n * 0.2))
+                           6, timeout=max(120, n * 0.5))  # quotas: 8 enrollments per address
     soak = Soak()
     SoakAgent.soak = soak
     SoakAgent.soak_every = args.event_every  # type: ignore[attr-defined]
