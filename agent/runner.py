@@ -183,7 +183,7 @@ class AgentRunner:
         from careline.agent.updater import Updater  # issue 6: recover interrupted installs first
 
         self.updater = Updater(self)
-        self.updater.start()
+        await self.updater.start()
         try:
             while not stop.is_set():
                 self._set_status("connecting")

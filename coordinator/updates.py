@@ -378,8 +378,9 @@ class UpdateService:
             return
         key = (link.agent_id, message.job)
         previous = self._streams.pop(key, None)
-        if previous is not None:
+        if previous is not None:  # stopped and awaited: no two streams of one job interleave
             previous.cancel()
+            await asyncio.gather(previous, return_exceptions=True)
         task = asyncio.create_task(
             self._stream(link, message.job, self.packages.path(release["sha256"]),
                          message.offset, length)
@@ -398,14 +399,14 @@ class UpdateService:
             async with self._slots:
                 with open(path, "rb") as f:
                     f.seek(offset)
-                    while offset < length:
-                        data = f.read(min(SEND_CHUNK, length - offset))
+                    while offset < length:  # disk reads off the event loop
+                        data = await asyncio.to_thread(f.read, min(SEND_CHUNK, length - offset))
                         if not data:
                             raise OSError(f"{path} is shorter than its release says")
                         await link.ws.send(p.encode(p.Chunk(job=job, offset=offset, data=data)))
                         offset += len(data)
                         self.progress[job] = (offset, length)
-        except (ConnectionClosed, asyncio.CancelledError):
+        except ConnectionClosed:
             return
         except OSError as exc:
             log.error("serving %s failed: %s", job, exc)
