@@ -12,7 +12,7 @@ from careline.agent import platform as osx
 from careline.agent.state import AgentConfig, ProductConfig, StateDir
 from careline.shared import __version__
 from careline.shared import protocol as p
-from careline.shared.errors import AuthError, ConfigError
+from careline.shared.errors import AuthError, ConfigError, VerificationError
 from careline.shared.keys import (
     JoinString,
     cert_fingerprint,
@@ -29,7 +29,8 @@ ENROLL_TIMEOUT = 15.0  # for the connection, and again for each answer
 
 async def register(join: JoinString, public_key: bytes, *, hostname: str, os: str,
                    products: list[str], open_timeout: float = ENROLL_TIMEOUT,
-                   ) -> tuple[str, p.Enrolled]:
+                   hardware: dict[str, str] | None = None,
+                   replaces: str = "") -> tuple[str, p.Enrolled]:
     """The /enroll exchange: check the coordinator against the CA the join string pins
     before the token leaves this machine, then register `public_key`. Returns that CA (PEM)
     and the coordinator's answer. Every wait is bounded by `open_timeout` (TimeoutError)."""
@@ -44,16 +45,20 @@ async def register(join: JoinString, public_key: bytes, *, hostname: str, os: st
         check_issued_by(leaf, identity.ca_pem)
         await ws.send(p.encode(p.EnrollRequest(
             token=join.token, public_key=public_key, hostname=hostname, os=os,
-            agent_version=__version__, products=products,
+            agent_version=__version__, products=products, hardware=hardware or {},
+            replaces=replaces,
         )))
         return identity.ca_pem, p.decode(await asyncio.wait_for(ws.recv(), open_timeout),
                                           p.Enrolled)
 
 
-async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig]) -> AgentConfig:
+async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig],
+                 replaces: str = "") -> AgentConfig:
+    """Register this PC. After a reinstall the coordinator recognises its hardware and
+    gives back the machine it was (`replaces` names it when a technician knows)."""
     if state.enrolled():
         raise ConfigError(f"already enrolled in {state.path}; use another --state or remove it")
-    state.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    osx.secure_state_dir(state.path)
     # A key left by an earlier, failed attempt is reused: it was never accepted anywhere.
     key = load_private_key(state.key_file) if state.key_file.exists() else None
     if key is None:
@@ -62,7 +67,8 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     try:
         ca_pem, enrolled = await register(
             join, public_bytes(key), hostname=socket.gethostname(), os=osx.os_description(),
-            products=[product.name for product in products])
+            products=[product.name for product in products],
+            hardware=osx.hardware_identity(), replaces=replaces)
     except ConnectionClosed as exc:
         reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         raise AuthError(f"enrollment refused: {reason}") from None
@@ -71,10 +77,15 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
                           f"{ENROLL_TIMEOUT:g}s; try again later") from None
     except OSError as exc:
         raise ConfigError(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
-    (state.ca_file).write_text(ca_pem)
     from careline.agent.updater import store_enrollment_trust
 
-    store_enrollment_trust(state, enrolled.tuf_root, enrolled.instruction_key)
+    try:
+        store_enrollment_trust(state, enrolled.tuf_root, enrolled.instruction_key, join.root_pin)
+    except VerificationError:
+        # Registered with a coordinator we do not trust: a retry starts with a fresh key.
+        state.key_file.unlink()
+        raise
+    (state.ca_file).write_text(ca_pem)
     config = AgentConfig(
         agent_id=enrolled.agent_id, customer_id=enrolled.customer_id,
         server_url=join.server_url, heartbeat_interval=enrolled.heartbeat_interval,

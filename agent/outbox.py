@@ -24,7 +24,9 @@ from typing import Any
 
 from careline.shared.protocol import MAX_EVENT_BYTES, Event, check_data
 
-MAX_EVENTS = 10_000
+# What the coordinator admits from one agent at once (coordinator.quotas.EVENT_BURST): a full
+# outbox is delivered in one go after any absence.
+MAX_EVENTS = 5_000
 MAX_AGE_SECONDS = 30 * 86400
 # Never dropped or folded: what a technician or a rollout must see.
 KEPT_KINDS = frozenset({"update_result", "verify_result", "integrity_mismatch", "unclean_shutdown"})

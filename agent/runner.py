@@ -136,6 +136,9 @@ class AgentRunner:
         self.ssl = pinned_client_context(state.ca_file.read_text())
         self.outbox = Outbox(state.outbox_file)
         self.prober = Prober(self.config)
+        from careline.agent.platform import hardware_identity
+
+        self.hardware = hardware_identity()  # said with every hello: see shared.hardware
         self.status = Status()
         self.interval = self.config.heartbeat_interval
         self._outbox_wakeup = asyncio.Event()
@@ -220,6 +223,7 @@ class AgentRunner:
             await ws.send(p.encode(p.Hello(
                 agent_id=self.config.agent_id, agent_version=__version__,
                 signature=sign_challenge(self.key, challenge.nonce, self.config.agent_id),
+                hardware=self.hardware,
             )))
             welcome = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Welcome)
             self.interval = welcome.heartbeat_interval
@@ -239,6 +243,8 @@ class AgentRunner:
                 await asyncio.gather(*self._answering, return_exceptions=True)
                 self.updater.connection_lost()
                 await asyncio.to_thread(self._forget_acked)
+            if stop.is_set():  # tell the coordinator this PC is being switched off
+                await ws.close(p.CloseCode.AGENT_STOPPING, "agent stopping")
 
     async def _heartbeats(self, ws: ClientConnection) -> None:
         while True:

@@ -167,6 +167,11 @@ def run(args: argparse.Namespace, root: Path, procs: Procs) -> dict[str, Any]:
     # ------------------------------------------------ enroll and start real agents
     states: list[Path] = []
     jobs = []
+    # One host plays n PCs: each its own hardware identity (agent/platform.py), or each
+    # enrollment would be taken for a reinstall of the one before.
+    envs = [{**env, "CARELINE_AGENT_HARDWARE": json.dumps({"uuid": f"bench-{i}",
+                                                           "disk": f"bench-disk-{i}"})}
+            for i in range(n)]
     for i in range(n):
         customer = "Alpha" if i < small else "Beta"
         state, product = root / f"agent-{i:03d}", root / f"product-{i:03d}"
@@ -177,14 +182,15 @@ def run(args: argparse.Namespace, root: Path, procs: Procs) -> dict[str, Any]:
     log(f"enrolling {n} agents ({args.enroll_parallel} at a time)")
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(args.enroll_parallel) as pool:
-        for result in pool.map(lambda argv: subprocess.run(
-                argv, capture_output=True, text=True, timeout=120, env=env), jobs):
+        for result in pool.map(lambda job: subprocess.run(
+                job[0], capture_output=True, text=True, timeout=120, env=job[1]),
+                zip(jobs, envs, strict=True)):
             if result.returncode != 0:
                 raise RuntimeError(f"enroll failed:\n{result.stdout}\n{result.stderr}")
     enroll_s = time.monotonic() - t0
     log(f"  enrolled in {enroll_s:.1f} s; starting {n} agents")
     agents = [procs.start([*command("careline-agent"), "run", "--state", str(s)],
-                          root / f"agent-{i:03d}.log", env) for i, s in enumerate(states)]
+                          root / f"agent-{i:03d}.log", envs[i]) for i, s in enumerate(states)]
     t0 = time.monotonic()
     with AdminClient(creds) as client:
         while True:

@@ -34,6 +34,7 @@ UNKNOWN_TTL_SECONDS = 60.0
 class AgentKey:
     public_key: bytes
     customer_id: int
+    machine_id: str = ""  # the machine it belongs to, when not the id said in hello
 
 
 class AgentKeys:
@@ -41,6 +42,7 @@ class AgentKeys:
         self.db = db
         self._keys: dict[str, AgentKey] = {}
         self._checked_at: dt.datetime | None = None
+        self._rekeys_seen: dict[str, dt.datetime] = {}  # machine -> key change handled
         self._unknown: OrderedDict[str, float] = OrderedDict()  # id -> time.monotonic() seen
 
     async def load(self, now: dt.datetime) -> None:
@@ -58,7 +60,7 @@ class AgentKeys:
         if seen is not None and time.monotonic() - seen < UNKNOWN_TTL_SECONDS:
             return "unknown"
         async with self.db.connect() as conn:
-            row = await store.agent_by_id(conn, agent_id)
+            row = await store.agent_for_hello(conn, agent_id)
         if row is None:
             self._unknown[agent_id] = time.monotonic()
             self._unknown.move_to_end(agent_id)
@@ -67,27 +69,46 @@ class AgentKeys:
             return "unknown"
         if row["revoked_at"] is not None:
             return "revoked"
-        key = self._keys[agent_id] = AgentKey(bytes(row["public_key"]), row["customer_id"])
+        key = self._keys[agent_id] = AgentKey(
+            bytes(row["public_key"]), row["customer_id"], row["id"])
         return key
 
     def __len__(self) -> int:
         """Enrolled agents not revoked (that this process knows of)."""
         return len(self._keys)
 
-    def add(self, agent_id: str, public_key: bytes, customer_id: int) -> None:
-        self._keys[agent_id] = AgentKey(public_key, customer_id)
+    def add(self, agent_id: str, public_key: bytes, customer_id: int, machine_id: str = "") -> None:
+        self._keys[agent_id] = AgentKey(public_key, customer_id, machine_id)
         self._unknown.pop(agent_id, None)
 
     def evict(self, agent_id: str) -> None:
         self._keys.pop(agent_id, None)
 
-    async def revocations(self, now: dt.datetime) -> list[str]:
+    async def revocations(self, now: dt.datetime) -> tuple[list[str], list[str]]:
         """Agents revoked by any process since the last check (give or take CLOCK_MARGIN),
-        evicted from the cache; the caller closes their connections."""
+        evicted from the cache; the caller closes their connections. Second, the ids
+        (machine and new key) of machines given a new key by a reinstall, each once: the
+        caller closes their connections for them to say hello again, and the old key,
+        gone from the cache, is then refused."""
         since = (self._checked_at or now) - CLOCK_MARGIN
         async with self.db.connect() as conn:
             revoked = await store.revoked_since(conn, since)
+            rekeys = await store.rekeyed_since(conn, since)
         self._checked_at = now
         for agent_id in revoked:
             self.evict(agent_id)
-        return revoked
+        rekeyed = []
+        for machine_id, key_id, at in rekeys:
+            if self._rekeys_seen.get(machine_id) != at:
+                self.rekeyed(machine_id, at)
+                rekeyed += [ref for ref in (machine_id, key_id) if ref]
+                self.evict(key_id or machine_id)
+        for machine_id, at in list(self._rekeys_seen.items()):
+            if at < since:
+                del self._rekeys_seen[machine_id]
+        return revoked, rekeyed
+
+    def rekeyed(self, machine_id: str, at: dt.datetime) -> None:
+        """The machine took a new key at `at` (handled here already, or now)."""
+        self.evict(machine_id)
+        self._rekeys_seen[machine_id] = at

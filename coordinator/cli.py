@@ -151,13 +151,25 @@ def tokens() -> None:
 @click.option("--contract", type=int, default=None,
               help="Contract the machines join (default: the customer's current one).")
 @click.option("--site", default=None, help="The customer's site the machines are at.")
+@click.option("--expect-root", envvar="CARELINE_ROOT_PIN", default=None,
+              help="The update root hash `careline release keys init` printed: refuse a join "
+                   "string that pins another (env CARELINE_ROOT_PIN).")
 def tokens_create(client: Any, as_json: bool, customer: str, uses: int, expires: str,
-                  contract: int | None, site: str | None) -> None:
+                  contract: int | None, site: str | None, expect_root: str | None) -> None:
+    from careline.shared.errors import VerificationError
     from careline.shared.units import parse_duration
 
     seconds = parse_duration(expires).total_seconds()
     result = client.call("tokens.create", customer=customer, uses=uses, expires_seconds=seconds,
                          contract=contract, site=site)
+    if expect_root and (result.get("root_pin") or "") != expect_root.strip().lower():
+        raise VerificationError(
+            f"the coordinator's join string pins update root {result.get('root_pin')}, not "
+            f"{expect_root}: do not hand it out (token {result['token_id']} was created)")
+    if not result.get("root_pin"):
+        click.echo("warning: no release keys yet, so this join string pins no update root; "
+                   "its machines need `careline-agent pin-root` before they accept updates",
+                   err=True)
     if as_json:
         from careline.coordinator.render import emit
 
@@ -202,6 +214,27 @@ def agents_revoke(client: Any, as_json: bool, agent: str) -> None:
     from careline.coordinator.render import emit
 
     emit(client.call("agents.revoke", id=agent), as_json)
+
+
+@technician_command(agents, "candidates")
+@click.option("--customer", default=None, help="Only this customer's machines.")
+def agents_candidates(client: Any, as_json: bool, customer: str | None) -> None:
+    """Machines that may be reinstalls of an earlier one (same hardware): link with replace."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("agents.candidates", customer=customer), as_json,
+         ("customer", "old", "old_hostname", "new", "new_hostname", "strength", "matching"),
+         title="possible reinstalls")
+
+
+@technician_command(agents, "replace")
+@click.argument("old")
+@click.argument("new")
+def agents_replace(client: Any, as_json: bool, old: str, new: str) -> None:
+    """NEW is a reinstall of OLD: OLD keeps its id, history and seat, and takes NEW's key."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("agents.replace", old=old, new=new), as_json)
 
 
 # ============================================================================ technicians
@@ -250,6 +283,22 @@ def customers_hours(client: Any, as_json: bool, customer: str, workdays: str | N
 
     emit(client.call("customers.hours", customer=customer, workdays=workdays, opens=opens,
                      closes=closes), as_json)
+
+
+@technician_command(customers, "closed")
+@click.argument("customer")
+@click.option("--from", "first_day", default=None, help="First closed day, YYYY-MM-DD.")
+@click.option("--to", "last_day", default=None, help="Last closed day, YYYY-MM-DD.")
+@click.option("--note", default="", help="Why, e.g. Tet.")
+def customers_closed(client: Any, as_json: bool, customer: str, first_day: str | None,
+                     last_day: str | None, note: str) -> None:
+    """Record days the customer is closed (no offline incidents, no due times in them);
+    without --from/--to, list their closures."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("customers.closed", customer=customer, first_day=first_day,
+                     last_day=last_day, note=note), as_json,
+         ("id", "first_day", "last_day", "note", "created_by"), title="closures")
 
 
 # ============================================================================ contracts
@@ -316,6 +365,55 @@ def entitlement(client: Any, as_json: bool, machine: str, at: str | None) -> Non
 
 
 @main.group(cls=CarelineGroup)
+def policy() -> None:
+    """Policy overrides: vendor file -> customer -> site -> machine."""
+
+
+def _policy_target(fn: Any) -> Any:
+    fn = click.option("--machine", default=None, help="A machine (id, prefix or hostname).")(fn)
+    fn = click.option("--site", default=None, help="A site of --customer (id or name).")(fn)
+    return click.option("--customer", default=None, help="Customer id or name.")(fn)
+
+
+POLICY_COLUMNS = ("key", "value", "source")
+
+
+@technician_command(policy, "set")
+@_policy_target
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+def policy_set(client: Any, as_json: bool, customer: str | None, site: str | None,
+               machine: str | None, assignments: tuple[str, ...]) -> None:
+    """Override values, e.g. fees.onsite_reinstall_vnd=450000 (admin)."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("policy.set", customer=customer, site=site, machine=machine,
+                     assignments=list(assignments)), as_json, POLICY_COLUMNS, title="policy")
+
+
+@technician_command(policy, "unset")
+@_policy_target
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+def policy_unset(client: Any, as_json: bool, customer: str | None, site: str | None,
+                 machine: str | None, keys: tuple[str, ...]) -> None:
+    """Drop overrides: the values fall back to the level above (admin)."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("policy.unset", customer=customer, site=site, machine=machine,
+                     keys=list(keys)), as_json, POLICY_COLUMNS, title="policy")
+
+
+@technician_command(policy, "show")
+@_policy_target
+def policy_show(client: Any, as_json: bool, customer: str | None, site: str | None,
+                machine: str | None) -> None:
+    """Every value that may vary by customer and where it comes from."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("policy.show", customer=customer, site=site, machine=machine), as_json,
+         POLICY_COLUMNS, title="policy")
+
+
+@main.group(cls=CarelineGroup)
 def report() -> None:
     """Reports for the vendor's office."""
 
@@ -338,7 +436,7 @@ def incidents() -> None:
 
 
 INCIDENT_COLUMNS = ("id", "status", "customer", "hostname", "kind", "category", "severity",
-                    "action", "fee_vnd", "due_at")
+                    "action", "fee_vnd", "due_at", "waiting_on")
 
 
 @technician_command(incidents, "open")
@@ -391,6 +489,27 @@ def incidents_explain(client: Any, as_json: bool, incident: int) -> None:
                f"due {result['due_at']}")
     for number, reason in enumerate(result["reasons"], 1):
         click.echo(f"  {number}. {reason}")
+
+
+@technician_command(incidents, "wait")
+@click.argument("incident", type=int)
+@click.option("--on", "on", type=click.Choice(["customer", "vendor", "third_party"]),
+              default="customer", show_default=True)
+@click.option("--note", default="", help="What it waits for.")
+def incidents_wait(client: Any, as_json: bool, incident: int, on: str, note: str) -> None:
+    """Stop the incident's due-time clock while it waits on someone."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("incidents.wait", id=incident, on=on, note=note), as_json)
+
+
+@technician_command(incidents, "resume")
+@click.argument("incident", type=int)
+def incidents_resume(client: Any, as_json: bool, incident: int) -> None:
+    """Start the clock again; the due time moves out by the business time paused."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("incidents.resume", id=incident), as_json)
 
 
 @technician_command(incidents, "resolve")
@@ -616,14 +735,22 @@ def _show_rollout(rollout: dict[str, Any], as_json: bool, not_covered: bool) -> 
                           total=max(wave["targeted"], 1), completed=wave["succeeded"],
                           counts=counts)
     progress.refresh()
-    console.print(f"{len(rollout['not_covered'])} machines not covered "
-                  f"(see --not-covered)")
+    counts = ", ".join(f"{n} {state.replace('_', ' ')}"
+                       for state, n in rollout["counts"].items() if n)
+    console.print(f"{rollout['in_scope']} machines in scope: {counts or 'none yet'}")
+    if rollout["machines"]:
+        emit(rollout["machines"], False, ("machine", "hostname", "customer", "wave", "state",
+                                          "version", "job", "detail"),
+             title=f"rollout {rollout['id']}: machines in scope")
 
 
 @technician_command(rollouts, "show")
 @click.argument("rollout", type=int)
 @click.option("--not-covered", is_flag=True, help="The machines left out for lack of coverage.")
 def rollouts_show(client: Any, as_json: bool, rollout: int, not_covered: bool) -> None:
+    """A rollout's waves and where every machine in its scope stands: pending, unknown
+    version, waiting for window, offline, sent, installed, failed, not covered, retired,
+    overdue (covered and still without it on or after the effective date)."""
     _show_rollout(client.call("rollouts.show", id=rollout), as_json, not_covered)
 
 

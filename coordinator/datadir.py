@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
@@ -33,7 +34,7 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
-    # Seconds a technician's connection may sit without a request before it is closed.
+    # A technician connection with no request for this many seconds is closed.
     admin_idle_timeout: float = 900.0
 
     def listen_host_port(self) -> tuple[str, int]:
@@ -105,6 +106,16 @@ class DataDir:
             raise ConfigError(f"{self.settings_file}: {exc}") from None
         return replace(parse_settings(raw, str(self.settings_file)),
                        **{k: v for k, v in overrides.items() if v not in (None, "")})
+
+    def restrict_files(self) -> None:
+        """careline.toml (may hold a database password), the SQLite database and its WAL,
+        and local-admin.token (a full admin token) are the owner's only, whatever mode the
+        folder has. Files made later inherit the process umask (077, see bootstrap)."""
+        sqlite = str(self.sqlite_file)
+        for path in (self.settings_file, self.local_token_file, Path(sqlite),
+                     Path(sqlite + "-wal"), Path(sqlite + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, 0o600)
 
     def database_url(self, settings: Settings) -> str:
         return settings.database or f"sqlite:///{self.sqlite_file}"

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from careline.coordinator.policy.alerts import ConditionState, Transition, observe, touch
 from careline.coordinator.policy.calendar import BusinessCalendar
 from careline.coordinator.policy.config import WEEKDAYS, Policy
-from careline.coordinator.policy.decide import IncidentFacts, MachineState, decide
+from careline.coordinator.policy.decide import IncidentFacts, MachineState, Pause, decide
 from careline.coordinator.policy.entitlement import (
     NOTHING,
     Contract,
@@ -24,6 +24,8 @@ from careline.coordinator.policy.entitlement import (
     MaintenancePackage,
     entitlement_at,
 )
+from careline.coordinator.policy.offline import Presence, offline_check, silent_for
+from careline.coordinator.policy.overrides import PolicyLayers, chain
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
@@ -58,8 +60,12 @@ def _newer(version: str, than: str | None) -> bool:
 ConditionKey = tuple[str, str, str]  # agent id, kind, subject
 
 
-def customer_calendar(policy: Policy, customer: dict[str, Any]) -> BusinessCalendar:
-    """The policy's business calendar in the customer's time zone and hours."""
+def customer_calendar(
+    policy: Policy, customer: dict[str, Any],
+    closures: tuple[tuple[dt.date, dt.date], ...] = (),
+) -> BusinessCalendar:
+    """The policy's business calendar in the customer's time zone and hours, with the
+    customer's own closures."""
     default = policy.calendar
     workdays = default.workdays
     if customer.get("workdays"):
@@ -68,7 +74,17 @@ def customer_calendar(policy: Policy, customer: dict[str, Any]) -> BusinessCalen
         default, timezone=customer["timezone"], workdays=workdays,
         opens=dt.time.fromisoformat(customer["opens"]) if customer.get("opens") else default.opens,
         closes=dt.time.fromisoformat(customer["closes"]) if customer.get("closes") else default.closes,
+        closures=closures,
     )
+
+
+async def load_calendar(
+    conn: AsyncConnection, policy: Policy, customer: dict[str, Any]
+) -> BusinessCalendar:
+    """A customer's calendar with their closures, read from storage."""
+    closures = await service.list_closures(conn, customer["id"])
+    return customer_calendar(policy, customer, tuple(
+        (row["first_day"], row["last_day"]) for row in closures))
 
 
 def _state_to_json(state: ConditionState) -> dict[str, Any]:
@@ -87,10 +103,23 @@ def _state_from_json(data: dict[str, Any]) -> ConditionState:
 
 
 class IncidentDesk:
-    def __init__(self, db: Database, policy: Policy, offline_after: dt.timedelta) -> None:
+    def __init__(self, db: Database, layers: PolicyLayers, offline_after: dt.timedelta) -> None:
         self.db = db
-        self.policy = policy
+        self.layers = layers
+        self.policy = layers.resolve()  # the vendor's: before any customer's overrides
         self.offline_after = offline_after
+
+    # ------------------------------------------------------------------ policy
+    def policy_of(self, by_target: dict[str, dict[str, Any]], agent: dict[str, Any]) -> Policy:
+        """The effective policy of one machine: vendor, then its customer's, site's and
+        own overrides (`by_target` from service.overrides_by_target)."""
+        if not by_target:
+            return self.policy
+        return self.layers.resolve(
+            chain(by_target, agent["customer_id"], agent.get("site_id"), agent["id"]))
+
+    async def policy_for(self, conn: AsyncConnection, agent: dict[str, Any]) -> Policy:
+        return self.policy_of(await service.overrides_by_target(conn), agent)
 
     # ------------------------------------------------------------------ entitlement
     async def entitlement(
@@ -98,27 +127,46 @@ class IncidentDesk:
         now: dt.datetime | None = None,
     ) -> Entitlement:
         """A machine's entitlement on a local date (default: today in its customer's zone)."""
-        customer = await store.get_customer(conn, agent["customer_id"])
-        if at is None:
-            at = customer_calendar(self.policy, customer).local(now or dt.datetime.now(dt.UTC)).date()
-        contract_row = (
-            await service.get_contract(conn, agent["contract_id"]) if agent["contract_id"]
-            else await service.current_contract(conn, agent["customer_id"], at)
-        )
-        if contract_row is None:
-            return Entitlement(at, "not_covered", NOTHING)
-        contract = Contract(contract_row["id"], contract_row["signed_on"],
-                            contract_row["warranty_months"])
-        packages = [
-            MaintenancePackage(r["id"], r["contract_id"], r["start"], r["end"], r["tier"])
-            for r in await service.list_maintenance(conn, contract.id)
-        ]
-        joined = agent["joined_contract_on"] or agent["enrolled_at"].date()
-        return entitlement_at(
-            contract, packages, at, machine_joined_on=joined, tiers=self.policy.tiers,
-            warranty_tier=self.policy.warranty,
-            expiring_within_days=self.policy.expiring_within_days,
-        )
+        return (await self.entitlements(conn, [agent], at, now))[agent["id"]]
+
+    async def entitlements(
+        self, conn: AsyncConnection, agents: list[dict[str, Any]], at: dt.date | None = None,
+        now: dt.datetime | None = None,
+    ) -> dict[str, Entitlement]:
+        """Many machines' entitlements in three queries, whatever their number (a rollout
+        targets thousands at once)."""
+        customer_ids = sorted({a["customer_id"] for a in agents})
+        customers = {c["id"]: c for c in await store.list_customers(conn)
+                     if c["id"] in customer_ids}
+        by_customer: dict[int, list[dict[str, Any]]] = {}
+        for found in await service.contracts_of(conn, customer_ids):
+            by_customer.setdefault(found["customer_id"], []).append(found)
+        contracts = {c["id"]: c for rows in by_customer.values() for c in rows}
+        missing = {a["contract_id"] for a in agents if a["contract_id"]} - set(contracts)
+        for contract_id in sorted(missing):  # a contract of another customer: by id
+            contracts[contract_id] = await service.get_contract(conn, contract_id)
+        packages: dict[int, list[MaintenancePackage]] = {}
+        for r in await service.maintenance_of(conn, sorted(contracts)):
+            packages.setdefault(r["contract_id"], []).append(
+                MaintenancePackage(r["id"], r["contract_id"], r["start"], r["end"], r["tier"]))
+        result: dict[str, Entitlement] = {}
+        for agent in agents:
+            on = at or customer_calendar(self.policy, customers[agent["customer_id"]]).local(
+                now or dt.datetime.now(dt.UTC)).date()
+            row: dict[str, Any] | None = (
+                contracts[agent["contract_id"]] if agent["contract_id"] else
+                service.pick_current_contract(by_customer.get(agent["customer_id"], []), on))
+            if row is None:
+                result[agent["id"]] = Entitlement(on, "not_covered", NOTHING)
+                continue
+            joined = agent["joined_contract_on"] or agent["enrolled_at"].date()
+            result[agent["id"]] = entitlement_at(
+                Contract(row["id"], row["signed_on"], row["warranty_months"]),
+                packages.get(row["id"], []), on, machine_joined_on=joined,
+                tiers=self.policy.tiers, warranty_tier=self.policy.warranty,
+                expiring_within_days=self.policy.expiring_within_days,
+            )
+        return result
 
     # ------------------------------------------------------------------ incidents
     async def open_incident(
@@ -138,10 +186,11 @@ class IncidentDesk:
 
     async def machine_state(
         self, conn: AsyncConnection, agent: dict[str, Any], entitlement: Entitlement,
-        now: dt.datetime,
+        now: dt.datetime, calendar: BusinessCalendar, policy: Policy,
     ) -> MachineState:
         """What the agent can do remotely. Restoring integrity needs the agent online, the
-        installed versions known and the machine entitled to remote fixes (the signed copy)."""
+        installed versions known and the machine entitled to remote fixes (the signed copy).
+        How long it has been offline is counted as the policy says (business time)."""
         seen = agent["last_seen"]
         online = bool(agent["connected"] and seen and now - seen <= self.offline_after)
         health = agent["health"] or {}
@@ -150,7 +199,8 @@ class IncidentDesk:
         return MachineState(
             online=online,
             healthy_for_remote=not problems & {"disk_full", "disk_failing"},
-            offline_for=None if online or seen is None else now - seen,
+            offline_for=None if online or seen is None else silent_for(
+                Presence(seen), now, calendar, policy.offline_counts),
             integrity_restorable=online and versions_known and bool(health.get("products"))
             and entitlement.includes.remote_fixes,
         )
@@ -193,24 +243,29 @@ class IncidentDesk:
         incident = await service.get_incident(conn, incident_id)
         agent = await store.get_agent_exact(conn, incident["agent_id"])
         customer = await store.get_customer(conn, agent["customer_id"])
-        calendar = customer_calendar(self.policy, customer)
+        policy = await self.policy_for(conn, agent)
+        calendar = await load_calendar(conn, policy, customer)
         reported = incident["opened_at"]
         entitlement = await self.entitlement(conn, agent, calendar.local(reported).date())
-        machine = await self.machine_state(conn, agent, entitlement, now)
+        machine = await self.machine_state(conn, agent, entitlement, now, calendar, policy)
+        paused = tuple(Pause(w["started_at"], w["ended_at"], w["on_whom"], w["note"])
+                       for w in await service.list_waits(conn, incident_id))
         year_ago = now - dt.timedelta(days=365)
         # The release that just failed to install is not a fix for its own failure.
         fix = (None if incident["kind"] == "update_failed"
                else await self.newest_fix(conn, agent, incident["subject"]))
         decision = decide(
             IncidentFacts(incident["category"], incident["severity"], reported), entitlement,
-            machine, fix_available=fix is not None, policy=self.policy, calendar=calendar,
+            machine, fix_available=fix is not None, policy=policy, calendar=calendar,
             onsite_visits_used=await service.count_visits(conn, customer["id"], year_ago),
+            paused=paused,
         )
         facts: dict[str, Any] = {
             "entitlement": entitlement.to_dict(),
             "machine": {**dataclasses.asdict(machine), "offline_for": str(machine.offline_for)
                         if machine.offline_for else None},
             "fix_available": f"{fix[0]} {fix[1]}" if fix else None,
+            "policy": dict(sorted(policy.sources.items())),  # values not built in: who set them
         }
         if decision.action in JOB_ACTIONS:
             facts.update(await self._job_for(conn, agent, incident, decision.action, fix, now))
@@ -221,7 +276,12 @@ class IncidentDesk:
             "due_at": decision.due_at, "rule": decision.rule, "reasons": list(decision.reasons),
             "facts": facts,
         })
-        if decision.action in ONSITE_ACTIONS:
+        visit = await service.open_visit_of(conn, incident_id)
+        if visit is not None and visit["action"] == decision.action:
+            # Decided again (resumed, redecided): the same work order, with the new terms.
+            await service.update_visit(conn, visit["id"], fee_vnd=decision.fee_vnd,
+                                       due_at=decision.due_at)
+        elif decision.action in ONSITE_ACTIONS:
             await service.add_visit(conn, {
                 "incident_id": incident_id, "agent_id": agent["id"],
                 "customer_id": customer["id"], "action": decision.action,
@@ -251,13 +311,15 @@ class IncidentDesk:
             for r in await service.conditions_for(conn, agent_ids)
         }
         agents_by_id: dict[str, dict[str, Any]] = {}
+        policies = await self._alert_policies(conn, agent_ids)
         for key, (failing, detail) in checks.items():
             row = existing.get(key)
             state = _state_from_json(row["state"]) if row else None
             if state is None and not failing:
                 continue
             agent_id, kind, subject = key
-            new_state, transition = observe(state, failing, now, self.policy.alerts[kind])
+            new_state, transition = observe(state, failing, now,
+                                            policies.get(agent_id, self.policy).alerts[kind])
             incident_id = row["incident_id"] if row else None
             if transition is Transition.OPEN and (
                 await service.count_open_incidents(conn, agent_id, kind) >= MAX_OPEN_PER_KIND
@@ -281,6 +343,17 @@ class IncidentDesk:
             await service.save_condition(
                 conn, key, _state_to_json(new_state) if new_state else None, incident_id,
                 exists=row is not None)
+
+    async def _alert_policies(
+        self, conn: AsyncConnection, agent_ids: list[str]
+    ) -> dict[str, Policy]:
+        """The effective policy of each machine whose alert thresholds are overridden (the
+        rest use the vendor's): what flap suppression needs, read once per batch."""
+        by_target = await service.overrides_by_target(conn)
+        if not any(key.startswith("alerts.") for keys in by_target.values() for key in keys):
+            return {}
+        return {row["id"]: self.policy_of(by_target, row)
+                for row in await service.agent_owners(conn, agent_ids)}
 
     async def on_heartbeats(self, conn: AsyncConnection, batch: dict[str, Any], now: dt.datetime) -> None:
         """Each heartbeat is one check of every heartbeat condition of that agent."""
@@ -319,14 +392,26 @@ class IncidentDesk:
         await self.observe(conn, {(agent_id, kind, subject): (True, detail)}, now)
 
     async def sweep_offline(self, now: dt.datetime) -> None:
-        """One agent_offline check per machine: silent longer than the policy allows?"""
-        limit = self.policy.offline_incident_after
+        """One agent_offline check per machine: silent longer than the policy allows, in
+        its customer's business time? A machine switched off cleanly is never offline."""
         async with self.db.transaction() as conn:
+            customers = {c["id"]: c for c in await store.list_customers(conn)}
+            closures = await service.closures_by_customer(conn)
+            by_target = await service.overrides_by_target(conn)
+            calendars: dict[tuple[int, int], BusinessCalendar] = {}
             checks = {}
             for agent in await store.list_presence(conn):
                 if agent["revoked_at"] is not None:
                     continue
-                heard = agent["last_seen"] or agent["enrolled_at"]
-                checks[(agent["id"], "agent_offline", "")] = (
-                    now - heard > limit, f"last heard from {heard:%Y-%m-%d %H:%M}Z")
+                customer_id = agent["customer_id"]
+                policy = self.policy_of(by_target, agent)
+                mine = (customer_id, id(policy))  # resolved policies are cached: ids are stable
+                if mine not in calendars:
+                    calendars[mine] = customer_calendar(
+                        policy, customers[customer_id], closures.get(customer_id, ()))
+                presence = Presence(agent["last_seen"] or agent["enrolled_at"],
+                                    agent["off_at"] if store.is_off(agent) else None)
+                checks[(agent["id"], "agent_offline", "")] = offline_check(
+                    presence, now, calendar=calendars[mine],
+                    limit=policy.offline_incident_after, counts=policy.offline_counts)
             await self.observe(conn, checks, now)

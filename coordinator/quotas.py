@@ -47,15 +47,15 @@ class TokenBucket:
         return max(1, math.ceil(missing / self.rate))
 
 
-# Per agent. A healthy agent sends a heartbeat every interval and a handful of events a day.
-# Messages other than events cost only memory that the next one replaces, so their limit is
-# loose (bench/fleet.py's throughput blast stays under it); events are stored, so theirs is not.
-MESSAGE_BURST, MESSAGE_RATE = 2000, 200.0  # any message, per second
-EVENT_BURST, EVENT_RATE = 300, 10.0  # events, per second
-# Events made before the connection they arrive on (the outbox of a PC back after days
-# offline: up to agent.outbox.MAX_EVENTS) are delivered at once (issue 13), from their own
-# allowance: a liar dating its flood in the past gets this once, then the same 10 a second.
-BACKLOG_BURST, BACKLOG_RATE = 10_000, 10.0
+# Per agent. A healthy agent sends a heartbeat every interval and a handful of events a day,
+# but a PC back after weeks offline delivers its whole outbox at once (thousands of small
+# events, issue 13): the event burst admits such a backlog in one go, and the steady rate
+# then bounds what a hostile agent can make us store (10 a second, refilling the burst in
+# ~8 minutes; the byte bucket bounds their size). Messages other than events cost only memory
+# that the next one replaces, so their limit is loose (bench/fleet.py's throughput blast stays
+# under it).
+MESSAGE_BURST, MESSAGE_RATE = 6000, 200.0  # any message, per second
+EVENT_BURST, EVENT_RATE = 5000, 10.0  # events, per second
 EVENT_BYTES_BURST, EVENT_BYTES_RATE = 4 << 20, 128 << 10  # encoded event bytes, per second
 
 
@@ -63,28 +63,23 @@ EVENT_BYTES_BURST, EVENT_BYTES_RATE = 4 << 20, 128 << 10  # encoded event bytes,
 class AgentQuota:
     messages: TokenBucket = field(default_factory=lambda: TokenBucket(MESSAGE_BURST, MESSAGE_RATE))
     events: TokenBucket = field(default_factory=lambda: TokenBucket(EVENT_BURST, EVENT_RATE))
-    backlog: TokenBucket = field(default_factory=lambda: TokenBucket(BACKLOG_BURST, BACKLOG_RATE))
     event_bytes: TokenBucket = field(
         default_factory=lambda: TokenBucket(EVENT_BYTES_BURST, EVENT_BYTES_RATE))
     refused: int = 0  # messages refused over a limit, for logs and the soak bench
 
     def admit(self, kind: str, size: int, now: float) -> str | None:
-        """None if this message (of `kind`: "event", "backlog" for an event made before
-        this connection, or another; `size` bytes encoded) is within quota; else the close
-        reason, which tells the agent when to come back."""
-        event = kind in ("event", "backlog")
-        if event and size > p.MAX_EVENT_BYTES:
+        """None if this message (of `kind`: "event" or another, `size` bytes encoded) is
+        within quota; else the close reason, which tells the agent when to come back."""
+        if kind == "event" and size > p.MAX_EVENT_BYTES:
             self.refused += 1
             return f"event of {size} bytes exceeds the {p.MAX_EVENT_BYTES}-byte limit"
-        if kind != "backlog" and not self.messages.take(1, now):
+        if not self.messages.take(1, now):
             self.refused += 1
             return p.slow_down_reason("too many messages", self.messages.wait_for(MESSAGE_BURST / 2))
-        # A backlog event spends the backlog allowance while it lasts, then the event rate.
-        if event and not (kind == "backlog" and self.backlog.take(1, now)) \
-                and not self.events.take(1, now):
+        if kind == "event" and not self.events.take(1, now):
             self.refused += 1
             return p.slow_down_reason("too many events", self.events.wait_for(EVENT_BURST / 2))
-        if event and not self.event_bytes.take(size, now):
+        if kind == "event" and not self.event_bytes.take(size, now):
             self.refused += 1
             return p.slow_down_reason("too many event bytes",
                                       self.event_bytes.wait_for(EVENT_BYTES_BURST / 2))

@@ -33,6 +33,7 @@ from careline.coordinator import api
 from careline.coordinator.agent_keys import AgentKeys
 from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.datadir import DataDir, Settings
+from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
 from careline.coordinator.quotas import AgentQuota, Gate
@@ -41,14 +42,15 @@ from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
-from careline.shared.errors import AuthError, CarelineError, ProtocolError
+from careline.shared.errors import AuthError, CarelineError, PermissionDenied, ProtocolError
+from careline.shared.hardware import valid as valid_hardware
 from careline.shared.keys import (
-    agent_id_for,
     cert_fingerprint,
     looks_like_agent_id,
     token_hash,
     verify_challenge,
 )
+from careline.shared.logs import safe_text
 
 log = logging.getLogger("careline.coordinator")
 
@@ -67,8 +69,6 @@ HEARTBEAT_FLUSH_SECONDS = 1.0
 # Events of one agent stored per transaction (one fsync), and how many may wait: an outbox
 # backlog of thousands is stored in seconds, not one commit per event.
 EVENT_BATCH, EVENT_QUEUE = 250, 1000
-# How long one agent's report that fails on its own is retried before it is dropped.
-BAD_REPORT_GRACE = 60.0
 # Per-agent storage budget: newest events kept per agent, and how long any event is kept;
 # newest diagnostics bundles kept per agent (each at most protocol.MAX_MESSAGE_BYTES / 2).
 EVENTS_KEPT_PER_AGENT = 10_000
@@ -80,6 +80,9 @@ RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 10.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
 # the agent here.
 REVOCATION_CHECK_SECONDS = 2.0
+# Failed technician logins from one address are logged and audited at most this often (with
+# a count of the rest), so a stranger guessing tokens cannot fill the log or audit table.
+LOGIN_FAILURE_AUDIT_SECONDS = 10.0
 
 
 def reconnect_window(fleet_size: int) -> float:
@@ -146,6 +149,16 @@ class AgentLink:
             self.pending.pop(command_id, None)
 
 
+@dataclass(eq=False)
+class AdminSession:
+    """One open technician connection: its token is re-checked on every request and by
+    the revocation poll, so a revoked technician keeps no open door."""
+
+    ws: ServerConnection
+    token_hash: str
+    name: str
+
+
 class Coordinator:
     def __init__(self, datadir: DataDir, settings: Settings, db: Database) -> None:
         self.datadir = datadir
@@ -159,10 +172,13 @@ class Coordinator:
         self.offline_after = dt.timedelta(
             seconds=settings.heartbeat_interval * settings.missed_heartbeats
         )
-        from careline.coordinator.policy.config import load_policy
+        from careline.coordinator.policy.config import load_policy_data
+        from careline.coordinator.policy.overrides import PolicyLayers
 
-        self.policy = load_policy(Path(settings.policy) if settings.policy else None)
-        self.desk = IncidentDesk(db, self.policy, self.offline_after)
+        self.policy_layers = PolicyLayers(
+            *load_policy_data(Path(settings.policy) if settings.policy else None))
+        self.policy = self.policy_layers.resolve()
+        self.desk = IncidentDesk(db, self.policy_layers, self.offline_after)
         self.links: dict[str, AgentLink] = {}
         self.agent_keys = AgentKeys(db)
         # Live commands for agents held by another process (PostgreSQL scale-out only).
@@ -172,13 +188,18 @@ class Coordinator:
         self._heartbeats: dict[str, tuple[float, p.Health]] = {}
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
-        # agent id -> when its report first failed on its own (see _flush_heartbeats)
-        self._failing_since: dict[str, float] = {}
+        # agent id -> when it disconnected saying it was stopping cleanly (PC switched off)
+        self._clean_stops: dict[str, dt.datetime] = {}
+        # agent id -> the hardware identity it said hello with, written with the clean stops
+        self._hardware: dict[str, dict[str, str]] = {}
         self.gate = Gate()
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
         self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
+        self.admin_sessions: set[AdminSession] = set()
+        # source address -> (when last reported, failed logins since then)
+        self._login_failures: dict[str, tuple[float, int]] = {}
         self.server: Server | None = None
         api.load_all()
         from careline.coordinator.updates import UpdateService
@@ -288,25 +309,19 @@ class Coordinator:
             # Checked before the token is spent: the machine can be renamed and try again.
             raise ProtocolError(f"hostname {request.hostname!r} looks like an agent id; "
                                 "rename the machine and enroll again")
-        agent_id = agent_id_for(request.public_key)
         now = utcnow()
         try:
             async with self.db.transaction() as conn:
                 token = await store.spend_enrollment_token(conn, token_hash(request.token), now)
-                await store.add_agent(
-                    conn, agent_id=agent_id, customer_id=token["customer_id"],
-                    public_key=request.public_key, hostname=request.hostname[:255],
-                    os=request.os[:100], agent_version=request.agent_version[:40], now=now,
-                    contract_id=token["contract_id"], site_id=token["site_id"],
-                )
-                await store.record_audit(
-                    conn, actor=f"enrollment-token:{token['id']}", action="agent.enroll",
-                    target=f"agent:{agent_id}", detail={"hostname": request.hostname}, now=now,
-                )
+                enrolled = await enroll_machine(conn, token, request, now, self.offline_after)
         except CarelineError as exc:
             await close(ws, p.CloseCode.TOKEN_REFUSED, str(exc))
             return
-        self.agent_keys.add(agent_id, request.public_key, token["customer_id"])
+        agent_id = enrolled.machine_id
+        if enrolled.relinked:  # a reinstall: the machine's old key is gone
+            await self.disconnect_revoked(agent_id)
+            self.agent_keys.rekeyed(agent_id, now)
+        self.agent_keys.add(agent_id, request.public_key, token["customer_id"], agent_id)
         await ws.send(
             p.encode(
                 p.Enrolled(
@@ -316,7 +331,8 @@ class Coordinator:
                 )
             )
         )
-        log.info("enrolled %s (%s) for customer %s", agent_id, request.hostname, token["customer_id"])
+        log.info("enrolled %s (%s) for customer %s", agent_id, safe_text(request.hostname),
+                 token["customer_id"])
 
     # ------------------------------------------------------------------ /agent
     async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:
@@ -335,10 +351,12 @@ class Coordinator:
         except AuthError as exc:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
-        link = AgentLink(ws, hello.agent_id, key.customer_id)
+        link = AgentLink(ws, key.machine_id or hello.agent_id, key.customer_id)
         self._presence[link.agent_id] = (True, link.connected_at, hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
+        if hello.hardware and valid_hardware(hello.hardware):
+            self._hardware[link.agent_id] = dict(hello.hardware)
         try:  # registered all or nothing: a link that fails here is forgotten at once
             if previous is not None:
                 await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
@@ -364,7 +382,8 @@ class Coordinator:
             async for data in ws:
                 link.last_heard = time.monotonic()
                 message = p.decode(data, p.AgentToServer)
-                refused = quota.admit(self._quota_kind(link, message), len(data), time.monotonic())
+                refused = quota.admit("event" if isinstance(message, p.Event) else "other",
+                                      len(data), time.monotonic())
                 if refused is not None:
                     log.warning("agent %s over quota (%d refused so far): %s",
                                 link.agent_id, quota.refused, refused)
@@ -377,13 +396,6 @@ class Coordinator:
             storing.cancel()
             await asyncio.gather(storing, return_exceptions=True)
             await self._forget(link)
-
-    @staticmethod
-    def _quota_kind(link: AgentLink, message: Any) -> str:
-        """Events made before this connection are an outbox's backlog (quotas.BACKLOG_BURST)."""
-        if not isinstance(message, p.Event):
-            return "other"
-        return "backlog" if message.at < link.connected_at.timestamp() else "event"
 
     async def _on_agent_message(self, link: AgentLink, message: Any) -> None:
         if isinstance(message, p.Heartbeat):
@@ -446,6 +458,9 @@ class Coordinator:
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
             self._presence[link.agent_id] = (False, link.connected_at, "")
+            said = link.ws.protocol.close_rcvd
+            if said is not None and said.code == p.CloseCode.AGENT_STOPPING:
+                self._clean_stops[link.agent_id] = utcnow()
 
     def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
         """Scale-out: connected to another coordinator process, by the database's presence
@@ -460,27 +475,59 @@ class Coordinator:
         if link is not None:
             await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
 
+    async def relinked(self, machine_id: str, replaced_id: str, at: dt.datetime) -> None:
+        """A technician linked agent `replaced_id` to the machine it reinstalls: the machine's
+        old key is gone, and the agent reconnects as that machine (REPLACED: it retries)."""
+        await self.disconnect_revoked(machine_id)
+        self.agent_keys.rekeyed(machine_id, at)
+        self.agent_keys.evict(replaced_id)
+        link = self.links.get(replaced_id)
+        if link is not None:
+            await close(link.ws, p.CloseCode.REPLACED, f"linked to machine {machine_id}")
+
     async def _disconnect_revoked_forever(self) -> None:
-        """Agents revoked through another coordinator process leave this one too."""
+        """Agents and technicians revoked through another coordinator process leave this
+        one too."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             try:
-                for agent_id in await self.agent_keys.revocations(utcnow()):
+                revoked, rekeyed = await self.agent_keys.revocations(utcnow())
+                for agent_id in revoked:
                     await self.disconnect_revoked(agent_id)
+                for ref in rekeyed:  # a reinstall linked elsewhere: say hello again
+                    link = self.links.get(ref)
+                    if link is not None:
+                        await close(link.ws, p.CloseCode.REPLACED, "machine re-keyed; reconnect")
+                await self._close_revoked_admin_sessions()
             except Exception:
                 log.exception("checking revocations failed; will retry")
+
+    async def _close_revoked_admin_sessions(self) -> None:
+        sessions = list(self.admin_sessions)
+        if not sessions:
+            return
+        async with self.db.connect() as conn:
+            active = await store.active_token_hashes(conn, {s.token_hash for s in sessions})
+        for session in sessions:
+            if session.token_hash not in active:
+                await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
+
+    async def disconnect_technician(self, name: str) -> None:
+        """After a technician's revocation is committed: close their open connections here
+        (other processes close theirs at their next revocation check)."""
+        for session in [s for s in self.admin_sessions if s.name == name]:
+            await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
 
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:
         """One transaction a second for every connect, disconnect and heartbeat since the
         last: a reconnect storm costs a few writes, not one per agent.
 
-        If the batch fails it is split in halves until the failing agents are alone: the
-        others' reports are stored, and each of those is logged with its id and put back
-        for the next flush, until it has failed alone for BAD_REPORT_GRACE seconds (a row
-        of its own that can never be written), when its report is dropped. If the database
-        itself is at fault (unreachable, locked, or every part failed), the whole batch is
-        put back. Put back means merged under what arrived meanwhile: newer news wins."""
+        If the batch fails it is split in halves until the failing agents are alone: each
+        of those loses only its own report, logged with its id, and everyone else's is
+        stored. If the database itself is at fault (unreachable, locked, or nothing could
+        be stored, which is all one can tell of a batch of one), the batch is put back,
+        newer reports winning, and tried again."""
         if not (self._heartbeats or self._presence):
             return
         received, self._heartbeats = self._heartbeats, {}
@@ -488,28 +535,26 @@ class Coordinator:
         agent_ids = sorted(received.keys() | presence.keys())
         try:
             failed = await self._write_isolating(agent_ids, received, presence)
-            if len(agent_ids) > 1 and len(failed) == len(agent_ids):
+            if failed and len(failed) == len(agent_ids):  # nothing stored: blame the storage
                 raise next(iter(failed.values()))
-        except BaseException:  # a cancelled flush (shutdown) keeps its batch too
+        except BaseException:  # cancelled at shutdown, or storage down: keep it
             self._heartbeats = {**received, **self._heartbeats}
             self._presence = {**presence, **self._presence}
             raise
-        now = time.monotonic()
-        for agent_id in agent_ids:
-            if agent_id not in failed:
-                self._failing_since.pop(agent_id, None)
         for agent_id, exc in failed.items():
-            retry = now - self._failing_since.setdefault(agent_id, now) < BAD_REPORT_GRACE
-            log.error("report of agent %s not stored (%s): %s", agent_id,
-                      "will retry" if retry else "dropped",
+            log.error("report of agent %s not stored: %s", agent_id,
                       (str(exc).splitlines() or [type(exc).__name__])[0][:300])
-            if not retry:
-                del self._failing_since[agent_id]
-                continue
-            if agent_id in received:
-                self._heartbeats = {agent_id: received[agent_id], **self._heartbeats}
-            if agent_id in presence:
-                self._presence = {agent_id: presence[agent_id], **self._presence}
+        stops, self._clean_stops = self._clean_stops, {}
+        hardware, self._hardware = self._hardware, {}
+        if stops or hardware:  # after the disconnects: the machines are off, not offline
+            try:
+                async with self.db.transaction() as conn:
+                    await store.store_clean_stops(conn, stops)
+                    await store.store_hardware(conn, hardware)
+            except Exception:
+                self._clean_stops = {**stops, **self._clean_stops}
+                self._hardware = {**hardware, **self._hardware}
+                raise
 
     async def _write_isolating(
         self, agent_ids: list[str], received: dict[str, tuple[float, p.Health]],
@@ -534,6 +579,9 @@ class Coordinator:
         batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
                  for agent_id, (at, health) in received.items()}
         async with self.db.transaction() as conn:
+            # Before storing them: targeting compares the reported versions with the stored.
+            await self.rollouts.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()},
+                                              utcnow())
             # Heartbeats first: a disconnect in the same batch comes after them.
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
             await store.store_presence(conn, presence)
@@ -589,35 +637,77 @@ class Coordinator:
         return next(self._command_ids)
 
     # ------------------------------------------------------------------ /admin
-    async def _authenticate_technician(self, headers: Headers) -> api.Caller | None:
-        token = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    async def _technician(self, digest: str) -> api.Caller | None:
+        """The technician holding this token now, or None once it is revoked."""
         async with self.db.connect() as conn:
-            row = await store.technician_by_token_hash(conn, token_hash(token))
+            row = await store.technician_by_token_hash(conn, digest)
         if row is None or row["revoked_at"] is not None:
             return None
         return api.Caller(row["name"], row["role"])
 
     async def _serve_admin(self, ws: ServerConnection, headers: Headers) -> None:
+        digest = token_hash(headers.get("Authorization", "").removeprefix("Bearer ").strip())
         with self._unauthenticated(ws, p.ADMIN_PATH):
-            caller = await asyncio.wait_for(self._authenticate_technician(headers),
-                                            HANDSHAKE_TIMEOUT)
+            caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
+            await self._login_failed(ws)
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
         # Technicians upload release packages: larger frames only once the token checked out.
         ws.protocol.max_message_size = p.MAX_ADMIN_MESSAGE_BYTES
-        while True:
-            try:  # a console left open (or a dead laptop) does not hold a connection forever
-                data = await asyncio.wait_for(ws.recv(), self.settings.admin_idle_timeout)
-            except TimeoutError:
-                await close(ws, p.CloseCode.TIMEOUT, "idle for too long; reconnect")
-                return
-            request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
-            await self._answer(ws, caller, request)
+        session = AdminSession(ws, digest, caller.name)
+        self.admin_sessions.add(session)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(ws.recv(), self.settings.admin_idle_timeout)
+                except TimeoutError:
+                    await close(ws, p.CloseCode.TIMEOUT, "idle technician connection closed")
+                    return
+                request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
+                caller = await self._technician(digest)  # revoked or demoted since?
+                if caller is None:
+                    await self._refused(session.name, request.method, "token revoked")
+                    await close(ws, p.CloseCode.REVOKED, "technician token revoked")
+                    return
+                await self._answer(ws, caller, request)
+        finally:
+            self.admin_sessions.discard(session)
+
+    async def _login_failed(self, ws: ServerConnection) -> None:
+        """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
+        source = peer_address(ws)
+        now = time.monotonic()
+        since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
+        if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
+            self._login_failures[source] = (since, suppressed + 1)
+            return
+        if len(self._login_failures) > 10_000:
+            self._login_failures.clear()
+        self._login_failures[source] = (now, 0)
+        log.warning("technician login refused from %s: token unknown or revoked "
+                    "(%d more refused since the last report)", source, suppressed)
+        async with self.db.transaction() as conn:
+            await store.record_audit(conn, actor="unknown", action="admin.login_refused",
+                                     target=f"address:{source}",
+                                     detail={"refused_since_last": suppressed}, now=utcnow())
+
+    async def _refused(self, actor: str, method: str, reason: str) -> None:
+        """A technician request refused for who is asking: logged and audited."""
+        log.warning("refused %s to %s: %s", safe_text(method), actor, reason)
+        async with self.db.transaction() as conn:
+            await store.record_audit(conn, actor=actor, action="admin.refused",
+                                     target=f"method:{method[:100]}", detail={"reason": reason},
+                                     now=utcnow())
 
     async def _answer(self, ws: ServerConnection, caller: api.Caller, request: p.Request) -> None:
         try:
-            found = api.lookup(request.method, caller)
+            try:
+                found = api.lookup(request.method, caller)
+            except PermissionDenied as exc:
+                await self._refused(caller.name, request.method, str(exc))
+                raise
             params = api.parse_params(found, request.params)
             ctx = api.Context(self, caller, utcnow())
             if found.streams:
@@ -631,9 +721,12 @@ class Coordinator:
             reply = p.Reply(id=request.id, result=p.to_builtins(result))
         except CarelineError as exc:
             reply = p.Reply(id=request.id, ok=False, error_code=exc.code, error=str(exc))
-        except Exception as exc:
-            log.exception("admin method %s failed", request.method)
-            reply = p.Reply(id=request.id, ok=False, error_code="internal", error=repr(exc))
+        except Exception:
+            # The details stay in the log; the technician gets an id to quote.
+            log_id = secrets.token_hex(4)
+            log.exception("admin method %s failed [log id %s]", safe_text(request.method), log_id)
+            reply = p.Reply(id=request.id, ok=False, error_code="internal",
+                            error=f"internal error on the coordinator (log id {log_id})")
         await ws.send(p.encode(reply))
 
 

@@ -27,6 +27,9 @@ for _ in $(seq 1 50); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
 
 enroll() {  # enroll NAME CUSTOMER: a sample "KeToan" install dir with a manifest
     local name=$1 customer=$2 state=$DEMO/agents/$1 product=$DEMO/products/$1/KeToan
+    # Three "PCs" on one host: each its own hardware identity, or the second would be
+    # taken for a reinstall of the first.
+    export CARELINE_AGENT_HARDWARE="{\"uuid\": \"demo-$name\", \"disk\": \"demo-disk-$name\"}"
     if [ ! -e "$state/agent.json" ]; then
         mkdir -p "$product"
         echo "sample accounting program" >"$product/ketoan.bin"

@@ -56,6 +56,9 @@ class CloseCode:
     TOKEN_REFUSED = 4410  # enrollment token unknown, expired or spent
     SLOW_DOWN = 4429  # over a quota; the reason ends with "retry after N s"
     # A busy coordinator answers the upgrade itself with HTTP 503 and Retry-After.
+    # Sent by the agent: it is stopping cleanly (service stopped, PC shutting down), so the
+    # machine is "off", not "offline".
+    AGENT_STOPPING = 4000
 
     # Codes after which reconnecting with the same identity cannot succeed.
     FATAL = frozenset({UNAUTHENTICATED, REVOKED, TOKEN_REFUSED})
@@ -177,6 +180,9 @@ class EnrollRequest(Message, tag="enroll"):
     os: Name
     agent_version: Short
     products: Annotated[list[Name], Meta(max_length=MAX_PRODUCTS)] = []
+    # Hashed hardware identity (shared.hardware): a reinstalled PC is the same machine.
+    hardware: Annotated[dict[Short, Short], Meta(max_length=8)] = {}
+    replaces: Name = ""  # the machine a technician says this reinstall is (id or hostname)
 
 
 class Enrolled(Message, tag="enrolled"):
@@ -199,6 +205,9 @@ class Hello(Message, tag="hello"):
     signature: Annotated[bytes, Meta(max_length=128)]  # Ed25519 over keys.auth_payload(nonce, id)
     agent_version: Short
     protocol: Int = PROTOCOL_VERSION
+    # Hashed hardware identity (shared.hardware), on every connection: machines enrolled
+    # before agents reported it gain one, and a replaced network card is noticed.
+    hardware: Annotated[dict[Short, Short], Meta(max_length=8)] = {}
 
 
 class Welcome(Message, tag="welcome"):

@@ -189,21 +189,32 @@ class CoordinatorProcess:
             return {a["id"]: a for a in client.call("agents.list")}
 
 
+def fake_hardware() -> dict[str, str]:
+    """A PC of its own: tests run every agent on one host, which would otherwise make each
+    a reinstall of the one before (the raw values the agent hashes; agent/platform.py)."""
+    serial = uuid.uuid4().hex
+    return {"uuid": str(uuid.uuid4()), "serial": serial, "disk": f"WD-{serial[:12]}",
+            "mac": ":".join(serial[i:i + 2] for i in range(0, 12, 2))}
+
+
 class AgentProcess:
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, hardware: dict[str, str] | None = None) -> None:
         self.state = root / name
         self.proc: subprocess.Popen[str] | None = None
         self.agent_id = ""
+        self.hardware = hardware or fake_hardware()
+        self.env = {**os.environ, "CARELINE_AGENT_HARDWARE": json.dumps(self.hardware)}
 
     def enroll(self, join: str, *extra: str) -> AgentProcess:
-        out = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(self.state), *extra])
+        out = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(self.state),
+                   *extra], env=self.env)
         self.agent_id = out.stdout.split("Enrolled as ", 1)[1].split(" ", 1)[0]
         return self
 
     def start(self) -> AgentProcess:
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "careline.agent.cli", "run", "--state", str(self.state)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env,
         )
         return self
 
@@ -242,8 +253,9 @@ def sqlite_coordinator(tmp_path: Path) -> Iterator[CoordinatorProcess]:
 def spawn_agent(tmp_path: Path) -> Iterator[Any]:
     started: list[AgentProcess] = []
 
-    def spawn(name: str, join: str, *extra: str, start: bool = True) -> AgentProcess:
-        agent = AgentProcess(tmp_path, name).enroll(join, *extra)
+    def spawn(name: str, join: str, *extra: str, start: bool = True,
+              hardware: dict[str, str] | None = None) -> AgentProcess:
+        agent = AgentProcess(tmp_path, name, hardware).enroll(join, *extra)
         started.append(agent)
         return agent.start() if start else agent
 

@@ -100,14 +100,3 @@ def test_gate_counts_never_exceed_caps_nor_go_negative(ops: list[tuple[bool, str
 def test_every_channel_has_caps(channel: str) -> None:
     caps = q.DEFAULT_CAPS[channel]
     assert 0 < caps.per_address < caps.total
-
-
-def test_an_outbox_backlog_passes_at_once_then_the_event_rate_applies() -> None:
-    """Issue 13: a PC back after days offline delivers its whole outbox (events made before
-    the connection) in one go; past that allowance, the ordinary event rate applies."""
-    quota = q.AgentQuota()
-    assert all(quota.admit("backlog", 100, 0.0) is None for _ in range(q.BACKLOG_BURST))
-    assert quota.admit("event", 100, 0.0) is None  # live events have their own allowance
-    admitted = sum(quota.admit("backlog", 100, 0.0) is None for _ in range(q.EVENT_BURST + 5))
-    assert admitted == q.EVENT_BURST - 1
-    assert quota.refused == 6

@@ -102,6 +102,7 @@ def load_all() -> None:
     from careline.coordinator.api import (  # noqa: F401
         fleet,
         live,
+        policy,
         releases,
         rollouts,
         service,

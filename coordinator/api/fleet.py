@@ -18,13 +18,14 @@ AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen"
 
 
 def agent_status(row: dict[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:
-    """online while connected and heard from recently; a silent or dropped agent is offline."""
+    """online while connected and heard from recently; off when its agent stopped cleanly
+    (the PC was shut down); any other silent or dropped agent is offline."""
     if row["revoked_at"] is not None:
         return "revoked"
     seen = row["last_seen"]
     if row["connected"] and seen is not None and now - seen <= offline_after:
         return "online"
-    return "offline"
+    return "off" if store.is_off(row) else "offline"
 
 
 def agent_view(ctx: Context, row: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
@@ -127,10 +128,11 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
             conn, "token.create", f"customer:{customer['id']}", token_id=token_id, uses=p.uses,
             expires_at=expires_at,
         )
-    join = JoinString(ctx.coordinator.public_url, token, ctx.coordinator.ca_fingerprint)
+    pin = ctx.coordinator.updates.root_pin()
+    join = JoinString(ctx.coordinator.public_url, token, ctx.coordinator.ca_fingerprint, pin)
     return {
         "join": str(join), "token_id": token_id, "customer_id": customer["id"],
-        "uses": p.uses, "expires_at": expires_at,
+        "uses": p.uses, "expires_at": expires_at, "root_pin": pin or None,
     }
 
 
@@ -170,6 +172,35 @@ async def revoke_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
     return {"id": row["id"], "revoked_at": ctx.now}
 
 
+@method("agents.candidates", "viewer", ListAgents)
+async def agent_candidates(ctx: Context, p: ListAgents) -> list[dict[str, Any]]:
+    """Machines whose hardware matches an earlier machine of the same customer: possible
+    reinstalls that were not linked by themselves (see coordinator/enrollment.py)."""
+    from careline.coordinator.enrollment import candidates
+
+    async with ctx.coordinator.db.connect() as conn:
+        return await candidates(conn, await store.customer_id_of(conn, p.customer))
+
+
+class ReplaceAgent(msgspec.Struct, forbid_unknown_fields=True):
+    old: str
+    new: str
+
+
+@method("agents.replace", "technician", ReplaceAgent)
+async def replace_agent(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
+    """NEW is a reinstall of OLD: OLD keeps its id, history and seat and takes NEW's key."""
+    from careline.coordinator.enrollment import replace
+
+    async with ctx.coordinator.db.transaction() as conn:
+        old = await store.get_agent(conn, p.old)
+        new = await store.get_agent(conn, p.new)
+        note = await replace(conn, old, new, actor=ctx.caller.name, now=ctx.now)
+        row = await store.get_agent(conn, old["id"])
+    await ctx.coordinator.relinked(old["id"], new["id"], ctx.now)
+    return {**agent_view(ctx, row), "replaced": new["id"], "note": note}
+
+
 # ----------------------------------------------------------------------------- technicians
 class AddTechnician(msgspec.Struct, forbid_unknown_fields=True):
     name: str
@@ -202,6 +233,7 @@ async def revoke_technician(ctx: Context, p: TechnicianRef) -> dict[str, Any]:
     async with ctx.coordinator.db.transaction() as conn:
         await store.revoke_technician(conn, p.name, ctx.now)
         await ctx.audit(conn, "technician.revoke", f"technician:{p.name}")
+    await ctx.coordinator.disconnect_technician(p.name)
     return {"name": p.name, "revoked_at": ctx.now}
 
 

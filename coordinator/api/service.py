@@ -12,6 +12,7 @@ from careline.coordinator.incidents import customer_calendar
 from careline.coordinator.policy.config import WEEKDAYS
 from careline.coordinator.policy.entitlement import expiring
 from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import service
 from careline.shared.errors import ConfigError, Conflict
 
@@ -49,6 +50,33 @@ async def set_customer_hours(ctx: Context, p: CustomerHours) -> dict[str, Any]:
         return await store.get_customer(conn, customer["id"])
 
 
+class CustomerClosed(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+    first_day: dt.date | None = None  # None: only list the closures
+    last_day: dt.date | None = None
+    note: str = ""
+
+
+@method("customers.closed", "technician", CustomerClosed)
+async def customer_closed(ctx: Context, p: CustomerClosed) -> list[dict[str, Any]]:
+    """Record days a customer is closed (their own holidays): not business time, so no
+    offline incidents and no due times fall in them. Returns all their closures."""
+    if (p.first_day is None) != (p.last_day is None):
+        raise ConfigError("give both --from and --to")
+    if p.first_day and p.last_day and p.last_day < p.first_day:
+        raise ConfigError("--to must not be before --from")
+    async with ctx.coordinator.db.transaction() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        if p.first_day and p.last_day:
+            closure = await service.add_closure(
+                conn, customer_id=customer["id"], first_day=p.first_day, last_day=p.last_day,
+                note=p.note, created_by=ctx.caller.name, now=ctx.now)
+            await ctx.audit(conn, "customer.closed", f"customer:{customer['id']}",
+                            closure=closure, first_day=p.first_day, last_day=p.last_day,
+                            note=p.note)
+        return await service.list_closures(conn, customer["id"])
+
+
 # ----------------------------------------------------------------------------- contracts
 class AddContract(msgspec.Struct, forbid_unknown_fields=True):
     customer: str
@@ -70,6 +98,7 @@ async def add_contract(ctx: Context, p: AddContract) -> dict[str, Any]:
             warranty_months=p.warranty_months, machines=p.machines, now=ctx.now)
         await ctx.audit(conn, "contract.add", f"contract:{contract_id}",
                         customer=customer["id"], signed=p.signed, months=p.warranty_months)
+        await rstore.mark_targeting_changed(conn, ctx.now, customer_id=customer["id"])
         return await service.get_contract(conn, contract_id)
 
 
@@ -110,11 +139,12 @@ async def add_maintenance(ctx: Context, p: AddMaintenance) -> dict[str, Any]:
     if p.end < p.start:
         raise ConfigError("--end must not be before --start")
     async with ctx.coordinator.db.transaction() as conn:
-        await service.get_contract(conn, p.contract)
+        contract = await service.get_contract(conn, p.contract)
         package_id = await service.add_maintenance(
             conn, contract_id=p.contract, start=p.start, end=p.end, tier=p.tier, now=ctx.now)
         await ctx.audit(conn, "maintenance.add", f"contract:{p.contract}", package=package_id,
                         start=p.start, end=p.end, tier=p.tier)
+        await rstore.mark_targeting_changed(conn, ctx.now, customer_id=contract["customer_id"])
     return {"id": package_id, "contract_id": p.contract, "start": p.start, "end": p.end,
             "tier": p.tier}
 
@@ -217,13 +247,16 @@ async def explain_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
     async with ctx.coordinator.db.connect() as conn:
         incident = await service.get_incident(conn, p.id)
         decision = await service.latest_decision(conn, p.id)
+        waits = await service.list_waits(conn, p.id)
     if decision is None:
         raise Conflict(f"incident {p.id} has no decision")
     return {"incident": p.id, "category": incident["category"], "severity": incident["severity"],
             "action": decision["action"], "covered": decision["covered"],
             "fee_vnd": decision["fee_vnd"], "quote_vnd": decision["quote_vnd"],
             "due_at": decision["due_at"], "reasons": decision["reasons"],
-            "facts": decision["facts"]}
+            "facts": decision["facts"], "waiting_on": incident["waiting_on"],
+            "paused": [{k: w[k] for k in ("on_whom", "note", "started_at", "ended_at",
+                                          "started_by", "ended_by")} for w in waits]}
 
 
 class ResolveIncident(msgspec.Struct, forbid_unknown_fields=True):
@@ -252,6 +285,42 @@ async def redecide_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
         await ctx.audit(conn, "incident.redecide", f"incident:{p.id}",
                         decided=decision["action"])
     return decision
+
+
+class WaitIncident(msgspec.Struct, forbid_unknown_fields=True):
+    id: int
+    on: Literal["customer", "vendor", "third_party"] = "customer"
+    note: str = ""
+
+
+@method("incidents.wait", "technician", WaitIncident)
+async def wait_incident(ctx: Context, p: WaitIncident) -> dict[str, Any]:
+    """The incident waits on someone (the customer to be on site, to answer): its due-time
+    clock stops until `resume`."""
+    async with ctx.coordinator.db.transaction() as conn:
+        incident = await service.get_incident(conn, p.id)
+        if incident["status"] != "open":
+            raise Conflict(f"incident {p.id} is not open")
+        if incident["waiting_on"]:
+            raise Conflict(f"incident {p.id} already waits on {incident['waiting_on']}")
+        await ctx.coordinator.desk.touch(conn, p.id)
+        await service.start_wait(conn, incident_id=p.id, on_whom=p.on, note=p.note,
+                                 by=ctx.caller.name, now=ctx.now)
+        await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
+        await ctx.audit(conn, "incident.wait", f"incident:{p.id}", on=p.on, note=p.note)
+        return await _incident_view(conn, p.id)
+
+
+@method("incidents.resume", "technician", IncidentRef)
+async def resume_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
+    """The wait is over: the clock runs again and the due time moves out by the business
+    time it was paused."""
+    async with ctx.coordinator.db.transaction() as conn:
+        await service.end_wait(conn, p.id, ctx.caller.name, ctx.now)
+        decision = await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
+        await ctx.audit(conn, "incident.resume", f"incident:{p.id}",
+                        due_at=decision["due_at"])
+        return await _incident_view(conn, p.id)
 
 
 # ----------------------------------------------------------------------------- visits

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import time, timedelta
 from importlib import resources
 from pathlib import Path
@@ -21,6 +21,7 @@ from careline.shared.errors import ConfigError
 from .alerts import CONDITION_KINDS, EVENT_KINDS, KINDS, AlertRule
 from .calendar import BusinessCalendar, DueRule
 from .entitlement import Tier
+from .offline import OFFLINE_COUNTS
 
 ACTIONS = (
     "remote_update",
@@ -81,10 +82,17 @@ class Policy:
     calendar: BusinessCalendar  # default hours for customers without their own
     offline_long_after: timedelta
     offline_incident_after: timedelta  # silent this long -> an agent_offline check fails
+    offline_counts: str  # how silence is counted: see offline.OFFLINE_COUNTS
     alerts: Mapping[str, AlertRule]
     # kind of an incident opened from agent reports -> (category, severity) for the rules
     kinds: Mapping[str, tuple[str, str]]
     rules: tuple[Rule, ...]
+    # Where each value that is not the built-in default came from: key -> "vendor",
+    # "customer", "site" or "machine" (see overrides.py), so decisions can say so.
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source(self, key: str) -> str:
+        return self.sources.get(key, "default")
 
     def tier(self, name: str) -> Tier:
         try:
@@ -100,30 +108,43 @@ class Policy:
 
 def load_policy(path: Path | None = None) -> Policy:
     """The built-in policy, or a vendor file at `path` merged over it."""
-    data = tomllib.loads(resources.files(__package__).joinpath("default.toml").read_text("utf-8"))
-    source = "built-in policy"
-    if path is not None:
-        source = f"policy file {path}"
-        try:
-            text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"cannot read {source}: {e}") from None
-        try:
-            data = _merge(data, tomllib.loads(text))
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{source} is not valid TOML: {e}") from None
+    default, vendor = load_policy_data(path)
+    source = "built-in policy" if path is None else f"policy file {path}"
     try:
-        return _policy(_Table(data, ""))
+        return build_policy(merge(default, vendor))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+def load_policy_data(path: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The built-in defaults and the vendor file's own data (empty without a file), raw:
+    what overrides (overrides.py) are layered on."""
+    default = tomllib.loads(
+        resources.files(__package__).joinpath("default.toml").read_text("utf-8"))
+    if path is None:
+        return default, {}
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read policy file {path}: {e}") from None
+    try:
+        return default, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"policy file {path} is not valid TOML: {e}") from None
+
+
+def build_policy(data: dict[str, Any], sources: Mapping[str, str] | None = None) -> Policy:
+    """Validate merged policy data into a Policy; ConfigError names the first bad key."""
+    policy = _policy(_Table(data, ""))
+    return policy if sources is None else replace(policy, sources=dict(sources))
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Tables merge key by key; anything else (arrays, values) in `over` replaces `base`."""
     merged = dict(base)
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -242,6 +263,7 @@ def _policy(root: _Table) -> Policy:
     machine = root.table("machine")
     offline_long_after = timedelta(hours=machine.integer("offline_long_after_hours", minimum=1))
     offline_incident_after = timedelta(minutes=machine.number("offline_incident_after_minutes"))
+    offline_counts = machine.choice("offline_counts", OFFLINE_COUNTS)
     machine.done()
 
     alerts_table = root.table("alerts")
@@ -264,6 +286,7 @@ def _policy(root: _Table) -> Policy:
         calendar=calendar,
         offline_long_after=offline_long_after,
         offline_incident_after=offline_incident_after,
+        offline_counts=offline_counts,
         alerts=alerts,
         kinds=kinds,
         rules=rules,

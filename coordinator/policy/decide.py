@@ -12,6 +12,9 @@ What coverage includes, per action:
                                     unless the tier waives it)
 Included -> fee 0; otherwise fee = the action's list price from [fees]. `quote_vnd` is always
 the list price, so a technician can tell the customer what coverage saved them.
+
+The due-time clock stops while an incident waits on the customer: every business hour of a
+pause that began before the (running) due time moves it out by as much.
 """
 
 from __future__ import annotations
@@ -49,6 +52,16 @@ class MachineState:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """A span the incident waited on someone else (`end` None: still waiting)."""
+
+    start: datetime
+    end: datetime | None
+    on: str  # whom it waits on, e.g. "customer"
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Decision:
     action: str
     covered: bool  # the machine was under warranty or maintenance when reported
@@ -81,6 +94,7 @@ def decide(
     policy: Policy,
     calendar: BusinessCalendar,
     onsite_visits_used: int = 0,
+    paused: tuple[Pause, ...] = (),
 ) -> Decision:
     """Decide action, fee and due time for one machine's incident.
 
@@ -105,7 +119,8 @@ def decide(
     quote = policy.fees[rule.action]
     included, what = _included(rule.action, incident.category, entitlement, onsite_visits_used)
     fee = 0 if included else quote
-    due_at = calendar.due_at(incident.reported_at, rule.due, policy.same_day_cutoff)
+    base_due = calendar.due_at(incident.reported_at, rule.due, policy.same_day_cutoff)
+    due_at, pause_reasons = paused_due(base_due, paused, calendar)
     return Decision(
         action=rule.action,
         covered=entitlement.covered,
@@ -115,12 +130,45 @@ def decide(
         due_at=due_at,
         reasons=(
             _entitlement_reason(entitlement),
-            f"rules[{rule.index}]: {rule.reason}",
-            _fee_reason(entitlement, rule.action, included, what, fee),
-            _due_reason(incident.reported_at, due_at, calendar, rule.due, policy.same_day_cutoff),
+            f"rules[{rule.index}]: {rule.reason}"
+            + _set_by(policy, f"rules[{rule.index}].action"),
+            _fee_reason(entitlement, rule.action, included, what, fee)
+            + _set_by(policy, f"fees.{rule.action}_vnd"),
+            _due_reason(incident.reported_at, base_due, calendar, rule.due,
+                        policy.same_day_cutoff)
+            + _set_by(policy, f"rules[{rule.index}].due",
+                      *(["due.same_day_cutoff"] if rule.due.uses_cutoff else [])),
+            *pause_reasons,
         ),
         rule=rule.index,
     )
+
+
+def paused_due(
+    due_at: datetime, paused: tuple[Pause, ...], calendar: BusinessCalendar
+) -> tuple[datetime, tuple[str, ...]]:
+    """Move `due_at` out by the business time of each finished pause that began before it;
+    one reason per pause (an open pause holds the clock: the due time moves when it ends)."""
+    reasons = []
+    for pause in sorted(paused, key=lambda p: p.start):
+        start = calendar.local(pause.start)
+        note = f" ({pause.note})" if pause.note else ""
+        if pause.end is None:
+            reasons.append(f"Clock paused since {start:%Y-%m-%d %H:%M}, waiting on {pause.on}"
+                           f"{note}: the due time moves out when it resumes")
+            continue
+        end = calendar.local(pause.end)
+        span = f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
+        if pause.start >= due_at:
+            reasons.append(f"Paused {span} waiting on {pause.on}{note}: after the due time,"
+                           " so it does not move it")
+            continue
+        held = calendar.business_time(pause.start, pause.end)
+        due_at = calendar.add_business_time(due_at, held)
+        minutes = int(held.total_seconds() // 60)
+        reasons.append(f"Paused {span} waiting on {pause.on}{note}: {minutes // 60}h{minutes % 60:02d}m"
+                       f" of business time added, due {calendar.local(due_at):%Y-%m-%d %H:%M}")
+    return due_at, tuple(reasons)
 
 
 def _included(
@@ -140,6 +188,13 @@ def _included(
         allowed = includes.onsite_visits_per_year
         return visits_used < allowed, f"on-site visits ({visits_used} of {allowed} used this year)"
     return includes.waive_onsite_reinstall_fee, "a waiver of the on-site reinstall fee"
+
+
+def _set_by(policy: Policy, *keys: str) -> str:
+    """Which policy level set the values a reason rests on, when not the built-in one."""
+    levels = [f"{key} set by the {policy.source(key)} policy"
+              for key in keys if policy.source(key) != "default"]
+    return f" [{'; '.join(levels)}]" if levels else ""
 
 
 def _entitlement_reason(entitlement: Entitlement) -> str:
@@ -170,7 +225,7 @@ def _due_reason(
 ) -> str:
     reported, due = calendar.local(reported_at), calendar.local(due_at)
     when = f"Due {due:%Y-%m-%d %H:%M} {calendar.timezone}"
-    if rule.business_days:
+    if not rule.uses_cutoff:
         return f"{when}: {rule}"
     cutoff = f"{same_day_cutoff:%H:%M}"
     if due.date() == reported.date():

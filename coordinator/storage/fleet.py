@@ -129,6 +129,16 @@ async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Ro
     return dict(row) if row else None
 
 
+async def active_token_hashes(conn: AsyncConnection, hashes: Iterable[str]) -> set[str]:
+    """Which of these technician token hashes still belong to an unrevoked technician."""
+    wanted = list(hashes)
+    if not wanted:
+        return set()
+    query = sa.select(technicians.c.token_hash).where(
+        technicians.c.token_hash.in_(wanted), technicians.c.revoked_at.is_(None))
+    return {row.token_hash for row in await conn.execute(query)}
+
+
 async def list_technicians(conn: AsyncConnection) -> list[Row]:
     query = sa.select(technicians).order_by(technicians.c.id)
     return [
@@ -188,7 +198,7 @@ async def spend_enrollment_token(conn: AsyncConnection, token_hash: str, now: dt
 async def add_agent(
     conn: AsyncConnection, *, agent_id: str, customer_id: int, public_key: bytes, hostname: str,
     os: str, agent_version: str, now: dt.datetime, contract_id: int | None = None,
-    site_id: int | None = None,
+    site_id: int | None = None, hardware: Mapping[str, str] | None = None,
 ) -> None:
     """Register a machine; a token naming a contract makes the machine join it today."""
     try:
@@ -197,10 +207,90 @@ async def add_agent(
                 id=agent_id, customer_id=customer_id, public_key=public_key, hostname=hostname,
                 os=os, agent_version=agent_version, enrolled_at=now, contract_id=contract_id,
                 joined_contract_on=now.date() if contract_id else None, site_id=site_id,
+                key_id=agent_id, **hardware_columns(hardware or {}),
             )
         )
     except IntegrityError:
         raise Conflict("this agent key is already enrolled") from None
+
+
+HARDWARE_COLUMNS = {"uuid": "hw_uuid", "serial": "hw_serial", "disk": "hw_disk", "mac": "hw_mac"}
+
+
+def hardware_columns(hardware: Mapping[str, str]) -> dict[str, str | None]:
+    """A hashed hardware identity (shared.hardware) as agents' hw_* column values."""
+    return {column: hardware.get(field) for field, column in HARDWARE_COLUMNS.items()}
+
+
+def hardware_of(row: Mapping[str, Any]) -> dict[str, str | None]:
+    return {field: row.get(column) for field, column in HARDWARE_COLUMNS.items()}
+
+
+async def machines_matching(
+    conn: AsyncConnection, customer_id: int, hardware: Mapping[str, str]
+) -> list[Row]:
+    """A customer's machines sharing any hardware identity field with `hardware`."""
+    conditions = [agents.c[column] == hardware[field]
+                  for field, column in HARDWARE_COLUMNS.items() if hardware.get(field)]
+    if not conditions:
+        return []
+    return rows_of(await conn.execute(
+        _agents_with_customer().where(agents.c.customer_id == customer_id, sa.or_(*conditions))
+        .order_by(agents.c.enrolled_at)))
+
+
+async def rekey_agent(
+    conn: AsyncConnection, machine_id: str, *, public_key: bytes, key_id: str, hostname: str,
+    os: str, agent_version: str, hardware: Mapping[str, str], now: dt.datetime,
+) -> None:
+    """The machine now authenticates with a new key (it was reinstalled); the old key no
+    longer works anywhere. Events the old key sent keep their rows but give up their
+    sequence numbers (seq = -id), which the new key's outbox starts again from 1."""
+    try:
+        await conn.execute(agents.update().where(agents.c.id == machine_id).values(
+            public_key=public_key, key_id=key_id, hostname=hostname, os=os,
+            agent_version=agent_version, revoked_at=None, connected=False, off_at=None,
+            key_changed_at=now, **hardware_columns(hardware)))
+    except IntegrityError:
+        raise Conflict("this agent key is already enrolled") from None
+    await conn.execute(events.update().where(events.c.agent_id == machine_id, events.c.seq > 0)
+                       .values(seq=-events.c.id))
+
+
+async def retire_replaced(
+    conn: AsyncConnection, agent_id: str, replaced_by: str, now: dt.datetime
+) -> None:
+    """A machine that turned out to be a reinstall of `replaced_by`: revoked, its key
+    handed over (the placeholder keeps the column unique and can never verify)."""
+    await conn.execute(agents.update().where(agents.c.id == agent_id).values(
+        public_key=b"replaced:" + agent_id.encode(), key_id=None, revoked_at=now,
+        connected=False, replaced_by=replaced_by, key_changed_at=now))
+
+
+async def store_hardware(
+    conn: AsyncConnection, reports: Mapping[str, Mapping[str, str]]
+) -> None:
+    """The hardware identities agents said hello with (one executemany)."""
+    if reports:
+        await conn.execute(
+            agents.update().where(agents.c.id == sa.bindparam("b_id"))
+            .values(**{column: sa.bindparam(f"b_{column}") for column in HARDWARE_COLUMNS.values()}),
+            [{"b_id": agent_id, **{f"b_{k}": v for k, v in hardware_columns(hw).items()}}
+             for agent_id, hw in reports.items()])
+
+
+async def count_seats(
+    conn: AsyncConnection, contract_id: int, customer_id: int, default_contract: bool
+) -> int:
+    """Machines (not keys) on a contract: those that joined it, and the customer's
+    machines with no contract of their own when it is the customer's current one."""
+    joined = agents.c.contract_id == contract_id
+    if default_contract:
+        joined = sa.or_(joined, sa.and_(agents.c.contract_id.is_(None),
+                                        agents.c.customer_id == customer_id))
+    query = sa.select(sa.func.count()).select_from(agents).where(
+        joined, agents.c.revoked_at.is_(None))
+    return int((await conn.execute(query)).scalar_one())
 
 
 def _agents_with_customer() -> sa.Select[Any]:
@@ -251,6 +341,7 @@ async def list_presence(conn: AsyncConnection, customer_id: int | None = None) -
     query = sa.select(
         agents.c.id, agents.c.hostname, agents.c.customer_id, agents.c.enrolled_at,
         agents.c.revoked_at, agents.c.connected, agents.c.last_seen,
+        agents.c.last_connected_at, agents.c.off_at, agents.c.site_id,
     ).order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
@@ -273,16 +364,43 @@ async def agent_by_id(conn: AsyncConnection, agent_id: str) -> Row | None:
     return dict(row) if row else None
 
 
-async def agent_keys(conn: AsyncConnection) -> dict[str, tuple[bytes, int]]:
-    """Public key and customer of every agent not revoked: all authentication needs."""
-    query = sa.select(agents.c.id, agents.c.public_key, agents.c.customer_id).where(
-        agents.c.revoked_at.is_(None))
-    return {row.id: (bytes(row.public_key), row.customer_id)
-            for row in await conn.execute(query)}
+async def agent_keys(conn: AsyncConnection) -> dict[str, tuple[bytes, int, str]]:
+    """Public key, customer and machine of every agent not revoked, by the ids its agent
+    may say hello with (the machine id, and its key's id after a reinstall): all
+    authentication needs."""
+    query = sa.select(agents.c.id, agents.c.key_id, agents.c.public_key,
+                      agents.c.customer_id).where(agents.c.revoked_at.is_(None))
+    keys = {}
+    for row in await conn.execute(query):
+        keys[row.id] = keys[row.key_id or row.id] = (
+            bytes(row.public_key), row.customer_id, row.id)
+    return keys
+
+
+async def agent_for_hello(conn: AsyncConnection, ref: str) -> Row | None:
+    """The machine an agent saying hello as `ref` is, in one query: the machine whose
+    current key has that id (a reinstall linked to an older machine), else the agent whose
+    id it is (revoked or not)."""
+    rows = rows_of(await conn.execute(sa.select(agents).where(
+        sa.or_(agents.c.key_id == ref, agents.c.id == ref))))
+    current = [r for r in rows if r["key_id"] == ref and r["revoked_at"] is None]
+    return next(iter(current or [r for r in rows if r["id"] == ref]), None)
+
+
+async def rekeyed_since(
+    conn: AsyncConnection, since: dt.datetime
+) -> list[tuple[str, str | None, dt.datetime]]:
+    """(machine, its new key's id, when) for machines that took a new key since."""
+    query = sa.select(agents.c.id, agents.c.key_id, agents.c.key_changed_at).where(
+        agents.c.key_changed_at >= since, agents.c.replaced_by.is_(None))
+    return [(row.id, row.key_id, row.key_changed_at) for row in await conn.execute(query)]
 
 
 async def revoked_since(conn: AsyncConnection, since: dt.datetime) -> list[str]:
-    query = sa.select(agents.c.id).where(agents.c.revoked_at >= since)
+    """Agents revoked since; not those retired as reinstalls of another machine, whose
+    agent lives on as that machine (rekeyed_since)."""
+    query = sa.select(agents.c.id).where(agents.c.revoked_at >= since,
+                                         agents.c.replaced_by.is_(None))
     return [row.id for row in await conn.execute(query)]
 
 
@@ -315,16 +433,37 @@ async def store_presence(
             downs)
 
 
+def is_off(row: Mapping[str, Any]) -> bool:
+    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline"."""
+    off, connected_at = row.get("off_at"), row.get("last_connected_at")
+    return (not row["connected"] and off is not None
+            and (connected_at is None or off >= connected_at))
+
+
+async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.datetime]) -> None:
+    """Agents that said goodbye before disconnecting: their PC is being switched off."""
+    if stops:
+        await conn.execute(
+            agents.update().where(agents.c.id == sa.bindparam("b_id"))
+            .values(off_at=sa.bindparam("b_at")),
+            [{"b_id": a, "b_at": at} for a, at in stops.items()])
+
+
 async def store_heartbeats(conn: AsyncConnection, beats: Iterable[tuple[str, dt.datetime, Any]]) -> None:
     """One executemany for a batch of (agent_id, seen_at, health). A heartbeat is proof
     of a live connection, so it also marks the agent connected: presence follows what
-    the agent sends, whatever a lost flush or another process wrote before."""
+    the agent sends, whatever a lost flush or another process wrote before. A report
+    received before the coordinator set the machine's versions from a job result
+    (versions_at) is older than what it knows: it leaves the stored health as it is."""
     params = [{"b_id": a, "b_seen": seen, "b_health": health} for a, seen, health in beats]
     if params:
+        seen = sa.bindparam("b_seen", type_=agents.c.last_seen.type)
+        stale = sa.and_(agents.c.versions_at.is_not(None), agents.c.versions_at > seen)
+        health = sa.bindparam("b_health", type_=agents.c.health.type)
         await conn.execute(
             agents.update()
             .where(agents.c.id == sa.bindparam("b_id"))
-            .values(last_seen=sa.bindparam("b_seen"), health=sa.bindparam("b_health"),
+            .values(last_seen=seen, health=sa.case((stale, agents.c.health), else_=health),
                     connected=True),
             params,
         )

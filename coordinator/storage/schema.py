@@ -88,6 +88,18 @@ agents = sa.Table(
     sa.Column("contract_id", sa.Integer, sa.ForeignKey("contracts.id")),
     sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id")),
     sa.Column("joined_contract_on", sa.Date),
+    sa.Column("off_at", UTCDateTime),
+    sa.Column("hw_uuid", sa.String(64)),
+    sa.Column("hw_serial", sa.String(64)),
+    sa.Column("hw_disk", sa.String(64)),
+    sa.Column("hw_mac", sa.String(64)),
+    sa.Column("key_id", sa.String(40), unique=True),
+    sa.Column("key_changed_at", UTCDateTime),
+    sa.Column("replaced_by", sa.String(40)),
+    # Issue 11: when the coordinator's own job results last set the product versions in
+    # `health`, and when an input of rollout targeting last changed for this machine.
+    sa.Column("versions_at", UTCDateTime),
+    sa.Column("targeting_changed_at", UTCDateTime),
 )
 
 events = sa.Table(
@@ -174,6 +186,44 @@ incidents = sa.Table(
     sa.Column("touched", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Column("resolution", sa.Text),
+    sa.Column("waiting_on", sa.String(40)),
+)
+
+policy_overrides = sa.Table(
+    "policy_overrides",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("target", sa.String(80), nullable=False),
+    sa.Column("key", sa.String(120), nullable=False),
+    sa.Column("value", sa.JSON, nullable=False),
+    sa.Column("set_by", sa.String(100), nullable=False),
+    sa.Column("set_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("target", "key", name="uq_policy_overrides_target_key"),
+)
+
+customer_closures = sa.Table(
+    "customer_closures",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id"), nullable=False),
+    sa.Column("first_day", sa.Date, nullable=False),
+    sa.Column("last_day", sa.Date, nullable=False),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+incident_waits = sa.Table(
+    "incident_waits",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("incident_id", sa.Integer, sa.ForeignKey("incidents.id"), nullable=False),
+    sa.Column("on_whom", sa.String(40), nullable=False),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("started_by", sa.String(100), nullable=False),
+    sa.Column("ended_at", UTCDateTime),
+    sa.Column("ended_by", sa.String(100)),
 )
 
 decisions = sa.Table(
@@ -318,4 +368,5 @@ rollout_machines = sa.Table(
     sa.Column("finished_at", UTCDateTime),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Column("deadline_incident", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("from_version", sa.String(40)),  # reported when targeted; NULL: unknown
 )

@@ -14,11 +14,14 @@ from careline.coordinator.storage.schema import (
     agents,
     conditions,
     contracts,
+    customer_closures,
     customers,
     decisions,
     diagnostics,
+    incident_waits,
     incidents,
     maintenance_packages,
+    policy_overrides,
     visits,
 )
 from careline.shared.errors import Conflict, NotFound
@@ -54,21 +57,34 @@ async def list_contracts(conn: AsyncConnection, customer_id: int | None = None) 
     return rows_of(await conn.execute(query))
 
 
-async def current_contract(conn: AsyncConnection, customer_id: int, on: dt.date) -> Row | None:
+def pick_current_contract(customer_contracts: list[Row], on: dt.date) -> Row | None:
     """The contract a customer's machines join by default: the latest one signed by `on`,
     else the earliest one signed later."""
-    signed = (await conn.execute(
-        sa.select(contracts).where(contracts.c.customer_id == customer_id,
-                                   contracts.c.signed_on <= on)
-        .order_by(contracts.c.signed_on.desc(), contracts.c.id.desc()).limit(1)
-    )).mappings().first()
-    if signed is not None:
-        return dict(signed)
-    future = (await conn.execute(
-        sa.select(contracts).where(contracts.c.customer_id == customer_id)
-        .order_by(contracts.c.signed_on, contracts.c.id).limit(1)
-    )).mappings().first()
-    return dict(future) if future else None
+    signed = [c for c in customer_contracts if c["signed_on"] <= on]
+    if signed:
+        return max(signed, key=lambda c: (c["signed_on"], c["id"]))
+    return min(customer_contracts, key=lambda c: (c["signed_on"], c["id"]), default=None)
+
+
+async def current_contract(conn: AsyncConnection, customer_id: int, on: dt.date) -> Row | None:
+    return pick_current_contract(await list_contracts(conn, customer_id), on)
+
+
+async def contracts_of(conn: AsyncConnection, customer_ids: list[int]) -> list[Row]:
+    """Every contract of these customers, in one query."""
+    if not customer_ids:
+        return []
+    return rows_of(await conn.execute(
+        sa.select(contracts).where(contracts.c.customer_id.in_(customer_ids))))
+
+
+async def maintenance_of(conn: AsyncConnection, contract_ids: list[int]) -> list[Row]:
+    """Every maintenance package of these contracts, in one query, by start date."""
+    if not contract_ids:
+        return []
+    return rows_of(await conn.execute(
+        sa.select(maintenance_packages).where(maintenance_packages.c.contract_id.in_(contract_ids))
+        .order_by(maintenance_packages.c.start)))
 
 
 async def add_maintenance(
@@ -91,6 +107,73 @@ async def contract_machines(conn: AsyncConnection, contract_id: int) -> list[Row
     query = sa.select(agents.c.id, agents.c.hostname, agents.c.joined_contract_on).where(
         agents.c.contract_id == contract_id)
     return rows_of(await conn.execute(query))
+
+
+# ----------------------------------------------------------------------------- closures
+async def add_closure(
+    conn: AsyncConnection, *, customer_id: int, first_day: dt.date, last_day: dt.date,
+    note: str, created_by: str, now: dt.datetime,
+) -> int:
+    return await insert_row(conn, customer_closures, {
+        "customer_id": customer_id, "first_day": first_day, "last_day": last_day, "note": note,
+        "created_by": created_by, "created_at": now,
+    }, "closure")
+
+
+async def list_closures(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+    query = sa.select(customer_closures).order_by(customer_closures.c.first_day)
+    if customer_id is not None:
+        query = query.where(customer_closures.c.customer_id == customer_id)
+    return rows_of(await conn.execute(query))
+
+
+async def closures_by_customer(
+    conn: AsyncConnection,
+) -> dict[int, tuple[tuple[dt.date, dt.date], ...]]:
+    """Every customer's closures as (first, last) days: what their calendars need."""
+    found: dict[int, list[tuple[dt.date, dt.date]]] = {}
+    for row in await list_closures(conn):
+        found.setdefault(row["customer_id"], []).append((row["first_day"], row["last_day"]))
+    return {customer: tuple(days) for customer, days in found.items()}
+
+
+# ----------------------------------------------------------------------------- overrides
+async def set_override(
+    conn: AsyncConnection, *, target: str, key: str, value: Any, by: str, now: dt.datetime,
+) -> None:
+    """Set (or replace) one policy value for a customer, site or machine."""
+    await conn.execute(policy_overrides.delete().where(
+        policy_overrides.c.target == target, policy_overrides.c.key == key))
+    await conn.execute(policy_overrides.insert().values(
+        target=target, key=key, value=value, set_by=by, set_at=now))
+
+
+async def unset_override(conn: AsyncConnection, target: str, key: str) -> bool:
+    result = await conn.execute(policy_overrides.delete().where(
+        policy_overrides.c.target == target, policy_overrides.c.key == key))
+    return bool(result.rowcount)
+
+
+async def list_overrides(conn: AsyncConnection) -> list[Row]:
+    return rows_of(await conn.execute(
+        sa.select(policy_overrides).order_by(policy_overrides.c.target, policy_overrides.c.key)))
+
+
+async def agent_owners(conn: AsyncConnection, agent_ids: list[str]) -> list[Row]:
+    """Id, customer and site of each agent: whose overrides apply to it."""
+    if not agent_ids:
+        return []
+    return rows_of(await conn.execute(
+        sa.select(agents.c.id, agents.c.customer_id, agents.c.site_id)
+        .where(agents.c.id.in_(agent_ids))))
+
+
+async def overrides_by_target(conn: AsyncConnection) -> dict[str, dict[str, Any]]:
+    """Every override, target -> key -> value (a small table, read whole)."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in await list_overrides(conn):
+        found.setdefault(row["target"], {})[row["key"]] = row["value"]
+    return found
 
 
 # ----------------------------------------------------------------------------- conditions
@@ -183,6 +266,35 @@ async def resolve_incident(
         raise Conflict(f"incident {incident_id} is not open")
 
 
+# ----------------------------------------------------------------------------- waits
+async def start_wait(
+    conn: AsyncConnection, *, incident_id: int, on_whom: str, note: str, by: str,
+    now: dt.datetime,
+) -> int:
+    wait_id = await insert_row(conn, incident_waits, {
+        "incident_id": incident_id, "on_whom": on_whom, "note": note, "started_at": now,
+        "started_by": by,
+    }, "wait")
+    await update_incident(conn, incident_id, waiting_on=on_whom, updated_at=now)
+    return wait_id
+
+
+async def end_wait(conn: AsyncConnection, incident_id: int, by: str, now: dt.datetime) -> None:
+    result = await conn.execute(
+        incident_waits.update()
+        .where(incident_waits.c.incident_id == incident_id, incident_waits.c.ended_at.is_(None))
+        .values(ended_at=now, ended_by=by))
+    if result.rowcount == 0:
+        raise Conflict(f"incident {incident_id} is not waiting on anyone")
+    await update_incident(conn, incident_id, waiting_on=None, updated_at=now)
+
+
+async def list_waits(conn: AsyncConnection, incident_id: int) -> list[Row]:
+    return rows_of(await conn.execute(
+        sa.select(incident_waits).where(incident_waits.c.incident_id == incident_id)
+        .order_by(incident_waits.c.started_at)))
+
+
 # ----------------------------------------------------------------------------- decisions
 async def add_decision(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, decisions, values, "decision")
@@ -215,6 +327,28 @@ async def list_visits(conn: AsyncConnection, due_before: dt.datetime | None = No
     if due_before is not None:
         query = query.where(visits.c.due_at <= due_before)
     return rows_of(await conn.execute(query))
+
+
+async def open_visit_of(conn: AsyncConnection, incident_id: int) -> Row | None:
+    """The incident's visit not yet completed, if any (a new decision updates it)."""
+    row = (await conn.execute(
+        sa.select(visits).where(visits.c.incident_id == incident_id,
+                                visits.c.status != "completed")
+        .order_by(visits.c.id.desc()).limit(1))).mappings().first()
+    return dict(row) if row else None
+
+
+async def complete_reinstall_visits(
+    conn: AsyncConnection, agent_id: str, note: str, now: dt.datetime
+) -> list[int]:
+    """The machine was reinstalled and is back: its open on-site reinstalls are done."""
+    open_visits = (visits.c.agent_id == agent_id, visits.c.status != "completed",
+                   visits.c.action == "onsite_reinstall")
+    ids = [row.id for row in await conn.execute(sa.select(visits.c.id).where(*open_visits))]
+    if ids:
+        await conn.execute(visits.update().where(visits.c.id.in_(ids)).values(
+            status="completed", completed_at=now, note=note))
+    return ids
 
 
 async def update_visit(conn: AsyncConnection, visit_id: int, **values: Any) -> None:

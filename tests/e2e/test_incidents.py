@@ -139,7 +139,8 @@ def test_offline_too_long_opens_and_return_closes(tmp_path, spawn_agent):
     from tests.conftest import CoordinatorProcess
 
     policy = tmp_path / "vendor-policy.toml"
-    policy.write_text("[machine]\noffline_incident_after_minutes = 0.05\n")  # 3 seconds
+    policy.write_text("[machine]\noffline_incident_after_minutes = 0.05\n"  # 3 seconds
+                      "offline_counts = \"wall_clock\"\n")  # whatever the time of day
     coord = CoordinatorProcess(tmp_path).start("--policy", str(policy))
     try:
         coord.cli("customers", "add", "Chuoi")
