@@ -95,6 +95,23 @@ class PackageStore:
         return dest
 
 
+# An upload (`releases.upload` pieces) untouched this long was abandoned: its .part goes.
+UPLOAD_MAX_AGE_SECONDS = 24 * 3600.0
+PRUNE_UPLOADS_SECONDS = 3600.0
+
+
+def prune_uploads(directory: Path, now: float, max_age: float = UPLOAD_MAX_AGE_SECONDS) -> int:
+    """Delete abandoned upload pieces (`*.part` not written to for `max_age` seconds);
+    returns how many. A publish in progress keeps writing its file, so it is never old."""
+    removed = 0
+    for path in directory.glob("*.part") if directory.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            if now - path.stat().st_mtime > max_age:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -265,8 +282,16 @@ class UpdateService:
     async def _sweep_forever(self) -> None:
         """Send jobs created elsewhere (e.g. by an incident decision) to connected agents,
         and every unfinished job to agents that connected since the last sweep."""
+        pruned_at = -PRUNE_UPLOADS_SECONDS
         while True:
             await asyncio.sleep(DISPATCH_SWEEP_SECONDS)
+            if time.monotonic() - pruned_at >= PRUNE_UPLOADS_SECONDS:
+                pruned_at = time.monotonic()
+                try:
+                    if removed := await asyncio.to_thread(prune_uploads, self.uploads, time.time()):
+                        log.info("removed %d abandoned package upload(s)", removed)
+                except OSError:
+                    log.exception("pruning abandoned uploads failed")
             reconnected, self._reconnected = self._reconnected, set()
             try:
                 await self.dispatch(statuses=("pending",))
