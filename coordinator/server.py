@@ -18,7 +18,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,23 +222,24 @@ class Coordinator:
             open_timeout=HANDSHAKE_TIMEOUT, logger=logging.getLogger("careline.websockets"),
         ) as server:
             self.server = server
-            tasks = [
-                asyncio.create_task(self._flush_heartbeats_forever()),
-                asyncio.create_task(self._sweep_silent_forever()),
-                asyncio.create_task(self._sweep_offline_forever()),
-                asyncio.create_task(self.rollouts.run_forever()),
-                asyncio.create_task(self._prune_forever()),
-            ]
-            if self.relay is not None:  # other coordinator processes may share the database
-                tasks.append(asyncio.create_task(self._disconnect_revoked_forever()))
-            log.info("listening on %s:%s (%s)", host, port, self.public_url)
-            if ready is not None:
-                ready.set()
-            await stop.wait()
-            for task in tasks:
-                task.cancel()
+            # Owned by a TaskGroup: at stop they are cancelled and awaited (a flush cut
+            # short keeps its batch for the last one below).
+            async with asyncio.TaskGroup() as group:
+                loops = [self._flush_heartbeats_forever(), self._sweep_silent_forever(),
+                         self._sweep_offline_forever(), self.rollouts.run_forever(),
+                         self._prune_forever()]
+                if self.relay is not None:  # other coordinator processes may share the database
+                    loops.append(self._disconnect_revoked_forever())
+                tasks = [group.create_task(loop) for loop in loops]
+                log.info("listening on %s:%s (%s)", host, port, self.public_url)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                for task in tasks:
+                    task.cancel()
             server.close(close_connections=True)
             await server.wait_closed()
+        await self.updates.close()
         if self.relay is not None:
             await self.relay.close()
         await self._flush_heartbeats()
@@ -711,10 +712,13 @@ class Coordinator:
             params = api.parse_params(found, request.params)
             ctx = api.Context(self, caller, utcnow())
             if found.streams:
-                stream: AsyncIterator[Any] = found.handler(ctx, params)  # type: ignore[assignment]
-                async for partial in stream:
-                    reply = p.Reply(id=request.id, result=p.to_builtins(partial), final=False)
-                    await ws.send(p.encode(reply))
+                stream: AsyncGenerator[Any, None] = found.handler(ctx, params)  # type: ignore[assignment]
+                # Closed at once if the technician goes away mid-stream: its finally blocks
+                # (timers, relayed commands) run now, not whenever the GC gets to it.
+                async with contextlib.aclosing(stream):
+                    async for partial in stream:
+                        reply = p.Reply(id=request.id, result=p.to_builtins(partial), final=False)
+                        await ws.send(p.encode(reply))
                 result = None
             else:
                 result = await found.handler(ctx, params)  # type: ignore[misc]

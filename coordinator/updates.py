@@ -301,6 +301,13 @@ class UpdateService:
                 self._reconnected |= reconnected  # their jobs go out with the next sweep
                 log.exception("dispatching jobs failed; will retry")
 
+    async def close(self) -> None:
+        """At shutdown: stop the sweeper and the download streams, and wait for them."""
+        tasks = [t for t in (self._sweeper, *self._streams.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def on_agent_connected(self, link: AgentLink) -> None:
         """Called once an agent is authenticated: its unfinished jobs go out with the next
         sweep, in one query for every agent that connected meanwhile (a reconnect storm
