@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -69,6 +70,7 @@ class Prober:
         self._restarts: dict[str, deque[float]] = {}
         self._integrity: dict[str, list[str]] = {}
         self._last_verify = -float("inf")  # verify at the first check
+        self._verifying = threading.RLock()  # check() and the updater run in threads
         self._io_errors: dict[str, int] = {}
         self._smart_failing: list[str] = []
         self._last_smart = -float("inf")
@@ -76,14 +78,23 @@ class Prober:
         psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
 
     def verify_now(self) -> dict[str, list[str]]:
-        self._integrity = {p.name: integrity_problems(p) for p in self.config.products}
-        self._last_verify = time.monotonic()
-        return self._integrity
+        with self._verifying:
+            self._integrity = {p.name: integrity_problems(p) for p in self.config.products}
+            self._last_verify = time.monotonic()
+            return self._integrity
+
+    def integrity(self) -> dict[str, list[str]]:
+        """Integrity problems by product, hashing the product trees again only when the
+        last check is older than verify_interval: the heartbeat's check and the updater's
+        periodic report share one hashing per schedule."""
+        with self._verifying:
+            if time.monotonic() - self._last_verify >= self.config.verify_interval:
+                return self.verify_now()
+            return self._integrity
 
     def check(self) -> Health:
         now = time.monotonic()
-        if now - self._last_verify >= self.config.verify_interval:
-            self.verify_now()
+        self.integrity()
         problems: list[Problem] = []
         disks = []
         for mount in osx.disk_mounts():

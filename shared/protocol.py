@@ -37,6 +37,7 @@ MAX_DATA_DEPTH = 16
 EVENT_KINDS = frozenset({
     "unclean_shutdown", "update_step", "update_result", "verify_result", "integrity_mismatch",
     "disk_full", "disk_failing", "product_not_running", "product_crash_loop",
+    "outbox_summary",  # events an agent's bounded outbox folded or dropped (issue 13)
 })
 
 ENROLL_PATH = "/enroll"
