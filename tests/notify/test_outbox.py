@@ -273,3 +273,12 @@ async def test_rollout_pause_and_job_results_name_their_machines(setup: Setup) -
     assert "Machines affected: 40" in by_event["rollout.paused"]["text"]
     assert by_event["job.failed"]["subject"] == "Update failed on KT-01 (Minh Anh)"
     assert "Result: rolled back" in by_event["job.failed"]["text"]
+
+
+async def test_critical_goes_first_through_a_backlog(setup: Setup) -> None:
+    for n in range(6):
+        await setup.emit(key=f"b{n}", thread=f"incident:{n}", severity="high")
+    await setup.emit(key="fire", thread="incident:99", severity="critical")
+    async with setup.db.transaction() as conn:
+        first = await store.claimable(conn, now(), now(), limit=2)
+    assert [r["severity"] for r in first] == ["critical", "high"]
