@@ -800,6 +800,10 @@ from careline.coordinator.cli_release import jobs, push, release, releases  # no
 for _group in (release, releases, push, jobs):
     main.add_command(_group)
 
+from careline.coordinator.cli_notify import notify  # noqa: E402
+
+main.add_command(notify)
+
 
 if __name__ == "__main__":
     sys.exit(main())

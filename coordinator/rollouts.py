@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from careline.coordinator.notify.events import notify_rollout
 from careline.coordinator.policy import waves
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import rollouts as rstore
@@ -409,6 +410,9 @@ class Rollouts:
             for m in machines if m["state"] in ("failed", "timed_out")
         }
         await self.coordinator.desk.observe(conn, failed, now)
+        await notify_rollout(conn, "rollout.paused", rollout,
+                             [m for m in machines if m["state"] in ("failed", "timed_out")],
+                             reason, now)
         await store.record_audit(conn, actor=f"rollout:{rollout['id']}", action="rollout.pause",
                                  target=f"rollout:{rollout['id']}", detail={"reason": reason},
                                  now=now)
@@ -430,6 +434,8 @@ class Rollouts:
             for m in late
         }
         await self.coordinator.desk.observe(conn, checks, now)
+        await notify_rollout(conn, "rollout.deadline_at_risk", rollout, late,
+                             f"effective {rollout['effective']}", now)
         for machine in late:
             await rstore.set_machine(conn, machine["id"], deadline_incident=True)
 

@@ -202,6 +202,9 @@ class Coordinator:
         from careline.coordinator.rollouts import Rollouts
 
         self.rollouts = Rollouts(self)
+        from careline.coordinator.notify.sender import Notifier
+
+        self.notifier = Notifier(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -222,6 +225,7 @@ class Coordinator:
                 asyncio.create_task(self._sweep_offline_forever()),
                 asyncio.create_task(self.rollouts.run_forever()),
                 asyncio.create_task(self._prune_forever()),
+                asyncio.create_task(self.notifier.run_forever()),
             ]
             if self.relay is not None:  # other coordinator processes may share the database
                 tasks.append(asyncio.create_task(self._disconnect_revoked_forever()))

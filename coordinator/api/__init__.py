@@ -116,6 +116,7 @@ def load_all() -> None:
     from careline.coordinator.api import (  # noqa: F401
         fleet,
         live,
+        notify,
         overview,
         policy,
         releases,

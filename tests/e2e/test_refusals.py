@@ -107,7 +107,7 @@ def test_revoked_agent_is_disconnected_and_refused(sqlite_coordinator, enrolled)
     wait_until(lambda: sqlite_coordinator.agents()[agent.agent_id]["status"] == "online")
     sqlite_coordinator.cli("agents", "revoke", agent.agent_id)
     assert agent.proc.wait(15) != 0  # the running agent stops: its identity is refused
-    assert "revoked" in agent.proc.stderr.read()
+    assert "revoked" in agent.log.read_text()
     assert agent.status()["connection"]["state"] == "refused"
     assert sqlite_coordinator.agents()[agent.agent_id]["status"] == "revoked"
 

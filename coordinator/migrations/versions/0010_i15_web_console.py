@@ -7,7 +7,7 @@ from alembic import op
 from careline.coordinator.storage.schema import UTCDateTime
 
 revision = "i15_web_console"
-down_revision = "i11_rollout_targeting"
+down_revision = "i14_notify"
 
 
 def upgrade() -> None:
