@@ -33,6 +33,12 @@ if [ -z "${CARELINE_TEST_PG:-}" ] && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev
     bash scripts/ensure-postgres.sh || echo "PostgreSQL could not be started; its tests will say why"
 fi
 
+# `systemd-analyze verify` checks the agent's unit file (tests/agent/test_service.py).
+if ! command -v systemd-analyze >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd >/dev/null \
+        || echo "systemd could not be installed; the unit-file check will skip"
+fi
+
 .venv/bin/ruff check agent coordinator shared tests bench
 bash scripts/typecheck.sh
 .venv/bin/python -m pytest -q "$@"

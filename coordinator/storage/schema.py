@@ -447,7 +447,6 @@ notifications = sa.Table(
     sa.Column("digest_id", sa.Integer),
 )
 
-
 web_sessions = sa.Table(
     "web_sessions",
     metadata,
