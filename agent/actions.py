@@ -86,6 +86,7 @@ def diagnostics(config: AgentConfig, state: StateDir, request: p.Diagnose) -> di
 
 def restart_product(config: AgentConfig, state: StateDir, name: str) -> dict[str, Any]:
     product = find_product(config, name)
+    osx.check_startable(product)  # refuse before stopping it, not after
     before = [proc.pid for proc in osx.product_processes(product)]
     osx.stop_product(product)
     osx.start_product(product, state.path / f"{product.name}.out.log")

@@ -25,11 +25,15 @@ class AgentGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
-def _state(state: str | None) -> Any:
-    from careline.agent.platform import default_state_dir
+def _state(state: str | None, *, secure: bool = True) -> Any:
+    """The state dir; unless only read (`status`), refused when others own or can write it."""
+    from careline.agent.platform import default_state_dir, secure_state_dir
     from careline.agent.state import StateDir
 
-    return StateDir(Path(state).resolve() if state else default_state_dir())
+    state_dir = StateDir(Path(state).resolve() if state else default_state_dir())
+    if secure and state_dir.enrolled():
+        secure_state_dir(state_dir.path)
+    return state_dir
 
 
 state_option = click.option(
@@ -54,8 +58,27 @@ def main() -> None:
     """Careline agent: keeps this PC's business software healthy and up to date."""
 
 
+def _read_join(join_string: str | None, join_file: str | None) -> str:
+    """The join string from the argument, stdin (`-`) or --join-file: the last two keep the
+    token out of the process list and shell history."""
+    if join_file is not None and join_string not in (None, "-"):
+        raise ConfigError("give the join string either as an argument or with --join-file")
+    try:
+        if join_file is not None:
+            return Path(join_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {join_file}: {exc.strerror}") from None
+    if join_string == "-":
+        return sys.stdin.readline().strip()
+    if join_string is None:
+        raise ConfigError("no join string: pass it, `-` to read it from stdin, or --join-file")
+    return join_string
+
+
 @main.command()
-@click.argument("join_string")
+@click.argument("join_string", required=False)
+@click.option("--join-file", type=click.Path(dir_okay=False), default=None,
+              help="Read the join string from this file (or pass `-` to read stdin).")
 @state_option
 @click.option("--product", "products", multiple=True, metavar="NAME=INSTALL_DIR",
               help="A product to watch (repeatable).")
@@ -69,17 +92,18 @@ def main() -> None:
               help="The product's log file (relative to its install dir), for diagnostics.")
 @click.option("--replaces", default="", metavar="MACHINE",
               help="This is a reinstall of that machine (id or hostname): keep its history.")
-def enroll(join_string: str, state: str | None, products: tuple[str, ...],
+def enroll(join_string: str | None, join_file: str | None, state: str | None,
+           products: tuple[str, ...],
            execs: tuple[str, ...], services: tuple[str, ...], datas: tuple[str, ...],
            logs: tuple[str, ...], replaces: str) -> None:
-    """Register this machine with the coordinator named in JOIN_STRING."""
+    """Register this machine with the coordinator named in JOIN_STRING (`-`: stdin)."""
     import shlex
 
     from careline.agent.enroll import enroll as do_enroll
     from careline.agent.state import ProductConfig
     from careline.shared.keys import JoinString
 
-    join = JoinString.parse(join_string)
+    join = JoinString.parse(_read_join(join_string, join_file))
     install_dirs = _pairs(products, "--product")
     extras = {
         "--product-exec": _pairs(execs, "--product-exec"),
@@ -106,6 +130,9 @@ def enroll(join_string: str, state: str | None, products: tuple[str, ...],
     state_dir = _state(state)
     config = asyncio.run(do_enroll(join, state_dir, configs, replaces))
     click.echo(f"Enrolled as {config.agent_id} (customer {config.customer_id}).")
+    if not join.root_pin:
+        click.echo("No update root pinned (join string made before release keys existed): "
+                   "updates are refused until `careline-agent pin-root HASH`.")
     click.echo(f"Start the agent with: careline-agent run --state {state_dir.path}")
 
 
@@ -127,6 +154,9 @@ def run(state: str | None, verbose: bool) -> None:
         level=logging.INFO, handlers=handlers,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from careline.shared.logs import use_safe_formatter
+
+    use_safe_formatter()  # agents and clients choose some of what is logged
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
     async def main_loop() -> None:
@@ -146,7 +176,7 @@ def run(state: str | None, verbose: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(state: str | None, as_json: bool) -> None:
     """Enrollment, coordinator, connection state and last report."""
-    state_dir = _state(state)
+    state_dir = _state(state, secure=False)
     info: dict[str, Any] = {"state_dir": str(state_dir.path), "enrolled": state_dir.enrolled()}
     if state_dir.enrolled():
         config = state_dir.load_config()
@@ -159,6 +189,20 @@ def status(state: str | None, as_json: bool) -> None:
         return
     for key, value in info.items():
         click.echo(f"{key:12} {value}")
+
+
+@main.command("pin-root")
+@click.argument("root_hash")
+@state_option
+def pin_root(root_hash: str, state: str | None) -> None:
+    """Trust the vendor's update root with this hash (printed by `careline release keys
+    init`). Needed once by agents enrolled before the vendor had release keys."""
+    from careline.agent.updater import pin_root as do_pin
+
+    state_dir = _state(state)
+    state_dir.load_config()  # enrolled?
+    do_pin(state_dir, root_hash)
+    click.echo(f"Update root pinned: {root_hash.strip().lower()}")
 
 
 @main.command("apply-bundle")

@@ -11,7 +11,7 @@ from careline.agent import platform as osx
 from careline.agent.state import AgentConfig, ProductConfig, StateDir
 from careline.shared import __version__
 from careline.shared import protocol as p
-from careline.shared.errors import AuthError, ConfigError
+from careline.shared.errors import AuthError, ConfigError, VerificationError
 from careline.shared.keys import (
     JoinString,
     cert_fingerprint,
@@ -54,7 +54,7 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     gives back the machine it was (`replaces` names it when a technician knows)."""
     if state.enrolled():
         raise ConfigError(f"already enrolled in {state.path}; use another --state or remove it")
-    state.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    osx.secure_state_dir(state.path)
     # A key left by an earlier, failed attempt is reused: it was never accepted anywhere.
     key = load_private_key(state.key_file) if state.key_file.exists() else None
     if key is None:
@@ -70,10 +70,15 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
         raise AuthError(f"enrollment refused: {reason}") from None
     except OSError as exc:
         raise ConfigError(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
-    (state.ca_file).write_text(ca_pem)
     from careline.agent.updater import store_enrollment_trust
 
-    store_enrollment_trust(state, enrolled.tuf_root, enrolled.instruction_key)
+    try:
+        store_enrollment_trust(state, enrolled.tuf_root, enrolled.instruction_key, join.root_pin)
+    except VerificationError:
+        # Registered with a coordinator we do not trust: a retry starts with a fresh key.
+        state.key_file.unlink()
+        raise
+    (state.ca_file).write_text(ca_pem)
     config = AgentConfig(
         agent_id=enrolled.agent_id, customer_id=enrolled.customer_id,
         server_url=join.server_url, heartbeat_interval=enrolled.heartbeat_interval,

@@ -8,15 +8,44 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from careline.shared.protocol import MAX_EVENT_BYTES, Event, check_data
 
 
+class DeliveryWindow:
+    """What one connection has in flight: at most `size` events sent and not yet acked.
+
+    Pure bookkeeping for the sender: acks open the window again, so a backlog of thousands
+    drains as fast as the coordinator stores it, never more than `size` ahead of it.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("window size must be at least 1")
+        self.size = size
+        self.cursor = 0  # highest seq sent on this connection
+        self.in_flight: set[int] = set()
+
+    def room(self) -> int:
+        return self.size - len(self.in_flight)
+
+    def sent(self, seq: int) -> None:
+        self.in_flight.add(seq)
+        self.cursor = max(self.cursor, seq)
+
+    def acked(self, seq: int) -> None:
+        self.in_flight.discard(seq)
+
+
 class Outbox:
     def __init__(self, path: Path) -> None:
+        # One connection used from the event loop and from worker threads (to_thread).
+        self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -34,22 +63,40 @@ class Outbox:
                 raise ValueError(f"event data of {len(text)} bytes is too large")
         except ValueError as exc:
             text = json.dumps({"unsendable": str(exc)})
-        cursor = self._db.execute(
-            "INSERT INTO outbox (kind, at, data) VALUES (?, ?, ?)", (kind, time.time(), text))
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO outbox (kind, at, data) VALUES (?, ?, ?)", (kind, time.time(), text))
         return int(cursor.lastrowid or 0)
 
     def pending(self, after: int = 0, limit: int = 100) -> list[Event]:
-        rows = self._db.execute(
-            "SELECT seq, kind, at, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, kind, at, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
         return [Event(seq=s, kind=k, at=a, data=json.loads(d)) for s, k, a, d in rows]
 
     def ack(self, seq: int) -> None:
-        self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        self.ack_many([seq])
+
+    def ack_many(self, seqs: Iterable[int]) -> None:
+        """Forget acknowledged events, in one transaction (one fsync for a whole batch)."""
+        params = [(seq,) for seq in seqs]
+        if not params:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM outbox WHERE seq = ?", params)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def __len__(self) -> int:
-        return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()

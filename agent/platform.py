@@ -1,13 +1,15 @@
 """Everything that differs between Windows and Linux, in one place.
 
-Paths, how a product's processes are found, and how a product is stopped and started.
-The rest of the agent calls these functions and never tests the OS itself.
+Paths, who may touch the state dir, how a product's processes are found, and how a product
+is stopped and started. The rest of the agent calls these functions and never tests the OS
+itself. pywin32 is imported only inside the Windows branches.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +29,112 @@ def default_state_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/careline-agent")
     return Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "careline-agent"
+
+
+# ----------------------------------------------------------------------------- state dir
+# Principals that may own or write the state dir on Windows: SYSTEM, Administrators,
+# TrustedInstaller, and CREATOR OWNER (stands for whoever creates a child, who must
+# already be one of the others to create anything).
+SYSTEM_SID, ADMINISTRATORS_SID, CREATOR_OWNER_SID = "S-1-5-18", "S-1-5-32-544", "S-1-3-0"
+TRUSTED_SIDS = frozenset({
+    SYSTEM_SID, ADMINISTRATORS_SID, CREATOR_OWNER_SID,
+    "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464",  # TrustedInstaller
+})
+ACCESS_ALLOWED_ACE_TYPE = 0
+# Rights that let a principal read the agent's key or change what the agent trusts:
+# read/write/append data, write EA/attributes, delete child, DELETE, WRITE_DAC,
+# WRITE_OWNER, GENERIC_ALL/WRITE/READ.
+_SENSITIVE_RIGHTS = (0x1 | 0x2 | 0x4 | 0x10 | 0x40 | 0x100 | 0x10000 | 0x40000 | 0x80000
+                     | 0x10000000 | 0x40000000 | 0x80000000)
+
+
+def windows_acl_problems(owner: str, aces: list[tuple[int, int, str]] | None) -> list[str]:
+    """Why a Windows folder (owner SID, DACL as (ace type, access mask, SID); None = no
+    DACL, open to everyone) is not private to SYSTEM and Administrators. Pure: tested
+    exhaustively without Windows."""
+    problems = []
+    if owner not in TRUSTED_SIDS:
+        problems.append(f"owned by {owner}, not SYSTEM or Administrators")
+    if aces is None:
+        problems.append("has no access control list (everyone has full access)")
+        return problems
+    for ace_type, mask, sid in aces:
+        if ace_type == ACCESS_ALLOWED_ACE_TYPE and sid not in TRUSTED_SIDS and mask & _SENSITIVE_RIGHTS:
+            problems.append(f"grants {sid} access (mask {mask:#x})")
+    return problems
+
+
+def posix_dir_problems(uid: int, mode: int, agent_uid: int) -> list[str]:
+    """Why a POSIX folder (owner uid, st_mode) is not private to the agent's account."""
+    problems = []
+    if uid not in (agent_uid, 0):
+        problems.append(f"owned by uid {uid}, not the agent's account ({agent_uid})")
+    if mode & 0o022:
+        problems.append(f"writable by group or others (mode {mode & 0o777:o})")
+    return problems
+
+
+def secure_state_dir(path: Path) -> None:
+    """Create the state dir private to the agent's kind (Windows: an explicit ACL for SYSTEM
+    and Administrators; POSIX: 0700), or refuse an existing one that someone else owns or
+    can write: `mkdir(mode=...)` is no ACL on Windows, and a folder a standard user made
+    beforehand would let them swap the agent's keys or trust anchors."""
+    if IS_WINDOWS:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _windows_create_private_dir(path)
+        problems = windows_acl_problems(*_windows_dir_security(path))
+    else:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+        problems = posix_dir_problems(st.st_uid, st.st_mode, os.geteuid())
+    if problems:
+        fix = (f'icacls "{path}" /setowner *S-1-5-32-544 /T && icacls "{path}" /inheritance:r '
+               "/grant:r *S-1-5-18:(OI)(CI)F *S-1-5-32-544:(OI)(CI)F" if IS_WINDOWS
+               else f"chown {os.geteuid()} {path} && chmod 700 {path}")
+        raise ConfigError(f"refusing the state dir {path}: {'; '.join(problems)}. If its "
+                          f"contents are trusted, an administrator can fix it with: {fix}")
+
+
+def _windows_create_private_dir(path: Path) -> None:
+    """Create `path` with a protected DACL: full control for SYSTEM and Administrators,
+    inherited by everything inside, nothing inherited from the parent (ProgramData lets
+    Users read and create)."""
+    import ntsecuritycon
+    import win32file
+    import win32security
+
+    dacl = win32security.ACL()
+    inherit = win32security.OBJECT_INHERIT_ACE | win32security.CONTAINER_INHERIT_ACE
+    for sid in (SYSTEM_SID, ADMINISTRATORS_SID):
+        dacl.AddAccessAllowedAceEx(win32security.ACL_REVISION, inherit,
+                                   ntsecuritycon.FILE_ALL_ACCESS,
+                                   win32security.ConvertStringSidToSid(sid))
+    descriptor = win32security.SECURITY_DESCRIPTOR()
+    descriptor.SetSecurityDescriptorDacl(1, dacl, 0)
+    descriptor.SetSecurityDescriptorControl(win32security.SE_DACL_PROTECTED,
+                                            win32security.SE_DACL_PROTECTED)
+    attributes = win32security.SECURITY_ATTRIBUTES()
+    attributes.SECURITY_DESCRIPTOR = descriptor
+    win32file.CreateDirectory(str(path), attributes)
+
+
+def _windows_dir_security(path: Path) -> tuple[str, list[tuple[int, int, str]] | None]:
+    """The folder's owner SID and DACL entries as strings and numbers."""
+    import win32security
+
+    descriptor = win32security.GetNamedSecurityInfo(
+        str(path), win32security.SE_FILE_OBJECT,
+        win32security.OWNER_SECURITY_INFORMATION | win32security.DACL_SECURITY_INFORMATION)
+    owner = win32security.ConvertSidToStringSid(descriptor.GetSecurityDescriptorOwner())
+    dacl = descriptor.GetSecurityDescriptorDacl()
+    if dacl is None:
+        return owner, None
+    aces = []
+    for index in range(dacl.GetAceCount()):
+        ace = dacl.GetAce(index)  # ((type, flags), mask, [object types...], sid)
+        aces.append((ace[0][0], ace[1], win32security.ConvertSidToStringSid(ace[-1])))
+    return owner, aces
 
 
 def os_description() -> str:
@@ -75,10 +183,44 @@ def stop_product(product: ProductConfig, timeout: float = 10.0) -> None:
         proc.kill()
 
 
+def is_elevated() -> bool:
+    """Root, or on Windows SYSTEM or an elevated administrator."""
+    if IS_WINDOWS:
+        import ctypes
+
+        return bool(ctypes.windll.shell32.IsUserAnAdmin())  # type: ignore[attr-defined]
+    return os.geteuid() == 0
+
+
 def start_product(product: ProductConfig, log_path: Path) -> None:
+    """Start a product again: a service through its service manager; a desktop program
+    never with the agent's rights over files a standard user could swap. An elevated agent
+    starts it in the logged-on user's session on Windows (a program started from the
+    service would run as SYSTEM in session 0, invisible), and on Linux only from paths
+    that root alone can change; otherwise it refuses, saying why (`check_startable`)."""
     if product.service:
         _service(product.service, "start")
         return
+    argv, install_dir = check_startable(product)
+    if is_elevated() and IS_WINDOWS:
+        _windows_start_in_user_session(product.name, argv, install_dir)
+        return
+    # Detached, so the product outlives the agent like a program the user started.
+    flags = 0
+    if IS_WINDOWS:
+        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            argv, cwd=install_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            creationflags=flags, start_new_session=not IS_WINDOWS,
+        )
+
+
+def check_startable(product: ProductConfig) -> tuple[list[str], Path]:
+    """Raise ConfigError, with the reason, if `start_product` would refuse this product;
+    else its argv and install dir. Called before a restart stops anything."""
+    if product.service:
+        return [], Path(product.install_dir)
     if not product.executable:
         raise ConfigError(
             f"product {product.name} has no executable or service configured to start it"
@@ -89,15 +231,81 @@ def start_product(product: ProductConfig, log_path: Path) -> None:
         str(install_dir / arg) if not os.path.isabs(arg) and (install_dir / arg).exists() else arg
         for arg in product.executable
     ]
-    # Detached, so the product outlives the agent like a program the user started.
-    flags = 0
+    if not is_elevated():
+        return argv, install_dir
     if IS_WINDOWS:
-        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
-    with open(log_path, "ab") as log:
-        subprocess.Popen(
-            argv, cwd=install_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            creationflags=flags, start_new_session=not IS_WINDOWS,
-        )
+        _windows_console_user_token(product.name)
+        return argv, install_dir
+    for path in [install_dir, *(Path(a) for a in argv if os.path.isabs(a) and os.path.exists(a))]:
+        problem = changeable_by_others(path)
+        if problem:
+            raise ConfigError(
+                f"not starting {product.name} as root: {problem}, so a standard user could "
+                "replace what it runs. Configure it as a service (--product-service), make "
+                "its files root-only, or ask the user to start it.")
+    return argv, install_dir
+
+
+def unsafe_path_entry(chain: list[tuple[str, int, int]]) -> str | None:
+    """Pure: given a path and its parents from the leaf up as (path, owner uid, st_mode),
+    why an account other than root could change what the leaf is, or None. A world-writable
+    sticky dir (/tmp) is fine when the entry below it is root's. A symlink cannot be
+    changed, only replaced through its dir (checked next)."""
+    for index, (path, uid, mode) in enumerate(chain):
+        if stat.S_ISLNK(mode):
+            continue
+        if uid != 0:
+            return f"{path} is owned by uid {uid}"
+        if mode & 0o022:
+            below_is_roots = index > 0 and chain[index - 1][1] == 0
+            if not (stat.S_ISDIR(mode) and mode & stat.S_ISVTX and below_is_roots):
+                return f"{path} is writable by group or others"
+    return None
+
+
+def changeable_by_others(path: Path) -> str | None:
+    """POSIX: why a non-root account could change `path` (the path as given, and where its
+    symlinks lead), or None."""
+    for candidate in {Path(os.path.abspath(path)), Path(os.path.realpath(path))}:
+        chain = []
+        for entry in [candidate, *candidate.parents]:
+            st = os.lstat(entry)
+            chain.append((str(entry), st.st_uid, st.st_mode))
+        problem = unsafe_path_entry(chain)
+        if problem:
+            return problem
+    return None
+
+
+def _windows_console_user_token(name: str) -> object:
+    """The token of the user logged on at the console, or ConfigError if nobody is."""
+    import pywintypes
+    import win32ts
+
+    session = win32ts.WTSGetActiveConsoleSessionId()
+    try:
+        if session == 0xFFFFFFFF:
+            raise pywintypes.error(0, "WTSGetActiveConsoleSessionId", "no console session")
+        return win32ts.WTSQueryUserToken(session)
+    except pywintypes.error:
+        raise ConfigError(f"not starting {name}: nobody is logged on to start it for, and the "
+                          "agent will not run a desktop program as SYSTEM") from None
+
+
+def _windows_start_in_user_session(name: str, argv: list[str], cwd: Path) -> None:
+    """Start a desktop program as the user logged on at the console, on their desktop."""
+    import win32con
+    import win32process
+    import win32profile
+
+    token = _windows_console_user_token(name)
+    startup = win32process.STARTUPINFO()
+    startup.lpDesktop = "winsta0\\default"
+    environment = win32profile.CreateEnvironmentBlock(token, False)
+    win32process.CreateProcessAsUser(
+        token, None, subprocess.list2cmdline(argv), None, None, False,
+        win32con.CREATE_NEW_PROCESS_GROUP | win32con.CREATE_UNICODE_ENVIRONMENT,
+        environment, str(cwd), startup)
 
 
 def _service(name: str, verb: str) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import psutil
@@ -19,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from careline.agent.actions import perform
-from careline.agent.outbox import Outbox
+from careline.agent.outbox import DeliveryWindow, Outbox
 from careline.agent.probes import Prober
 from careline.agent.state import AgentConfig, StateDir
 from careline.shared import __version__
@@ -37,6 +38,36 @@ log = logging.getLogger("careline.agent")
 BACKOFF_FIRST_WINDOW = 10.0
 BACKOFF_CAP = 60.0
 MAX_FIRST_WINDOW = 600.0  # whatever a Welcome says
+# Events sent ahead of the coordinator's acks on one connection.
+OUTBOX_WINDOW = 200
+
+
+class CoordinatorSilent(TimeoutError):
+    """The coordinator stopped answering keepalive pings: the connection is given up."""
+
+
+async def first_of(*coros: Coroutine[Any, Any, Any]) -> None:
+    """Run `coros` until the first one returns or raises; the others are cancelled and
+    awaited (a TaskGroup owns them), and the first one's exception, if any, is raised."""
+
+    class _Done(Exception):
+        pass
+
+    async def ends_all(coro: Coroutine[Any, Any, Any]) -> None:
+        await coro
+        raise _Done
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for coro in coros:
+                group.create_task(ends_all(coro))
+    except BaseExceptionGroup as errors:
+        _, rest = errors.split(_Done)
+        if rest is not None:
+            first = rest.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
 
 
 def backoff_delay(attempt: int, rng: random.Random,
@@ -100,6 +131,8 @@ class AgentRunner:
         self.attempt = 0  # failed connections since the last welcome
         self.first_window = BACKOFF_FIRST_WINDOW  # from the last Welcome
         self._answering: set[asyncio.Task[None]] = set()
+        self._window = DeliveryWindow(OUTBOX_WINDOW)  # this connection's events in flight
+        self._acked: list[int] = []  # acknowledged, not yet deleted from the outbox
 
     # ------------------------------------------------------------------ status & events
     def _set_status(self, state: str | None = None, error: str | None = None) -> None:
@@ -183,22 +216,18 @@ class AgentRunner:
             self.attempt = 0
             self._set_status("connected", "")
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)
-            tasks = [
-                asyncio.create_task(self._heartbeats(ws)),
-                asyncio.create_task(self._deliver_outbox(ws)),
-                asyncio.create_task(self._receive(ws)),
-                asyncio.create_task(stop.wait()),
-            ]
+            self._window = DeliveryWindow(OUTBOX_WINDOW)
             try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                await first_of(self._heartbeats(ws), self._deliver_outbox(ws, self._window),
+                               self._receive(ws), self._keepalive(ws), stop.wait())
             finally:
-                for task in tasks:
+                for task in self._answering:
                     task.cancel()
+                await asyncio.gather(*self._answering, return_exceptions=True)
                 self.updater.connection_lost()
+                await asyncio.to_thread(self._forget_acked)
             if stop.is_set():  # tell the coordinator this PC is being switched off
                 await ws.close(p.CloseCode.AGENT_STOPPING, "agent stopping")
-            for task in done:
-                task.result()  # re-raise why the session ended
 
     async def _heartbeats(self, ws: ClientConnection) -> None:
         while True:
@@ -208,20 +237,47 @@ class AgentRunner:
             self._set_status()
             await asyncio.sleep(self.interval)
 
-    async def _deliver_outbox(self, ws: ClientConnection) -> None:
-        sent = 0  # everything pending is re-sent on each new connection
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        """Notice a coordinator that froze or vanished (power cut, SIGSTOP, dropped route)
+        within two heartbeat intervals; TCP alone takes about 15 minutes to give up."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                async with asyncio.timeout(self.interval):
+                    await (await ws.ping())
+            except TimeoutError:
+                ws.transport.abort()  # a frozen peer would not answer a close either
+                raise CoordinatorSilent(
+                    f"coordinator silent for {self.interval:g}s (no pong); reconnecting") from None
+
+    def _forget_acked(self) -> None:
+        acked, self._acked = self._acked, []
+        self.outbox.ack_many(acked)
+
+    async def _deliver_outbox(self, ws: ClientConnection, window: DeliveryWindow) -> None:
+        """Send everything pending, at most a window ahead of the acks: each ack (or a new
+        event) wakes this up, so a backlog drains as fast as the coordinator stores it."""
         while True:
             self._outbox_wakeup.clear()
-            for event in self.outbox.pending(after=sent):
-                await ws.send(p.encode(event))
-                sent = event.seq
+            if self._acked:
+                await asyncio.to_thread(self._forget_acked)
+            room = window.room()
+            if room > 0:
+                events = await asyncio.to_thread(self.outbox.pending, window.cursor, room)
+                for event in events:
+                    await ws.send(p.encode(event))
+                    window.sent(event.seq)
+                if len(events) == room:
+                    continue  # the window filled up: more may be waiting behind it
             await self._outbox_wakeup.wait()
 
     async def _receive(self, ws: ClientConnection) -> None:
         async for data in ws:
             message = p.decode(data, p.ServerToAgent)
             if isinstance(message, p.Ack):
-                self.outbox.ack(message.seq)
+                self._window.acked(message.seq)
+                self._acked.append(message.seq)
+                self._outbox_wakeup.set()
             elif isinstance(message, (p.MetadataReply, p.Chunk)) or (
                 isinstance(message, p.Command) and isinstance(message.action, p.UpdateAction)
             ):

@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,7 @@ from careline.shared import protocol as p
 from careline.shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
 from careline.shared.files import write_file_atomic
 from careline.shared.instruction import Instruction, verify_instruction
+from careline.shared.keys import root_pin
 
 if TYPE_CHECKING:
     from careline.agent.runner import AgentRunner
@@ -74,16 +76,70 @@ def _updates_dir(state: StateDir) -> Path:
     return state.path / "updates"
 
 
-def store_enrollment_trust(state: StateDir, tuf_root: bytes, instruction_key: bytes) -> None:
-    """Keep what enrollment gave us: the vendor's TUF root and the instruction key."""
+def store_enrollment_trust(
+    state: StateDir, tuf_root: bytes, instruction_key: bytes, pin: str = ""
+) -> None:
+    """Keep what enrollment gave us: the instruction key and, when it matches the join
+    string's pin, the vendor's TUF root. Without a pin no root is taken from the coordinator
+    (a compromised one could hand out its own): `careline-agent pin-root` adds one later.
+    A root that does not match the pin refuses the enrollment, before anything is written."""
+    if pin:
+        if not tuf_root:
+            raise VerificationError(
+                "the join string pins an update root but the coordinator sent none")
+        check_root_pin(tuf_root, pin)
     directory = _updates_dir(state)
     directory.mkdir(parents=True, exist_ok=True)
     if instruction_key:
         write_file_atomic(directory / "instruction-key", instruction_key)
-    if tuf_root:
+    if pin:
         from careline.shared.trust import install_trusted_root
 
+        write_file_atomic(directory / "root-pin", pin.encode())
         install_trusted_root(state.path, tuf_root)
+
+
+def check_root_pin(root: bytes, pin: str) -> None:
+    if root_pin(root) != pin:
+        raise VerificationError("the coordinator's update root does not match the pinned hash: "
+                        "refusing it (ask the vendor; the coordinator may be compromised)")
+
+
+def pinned_root(state: StateDir) -> str:
+    """The update root hash this machine was told to trust ("" if none)."""
+    try:
+        return (_updates_dir(state) / "root-pin").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def pin_root(state: StateDir, pin: str) -> None:
+    """A local administrator pins the vendor's root (for agents enrolled before release
+    keys existed). A trust anchor that does not match the pin is dropped, so the next
+    update fetches the first root again and accepts it only if it matches."""
+    pin = pin.strip().lower()
+    if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
+        raise ConfigError("the root pin is the 64 hex digits printed by `careline release keys init`")
+    directory = _updates_dir(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(directory / "root-pin", pin.encode())
+    anchor = state.path / "tuf" / "enrollment-root.json"
+    if anchor.exists() and root_pin(anchor.read_bytes()) != pin:
+        shutil.rmtree(state.path / "tuf")
+
+
+def accept_first_root(state: StateDir, root: bytes | None) -> None:
+    """Install root v1 fetched from the coordinator, only if this machine pinned its hash."""
+    pin = pinned_root(state)
+    if not pin:
+        raise ConfigError("no update root is pinned on this machine: run `careline-agent "
+                          "pin-root HASH` (the hash `careline release keys init` printed)")
+    if root is None:
+        raise ConfigError("the coordinator has no release root yet")
+    check_root_pin(root, pin)
+    from careline.shared.trust import install_trusted_root
+
+    install_trusted_root(state.path, root)
 
 
 def instruction_key(state: StateDir) -> Ed25519PublicKey:
@@ -108,7 +164,10 @@ def make_installer(state: StateDir, product: ProductConfig) -> Installer:
     start = None
     if product.executable or product.service:
         def start() -> None:
-            osx.start_product(product, state.path / f"{product.name}.out.log")
+            try:
+                osx.start_product(product, state.path / f"{product.name}.out.log")
+            except ConfigError as exc:  # the update stands; only the restart is refused
+                log.warning("%s updated but not started again: %s", product.name, exc)
 
     return Installer(
         _updates_dir(state),
@@ -153,7 +212,8 @@ def apply_bundle(state: StateDir, bundle: Path) -> dict[str, Any]:
 
     config = state.load_config()
     verified = open_bundle(bundle, machine_id=config.agent_id,
-                           coordinator_key=instruction_key(state), state_dir=state.path)
+                           coordinator_key=instruction_key(state), state_dir=state.path,
+                           root_pin=pinned_root(state))
     try:
         product = find_product(config, verified.instruction.product)
         result = make_installer(state, product).install(verified)
@@ -348,15 +408,12 @@ class Updater:
 
     async def _ensure_root(self) -> None:
         """An agent enrolled before the release keys existed takes root v1 over its
-        authenticated connection (the same trust its enrollment had)."""
+        connection, but only if it matches the root pinned locally (`pin-root`)."""
         if (self.state.path / "tuf" / "enrollment-root.json").exists():
             return
-        root = await self._fetch("1.root.json")
-        if root is None:
-            raise ConfigError("the coordinator has no release root yet")
-        from careline.shared.trust import install_trusted_root
-
-        install_trusted_root(self.state.path, root)
+        if not pinned_root(self.state):
+            accept_first_root(self.state, None)  # refuses, saying how to pin
+        accept_first_root(self.state, await self._fetch("1.root.json"))
 
     async def _fetch(self, name: str) -> bytes | None:
         if self._ws is None:

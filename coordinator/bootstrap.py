@@ -32,6 +32,7 @@ def initialise(
         heartbeat_interval=heartbeat_interval or defaults.heartbeat_interval,
     )
     settings.listen_host_port()  # validate before creating anything
+    os.umask(0o077)  # everything in the data dir is the coordinator's alone
     datadir.path.mkdir(mode=0o700, parents=True, exist_ok=True)
     create_pki(datadir.pki, hostnames)
     admin_token = new_token("clt")
@@ -41,6 +42,7 @@ def initialise(
     with os.fdopen(fd, "w") as f:
         f.write(local_token + "\n")
     datadir.write_settings(settings)
+    datadir.restrict_files()
     return {
         "data": str(datadir.path), "ca_fingerprint": cert_fingerprint(datadir.ca_file.read_bytes()),
         "admin_token": admin_token, "hostnames": hostnames,
@@ -77,9 +79,14 @@ def serve_forever(data: str | None, *, listen: str | None, database: str | None,
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from careline.shared.logs import use_safe_formatter
+
+    use_safe_formatter()  # agents and clients choose some of what is logged
     logging.getLogger("careline.coordinator").setLevel(logging.INFO)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     datadir = DataDir(resolve(data)).require()
+    os.umask(0o077)  # new files (database WAL, releases, uploads): the coordinator's alone
+    datadir.restrict_files()
     from careline.shared import __version__
 
     logging.getLogger("careline.coordinator").info("Careline %s coordinator starting, data %s",

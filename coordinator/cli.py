@@ -124,13 +124,25 @@ def tokens() -> None:
 @click.option("--contract", type=int, default=None,
               help="Contract the machines join (default: the customer's current one).")
 @click.option("--site", default=None, help="The customer's site the machines are at.")
+@click.option("--expect-root", envvar="CARELINE_ROOT_PIN", default=None,
+              help="The update root hash `careline release keys init` printed: refuse a join "
+                   "string that pins another (env CARELINE_ROOT_PIN).")
 def tokens_create(client: Any, as_json: bool, customer: str, uses: int, expires: str,
-                  contract: int | None, site: str | None) -> None:
+                  contract: int | None, site: str | None, expect_root: str | None) -> None:
+    from careline.shared.errors import VerificationError
     from careline.shared.units import parse_duration
 
     seconds = parse_duration(expires).total_seconds()
     result = client.call("tokens.create", customer=customer, uses=uses, expires_seconds=seconds,
                          contract=contract, site=site)
+    if expect_root and (result.get("root_pin") or "") != expect_root.strip().lower():
+        raise VerificationError(
+            f"the coordinator's join string pins update root {result.get('root_pin')}, not "
+            f"{expect_root}: do not hand it out (token {result['token_id']} was created)")
+    if not result.get("root_pin"):
+        click.echo("warning: no release keys yet, so this join string pins no update root; "
+                   "its machines need `careline-agent pin-root` before they accept updates",
+                   err=True)
     if as_json:
         from careline.coordinator.render import emit
 
@@ -526,6 +538,13 @@ def visits_complete(client: Any, as_json: bool, visit: int, note: str) -> None:
 
 
 # ============================================================================ live commands
+def _waiting(seconds: float, what: str) -> float:
+    """Say how long a live command may take (the server's own timeout, which the client
+    waits out too), on stderr so --json output stays clean."""
+    click.echo(f"waiting up to {seconds:g}s for {what}...", err=True)
+    return seconds
+
+
 @technician_command(agents, "ping")
 @click.option("--machine", default=None)
 @click.option("--customer", default=None)
@@ -538,10 +557,10 @@ def agents_ping(client: Any, as_json: bool, machine: str | None, customer: str |
 
     from careline.shared.units import parse_duration
 
-    seconds = parse_duration(timeout).total_seconds()
+    seconds = _waiting(parse_duration(timeout).total_seconds(), "answers")
     answers = []
     for answer in client.stream("agents.ping", machine=machine, customer=customer, all=all_,
-                                timeout=seconds):
+                                timeout=seconds, wait=seconds):
         if answer is None:
             continue
         if answer.get("summary"):
@@ -566,12 +585,17 @@ def agents_ping(client: Any, as_json: bool, machine: str | None, customer: str |
 @click.option("--incident", type=int, default=None, help="Attach the bundle to this incident.")
 @click.option("--lines", default=200, show_default=True, help="Log lines per log.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the bundle here.")
+@click.option("--timeout", default="30s", show_default=True, help="How long the machine may take.")
 def diagnose(client: Any, as_json: bool, machine: str, incident: int | None, lines: int,
-             out: str | None) -> None:
+             out: str | None, timeout: str) -> None:
     """Collect a diagnostics bundle from a machine and store it."""
     import json
 
-    result = client.call("agents.diagnose", machine=machine, incident=incident, log_lines=lines)
+    from careline.shared.units import parse_duration
+
+    seconds = _waiting(parse_duration(timeout).total_seconds(), f"{machine} to collect diagnostics")
+    result = client.call("agents.diagnose", machine=machine, incident=incident, log_lines=lines,
+                         timeout=seconds, wait=seconds)
     if out:
         with open(out, "w") as f:
             json.dump(result["bundle"], f, indent=2)
@@ -616,11 +640,15 @@ def diagnostics_show(client: Any, as_json: bool, diagnostics_id: int) -> None:
 @technician_command(main, "restart-product")
 @click.option("--machine", required=True)
 @click.option("--product", required=True)
-def restart_product(client: Any, as_json: bool, machine: str, product: str) -> None:
+@click.option("--timeout", default="60s", show_default=True, help="How long the restart may take.")
+def restart_product(client: Any, as_json: bool, machine: str, product: str, timeout: str) -> None:
     """Stop and start a product's process; says whether it came back up."""
     from careline.coordinator.render import emit
+    from careline.shared.units import parse_duration
 
-    result = client.call("agents.restart_product", machine=machine, product=product)
+    seconds = _waiting(parse_duration(timeout).total_seconds(), f"{machine} to restart {product}")
+    result = client.call("agents.restart_product", machine=machine, product=product,
+                         timeout=seconds, wait=seconds)
     if as_json:
         emit(result, True)
     else:

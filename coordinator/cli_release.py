@@ -54,12 +54,18 @@ def keys_init(client: Any, as_json: bool, keys: str) -> None:
     assert metadata.targets is not None
     client.call("releases.publish_metadata", root=metadata.root.decode(),
                 targets=metadata.targets.decode())
-    result = {"keys": str(Path(keys).resolve()), "root_version": 1}
+    from careline.shared.keys import root_pin
+
+    result = {"keys": str(Path(keys).resolve()), "root_version": 1,
+              "root_pin": root_pin(metadata.root)}
     if as_json:
         _emit(result, True)
     else:
         click.echo(f"Release keys created in {result['keys']}; root v1 published.")
-        click.echo("Keep this directory offline; agents enrolled from now on trust it.")
+        click.echo("Keep this directory offline; join strings made from now on pin this root:")
+        click.echo(f"  {result['root_pin']}")
+        click.echo("Agents enrolled earlier accept updates after `careline-agent pin-root "
+                   f"{result['root_pin']}` on each machine.")
 
 
 @technician_command(release_keys, "rotate", timeout=120)

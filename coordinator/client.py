@@ -55,6 +55,16 @@ def resolve_credentials(
     return Credentials(server.rstrip("/"), token, ca_pem)
 
 
+# A client waiting on a method with a server-side timeout (a live command) allows this much
+# on top of it, for the network and for storing the answer, before it gives up itself.
+REPLY_MARGIN = 10.0
+
+
+def reply_timeout(default: float, server_wait: float | None) -> float:
+    """How long to wait for each reply: the default, or as long as the server may take."""
+    return default if server_wait is None else max(default, server_wait + REPLY_MARGIN)
+
+
 class AdminClient:
     def __init__(self, credentials: Credentials, timeout: float = 30.0) -> None:
         from websockets.exceptions import InvalidHandshake, InvalidStatus
@@ -80,17 +90,19 @@ class AdminClient:
             ) from None
         self.timeout = timeout
 
-    def stream(self, method: str, **params: Any) -> Iterator[Any]:
-        """Yield partial results as they arrive, then the final result."""
+    def stream(self, method: str, *, wait: float | None = None, **params: Any) -> Iterator[Any]:
+        """Yield partial results as they arrive, then the final result. `wait` is how long
+        the server itself may take (a live command's timeout): the client waits that long."""
         from websockets.exceptions import ConnectionClosed
 
+        timeout = reply_timeout(self.timeout, wait)
         request_id = next(self._ids)
         params = {k: v for k, v in params.items() if v is not None}
         try:
             self._ws.send(p.encode(p.Request(id=request_id, method=method, params=params)))
             while True:
                 reply = p.decode(
-                    self._ws.recv(timeout=self.timeout), p.Reply, limit=p.MAX_ADMIN_MESSAGE_BYTES
+                    self._ws.recv(timeout=timeout), p.Reply, limit=p.MAX_ADMIN_MESSAGE_BYTES
                 )
                 if reply.id != request_id:
                     continue
@@ -103,10 +115,10 @@ class AdminClient:
             reason = exc.rcvd.reason if exc.rcvd else "connection lost"
             raise AuthError(f"coordinator closed the connection: {reason}") from None
         except TimeoutError:
-            raise RemoteError("timeout", f"no answer from the coordinator in {self.timeout:.0f}s") from None
+            raise RemoteError("timeout", f"no answer from the coordinator in {timeout:.0f}s") from None
 
-    def call(self, method: str, **params: Any) -> Any:
-        *_, result = self.stream(method, **params)
+    def call(self, method: str, *, wait: float | None = None, **params: Any) -> Any:
+        *_, result = self.stream(method, wait=wait, **params)
         return result
 
     def close(self) -> None:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tomllib
 from dataclasses import dataclass, fields, replace
@@ -31,6 +32,8 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
+    # A technician connection with no request for this many seconds is closed.
+    admin_idle_timeout: float = 900.0
 
     def listen_host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")
@@ -88,6 +91,16 @@ class DataDir:
             raise ConfigError(f"{self.settings_file}: unknown settings {sorted(unknown)}")
         settings = Settings(**raw)
         return replace(settings, **{k: v for k, v in overrides.items() if v not in (None, "")})
+
+    def restrict_files(self) -> None:
+        """careline.toml (may hold a database password), the SQLite database and its WAL,
+        and local-admin.token (a full admin token) are the owner's only, whatever mode the
+        folder has. Files made later inherit the process umask (077, see bootstrap)."""
+        sqlite = str(self.sqlite_file)
+        for path in (self.settings_file, self.local_token_file, Path(sqlite),
+                     Path(sqlite + "-wal"), Path(sqlite + "-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(path, 0o600)
 
     def database_url(self, settings: Settings) -> str:
         return settings.database or f"sqlite:///{self.sqlite_file}"

@@ -47,12 +47,15 @@ class TokenBucket:
         return max(1, math.ceil(missing / self.rate))
 
 
-# Per agent. A healthy agent sends a heartbeat every interval and a handful of events a day;
-# its outbox re-sends at most 100 events at once after a long absence: all well inside.
-# Messages other than events cost only memory that the next one replaces, so their limit is
-# loose (bench/fleet.py's throughput blast stays under it); events are stored, so theirs is not.
-MESSAGE_BURST, MESSAGE_RATE = 2000, 200.0  # any message, per second
-EVENT_BURST, EVENT_RATE = 300, 10.0  # events, per second
+# Per agent. A healthy agent sends a heartbeat every interval and a handful of events a day,
+# but a PC back after weeks offline delivers its whole outbox at once (thousands of small
+# events, issue 13): the event burst admits such a backlog in one go, and the steady rate
+# then bounds what a hostile agent can make us store (10 a second, refilling the burst in
+# ~8 minutes; the byte bucket bounds their size). Messages other than events cost only memory
+# that the next one replaces, so their limit is loose (bench/fleet.py's throughput blast stays
+# under it).
+MESSAGE_BURST, MESSAGE_RATE = 6000, 200.0  # any message, per second
+EVENT_BURST, EVENT_RATE = 5000, 10.0  # events, per second
 EVENT_BYTES_BURST, EVENT_BYTES_RATE = 4 << 20, 128 << 10  # encoded event bytes, per second
 
 

@@ -42,7 +42,7 @@ from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
-from careline.shared.errors import AuthError, CarelineError, ProtocolError
+from careline.shared.errors import AuthError, CarelineError, PermissionDenied, ProtocolError
 from careline.shared.hardware import valid as valid_hardware
 from careline.shared.keys import (
     cert_fingerprint,
@@ -50,6 +50,7 @@ from careline.shared.keys import (
     token_hash,
     verify_challenge,
 )
+from careline.shared.logs import safe_text
 
 log = logging.getLogger("careline.coordinator")
 
@@ -76,6 +77,9 @@ RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 10.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
 # the agent here.
 REVOCATION_CHECK_SECONDS = 2.0
+# Failed technician logins from one address are logged and audited at most this often (with
+# a count of the rest), so a stranger guessing tokens cannot fill the log or audit table.
+LOGIN_FAILURE_AUDIT_SECONDS = 10.0
 
 
 def reconnect_window(fleet_size: int) -> float:
@@ -116,6 +120,7 @@ class AgentLink:
     agent_id: str
     customer_id: int
     last_heard: float = field(default_factory=time.monotonic)
+    connected_at: dt.datetime = field(default_factory=utcnow)
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
 
     async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
@@ -136,6 +141,16 @@ class AgentLink:
             return await asyncio.wait_for(future, timeout)
         finally:
             self.pending.pop(command_id, None)
+
+
+@dataclass(eq=False)
+class AdminSession:
+    """One open technician connection: its token is re-checked on every request and by
+    the revocation poll, so a revoked technician keeps no open door."""
+
+    ws: ServerConnection
+    token_hash: str
+    name: str
 
 
 class Coordinator:
@@ -176,6 +191,9 @@ class Coordinator:
         self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
+        self.admin_sessions: set[AdminSession] = set()
+        # source address -> (when last reported, failed logins since then)
+        self._login_failures: dict[str, tuple[float, int]] = {}
         self.server: Server | None = None
         api.load_all()
         from careline.coordinator.updates import UpdateService
@@ -307,7 +325,8 @@ class Coordinator:
                 )
             )
         )
-        log.info("enrolled %s (%s) for customer %s", agent_id, request.hostname, token["customer_id"])
+        log.info("enrolled %s (%s) for customer %s", agent_id, safe_text(request.hostname),
+                 token["customer_id"])
 
     # ------------------------------------------------------------------ /agent
     async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:
@@ -327,18 +346,23 @@ class Coordinator:
             await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
         link = AgentLink(ws, key.machine_id or hello.agent_id, key.customer_id)
-        self._presence[link.agent_id] = (True, utcnow(), hello.agent_version[:40])
+        self._presence[link.agent_id] = (True, link.connected_at, hello.agent_version[:40])
         previous = self.links.get(link.agent_id)
         self.links[link.agent_id] = link
         if hello.hardware and valid_hardware(hello.hardware):
             self._hardware[link.agent_id] = dict(hello.hardware)
-        if previous is not None:
-            await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
-        await ws.send(
-            p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval, server_time=time.time(),
-                               reconnect_window=reconnect_window(len(self.agent_keys))))
-        )
-        await self.updates.on_agent_connected(link)
+        try:  # registered all or nothing: a link that fails here is forgotten at once
+            if previous is not None:
+                await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
+            await ws.send(
+                p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval,
+                                   server_time=time.time(),
+                                   reconnect_window=reconnect_window(len(self.agent_keys))))
+            )
+            await self.updates.on_agent_connected(link)
+        except BaseException:
+            await self._forget(link)
+            raise
         return link
 
     async def _serve_agent(self, ws: ServerConnection) -> None:
@@ -402,11 +426,10 @@ class Coordinator:
                 future.set_exception(ConnectionError("agent disconnected"))
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
-            now = utcnow()
-            self._presence[link.agent_id] = (False, now, "")
+            self._presence[link.agent_id] = (False, link.connected_at, "")
             said = link.ws.protocol.close_rcvd
             if said is not None and said.code == p.CloseCode.AGENT_STOPPING:
-                self._clean_stops[link.agent_id] = now
+                self._clean_stops[link.agent_id] = utcnow()
 
     def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
         """Scale-out: connected to another coordinator process, by the database's presence
@@ -432,7 +455,8 @@ class Coordinator:
             await close(link.ws, p.CloseCode.REPLACED, f"linked to machine {machine_id}")
 
     async def _disconnect_revoked_forever(self) -> None:
-        """Agents revoked through another coordinator process leave this one too."""
+        """Agents and technicians revoked through another coordinator process leave this
+        one too."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             try:
@@ -443,8 +467,25 @@ class Coordinator:
                     link = self.links.get(ref)
                     if link is not None:
                         await close(link.ws, p.CloseCode.REPLACED, "machine re-keyed; reconnect")
+                await self._close_revoked_admin_sessions()
             except Exception:
                 log.exception("checking revocations failed; will retry")
+
+    async def _close_revoked_admin_sessions(self) -> None:
+        sessions = list(self.admin_sessions)
+        if not sessions:
+            return
+        async with self.db.connect() as conn:
+            active = await store.active_token_hashes(conn, {s.token_hash for s in sessions})
+        for session in sessions:
+            if session.token_hash not in active:
+                await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
+
+    async def disconnect_technician(self, name: str) -> None:
+        """After a technician's revocation is committed: close their open connections here
+        (other processes close theirs at their next revocation check)."""
+        for session in [s for s in self.admin_sessions if s.name == name]:
+            await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
 
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:
@@ -453,8 +494,9 @@ class Coordinator:
 
         If the batch fails it is split in halves until the failing agents are alone: each
         of those loses only its own report, logged with its id, and everyone else's is
-        stored. If the database itself is at fault (unreachable, locked, or every part
-        failed), the batch is put back, newer reports winning, and tried again."""
+        stored. If the database itself is at fault (unreachable, locked, or nothing could
+        be stored, which is all one can tell of a batch of one), the batch is put back,
+        newer reports winning, and tried again."""
         if not (self._heartbeats or self._presence):
             return
         received, self._heartbeats = self._heartbeats, {}
@@ -462,9 +504,9 @@ class Coordinator:
         agent_ids = sorted(received.keys() | presence.keys())
         try:
             failed = await self._write_isolating(agent_ids, received, presence)
-            if len(agent_ids) > 1 and len(failed) == len(agent_ids):
+            if failed and len(failed) == len(agent_ids):  # nothing stored: blame the storage
                 raise next(iter(failed.values()))
-        except Exception:
+        except BaseException:  # cancelled at shutdown, or storage down: keep it
             self._heartbeats = {**received, **self._heartbeats}
             self._presence = {**presence, **self._presence}
             raise
@@ -506,8 +548,9 @@ class Coordinator:
         batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
                  for agent_id, (at, health) in received.items()}
         async with self.db.transaction() as conn:
-            await store.store_presence(conn, presence)
+            # Heartbeats first: a disconnect in the same batch comes after them.
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
+            await store.store_presence(conn, presence)
             await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
 
     async def _flush_heartbeats_forever(self) -> None:
@@ -560,30 +603,77 @@ class Coordinator:
         return next(self._command_ids)
 
     # ------------------------------------------------------------------ /admin
-    async def _authenticate_technician(self, headers: Headers) -> api.Caller | None:
-        token = headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    async def _technician(self, digest: str) -> api.Caller | None:
+        """The technician holding this token now, or None once it is revoked."""
         async with self.db.connect() as conn:
-            row = await store.technician_by_token_hash(conn, token_hash(token))
+            row = await store.technician_by_token_hash(conn, digest)
         if row is None or row["revoked_at"] is not None:
             return None
         return api.Caller(row["name"], row["role"])
 
     async def _serve_admin(self, ws: ServerConnection, headers: Headers) -> None:
+        digest = token_hash(headers.get("Authorization", "").removeprefix("Bearer ").strip())
         with self._unauthenticated(ws, p.ADMIN_PATH):
-            caller = await asyncio.wait_for(self._authenticate_technician(headers),
-                                            HANDSHAKE_TIMEOUT)
+            caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
+            await self._login_failed(ws)
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
         # Technicians upload release packages: larger frames only once the token checked out.
         ws.protocol.max_message_size = p.MAX_ADMIN_MESSAGE_BYTES
-        async for data in ws:
-            request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
-            await self._answer(ws, caller, request)
+        session = AdminSession(ws, digest, caller.name)
+        self.admin_sessions.add(session)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(ws.recv(), self.settings.admin_idle_timeout)
+                except TimeoutError:
+                    await close(ws, p.CloseCode.TIMEOUT, "idle technician connection closed")
+                    return
+                request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
+                caller = await self._technician(digest)  # revoked or demoted since?
+                if caller is None:
+                    await self._refused(session.name, request.method, "token revoked")
+                    await close(ws, p.CloseCode.REVOKED, "technician token revoked")
+                    return
+                await self._answer(ws, caller, request)
+        finally:
+            self.admin_sessions.discard(session)
+
+    async def _login_failed(self, ws: ServerConnection) -> None:
+        """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
+        source = peer_address(ws)
+        now = time.monotonic()
+        since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
+        if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
+            self._login_failures[source] = (since, suppressed + 1)
+            return
+        if len(self._login_failures) > 10_000:
+            self._login_failures.clear()
+        self._login_failures[source] = (now, 0)
+        log.warning("technician login refused from %s: token unknown or revoked "
+                    "(%d more refused since the last report)", source, suppressed)
+        async with self.db.transaction() as conn:
+            await store.record_audit(conn, actor="unknown", action="admin.login_refused",
+                                     target=f"address:{source}",
+                                     detail={"refused_since_last": suppressed}, now=utcnow())
+
+    async def _refused(self, actor: str, method: str, reason: str) -> None:
+        """A technician request refused for who is asking: logged and audited."""
+        log.warning("refused %s to %s: %s", safe_text(method), actor, reason)
+        async with self.db.transaction() as conn:
+            await store.record_audit(conn, actor=actor, action="admin.refused",
+                                     target=f"method:{method[:100]}", detail={"reason": reason},
+                                     now=utcnow())
 
     async def _answer(self, ws: ServerConnection, caller: api.Caller, request: p.Request) -> None:
         try:
-            found = api.lookup(request.method, caller)
+            try:
+                found = api.lookup(request.method, caller)
+            except PermissionDenied as exc:
+                await self._refused(caller.name, request.method, str(exc))
+                raise
             params = api.parse_params(found, request.params)
             ctx = api.Context(self, caller, utcnow())
             if found.streams:
@@ -597,9 +687,12 @@ class Coordinator:
             reply = p.Reply(id=request.id, result=p.to_builtins(result))
         except CarelineError as exc:
             reply = p.Reply(id=request.id, ok=False, error_code=exc.code, error=str(exc))
-        except Exception as exc:
-            log.exception("admin method %s failed", request.method)
-            reply = p.Reply(id=request.id, ok=False, error_code="internal", error=repr(exc))
+        except Exception:
+            # The details stay in the log; the technician gets an id to quote.
+            log_id = secrets.token_hex(4)
+            log.exception("admin method %s failed [log id %s]", safe_text(request.method), log_id)
+            reply = p.Reply(id=request.id, ok=False, error_code="internal",
+                            error=f"internal error on the coordinator (log id {log_id})")
         await ws.send(p.encode(reply))
 
 

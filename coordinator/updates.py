@@ -36,7 +36,13 @@ from careline.shared import protocol as p
 from careline.shared.errors import ConfigError, Conflict, NotFound, ProtocolError
 from careline.shared.files import fsync_dir
 from careline.shared.instruction import Instruction, sign_instruction
-from careline.shared.keys import generate_key, load_private_key, public_bytes, save_private_key
+from careline.shared.keys import (
+    generate_key,
+    load_private_key,
+    public_bytes,
+    root_pin,
+    save_private_key,
+)
 from careline.shared.trust import OnlineRepository
 
 if TYPE_CHECKING:
@@ -49,6 +55,11 @@ JobKind = Literal["update", "reinstall", "verify"]
 # they bound the memory a fan-out takes (each stream holds about a piece in TLS buffers).
 DOWNLOAD_SLOTS = 32
 SEND_CHUNK = 64 << 10
+# A download whose agent stops reading gives its slot back after this long, and one agent
+# streams at most this many packages at once: a stalled or greedy agent cannot hold the
+# slots every other machine's update waits for. The agent resumes from its offset.
+SEND_STALL_SECONDS = 30.0
+MAX_DOWNLOADS_PER_AGENT = 2
 INSTRUCTION_LIFETIME = dt.timedelta(days=7)
 DISPATCH_SWEEP_SECONDS = 2.0
 RENEW_CHECK_SECONDS = 60.0
@@ -228,6 +239,11 @@ class UpdateService:
             root = b""
         return {"tuf_root": root, "instruction_key": public_bytes(self.instruction_key)}
 
+    def root_pin(self) -> str:
+        """What join strings pin: the hash of the first release root ("" before release keys)."""
+        root = self.enrollment_trust()["tuf_root"]
+        return root_pin(root) if root else ""
+
     async def _release(self, product: str, version: str) -> dict[str, Any]:
         key = (product, version)
         if key not in self._releases:
@@ -254,6 +270,7 @@ class UpdateService:
                 if reconnected:
                     await self.dispatch(agent_ids=reconnected)
             except Exception:
+                self._reconnected |= reconnected  # their jobs go out with the next sweep
                 log.exception("dispatching jobs failed; will retry")
 
     async def on_agent_connected(self, link: AgentLink) -> None:
@@ -356,6 +373,12 @@ class UpdateService:
                 await asyncio.to_thread(self.repo.renew)
 
     async def _start_download(self, link: AgentLink, message: p.Download) -> None:
+        others = [job for agent, job in self._streams if agent == link.agent_id and job != message.job]
+        if len(others) >= MAX_DOWNLOADS_PER_AGENT:
+            await link.ws.send(p.encode(p.Chunk(
+                job=message.job, offset=message.offset,
+                error=f"this machine already downloads {len(others)} packages; retry later")))
+            return
         async with self.coordinator.db.connect() as conn:
             row = await store.get_job_machine(conn, message.job)
         error = ""
@@ -401,10 +424,16 @@ class UpdateService:
                         data = f.read(min(SEND_CHUNK, length - offset))
                         if not data:
                             raise OSError(f"{path} is shorter than its release says")
-                        await link.ws.send(p.encode(p.Chunk(job=job, offset=offset, data=data)))
+                        await asyncio.wait_for(
+                            link.ws.send(p.encode(p.Chunk(job=job, offset=offset, data=data))),
+                            SEND_STALL_SECONDS)
                         offset += len(data)
                         self.progress[job] = (offset, length)
         except (ConnectionClosed, asyncio.CancelledError):
+            return
+        except TimeoutError:
+            log.warning("download %s stalled: %s read nothing for %.0f s; its slot is freed",
+                        job, link.agent_id, SEND_STALL_SECONDS)
             return
         except OSError as exc:
             log.error("serving %s failed: %s", job, exc)

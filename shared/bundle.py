@@ -31,7 +31,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from careline.shared.errors import VerificationError
 from careline.shared.files import fsync_dir
 from careline.shared.instruction import Instruction, sign_instruction, verify_instruction
-from careline.shared.trust import BUNDLE_EXPIRY, AgentTrust, OnlineRepository, VerifiedPackage
+from careline.shared.trust import (
+    BUNDLE_EXPIRY,
+    AgentTrust,
+    OnlineRepository,
+    VerifiedPackage,
+    has_trusted_root,
+    install_trusted_root,
+)
 
 BUNDLE_SUFFIX = ".careline-bundle"
 MAGIC = b"CLBNDL01"
@@ -122,11 +129,14 @@ def open_bundle(
     coordinator_key: Ed25519PublicKey,
     state_dir: Path,
     now: datetime | None = None,
+    root_pin: str = "",
 ) -> VerifiedPackage:
     """Verify a bundle for this machine and return its package, copied into the state dir.
 
     Also advances the agent's trusted TUF metadata (root rotations included), as an online
-    refresh would. Raises VerificationError for another machine's bundle or any alteration.
+    refresh would. An agent with no trusted root yet takes the bundle's root v1 only if it
+    matches `root_pin` (the agent's local pin). Raises VerificationError for another
+    machine's bundle or any alteration.
     """
     path = Path(path)
     now = now or datetime.now(UTC)
@@ -149,6 +159,11 @@ def open_bundle(
         f.seek(0)
         chain, signed_instruction, package_name = _read_members(f, state_dir)
     instruction = verify_instruction(coordinator_key, signed_instruction, machine_id, now)
+    if root_pin and not has_trusted_root(state_dir):
+        first = chain.get("1.root.json", b"")
+        if hashlib.sha256(first).hexdigest() != root_pin:
+            raise VerificationError("the bundle's update root does not match this machine's pin")
+        install_trusted_root(state_dir, first)
     package_path = Path(state_dir) / "downloads" / package_name
     if package_name != instruction.target.rsplit("/", 1)[-1]:
         raise VerificationError("bundle package is not the one its instruction names")

@@ -119,6 +119,17 @@ def cert_fingerprint(cert_pem: bytes | str) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
+def root_pin(root_json: bytes) -> str:
+    """SHA-256 of the vendor's first TUF root (1.root.json), hex: what a join string pins so
+    that the update trust anchor never comes from the coordinator alone. Later roots are
+    reached from it through the TUF chain, so the pin survives key rotations."""
+    return hashlib.sha256(root_json).hexdigest()
+
+
+def _is_sha256_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
 def check_issued_by(leaf_der: bytes, ca_pem: str) -> None:
     """Raise AuthError unless the server's leaf certificate was signed by the pinned CA."""
     try:
@@ -132,16 +143,20 @@ def check_issued_by(leaf_der: bytes, ca_pem: str) -> None:
 @dataclass(frozen=True)
 class JoinString:
     """What `careline tokens create` prints and `careline-agent enroll` takes:
-    where the coordinator is, the one-time token, and the CA fingerprint to pin."""
+    where the coordinator is, the one-time token, the CA fingerprint to pin and, once
+    release keys exist, the update root to pin (`root_pin`)."""
 
     server_url: str  # wss://host:port
     token: str
     ca_fingerprint: str
+    root_pin: str = ""  # empty: made before the vendor had release keys
 
     def __str__(self) -> str:
         parts = urlsplit(self.server_url)
-        query = urlencode({"token": self.token, "ca": self.ca_fingerprint})
-        return f"{JOIN_SCHEME}://{parts.netloc}/?{query}"
+        fields = {"token": self.token, "ca": self.ca_fingerprint}
+        if self.root_pin:
+            fields["root"] = self.root_pin
+        return f"{JOIN_SCHEME}://{parts.netloc}/?{urlencode(fields)}"
 
     @classmethod
     def parse(cls, text: str) -> JoinString:
@@ -153,6 +168,10 @@ class JoinString:
             raise ConfigError(
                 "not a join string: expected careline+wss://HOST:PORT/?token=...&ca=..."
             )
-        if len(ca) != 64 or any(c not in "0123456789abcdef" for c in ca):
+        if not _is_sha256_hex(ca):
             raise ConfigError("join string has no valid CA fingerprint (64 hex digits)")
-        return cls(server_url=f"wss://{parts.netloc}", token=token, ca_fingerprint=ca)
+        root = query.get("root", [""])[0].lower()
+        if root and not _is_sha256_hex(root):
+            raise ConfigError("join string's update root pin is not 64 hex digits")
+        return cls(server_url=f"wss://{parts.netloc}", token=token, ca_fingerprint=ca,
+                   root_pin=root)

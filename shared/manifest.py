@@ -76,12 +76,32 @@ def encode_manifest(manifest: Manifest) -> bytes:
     return json.dumps(msgspec.to_builtins(manifest), indent=1, sort_keys=True).encode()
 
 
+# Names Windows maps to devices whatever the folder or extension ("NUL", "aux.txt").
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"{kind}{n}" for kind in ("COM", "LPT") for n in [*"123456789", "\u00b9", "\u00b2", "\u00b3"]}
+)
+_WINDOWS_FORBIDDEN = frozenset('<>"|?*') | {chr(c) for c in range(32)}
+
+
+def _windows_safe_name(part: str) -> bool:
+    """One path segment that names the same file on Windows as on POSIX: not a device, no
+    trailing dot or space (Windows drops them: "a." is "a", "..." is the folder itself),
+    no character Windows refuses."""
+    return not (
+        part.endswith((".", " "))
+        or part.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICES
+        or any(c in _WINDOWS_FORBIDDEN for c in part)
+    )
+
+
 def is_safe_relative_path(rel: str) -> bool:
-    """A POSIX path that stays inside the directory it is joined to, on Windows too."""
+    """A POSIX path that stays inside the directory it is joined to, on Windows too, and
+    names a plain file there."""
     parts = rel.split("/")
     return bool(rel) and not (
         rel.startswith("/") or "\\" in rel or ":" in rel or "\x00" in rel
-        or any(part in ("", ".", "..") for part in parts)
+        or any(part in ("", ".", "..") or not _windows_safe_name(part) for part in parts)
     )
 
 

@@ -72,6 +72,8 @@ ONLINE_ROLES = ("snapshot", "timestamp")
 ROOT_EXPIRY = timedelta(days=730)
 TARGETS_EXPIRY = timedelta(days=365)
 BUNDLE_EXPIRY = timedelta(days=30)
+# A bundle's metadata is a freeze window for the machine that reads it: bounded.
+MAX_BUNDLE_EXPIRY = timedelta(days=90)
 _METADATA_NAME = re.compile(r"^(?:[1-9][0-9]*\.(?:root|snapshot|targets)|timestamp)\.json$")
 
 Fetch = Callable[[str], bytes | None]
@@ -425,11 +427,12 @@ class OnlineRepository:
         return self._read(name)
 
     def enrollment_root(self) -> bytes:
-        """The root an agent stores at enrollment (`install_trusted_root`)."""
-        path = _latest_root_path(self.metadata_dir)
-        if path is None:
+        """The root an agent stores at enrollment (`install_trusted_root`): the vendor's
+        first, which join strings pin by hash; the agent walks to the newest from it."""
+        data = self._read("1.root.json")
+        if data is None:
             raise ConfigError("no release root published yet; run `careline release keys init`")
-        return path.read_bytes()
+        return data
 
     def current_targets(self) -> bytes:
         """The targets metadata the release manager signs the next release over."""
@@ -502,11 +505,7 @@ class OnlineRepository:
     ) -> bytes:
         ts = self._timestamp()
         version = ts.signed.snapshot_meta.version + 1 if ts else 1
-        md = Metadata(Snapshot(version=version, expires=expires,
-                               meta={"targets.json": targets_meta}))
-        for i, signer in enumerate(signers):
-            md.sign(signer, append=i > 0)
-        data = md.to_bytes()
+        data = _sign_snapshot(signers, targets_meta, expires, version)
         write_file_atomic(self.metadata_dir / f"{version}.snapshot.json", data)
         return data
 
@@ -570,41 +569,59 @@ class OnlineRepository:
     def bundle_metadata(
         self, expiry: timedelta = BUNDLE_EXPIRY, now: datetime | None = None
     ) -> dict[str, bytes]:
-        """A complete metadata chain valid for `expiry` (for physical media).
+        """A complete metadata chain valid for `expiry` (for physical media, at most
+        MAX_BUNDLE_EXPIRY).
 
-        The bundle gets timestamp version T+1 and the online timestamp becomes T+2, so a
-        machine that read the bundle still accepts the online repository afterwards.
+        The bundle gets snapshot S+1 and timestamp T+1, which exist only in the bundle; the
+        online repository moves to S+2 (same expiry as before) and T+2, so a machine that
+        read the bundle still accepts it afterwards, and the long-lived bundle metadata
+        never becomes what every agent is served.
         """
+        if not timedelta(0) < expiry <= MAX_BUNDLE_EXPIRY:
+            raise ConfigError(
+                f"a bundle is valid for at most {MAX_BUNDLE_EXPIRY.days} days, not {expiry}")
         now = _now(now)
         root = self._root()
         ts = self._timestamp()
         if root is None or ts is None:
             raise ConfigError("nothing published yet")
-        snapshot_bytes = self._renew_snapshot(
-            root.signed, self._current_snapshot_bytes(),
-            max(now + expiry, now + self.snapshot_expiry),
-        )
+        live = self._current_snapshot()
+        targets_meta = live.signed.meta["targets.json"]
+        snapshot_signers = self._signers(root.signed, "snapshot")
         timestamp_signers = self._signers(root.signed, "timestamp")
+        bundle_version = ts.signed.snapshot_meta.version + 1
+        snapshot_bytes = _sign_snapshot(snapshot_signers, targets_meta, now + expiry,
+                                        bundle_version)
         bundle_ts = self._sign_timestamp(
             timestamp_signers, snapshot_bytes, now + expiry, ts.signed.version + 1
         )
+        live_bytes = _sign_snapshot(snapshot_signers, targets_meta, live.signed.expires,
+                                    bundle_version + 1)
+        write_file_atomic(self.metadata_dir / f"{bundle_version + 1}.snapshot.json", live_bytes)
         write_file_atomic(
             self.metadata_dir / "timestamp.json",
-            self._sign_timestamp(timestamp_signers, snapshot_bytes,
+            self._sign_timestamp(timestamp_signers, live_bytes,
                                  now + self.timestamp_expiry, ts.signed.version + 2),
         )
-        snapshot = Metadata[Snapshot].from_bytes(snapshot_bytes)
-        targets_version = snapshot.signed.meta["targets.json"].version
         chain = {
             p.name: p.read_bytes() for p in self.metadata_dir.glob("*.root.json")
             if _METADATA_NAME.match(p.name)
         }
         chain["timestamp.json"] = bundle_ts
-        chain[f"{snapshot.signed.version}.snapshot.json"] = snapshot_bytes
-        targets_bytes = self._read(f"{targets_version}.targets.json")
+        chain[f"{bundle_version}.snapshot.json"] = snapshot_bytes
+        targets_bytes = self._read(f"{targets_meta.version}.targets.json")
         assert targets_bytes is not None
-        chain[f"{targets_version}.targets.json"] = targets_bytes
+        chain[f"{targets_meta.version}.targets.json"] = targets_bytes
         return chain
+
+
+def _sign_snapshot(
+    signers: list[CryptoSigner], targets_meta: MetaFile, expires: datetime, version: int
+) -> bytes:
+    md = Metadata(Snapshot(version=version, expires=expires, meta={"targets.json": targets_meta}))
+    for i, signer in enumerate(signers):
+        md.sign(signer, append=i > 0)
+    return md.to_bytes()
 
 
 # --- agent ------------------------------------------------------------------------------
@@ -629,6 +646,10 @@ class _CallbackFetcher(FetcherInterface):
 
 def _tuf_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "tuf"
+
+
+def has_trusted_root(state_dir: Path) -> bool:
+    return (_tuf_dir(state_dir) / _TRUSTED_ROOT).exists()
 
 
 def install_trusted_root(state_dir: Path, root_bytes: bytes) -> None:
@@ -696,7 +717,8 @@ class AgentTrust:
         try:
             anchor = (self._dir / _TRUSTED_ROOT).read_bytes()
         except FileNotFoundError:
-            raise ConfigError("this agent has no trusted root; enroll it again") from None
+            raise ConfigError("this agent has no trusted update root: pin the vendor's with "
+                              "`careline-agent pin-root HASH`, or enroll it again") from None
         with self._translate():
             # An Updater refreshes once; a new one per refresh starts from the cached chain.
             updater = Updater(

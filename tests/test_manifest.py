@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import pytest
@@ -153,9 +154,12 @@ def test_read_manifest(tree: Path) -> None:
 
 
 segment = st.text(
-    alphabet=st.characters(blacklist_characters="/\\\x00:", blacklist_categories=["Cs"]),
+    alphabet=st.characters(blacklist_characters='/\\:<>"|?*', blacklist_categories=["Cs", "Cc"]),
     min_size=1, max_size=12,
-).filter(lambda s: s not in (".", ".."))
+).filter(lambda s: not s.endswith((".", " "))
+         and s.split(".", 1)[0].rstrip(" ").upper() not in {"CON", "PRN", "AUX", "NUL"}
+         and not re.fullmatch(r"(COM|LPT)[1-9\u00b9\u00b2\u00b3]|CONIN\$|CONOUT\$",
+                              s.split(".", 1)[0].rstrip(" ").upper()))
 safe_paths = st.lists(segment, min_size=1, max_size=4).map("/".join)
 entries = st.builds(
     FileEntry,
@@ -218,6 +222,17 @@ def test_decode_refuses_malformed_manifests(data: bytes) -> None:
         decode_manifest(data)
 
 
+@pytest.mark.parametrize("path", [
+    "NUL", "nul", "aux.txt", "bin/CON.dll", "Com1", "lpt9.log", "COM\u00b9", "conin$", "nul .txt",
+    "a.", "bin/a ", "...", "dir./x", "a<b", "a|b", "a?", "a*", 'a"b', "a\tb", "a\x1fb",
+])
+def test_decode_refuses_names_windows_treats_differently(path: str) -> None:
+    # Devices would read or write the console or a port instead of a file; trailing dots
+    # and spaces are dropped, so two manifest entries could name one file.
+    with pytest.raises(ConfigError, match="unsafe path"):
+        decode_manifest(manifest_with(path))
+
+
 def test_drive_paths_would_escape_a_windows_install_dir() -> None:
     # Why the test above matters: pathlib on Windows replaces the root for these names.
     root = PureWindowsPath("C:/Program Files/acct")
@@ -227,6 +242,6 @@ def test_drive_paths_would_escape_a_windows_install_dir() -> None:
 
 def test_safe_paths_stay_inside_the_install_dir() -> None:
     root = PurePosixPath("/opt/acct")
-    for rel in ("a", "a/b/c.dll", "a..b", "...", ".hidden/x"):
+    for rel in ("a", "a/b/c.dll", "a..b", "...x", ".hidden/x", "nullable.txt", "com10", "con-fig"):
         decoded = decode_manifest(manifest_with(rel))
         assert (root / next(iter(decoded.files))).is_relative_to(root)

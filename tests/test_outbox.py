@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from careline.agent.outbox import Outbox
+from careline.agent.outbox import DeliveryWindow, Outbox
 from careline.shared.protocol import Event
 
 
@@ -167,3 +169,42 @@ def test_events_reported_as_put_survive_sigkill(path: Path) -> None:
     # New events after the crash get fresh numbers.
     assert box.put("after-crash") > max(stored)
     box.close()
+
+
+def test_ack_many_forgets_a_batch_in_one_go(path: Path) -> None:
+    box = Outbox(path)
+    seqs = [box.put("e") for _ in range(10)]
+    box.ack_many([*seqs[::2], 10_000])  # unknown seqs are harmless
+    assert [e.seq for e in box.pending()] == seqs[1::2]
+    box.ack_many([])
+    assert len(box) == 5
+    box.close()
+
+
+@given(st.lists(st.sampled_from(["emit", "send", "ack"]), max_size=200), st.integers(1, 8))
+def test_window_never_has_more_than_its_size_in_flight_and_delivers_all_once(
+    steps: list[str], size: int
+) -> None:
+    """A model of the sender: events are sent in seq order while there is room, acks come
+    back in the order sent; nothing is sent twice, nothing is skipped."""
+    window = DeliveryWindow(size)
+    emitted: list[int] = []
+    sent: list[int] = []
+    for step in [*steps, *["send", "ack"] * (len(steps) + 1)]:
+        if step == "emit":
+            emitted.append(len(emitted) + 1)
+        elif step == "send":
+            ready = [seq for seq in emitted if seq > window.cursor][: window.room()]
+            for seq in ready:
+                window.sent(seq)
+                sent.append(seq)
+        elif window.in_flight:
+            window.acked(min(window.in_flight))
+        assert 0 <= len(window.in_flight) <= size and window.room() == size - len(window.in_flight)
+    assert sent == emitted  # in order, exactly once
+    assert not window.in_flight
+
+
+def test_window_size_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        DeliveryWindow(0)

@@ -279,6 +279,37 @@ async def test_presence_and_revocation(db: Database) -> None:
         assert (await store.get_agent(conn, aid))["revoked_at"] == later  # first time kept
 
 
+async def test_late_disconnect_of_an_older_connection_leaves_the_newer_one(db: Database) -> None:
+    """Scale-out: the agent left process A for process B; A's "down" for the old
+    connection arrives after B's "up" and must not mark the agent offline."""
+    cid = await new_customer(db)
+    aid = await new_agent(db, cid)
+    t_a, t_b = NOW + dt.timedelta(seconds=1), NOW + dt.timedelta(seconds=9, microseconds=1)
+    async with db.transaction() as conn:
+        await store.store_presence(conn, {aid: (True, t_a, "2.0")})  # A
+    async with db.transaction() as conn:
+        await store.store_presence(conn, {aid: (True, t_b, "2.0")})  # B
+    async with db.transaction() as conn:
+        await store.store_presence(conn, {aid: (False, t_a, "")})  # A, late
+    async with db.connect() as conn:
+        assert (await store.get_agent(conn, aid))["connected"] is True
+    async with db.transaction() as conn:
+        await store.store_presence(conn, {aid: (False, t_b, "")})  # B's own connection
+    async with db.connect() as conn:
+        assert (await store.get_agent(conn, aid))["connected"] is False
+
+
+async def test_a_heartbeat_marks_its_agent_connected(db: Database) -> None:
+    cid = await new_customer(db)
+    aid = await new_agent(db, cid)
+    async with db.transaction() as conn:
+        await store.store_presence(conn, {aid: (False, NOW, "")})
+        await store.store_heartbeats(conn, [(aid, NOW, {"cpu_percent": 1.0})])
+    async with db.connect() as conn:
+        row = await store.get_agent(conn, aid)
+    assert (row["connected"], row["last_seen"]) == (True, NOW)
+
+
 async def test_store_heartbeats_updates_a_batch(db: Database) -> None:
     cid = await new_customer(db)
     a = await new_agent(db, cid, "pc-a")

@@ -128,10 +128,11 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
             conn, "token.create", f"customer:{customer['id']}", token_id=token_id, uses=p.uses,
             expires_at=expires_at,
         )
-    join = JoinString(ctx.coordinator.public_url, token, ctx.coordinator.ca_fingerprint)
+    pin = ctx.coordinator.updates.root_pin()
+    join = JoinString(ctx.coordinator.public_url, token, ctx.coordinator.ca_fingerprint, pin)
     return {
         "join": str(join), "token_id": token_id, "customer_id": customer["id"],
-        "uses": p.uses, "expires_at": expires_at,
+        "uses": p.uses, "expires_at": expires_at, "root_pin": pin or None,
     }
 
 
@@ -232,6 +233,7 @@ async def revoke_technician(ctx: Context, p: TechnicianRef) -> dict[str, Any]:
     async with ctx.coordinator.db.transaction() as conn:
         await store.revoke_technician(conn, p.name, ctx.now)
         await ctx.audit(conn, "technician.revoke", f"technician:{p.name}")
+    await ctx.coordinator.disconnect_technician(p.name)
     return {"name": p.name, "revoked_at": ctx.now}
 
 

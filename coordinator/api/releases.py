@@ -284,7 +284,10 @@ class Bundle(msgspec.Struct, forbid_unknown_fields=True):
 async def bundle(ctx: Context, p: Bundle) -> AsyncIterator[dict[str, Any]]:
     """Write a physical-media bundle for one machine and stream it back in pieces."""
     from careline.shared.bundle import write_bundle
+    from careline.shared.trust import MAX_BUNDLE_EXPIRY
 
+    if not 0 < p.expiry_days <= MAX_BUNDLE_EXPIRY.days:  # before a job is made for it
+        raise ConfigError(f"--expires must be more than 0 and at most {MAX_BUNDLE_EXPIRY.days} days")
     updates = _updates(ctx)
     async with ctx.coordinator.db.transaction() as conn:
         agent_id = (await fleet_store.get_agent(conn, p.machine))["id"]

@@ -129,6 +129,16 @@ async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Ro
     return dict(row) if row else None
 
 
+async def active_token_hashes(conn: AsyncConnection, hashes: Iterable[str]) -> set[str]:
+    """Which of these technician token hashes still belong to an unrevoked technician."""
+    wanted = list(hashes)
+    if not wanted:
+        return set()
+    query = sa.select(technicians.c.token_hash).where(
+        technicians.c.token_hash.in_(wanted), technicians.c.revoked_at.is_(None))
+    return {row.token_hash for row in await conn.execute(query)}
+
+
 async def list_technicians(conn: AsyncConnection) -> list[Row]:
     query = sa.select(technicians).order_by(technicians.c.id)
     return [
@@ -397,10 +407,15 @@ async def revoked_since(conn: AsyncConnection, since: dt.datetime) -> list[str]:
 async def store_presence(
     conn: AsyncConnection, presence: Mapping[str, tuple[bool, dt.datetime, str]]
 ) -> None:
-    """Connects and disconnects since the last flush, two executemany at most."""
+    """Connects and disconnects since the last flush, two executemany at most.
+
+    A disconnect carries the time its connection was made, and marks the agent offline
+    only if no newer connection has been recorded since: the late "down" of a connection
+    the agent left for another coordinator process does not mark it offline there."""
     ups = [{"b_id": a, "b_at": at, "b_version": version}
            for a, (connected, at, version) in presence.items() if connected]
-    downs = [{"b_id": a} for a, (connected, _at, _v) in presence.items() if not connected]
+    downs = [{"b_id": a, "b_at": at}
+             for a, (connected, at, _v) in presence.items() if not connected]
     if ups:
         await conn.execute(
             agents.update().where(agents.c.id == sa.bindparam("b_id")).values(
@@ -410,7 +425,11 @@ async def store_presence(
             ups)
     if downs:
         await conn.execute(
-            agents.update().where(agents.c.id == sa.bindparam("b_id")).values(connected=False),
+            agents.update().where(
+                agents.c.id == sa.bindparam("b_id"),
+                sa.or_(agents.c.last_connected_at.is_(None),
+                       agents.c.last_connected_at <= sa.bindparam("b_at")),
+            ).values(connected=False),
             downs)
 
 
@@ -431,13 +450,16 @@ async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.dateti
 
 
 async def store_heartbeats(conn: AsyncConnection, beats: Iterable[tuple[str, dt.datetime, Any]]) -> None:
-    """One executemany for a batch of (agent_id, seen_at, health)."""
+    """One executemany for a batch of (agent_id, seen_at, health). A heartbeat is proof
+    of a live connection, so it also marks the agent connected: presence follows what
+    the agent sends, whatever a lost flush or another process wrote before."""
     params = [{"b_id": a, "b_seen": seen, "b_health": health} for a, seen, health in beats]
     if params:
         await conn.execute(
             agents.update()
             .where(agents.c.id == sa.bindparam("b_id"))
-            .values(last_seen=sa.bindparam("b_seen"), health=sa.bindparam("b_health")),
+            .values(last_seen=sa.bindparam("b_seen"), health=sa.bindparam("b_health"),
+                    connected=True),
             params,
         )
 

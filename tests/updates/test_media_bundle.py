@@ -8,11 +8,11 @@ from pathlib import Path
 import msgspec
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tuf.api.metadata import Metadata, Timestamp
+from tuf.api.metadata import Metadata, Snapshot, Timestamp
 
 from careline.agent.installer import Installer, ProductLayout
 from careline.shared.bundle import open_bundle, write_bundle
-from careline.shared.errors import VerificationError
+from careline.shared.errors import ConfigError, VerificationError
 from careline.shared.manifest import read_manifest
 
 from .conftest import Release, instruction_for
@@ -57,6 +57,28 @@ def test_bundle_timestamp_outlives_online_one(release: Release) -> None:
     assert bundle_ts.expires - datetime.now(UTC) > timedelta(days=29)
     assert online_ts.expires - datetime.now(UTC) < timedelta(days=2)
     assert online_ts.version > bundle_ts.version
+
+
+def test_bundle_never_changes_the_live_snapshot_and_is_capped(release: Release) -> None:
+    release.publish("2.0.0")
+
+    def live_snapshot() -> Snapshot:
+        ts = Metadata[Timestamp].from_bytes(release.repo.read_metadata("timestamp.json") or b"")
+        name = f"{ts.signed.snapshot_meta.version}.snapshot.json"
+        return Metadata[Snapshot].from_bytes(release.repo.read_metadata(name) or b"").signed
+
+    before = live_snapshot()
+    chain = release.repo.bundle_metadata(timedelta(days=90))
+    after = live_snapshot()
+    assert after.expires == before.expires and after.version == before.version + 2
+    bundled = next(Metadata[Snapshot].from_bytes(data).signed for name, data in chain.items()
+                   if name.endswith(".snapshot.json"))
+    assert bundled.version == before.version + 1
+    assert bundled.expires - datetime.now(UTC) > timedelta(days=89)
+    release.trust().refresh()  # the online chain is still valid
+    for expiry in (timedelta(days=91), timedelta(days=3650), timedelta(0)):
+        with pytest.raises(ConfigError, match="at most 90 days"):
+            release.repo.bundle_metadata(expiry)
 
 
 def test_bundle_for_another_machine_refused(release: Release) -> None:

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from careline.agent.state import AgentConfig, ProductConfig, StateDir
-from careline.agent.updater import Updater, store_enrollment_trust
+from careline.agent.updater import Updater, pin_root, store_enrollment_trust
 from careline.shared import protocol as p
 from careline.shared.instruction import Instruction, sign_instruction
 from careline.shared.keys import public_bytes
@@ -40,7 +40,7 @@ class RecordingSocket:
 
 
 def make_updater(tmp_path: Path) -> tuple[Updater, p.Command]:
-    """An enrolled agent state (no TUF root yet, so a job begins by fetching root v1)."""
+    """An enrolled agent state (no TUF root yet but a pin, so a job begins by fetching root v1)."""
     state = StateDir(tmp_path / "agent")
     state.path.mkdir()
     config = AgentConfig(agent_id="m1", customer_id=1, server_url="wss://127.0.0.1:1",
@@ -48,6 +48,7 @@ def make_updater(tmp_path: Path) -> tuple[Updater, p.Command]:
     state.save_config(config)
     key = Ed25519PrivateKey.generate()
     store_enrollment_trust(state, b"", public_bytes(key))
+    pin_root(state, "ab" * 32)
     now = datetime.now(UTC)
     instruction = Instruction(
         job_id=JOB, machine_id="m1", product="acct", version="1.1.0",
