@@ -19,6 +19,7 @@ from careline.coordinator.storage.schema import (
     agents,
     audit,
     customers,
+    distinct_machines,
     enrollment_tokens,
     events,
     sites,
@@ -277,6 +278,19 @@ async def store_hardware(
             .values(**{column: sa.bindparam(f"b_{column}") for column in HARDWARE_COLUMNS.values()}),
             [{"b_id": agent_id, **{f"b_{k}": v for k, v in hardware_columns(hw).items()}}
              for agent_id, hw in reports.items()])
+
+
+async def mark_distinct(
+    conn: AsyncConnection, old_id: str, new_id: str, by: str, now: dt.datetime
+) -> None:
+    """A technician found these two machines to be different PCs: stop proposing them."""
+    await conn.execute(insert_ignoring_duplicates(conn, distinct_machines).values(
+        old_id=old_id, new_id=new_id, decided_by=by, decided_at=now))
+
+
+async def distinct_pairs(conn: AsyncConnection) -> set[tuple[str, str]]:
+    query = sa.select(distinct_machines.c.old_id, distinct_machines.c.new_id)
+    return {(row.old_id, row.new_id) for row in await conn.execute(query)}
 
 
 async def count_seats(
