@@ -203,7 +203,11 @@ class AgentProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.agent_id = ""
         self.hardware = hardware or fake_hardware()
-        self.env = {**os.environ, "CARELINE_AGENT_HARDWARE": json.dumps(self.hardware)}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment now (tests set variables for one start), with this PC's identity."""
+        return {**os.environ, "CARELINE_AGENT_HARDWARE": json.dumps(self.hardware)}
 
     def enroll(self, join: str, *extra: str) -> AgentProcess:
         out = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(self.state),
