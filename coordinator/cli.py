@@ -718,14 +718,22 @@ def _show_rollout(rollout: dict[str, Any], as_json: bool, not_covered: bool) -> 
                           total=max(wave["targeted"], 1), completed=wave["succeeded"],
                           counts=counts)
     progress.refresh()
-    console.print(f"{len(rollout['not_covered'])} machines not covered "
-                  f"(see --not-covered)")
+    counts = ", ".join(f"{n} {state.replace('_', ' ')}"
+                       for state, n in rollout["counts"].items() if n)
+    console.print(f"{rollout['in_scope']} machines in scope: {counts or 'none yet'}")
+    if rollout["machines"]:
+        emit(rollout["machines"], False, ("machine", "hostname", "customer", "wave", "state",
+                                          "version", "job", "detail"),
+             title=f"rollout {rollout['id']}: machines in scope")
 
 
 @technician_command(rollouts, "show")
 @click.argument("rollout", type=int)
 @click.option("--not-covered", is_flag=True, help="The machines left out for lack of coverage.")
 def rollouts_show(client: Any, as_json: bool, rollout: int, not_covered: bool) -> None:
+    """A rollout's waves and where every machine in its scope stands: pending, unknown
+    version, waiting for window, offline, sent, installed, failed, not covered, retired,
+    overdue (covered and still without it on or after the effective date)."""
     _show_rollout(client.call("rollouts.show", id=rollout), as_json, not_covered)
 
 

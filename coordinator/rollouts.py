@@ -3,6 +3,13 @@
 The I/O shell around coordinator.policy.waves. Every step is stored in the same
 transaction as the job it creates, so a coordinator killed at any instant resumes where it
 stood: a machine is sent its job exactly once, and every count is derived from rows.
+
+Targeting never lets a covered machine slip (issue 11): each tick looks again at the
+machines whose targeting inputs changed (agents.targeting_changed_at: a version report or
+job result, an enrollment's first report, a contract or maintenance package added), in one
+query, and at every machine every FULL_RETARGET. A regulation rollout does not complete
+while a covered machine lacks the update, and a completed one keeps watching for machines
+that join or fall behind later, reopening for them.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -20,7 +28,6 @@ from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import updates as ustore
 from careline.coordinator.updates import create_job
 from careline.shared.errors import ConfigError, Conflict
-from careline.shared.package import parse_version
 
 if TYPE_CHECKING:
     from careline.coordinator.server import Coordinator
@@ -28,22 +35,31 @@ if TYPE_CHECKING:
 log = logging.getLogger("careline.coordinator")
 
 TICK_SECONDS = 2.0
-RETARGET_SECONDS = 30.0
+# Each tick re-targets the machines changed since the last look minus this margin: the
+# clocks of several coordinator processes, and transactions that commit late, must not
+# hide a change. Looking at a machine twice is harmless.
+RETARGET_OVERLAP = dt.timedelta(seconds=60)
+# ... and every machine this often (and on a process's first tick of each rollout).
+FULL_RETARGET = dt.timedelta(minutes=10)
 # Job-part statuses of the agent's install, as rollout machine states.
 _SUCCEEDED = frozenset({"installed"})
 _FAILED = frozenset({"rolled_back", "refused", "failed", "cancelled"})
 OPEN_STATUSES = ("running", "paused")
+# A pending machine of a sent wave held back by its install window (or running product).
+WINDOW_WAIT = "waiting for install window: "
 
 
-def needs_update(health: dict[str, Any] | None, product: str, version: str) -> bool:
-    """The machine runs `product` at a version below `version` (by its last report)."""
-    for reported in (health or {}).get("products", []):
-        if reported["name"] == product and reported.get("version"):
-            try:
-                return parse_version(reported["version"]) < parse_version(version)
-            except ConfigError:
-                return False
-    return False
+def product_report(products: list[dict[str, Any]] | None, product: str) -> tuple[bool, str | None]:
+    """(watched, reported version) of `product` in a machine's last reported products."""
+    for reported in products or []:
+        if reported.get("name") == product:
+            version = reported.get("version")
+            return True, str(version) if version else None
+    return False, None
+
+
+def _versions(products: list[dict[str, Any]] | None) -> tuple[tuple[Any, Any], ...]:
+    return tuple((p.get("name"), p.get("version")) for p in products or [])
 
 
 def covers(includes: dict[str, Any], kind: str) -> bool:
@@ -60,6 +76,10 @@ class Rollouts:
         self.coordinator = coordinator
         self.db = coordinator.db
         self.rules = rules or waves.WaveRules()
+        # rollout id -> when this process last re-targeted it (any way / looking at all)
+        self._last_look: dict[int, dt.datetime] = {}
+        self._last_full: dict[int, dt.datetime] = {}
+        self._versions: dict[str, tuple[Any, ...]] = {}  # agent id -> versions last reported
 
     # ------------------------------------------------------------------ start
     async def start(
@@ -82,30 +102,11 @@ class Rollouts:
             "started_at": now, "updated_at": now, "last_targeting_at": now,
         })
         rollout = await rstore.get_rollout(conn, rollout_id)
-        covered, not_covered = await self._targets(conn, rollout, set(), now)
-        plan = waves.plan_waves(
-            [waves.Target(a["id"], a["customer_id"]) for a in covered], percents,
-            seed=f"release-{release['id']}",
-        )
-        by_id = {a["id"]: a for a in covered}
-        rows = [
-            {"rollout_id": rollout_id, "agent_id": agent_id,
-             "customer_id": by_id[agent_id]["customer_id"], "wave": index, "state": "pending",
-             "detail": ""}
-            for index, wave in enumerate(plan) for agent_id in wave
-        ]
-        rows += [self._not_covered_row(rollout_id, a, reason) for a, reason in not_covered]
-        await rstore.add_machines(conn, rows)
+        added = await self._retarget(conn, rollout, [], now)
         await store.record_audit(conn, actor=actor, action="rollout.start",
                                  target=f"rollout:{rollout_id}",
-                                 detail={"release": release["id"], "waves": [len(w) for w in plan],
-                                         "not_covered": len(not_covered)}, now=now)
+                                 detail={"release": release["id"], **added}, now=now)
         return rollout_id
-
-    def _not_covered_row(self, rollout_id: int, agent: dict[str, Any], reason: str) -> dict[str, Any]:
-        return {"rollout_id": rollout_id, "agent_id": agent["id"],
-                "customer_id": agent["customer_id"], "wave": None, "state": "not_covered",
-                "detail": reason}
 
     def _suggestion(self, kind: str) -> str:
         """The tier to offer: the one with the fewest inclusions that covers this kind."""
@@ -116,25 +117,133 @@ class Rollouts:
             return "no maintenance tier includes it"
         return f"offer maintenance:{min(fitting, key=lambda t: t.rank).name}"
 
-    async def _targets(
-        self, conn: AsyncConnection, rollout: dict[str, Any], known: set[str], now: dt.datetime,
-    ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
-        """Machines needing the release and not yet in the rollout, split by coverage."""
-        covered, not_covered = [], []
-        for agent in await store.list_agents(conn, rollout["customer_id"]):
-            if agent["id"] in known or agent["revoked_at"] is not None:
-                continue
-            if not needs_update(agent["health"], rollout["product"], rollout["version"]):
-                continue
-            entitlement = await self.coordinator.desk.entitlement(
-                conn, agent, rollout["effective"], now)
+    # ------------------------------------------------------------------ targeting
+    async def _retarget(
+        self, conn: AsyncConnection, rollout: dict[str, Any],
+        machines: list[dict[str, Any]] | None, now: dt.datetime,
+    ) -> dict[str, int]:
+        """Bring the rollout's scope up to date with the machines whose inputs changed since
+        this process last looked (every machine on its first look and every FULL_RETARGET):
+        new targets join a wave, the uncovered are listed, the renewed are moved into a
+        wave, machines found on the version are settled. A completed rollout that gains a
+        target reopens. `machines`: the rollout's rows, None to load them only if needed.
+        Returns counts of what changed."""
+        last, last_full = self._last_look.get(rollout["id"]), self._last_full.get(rollout["id"])
+        full = last is None or last_full is None or now - last_full >= FULL_RETARGET
+        since = None if full or last is None else last - RETARGET_OVERLAP
+        candidates = await rstore.targeting_candidates(
+            conn, rollout["id"], rollout["customer_id"], since)
+        self._last_look[rollout["id"]] = now
+        if full:
+            self._last_full[rollout["id"]] = now
+            await rstore.update_rollout(conn, rollout["id"], last_targeting_at=now)
+        changed = {"targeted": 0, "not_covered": 0, "settled": 0}
+        needing, reported = [], {}
+        for agent in candidates:
+            watching, version = product_report(agent["products"], rollout["product"])
+            standing = waves.version_standing(watching, version, rollout["version"])
+            reported[agent["id"]] = version
+            if standing is waves.Standing.CURRENT:
+                if agent["row_id"] is not None and agent["row_state"] != "succeeded":
+                    await rstore.set_machine(conn, agent["row_id"], state="succeeded",
+                                             finished_at=now, from_version=version,
+                                             detail=f"runs {version}")
+                    changed["settled"] += 1
+            elif standing in (waves.Standing.BELOW, waves.Standing.UNKNOWN):
+                if agent["row_state"] == "pending":
+                    if version:  # its version became known: nothing else changes
+                        await rstore.set_machine(conn, agent["row_id"], from_version=version)
+                elif agent["row_state"] in (None, "not_covered", "succeeded"):
+                    needing.append(agent)  # new, perhaps renewed, or fallen behind
+        if not needing:
+            return changed
+        entitlements = await self.coordinator.desk.entitlements(
+            conn, needing, rollout["effective"], now)
+        covered, rows = [], []
+        for agent in needing:
+            entitlement = entitlements[agent["id"]]
             if covers(entitlement.to_dict()["includes"], rollout["kind"]) and entitlement.covered:
                 covered.append(agent)
             else:
-                not_covered.append(
-                    (agent, f"{entitlement.label} on {entitlement.at}; "
-                            f"{self._suggestion(rollout['kind'])}"))
-        return covered, not_covered
+                detail = (f"{entitlement.label} on {entitlement.at}; "
+                          f"{self._suggestion(rollout['kind'])}")
+                if agent["row_id"] is None:
+                    rows.append({"rollout_id": rollout["id"], "agent_id": agent["id"],
+                                 "customer_id": agent["customer_id"], "wave": None,
+                                 "state": "not_covered", "from_version": reported[agent["id"]],
+                                 "detail": detail})
+                elif agent["row_state"] == "succeeded":  # fell behind, no longer covered
+                    await rstore.set_machine(conn, agent["row_id"], wave=None,
+                                             state="not_covered", detail=detail,
+                                             from_version=reported[agent["id"]])
+                    changed["settled"] += 1
+        changed["not_covered"] = len(rows)
+        if machines is None:
+            machines = await rstore.machines_of(conn, rollout["id"])
+        placed = self._place(rollout, machines, covered)
+        for agent in covered:
+            wave, reason = placed[agent["id"]]
+            if agent["row_id"] is not None:  # renewed, or installed and fallen behind
+                why = ("renewed" if agent["row_state"] == "not_covered" else
+                       f"fell behind: runs {reported[agent['id']] or 'an unknown version'}")
+                await rstore.set_machine(conn, agent["row_id"], wave=wave, state="pending",
+                                         from_version=reported[agent["id"]], job_id=None,
+                                         sent_at=None, finished_at=None,
+                                         detail=f"{why}; {reason}".strip("; "))
+            else:
+                rows.append({"rollout_id": rollout["id"], "agent_id": agent["id"],
+                             "customer_id": agent["customer_id"], "wave": wave,
+                             "state": "pending", "from_version": reported[agent["id"]],
+                             "detail": reason})
+        await rstore.add_machines(conn, rows)
+        changed["targeted"] = len(covered)
+        if covered and rollout["status"] == "completed":
+            reason = f"reopened: {len(covered)} more machine(s) need {rollout['version']}"
+            await rstore.update_rollout(conn, rollout["id"], status="running", reason=reason,
+                                        updated_at=now)
+            rollout.update(status="running", reason=reason)
+            await store.record_audit(conn, actor=f"rollout:{rollout['id']}",
+                                     action="rollout.reopen", target=f"rollout:{rollout['id']}",
+                                     detail={"machines": [a["id"] for a in covered]}, now=now)
+        return changed
+
+    def _place(self, rollout: dict[str, Any], machines: list[dict[str, Any]],
+               covered: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
+        """Wave and reason for each new target. The first targets of a rollout are planned
+        as at the start (canary first); later ones join where place_late_joiner says."""
+        if not any(m["wave"] is not None for m in machines):
+            plan = waves.plan_waves([waves.Target(a["id"], a["customer_id"]) for a in covered],
+                                    tuple(int(x) for x in rollout["percents"].split(",")),
+                                    seed=f"release-{rollout['release_id']}")
+            return {agent_id: (index, "") for index, wave in enumerate(plan)
+                    for agent_id in wave}
+        verdicts = self._verdicts(machines, len(rollout["percents"].split(",")))
+        status = "running" if rollout["status"] == "completed" else rollout["status"]
+        placement = waves.place_late_joiner(status, min(rollout["sent_waves"], len(verdicts)),
+                                            verdicts)
+        wave = placement.wave if placement.wave is not None else max(len(verdicts) - 1, 0)
+        return {a["id"]: (wave, placement.reason) for a in covered}
+
+    async def on_heartbeats(self, conn: AsyncConnection, batch: dict[str, Any],
+                            now: dt.datetime) -> None:
+        """Heartbeats about to be stored (call before storing them): machines whose reported
+        product versions differ from what is stored are re-targeted on the next tick.
+
+        What is stored is remembered per process, so a machine costs a read (one query for
+        the batch) only when first heard of here or after a change: a changed machine is
+        forgotten rather than remembered as changed, so if this transaction fails, its
+        next report is compared with the database again and marked again."""
+        reported = {agent_id: _versions((health or {}).get("products"))
+                    for agent_id, health in batch.items()}
+        unseen = [agent_id for agent_id in reported if agent_id not in self._versions]
+        if unseen:
+            for agent_id, products in (await rstore.stored_products(conn, unseen)).items():
+                self._versions[agent_id] = _versions(products)
+        changed = [a for a, versions in reported.items() if self._versions.get(a) != versions]
+        for agent_id in changed:
+            self._versions.pop(agent_id, None)
+        if changed:
+            await rstore.mark_targeting_changed(conn, now, agent_ids=changed)
 
     # ------------------------------------------------------------------ the loop
     async def run_forever(self) -> None:
@@ -147,8 +256,9 @@ class Rollouts:
 
     async def tick(self, now: dt.datetime) -> None:
         async with self.db.connect() as conn:
-            open_rollouts = await rstore.list_rollouts(conn, OPEN_STATUSES)
-        for rollout in open_rollouts:
+            rollouts = waves.watched(await rstore.list_rollouts(
+                conn, (*OPEN_STATUSES, "completed")))
+        for rollout in rollouts:
             async with self.db.transaction() as conn:
                 job_ids = await self.advance(conn, rollout["id"], now)
             for job_id in job_ids:
@@ -157,16 +267,23 @@ class Rollouts:
     async def advance(self, conn: AsyncConnection, rollout_id: int, now: dt.datetime) -> list[int]:
         """One step of one rollout; returns the jobs it created (to dispatch after commit)."""
         rollout = await rstore.get_rollout(conn, rollout_id, lock=True)
-        if rollout["status"] not in OPEN_STATUSES:
+        if rollout["status"] not in (*OPEN_STATUSES, "completed"):
             return []
-        machines = await rstore.machines_of(conn, rollout_id)
-        if now - (rollout["last_targeting_at"] or now) >= dt.timedelta(seconds=RETARGET_SECONDS):
-            machines = await self._add_late_joiners(conn, rollout, machines, now)
-        await self._settle(conn, machines, now)
+        if rollout["status"] == "completed":  # watching: its rows are read only if it reopens
+            await self._retarget(conn, rollout, None, now)
+            if rollout["status"] == "completed":
+                return []
+            machines = await rstore.machines_of(conn, rollout_id)
+        else:
+            machines = await rstore.machines_of(conn, rollout_id)
+            if any((await self._retarget(conn, rollout, machines, now)).values()):
+                machines = await rstore.machines_of(conn, rollout_id)
+        await self._settle(conn, rollout, machines, now)
+        await self._watch_deadline(conn, rollout, machines, now)
         plan_size = len(rollout["percents"].split(","))
         verdicts = self._verdicts(machines, plan_size)
-        action = waves.next_action(rollout["status"], rollout["sent_waves"], verdicts)
-        sent_waves = rollout["sent_waves"]
+        sent_waves = min(rollout["sent_waves"], len(verdicts))
+        action = waves.next_action(rollout["status"], sent_waves, verdicts)
         if action.kind is waves.ActionKind.SEND_WAVE and action.wave is not None:
             sent_waves = action.wave + 1
             await rstore.update_rollout(conn, rollout_id, sent_waves=sent_waves,
@@ -175,11 +292,11 @@ class Rollouts:
             await self._pause(conn, rollout, machines, action.reason, now)
             return []
         elif action.kind is waves.ActionKind.COMPLETE:
-            waiting = sum(1 for m in machines if m["wave"] is not None and m["state"] == "pending")
-            if waiting:  # offline machines catch up when they are back; stay open for them
-                await rstore.update_rollout(
-                    conn, rollout_id, updated_at=now,
-                    reason=f"every wave passed; waiting for {waiting} offline machines")
+            still_open = waves.open_reason(rollout["kind"], [m["state"] for m in machines])
+            if still_open:  # offline machines catch up when they are back; stay open for them
+                if still_open != rollout["reason"]:
+                    await rstore.update_rollout(conn, rollout_id, updated_at=now,
+                                                reason=still_open)
                 return await self._send(conn, rollout, machines, sent_waves, now)
             await rstore.update_rollout(conn, rollout_id, status="completed",
                                         reason=action.reason, updated_at=now)
@@ -189,46 +306,57 @@ class Rollouts:
             return []
         if rollout["status"] != "running":
             return []
-        await self._watch_deadline(conn, rollout, machines, now)
         return await self._send(conn, rollout, machines, sent_waves, now)
 
     def _verdicts(self, machines: list[dict[str, Any]], plan_size: int) -> list[waves.WaveVerdict]:
         states: list[list[str]] = [[] for _ in range(plan_size)]
         for machine in machines:
-            if machine["wave"] is not None and machine["wave"] < plan_size:
+            if machine["wave"] is not None and machine["wave"] < plan_size and (
+                    machine["state"] not in waves.EXCUSED):
                 states[machine["wave"]].append(self._outcome(machine))
         # Planning drops waves that would be empty; so do the verdicts.
         while states and not states[-1]:
             states.pop()
         return [waves.evaluate_wave(waves.wave_counts(s), self.rules) for s in states]
 
+    def _online(self, machine: dict[str, Any]) -> bool:
+        agent_id = machine["agent_id"]
+        return agent_id in self.coordinator.links or self.coordinator.held_elsewhere(
+            agent_id, machine)
+
     def _outcome(self, machine: dict[str, Any]) -> str:
         state = machine["state"]
-        agent_id = machine["agent_id"]
-        if state in ("pending", "sent") and agent_id not in self.coordinator.links and (
-                not self.coordinator.held_elsewhere(agent_id, machine)):
+        if state in ("pending", "sent") and not self._online(machine):
             return "offline"
         return state
 
-    async def _settle(self, conn: AsyncConnection, machines: list[dict[str, Any]],
-                      now: dt.datetime) -> None:
-        """Move sent machines on from their job parts; time out the silent ones."""
+    async def _settle(self, conn: AsyncConnection, rollout: dict[str, Any],
+                      machines: list[dict[str, Any]], now: dt.datetime) -> None:
+        """Move sent machines on from their job parts; time out the silent ones (handed to
+        a technician with an update_failed incident); retire revoked machines."""
+        timed_out = {}
         for machine in machines:
-            if machine["state"] != "sent":
+            if machine["revoked_at"] is not None and machine["state"] not in (
+                    "succeeded", "retired"):
+                new, detail = "retired", f"revoked {machine['revoked_at']:%Y-%m-%d %H:%M}Z"
+            elif machine["state"] != "sent":
                 continue
-            status = machine["job_status"]
-            if status in _SUCCEEDED:
-                new, detail = "succeeded", status
-            elif status in _FAILED:
-                new, detail = "failed", status
+            elif machine["job_status"] in _SUCCEEDED:
+                new, detail = "succeeded", machine["job_status"]
+            elif machine["job_status"] in _FAILED:
+                new, detail = "failed", machine["job_status"]
             elif waves.effective_state("sent", machine["sent_at"], now,
                                        self.rules.install_timeout) is waves.MachineOutcome.TIMED_OUT:
                 new, detail = "timed_out", f"no result within {self.rules.install_timeout}"
+                timed_out[(machine["agent_id"], "update_failed", rollout["product"])] = (
+                    True, f"rollout {rollout['id']} of {rollout['version']}: {detail}")
             else:
                 continue
             await rstore.set_machine(conn, machine["id"], state=new, finished_at=now,
                                      detail=detail)
             machine.update(state=new, finished_at=now, detail=detail)
+        if timed_out:
+            await self.coordinator.desk.observe(conn, timed_out, now)
 
     async def _send(self, conn: AsyncConnection, rollout: dict[str, Any],
                     machines: list[dict[str, Any]], sent_waves: int, now: dt.datetime) -> list[int]:
@@ -255,16 +383,19 @@ class Rollouts:
                 rollout["effective"] or now.date() + dt.timedelta(days=365),
                 self.rules.window_override_days)
             if decision.open:
-                ready.append(machine)
+                ready.append((machine, decision.reason))
+            elif machine["detail"] != WINDOW_WAIT + decision.reason:
+                await rstore.set_machine(conn, machine["id"],
+                                         detail=WINDOW_WAIT + decision.reason)
         if not ready:
             return []
         job = await create_job(
-            conn, kind="update", agent_ids=[m["agent_id"] for m in ready],
+            conn, kind="update", agent_ids=[m["agent_id"] for m, _ in ready],
             actor=f"rollout:{rollout['id']}", product=rollout["product"],
             version=rollout["version"], reason=f"rollout {rollout['id']}", now=now)
-        for machine in ready:
+        for machine, reason in ready:
             await rstore.set_machine(conn, machine["id"], state="sent", job_id=job["id"],
-                                     sent_at=now)
+                                     sent_at=now, detail=reason)
         return [job["id"]]
 
     async def _pause(self, conn: AsyncConnection, rollout: dict[str, Any],
@@ -282,38 +413,15 @@ class Rollouts:
                                  target=f"rollout:{rollout['id']}", detail={"reason": reason},
                                  now=now)
 
-    async def _add_late_joiners(self, conn: AsyncConnection, rollout: dict[str, Any],
-                                machines: list[dict[str, Any]], now: dt.datetime) -> list[dict[str, Any]]:
-        """Machines enrolled, updated to need it, or newly covered since: join the rollout."""
-        await rstore.update_rollout(conn, rollout["id"], last_targeting_at=now)
-        known = {m["agent_id"] for m in machines if m["wave"] is not None}
-        listed_uncovered = {m["agent_id"]: m for m in machines if m["wave"] is None}
-        covered, not_covered = await self._targets(conn, rollout, known, now)
-        verdicts = self._verdicts(machines, len(rollout["percents"].split(",")))
-        placement = waves.place_late_joiner(rollout["status"], rollout["sent_waves"], verdicts)
-        rows = []
-        for agent in covered:
-            if placement.wave is None:
-                break
-            if agent["id"] in listed_uncovered:  # renewed: now covered
-                await rstore.set_machine(conn, listed_uncovered[agent["id"]]["id"],
-                                         wave=placement.wave, state="pending", detail="renewed")
-            else:
-                rows.append({"rollout_id": rollout["id"], "agent_id": agent["id"],
-                             "customer_id": agent["customer_id"], "wave": placement.wave,
-                             "state": "pending", "detail": placement.reason})
-        rows += [self._not_covered_row(rollout["id"], a, reason)
-                 for a, reason in not_covered if a["id"] not in listed_uncovered]
-        await rstore.add_machines(conn, rows)
-        return await rstore.machines_of(conn, rollout["id"]) if rows or covered else machines
-
     async def _watch_deadline(self, conn: AsyncConnection, rollout: dict[str, Any],
                               machines: list[dict[str, Any]], now: dt.datetime) -> None:
-        """Covered machines still without the update close to the effective date: incident."""
+        """Covered machines still without the update close to the effective date: incident.
+        Runs while the rollout is paused too, and for machines that joined late."""
         if rollout["effective"] is None or not waves.deadline_due(
                 rollout["effective"], now, self.rules.deadline_days):
             return
-        late = [m for m in machines if m["wave"] is not None and m["state"] != "succeeded"
+        late = [m for m in machines if m["wave"] is not None
+                and m["state"] not in ("succeeded", *waves.EXCUSED)
                 and not m["deadline_incident"]]
         checks = {
             (m["agent_id"], "regulation_deadline", rollout["product"]):
@@ -329,8 +437,9 @@ class Rollouts:
     async def set_status(self, conn: AsyncConnection, rollout_id: int, status: str, actor: str,
                          now: dt.datetime) -> dict[str, Any]:
         rollout = await rstore.get_rollout(conn, rollout_id)
+        # Cancelling a completed rollout stops it watching for machines that fall behind.
         allowed = {"paused": ("running",), "running": ("paused",),
-                   "cancelled": ("running", "paused")}
+                   "cancelled": ("running", "paused", "completed")}
         if rollout["status"] not in allowed[status]:
             raise Conflict(f"rollout {rollout_id} is {rollout['status']}; cannot make it {status}")
         await rstore.update_rollout(conn, rollout_id, status=status, updated_at=now,
@@ -340,13 +449,15 @@ class Rollouts:
         return await rstore.get_rollout(conn, rollout_id)
 
     async def summary(self, conn: AsyncConnection, rollout_id: int, now: dt.datetime) -> dict[str, Any]:
+        """The rollout, its waves, and every machine in scope with its state; `counts` adds
+        up to `in_scope`."""
         rollout = await rstore.get_rollout(conn, rollout_id)
         machines = await rstore.machines_of(conn, rollout_id)
         plan_size = len(rollout["percents"].split(","))
         verdicts = self._verdicts(machines, plan_size)
         rollout["waves"] = []
         for index, verdict in enumerate(verdicts):
-            wave = [m for m in machines if m["wave"] == index]
+            wave = [m for m in machines if m["wave"] == index and m["state"] not in waves.EXCUSED]
             counts = waves.wave_counts(self._outcome(m) for m in wave)
             rollout["waves"].append({
                 "wave": index + 1, "targeted": counts.targeted, "succeeded": counts.succeeded,
@@ -354,17 +465,27 @@ class Rollouts:
                 "sent": index < rollout["sent_waves"], "verdict": str(verdict.status),
                 "reason": verdict.reason,
             })
+        overdue = rollout["effective"] is not None and waves.days_until(
+            rollout["effective"], now) <= 0
         rollout["not_covered"] = [
             {"machine": m["agent_id"], "hostname": m["hostname"], "customer": m["customer"],
              "detail": m["detail"]}
-            for m in machines if m["wave"] is None
+            for m in machines if m["state"] == "not_covered"
         ]
         rollout["machines"] = [
             {"machine": m["agent_id"], "hostname": m["hostname"], "customer": m["customer"],
-             "wave": m["wave"] + 1, "state": self._outcome(m), "job": m["job_id"],
+             "wave": None if m["wave"] is None else m["wave"] + 1,
+             "state": str(waves.scope_state(
+                 m["state"], wave_sent=m["wave"] is not None and m["wave"] < rollout["sent_waves"],
+                 online=self._online(m), window_closed=m["detail"].startswith(WINDOW_WAIT),
+                 version_known=m["from_version"] is not None, overdue=overdue)),
+             "stage": m["state"], "version": m["from_version"], "job": m["job_id"],
              "detail": m["detail"]}
-            for m in machines if m["wave"] is not None
+            for m in machines
         ]
+        tally = Counter(m["state"] for m in rollout["machines"])
+        rollout["counts"] = {str(state): tally.get(str(state), 0) for state in waves.ScopeState}
+        rollout["in_scope"] = len(machines)
         return rollout
 
 

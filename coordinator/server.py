@@ -548,6 +548,9 @@ class Coordinator:
         batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
                  for agent_id, (at, health) in received.items()}
         async with self.db.transaction() as conn:
+            # Before storing them: targeting compares the reported versions with the stored.
+            await self.rollouts.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()},
+                                              utcnow())
             # Heartbeats first: a disconnect in the same batch comes after them.
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
             await store.store_presence(conn, presence)

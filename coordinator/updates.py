@@ -62,6 +62,9 @@ SEND_STALL_SECONDS = 30.0
 MAX_DOWNLOADS_PER_AGENT = 2
 INSTRUCTION_LIFETIME = dt.timedelta(days=7)
 DISPATCH_SWEEP_SECONDS = 2.0
+# update_result outcomes whose `version` is what the machine runs afterwards: installed (an
+# update or a reinstall) and rolled back (the version it went back to).
+VERSION_OUTCOMES = frozenset({"installed", "rolled_back"})
 RENEW_CHECK_SECONDS = 60.0
 
 
@@ -459,6 +462,10 @@ class UpdateService:
             outcome = str(event.data.get("outcome", "failed"))[:40]
             await store.set_status(conn, row, outcome, now, _text(event.data.get("reason")),
                                    outcome=outcome)
+            version = event.data.get("version")
+            if (outcome in VERSION_OUTCOMES and event.data.get("product") == row["product"]
+                    and isinstance(version, str) and 0 < len(version) <= 40):
+                await store.set_product_version(conn, agent_id, row["product"], version, now)
         else:
             ok = bool(event.data.get("ok"))
             await store.set_status(conn, row, "verified" if ok else "mismatch", now,

@@ -93,10 +93,11 @@ async def cancel(ctx: Context, p: RolloutRef) -> dict[str, Any]:
 
 @method("rollouts.retry_failed", "technician", RolloutRef)
 async def retry_failed(ctx: Context, p: RolloutRef) -> dict[str, Any]:
-    """Send the release again to failed and timed-out machines; resumes a paused rollout."""
+    """Send the release again to failed and timed-out machines; resumes a paused rollout
+    and reopens a completed one (its failed machines were handed to a technician)."""
     async with ctx.coordinator.db.transaction() as conn:
         rollout = await rstore.get_rollout(conn, p.id)
-        if rollout["status"] not in ("running", "paused"):
+        if rollout["status"] not in ("running", "paused", "completed"):
             raise Conflict(f"rollout {p.id} is {rollout['status']}")
         count = await rstore.reset_failed(conn, p.id, ctx.now)
         await rstore.update_rollout(conn, p.id, status="running", updated_at=ctx.now,

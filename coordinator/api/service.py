@@ -12,6 +12,7 @@ from careline.coordinator.incidents import customer_calendar
 from careline.coordinator.policy.config import WEEKDAYS
 from careline.coordinator.policy.entitlement import expiring
 from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import service
 from careline.shared.errors import ConfigError, Conflict
 
@@ -97,6 +98,7 @@ async def add_contract(ctx: Context, p: AddContract) -> dict[str, Any]:
             warranty_months=p.warranty_months, machines=p.machines, now=ctx.now)
         await ctx.audit(conn, "contract.add", f"contract:{contract_id}",
                         customer=customer["id"], signed=p.signed, months=p.warranty_months)
+        await rstore.mark_targeting_changed(conn, ctx.now, customer_id=customer["id"])
         return await service.get_contract(conn, contract_id)
 
 
@@ -137,11 +139,12 @@ async def add_maintenance(ctx: Context, p: AddMaintenance) -> dict[str, Any]:
     if p.end < p.start:
         raise ConfigError("--end must not be before --start")
     async with ctx.coordinator.db.transaction() as conn:
-        await service.get_contract(conn, p.contract)
+        contract = await service.get_contract(conn, p.contract)
         package_id = await service.add_maintenance(
             conn, contract_id=p.contract, start=p.start, end=p.end, tier=p.tier, now=ctx.now)
         await ctx.audit(conn, "maintenance.add", f"contract:{p.contract}", package=package_id,
                         start=p.start, end=p.end, tier=p.tier)
+        await rstore.mark_targeting_changed(conn, ctx.now, customer_id=contract["customer_id"])
     return {"id": package_id, "contract_id": p.contract, "start": p.start, "end": p.end,
             "tier": p.tier}
 

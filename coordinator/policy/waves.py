@@ -16,6 +16,13 @@ How the pieces fit::
     install_window_open(now_utc, window, tz, running, effective_on, rules.window_override_days)
     deadline_due(effective_on, now_utc, rules.deadline_days)
 
+Who is in scope, and where each machine stands (issue 11: never miss a covered machine)::
+
+    version_standing(watched, reported, release_version)   -> Standing (below / unknown / ...)
+    open_reason(kind, stored_states)                        -> why it must stay open, or None
+    watched(rollouts)                                       -> the rollouts each tick advances
+    scope_state(stored, ...)                                -> ScopeState for `rollouts show`
+
 Every invalid input raises ValueError with a message a user can act on.
 """
 
@@ -25,21 +32,29 @@ import hashlib
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from fractions import Fraction
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from careline.shared.errors import ConfigError
+from careline.shared.package import parse_version
 
 __all__ = [
     "DEFAULT_TZ",
+    "EXCUSED",
+    "SETTLED",
     "Action",
     "ActionKind",
     "InstallWindow",
     "LatePlacement",
     "MachineOutcome",
     "RolloutStatus",
+    "ScopeState",
+    "Standing",
     "Target",
     "WaveCounts",
     "WaveRules",
@@ -52,9 +67,13 @@ __all__ = [
     "evaluate_wave",
     "install_window_open",
     "next_action",
+    "open_reason",
     "parse_percents",
     "place_late_joiner",
     "plan_waves",
+    "scope_state",
+    "version_standing",
+    "watched",
     "wave_counts",
 ]
 
@@ -643,3 +662,119 @@ def deadline_due(
     """True once a covered machine still lacking the update should get an incident:
     from deadline_days before the effective date (local date in tz) onwards, and after."""
     return days_until(effective_on, now_utc, tz) <= deadline_days
+
+
+# --------------------------------------------------------------------------- scope (issue 11)
+
+
+class Standing(StrEnum):
+    """A machine's installed version of the product against the release's."""
+
+    BELOW = "below"  # runs an older version: a target
+    UNKNOWN = "unknown"  # watches the product but reports no usable version: a target too
+    CURRENT = "current"  # runs this version or a newer one
+    NOT_WATCHED = "not_watched"  # does not run the product (or has not reported yet)
+
+
+def version_standing(watched: bool, reported: str | None, release: str) -> Standing:
+    """Where a machine stands. An unknown version (empty install dir, damaged manifest,
+    unparsable text) is a target, not a skip: the agent installs only what the vendor
+    signed and refuses a downgrade, so sending costs at most a refused job, while skipping
+    can leave a covered machine without a regulation update."""
+    if not watched:
+        return Standing.NOT_WATCHED
+    if not reported:
+        return Standing.UNKNOWN
+    try:
+        older = parse_version(reported) < parse_version(release)
+    except ConfigError:
+        return Standing.UNKNOWN
+    return Standing.BELOW if older else Standing.CURRENT
+
+
+#: Stored machine states that say nothing more will happen for the machine in this rollout.
+SETTLED = frozenset({"succeeded", "failed", "timed_out", "not_covered", "retired"})
+#: Stored states of machines excused from the rollout, with a reason.
+EXCUSED = frozenset({"not_covered", "retired"})
+
+
+def open_reason(kind: str, stored_states: Iterable[str]) -> str | None:
+    """Why a rollout whose waves all passed must stay open; None once it may complete.
+
+    Every targeted machine must be settled: installed, or failed and handed to a
+    technician (an update_failed incident), or excused (not covered, retired). A
+    regulation rollout with no covered machine yet does not complete: machines become
+    targets when they enroll, report their version or are renewed, and a completed
+    rollout would tell the vendor everyone is done.
+    """
+    states = list(stored_states)
+    unsettled = sum(1 for s in states if s not in SETTLED)
+    if unsettled:
+        return f"every wave passed; waiting for {unsettled} machine(s) still without it"
+    if kind == "regulation" and all(s in EXCUSED for s in states):
+        excused = f" ({len(states)} excused)" if states else ""
+        return f"no covered machine needs it yet{excused}; watching for machines that do"
+    return None
+
+
+class ScopeState(StrEnum):
+    """Where one machine in a rollout's scope stands, as `rollouts show` lists it."""
+
+    PENDING = "pending"  # its wave is not sent yet, or it goes out with the next tick
+    UNKNOWN_VERSION = "unknown_version"  # pending, and its version was never reported
+    WAITING_FOR_WINDOW = "waiting_for_window"  # online, held by install window or product
+    OFFLINE = "offline"  # its wave is out; it gets the job when it is back
+    SENT = "sent"  # job sent, no result yet
+    INSTALLED = "installed"
+    FAILED = "failed"  # failed or timed out: an update_failed incident is open
+    NOT_COVERED = "not_covered"  # listed for sales, never sent
+    RETIRED = "retired"  # revoked: no longer a machine of the fleet
+    OVERDUE = "overdue"  # covered, from the effective date on, still without it
+
+
+def scope_state(
+    stored: str, *, wave_sent: bool, online: bool, window_closed: bool,
+    version_known: bool, overdue: bool,
+) -> ScopeState:
+    """One machine's state for display, from its stored rollout state and live facts.
+
+    stored: pending | sent | succeeded | failed | timed_out | not_covered | retired.
+    overdue: the effective date has come (caller computes it with days_until <= 0);
+    it outranks every state of a covered machine that does not have the update yet.
+    """
+    if stored == "succeeded":
+        return ScopeState.INSTALLED
+    if stored == "not_covered":
+        return ScopeState.NOT_COVERED
+    if stored == "retired":
+        return ScopeState.RETIRED
+    if stored not in ("pending", "sent", "failed", "timed_out"):
+        raise ValueError(f"unknown stored rollout machine state {stored!r}")
+    if overdue:
+        return ScopeState.OVERDUE
+    if stored in ("failed", "timed_out"):
+        return ScopeState.FAILED
+    if not wave_sent:
+        return ScopeState.PENDING if version_known else ScopeState.UNKNOWN_VERSION
+    if not online:
+        return ScopeState.OFFLINE
+    if stored == "sent":
+        return ScopeState.SENT
+    if window_closed:
+        return ScopeState.WAITING_FOR_WINDOW
+    return ScopeState.PENDING if version_known else ScopeState.UNKNOWN_VERSION
+
+
+def watched(rollouts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rollouts the tick advances: the running and paused ones, and the newest regulation
+    rollout of each product (and customer scope) even once completed, so a machine that
+    joins or falls behind later reopens it. An older one is superseded: the newer version
+    reaches every machine the older one would."""
+    rollouts = list(rollouts)
+    newest: dict[tuple[str, int | None], int] = {}
+    for r in rollouts:
+        if r["kind"] == "regulation" and r["status"] != "cancelled":
+            key = (r["product"], r["customer_id"])
+            newest[key] = max(newest.get(key, r["id"]), r["id"])
+    return [r for r in rollouts if r["status"] in ("running", "paused") or (
+        r["status"] == "completed" and newest.get((r["product"], r["customer_id"])) == r["id"])]

@@ -466,13 +466,18 @@ async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.dateti
 async def store_heartbeats(conn: AsyncConnection, beats: Iterable[tuple[str, dt.datetime, Any]]) -> None:
     """One executemany for a batch of (agent_id, seen_at, health). A heartbeat is proof
     of a live connection, so it also marks the agent connected: presence follows what
-    the agent sends, whatever a lost flush or another process wrote before."""
+    the agent sends, whatever a lost flush or another process wrote before. A report
+    received before the coordinator set the machine's versions from a job result
+    (versions_at) is older than what it knows: it leaves the stored health as it is."""
     params = [{"b_id": a, "b_seen": seen, "b_health": health} for a, seen, health in beats]
     if params:
+        seen = sa.bindparam("b_seen", type_=agents.c.last_seen.type)
+        stale = sa.and_(agents.c.versions_at.is_not(None), agents.c.versions_at > seen)
+        health = sa.bindparam("b_health", type_=agents.c.health.type)
         await conn.execute(
             agents.update()
             .where(agents.c.id == sa.bindparam("b_id"))
-            .values(last_seen=sa.bindparam("b_seen"), health=sa.bindparam("b_health"),
+            .values(last_seen=seen, health=sa.case((stale, agents.c.health), else_=health),
                     connected=True),
             params,
         )

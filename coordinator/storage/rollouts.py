@@ -9,7 +9,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from careline.coordinator.storage.fleet import Row, insert_row, rows_of
-from careline.coordinator.storage.schema import agents, customers, job_machines, rollout_machines, rollouts
+from careline.coordinator.storage.schema import (
+    agents,
+    customers,
+    job_machines,
+    rollout_machines,
+    rollouts,
+)
 from careline.shared.errors import NotFound
 
 
@@ -77,3 +83,69 @@ async def reset_failed(conn: AsyncConnection, rollout_id: int, now: dt.datetime)
         .values(state="pending", job_id=None, sent_at=None, finished_at=None,
                 detail=f"retried at {now:%Y-%m-%d %H:%M}Z"))
     return int(result.rowcount)
+
+
+# ----------------------------------------------------------------------------- targeting
+# Machines already in a rollout in these states are looked at again when their inputs
+# change: the uncovered may have been renewed, the failed may have been fixed by hand, and
+# a pending machine of unknown version may have reported one.
+REVISITED = ("not_covered", "failed", "timed_out")
+
+
+async def targeting_candidates(
+    conn: AsyncConnection, rollout_id: int, customer_id: int | None,
+    since: dt.datetime | None,
+) -> list[Row]:
+    """Machines a rollout should (re)consider, in one query: every machine not revoked and
+    not yet in it (or in it in a REVISITED state, pending with an unknown version, or
+    installed but changed since) whose targeting inputs changed at or after `since` (None:
+    all of them). Of the health report only `products` is read: most of its bytes are
+    the rest."""
+    rm = rollout_machines
+    query = (
+        sa.select(agents.c.id, agents.c.customer_id, agents.c.contract_id,
+                  agents.c.joined_contract_on, agents.c.enrolled_at,
+                  agents.c.health["products"].label("products"),
+                  rm.c.id.label("row_id"), rm.c.state.label("row_state"),
+                  rm.c.wave.label("row_wave"), rm.c.detail.label("row_detail"))
+        .select_from(agents.outerjoin(rm, sa.and_(rm.c.agent_id == agents.c.id,
+                                                  rm.c.rollout_id == rollout_id)))
+        .where(agents.c.revoked_at.is_(None),
+               sa.or_(rm.c.id.is_(None), rm.c.state.in_(REVISITED),
+                      sa.and_(rm.c.state == "pending", rm.c.from_version.is_(None)),
+                      # installed, then changed again (e.g. reinstalled from old media)
+                      sa.and_(rm.c.state == "succeeded",
+                              agents.c.targeting_changed_at > rm.c.finished_at)))
+        .order_by(agents.c.id)
+    )
+    if since is not None:
+        query = query.where(agents.c.targeting_changed_at >= since)
+    if customer_id is not None:
+        query = query.where(agents.c.customer_id == customer_id)
+    return rows_of(await conn.execute(query))
+
+
+async def stored_products(conn: AsyncConnection, agent_ids: list[str]) -> dict[str, Any]:
+    """The products each of these machines last reported (as stored), by agent id."""
+    found: dict[str, Any] = {}
+    for start in range(0, len(agent_ids), 500):
+        query = sa.select(agents.c.id, agents.c.health["products"].label("products")).where(
+            agents.c.id.in_(agent_ids[start:start + 500]))
+        found.update((r.id, r.products) for r in await conn.execute(query))
+    return found
+
+
+async def mark_targeting_changed(
+    conn: AsyncConnection, now: dt.datetime, *, agent_ids: list[str] | None = None,
+    customer_id: int | None = None,
+) -> None:
+    """An input of rollout targeting changed for these machines (by id, or every machine
+    of a customer: a contract or maintenance package of theirs changed): open rollouts
+    look at them again on their next tick."""
+    if agent_ids is None:
+        await conn.execute(agents.update().where(agents.c.customer_id == customer_id)
+                           .values(targeting_changed_at=now))
+        return
+    for start in range(0, len(agent_ids), 500):
+        await conn.execute(agents.update().where(agents.c.id.in_(agent_ids[start:start + 500]))
+                           .values(targeting_changed_at=now))

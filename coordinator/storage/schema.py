@@ -96,6 +96,10 @@ agents = sa.Table(
     sa.Column("key_id", sa.String(40), unique=True),
     sa.Column("key_changed_at", UTCDateTime),
     sa.Column("replaced_by", sa.String(40)),
+    # Issue 11: when the coordinator's own job results last set the product versions in
+    # `health`, and when an input of rollout targeting last changed for this machine.
+    sa.Column("versions_at", UTCDateTime),
+    sa.Column("targeting_changed_at", UTCDateTime),
 )
 
 events = sa.Table(
@@ -373,4 +377,5 @@ rollout_machines = sa.Table(
     sa.Column("finished_at", UTCDateTime),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Column("deadline_incident", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("from_version", sa.String(40)),  # reported when targeted; NULL: unknown
 )

@@ -57,21 +57,34 @@ async def list_contracts(conn: AsyncConnection, customer_id: int | None = None) 
     return rows_of(await conn.execute(query))
 
 
-async def current_contract(conn: AsyncConnection, customer_id: int, on: dt.date) -> Row | None:
+def pick_current_contract(customer_contracts: list[Row], on: dt.date) -> Row | None:
     """The contract a customer's machines join by default: the latest one signed by `on`,
     else the earliest one signed later."""
-    signed = (await conn.execute(
-        sa.select(contracts).where(contracts.c.customer_id == customer_id,
-                                   contracts.c.signed_on <= on)
-        .order_by(contracts.c.signed_on.desc(), contracts.c.id.desc()).limit(1)
-    )).mappings().first()
-    if signed is not None:
-        return dict(signed)
-    future = (await conn.execute(
-        sa.select(contracts).where(contracts.c.customer_id == customer_id)
-        .order_by(contracts.c.signed_on, contracts.c.id).limit(1)
-    )).mappings().first()
-    return dict(future) if future else None
+    signed = [c for c in customer_contracts if c["signed_on"] <= on]
+    if signed:
+        return max(signed, key=lambda c: (c["signed_on"], c["id"]))
+    return min(customer_contracts, key=lambda c: (c["signed_on"], c["id"]), default=None)
+
+
+async def current_contract(conn: AsyncConnection, customer_id: int, on: dt.date) -> Row | None:
+    return pick_current_contract(await list_contracts(conn, customer_id), on)
+
+
+async def contracts_of(conn: AsyncConnection, customer_ids: list[int]) -> list[Row]:
+    """Every contract of these customers, in one query."""
+    if not customer_ids:
+        return []
+    return rows_of(await conn.execute(
+        sa.select(contracts).where(contracts.c.customer_id.in_(customer_ids))))
+
+
+async def maintenance_of(conn: AsyncConnection, contract_ids: list[int]) -> list[Row]:
+    """Every maintenance package of these contracts, in one query, by start date."""
+    if not contract_ids:
+        return []
+    return rows_of(await conn.execute(
+        sa.select(maintenance_packages).where(maintenance_packages.c.contract_id.in_(contract_ids))
+        .order_by(maintenance_packages.c.start)))
 
 
 async def add_maintenance(

@@ -50,6 +50,29 @@ async def find_releases(
     return rows_of(await conn.execute(query))
 
 
+# ----------------------------------------------------------------------------- versions
+async def set_product_version(
+    conn: AsyncConnection, agent_id: str, product: str, version: str, now: dt.datetime,
+) -> None:
+    """The machine runs `product` at `version` now, by a job result it just reported: the
+    coordinator's view follows at once, in the caller's transaction (the event's), and
+    rollouts re-target the machine (targeting_changed_at)."""
+    row = (await conn.execute(sa.select(agents.c.health).where(agents.c.id == agent_id))).first()
+    if row is None:
+        return
+    health = dict(row.health or {})
+    products = [dict(p) for p in health.get("products", [])]
+    for reported in products:
+        if reported.get("name") == product:
+            reported["version"] = version
+            break
+    else:
+        products.append({"name": product, "version": version, "running": False, "pid": None})
+    health["products"] = products
+    await conn.execute(agents.update().where(agents.c.id == agent_id).values(
+        health=health, versions_at=now, targeting_changed_at=now))
+
+
 # ----------------------------------------------------------------------------- jobs
 async def insert_job(
     conn: AsyncConnection, *, kind: str, product: str | None, version: str | None,

@@ -139,9 +139,12 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
     machines["away"].start()
     wait_until(lambda: version_of(machines["away"].product) == "1.1.0", timeout=60)
     done = rollout_reaches(coord, rid, "completed", timeout=60)
-    assert {m["state"] for m in done["machines"]} == {"succeeded"}
+    assert {m["state"] for m in done["machines"] if m["wave"]} == {"installed"}
     assert (machines["away"].product / "Data" / "ledger.db").read_text() == "customer books"
-    assert [w["succeeded"] for w in done["waves"]] == [4]
+    # The cancelled rollout's canary may have installed already: the coordinator knows it at
+    # once (issue 11), so the second rollout leaves that machine out.
+    covered = [m for m in done["machines"] if m["wave"]]
+    assert len(covered) in (3, 4) and [w["succeeded"] for w in done["waves"]] == [len(covered)]
 
 
 def test_rollout_survives_coordinator_kill(sqlite_coordinator, spawn_agent, tmp_path):
@@ -168,7 +171,7 @@ def test_rollout_survives_coordinator_kill(sqlite_coordinator, spawn_agent, tmp_
     coord.kill()  # kill -9 in the middle of the rollout
     coord.start()
     done = rollout_reaches(coord, rid, "completed", timeout=120)
-    assert {m["state"] for m in done["machines"]} == {"succeeded"}
+    assert {m["state"] for m in done["machines"]} == {"installed"}
     assert sorted(m["machine"] for m in done["machines"]) == sorted(agents)
     assert sum(w["succeeded"] for w in done["waves"]) == 6
     assert all(w["succeeded"] == w["targeted"] for w in done["waves"])
