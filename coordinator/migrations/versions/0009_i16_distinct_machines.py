@@ -6,7 +6,7 @@ from alembic import op
 from careline.coordinator.storage.schema import UTCDateTime
 
 revision = "i16_distinct_machines"
-down_revision = "i16_hardware_identity"
+down_revision = "i11_rollout_targeting"
 
 
 def upgrade() -> None:
