@@ -448,10 +448,10 @@ async def store_presence(
 
 
 def is_off(row: Mapping[str, Any]) -> bool:
-    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline"."""
+    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline". (The
+    stop is stored before the disconnect it explains, so `connected` may still be set.)"""
     off, connected_at = row.get("off_at"), row.get("last_connected_at")
-    return (not row["connected"] and off is not None
-            and (connected_at is None or off >= connected_at))
+    return off is not None and (connected_at is None or off >= connected_at)
 
 
 async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.datetime]) -> None:
