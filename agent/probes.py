@@ -17,11 +17,12 @@ from pathlib import Path
 import psutil
 
 from careline.agent import platform as osx
+from careline.agent.service import program_path
 from careline.agent.state import AgentConfig, ProductConfig
 from careline.shared import __version__
 from careline.shared.errors import ConfigError
 from careline.shared.manifest import read_manifest, verify_tree
-from careline.shared.protocol import DiskHealth, Health, Problem, ProductHealth
+from careline.shared.protocol import AGENT_PRODUCT, DiskHealth, Health, Problem, ProductHealth
 
 CRASH_LOOP_RESTARTS = 3
 CRASH_LOOP_WINDOW = 600.0
@@ -59,6 +60,7 @@ class Prober:
         self._io_errors: dict[str, int] = {}
         self._smart_failing: list[str] = []
         self._last_smart = -float("inf")
+        self._own_program = program_path() is not None  # a self-updatable agent
         psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
 
     def verify_now(self) -> dict[str, list[str]]:
@@ -87,6 +89,8 @@ class Prober:
             pid = procs[0].pid if procs else None
             products.append(ProductHealth(product.name, product_version(product), bool(procs), pid))
             problems += self._product_problems(product, pid, now)
+        if self._own_program:  # the agent itself, a product its releases update (issue 17)
+            products.append(ProductHealth(AGENT_PRODUCT, __version__, True, os.getpid()))
         memory = psutil.virtual_memory()
         boot = psutil.boot_time()
         return Health(
@@ -145,13 +149,15 @@ def smart_failures() -> list[str]:
         return []
     failing = []
     try:
-        scan = subprocess.run([smartctl, "--scan"], capture_output=True, text=True, timeout=30)
+        scan = subprocess.run([smartctl, "--scan"], capture_output=True, text=True, timeout=30,
+                              env=osx.child_env())
         for line in scan.stdout.splitlines():
             device = line.split(" ", 1)[0]
             if not device.startswith(("/dev/", "\\\\.\\")):
                 continue
             health = subprocess.run(
-                [smartctl, "-H", device], capture_output=True, text=True, timeout=30
+                [smartctl, "-H", device], capture_output=True, text=True, timeout=30,
+                env=osx.child_env(),
             )
             # Bit 3 of smartctl's exit status: "disk failing".
             if health.returncode & 0b1000:

@@ -32,6 +32,11 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
+    # Web console and REST API (HOST:PORT, same TLS certificate); empty: not served.
+    web: str = ""
+    # Shown on care reports: the vendor's name and logo (a PNG or SVG file).
+    vendor_name: str = "Careline"
+    vendor_logo: str = ""
     # A technician connection with no request for this many seconds is closed.
     admin_idle_timeout: float = 900.0
 

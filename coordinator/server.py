@@ -202,6 +202,9 @@ class Coordinator:
         from careline.coordinator.rollouts import Rollouts
 
         self.rollouts = Rollouts(self)
+        from careline.coordinator.notify.sender import Notifier
+
+        self.notifier = Notifier(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -222,6 +225,7 @@ class Coordinator:
                 asyncio.create_task(self._sweep_offline_forever()),
                 asyncio.create_task(self.rollouts.run_forever()),
                 asyncio.create_task(self._prune_forever()),
+                asyncio.create_task(self.notifier.run_forever()),
             ]
             if self.relay is not None:  # other coordinator processes may share the database
                 tasks.append(asyncio.create_task(self._disconnect_revoked_forever()))
@@ -619,7 +623,7 @@ class Coordinator:
         with self._unauthenticated(ws, p.ADMIN_PATH):
             caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
-            await self._login_failed(ws)
+            await self._login_failed(peer_address(ws))
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
         # Technicians upload release packages: larger frames only once the token checked out.
@@ -643,10 +647,10 @@ class Coordinator:
         finally:
             self.admin_sessions.discard(session)
 
-    async def _login_failed(self, ws: ServerConnection) -> None:
+    async def _login_failed(self, source: str) -> None:
         """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
-        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
-        source = peer_address(ws)
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either. The
+        web console reports its failed sign-ins and API calls here too."""
         now = time.monotonic()
         since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
         if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
@@ -705,7 +709,15 @@ async def run_coordinator(
     db = Database(datadir.database_url(settings))
     try:
         await db.migrate()
-        await Coordinator(datadir, settings, db).run(stop, ready)
+        coordinator = Coordinator(datadir, settings, db)
+        if not settings.web:
+            await coordinator.run(stop, ready)
+            return
+        from careline.coordinator.web.serve import serve_web
+
+        async with asyncio.TaskGroup() as both:  # the web console shares the process and loop
+            both.create_task(coordinator.run(stop, ready))
+            both.create_task(serve_web(coordinator, settings.web, stop))
     finally:
         with contextlib.suppress(Exception):
             await db.close()

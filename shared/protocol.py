@@ -41,6 +41,9 @@ EVENT_KINDS = frozenset({
 
 ENROLL_PATH = "/enroll"
 AGENT_PATH = "/agent"
+# The product name of the agent's own releases (issue 17): the agent reports itself under it
+# and installs such a release by replacing its own program (careline.agent.selfupdate).
+AGENT_PRODUCT = "careline-agent"
 ADMIN_PATH = "/admin"
 
 

@@ -130,6 +130,10 @@ async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Ro
     return dict(row) if row else None
 
 
+async def set_technician_language(conn: AsyncConnection, name: str, language: str) -> None:
+    await conn.execute(technicians.update().where(technicians.c.name == name).values(language=language))
+
+
 async def active_token_hashes(conn: AsyncConnection, hashes: Iterable[str]) -> set[str]:
     """Which of these technician token hashes still belong to an unrevoked technician."""
     wanted = list(hashes)
