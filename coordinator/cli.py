@@ -238,6 +238,16 @@ def agents_replace(client: Any, as_json: bool, old: str, new: str) -> None:
     emit(client.call("agents.replace", old=old, new=new), as_json)
 
 
+@technician_command(agents, "distinct")
+@click.argument("old")
+@click.argument("new")
+def agents_distinct(client: Any, as_json: bool, old: str, new: str) -> None:
+    """OLD and NEW share hardware but are different PCs (a cloned disk): stop proposing them."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("agents.distinct", old=old, new=new), as_json)
+
+
 # ============================================================================ technicians
 @main.group(cls=CarelineGroup)
 def technicians() -> None:

@@ -533,6 +533,17 @@ class Coordinator:
         newer reports winning, and tried again."""
         if not (self._heartbeats or self._presence):
             return
+        stops, self._clean_stops = self._clean_stops, {}
+        hardware, self._hardware = self._hardware, {}
+        if stops or hardware:  # before the disconnects they explain: never seen offline
+            try:
+                async with self.db.transaction() as conn:
+                    await store.store_clean_stops(conn, stops)
+                    await store.store_hardware(conn, hardware)
+            except BaseException:
+                self._clean_stops = {**stops, **self._clean_stops}
+                self._hardware = {**hardware, **self._hardware}
+                raise
         received, self._heartbeats = self._heartbeats, {}
         presence, self._presence = self._presence, {}
         agent_ids = sorted(received.keys() | presence.keys())
@@ -547,17 +558,6 @@ class Coordinator:
         for agent_id, exc in failed.items():
             log.error("report of agent %s not stored: %s", agent_id,
                       safe_text((str(exc).splitlines() or [type(exc).__name__])[0], 300))
-        stops, self._clean_stops = self._clean_stops, {}
-        hardware, self._hardware = self._hardware, {}
-        if stops or hardware:  # after the disconnects: the machines are off, not offline
-            try:
-                async with self.db.transaction() as conn:
-                    await store.store_clean_stops(conn, stops)
-                    await store.store_hardware(conn, hardware)
-            except Exception:
-                self._clean_stops = {**stops, **self._clean_stops}
-                self._hardware = {**hardware, **self._hardware}
-                raise
 
     async def _write_isolating(
         self, agent_ids: list[str], received: dict[str, tuple[float, p.Health]],

@@ -204,6 +204,18 @@ async def replace_agent(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
     return {**agent_view(ctx, row), "replaced": new["id"], "note": note}
 
 
+@method("agents.distinct", "technician", ReplaceAgent)
+async def distinct_agents(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
+    """OLD and NEW share hardware but are different PCs: stop proposing them as a reinstall."""
+    from careline.coordinator.enrollment import mark_distinct
+
+    async with ctx.coordinator.db.transaction() as conn:
+        old = await store.get_agent(conn, p.old)
+        new = await store.get_agent(conn, p.new)
+        await mark_distinct(conn, old, new, actor=ctx.caller.name, now=ctx.now)
+    return {"old": old["id"], "new": new["id"], "distinct": True}
+
+
 # ----------------------------------------------------------------------------- technicians
 class AddTechnician(msgspec.Struct, forbid_unknown_fields=True):
     name: str

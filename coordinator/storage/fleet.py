@@ -19,6 +19,7 @@ from careline.coordinator.storage.schema import (
     agents,
     audit,
     customers,
+    distinct_machines,
     enrollment_tokens,
     events,
     sites,
@@ -283,6 +284,19 @@ async def store_hardware(
              for agent_id, hw in reports.items()])
 
 
+async def mark_distinct(
+    conn: AsyncConnection, old_id: str, new_id: str, by: str, now: dt.datetime
+) -> None:
+    """A technician found these two machines to be different PCs: stop proposing them."""
+    await conn.execute(insert_ignoring_duplicates(conn, distinct_machines).values(
+        old_id=old_id, new_id=new_id, decided_by=by, decided_at=now))
+
+
+async def distinct_pairs(conn: AsyncConnection) -> set[tuple[str, str]]:
+    query = sa.select(distinct_machines.c.old_id, distinct_machines.c.new_id)
+    return {(row.old_id, row.new_id) for row in await conn.execute(query)}
+
+
 async def count_seats(
     conn: AsyncConnection, contract_id: int, customer_id: int, default_contract: bool
 ) -> int:
@@ -438,10 +452,10 @@ async def store_presence(
 
 
 def is_off(row: Mapping[str, Any]) -> bool:
-    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline"."""
+    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline". (The
+    stop is stored before the disconnect it explains, so `connected` may still be set.)"""
     off, connected_at = row.get("off_at"), row.get("last_connected_at")
-    return (not row["connected"] and off is not None
-            and (connected_at is None or off >= connected_at))
+    return off is not None and (connected_at is None or off >= connected_at)
 
 
 async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.datetime]) -> None:

@@ -202,6 +202,15 @@ policy_overrides = sa.Table(
     sa.UniqueConstraint("target", "key", name="uq_policy_overrides_target_key"),
 )
 
+distinct_machines = sa.Table(
+    "distinct_machines",
+    metadata,
+    sa.Column("old_id", sa.String(40), sa.ForeignKey("agents.id"), primary_key=True),
+    sa.Column("new_id", sa.String(40), sa.ForeignKey("agents.id"), primary_key=True),
+    sa.Column("decided_by", sa.String(100), nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
+)
+
 customer_closures = sa.Table(
     "customer_closures",
     metadata,
