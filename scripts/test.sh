@@ -21,11 +21,13 @@ missing=()
 command -v pdftoppm >/dev/null || missing+=(poppler-utils)
 [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 ldconfig -p 2>/dev/null | grep libpangoft2 >/dev/null || missing+=(libpango-1.0-0 libpangoft2-1.0-0)
+# The scale-out test and bench/scale_out.py put Debian's HAProxy in front of two coordinators.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
     else
-        echo "missing system packages: ${missing[*]} (browser and PDF tests will skip or fail)"
+        echo "missing system packages: ${missing[*]} (browser, PDF and load-balancer tests will skip or fail)"
     fi
 fi
 

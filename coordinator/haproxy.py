@@ -1,0 +1,85 @@
+"""The HAProxy configuration for several `careline serve` processes behind one address
+(README "Scale-out"), as text: pure, so the test, the benchmark and the README use one.
+
+- TCP mode, TLS passed through: agents pin the coordinator's CA and sign its challenge
+  over that TLS session, so the proxy must not terminate it.
+- `balance leastconn`: agent connections are long-lived; round-robin would pile the
+  reconnects after one process's death onto whichever process comes next.
+- The health check completes a TLS handshake with each process (and checks its
+  certificate against the coordinator's CA). A frozen process's kernel still accepts TCP
+  connections, so a plain connect check would keep sending agents to it; the handshake
+  needs the process itself. The check runs every `min(interval / 2, 2 s)` and two failures
+  take a process out, so a frozen one is out before its agents give it up (they do within
+  two heartbeat intervals) and their reconnects go to a live one.
+- Idle timeouts above the technicians' idle limit: the coordinator decides when a quiet
+  connection is dead (keepalive, `missed_heartbeats`, `admin_idle_timeout`), not the proxy.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from careline.shared.errors import ConfigError
+
+
+def find_haproxy() -> str | None:
+    """The haproxy program (Debian puts it in /usr/sbin, often not on a user's PATH)."""
+    return shutil.which("haproxy") or next(
+        (str(p) for p in (Path("/usr/sbin/haproxy"), Path("/usr/local/sbin/haproxy")) if p.exists()), None)
+
+
+def check_interval_ms(heartbeat_interval: float) -> int:
+    """Milliseconds between health checks (also the check's timeout)."""
+    return max(100, round(min(heartbeat_interval / 2, 2.0) * 1000))
+
+
+def _host_port(value: str, what: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} {value!r} is not HOST:PORT")
+    return value
+
+
+def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
+                   heartbeat_interval: float = 30.0, admin_idle_timeout: float = 900.0,
+                   maxconn: int = 10_000) -> str:
+    """haproxy.cfg for agents and technicians reaching `backends` (coordinator processes'
+    HOST:PORT, one shared database) through `listen`; `ca_file` is the data dir's pki/ca.pem."""
+    _host_port(listen, "listen address")
+    if not backends:
+        raise ConfigError("at least one coordinator process (HOST:PORT) is needed")
+    if any(c in ca_file for c in " \n#"):
+        raise ConfigError(f"CA file path {ca_file!r} must not contain spaces or '#'")
+    if heartbeat_interval <= 0 or maxconn <= 0:
+        raise ConfigError("heartbeat interval and maxconn must be positive")
+    check = check_interval_ms(heartbeat_interval)
+    idle = max(60, int(admin_idle_timeout) + 60)
+    servers = [f"    server careline{i} {_host_port(b, 'coordinator address')}"
+               for i, b in enumerate(backends, 1)]
+    return "\n".join([
+        "global",
+        f"    maxconn {maxconn}",
+        "",
+        "defaults",
+        "    mode tcp",
+        "    timeout connect 5s",
+        f"    timeout client {idle}s",
+        f"    timeout server {idle}s",
+        f"    timeout check {check}ms",
+        "    option redispatch",
+        "    retries 2",
+        "",
+        "frontend careline",
+        f"    bind {listen}",
+        f"    maxconn {maxconn}",
+        "    default_backend coordinators",
+        "",
+        "backend coordinators",
+        "    balance leastconn",
+        f"    default-server check check-ssl verify required ca-file {ca_file} "
+        f"inter {check}ms fall 2 rise 2",
+        *servers,
+        "",
+    ])

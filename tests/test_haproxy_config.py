@@ -1,0 +1,67 @@
+"""The HAProxy configuration for a scale-out (coordinator/haproxy.py): pure text, checked
+here line by line and, when HAProxy is installed, by `haproxy -c` itself."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from careline.coordinator.haproxy import check_interval_ms, find_haproxy, haproxy_config
+from careline.coordinator.pki import create_pki
+from careline.shared.errors import ConfigError
+
+
+def lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def test_tcp_passthrough_leastconn_and_tls_health_check():
+    text = haproxy_config("0.0.0.0:8443", ["10.0.0.1:8443", "10.0.0.2:8443"],
+                          "/srv/careline/pki/ca.pem")
+    got = lines(text)
+    assert "mode tcp" in got
+    assert "bind 0.0.0.0:8443" in got  # no "ssl crt": the proxy does not terminate TLS
+    assert "balance leastconn" in got
+    assert ("default-server check check-ssl verify required ca-file /srv/careline/pki/ca.pem "
+            "inter 2000ms fall 2 rise 2") in got
+    assert got[-2:] == ["server careline1 10.0.0.1:8443", "server careline2 10.0.0.2:8443"]
+    assert "timeout client 960s" in got and "timeout server 960s" in got
+    assert "option redispatch" in got
+
+
+@pytest.mark.parametrize(("interval", "ms"), [(30.0, 2000), (4.0, 2000), (1.0, 500), (0.1, 100)])
+def test_a_frozen_process_is_out_before_its_agents_give_it_up(interval, ms):
+    assert check_interval_ms(interval) == ms
+    # Two failed checks, each at most one check interval long, after at most one interval.
+    assert 3 * ms / 1000 <= max(2 * interval, 0.3)
+
+
+def test_idle_timeouts_follow_the_technicians_idle_limit():
+    text = haproxy_config("127.0.0.1:1", ["127.0.0.1:2"], "/ca.pem", admin_idle_timeout=3600)
+    assert "timeout client 3660s" in lines(text)
+
+
+@pytest.mark.parametrize(("listen", "backends", "ca"), [
+    ("8443", ["127.0.0.1:1"], "/ca.pem"),
+    ("127.0.0.1:99999", ["127.0.0.1:1"], "/ca.pem"),
+    ("127.0.0.1:8443", [], "/ca.pem"),
+    ("127.0.0.1:8443", ["localhost"], "/ca.pem"),
+    ("127.0.0.1:8443", ["127.0.0.1:1"], "/my data/ca.pem"),
+])
+def test_bad_input_is_named(listen, backends, ca):
+    with pytest.raises(ConfigError):
+        haproxy_config(listen, backends, ca)
+
+
+@pytest.mark.skipif(find_haproxy() is None,
+                    reason="haproxy is not installed (scripts/test.sh installs Debian's package)")
+def test_haproxy_accepts_it(tmp_path):
+    create_pki(tmp_path / "pki", ["127.0.0.1"])  # a real CA file for `verify required`
+    ca = tmp_path / "pki" / "ca.pem"
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config("127.0.0.1:18443", ["127.0.0.1:18444", "127.0.0.1:18445"],
+                                     str(ca), maxconn=100))
+    result = subprocess.run([str(find_haproxy()), "-c", "-f", str(config)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
