@@ -95,6 +95,29 @@ def pki_renew(data: str | None, hostnames: tuple[str, ...], as_json: bool) -> No
                f"{expires:%Y-%m-%d}; restart `careline serve` to use it.")
 
 
+@main.command("haproxy-config")
+@data_option
+@click.option("--listen", default="0.0.0.0:8443", show_default=True,
+              help="HOST:PORT HAProxy takes agents and technicians on (public_url's port).")
+@click.option("--backend", "backends", multiple=True, required=True,
+              help="HOST:PORT of one `careline serve` process (repeatable).")
+@click.option("--maxconn", type=int, default=10_000, show_default=True,
+              help="Connections HAProxy holds (needs about 2 file descriptors each).")
+def haproxy_config_command(data: str | None, listen: str, backends: tuple[str, ...],
+                           maxconn: int) -> None:
+    """Print the HAProxy configuration for several processes on one PostgreSQL database
+    (TCP/TLS passthrough, leastconn, TLS health check timed from the heartbeat interval)."""
+    from careline.coordinator.datadir import DataDir, resolve
+    from careline.coordinator.haproxy import haproxy_config
+
+    datadir = DataDir(resolve(data)).require()
+    settings = datadir.settings()
+    click.echo(haproxy_config(listen, list(backends), str(datadir.ca_file),
+                              heartbeat_interval=settings.heartbeat_interval,
+                              admin_idle_timeout=settings.admin_idle_timeout, maxconn=maxconn),
+               nl=False)
+
+
 # ============================================================================ customers
 @main.group(cls=CarelineGroup)
 def customers() -> None:

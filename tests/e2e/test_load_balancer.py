@@ -17,8 +17,8 @@ import pytest
 
 from careline.agent.outbox import Outbox
 from careline.coordinator.datadir import DataDir
-from careline.coordinator.haproxy import find_haproxy, haproxy_config
-from tests.conftest import PYTHON, CoordinatorProcess, free_port, wait_for_port, wait_until
+from careline.coordinator.haproxy import find_haproxy
+from tests.conftest import PYTHON, CoordinatorProcess, free_port, run, wait_for_port, wait_until
 from tests.e2e.test_durability import events_of
 
 INTERVAL = 1.0  # heartbeat interval of the test coordinators
@@ -59,10 +59,13 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
     datadir = DataDir(first.data)
     datadir.write_settings(replace(datadir.settings(), public_url=proxy_url,
                                    max_unauthenticated_per_address=10_000))
+    # The configuration as a vendor gets it: `careline haproxy-config`.
     config = tmp_path / "haproxy.cfg"
-    config.write_text(haproxy_config(
-        f"127.0.0.1:{proxy_port}", [f"127.0.0.1:{first.port}", f"127.0.0.1:{second_port}"],
-        str(datadir.ca_file), heartbeat_interval=INTERVAL, maxconn=1000))
+    config.write_text(run([PYTHON, "-m", "careline.coordinator.cli", "haproxy-config",
+                           "--data", str(first.data), "--listen", f"127.0.0.1:{proxy_port}",
+                           "--backend", f"127.0.0.1:{first.port}",
+                           "--backend", f"127.0.0.1:{second_port}", "--maxconn", "1000"]).stdout)
+    assert "inter 500ms fall 2" in config.read_text()  # from the 1 s heartbeat interval
     first.start()
     with open(tmp_path / "coordinator2.log", "ab") as log:
         second = subprocess.Popen(
