@@ -95,3 +95,27 @@ def test_web_bench_smoke() -> None:
     assert (figures["machines"], figures["incidents"]) == (100, 200)
     for key in ("fleet_page", "incidents_page", "api_fleet_overview", "api_incidents_page"):
         assert figures[key]["requests"] == 3 and figures[key]["p95_ms"] > 0
+
+
+@pytest.mark.slow
+def test_scale_out_bench_smoke(pg_available: None) -> None:
+    """bench/scale_out.py: two coordinators behind HAProxy, a kill -9, every event stored once."""
+    from careline.coordinator.haproxy import find_haproxy
+    from tests.conftest import PG_ADMIN_URL
+
+    if find_haproxy() is None:
+        pytest.skip("haproxy is not installed (scripts/test.sh installs Debian's package)")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "scale_out.py"), "--agents", "20",
+         "--database", PG_ADMIN_URL, "--event-every", "2", "--json"],
+        capture_output=True, text=True, timeout=90, cwd=ROOT,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    figures = json.loads(result.stdout)
+    assert figures["connect"]["connected"] == 20
+    assert sum(figures["connect"]["held_per_process"]) == 20
+    assert [p["answers_with_rtt"] for p in figures["ping"].values()] == [20, 20]
+    assert figures["failover"]["back"] == figures["failover"]["agents_cut"] > 0
+    assert figures["events"]["emitted"] > 0
+    assert (figures["events"]["missing"], figures["events"]["duplicated"]) == (0, 0)
+    assert figures["online_at_end"] == 20
