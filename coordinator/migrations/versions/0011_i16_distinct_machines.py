@@ -6,7 +6,7 @@ from alembic import op
 from careline.coordinator.storage.schema import UTCDateTime
 
 revision = "i16_distinct_machines"
-down_revision = "i11_rollout_targeting"
+down_revision = "i15_web_console"
 
 
 def upgrade() -> None:
