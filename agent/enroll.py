@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 from websockets.asyncio.client import connect
@@ -24,20 +25,22 @@ from careline.shared.keys import (
 )
 from careline.shared.tls import first_contact_context
 
+ENROLL_TIMEOUT = 15.0  # for the connection, and again for each answer
+
 
 async def register(join: JoinString, public_key: bytes, *, hostname: str, os: str,
-                   products: list[str], open_timeout: float = 15,
+                   products: list[str], open_timeout: float = ENROLL_TIMEOUT,
                    hardware: dict[str, str] | None = None,
                    replaces: str = "", proxy: str | None = None) -> tuple[str, p.Enrolled]:
     """The /enroll exchange: check the coordinator against the CA the join string pins
     before the token leaves this machine, then register `public_key`. Returns that CA (PEM)
-    and the coordinator's answer."""
+    and the coordinator's answer. Every wait is bounded by `open_timeout` (TimeoutError)."""
     async with connect(
         join.server_url + p.ENROLL_PATH, ssl=first_contact_context(), compression=None,
         max_size=p.MAX_MESSAGE_BYTES, open_timeout=open_timeout, close_timeout=2,
         proxy=websocket_proxy(proxy),
     ) as ws:
-        identity = p.decode(await ws.recv(), p.ServerIdentity)
+        identity = p.decode(await asyncio.wait_for(ws.recv(), open_timeout), p.ServerIdentity)
         if cert_fingerprint(identity.ca_pem) != join.ca_fingerprint:
             raise AuthError("coordinator CA does not match the join string's fingerprint")
         leaf = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
@@ -47,7 +50,8 @@ async def register(join: JoinString, public_key: bytes, *, hostname: str, os: st
             agent_version=__version__, products=products, hardware=hardware or {},
             replaces=replaces,
         )))
-        return identity.ca_pem, p.decode(await ws.recv(), p.Enrolled)
+        return identity.ca_pem, p.decode(await asyncio.wait_for(ws.recv(), open_timeout),
+                                          p.Enrolled)
 
 
 async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig],
@@ -76,6 +80,9 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     except ConnectionClosed as exc:
         reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         raise AuthError(f"enrollment refused: {reason}") from None
+    except TimeoutError:
+        raise ConfigError(f"the coordinator at {join.server_url} did not answer within "
+                          f"{ENROLL_TIMEOUT:g}s; try again later") from None
     except OSError as exc:
         raise Unreachable(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
     from careline.agent.updater import store_enrollment_trust

@@ -47,6 +47,21 @@ class CoordinatorSilent(TimeoutError):
     """The coordinator stopped answering keepalive pings: the connection is given up."""
 
 
+async def keepalive(ws: ClientConnection, interval: float) -> None:
+    """Notice a coordinator that froze or vanished (power cut, SIGSTOP, dropped route)
+    within two heartbeat intervals: a ping every interval, unanswered for one more raises
+    CoordinatorSilent. TCP alone takes about 15 minutes to give up."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with asyncio.timeout(interval):
+                await (await ws.ping())
+        except TimeoutError:
+            ws.transport.abort()  # a frozen peer would not answer a close either
+            raise CoordinatorSilent(
+                f"coordinator silent for {interval:g}s (no pong); reconnecting") from None
+
+
 async def first_of(*coros: Coroutine[Any, Any, Any]) -> None:
     """Run `coros` until the first one returns or raises; the others are cancelled and
     awaited (a TaskGroup owns them), and the first one's exception, if any, is raised."""
@@ -181,7 +196,7 @@ class AgentRunner:
         from careline.agent.updater import Updater  # issue 6: recover interrupted installs first
 
         self.updater = Updater(self)
-        self.updater.start()
+        await self.updater.start()
         try:
             while not stop.is_set():
                 self._set_status("connecting")
@@ -227,6 +242,8 @@ class AgentRunner:
             self.attempt = 0
             self._set_status("connected", "")
             self.updater.confirm_self_update()
+            if await asyncio.to_thread(self.outbox.report_losses) is not None:
+                self._outbox_wakeup.set()  # what the bound folded or dropped while away
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)
             self._window = DeliveryWindow(OUTBOX_WINDOW)
             try:
@@ -250,17 +267,7 @@ class AgentRunner:
             await asyncio.sleep(self.interval)
 
     async def _keepalive(self, ws: ClientConnection) -> None:
-        """Notice a coordinator that froze or vanished (power cut, SIGSTOP, dropped route)
-        within two heartbeat intervals; TCP alone takes about 15 minutes to give up."""
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                async with asyncio.timeout(self.interval):
-                    await (await ws.ping())
-            except TimeoutError:
-                ws.transport.abort()  # a frozen peer would not answer a close either
-                raise CoordinatorSilent(
-                    f"coordinator silent for {self.interval:g}s (no pong); reconnecting") from None
+        await keepalive(ws, self.interval)
 
     def _forget_acked(self) -> None:
         acked, self._acked = self._acked, []

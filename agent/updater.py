@@ -262,13 +262,13 @@ class Updater:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        """At agent start: finish or roll back installs a crash interrupted, then schedule
-        periodic integrity checks."""
+    async def start(self) -> None:
+        """At agent start: finish or roll back installs a crash interrupted (in a thread:
+        hashing and the package's check command), then schedule periodic integrity checks."""
         self._loop = asyncio.get_running_loop()
         for product in self.config.products:
             try:
-                result = make_installer(self.state, product).recover()
+                result = await asyncio.to_thread(make_installer(self.state, product).recover)
             except CarelineError as exc:
                 log.error("recovering %s failed: %s", product.name, exc)
                 continue
@@ -548,8 +548,8 @@ class Updater:
         """Re-check installed files every verify_interval; report each new mismatch once."""
         while True:
             await asyncio.sleep(self.config.verify_interval)
-            try:
-                found = await asyncio.to_thread(self.runner.prober.verify_now)
+            try:  # the heartbeat's check may have hashed the trees already this round
+                found = await asyncio.to_thread(self.runner.prober.integrity)
             except Exception:
                 log.exception("periodic verification failed")
                 continue

@@ -68,6 +68,33 @@ def serve(data: str | None, listen: str | None, database: str | None, policy: st
     serve_forever(data, listen=listen, database=database, policy=policy, verbose=verbose, web=web)
 
 
+@main.group(cls=CarelineGroup)
+def pki() -> None:
+    """The coordinator's CA and TLS server certificate."""
+
+
+@pki.command("renew")
+@data_option
+@click.option("--hostname", "hostnames", multiple=True,
+              help="Names for the new certificate (default: the current one's).")
+@json_option
+def pki_renew(data: str | None, hostnames: tuple[str, ...], as_json: bool) -> None:
+    """Re-issue the server certificate under the same CA: no agent is re-enrolled.
+    A running coordinator uses it once restarted."""
+    from careline.coordinator.datadir import DataDir, resolve
+    from careline.coordinator.pki import issue_server_certificate
+
+    datadir = DataDir(resolve(data)).require()
+    expires = issue_server_certificate(datadir.pki, list(hostnames) or None)
+    if as_json:
+        from careline.coordinator.render import emit
+
+        emit({"expires": expires.isoformat(), "certificate": str(datadir.pki / "server.pem")}, True)
+        return
+    click.echo(f"New server certificate {datadir.pki / 'server.pem'}, valid until "
+               f"{expires:%Y-%m-%d}; restart `careline serve` to use it.")
+
+
 # ============================================================================ customers
 @main.group(cls=CarelineGroup)
 def customers() -> None:
@@ -708,8 +735,8 @@ def rollouts_list(client: Any, as_json: bool, open_only: bool) -> None:
     from careline.coordinator.render import emit
 
     emit(client.call("rollouts.list", open=open_only), as_json,
-         ("id", "product", "version", "kind", "status", "sent_waves", "targeted", "succeeded",
-          "failed", "not_covered", "reason"), title="rollouts")
+         ("id", "product", "version", "kind", "status", "sent_waves", "in_scope", "targeted",
+          "succeeded", "failed", "not_covered", "overdue", "reason"), title="rollouts")
 
 
 def _show_rollout(rollout: dict[str, Any], as_json: bool, not_covered: bool) -> None:

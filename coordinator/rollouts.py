@@ -159,8 +159,11 @@ class Rollouts:
                     needing.append(agent)  # new, perhaps renewed, or fallen behind
         if not needing:
             return changed
-        entitlements = await self.coordinator.desk.entitlements(
-            conn, needing, rollout["effective"], now)
+        # Covered on the effective date; once it has passed, covered now (a PC bought
+        # after the date is owed the update under today's warranty or package).
+        effective = rollout["effective"]
+        on = effective if effective and waves.days_until(effective, now) > 0 else None
+        entitlements = await self.coordinator.desk.entitlements(conn, needing, on, now)
         covered, rows = [], []
         for agent in needing:
             entitlement = entitlements[agent["id"]]

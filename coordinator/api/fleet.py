@@ -159,6 +159,9 @@ async def show_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
         row = await store.get_agent(conn, p.id)
         view = agent_view(ctx, row, full=True)
         view["recent_events"] = await store.list_events(conn, row["id"], limit=20)
+    quota = ctx.coordinator.quotas.get(row["id"])  # this process's count since it started
+    view["refused"] = {"over_quota": quota.refused if quota else 0,
+                       "unknown_kind_events": quota.unknown_kinds if quota else 0}
     return view
 
 

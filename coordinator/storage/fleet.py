@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -487,9 +487,12 @@ async def store_event(
 
 
 def beyond_newest(table: sa.Table, keep: int) -> sa.Select[Any]:
-    """Ids of each agent's rows older than its `keep` newest."""
+    """Ids of each agent's rows older than its `keep` newest (ranking only the rows of
+    agents over budget: the count per agent is an index scan)."""
+    over = sa.select(table.c.agent_id).group_by(table.c.agent_id).having(sa.func.count() > keep)
     ranked = sa.select(table.c.id, sa.func.row_number().over(
-        partition_by=table.c.agent_id, order_by=table.c.id.desc()).label("rank")).subquery()
+        partition_by=table.c.agent_id, order_by=table.c.id.desc()).label("rank")
+    ).where(table.c.agent_id.in_(over)).subquery()
     return sa.select(ranked.c.id).where(ranked.c.rank > keep)
 
 
@@ -500,6 +503,21 @@ async def prune_events(conn: AsyncConnection, keep_per_agent: int, older_than: d
     beyond = await conn.execute(events.delete().where(
         events.c.id.in_(beyond_newest(events, keep_per_agent))))
     return int(old.rowcount or 0) + int(beyond.rowcount or 0)
+
+
+async def store_events(
+    conn: AsyncConnection, agent_id: str,
+    batch: Sequence[tuple[int, str, dt.datetime, dict[str, Any]]], now: dt.datetime,
+) -> set[int]:
+    """Record a batch of one agent's (seq, kind, at, data) in one statement; returns the
+    seqs stored now (the others were stored before: re-sends)."""
+    if not batch:
+        return set()
+    rows = [{"agent_id": agent_id, "seq": seq, "kind": kind, "at": at, "received_at": now,
+             "data": data} for seq, kind, at, data in batch]
+    result = await conn.execute(
+        insert_ignoring_duplicates(conn, events).returning(events.c.seq), rows)
+    return {int(seq) for seq in result.scalars()}
 
 
 async def list_events(conn: AsyncConnection, agent_id: str, limit: int = 50) -> list[Row]:

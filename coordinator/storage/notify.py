@@ -148,7 +148,10 @@ async def claimable(conn: AsyncConnection, now: dt.datetime, fold_before: dt.dat
              .where(_claimable(now),
                     sa.or_(notifications.c.fold_key.is_(None),
                            notifications.c.created_at <= fold_before))
-             .order_by(notifications.c.id).limit(limit)
+             # Critical first: a backlog (a storm, a channel back from an outage) must not
+             # hold up a server room on fire.
+             .order_by(sa.case((notifications.c.severity == "critical", 0), else_=1),
+                       notifications.c.id).limit(limit)
              .with_for_update(skip_locked=True))
     rows = rows_of(await conn.execute(query))
     folds = {(r["recipient_id"], r["fold_key"]) for r in rows if r["fold_key"] and not r["delivery"]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import secrets
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CoordinatorProcess, wait_until
+from tests.conftest import PYTHON, CoordinatorProcess, run, wait_until
 from tests.notify.receivers import Mailbox, WebhookReceiver
 
 
@@ -134,16 +135,16 @@ def test_two_hundred_machines_offline_make_one_message(tmp_path, monkeypatch):
     secret = secrets.token_urlsafe(24)
     monkeypatch.setenv("HOOK_SECRET", secret)
     policy = tmp_path / "vendor-policy.toml"
-    policy.write_text("[machine]\noffline_incident_after_minutes = 0.05\n")  # 3 seconds
+    policy.write_text("[machine]\noffline_incident_after_minutes = 0.02\n")  # 1.2 seconds
     coord = CoordinatorProcess(tmp_path)
-    (coord.data / "notify.toml").write_text("poll_seconds = 0.2\nfold_window_seconds = 3.0\n")
+    (coord.data / "notify.toml").write_text("poll_seconds = 0.2\nfold_window_seconds = 2.0\n")
     coord.start("--policy", str(policy))
     try:
         with Mailbox() as mailbox, WebhookReceiver(secret) as hook:
             setup_channels(coord, mailbox, hook, "HOOK_SECRET", "incident.opened")
             asyncio.run(_enroll_offline(f"sqlite:///{coord.data / 'careline.db'}", "Minh Anh", 200))
             wait_until(lambda: hook.received and mailbox.messages, timeout=40)
-            time.sleep(3.0)
+            time.sleep(2.0)  # no second message
             assert len(hook.received) == 1 and len(mailbox.messages) == 1
             assert hook.received[0]["count"] == 200
             assert hook.received[0]["subject"] == "200 machines of Minh Anh offline"
@@ -178,7 +179,7 @@ async def _queue(db_url: str, customer: str, count: int) -> None:
 def test_two_coordinators_on_postgresql_send_each_notification_once(tmp_path, pg_url, monkeypatch):
     import subprocess
 
-    from tests.conftest import PYTHON, free_port, wait_for_port
+    from tests.conftest import free_port, wait_for_port
 
     secret = secrets.token_urlsafe(24)
     monkeypatch.setenv("HOOK_SECRET", secret)
@@ -205,3 +206,72 @@ def test_two_coordinators_on_postgresql_send_each_notification_once(tmp_path, pg
         second.terminate()
         second.wait(10)
         first.stop()
+
+
+def test_admin_commands_customer_optin_and_an_unhealthy_channel(tmp_path, monkeypatch):
+    """The CLI end to end: secrets only from the environment and never shown, a test
+    message, customer opt-in, and a failing channel that `notify status` names (exit 1) and
+    the audit records."""
+    secret = secrets.token_urlsafe(24)
+    coord = CoordinatorProcess(tmp_path)
+    (coord.data / "notify.toml").write_text(
+        "poll_seconds = 0.2\nunhealthy_after = 2\nbackoff_seconds = 0.5\n")
+    coord.start()
+    try:
+        with WebhookReceiver(secret) as hook:
+            missing = coord.cli("notify", "channels", "add", "ops-hook", "--kind", "webhook",
+                                "--url", hook.url, "--secret-env", "NO_SUCH_VAR", check=False)
+            assert missing.returncode == 1 and "NO_SUCH_VAR is not set" in missing.stderr
+            assert "Traceback" not in missing.stderr
+            monkeypatch.setenv("HOOK_SECRET", secret)
+            coord.cli("notify", "channels", "add", "ops-hook", "--kind", "webhook", "--url",
+                      hook.url, "--secret-env", "HOOK_SECRET", "--rate", "0")
+            tested = coord.cli("notify", "channels", "test", "ops-hook")
+            assert tested["ok"] and hook.received[-1]["event"] == "test"
+
+            with coord.client() as client:
+                client.call("customers.add", name="Minh Anh")
+                viewer = client.call("technicians.add", name="viewer1", role="viewer")["token"]
+                optin = client.call("notify.customers.optin", customer="Minh Anh",
+                                    channel="ops-hook", address="ketoan@minhanh.vn")
+                assert optin["route"]["events"] == "coverage.ending,update.installed,visit.created"
+                client.call("notify.recipients.add", name="ops", channel="ops-hook",
+                            language="en", workdays="mon,tue,wed,thu,fri,sat,sun",
+                            opens="00:00", closes="23:59")
+                client.call("notify.routes.add", recipient="ops", events="incident.opened",
+                            min_severity="critical")
+            assert "secret" not in json.dumps(coord.cli("notify", "recipients", "list"))
+            denied = coord.cli("notify", "routes", "add", "--recipient", "ops", token=viewer,
+                               check=False)
+            assert denied.returncode == 1 and "needs the admin role" in denied.stderr
+            assert coord.cli("notify", "status", token=viewer)["unhealthy"] == []
+            refused = coord.cli("notify", "channels", "remove", "ops-hook", check=False)
+            assert refused.returncode == 1 and "recipients use this channel" in refused.stderr
+
+            # The receiver breaks: a critical incident's message fails twice -> unhealthy.
+            hook.status = 500
+            agent_id = _enroll_one(coord)
+            coord.cli("incidents", "open", "--machine", agent_id, "--category", "other",
+                      "--severity", "critical", "--note", "server room flooded")
+            wait_until(lambda: coord.cli("notify", "status")["unhealthy"] == ["ops-hook"], timeout=20)
+            status = run([PYTHON, "-m", "careline.coordinator.cli", "notify", "status", "--data",
+                          str(coord.data)], check=False)  # for people: a table, and exit 1
+            assert status.returncode == 1 and "unhealthy channels: ops-hook" in status.stderr
+            assert any(a["action"] == "notify.channel.unhealthy" for a in coord.cli("audit"))
+            # ... and recovers: the retry is delivered once, the audit says so.
+            hook.status = 200
+            wait_until(lambda: any(m["event"] == "incident.opened" for m in hook.received),
+                       timeout=20)
+            wait_until(lambda: coord.cli("notify", "status")["unhealthy"] == [], timeout=10)
+            assert any(a["action"] == "notify.channel.recovered" for a in coord.cli("audit"))
+            # The visit went to the customer's contact, the incident to ops: both delivered once.
+            wait_until(lambda: [n["status"] for n in coord.cli("notify", "list")] == ["sent"] * 2)
+            assert sorted(m["event"] for m in hook.received if m["event"] != "test") == [
+                "incident.opened", "visit.created"]
+    finally:
+        coord.stop()
+
+
+def _enroll_one(coord: CoordinatorProcess) -> str:
+    asyncio.run(_enroll_offline(f"sqlite:///{coord.data / 'careline.db'}", "Minh Anh", 1))
+    return str(next(iter(coord.agents())))

@@ -252,3 +252,33 @@ async def test_channel_throttle_holds_the_rest_without_counting_an_attempt(setup
     held = next(r for r in rows if r["status"] == "pending")
     assert held["attempts"] == 0 and held["next_attempt_at"] > now() + dt.timedelta(seconds=50)
     assert len(setup.hook.received) == 2
+
+
+async def test_rollout_pause_and_job_results_name_their_machines(setup: Setup) -> None:
+    from careline.coordinator.notify.events import notify_job_result, notify_rollout
+
+    agent = await _machine(setup, now().date(), now())
+    rollout = {"id": 4, "product": "KeToan", "version": "2026.2", "effective": dt.date(2027, 1, 1),
+               "customer_id": None}
+    part = {"agent_id": agent["id"], "ref": "job-9-1", "product": "KeToan", "version": "2026.2"}
+    async with setup.db.transaction() as conn:
+        await notify_rollout(conn, "rollout.paused", rollout,
+                             [{"agent_id": agent["id"]}] * 40, "wave 2: 40 of 200 failed", now())
+        await notify_rollout(conn, "rollout.deadline_at_risk", rollout, [], "", now())  # none late
+        await notify_job_result(conn, part, "rolled_back", "check failed", now())
+        await notify_job_result(conn, part, "downloading", None, now())  # not a result
+    assert await setup.notifier.deliver_due(now() + dt.timedelta(minutes=1)) == 2
+    by_event = {m["event"]: m for m in setup.hook.received}
+    assert by_event["rollout.paused"]["subject"] == "Rollout 4 of KeToan 2026.2 paused"
+    assert "Machines affected: 40" in by_event["rollout.paused"]["text"]
+    assert by_event["job.failed"]["subject"] == "Update failed on KT-01 (Minh Anh)"
+    assert "Result: rolled back" in by_event["job.failed"]["text"]
+
+
+async def test_critical_goes_first_through_a_backlog(setup: Setup) -> None:
+    for n in range(6):
+        await setup.emit(key=f"b{n}", thread=f"incident:{n}", severity="high")
+    await setup.emit(key="fire", thread="incident:99", severity="critical")
+    async with setup.db.transaction() as conn:
+        first = await store.claimable(conn, now(), now(), limit=2)
+    assert [r["severity"] for r in first] == ["critical", "high"]
