@@ -30,10 +30,11 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
+from careline.agent.filelock import locked
+from careline.agent.platform import child_env
 from careline.shared.errors import ConfigError, Conflict, VerificationError
 from careline.shared.files import fsync_dir, write_file_atomic
 from careline.shared.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file, verify_tree
-from careline.shared.package import extract_package, parse_version
 
 if TYPE_CHECKING:
     from careline.shared.instruction import Instruction
@@ -111,10 +112,14 @@ class Installer:
         check_timeout: float = 300.0,
         stop_timeout: float = 60.0,
         step_hook: Callable[[str], None] | None = None,
+        lock_timeout: float = 600.0,
     ) -> None:
         self.layout = layout
         Path(state_dir).mkdir(parents=True, exist_ok=True)
         self._journal_path = Path(state_dir) / f"install-{layout.name}.json"
+        # Held for each install and recovery: the service and apply-bundle take turns.
+        self._lock_path = Path(state_dir) / f"install-{layout.name}.lock"
+        self._lock_timeout = lock_timeout
         self._running = product_running
         self._stop = stop_product
         self._start = start_product
@@ -154,7 +159,12 @@ class Installer:
     # public API
 
     def install(self, package: VerifiedPackage) -> InstallResult:
-        """Install (or reinstall) a package AgentTrust verified against its instruction."""
+        """Install (or reinstall) a package AgentTrust verified against its instruction.
+        Waits for (then holds) the product's install lock: Conflict if it stays taken."""
+        with locked(self._lock_path, self._lock_timeout, f"installing {self.layout.name}"):
+            return self._install_locked(package)
+
+    def _install_locked(self, package: VerifiedPackage) -> InstallResult:
         instr = package.instruction
         journal = self._load()
         if journal is not None and journal.state not in _TERMINAL:
@@ -181,6 +191,8 @@ class Installer:
         )
         self._set(journal, "staging")
         try:
+            from careline.shared.package import extract_package  # tarfile and gzip: only here
+
             _info, manifest = extract_package(package.path, self._staging)
             self._check_manifest(instr, manifest)
             self._fsync_tree(self._staging)
@@ -205,6 +217,10 @@ class Installer:
 
         Returns that job's result for the outbox, or None when nothing was pending.
         """
+        with locked(self._lock_path, self._lock_timeout, f"installing {self.layout.name}"):
+            return self._recover_locked()
+
+    def _recover_locked(self) -> InstallResult | None:
         journal = self._load()
         if journal is None:
             return None
@@ -253,6 +269,8 @@ class Installer:
         if installed.product != instr.product:
             return (f"{self._install} holds {installed.product}, not {instr.product}",
                     installed.version)
+        from careline.shared.package import parse_version
+
         try:
             older = parse_version(instr.version) <= parse_version(installed.version)
         except ConfigError as exc:
@@ -339,6 +357,7 @@ class Installer:
             done = subprocess.run(
                 argv, cwd=self._install, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, timeout=self._check_timeout, check=False,
+                env=child_env(),
             )
         except subprocess.TimeoutExpired:
             return f"check command timed out after {self._check_timeout:g}s"

@@ -22,11 +22,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from careline.agent.actions import perform
 from careline.agent.outbox import DeliveryWindow, Outbox
 from careline.agent.probes import Prober
-from careline.agent.state import AgentConfig, StateDir
+from careline.agent.signer import load_signer
+from careline.agent.state import AgentConfig, StateDir, websocket_proxy
 from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
-from careline.shared.keys import load_private_key, sign_challenge
+from careline.shared.keys import sign_challenge
 from careline.shared.tls import pinned_client_context
 
 log = logging.getLogger("careline.agent")
@@ -44,6 +45,21 @@ OUTBOX_WINDOW = 200
 
 class CoordinatorSilent(TimeoutError):
     """The coordinator stopped answering keepalive pings: the connection is given up."""
+
+
+async def keepalive(ws: ClientConnection, interval: float) -> None:
+    """Notice a coordinator that froze or vanished (power cut, SIGSTOP, dropped route)
+    within two heartbeat intervals: a ping every interval, unanswered for one more raises
+    CoordinatorSilent. TCP alone takes about 15 minutes to give up."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with asyncio.timeout(interval):
+                await (await ws.ping())
+        except TimeoutError:
+            ws.transport.abort()  # a frozen peer would not answer a close either
+            raise CoordinatorSilent(
+                f"coordinator silent for {interval:g}s (no pong); reconnecting") from None
 
 
 async def first_of(*coros: Coroutine[Any, Any, Any]) -> None:
@@ -117,7 +133,7 @@ class AgentRunner:
     def __init__(self, state: StateDir, config: AgentConfig | None = None) -> None:
         self.state = state
         self.config = config or state.load_config()
-        self.key = load_private_key(state.key_file)
+        self.key = load_signer(state.key_file)
         self.ssl = pinned_client_context(state.ca_file.read_text())
         self.outbox = Outbox(state.outbox_file)
         self.prober = Prober(self.config)
@@ -133,6 +149,8 @@ class AgentRunner:
         self._answering: set[asyncio.Task[None]] = set()
         self._window = DeliveryWindow(OUTBOX_WINDOW)  # this connection's events in flight
         self._acked: list[int] = []  # acknowledged, not yet deleted from the outbox
+        self.exit_code = 0  # entry.EXIT_RESTART after a self-update's switch
+        self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ status & events
     def _set_status(self, state: str | None = None, error: str | None = None) -> None:
@@ -166,12 +184,19 @@ class AgentRunner:
         )
 
     # ------------------------------------------------------------------ main loop
+    def request_restart(self, code: int) -> None:
+        """Stop, and exit with `code` so the service manager starts the (new) program."""
+        self.exit_code = code
+        if self._stop is not None:
+            self._stop.set()
+
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         self.check_power_loss()
         from careline.agent.updater import Updater  # issue 6: recover interrupted installs first
 
         self.updater = Updater(self)
-        self.updater.start()
+        await self.updater.start()
         try:
             while not stop.is_set():
                 self._set_status("connecting")
@@ -203,6 +228,7 @@ class AgentRunner:
         async with connect(
             self.config.server_url + p.AGENT_PATH, ssl=self.ssl, compression=None,
             max_size=p.MAX_MESSAGE_BYTES, open_timeout=20, close_timeout=2, ping_interval=None,
+            proxy=websocket_proxy(self.config.proxy),
         ) as ws:
             challenge = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Challenge)
             await ws.send(p.encode(p.Hello(
@@ -215,6 +241,9 @@ class AgentRunner:
             self.first_window = welcome.reconnect_window
             self.attempt = 0
             self._set_status("connected", "")
+            self.updater.confirm_self_update()
+            if await asyncio.to_thread(self.outbox.report_losses) is not None:
+                self._outbox_wakeup.set()  # what the bound folded or dropped while away
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)
             self._window = DeliveryWindow(OUTBOX_WINDOW)
             try:
@@ -238,17 +267,7 @@ class AgentRunner:
             await asyncio.sleep(self.interval)
 
     async def _keepalive(self, ws: ClientConnection) -> None:
-        """Notice a coordinator that froze or vanished (power cut, SIGSTOP, dropped route)
-        within two heartbeat intervals; TCP alone takes about 15 minutes to give up."""
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                async with asyncio.timeout(self.interval):
-                    await (await ws.ping())
-            except TimeoutError:
-                ws.transport.abort()  # a frozen peer would not answer a close either
-                raise CoordinatorSilent(
-                    f"coordinator silent for {self.interval:g}s (no pong); reconnecting") from None
+        await keepalive(ws, self.interval)
 
     def _forget_acked(self) -> None:
         acked, self._acked = self._acked, []

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import os
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from careline.shared.errors import ConfigError
 
@@ -32,14 +34,40 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
+    # Web console and REST API (HOST:PORT, same TLS certificate); empty: not served.
+    web: str = ""
+    # Shown on care reports: the vendor's name and logo (a PNG or SVG file).
+    vendor_name: str = "Careline"
+    vendor_logo: str = ""
     # A technician connection with no request for this many seconds is closed.
     admin_idle_timeout: float = 900.0
+    # Connections one address may hold open before authenticating, on each channel; 0 means
+    # the built-in caps (coordinator/quotas.py). Raise it when every agent arrives through
+    # one address (a TCP proxy without the PROXY protocol, a load test).
+    max_unauthenticated_per_address: int = 0
 
     def listen_host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigError(f"listen address {self.listen!r} is not HOST:PORT")
         return host.strip("[]"), int(port)
+
+
+def parse_settings(raw: dict[str, Any], source: str) -> Settings:
+    """Settings from a parsed careline.toml; an unknown key or a bad value is named."""
+    known = {f.name for f in fields(Settings)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown settings {sorted(unknown)}")
+    try:
+        settings = msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:  # "Expected `float`, got `str` - at `$.x`"
+        raise ConfigError(f"{source}: {exc}".replace("$.", "")) from None
+    for name, low in (("heartbeat_interval", 0.1), ("missed_heartbeats", 1),
+                      ("admin_idle_timeout", 1.0)):
+        if getattr(settings, name) < low:
+            raise ConfigError(f"{source}: {name} must be at least {low}")
+    return settings
 
 
 def resolve(data: str | os.PathLike[str] | None) -> Path:
@@ -85,12 +113,8 @@ class DataDir:
             raise ConfigError(f"{self.path} is not a Careline data dir; run `careline init`") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{self.settings_file}: {exc}") from None
-        known = {f.name for f in fields(Settings)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError(f"{self.settings_file}: unknown settings {sorted(unknown)}")
-        settings = Settings(**raw)
-        return replace(settings, **{k: v for k, v in overrides.items() if v not in (None, "")})
+        return replace(parse_settings(raw, str(self.settings_file)),
+                       **{k: v for k, v in overrides.items() if v not in (None, "")})
 
     def restrict_files(self) -> None:
         """careline.toml (may hold a database password), the SQLite database and its WAL,
@@ -106,9 +130,7 @@ class DataDir:
         return settings.database or f"sqlite:///{self.sqlite_file}"
 
     def write_settings(self, settings: Settings) -> None:
-        lines = []
-        for f in fields(Settings):
-            value = getattr(settings, f.name)
-            lines.append(f"{f.name} = {value!r}" if not isinstance(value, str) else
-                         f'{f.name} = "{value}"')
-        self.settings_file.write_text("\n".join(lines) + "\n")
+        """Written by a TOML library: a Windows path's backslashes stay what they are."""
+        import tomli_w
+
+        self.settings_file.write_text(tomli_w.dumps(asdict(settings)))

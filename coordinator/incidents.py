@@ -27,7 +27,7 @@ from careline.coordinator.policy.entitlement import (
     expiring,
 )
 from careline.coordinator.policy.offline import Presence, offline_check, silent_for
-from careline.coordinator.policy.overrides import PolicyLayers, chain
+from careline.coordinator.policy.overrides import OVERRIDE_LEVELS, PolicyLayers, chain
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
@@ -289,7 +289,8 @@ class IncidentDesk:
             "machine": {**dataclasses.asdict(machine), "offline_for": str(machine.offline_for)
                         if machine.offline_for else None},
             "fix_available": f"{fix[0]} {fix[1]}" if fix else None,
-            "policy": dict(sorted(policy.sources.items())),  # values not built in: who set them
+            # values a customer, site or machine override set, and which level
+            "policy": {k: v for k, v in sorted(policy.sources.items()) if v in OVERRIDE_LEVELS},
         }
         if decision.action in JOB_ACTIONS:
             facts.update(await self._job_for(conn, agent, incident, decision.action, fix, now))

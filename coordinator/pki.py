@@ -54,11 +54,28 @@ def create_pki(directory: Path, hostnames: list[str]) -> None:
         )
         .sign(ca_key, hashes.SHA256())
     )
+    _write_private(directory / "ca.key", ca_key)
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    issue_server_certificate(directory, hostnames)
+
+
+def issue_server_certificate(directory: Path, hostnames: list[str] | None = None) -> dt.datetime:
+    """A new server key and 825-day certificate signed by the existing CA, for `hostnames`
+    (default: the current certificate's). Agents pin the CA, so none is re-enrolled.
+    Written beside the old pair and renamed over it; returns the new expiry."""
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    if not hostnames:
+        current = x509.load_pem_x509_certificate((directory / "server.pem").read_bytes())
+        san = current.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        hostnames = [str(name.value) for name in san]
+    now = dt.datetime.now(dt.UTC)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -68,10 +85,13 @@ def create_pki(directory: Path, hostnames: list[str]) -> None:
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(directory / "ca.key", ca_key)
-    _write_private(directory / "server.key", server_key)
-    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.pem").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    for name in ("server.key.new", "server.pem.new"):
+        (directory / name).unlink(missing_ok=True)
+    _write_private(directory / "server.key.new", server_key)
+    (directory / "server.pem.new").write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(directory / "server.key.new", directory / "server.key")
+    os.replace(directory / "server.pem.new", directory / "server.pem")
+    return server_cert.not_valid_after_utc
 
 
 def server_context(directory: Path) -> ssl.SSLContext:

@@ -29,6 +29,7 @@ from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import updates as ustore
 from careline.coordinator.updates import create_job
 from careline.shared.errors import ConfigError, Conflict
+from careline.shared.protocol import AGENT_PRODUCT
 
 if TYPE_CHECKING:
     from careline.coordinator.server import Coordinator
@@ -158,8 +159,11 @@ class Rollouts:
                     needing.append(agent)  # new, perhaps renewed, or fallen behind
         if not needing:
             return changed
-        entitlements = await self.coordinator.desk.entitlements(
-            conn, needing, rollout["effective"], now)
+        # Covered on the effective date; once it has passed, covered now (a PC bought
+        # after the date is owed the update under today's warranty or package).
+        effective = rollout["effective"]
+        on = effective if effective and waves.days_until(effective, now) > 0 else None
+        entitlements = await self.coordinator.desk.entitlements(conn, needing, on, now)
         covered, rows = [], []
         for agent in needing:
             entitlement = entitlements[agent["id"]]
@@ -377,8 +381,10 @@ class Rollouts:
             customers[customer["id"]] = customer
             window = (waves.InstallWindow.parse(customer["install_window"])
                       if customer.get("install_window") else None)
-            running = any(p["name"] == rollout["product"] and p["running"]
-                          for p in (agent["health"] or {}).get("products", []))
+            # Updating the agent itself interrupts no one: its running never holds a wave back.
+            running = rollout["product"] != AGENT_PRODUCT and any(
+                p["name"] == rollout["product"] and p["running"]
+                for p in (agent["health"] or {}).get("products", []))
             decision = waves.install_window_open(
                 now, window, customer["timezone"], running,
                 rollout["effective"] or now.date() + dt.timedelta(days=365),

@@ -18,7 +18,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
-from careline.coordinator.quotas import AgentQuota, Gate
+from careline.coordinator.quotas import AgentQuota, Gate, caps_for
 from careline.coordinator.relay import CommandRelay
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
@@ -66,6 +66,9 @@ DRAIN_RATE = 200
 SHED_WINDOW = 10.0
 MAX_RETRY_AFTER = 60
 HEARTBEAT_FLUSH_SECONDS = 1.0
+# Events of one agent stored per transaction (one fsync), and how many may wait: an outbox
+# backlog of thousands is stored in seconds, not one commit per event.
+EVENT_BATCH, EVENT_QUEUE = 250, 1000
 # Per-agent storage budget: newest events kept per agent, and how long any event is kept;
 # newest diagnostics bundles kept per agent (each at most protocol.MAX_MESSAGE_BYTES / 2).
 EVENTS_KEPT_PER_AGENT = 10_000
@@ -121,6 +124,9 @@ class AgentLink:
     customer_id: int
     last_heard: float = field(default_factory=time.monotonic)
     connected_at: dt.datetime = field(default_factory=utcnow)
+    # Events received, waiting to be stored (in batches) and acknowledged, in order.
+    events: asyncio.Queue[p.Event] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
 
     async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
@@ -186,9 +192,8 @@ class Coordinator:
         self._clean_stops: dict[str, dt.datetime] = {}
         # agent id -> the hardware identity it said hello with, written with the clean stops
         self._hardware: dict[str, dict[str, str]] = {}
-        self.gate = Gate()
+        self.gate = Gate(caps_for(settings.max_unauthenticated_per_address))
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
-        self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
         self.admin_sessions: set[AdminSession] = set()
@@ -219,24 +224,24 @@ class Coordinator:
             open_timeout=HANDSHAKE_TIMEOUT, logger=logging.getLogger("careline.websockets"),
         ) as server:
             self.server = server
-            tasks = [
-                asyncio.create_task(self._flush_heartbeats_forever()),
-                asyncio.create_task(self._sweep_silent_forever()),
-                asyncio.create_task(self._sweep_offline_forever()),
-                asyncio.create_task(self.rollouts.run_forever()),
-                asyncio.create_task(self._prune_forever()),
-                asyncio.create_task(self.notifier.run_forever()),
-            ]
-            if self.relay is not None:  # other coordinator processes may share the database
-                tasks.append(asyncio.create_task(self._disconnect_revoked_forever()))
-            log.info("listening on %s:%s (%s)", host, port, self.public_url)
-            if ready is not None:
-                ready.set()
-            await stop.wait()
-            for task in tasks:
-                task.cancel()
+            # Owned by a TaskGroup: at stop they are cancelled and awaited (a flush cut
+            # short keeps its batch for the last one below).
+            async with asyncio.TaskGroup() as group:
+                loops = [self._flush_heartbeats_forever(), self._sweep_silent_forever(),
+                         self._sweep_offline_forever(), self.rollouts.run_forever(),
+                         self._prune_forever(), self.notifier.run_forever()]
+                if self.relay is not None:  # other coordinator processes may share the database
+                    loops.append(self._disconnect_revoked_forever())
+                tasks = [group.create_task(loop) for loop in loops]
+                log.info("listening on %s:%s (%s)", host, port, self.public_url)
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
+                for task in tasks:
+                    task.cancel()
             server.close(close_connections=True)
             await server.wait_closed()
+        await self.updates.close()
         if self.relay is not None:
             await self.relay.close()
         await self._flush_heartbeats()
@@ -375,6 +380,7 @@ class Coordinator:
         if link is None:
             return
         quota = self.quotas.setdefault(link.agent_id, AgentQuota())
+        storing = asyncio.create_task(self._store_events_forever(link))
         try:
             async for data in ws:
                 link.last_heard = time.monotonic()
@@ -390,19 +396,15 @@ class Coordinator:
                     return
                 await self._on_agent_message(link, message)
         finally:
+            storing.cancel()
+            await asyncio.gather(storing, return_exceptions=True)
             await self._forget(link)
 
     async def _on_agent_message(self, link: AgentLink, message: Any) -> None:
         if isinstance(message, p.Heartbeat):
             self._heartbeats[link.agent_id] = (time.time(), message.health)
         elif isinstance(message, p.Event):
-            if message.kind in p.EVENT_KINDS:
-                await self._store_event(link, message)
-            else:  # acknowledged, so the agent's outbox moves on; not stored
-                self.unknown_kinds += 1
-                log.warning("agent %s sent an event of unknown kind %r; not stored",
-                            link.agent_id, message.kind)
-            await link.ws.send(p.encode(p.Ack(seq=message.seq)))
+            await link.events.put(message)  # stored and acknowledged by _store_events_forever
         elif isinstance(message, (p.FetchMetadata, p.Download)):
             await self.updates.handle(link, message)
         elif isinstance(message, p.CommandResult):
@@ -412,17 +414,45 @@ class Coordinator:
         else:
             raise ProtocolError(f"unexpected {type(message).__name__} after hello")
 
-    async def _store_event(self, link: AgentLink, event: p.Event) -> None:
+    async def _store_events_forever(self, link: AgentLink) -> None:
+        """Store what the agent's connection received, as many events per transaction as
+        are waiting, and acknowledge each once committed. A failure closes the connection
+        (the agent re-sends what was not acknowledged)."""
+        try:
+            while True:
+                batch = [await link.events.get()]
+                while len(batch) < EVENT_BATCH and not link.events.empty():
+                    batch.append(link.events.get_nowait())
+                await self._store_events(link, batch)
+                for event in batch:
+                    await link.ws.send(p.encode(p.Ack(seq=event.seq)))
+        except ConnectionClosed:
+            pass
+        except Exception:
+            log.exception("storing events of agent %s failed; closing its connection", link.agent_id)
+            await link.ws.close(1011, "could not store events; retry later")
+
+    async def _store_events(self, link: AgentLink, batch: list[p.Event]) -> None:
+        known = []
+        for event in batch:
+            if event.kind in p.EVENT_KINDS:
+                known.append(event)
+            else:  # acknowledged, so the outbox moves on; not stored
+                self.quotas.setdefault(link.agent_id, AgentQuota()).unknown_kinds += 1
+                log.warning("agent %s sent an event of unknown kind %r; not stored",
+                            link.agent_id, event.kind)
+        if not known:
+            return
         now = utcnow()
-        at = dt.datetime.fromtimestamp(event.at, dt.UTC)
         async with self.db.transaction() as conn:
-            new = await store.store_event(
-                conn, agent_id=link.agent_id, seq=event.seq, kind=event.kind, at=at,
-                data=event.data, now=now,
-            )
-            if new:  # one transaction: stored, job moved on, incidents updated, or none
-                await self.updates.on_event(conn, link.agent_id, event, now)
-                await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
+            new = await store.store_events(conn, link.agent_id, [
+                (e.seq, e.kind, dt.datetime.fromtimestamp(e.at, dt.UTC), e.data) for e in known
+            ], now)
+            for event in known:
+                if event.seq in new:  # one transaction: stored, jobs moved on, incidents updated
+                    new.discard(event.seq)  # a seq twice in one batch counts once
+                    await self.updates.on_event(conn, link.agent_id, event, now)
+                    await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
 
     async def _forget(self, link: AgentLink) -> None:
         for future in link.pending.values():
@@ -503,6 +533,17 @@ class Coordinator:
         newer reports winning, and tried again."""
         if not (self._heartbeats or self._presence):
             return
+        stops, self._clean_stops = self._clean_stops, {}
+        hardware, self._hardware = self._hardware, {}
+        if stops or hardware:  # before the disconnects they explain: never seen offline
+            try:
+                async with self.db.transaction() as conn:
+                    await store.store_clean_stops(conn, stops)
+                    await store.store_hardware(conn, hardware)
+            except BaseException:
+                self._clean_stops = {**stops, **self._clean_stops}
+                self._hardware = {**hardware, **self._hardware}
+                raise
         received, self._heartbeats = self._heartbeats, {}
         presence, self._presence = self._presence, {}
         agent_ids = sorted(received.keys() | presence.keys())
@@ -516,18 +557,7 @@ class Coordinator:
             raise
         for agent_id, exc in failed.items():
             log.error("report of agent %s not stored: %s", agent_id,
-                      (str(exc).splitlines() or [type(exc).__name__])[0][:300])
-        stops, self._clean_stops = self._clean_stops, {}
-        hardware, self._hardware = self._hardware, {}
-        if stops or hardware:  # after the disconnects: the machines are off, not offline
-            try:
-                async with self.db.transaction() as conn:
-                    await store.store_clean_stops(conn, stops)
-                    await store.store_hardware(conn, hardware)
-            except Exception:
-                self._clean_stops = {**stops, **self._clean_stops}
-                self._hardware = {**hardware, **self._hardware}
-                raise
+                      safe_text((str(exc).splitlines() or [type(exc).__name__])[0], 300))
 
     async def _write_isolating(
         self, agent_ids: list[str], received: dict[str, tuple[float, p.Health]],
@@ -623,7 +653,7 @@ class Coordinator:
         with self._unauthenticated(ws, p.ADMIN_PATH):
             caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
-            await self._login_failed(ws)
+            await self._login_failed(peer_address(ws))
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
         # Technicians upload release packages: larger frames only once the token checked out.
@@ -647,10 +677,10 @@ class Coordinator:
         finally:
             self.admin_sessions.discard(session)
 
-    async def _login_failed(self, ws: ServerConnection) -> None:
+    async def _login_failed(self, source: str) -> None:
         """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
-        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
-        source = peer_address(ws)
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either. The
+        web console reports its failed sign-ins and API calls here too."""
         now = time.monotonic()
         since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
         if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
@@ -684,10 +714,13 @@ class Coordinator:
             params = api.parse_params(found, request.params)
             ctx = api.Context(self, caller, utcnow())
             if found.streams:
-                stream: AsyncIterator[Any] = found.handler(ctx, params)  # type: ignore[assignment]
-                async for partial in stream:
-                    reply = p.Reply(id=request.id, result=p.to_builtins(partial), final=False)
-                    await ws.send(p.encode(reply))
+                stream: AsyncGenerator[Any, None] = found.handler(ctx, params)  # type: ignore[assignment]
+                # Closed at once if the technician goes away mid-stream: its finally blocks
+                # (timers, relayed commands) run now, not whenever the GC gets to it.
+                async with contextlib.aclosing(stream):
+                    async for partial in stream:
+                        reply = p.Reply(id=request.id, result=p.to_builtins(partial), final=False)
+                        await ws.send(p.encode(reply))
                 result = None
             else:
                 result = await found.handler(ctx, params)  # type: ignore[misc]
@@ -709,7 +742,15 @@ async def run_coordinator(
     db = Database(datadir.database_url(settings))
     try:
         await db.migrate()
-        await Coordinator(datadir, settings, db).run(stop, ready)
+        coordinator = Coordinator(datadir, settings, db)
+        if not settings.web:
+            await coordinator.run(stop, ready)
+            return
+        from careline.coordinator.web.serve import serve_web
+
+        async with asyncio.TaskGroup() as both:  # the web console shares the process and loop
+            both.create_task(coordinator.run(stop, ready))
+            both.create_task(serve_web(coordinator, settings.web, stop))
     finally:
         with contextlib.suppress(Exception):
             await db.close()

@@ -96,6 +96,23 @@ class PackageStore:
         return dest
 
 
+# An upload (`releases.upload` pieces) untouched this long was abandoned: its .part goes.
+UPLOAD_MAX_AGE_SECONDS = 24 * 3600.0
+PRUNE_UPLOADS_SECONDS = 3600.0
+
+
+def prune_uploads(directory: Path, now: float, max_age: float = UPLOAD_MAX_AGE_SECONDS) -> int:
+    """Delete abandoned upload pieces (`*.part` not written to for `max_age` seconds);
+    returns how many. A publish in progress keeps writing its file, so it is never old."""
+    removed = 0
+    for path in directory.glob("*.part") if directory.is_dir() else ():
+        with contextlib.suppress(FileNotFoundError):
+            if now - path.stat().st_mtime > max_age:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -266,8 +283,16 @@ class UpdateService:
     async def _sweep_forever(self) -> None:
         """Send jobs created elsewhere (e.g. by an incident decision) to connected agents,
         and every unfinished job to agents that connected since the last sweep."""
+        pruned_at = -PRUNE_UPLOADS_SECONDS
         while True:
             await asyncio.sleep(DISPATCH_SWEEP_SECONDS)
+            if time.monotonic() - pruned_at >= PRUNE_UPLOADS_SECONDS:
+                pruned_at = time.monotonic()
+                try:
+                    if removed := await asyncio.to_thread(prune_uploads, self.uploads, time.time()):
+                        log.info("removed %d abandoned package upload(s)", removed)
+                except OSError:
+                    log.exception("pruning abandoned uploads failed")
             reconnected, self._reconnected = self._reconnected, set()
             try:
                 await self.dispatch(statuses=("pending",))
@@ -276,6 +301,13 @@ class UpdateService:
             except Exception:
                 self._reconnected |= reconnected  # their jobs go out with the next sweep
                 log.exception("dispatching jobs failed; will retry")
+
+    async def close(self) -> None:
+        """At shutdown: stop the sweeper and the download streams, and wait for them."""
+        tasks = [t for t in (self._sweeper, *self._streams.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def on_agent_connected(self, link: AgentLink) -> None:
         """Called once an agent is authenticated: its unfinished jobs go out with the next
@@ -404,8 +436,9 @@ class UpdateService:
             return
         key = (link.agent_id, message.job)
         previous = self._streams.pop(key, None)
-        if previous is not None:
+        if previous is not None:  # stopped and awaited: no two streams of one job interleave
             previous.cancel()
+            await asyncio.gather(previous, return_exceptions=True)
         task = asyncio.create_task(
             self._stream(link, message.job, self.packages.path(release["sha256"]),
                          message.offset, length)
@@ -424,8 +457,8 @@ class UpdateService:
             async with self._slots:
                 with open(path, "rb") as f:
                     f.seek(offset)
-                    while offset < length:
-                        data = f.read(min(SEND_CHUNK, length - offset))
+                    while offset < length:  # disk reads off the event loop
+                        data = await asyncio.to_thread(f.read, min(SEND_CHUNK, length - offset))
                         if not data:
                             raise OSError(f"{path} is shorter than its release says")
                         await asyncio.wait_for(
@@ -433,7 +466,7 @@ class UpdateService:
                             SEND_STALL_SECONDS)
                         offset += len(data)
                         self.progress[job] = (offset, length)
-        except (ConnectionClosed, asyncio.CancelledError):
+        except ConnectionClosed:
             return
         except TimeoutError:
             log.warning("download %s stalled: %s read nothing for %.0f s; its slot is freed",
@@ -452,6 +485,8 @@ class UpdateService:
         if event.kind not in ("update_step", "update_result", "verify_result"):
             return
         ref = str(event.data.get("job", ""))
+        if not ref:
+            return
         row = await store.get_job_machine(conn, ref)
         if row is None or row["agent_id"] != agent_id:
             return

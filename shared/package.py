@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Literal
 
 import msgspec
+from packaging.version import Version
 
 from careline.shared.errors import ConfigError, VerificationError
 from careline.shared.manifest import (
@@ -65,11 +66,12 @@ class PackageInfo(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     notes: str | None = None
 
 
-def parse_version(version: str) -> tuple[int, ...]:
-    """Numeric dotted versions only, so "older than installed" has one meaning everywhere."""
+def parse_version(version: str) -> Version:
+    """Numeric dotted versions only, so "older than installed" has one meaning everywhere,
+    compared as `packaging` does: 2026.2 equals 2026.2.0 (a tuple would call it older)."""
     if not _VERSION.match(version):
         raise ConfigError(f"version {version!r} must be dotted numbers, e.g. 2025.1.3")
-    return tuple(int(part) for part in version.split("."))
+    return Version(version)
 
 
 def check_product_name(product: str) -> str:

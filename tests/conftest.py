@@ -220,7 +220,7 @@ class AgentProcess:
         # Its log goes to a file: an unread pipe fills up and blocks a chatty agent.
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [PYTHON, "-m", "careline.agent.cli", "run", "--state", str(self.state)],
+                [PYTHON, "-m", "careline.agent", "run", "--state", str(self.state)],
                 stdout=subprocess.DEVNULL, stderr=log, text=True, env=self.env,
             )
         return self

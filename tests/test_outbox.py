@@ -14,8 +14,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from careline.agent.outbox import DeliveryWindow, Outbox
-from careline.shared.protocol import Event
+from careline.agent.outbox import (
+    KEPT_KINDS,
+    MAX_AGE_SECONDS,
+    SUMMARY_KIND,
+    DeliveryWindow,
+    Outbox,
+)
+from careline.shared.protocol import EVENT_KINDS, Event
 
 
 @pytest.fixture
@@ -208,3 +214,82 @@ def test_window_never_has_more_than_its_size_in_flight_and_delivers_all_once(
 def test_window_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         DeliveryWindow(0)
+
+
+# ----------------------------------------------------------------------------- the bound
+def test_repeated_health_trouble_is_folded_into_the_waiting_event(path: Path) -> None:
+    box = Outbox(path)
+    first = box.put("disk_full", {"subject": "C:", "detail": "95%"}, now=100.0)
+    other = box.put("disk_full", {"subject": "D:", "detail": "91%"}, now=101.0)
+    for n, detail in enumerate(["96%", "97%", "98%"]):
+        assert box.put("disk_full", {"subject": "C:", "detail": detail}, now=102.0 + n) == first
+    events = {e.seq: e for e in box.pending()}
+    assert set(events) == {first, other}
+    assert events[first].data == {"subject": "C:", "detail": "98%", "repeats": 4, "first_at": 100.0}
+    assert events[first].at == 104.0  # the newest
+    assert box.losses() == {"folded": 3, "dropped": 0}
+    # Once delivered, the next one starts afresh.
+    box.ack(first)
+    assert box.put("disk_full", {"subject": "C:"}, now=200.0) > other
+    box.close()
+
+
+def test_bound_drops_oldest_droppable_never_results_integrity_or_power_loss(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import careline.agent.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "MAX_EVENTS", 10)
+    box = Outbox(path)
+    kept = [box.put(kind, {"n": i}, now=float(i)) for i, kind in enumerate(sorted(KEPT_KINDS))]
+    steps = [box.put("update_step", {"step": i}, now=10.0 + i) for i in range(20)]
+    remaining = [e.seq for e in box.pending(limit=100)]
+    assert len(remaining) == 10
+    assert remaining == kept + steps[-(10 - len(kept)):]  # the newest steps, every kept one
+    assert box.losses()["dropped"] == 20 - (10 - len(kept))
+    # Past the bound with only kept kinds: nothing is dropped (the bound yields).
+    more = [box.put("update_result", {"n": i}, now=50.0) for i in range(10)]
+    assert set(kept + more) <= {e.seq for e in box.pending(limit=100)}
+    box.close()
+
+
+def test_old_droppable_events_age_out(path: Path) -> None:
+    box = Outbox(path)
+    old_step = box.put("update_step", {}, now=0.0)
+    old_result = box.put("update_result", {}, now=0.0)
+    box.put("update_step", {}, now=MAX_AGE_SECONDS + 10.0)
+    seqs = {e.seq for e in box.pending()}
+    assert old_step not in seqs and old_result in seqs
+    assert box.losses()["dropped"] == 1
+    box.close()
+
+
+def test_losses_are_reported_once_as_an_event(path: Path) -> None:
+    box = Outbox(path)
+    assert box.report_losses() is None
+    box.put("disk_failing", {"subject": "sda"})
+    box.put("disk_failing", {"subject": "sda"})
+    seq = box.report_losses()
+    assert seq is not None
+    summary = next(e for e in box.pending() if e.seq == seq)
+    assert (summary.kind, summary.data) == (SUMMARY_KIND, {"folded": 1, "dropped": 0})
+    assert summary.kind in EVENT_KINDS  # the coordinator stores it
+    assert box.report_losses() is None  # counted once
+    box.close()
+
+
+def test_an_outbox_from_before_the_bound_is_upgraded(path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,"
+               " at REAL NOT NULL, data TEXT NOT NULL)")
+    db.execute("INSERT INTO outbox (kind, at, data) VALUES ('unclean_shutdown', 1.0, '{}')")
+    db.commit()
+    db.close()
+    box = Outbox(path)
+    assert [e.kind for e in box.pending()] == ["unclean_shutdown"]
+    box.put("disk_full", {"subject": "C:"})
+    box.put("disk_full", {"subject": "C:"})
+    assert len(box) == 2
+    box.close()

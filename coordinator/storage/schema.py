@@ -53,6 +53,7 @@ technicians = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
+    sa.Column("language", sa.String(5)),  # the web console's, once chosen
 )
 
 enrollment_tokens = sa.Table(
@@ -199,6 +200,15 @@ policy_overrides = sa.Table(
     sa.Column("set_by", sa.String(100), nullable=False),
     sa.Column("set_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("target", "key", name="uq_policy_overrides_target_key"),
+)
+
+distinct_machines = sa.Table(
+    "distinct_machines",
+    metadata,
+    sa.Column("old_id", sa.String(40), sa.ForeignKey("agents.id"), primary_key=True),
+    sa.Column("new_id", sa.String(40), sa.ForeignKey("agents.id"), primary_key=True),
+    sa.Column("decided_by", sa.String(100), nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
 )
 
 customer_closures = sa.Table(
@@ -444,4 +454,17 @@ notifications = sa.Table(
     sa.Column("sent_at", UTCDateTime),
     sa.Column("last_error", sa.Text),
     sa.Column("digest_id", sa.Integer),
+)
+
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("lang", sa.String(5), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("flash", sa.JSON, nullable=False),
 )

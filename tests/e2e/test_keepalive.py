@@ -7,7 +7,10 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.conftest import wait_until
+import pytest
+
+from careline.shared.errors import AuthError
+from tests.conftest import CoordinatorProcess, wait_until
 
 INTERVAL = 1.0  # the test coordinator's heartbeat interval
 
@@ -30,3 +33,20 @@ def test_agent_notices_a_frozen_coordinator_within_two_intervals(sqlite_coordina
     assert noticed <= 2 * INTERVAL + 0.25, f"noticed after {noticed:.2f}s"
     wait_until(lambda: agent.status()["connection"]["state"] == "connected", timeout=30)
     wait_until(lambda: coord.agents()[agent.agent_id]["status"] == "online")
+
+
+def test_idle_technician_connection_is_closed(tmp_path):
+    coord = CoordinatorProcess(tmp_path)
+    settings = coord.data / "careline.toml"
+    settings.write_text("".join(line for line in settings.read_text().splitlines(keepends=True)
+                                if not line.startswith("admin_idle_timeout"))
+                        + "admin_idle_timeout = 1.0\n")
+    coord.start()
+    try:
+        with coord.client() as client:
+            client.call("customers.list")
+            time.sleep(1.5)
+            with pytest.raises(AuthError, match="idle"):
+                client.call("customers.list")
+    finally:
+        coord.stop()

@@ -156,3 +156,15 @@ def test_reader_refuses_garbage(tmp_path: Path, data: bytes) -> None:
     path.write_bytes(data)
     with pytest.raises(VerificationError):
         read_package_info(path)
+
+
+def test_versions_compare_as_packaging_does() -> None:
+    """Issue 13: 2026.2 and 2026.2.0 are one version (a tuple compare called it older,
+    so a machine on 2026.2 was offered 2026.2.0 again and again)."""
+    from careline.coordinator.policy.waves import Standing, version_standing
+    from careline.shared.package import parse_version
+
+    assert parse_version("2026.2") == parse_version("2026.2.0")
+    assert parse_version("2026.10") > parse_version("2026.9.9")
+    assert version_standing(True, "2026.2", "2026.2.0") is Standing.CURRENT
+    assert version_standing(True, "2026.2", "2026.2.1") is Standing.BELOW

@@ -46,3 +46,23 @@ def test_hash_mismatch_refused(tmp_path: Path) -> None:
     with pytest.raises(VerificationError, match="sha256"):
         download.finish()
     assert download.offset == 0
+
+
+def test_abandoned_upload_pieces_are_pruned(tmp_path) -> None:
+    """Issue 13: a `releases.upload` never published left its .part file forever."""
+    import os
+    import time
+
+    from careline.coordinator.updates import UPLOAD_MAX_AGE_SECONDS, prune_uploads
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    now = time.time()
+    old, fresh, bundle = uploads / "a1.part", uploads / "b2.part", uploads / "x.careline-bundle"
+    for path in (old, fresh, bundle):
+        path.write_bytes(b"piece")
+    os.utime(old, (now - UPLOAD_MAX_AGE_SECONDS - 60,) * 2)
+    os.utime(bundle, (now - UPLOAD_MAX_AGE_SECONDS - 60,) * 2)
+    assert prune_uploads(uploads, now) == 1
+    assert not old.exists() and fresh.exists() and bundle.exists()
+    assert prune_uploads(tmp_path / "missing", now) == 0
