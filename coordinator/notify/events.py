@@ -110,9 +110,10 @@ async def incident_facts(conn: AsyncConnection, incident_id: int) -> dict[str, A
 
 async def notify_incident(conn: AsyncConnection, incident_id: int, kind: str, now: dt.datetime,
                           customer_calendar: BusinessCalendar | None = None,
-                          visit_id: int | None = None) -> None:
+                          visit_id: int | None = None, urgent_from: str = "critical") -> None:
     """An incident event (opened, escalated, updated, overdue) and, with `visit_id`, the visit
-    it created: customers who opted in hear of the visit; staff get one message."""
+    it created: customers who opted in hear of the visit; staff get one message.
+    `urgent_from`: the machine's `notify.urgent_from` (IncidentDesk.urgent_from)."""
     facts = await incident_facts(conn, incident_id)
     incident = await service.get_incident(conn, incident_id)
     open_now = customer_calendar is None or policy.is_open(customer_calendar, now)
@@ -122,12 +123,13 @@ async def notify_incident(conn: AsyncConnection, incident_id: int, kind: str, no
     await notify(conn, policy.Event(
         kind, f"incident:{incident_id}:{kind.split('.')[1]}{suffix}", incident["severity"], facts,
         customer_id=incident["customer_id"], thread=f"incident:{incident_id}",
-        incident_kind=incident["kind"]), now, customer_open=open_now)
+        incident_kind=incident["kind"], urgent_from=urgent_from), now, customer_open=open_now)
     if visit_id is not None:
         await notify(conn, policy.Event(
             "visit.created", f"visit:{visit_id}:created", incident["severity"],
             {**facts, "visit": visit_id}, customer_id=incident["customer_id"],
-            thread=f"incident:{incident_id}", incident_kind=incident["kind"]), now)
+            thread=f"incident:{incident_id}", incident_kind=incident["kind"],
+            urgent_from=urgent_from), now)
 
 
 async def notify_job_result(conn: AsyncConnection, part: dict[str, Any], outcome: str,

@@ -62,12 +62,21 @@ class Event:
     customer_id: int | None = None
     thread: str = ""  # e.g. "incident:12": one immediate notification per thread
     incident_kind: str = ""  # the incident kind (disk_failing, agent_offline, ...) if any
+    # From this severity on it goes out at once, quiet hours or not: the machine's
+    # `notify.urgent_from` policy value (a contract may make "high" urgent).
+    urgent_from: str = "critical"
 
     def __post_init__(self) -> None:
         if self.kind not in EVENTS:
             raise ValueError(f"unknown notification event {self.kind!r}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"unknown severity {self.severity!r}")
+        if self.urgent_from not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.urgent_from!r}")
+
+    @property
+    def urgent(self) -> bool:
+        return SEVERITIES.index(self.severity) >= SEVERITIES.index(self.urgent_from)
 
     @property
     def fold_key(self) -> str | None:
@@ -159,6 +168,9 @@ def place(event: Event, recipient: Recipient, now: dt.datetime, *, thread_notifi
         return Placement("digest", now, "outside the customer's business hours")
     if event.severity == "critical":
         return Placement("pending", now, "critical: sent at once, quiet hours or not")
+    if event.urgent:
+        return Placement("pending", now, f"{event.severity}, urgent from {event.urgent_from} by"
+                                         " the customer's policy: sent at once, quiet hours or not")
     at = next_opening(recipient.calendar, now)
     return Placement("pending", at, "in business hours" if at == now else "quiet hours")
 

@@ -282,7 +282,10 @@ class Notifier:
             key = f"incident:{incident['id']}:overdue:{decision['due_at'].isoformat()}"
             if key not in self._periodic_done:
                 async with self.db.transaction() as conn:
-                    await notify_incident(conn, incident["id"], "incident.overdue", now)
+                    await notify_incident(
+                        conn, incident["id"], "incident.overdue", now,
+                        urgent_from=await self.coordinator.desk.urgent_from(
+                            conn, incident["agent_id"]))
                 self._periodic_done.add(key)
         for visit in late_visits:
             key = f"visit:{visit['id']}:overdue"

@@ -89,6 +89,7 @@ class Policy:
     kinds: Mapping[str, tuple[str, str]]
     rules: tuple[Rule, ...]
     install_window: InstallWindow | None = None  # None: any time the product is closed
+    urgent_from: str = "critical"  # incident notifications this severe ignore quiet hours
     # Where each value that is not the built-in default came from: key -> "vendor",
     # "customer", "site" or "machine" (see overrides.py), so decisions can say so.
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -274,6 +275,9 @@ def _policy(root: _Table) -> Policy:
     alerts.update((kind, AlertRule.event()) for kind in EVENT_KINDS)
 
     install_window = _install_window(root.table("rollouts"))
+    notify = root.table("notify")
+    urgent_from = notify.choice("urgent_from", SEVERITIES)
+    notify.done()
 
     kinds_table = root.table("kinds")
     kinds = {kind: _kind(kinds_table.table(kind)) for kind in KINDS}
@@ -295,6 +299,7 @@ def _policy(root: _Table) -> Policy:
         kinds=kinds,
         rules=rules,
         install_window=install_window,
+        urgent_from=urgent_from,
     )
 
 

@@ -27,8 +27,9 @@ from .config import Policy, build_policy, merge
 LEVELS = ("default", "vendor", "customer", "site", "machine")
 OVERRIDE_LEVELS = LEVELS[2:]
 # What may vary by customer: money, due times and their rules, alert thresholds, the
-# offline rules, install windows. Tiers, warranty and incident kinds are the vendor's product, not a contract.
-OVERRIDABLE = ("fees.", "due.", "machine.", "alerts.", "rollouts.", "rules[")
+# offline rules, install windows, when notifications ignore quiet hours. Tiers, warranty
+# and incident kinds are the vendor's product, not a contract.
+OVERRIDABLE = ("fees.", "due.", "machine.", "alerts.", "rollouts.", "notify.", "rules[")
 # The customer's own setting decides these (`careline customers add --timezone`).
 _NOT_OVERRIDABLE = {"due.timezone": "set the customer's time zone instead"}
 # What a rule does and by when may differ by contract; what it matches and says may not.

@@ -3,6 +3,7 @@ backoff, channel health, throttling and webhook signatures (pure code, no I/O)."
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -173,3 +174,27 @@ def test_fold_groups_and_stable_delivery_ids():
     groups = policy.fold_groups(rows)
     assert [[r["id"] for r in g] for g in groups] == [[2, 7], [3, 5], [4], [6]]
     assert [policy.delivery_id(g) for g in groups] == ["n2", "n3", "n4", "n6"]
+
+
+@pytest.mark.parametrize("severity", policy.SEVERITIES)
+@pytest.mark.parametrize("urgent_from", policy.SEVERITIES)
+def test_a_customer_policy_can_make_lower_severities_ignore_quiet_hours(severity, urgent_from):
+    """`notify.urgent_from` (per customer, site or machine): from that severity on an incident
+    notification goes out at once at night; below it, it waits for the opening."""
+    placed = policy.place(dataclasses.replace(event(severity=severity), urgent_from=urgent_from),
+                          STAFF, CLOSED, thread_notified=False)
+    urgent = policy.SEVERITIES.index(severity) >= policy.SEVERITIES.index(urgent_from)
+    assert placed.status == "pending"
+    assert (placed.not_before == CLOSED) == (urgent or severity == "critical")
+    if urgent and severity != "critical":
+        assert f"urgent from {urgent_from}" in placed.reason
+    # Inside business hours nothing changes; one message per incident still holds.
+    assert policy.place(dataclasses.replace(event(severity=severity), urgent_from=urgent_from),
+                        STAFF, OPEN, thread_notified=False).not_before == OPEN
+    assert policy.place(dataclasses.replace(event(severity=severity), urgent_from=urgent_from),
+                        STAFF, CLOSED, thread_notified=True).status == "digest"
+
+
+def test_urgent_from_must_be_a_severity():
+    with pytest.raises(ValueError, match="unknown severity"):
+        Event("incident.opened", "k", "high", {}, urgent_from="urgent")

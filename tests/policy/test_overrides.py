@@ -246,3 +246,13 @@ def test_value_agrees_with_the_whole_policy(levels, vendor_window):
     assert layers.value(WINDOW, by_target, 3, None, None) == (
         (LEVEL_VALUES["customer"], "customer") if "customer" in levels
         else (vendor_window or "any", "vendor" if vendor_window else "default"))
+
+
+def test_notify_urgent_from_is_overridable_and_checked():
+    assert LAYERS.resolve().urgent_from == "critical"
+    hospital = LAYERS.resolve([("customer", "notify.urgent_from", "high")])
+    assert hospital.urgent_from == "high" and hospital.source("notify.urgent_from") == "customer"
+    assert LAYERS.resolve([("customer", "notify.urgent_from", "high"),
+                           ("machine", "notify.urgent_from", "critical")]).urgent_from == "critical"
+    with pytest.raises(ConfigError, match=re.escape("notify.urgent_from")):
+        LAYERS.resolve([("site", "notify.urgent_from", "urgent")])
