@@ -44,6 +44,7 @@ from careline.shared.errors import ConfigError
 from careline.shared.package import parse_version
 
 __all__ = [
+    "ANY_TIME",
     "DEFAULT_TZ",
     "EXCUSED",
     "SETTLED",
