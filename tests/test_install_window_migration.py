@@ -14,7 +14,7 @@ from careline.coordinator.storage.db import Database
 NOW = dt.datetime(2026, 11, 30, 9, 0, tzinfo=dt.UTC)
 
 
-async def upgrade(db: Database, revision: str) -> None:
+async def upgrade(db: Database, revision: str, down: bool = False) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -23,7 +23,7 @@ async def upgrade(db: Database, revision: str) -> None:
         config.set_main_option(
             "script_location", str(resources.files("careline.coordinator") / "migrations"))
         config.attributes["connection"] = sync_conn
-        command.upgrade(config, revision)
+        (command.downgrade if down else command.upgrade)(config, revision)
 
     async with db.transaction() as conn:
         await conn.run_sync(run)
@@ -47,5 +47,13 @@ async def test_customer_windows_move_into_the_override_layer(database: str) -> N
                 lambda sync: sa.inspect(sync).get_columns("customers"))]
         assert found == {f"customer:{ids['Shop']}": {"rollouts.install_window": "18:00-07:00"}}
         assert "install_window" not in columns
+
+        # Downgrading puts the customer's window back in its column.
+        await upgrade(db, "i16_distinct_machines", down=True)
+        async with db.connect() as conn:
+            back = dict((await conn.execute(sa.text(
+                "SELECT name, install_window FROM customers"))).all())
+            left = await service.overrides_by_target(conn)
+        assert back == {"Shop": "18:00-07:00", "Clinic": None} and left == {}
     finally:
         await db.close()
