@@ -238,6 +238,10 @@ class Notifier:
         from careline.coordinator import care_report, i18n
 
         facts = first["facts"]
+        # A claim's lease is sized for sending text; a batch of PDFs takes longer.
+        async with self.db.transaction() as conn:
+            await store.extend_claim(conn, first["claim"], utcnow() + dt.timedelta(
+                seconds=self.settings.lease_seconds))
         data = await care_report.gather(self.coordinator, str(facts["customer_id"]),
                                         facts["month"], utcnow())
         overrides = self.coordinator.datadir.path / "templates"

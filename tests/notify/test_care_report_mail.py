@@ -26,6 +26,7 @@ from careline.coordinator.notify.sender import Notifier
 from careline.coordinator.policy.config import load_policy_data
 from careline.coordinator.policy.overrides import PolicyLayers
 from careline.coordinator.storage import fleet
+from careline.coordinator.storage import notify as store
 from careline.coordinator.storage.db import Database
 from tests.notify.receivers import Mailbox, WebhookReceiver
 
@@ -129,3 +130,25 @@ async def test_opted_in_customer_gets_last_months_report_once(world: World) -> N
     assert await restarted.care_reports(world.first + dt.timedelta(minutes=2)) == []
     assert await world.tick(restarted, world.first + dt.timedelta(days=1)) == 0
     assert len(world.mailbox.messages) == 1 and len(world.hook.received) == 2
+
+
+async def test_printing_a_report_renews_the_claims_lease(world: World) -> None:
+    """PDFs take seconds each: while a batch prints, the rest of the claim stays this process's
+    (another would take over rows whose lease ran out and send them twice)."""
+    notifier = world.coordinator.notifier
+    await notifier.periodic(world.first)
+    claimed_at = world.first - dt.timedelta(days=30)  # a lease that ran out long ago ...
+    groups = await notifier.claim(world.first + dt.timedelta(days=10))
+    async with world.coordinator.db.transaction() as conn:
+        await store.extend_claim(conn, groups[0][0]["claim"], claimed_at)
+    mail = next(g for g in groups if g[0]["recipient_id"] == 1)
+    async with world.coordinator.db.connect() as conn:
+        channel = await store.get_channel(conn, mail[0]["channel_id"])
+        recipient = await store.get_recipient(conn, mail[0]["recipient_id"])
+    attached = await notifier.attachments(channel, mail, recipient)
+    assert attached[0].data.startswith(b"%PDF")
+    # ... is renewed for every row of the claim when printing starts.
+    async with world.coordinator.db.connect() as conn:
+        rows = await store.list_notifications(conn, status="sending")
+    assert len(rows) == 3
+    assert all(r["claimed_until"] > utcnow() + dt.timedelta(seconds=30) for r in rows)
