@@ -1,4 +1,5 @@
-"""The sender: delivers the outbox, and queues the periodic messages (overdue, digests).
+"""The sender: delivers the outbox, and queues the periodic messages (overdue, digests,
+monthly care reports).
 
 One loop per coordinator process. Each round claims due notifications in a short
 transaction (status "sending", a claim id and a lease; PostgreSQL's SKIP LOCKED keeps

@@ -6,6 +6,7 @@ gets nothing. Mail goes to a real SMTP server (aiosmtpd), webhooks to a real HTT
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import io
 import os
@@ -104,6 +105,10 @@ async def test_opted_in_customer_gets_last_months_report_once(world: World) -> N
     # The day before the 1st: nothing is due.
     assert await world.tick(notifier, world.first - dt.timedelta(days=1)) == 0
 
+    # Two coordinator processes' notifiers queue it at the same moment: once.
+    other = Notifier(world.coordinator)
+    queued = await asyncio.gather(notifier.care_reports(world.first), other.care_reports(world.first))
+    assert sorted(queued[0] + queued[1]) == [(1, world.month), (2, world.month)]
     assert await world.tick(notifier, world.first) == 3  # Minh Anh's mail, two chat summaries
     assert len(world.mailbox.messages) == 1
     mail = world.mailbox.messages[0]
