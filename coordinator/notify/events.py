@@ -59,18 +59,26 @@ async def _routing(conn: AsyncConnection) -> tuple[list[dict[str, Any]], list[di
     return data
 
 
+def routing_policy(route_rows: list[dict[str, Any]], recipient_rows: list[dict[str, Any]],
+                   ) -> tuple[list[policy.Route], dict[int, policy.Recipient]]:
+    """Stored routes and recipients as the pure policy's values."""
+    recipients = {r["id"]: policy.Recipient(r["id"], recipient_calendar(r), r["customer_id"])
+                  for r in recipient_rows}
+    routes = [policy.Route(r["recipient_id"], policy.Route.parse_list(r["events"]),
+                           r["customer_id"], r["min_severity"], policy.Route.parse_list(r["kinds"]))
+              for r in route_rows]
+    return routes, recipients
+
+
 async def notify(conn: AsyncConnection, event: policy.Event, now: dt.datetime,
                  customer_open: bool = True) -> int:
-    """Queue `event` for every recipient a route sends it to; returns how many rows."""
+    """Queue `event` for every recipient a route sends it to; returns how many rows were new
+    (an event already queued, by this process or another, adds none)."""
     route_rows, recipient_rows = await _routing(conn)
     if not route_rows:
         return 0
     rows = {r["id"]: r for r in recipient_rows}
-    recipients = {rid: policy.Recipient(rid, recipient_calendar(r), r["customer_id"])
-                  for rid, r in rows.items()}
-    routes = [policy.Route(r["recipient_id"], policy.Route.parse_list(r["events"]),
-                           r["customer_id"], r["min_severity"], policy.Route.parse_list(r["kinds"]))
-              for r in route_rows]
+    routes, recipients = routing_policy(route_rows, recipient_rows)
     wanted = policy.recipients_for(routes, recipients, event)
     if not wanted:
         return 0
@@ -88,8 +96,7 @@ async def notify(conn: AsyncConnection, event: policy.Event, now: dt.datetime,
             "status": placement.status, "created_at": now,
             "next_attempt_at": placement.not_before,
         })
-    await store.insert_notifications(conn, inserts)
-    return len(inserts)
+    return await store.insert_notifications(conn, inserts)
 
 
 async def incident_facts(conn: AsyncConnection, incident_id: int) -> dict[str, Any]:
