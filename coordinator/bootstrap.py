@@ -35,6 +35,9 @@ def initialise(
     os.umask(0o077)  # everything in the data dir is the coordinator's alone
     datadir.path.mkdir(mode=0o700, parents=True, exist_ok=True)
     create_pki(datadir.pki, hostnames)
+    from careline.coordinator.updates import instruction_key
+
+    instruction_key(datadir.path)  # one key for every process and copy of this data dir
     admin_token = new_token("clt")
     local_token = new_token("clt")
     asyncio.run(_create_database(datadir, settings, admin_token, local_token))

@@ -1,5 +1,6 @@
 """The HAProxy configuration for several `careline serve` processes behind one address
-(README "Scale-out"), as text: pure, so the test, the benchmark and the README use one.
+(README "Scale-out"), as text from pure code, so `careline haproxy-config`, the test and
+the benchmark use one; `find_haproxy` only looks the program up.
 
 - TCP mode, TLS passed through: agents pin the coordinator's CA and sign its challenge
   over that TLS session, so the proxy must not terminate it.

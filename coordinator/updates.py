@@ -38,15 +38,15 @@ from careline.shared.errors import ConfigError, Conflict, NotFound, ProtocolErro
 from careline.shared.files import fsync_dir
 from careline.shared.instruction import Instruction, sign_instruction
 from careline.shared.keys import (
-    generate_key,
-    load_private_key,
+    load_or_create_private_key,
     public_bytes,
     root_pin,
-    save_private_key,
 )
 from careline.shared.trust import OnlineRepository
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from careline.coordinator.server import AgentLink, Coordinator
 
 log = logging.getLogger("careline.coordinator.updates")
@@ -220,6 +220,13 @@ def _reported_version(machine: dict[str, Any], product: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- service
+def instruction_key(data: Path) -> Ed25519PrivateKey:
+    """The key job instructions are signed with (agents learn it at enrollment): made by
+    `careline init`, so every process of a scale-out and every copy of the data dir has
+    the same one; data dirs from before get it at their first start."""
+    return load_or_create_private_key(data / "releases" / "instruction.key")
+
+
 class UpdateService:
     def __init__(self, coordinator: Coordinator) -> None:
         self.coordinator = coordinator
@@ -227,13 +234,7 @@ class UpdateService:
         self.repo = OnlineRepository(self.dir)
         self.packages = PackageStore(self.dir / "packages")
         self.uploads = self.dir / "uploads"
-        key_file = self.dir / "instruction.key"
-        if key_file.exists():
-            self.instruction_key = load_private_key(key_file)
-        else:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.instruction_key = generate_key()
-            save_private_key(self.instruction_key, key_file)
+        self.instruction_key = instruction_key(coordinator.datadir.path)
         # job ref -> (bytes sent, total): live progress for `jobs show`.
         self.progress: dict[str, tuple[int, int]] = {}
         self._streams: dict[tuple[str, str], asyncio.Task[None]] = {}

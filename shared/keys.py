@@ -13,6 +13,7 @@ import hmac
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -54,6 +55,28 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def load_or_create_private_key(path: Path, wait: float = 5.0) -> Ed25519PrivateKey:
+    """The key at `path`, made there first if there is none. Several processes starting at
+    once on one fresh data dir: one creates it (O_EXCL), the others wait up to `wait`
+    seconds for its content and load the same key."""
+    if not path.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = generate_key()
+        try:
+            save_private_key(key, path)
+            return key
+        except FileExistsError:
+            pass
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return load_private_key(path)
+        except ConfigError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

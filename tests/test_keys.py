@@ -6,6 +6,8 @@ import hashlib
 import os
 import ssl
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from careline.shared.keys import (
     cert_fingerprint,
     check_issued_by,
     generate_key,
+    load_or_create_private_key,
     load_private_key,
     new_token,
     public_bytes,
@@ -362,3 +365,34 @@ def test_pki_files_and_modes(pki: dict[str, Path]) -> None:
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     key = serialization.load_pem_private_key((pki["one"] / "server.key").read_bytes(), None)
     assert key.public_key().public_numbers() == leaf.public_key().public_numbers()  # type: ignore[union-attr]
+
+
+def test_processes_starting_at_once_share_one_created_key(tmp_path):
+    """Two coordinator processes on a fresh data dir: the second finds the file the first
+    created but has not written yet, waits, and loads the same key (it used to crash)."""
+    path = tmp_path / "releases" / "instruction.key"
+    first = load_or_create_private_key(path)
+    assert public_bytes(load_or_create_private_key(path)) == public_bytes(first)
+
+    racing = tmp_path / "racing.key"
+    racing.touch(mode=0o600)  # the other process's O_EXCL open, before its write
+    theirs = generate_key()
+
+    def write_late() -> None:
+        time.sleep(0.2)
+        racing.unlink()
+        save_private_key(theirs, racing)
+
+    writer = threading.Thread(target=write_late)
+    writer.start()
+    try:
+        assert public_bytes(load_or_create_private_key(racing)) == public_bytes(theirs)
+    finally:
+        writer.join()
+
+
+def test_a_key_that_never_arrives_is_an_error(tmp_path):
+    empty = tmp_path / "empty.key"
+    empty.touch()
+    with pytest.raises(ConfigError):
+        load_or_create_private_key(empty, wait=0.1)
