@@ -112,6 +112,7 @@ async def perform(command: p.Command, config: AgentConfig, state: StateDir) -> p
             data = await asyncio.to_thread(restart_product, config, state, action.product)
         else:  # pragma: no cover - the decoder admits only the actions above
             raise ConfigError(f"unsupported action {type(action).__name__}")
-    except (CarelineError, OSError, psutil.Error) as exc:
-        return p.CommandResult(id=command.id, ok=False, error=str(exc))
+        p.check_data(data)  # what the coordinator would refuse is an error here, not a kick
+    except (CarelineError, OSError, psutil.Error, ValueError) as exc:
+        return p.CommandResult(id=command.id, ok=False, error=str(exc)[:p.DETAIL])
     return p.CommandResult(id=command.id, ok=True, data=data)

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
-import logging.handlers
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,12 +13,22 @@ import click
 from careline.shared.errors import CarelineError, ConfigError
 
 
+class AgentError(click.ClickException):
+    """One line on stderr and the documented exit code (careline.agent.entry.exit_code)."""
+
+    def __init__(self, error: CarelineError) -> None:
+        from careline.agent.entry import exit_code
+
+        super().__init__(str(error))
+        setattr(self, "exit_code", exit_code(error))  # noqa: B010 (a ClassVar in click's stubs)
+
+
 class AgentGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CarelineError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise AgentError(exc) from None
 
 
 def _state(state: str | None, *, secure: bool = True) -> Any:
@@ -76,7 +82,7 @@ def _read_join(join_string: str | None, join_file: str | None) -> str:
 
 
 @main.command()
-@click.argument("join_string", required=False)
+@click.argument("join_string", required=False, envvar="CARELINE_JOIN")
 @click.option("--join-file", type=click.Path(dir_okay=False), default=None,
               help="Read the join string from this file (or pass `-` to read stdin).")
 @state_option
@@ -92,17 +98,27 @@ def _read_join(join_string: str | None, join_file: str | None) -> str:
               help="The product's log file (relative to its install dir), for diagnostics.")
 @click.option("--replaces", default="", metavar="MACHINE",
               help="This is a reinstall of that machine (id or hostname): keep its history.")
+@click.option("--proxy", default=None, metavar="URL",
+              help="Reach the coordinator through this proxy (http://host:port, socks5://...), "
+                   "or 'direct'; default: the OS / HTTPS_PROXY settings. Kept for `run`.")
+@click.option("--service", "as_service", is_flag=True,
+              help="Then install and start the agent as a system service (root/Administrator).")
 def enroll(join_string: str | None, join_file: str | None, state: str | None,
            products: tuple[str, ...],
            execs: tuple[str, ...], services: tuple[str, ...], datas: tuple[str, ...],
-           logs: tuple[str, ...], replaces: str) -> None:
-    """Register this machine with the coordinator named in JOIN_STRING (`-`: stdin)."""
+           logs: tuple[str, ...], replaces: str, proxy: str | None, as_service: bool) -> None:
+    """Register this machine with the coordinator named in JOIN_STRING (`-`: stdin; or
+    $CARELINE_JOIN)."""
     import shlex
 
     from careline.agent.enroll import enroll as do_enroll
     from careline.agent.state import ProductConfig
     from careline.shared.keys import JoinString
 
+    if as_service:  # before the token is spent
+        from careline.agent.platform import require_admin
+
+        require_admin()
     join = JoinString.parse(_read_join(join_string, join_file))
     install_dirs = _pairs(products, "--product")
     extras = {
@@ -128,12 +144,15 @@ def enroll(join_string: str | None, join_file: str | None, state: str | None,
         for name, directory in install_dirs.items()
     ]
     state_dir = _state(state)
-    config = asyncio.run(do_enroll(join, state_dir, configs, replaces))
+    config = asyncio.run(do_enroll(join, state_dir, configs, replaces, proxy=proxy))
     click.echo(f"Enrolled as {config.agent_id} (customer {config.customer_id}).")
     if not join.root_pin:
         click.echo("No update root pinned (join string made before release keys existed): "
                    "updates are refused until `careline-agent pin-root HASH`.")
-    click.echo(f"Start the agent with: careline-agent run --state {state_dir.path}")
+    if as_service:
+        _install_service(state_dir)
+    else:
+        click.echo(f"Start the agent with: careline-agent run --state {state_dir.path}")
 
 
 @main.command()
@@ -141,34 +160,10 @@ def enroll(join_string: str | None, join_file: str | None, state: str | None,
 @click.option("-v", "--verbose", is_flag=True, help="Log to the terminal too.")
 def run(state: str | None, verbose: bool) -> None:
     """Connect and report until stopped (SIGTERM/Ctrl-C stop it cleanly)."""
-    from careline.agent.runner import AgentRunner
+    # `careline-agent run` normally starts in careline.agent.entry without click at all.
+    from careline.agent.entry import run_agent
 
-    state_dir = _state(state)
-    config = state_dir.load_config()
-    handlers: list[logging.Handler] = [
-        logging.handlers.RotatingFileHandler(state_dir.log_file, maxBytes=1 << 20, backupCount=3)
-    ]
-    if verbose:
-        handlers.append(logging.StreamHandler())
-    logging.basicConfig(
-        level=logging.INFO, handlers=handlers,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    from careline.shared.logs import use_safe_formatter
-
-    use_safe_formatter()  # agents and clients choose some of what is logged
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-
-    async def main_loop() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):  # Windows: Ctrl-C raises instead
-                loop.add_signal_handler(signum, stop.set)
-        await AgentRunner(state_dir, config).run(stop)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main_loop())
+    sys.exit(run_agent(state, verbose))
 
 
 @main.command()
@@ -203,6 +198,77 @@ def pin_root(root_hash: str, state: str | None) -> None:
     state_dir.load_config()  # enrolled?
     do_pin(state_dir, root_hash)
     click.echo(f"Update root pinned: {root_hash.strip().lower()}")
+
+
+def _install_service(state_dir: Any) -> None:
+    from careline.agent import platform as osx
+    from careline.agent.service import program_path, service_spec
+
+    osx.require_admin()
+    spec = service_spec(state_dir, state_dir.load_config(), program=program_path(),
+                        verb="service-host" if osx.IS_WINDOWS else "run")
+    manager = osx.service_manager()
+    manager.install(spec)
+    manager.start(spec.name)
+    click.echo(f"Service {spec.name} installed and started: {' '.join(spec.command)}")
+
+
+@main.group(cls=AgentGroup)
+def service() -> None:
+    """Run the agent as a system service (systemd unit / Windows service); needs root/Administrator."""
+
+
+@service.command("install")
+@state_option
+def service_install(state: str | None) -> None:
+    """Install the service for this state dir (enrolled first), enable and start it."""
+    _install_service(_state(state))
+
+
+@service.command("uninstall")
+def service_uninstall() -> None:
+    """Stop and remove the service (the state dir and enrollment stay)."""
+    from careline.agent import platform as osx
+    from careline.agent.service import SERVICE_NAME
+
+    osx.require_admin()
+    osx.service_manager().uninstall(SERVICE_NAME)
+    click.echo(f"Service {SERVICE_NAME} removed.")
+
+
+@service.command("start")
+def service_start() -> None:
+    """Start the installed service."""
+    from careline.agent import platform as osx
+    from careline.agent.service import SERVICE_NAME
+
+    osx.require_admin()
+    osx.service_manager().start(SERVICE_NAME)
+
+
+@service.command("stop")
+def service_stop() -> None:
+    """Stop the service (it starts again at boot)."""
+    from careline.agent import platform as osx
+    from careline.agent.service import SERVICE_NAME
+
+    osx.require_admin()
+    osx.service_manager().stop(SERVICE_NAME)
+
+
+@service.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def service_status(as_json: bool) -> None:
+    """Whether the service is installed and running."""
+    from careline.agent import platform as osx
+    from careline.agent.service import SERVICE_NAME
+
+    info = {"service": SERVICE_NAME, **osx.service_manager().status(SERVICE_NAME)}
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        click.echo(f"{key:10} {value}")
 
 
 @main.command("apply-bundle")

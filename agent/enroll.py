@@ -6,13 +6,14 @@ import asyncio
 import socket
 
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidProxy
+from websockets.proxy import parse_proxy
 
 from careline.agent import platform as osx
-from careline.agent.state import AgentConfig, ProductConfig, StateDir
+from careline.agent.state import DIRECT, AgentConfig, ProductConfig, StateDir, websocket_proxy
 from careline.shared import __version__
 from careline.shared import protocol as p
-from careline.shared.errors import AuthError, ConfigError, VerificationError
+from careline.shared.errors import AuthError, ConfigError, Unreachable, VerificationError
 from careline.shared.keys import (
     JoinString,
     cert_fingerprint,
@@ -30,13 +31,14 @@ ENROLL_TIMEOUT = 15.0  # for the connection, and again for each answer
 async def register(join: JoinString, public_key: bytes, *, hostname: str, os: str,
                    products: list[str], open_timeout: float = ENROLL_TIMEOUT,
                    hardware: dict[str, str] | None = None,
-                   replaces: str = "") -> tuple[str, p.Enrolled]:
+                   replaces: str = "", proxy: str | None = None) -> tuple[str, p.Enrolled]:
     """The /enroll exchange: check the coordinator against the CA the join string pins
     before the token leaves this machine, then register `public_key`. Returns that CA (PEM)
     and the coordinator's answer. Every wait is bounded by `open_timeout` (TimeoutError)."""
     async with connect(
         join.server_url + p.ENROLL_PATH, ssl=first_contact_context(), compression=None,
         max_size=p.MAX_MESSAGE_BYTES, open_timeout=open_timeout, close_timeout=2,
+        proxy=websocket_proxy(proxy),
     ) as ws:
         identity = p.decode(await asyncio.wait_for(ws.recv(), open_timeout), p.ServerIdentity)
         if cert_fingerprint(identity.ca_pem) != join.ca_fingerprint:
@@ -53,9 +55,15 @@ async def register(join: JoinString, public_key: bytes, *, hostname: str, os: st
 
 
 async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig],
-                 replaces: str = "") -> AgentConfig:
+                 replaces: str = "", proxy: str | None = None) -> AgentConfig:
     """Register this PC. After a reinstall the coordinator recognises its hardware and
-    gives back the machine it was (`replaces` names it when a technician knows)."""
+    gives back the machine it was (`replaces` names it when a technician knows). `proxy`
+    (a URL or "direct") is kept for every later connection."""
+    if proxy is not None and proxy != DIRECT:
+        try:
+            parse_proxy(proxy)
+        except InvalidProxy as exc:
+            raise ConfigError(f"--proxy: {exc}") from None
     if state.enrolled():
         raise ConfigError(f"already enrolled in {state.path}; use another --state or remove it")
     osx.secure_state_dir(state.path)
@@ -68,7 +76,7 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
         ca_pem, enrolled = await register(
             join, public_bytes(key), hostname=socket.gethostname(), os=osx.os_description(),
             products=[product.name for product in products],
-            hardware=osx.hardware_identity(), replaces=replaces)
+            hardware=osx.hardware_identity(), replaces=replaces, proxy=proxy)
     except ConnectionClosed as exc:
         reason = exc.rcvd.reason if exc.rcvd else "connection lost"
         raise AuthError(f"enrollment refused: {reason}") from None
@@ -76,7 +84,7 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
         raise ConfigError(f"the coordinator at {join.server_url} did not answer within "
                           f"{ENROLL_TIMEOUT:g}s; try again later") from None
     except OSError as exc:
-        raise ConfigError(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
+        raise Unreachable(f"cannot reach the coordinator at {join.server_url}: {exc}") from None
     from careline.agent.updater import store_enrollment_trust
 
     try:
@@ -89,7 +97,7 @@ async def enroll(join: JoinString, state: StateDir, products: list[ProductConfig
     config = AgentConfig(
         agent_id=enrolled.agent_id, customer_id=enrolled.customer_id,
         server_url=join.server_url, heartbeat_interval=enrolled.heartbeat_interval,
-        products=products,
+        products=products, proxy=proxy,
     )
     state.save_config(config)  # written last: its presence means "enrolled"
     return config

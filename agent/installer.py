@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from careline.agent.filelock import locked
+from careline.agent.platform import child_env
 from careline.shared.errors import ConfigError, Conflict, VerificationError
 from careline.shared.files import fsync_dir, write_file_atomic
 from careline.shared.manifest import MANIFEST_NAME, Manifest, read_manifest, sha256_file, verify_tree
-from careline.shared.package import extract_package, parse_version
 
 if TYPE_CHECKING:
     from careline.shared.instruction import Instruction
@@ -191,6 +191,8 @@ class Installer:
         )
         self._set(journal, "staging")
         try:
+            from careline.shared.package import extract_package  # tarfile and gzip: only here
+
             _info, manifest = extract_package(package.path, self._staging)
             self._check_manifest(instr, manifest)
             self._fsync_tree(self._staging)
@@ -267,6 +269,8 @@ class Installer:
         if installed.product != instr.product:
             return (f"{self._install} holds {installed.product}, not {instr.product}",
                     installed.version)
+        from careline.shared.package import parse_version
+
         try:
             older = parse_version(instr.version) <= parse_version(installed.version)
         except ConfigError as exc:
@@ -353,6 +357,7 @@ class Installer:
             done = subprocess.run(
                 argv, cwd=self._install, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, timeout=self._check_timeout, check=False,
+                env=child_env(),
             )
         except subprocess.TimeoutExpired:
             return f"check command timed out after {self._check_timeout:g}s"

@@ -18,11 +18,24 @@ from pathlib import Path
 import psutil
 
 from careline.agent import platform as osx
+from careline.agent.service import program_path
 from careline.agent.state import AgentConfig, ProductConfig
 from careline.shared import __version__
 from careline.shared.errors import ConfigError
 from careline.shared.manifest import read_manifest, verify_tree
-from careline.shared.protocol import DiskHealth, Health, Problem, ProductHealth
+from careline.shared.protocol import (
+    AGENT_PRODUCT,
+    DETAIL,
+    MAX_DISKS,
+    MAX_PROBLEMS,
+    MAX_PRODUCTS,
+    NAME,
+    SHORT,
+    DiskHealth,
+    Health,
+    Problem,
+    ProductHealth,
+)
 
 CRASH_LOOP_RESTARTS = 3
 CRASH_LOOP_WINDOW = 600.0
@@ -61,6 +74,7 @@ class Prober:
         self._io_errors: dict[str, int] = {}
         self._smart_failing: list[str] = []
         self._last_smart = -float("inf")
+        self._own_program = program_path() is not None  # a self-updatable agent
         psutil.cpu_percent(interval=None)  # prime: the first reading is meaningless
 
     def verify_now(self) -> dict[str, list[str]]:
@@ -88,7 +102,7 @@ class Prober:
                 usage = psutil.disk_usage(mount)
             except OSError:
                 continue
-            disks.append(DiskHealth(mount, usage.total, usage.used, usage.percent))
+            disks.append(DiskHealth(mount[:NAME], usage.total, usage.used, usage.percent))
             if usage.percent >= self.config.disk_full_percent:
                 problems.append(Problem("disk_full", mount, f"{usage.percent:.0f}% used"))
         problems += [Problem("disk_failing", d, detail) for d, detail in self._disk_failures(now)]
@@ -96,16 +110,23 @@ class Prober:
         for product in self.config.products:
             procs = osx.product_processes(product)
             pid = procs[0].pid if procs else None
-            products.append(ProductHealth(product.name, product_version(product), bool(procs), pid))
+            version = product_version(product)
+            products.append(ProductHealth(product.name[:NAME], version and version[:SHORT],
+                                          bool(procs), pid))
             problems += self._product_problems(product, pid, now)
+        if self._own_program:  # the agent itself, a product its releases update (issue 17)
+            products.append(ProductHealth(AGENT_PRODUCT, __version__, True, os.getpid()))
         memory = psutil.virtual_memory()
         boot = psutil.boot_time()
+        # Within the coordinator's bounds (shared/protocol.py), or it refuses the heartbeat.
         return Health(
             cpu_percent=psutil.cpu_percent(interval=None),
             memory_total=memory.total, memory_used=memory.total - memory.available,
-            memory_percent=memory.percent, disks=disks, boot_time=boot,
-            uptime=time.time() - boot, os=osx.os_description(), agent_version=__version__,
-            products=products, problems=problems,
+            memory_percent=memory.percent, disks=disks[:MAX_DISKS], boot_time=boot,
+            uptime=time.time() - boot, os=osx.os_description()[:NAME],
+            agent_version=__version__, products=products[:MAX_PRODUCTS],
+            problems=[Problem(pr.kind, pr.subject[:NAME], pr.detail[:DETAIL])
+                      for pr in problems[:MAX_PROBLEMS]],
         )
 
     def _product_problems(self, product: ProductConfig, pid: int | None, now: float) -> list[Problem]:
@@ -156,13 +177,15 @@ def smart_failures() -> list[str]:
         return []
     failing = []
     try:
-        scan = subprocess.run([smartctl, "--scan"], capture_output=True, text=True, timeout=30)
+        scan = subprocess.run([smartctl, "--scan"], capture_output=True, text=True, timeout=30,
+                              env=osx.child_env())
         for line in scan.stdout.splitlines():
             device = line.split(" ", 1)[0]
             if not device.startswith(("/dev/", "\\\\.\\")):
                 continue
             health = subprocess.run(
-                [smartctl, "-H", device], capture_output=True, text=True, timeout=30
+                [smartctl, "-H", device], capture_output=True, text=True, timeout=30,
+                env=osx.child_env(),
             )
             # Bit 3 of smartctl's exit status: "disk failing".
             if health.returncode & 0b1000:

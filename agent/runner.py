@@ -22,11 +22,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from careline.agent.actions import perform
 from careline.agent.outbox import DeliveryWindow, Outbox
 from careline.agent.probes import Prober
-from careline.agent.state import AgentConfig, StateDir
+from careline.agent.signer import load_signer
+from careline.agent.state import AgentConfig, StateDir, websocket_proxy
 from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
-from careline.shared.keys import load_private_key, sign_challenge
+from careline.shared.keys import sign_challenge
 from careline.shared.tls import pinned_client_context
 
 log = logging.getLogger("careline.agent")
@@ -132,7 +133,7 @@ class AgentRunner:
     def __init__(self, state: StateDir, config: AgentConfig | None = None) -> None:
         self.state = state
         self.config = config or state.load_config()
-        self.key = load_private_key(state.key_file)
+        self.key = load_signer(state.key_file)
         self.ssl = pinned_client_context(state.ca_file.read_text())
         self.outbox = Outbox(state.outbox_file)
         self.prober = Prober(self.config)
@@ -148,6 +149,8 @@ class AgentRunner:
         self._answering: set[asyncio.Task[None]] = set()
         self._window = DeliveryWindow(OUTBOX_WINDOW)  # this connection's events in flight
         self._acked: list[int] = []  # acknowledged, not yet deleted from the outbox
+        self.exit_code = 0  # entry.EXIT_RESTART after a self-update's switch
+        self._stop: asyncio.Event | None = None
 
     # ------------------------------------------------------------------ status & events
     def _set_status(self, state: str | None = None, error: str | None = None) -> None:
@@ -181,7 +184,14 @@ class AgentRunner:
         )
 
     # ------------------------------------------------------------------ main loop
+    def request_restart(self, code: int) -> None:
+        """Stop, and exit with `code` so the service manager starts the (new) program."""
+        self.exit_code = code
+        if self._stop is not None:
+            self._stop.set()
+
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         self.check_power_loss()
         from careline.agent.updater import Updater  # issue 6: recover interrupted installs first
 
@@ -218,6 +228,7 @@ class AgentRunner:
         async with connect(
             self.config.server_url + p.AGENT_PATH, ssl=self.ssl, compression=None,
             max_size=p.MAX_MESSAGE_BYTES, open_timeout=20, close_timeout=2, ping_interval=None,
+            proxy=websocket_proxy(self.config.proxy),
         ) as ws:
             challenge = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Challenge)
             await ws.send(p.encode(p.Hello(
@@ -230,6 +241,7 @@ class AgentRunner:
             self.first_window = welcome.reconnect_window
             self.attempt = 0
             self._set_status("connected", "")
+            self.updater.confirm_self_update()
             if await asyncio.to_thread(self.outbox.report_losses) is not None:
                 self._outbox_wakeup.set()  # what the bound folded or dropped while away
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)

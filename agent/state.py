@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -45,6 +45,20 @@ class AgentConfig(msgspec.Struct, forbid_unknown_fields=True):
     # Re-check installed files against their manifests this often (seconds).
     verify_interval: float = 4 * 3600.0
     disk_full_percent: float = 90.0
+    # How to reach the coordinator: None follows the OS / environment proxy settings
+    # (HTTPS_PROXY, NO_PROXY; Windows Internet Options), "direct" ignores them, or an
+    # http(s):// or socks5:// proxy URL given with `enroll --proxy`.
+    proxy: str | None = None
+
+
+DIRECT = "direct"
+
+
+def websocket_proxy(setting: str | None) -> str | Literal[True] | None:
+    """`setting` as websockets' connect(proxy=...) takes it: True for the OS settings."""
+    if setting is None:
+        return True
+    return None if setting == DIRECT else setting
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from websockets.exceptions import ConnectionClosed
 
 from careline.agent import platform as osx
@@ -48,15 +47,17 @@ from careline.agent.state import AgentConfig, ProductConfig, StateDir
 from careline.shared import protocol as p
 from careline.shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
 from careline.shared.files import write_file_atomic
-from careline.shared.instruction import Instruction, verify_instruction
 from careline.shared.keys import root_pin
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from careline.agent.runner import AgentRunner
+    from careline.shared.instruction import Instruction
     from careline.shared.trust import PartialDownload, VerifiedPackage
 
-# shared.trust (python-tuf) is imported where it is used: an agent that is not installing
-# anything does not pay its start-up time and memory.
+# shared.trust (python-tuf), shared.instruction and cryptography are imported where they are
+# used: an agent that is not installing anything does not pay their start-up time and memory.
 
 log = logging.getLogger("careline.agent.updater")
 
@@ -143,6 +144,8 @@ def accept_first_root(state: StateDir, root: bytes | None) -> None:
 
 
 def instruction_key(state: StateDir) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         raw = (_updates_dir(state) / "instruction-key").read_bytes()
     except FileNotFoundError:
@@ -272,7 +275,22 @@ class Updater:
             if result is not None:
                 log.warning("recovered interrupted job %s: %s", result.job_id, result.outcome)
                 self._finish(result_data(result))
+        from careline.agent import selfupdate
+
+        interrupted = selfupdate.recover(self.state)
+        if interrupted is not None:
+            log.warning("self-update %s interrupted before its switch", interrupted["job"])
+            self._finish(interrupted)
         self._spawn(self._verify_forever())
+
+    def confirm_self_update(self) -> None:
+        """Connected: if this is the new program of a self-update, it worked."""
+        from careline.agent import selfupdate
+
+        result = selfupdate.confirm(self.state)
+        if result is not None:
+            log.info("self-update %s confirmed: now %s", result["job"], result["version"])
+            self._finish(result)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -381,6 +399,7 @@ class Updater:
                           "reason": repr(exc)})
 
     async def _install_job(self, job: str, action: Any) -> None:
+        from careline.shared.instruction import verify_instruction
         from careline.shared.trust import AgentTrust, PartialDownload
 
         instr = verify_instruction(instruction_key(self.state), action.instruction,
@@ -390,7 +409,9 @@ class Updater:
         wanted = "install" if isinstance(action, p.InstallPackage) else "reinstall"
         if instr.action != wanted:
             raise VerificationError(f"instruction says {instr.action}, the command {wanted}")
-        product = find_product(self.config, instr.product)
+        from careline.agent.selfupdate import SELF_PRODUCT
+
+        product = None if instr.product == SELF_PRODUCT else find_product(self.config, instr.product)
         await self._ensure_root()
         trust = AgentTrust(self.state.path, self._fetch_blocking)
         await asyncio.to_thread(trust.refresh)
@@ -398,6 +419,9 @@ class Updater:
         try:
             path = await self._download(job, instr)
             verified = await asyncio.to_thread(trust.verify_package, instr, path)
+            if product is None:
+                await self._hand_over(job, verified)
+                return
             result = await self._install(job, product, verified)
         except VerificationError:
             PartialDownload(self.state.path, instr).discard()
@@ -464,6 +488,24 @@ class Updater:
             return await asyncio.to_thread(partial.finish)
         finally:
             self._downloads.pop(job, None)
+
+    async def _hand_over(self, job: str, verified: VerifiedPackage) -> None:
+        """A new version of the agent itself: stage it, start the watchdog, switch, restart
+        (careline.agent.selfupdate). The result comes from the new program or the watchdog."""
+        from careline.agent import selfupdate
+        from careline.agent.entry import EXIT_RESTART
+        from careline.shared import __version__
+        from careline.shared.trust import PartialDownload
+
+        program = selfupdate.program_path()
+        if program is None:
+            raise ConfigError("this agent runs from a Python installation: update it with pip")
+        self._step(job, "handing_over", f"{__version__} -> {verified.instruction.version}")
+        await asyncio.to_thread(selfupdate.hand_over, self.state, verified, program,
+                                from_version=__version__, hook=_pause_hook(self.state))
+        PartialDownload(self.state.path, verified.instruction).discard()
+        log.warning("self-update %s switched to %s; restarting", job, verified.instruction.version)
+        self.runner.request_restart(EXIT_RESTART)
 
     async def _install(self, job: str, product: ProductConfig,
                        verified: VerifiedPackage) -> InstallResult:

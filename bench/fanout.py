@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from loopback import free_port, stop_processes
+from loopback import allow_one_address, free_port, stop_processes
 from measure import percentile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -142,6 +142,7 @@ def run(args: argparse.Namespace, root: Path, procs: Procs) -> dict[str, Any]:
          "--heartbeat-interval", str(args.heartbeat_interval), "--json"],
         capture_output=True, text=True, timeout=120, check=True, env=env)
     token = json.loads(init.stdout)["admin_token"]
+    allow_one_address(data)
     coordinator = procs.start([*command("careline"), "serve", "--data", str(data)],
                               root / "coordinator.log", env)
     deadline = time.monotonic() + 30

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from loopback import free_port, stop_processes
+from loopback import allow_one_address, free_port, stop_processes
 from measure import percentile
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
@@ -202,6 +202,7 @@ class CoordinatorProc:
         if result.returncode != 0:
             raise RuntimeError(f"careline init failed:\n{result.stdout}\n{result.stderr}")
         self.init_result = json.loads(result.stdout)
+        allow_one_address(self.data)
         self.admin_token: str = self.init_result["admin_token"]
         self.ca_pem = (self.data / "pki" / "ca.pem").read_text()
         self.database_url = database or f"sqlite:///{self.data / 'careline.db'}"

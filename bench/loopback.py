@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 
@@ -29,6 +30,15 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0)
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def allow_one_address(data: Path) -> None:
+    """A coordinator data dir whose caps on unauthenticated connections count per channel
+    only: every simulated agent connects from 127.0.0.1, as if through one proxy."""
+    settings = data / "careline.toml"
+    kept = [line for line in settings.read_text().splitlines()
+            if not line.startswith("max_unauthenticated_per_address")]
+    settings.write_text("\n".join([*kept, "max_unauthenticated_per_address = 100000", ""]))
 
 
 def stop_processes(procs: Iterable[subprocess.Popen[Any]], grace: float = 10.0) -> None:

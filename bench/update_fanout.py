@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from loopback import free_port, stop_processes, wait_for_port
+from loopback import allow_one_address, free_port, stop_processes, wait_for_port
 from measure import PeakRSS
 
 PYTHON = sys.executable
@@ -246,6 +246,7 @@ async def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     subprocess.run([PYTHON, "-m", "careline.coordinator.cli", "init", "--data", str(data), "--listen",
                     f"127.0.0.1:{port}", "--heartbeat-interval", "30", "--json"],
                    capture_output=True, check=True, timeout=120)
+    allow_one_address(data)
     procs: list[subprocess.Popen[Any]] = []
     try:
         with open(work / "serve.log", "w") as log:

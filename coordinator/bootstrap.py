@@ -72,7 +72,7 @@ async def _create_database(
 
 
 def serve_forever(data: str | None, *, listen: str | None, database: str | None,
-                  policy: str | None, verbose: bool) -> None:
+                  policy: str | None, verbose: bool, web: str | None = None) -> None:
     from careline.coordinator.server import run_coordinator
 
     logging.basicConfig(
@@ -91,7 +91,7 @@ def serve_forever(data: str | None, *, listen: str | None, database: str | None,
 
     logging.getLogger("careline.coordinator").info("Careline %s coordinator starting, data %s",
                                                    __version__, datadir.path)
-    settings = datadir.settings(listen=listen, database=database, policy=policy)
+    settings = datadir.settings(listen=listen, database=database, policy=policy, web=web)
     from careline.coordinator.policy.config import load_policy
 
     load_policy(Path(settings.policy) if settings.policy else None)  # refuse a bad file now

@@ -58,13 +58,14 @@ def init(
 @click.option("--listen", default=None, help="HOST:PORT (overrides the data dir's setting).")
 @click.option("--database", default=None, help="postgresql://... (overrides the setting).")
 @click.option("--policy", default=None, help="Vendor policy TOML merged over the defaults.")
+@click.option("--web", default=None, help="HOST:PORT for the web console and REST API (HTTPS).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection.")
 def serve(data: str | None, listen: str | None, database: str | None, policy: str | None,
-          verbose: bool) -> None:
+          web: str | None, verbose: bool) -> None:
     """Run the coordinator (websockets over TLS) until stopped."""
     from careline.coordinator.bootstrap import serve_forever
 
-    serve_forever(data, listen=listen, database=database, policy=policy, verbose=verbose)
+    serve_forever(data, listen=listen, database=database, policy=policy, verbose=verbose, web=web)
 
 
 @main.group(cls=CarelineGroup)
@@ -235,6 +236,16 @@ def agents_replace(client: Any, as_json: bool, old: str, new: str) -> None:
     from careline.coordinator.render import emit
 
     emit(client.call("agents.replace", old=old, new=new), as_json)
+
+
+@technician_command(agents, "distinct")
+@click.argument("old")
+@click.argument("new")
+def agents_distinct(client: Any, as_json: bool, old: str, new: str) -> None:
+    """OLD and NEW share hardware but are different PCs (a cloned disk): stop proposing them."""
+    from careline.coordinator.render import emit
+
+    emit(client.call("agents.distinct", old=old, new=new), as_json)
 
 
 # ============================================================================ technicians
@@ -427,6 +438,34 @@ def report_expiring(client: Any, as_json: bool, within: str) -> None:
 
     days = parse_duration(within).days
     emit(client.call("report.expiring", within_days=days), as_json, title="expiring coverage")
+
+
+@technician_command(report, "care", timeout=120.0)
+@click.option("--customer", required=True, help="Customer id or name.")
+@click.option("--month", required=True, help="YYYY-MM, the customer's local calendar month.")
+@click.option("--format", "fmt", type=click.Choice(["pdf", "html"]), default="pdf", show_default=True)
+@click.option("--lang", type=click.Choice(["vi", "en"]), default="vi", show_default=True)
+@click.option("--out", required=True, help="File to write.")
+def report_care(client: Any, as_json: bool, customer: str, month: str, fmt: str, lang: str,
+                out: str) -> None:
+    """The customer's monthly care report: coverage, incidents, updates, visits, renewal."""
+    from pathlib import Path
+
+    from careline.coordinator import care_report
+
+    data = client.call("report.care", customer=customer, month=month)
+    if fmt == "html":
+        Path(out).write_text(care_report.render_html(data, lang), encoding="utf-8")
+    else:
+        Path(out).write_bytes(care_report.render_pdf(data, lang))
+    if as_json:
+        from careline.coordinator.render import emit
+
+        emit({"out": out, "format": fmt, "lang": lang, "customer": data["customer"]["name"],
+              "month": month, "machines": len(data["machines"]),
+              "incidents": len(data["incidents"])}, True)
+    else:
+        click.echo(f"Wrote {out}")
 
 
 # ============================================================================ incidents
@@ -706,8 +745,8 @@ def rollouts_list(client: Any, as_json: bool, open_only: bool) -> None:
     from careline.coordinator.render import emit
 
     emit(client.call("rollouts.list", open=open_only), as_json,
-         ("id", "product", "version", "kind", "status", "sent_waves", "targeted", "succeeded",
-          "failed", "not_covered", "reason"), title="rollouts")
+         ("id", "product", "version", "kind", "status", "sent_waves", "in_scope", "targeted",
+          "succeeded", "failed", "not_covered", "overdue", "reason"), title="rollouts")
 
 
 def _show_rollout(rollout: dict[str, Any], as_json: bool, not_covered: bool) -> None:
@@ -797,6 +836,10 @@ from careline.coordinator.cli_release import jobs, push, release, releases  # no
 
 for _group in (release, releases, push, jobs):
     main.add_command(_group)
+
+from careline.coordinator.cli_notify import notify  # noqa: E402
+
+main.add_command(notify)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,17 @@ class Settings:
     missed_heartbeats: int = 3
     # Vendor policy file (TOML); empty means the built-in defaults.
     policy: str = ""
+    # Web console and REST API (HOST:PORT, same TLS certificate); empty: not served.
+    web: str = ""
+    # Shown on care reports: the vendor's name and logo (a PNG or SVG file).
+    vendor_name: str = "Careline"
+    vendor_logo: str = ""
     # A technician connection with no request for this many seconds is closed.
     admin_idle_timeout: float = 900.0
+    # Connections one address may hold open before authenticating, on each channel; 0 means
+    # the built-in caps (coordinator/quotas.py). Raise it when every agent arrives through
+    # one address (a TCP proxy without the PROXY protocol, a load test).
+    max_unauthenticated_per_address: int = 0
 
     def listen_host_port(self) -> tuple[str, int]:
         host, sep, port = self.listen.rpartition(":")

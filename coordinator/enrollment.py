@@ -140,12 +140,27 @@ async def replace(
     return note
 
 
+async def mark_distinct(
+    conn: AsyncConnection, old: Mapping[str, Any], new: Mapping[str, Any], *, actor: str,
+    now: dt.datetime,
+) -> None:
+    """A proposed pair are different PCs (a cloned disk image): no longer proposed."""
+    if old["id"] == new["id"]:
+        raise ConfigError("a machine is not distinct from itself")
+    first, second = sorted((old, new), key=lambda r: (r["enrolled_at"], r["id"]))
+    await store.mark_distinct(conn, first["id"], second["id"], actor, now)
+    await store.record_audit(conn, actor=actor, action="agent.distinct",
+                             target=f"agent:{second['id']}", detail={"not_a_reinstall_of":
+                                                                     first["id"]}, now=now)
+
+
 async def candidates(
     conn: AsyncConnection, customer_id: int | None = None
 ) -> list[dict[str, Any]]:
     """Machines enrolled on their own whose hardware matches an earlier machine of the same
     customer: possible reinstalls for a technician to link (or leave)."""
     rows = [r for r in await store.list_agents(conn, customer_id) if r["replaced_by"] is None]
+    distinct = await store.distinct_pairs(conn)
     found = []
     for new in rows:
         if new["revoked_at"] is not None:
@@ -154,6 +169,8 @@ async def candidates(
             if old["customer_id"] != new["customer_id"] or (
                     (old["enrolled_at"], old["id"]) >= (new["enrolled_at"], new["id"])):
                 continue  # each pair once, the earlier machine as the one reinstalled
+            if (old["id"], new["id"]) in distinct:
+                continue  # a technician said: different PCs
             fields = matched(store.hardware_of(new), store.hardware_of(old))
             if fields:
                 found.append({

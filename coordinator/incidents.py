@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from careline.coordinator.notify.events import notify_incident
 from careline.coordinator.policy.alerts import ConditionState, Transition, observe, touch
 from careline.coordinator.policy.calendar import BusinessCalendar
 from careline.coordinator.policy.config import WEEKDAYS, Policy
@@ -23,9 +24,10 @@ from careline.coordinator.policy.entitlement import (
     Entitlement,
     MaintenancePackage,
     entitlement_at,
+    expiring,
 )
 from careline.coordinator.policy.offline import Presence, offline_check, silent_for
-from careline.coordinator.policy.overrides import PolicyLayers, chain
+from careline.coordinator.policy.overrides import OVERRIDE_LEVELS, PolicyLayers, chain
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
@@ -168,6 +170,25 @@ class IncidentDesk:
             )
         return result
 
+    async def expiring_machines(
+        self, conn: AsyncConnection, within_days: int, now: dt.datetime,
+        customer_id: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Machines whose coverage ends within `within_days` with nothing booked after: whom
+        to offer a renewal (the expiring report, the weekly list to sales and customers)."""
+        rows = []
+        agents = [a for a in await store.list_agents(conn, customer_id) if a["revoked_at"] is None]
+        entitlements = await self.entitlements(conn, agents, None, now)
+        for agent in agents:
+            entitlement = entitlements[agent["id"]]
+            if expiring(entitlement, within_days):
+                rows.append({
+                    "customer": agent["customer"], "machine": agent["id"],
+                    "hostname": agent["hostname"], "coverage": entitlement.label,
+                    "ends_on": entitlement.ends_on, "days_left": entitlement.days_left,
+                })
+        return sorted(rows, key=lambda r: (r["days_left"], r["customer"]))
+
     # ------------------------------------------------------------------ incidents
     async def open_incident(
         self, conn: AsyncConnection, agent: dict[str, Any], *, kind: str, subject: str,
@@ -178,10 +199,13 @@ class IncidentDesk:
             "subject": subject, "category": category, "severity": severity, "status": "open",
             "opened_by": opened_by, "opened_at": now, "updated_at": now, "detail": detail,
         })
-        await self.decide(conn, incident_id, now)
+        decision = await self.decide(conn, incident_id, now)
         await store.record_audit(conn, actor=opened_by, action="incident.open",
                                  target=f"incident:{incident_id}",
                                  detail={"agent": agent["id"], "kind": kind}, now=now)
+        customer = await store.get_customer(conn, agent["customer_id"])
+        await notify_incident(conn, incident_id, "incident.opened", now,
+                              await load_calendar(conn, self.policy, customer), decision.get("visit"))
         return incident_id
 
     async def machine_state(
@@ -265,7 +289,8 @@ class IncidentDesk:
             "machine": {**dataclasses.asdict(machine), "offline_for": str(machine.offline_for)
                         if machine.offline_for else None},
             "fix_available": f"{fix[0]} {fix[1]}" if fix else None,
-            "policy": dict(sorted(policy.sources.items())),  # values not built in: who set them
+            # values a customer, site or machine override set, and which level
+            "policy": {k: v for k, v in sorted(policy.sources.items()) if v in OVERRIDE_LEVELS},
         }
         if decision.action in JOB_ACTIONS:
             facts.update(await self._job_for(conn, agent, incident, decision.action, fix, now))
@@ -276,19 +301,20 @@ class IncidentDesk:
             "due_at": decision.due_at, "rule": decision.rule, "reasons": list(decision.reasons),
             "facts": facts,
         })
+        visit_id = None  # a new work order (notified as visit.created)
         visit = await service.open_visit_of(conn, incident_id)
         if visit is not None and visit["action"] == decision.action:
             # Decided again (resumed, redecided): the same work order, with the new terms.
             await service.update_visit(conn, visit["id"], fee_vnd=decision.fee_vnd,
                                        due_at=decision.due_at)
         elif decision.action in ONSITE_ACTIONS:
-            await service.add_visit(conn, {
+            visit_id = await service.add_visit(conn, {
                 "incident_id": incident_id, "agent_id": agent["id"],
                 "customer_id": customer["id"], "action": decision.action,
                 "fee_vnd": decision.fee_vnd, "due_at": decision.due_at, "status": "open",
                 "created_at": now,
             })
-        return {"id": decision_id, **decision.to_dict(), "facts": facts}
+        return {"id": decision_id, **decision.to_dict(), "facts": facts, "visit": visit_id}
 
     async def touch(self, conn: AsyncConnection, incident_id: int) -> None:
         """A technician worked on the incident: it will no longer close by itself."""

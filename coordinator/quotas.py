@@ -65,7 +65,8 @@ class AgentQuota:
     events: TokenBucket = field(default_factory=lambda: TokenBucket(EVENT_BURST, EVENT_RATE))
     event_bytes: TokenBucket = field(
         default_factory=lambda: TokenBucket(EVENT_BYTES_BURST, EVENT_BYTES_RATE))
-    refused: int = 0  # messages refused over a limit, for logs and the soak bench
+    refused: int = 0  # messages refused over a limit (logged; `agents show` says how many)
+    unknown_kinds: int = 0  # events of a kind we do not know: acknowledged, not stored
 
     def admit(self, kind: str, size: int, now: float) -> str | None:
         """None if this message (of `kind`: "event" or another, `size` bytes encoded) is
@@ -101,6 +102,15 @@ DEFAULT_CAPS: dict[str, Caps] = {
     p.ENROLL_PATH: Caps(per_address=8, total=64),
     p.ADMIN_PATH: Caps(per_address=16, total=128),
 }
+
+
+def caps_for(per_address: int = 0) -> dict[str, Caps]:
+    """The default caps, or every channel's per-address cap set to `per_address` (if > 0),
+    never above that channel's total."""
+    if per_address <= 0:
+        return dict(DEFAULT_CAPS)
+    return {channel: Caps(min(per_address, caps.total), caps.total)
+            for channel, caps in DEFAULT_CAPS.items()}
 
 
 @dataclass

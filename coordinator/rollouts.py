@@ -22,12 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from careline.coordinator.notify.events import notify_rollout
 from careline.coordinator.policy import waves
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import updates as ustore
 from careline.coordinator.updates import create_job
 from careline.shared.errors import ConfigError, Conflict
+from careline.shared.protocol import AGENT_PRODUCT
 
 if TYPE_CHECKING:
     from careline.coordinator.server import Coordinator
@@ -157,8 +159,11 @@ class Rollouts:
                     needing.append(agent)  # new, perhaps renewed, or fallen behind
         if not needing:
             return changed
-        entitlements = await self.coordinator.desk.entitlements(
-            conn, needing, rollout["effective"], now)
+        # Covered on the effective date; once it has passed, covered now (a PC bought
+        # after the date is owed the update under today's warranty or package).
+        effective = rollout["effective"]
+        on = effective if effective and waves.days_until(effective, now) > 0 else None
+        entitlements = await self.coordinator.desk.entitlements(conn, needing, on, now)
         covered, rows = [], []
         for agent in needing:
             entitlement = entitlements[agent["id"]]
@@ -376,8 +381,10 @@ class Rollouts:
             customers[customer["id"]] = customer
             window = (waves.InstallWindow.parse(customer["install_window"])
                       if customer.get("install_window") else None)
-            running = any(p["name"] == rollout["product"] and p["running"]
-                          for p in (agent["health"] or {}).get("products", []))
+            # Updating the agent itself interrupts no one: its running never holds a wave back.
+            running = rollout["product"] != AGENT_PRODUCT and any(
+                p["name"] == rollout["product"] and p["running"]
+                for p in (agent["health"] or {}).get("products", []))
             decision = waves.install_window_open(
                 now, window, customer["timezone"], running,
                 rollout["effective"] or now.date() + dt.timedelta(days=365),
@@ -409,6 +416,9 @@ class Rollouts:
             for m in machines if m["state"] in ("failed", "timed_out")
         }
         await self.coordinator.desk.observe(conn, failed, now)
+        await notify_rollout(conn, "rollout.paused", rollout,
+                             [m for m in machines if m["state"] in ("failed", "timed_out")],
+                             reason, now)
         await store.record_audit(conn, actor=f"rollout:{rollout['id']}", action="rollout.pause",
                                  target=f"rollout:{rollout['id']}", detail={"reason": reason},
                                  now=now)
@@ -430,6 +440,8 @@ class Rollouts:
             for m in late
         }
         await self.coordinator.desk.observe(conn, checks, now)
+        await notify_rollout(conn, "rollout.deadline_at_risk", rollout, late,
+                             f"effective {rollout['effective']}", now)
         for machine in late:
             await rstore.set_machine(conn, machine["id"], deadline_incident=True)
 

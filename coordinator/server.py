@@ -36,7 +36,7 @@ from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
-from careline.coordinator.quotas import AgentQuota, Gate
+from careline.coordinator.quotas import AgentQuota, Gate, caps_for
 from careline.coordinator.relay import CommandRelay
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
@@ -192,9 +192,8 @@ class Coordinator:
         self._clean_stops: dict[str, dt.datetime] = {}
         # agent id -> the hardware identity it said hello with, written with the clean stops
         self._hardware: dict[str, dict[str, str]] = {}
-        self.gate = Gate()
+        self.gate = Gate(caps_for(settings.max_unauthenticated_per_address))
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
-        self.unknown_kinds = 0  # events acknowledged but not stored
         self._shed_since, self._shed_count = 0.0, 0
         self._command_ids = itertools.count(1)
         self.admin_sessions: set[AdminSession] = set()
@@ -208,6 +207,9 @@ class Coordinator:
         from careline.coordinator.rollouts import Rollouts
 
         self.rollouts = Rollouts(self)
+        from careline.coordinator.notify.sender import Notifier
+
+        self.notifier = Notifier(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -227,7 +229,7 @@ class Coordinator:
             async with asyncio.TaskGroup() as group:
                 loops = [self._flush_heartbeats_forever(), self._sweep_silent_forever(),
                          self._sweep_offline_forever(), self.rollouts.run_forever(),
-                         self._prune_forever()]
+                         self._prune_forever(), self.notifier.run_forever()]
                 if self.relay is not None:  # other coordinator processes may share the database
                     loops.append(self._disconnect_revoked_forever())
                 tasks = [group.create_task(loop) for loop in loops]
@@ -436,7 +438,7 @@ class Coordinator:
             if event.kind in p.EVENT_KINDS:
                 known.append(event)
             else:  # acknowledged, so the outbox moves on; not stored
-                self.unknown_kinds += 1
+                self.quotas.setdefault(link.agent_id, AgentQuota()).unknown_kinds += 1
                 log.warning("agent %s sent an event of unknown kind %r; not stored",
                             link.agent_id, event.kind)
         if not known:
@@ -531,6 +533,17 @@ class Coordinator:
         newer reports winning, and tried again."""
         if not (self._heartbeats or self._presence):
             return
+        stops, self._clean_stops = self._clean_stops, {}
+        hardware, self._hardware = self._hardware, {}
+        if stops or hardware:  # before the disconnects they explain: never seen offline
+            try:
+                async with self.db.transaction() as conn:
+                    await store.store_clean_stops(conn, stops)
+                    await store.store_hardware(conn, hardware)
+            except BaseException:
+                self._clean_stops = {**stops, **self._clean_stops}
+                self._hardware = {**hardware, **self._hardware}
+                raise
         received, self._heartbeats = self._heartbeats, {}
         presence, self._presence = self._presence, {}
         agent_ids = sorted(received.keys() | presence.keys())
@@ -544,18 +557,7 @@ class Coordinator:
             raise
         for agent_id, exc in failed.items():
             log.error("report of agent %s not stored: %s", agent_id,
-                      (str(exc).splitlines() or [type(exc).__name__])[0][:300])
-        stops, self._clean_stops = self._clean_stops, {}
-        hardware, self._hardware = self._hardware, {}
-        if stops or hardware:  # after the disconnects: the machines are off, not offline
-            try:
-                async with self.db.transaction() as conn:
-                    await store.store_clean_stops(conn, stops)
-                    await store.store_hardware(conn, hardware)
-            except Exception:
-                self._clean_stops = {**stops, **self._clean_stops}
-                self._hardware = {**hardware, **self._hardware}
-                raise
+                      safe_text((str(exc).splitlines() or [type(exc).__name__])[0], 300))
 
     async def _write_isolating(
         self, agent_ids: list[str], received: dict[str, tuple[float, p.Health]],
@@ -651,7 +653,7 @@ class Coordinator:
         with self._unauthenticated(ws, p.ADMIN_PATH):
             caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
-            await self._login_failed(ws)
+            await self._login_failed(peer_address(ws))
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
         # Technicians upload release packages: larger frames only once the token checked out.
@@ -675,10 +677,10 @@ class Coordinator:
         finally:
             self.admin_sessions.discard(session)
 
-    async def _login_failed(self, ws: ServerConnection) -> None:
+    async def _login_failed(self, source: str) -> None:
         """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
-        how many more failed meanwhile: a stranger guessing tokens cannot flood either."""
-        source = peer_address(ws)
+        how many more failed meanwhile: a stranger guessing tokens cannot flood either. The
+        web console reports its failed sign-ins and API calls here too."""
         now = time.monotonic()
         since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
         if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
@@ -740,7 +742,15 @@ async def run_coordinator(
     db = Database(datadir.database_url(settings))
     try:
         await db.migrate()
-        await Coordinator(datadir, settings, db).run(stop, ready)
+        coordinator = Coordinator(datadir, settings, db)
+        if not settings.web:
+            await coordinator.run(stop, ready)
+            return
+        from careline.coordinator.web.serve import serve_web
+
+        async with asyncio.TaskGroup() as both:  # the web console shares the process and loop
+            both.create_task(coordinator.run(stop, ready))
+            both.create_task(serve_web(coordinator, settings.web, stop))
     finally:
         with contextlib.suppress(Exception):
             await db.close()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy.ext.asyncio import AsyncConnection
 from websockets.exceptions import ConnectionClosed
 
+from careline.coordinator.notify.events import notify_job_result
 from careline.coordinator.storage import fleet as fleet_store
 from careline.coordinator.storage import updates as store
 from careline.shared import protocol as p
@@ -501,6 +502,7 @@ class UpdateService:
             if (outcome in VERSION_OUTCOMES and event.data.get("product") == row["product"]
                     and isinstance(version, str) and 0 < len(version) <= 40):
                 await store.set_product_version(conn, agent_id, row["product"], version, now)
+            await notify_job_result(conn, row, outcome, _text(event.data.get("reason")), now)
         else:
             ok = bool(event.data.get("ok"))
             await store.set_status(conn, row, "verified" if ok else "mismatch", now,

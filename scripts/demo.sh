@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${CARELINE_DEMO_DIR:-$PWD/demo}
 PORT=${CARELINE_DEMO_PORT:-8443}
+WEB=${CARELINE_DEMO_WEB_PORT:-8444}
 
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
@@ -21,7 +22,7 @@ if [ ! -e "$CARELINE_DATA/careline.toml" ]; then
     mkdir -p "$DEMO"
     careline init --listen "127.0.0.1:$PORT" --heartbeat-interval 5 | tee "$DEMO/init.txt"
 fi
-careline serve >"$DEMO/coordinator.log" 2>&1 &
+careline serve --web "127.0.0.1:$WEB" >"$DEMO/coordinator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 50); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
 
@@ -57,5 +58,7 @@ careline agents list
 echo
 echo "Demo fleet running (data in $DEMO). In another terminal:"
 echo "  CARELINE_DATA=$CARELINE_DATA .venv/bin/careline agents list"
+echo "Web console: https://127.0.0.1:$WEB/ (the CA is $CARELINE_DATA/pki/ca.pem; sign in with"
+echo "  the admin token in $DEMO/init.txt)"
 echo "Press Ctrl-C to stop."
 wait

@@ -10,6 +10,7 @@
     ├── NotFound                  a customer, agent, contract ... that does not exist
     ├── Conflict                  the request contradicts stored state (already exists, spent)
     ├── ConfigError               a data dir, state dir, policy or join string is unusable
+    │   └── Unreachable           ... or the coordinator cannot be reached at all
     └── RemoteError               the coordinator answered a technician request with an error
 
 The CLIs turn any of these into one line on stderr and a non-zero exit.
@@ -58,6 +59,10 @@ class Conflict(CarelineError):
 
 class ConfigError(CarelineError):
     code = "config"
+
+
+class Unreachable(ConfigError):
+    code = "unreachable"
 
 
 class RemoteError(CarelineError):

@@ -15,25 +15,37 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from careline.shared.errors import AuthError, ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+# `cryptography` is imported inside the functions that use it: the running agent signs its
+# challenges through careline.agent.signer and never loads it (~7 MB of its memory).
 
 _AUTH_CONTEXT = b"careline-agent-auth-v2\x00"
 JOIN_SCHEME = "careline+wss"
 
 
+class Signer(Protocol):
+    """An Ed25519 private key as far as signing challenges goes."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
 def generate_key() -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Ed25519PrivateKey.generate()
 
 
 def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
     """Write a private key readable by its owner only (0600 from the first byte)."""
+    from cryptography.hazmat.primitives import serialization
+
     data = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -45,6 +57,9 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
@@ -57,6 +72,9 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def public_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
@@ -82,12 +100,15 @@ def auth_payload(nonce: bytes, agent_id: str) -> bytes:
     return _AUTH_CONTEXT + len(nonce).to_bytes(2, "big") + nonce + agent_id.encode()
 
 
-def sign_challenge(key: Ed25519PrivateKey, nonce: bytes, agent_id: str) -> bytes:
+def sign_challenge(key: Signer, nonce: bytes, agent_id: str) -> bytes:
     return key.sign(auth_payload(nonce, agent_id))
 
 
 def verify_challenge(public_key: bytes, signature: bytes, nonce: bytes, agent_id: str) -> None:
     """Raise AuthError unless `signature` is the agent's signature of this very nonce."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(
             signature, auth_payload(nonce, agent_id)
@@ -114,6 +135,9 @@ def same_secret(a: str, b: str) -> bool:
 # ----------------------------------------------------------------------------- CA pinning
 def cert_fingerprint(cert_pem: bytes | str) -> str:
     """SHA-256 of the certificate's DER form, hex: what a join string pins."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
     cert = x509.load_pem_x509_certificate(data)
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
@@ -132,6 +156,9 @@ def _is_sha256_hex(text: str) -> bool:
 
 def check_issued_by(leaf_der: bytes, ca_pem: str) -> None:
     """Raise AuthError unless the server's leaf certificate was signed by the pinned CA."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
     try:
         leaf = x509.load_der_x509_certificate(leaf_der)
         ca = x509.load_pem_x509_certificate(ca_pem.encode())

@@ -42,6 +42,9 @@ EVENT_KINDS = frozenset({
 
 ENROLL_PATH = "/enroll"
 AGENT_PATH = "/agent"
+# The product name of the agent's own releases (issue 17): the agent reports itself under it
+# and installs such a release by replacing its own program (careline.agent.selfupdate).
+AGENT_PRODUCT = "careline-agent"
 ADMIN_PATH = "/admin"
 
 
@@ -83,9 +86,10 @@ class Message(msgspec.Struct, tag_field="t", forbid_unknown_fields=True, omit_de
 # Strings are bounded and never hold NUL (PostgreSQL refuses it in text and JSON); numbers
 # are finite and fit a signed 64-bit column; timestamps lie between 1970 and 9999.
 NO_NUL = r"^[^\x00]*$"
-Short = Annotated[str, Meta(max_length=100, pattern=NO_NUL)]  # ids, versions, kinds
-Name = Annotated[str, Meta(max_length=255, pattern=NO_NUL)]  # hostnames, mounts, products
-Detail = Annotated[str, Meta(max_length=2000, pattern=NO_NUL)]
+SHORT, NAME, DETAIL = 100, 255, 2000
+Short = Annotated[str, Meta(max_length=SHORT, pattern=NO_NUL)]  # ids, versions, kinds
+Name = Annotated[str, Meta(max_length=NAME, pattern=NO_NUL)]  # hostnames, mounts, products
+Detail = Annotated[str, Meta(max_length=DETAIL, pattern=NO_NUL)]
 Int = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Real = Annotated[float, Meta(ge=-1e15, le=1e15)]  # also refuses NaN and infinities

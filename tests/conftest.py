@@ -200,10 +200,15 @@ def fake_hardware() -> dict[str, str]:
 class AgentProcess:
     def __init__(self, root: Path, name: str, hardware: dict[str, str] | None = None) -> None:
         self.state = root / name
+        self.log = root / f"{name}.log"
         self.proc: subprocess.Popen[str] | None = None
         self.agent_id = ""
         self.hardware = hardware or fake_hardware()
-        self.env = {**os.environ, "CARELINE_AGENT_HARDWARE": json.dumps(self.hardware)}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The test's environment as it is now, with this PC's (fake) hardware identity."""
+        return {**os.environ, "CARELINE_AGENT_HARDWARE": json.dumps(self.hardware)}
 
     def enroll(self, join: str, *extra: str) -> AgentProcess:
         out = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(self.state),
@@ -212,10 +217,12 @@ class AgentProcess:
         return self
 
     def start(self) -> AgentProcess:
-        self.proc = subprocess.Popen(
-            [PYTHON, "-m", "careline.agent.cli", "run", "--state", str(self.state)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env,
-        )
+        # Its log goes to a file: an unread pipe fills up and blocks a chatty agent.
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-m", "careline.agent", "run", "--state", str(self.state)],
+                stdout=subprocess.DEVNULL, stderr=log, text=True, env=self.env,
+            )
         return self
 
     def status(self) -> dict[str, Any]:

@@ -80,3 +80,18 @@ def test_rollout_bench_smoke() -> None:
     assert sum(w["machines"] for w in figures["waves"]) == 30
     assert len(figures["waves"]) == 3
     assert rollout["agent_errors"] == {}
+
+
+@pytest.mark.slow
+def test_web_bench_smoke() -> None:
+    """bench/web.py: a small filled database, the console signed in, every timing reported."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "web.py"), "--machines", "100", "--customers", "5",
+         "--requests", "3", "--json"],
+        capture_output=True, text=True, timeout=58, cwd=ROOT,
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    figures = json.loads(result.stdout)
+    assert (figures["machines"], figures["incidents"]) == (100, 200)
+    for key in ("fleet_page", "incidents_page", "api_fleet_overview", "api_incidents_page"):
+        assert figures[key]["requests"] == 3 and figures[key]["p95_ms"] > 0

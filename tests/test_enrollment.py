@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from careline.coordinator.enrollment import candidates, enroll_machine, replace
+from careline.coordinator.enrollment import candidates, enroll_machine, mark_distinct, replace
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage.db import Database
@@ -115,6 +115,16 @@ async def test_clone_or_online_match_is_proposed_not_merged(db: Database) -> Non
             (clone, twin, "weak", "disk"),
         }
         assert "proposed" in (await store.list_audit(conn))[0]["detail"]["note"]
+    async with db.transaction() as conn:  # the technician: pc3 is another PC, a cloned image
+        await mark_distinct(conn, await store.get_agent(conn, clone),
+                            await store.get_agent(conn, pc2), actor="lan", now=NOW)
+        with pytest.raises(ConfigError, match="not distinct from itself"):
+            await mark_distinct(conn, await store.get_agent(conn, pc2),
+                                await store.get_agent(conn, pc2), actor="lan", now=NOW)
+    async with db.connect() as conn:
+        assert {(c["old"], c["new"]) for c in await candidates(conn)} == {
+            (pc2, twin), (clone, twin)}
+        assert (await store.list_audit(conn))[0]["action"] == "agent.distinct"
 
 
 async def test_contract_limit_counts_machines_refuses_new_accepts_reinstall(db: Database) -> None:

@@ -100,3 +100,6 @@ def test_gate_counts_never_exceed_caps_nor_go_negative(ops: list[tuple[bool, str
 def test_every_channel_has_caps(channel: str) -> None:
     caps = q.DEFAULT_CAPS[channel]
     assert 0 < caps.per_address < caps.total
+    assert q.caps_for(0) == q.DEFAULT_CAPS
+    assert q.caps_for(10)[channel] == q.Caps(min(10, caps.total), caps.total)
+    assert q.caps_for(10**6)[channel] == q.Caps(caps.total, caps.total)  # never above total

@@ -57,6 +57,16 @@ def test_retry_after_is_honoured_with_jitter() -> None:
     assert 0 <= reconnect_delay(busy("soon"), 1, rng) <= BACKOFF_FIRST_WINDOW  # not a number
 
 
+def test_an_over_quota_close_is_waited_out_with_jitter() -> None:
+    rng = random.Random(2)
+    reason = p.slow_down_reason("too many events", 45)
+    delays = [reconnect_delay(closed(p.CloseCode.SLOW_DOWN, reason), 1, rng) for _ in range(500)]
+    assert all(45 <= d <= 90 for d in delays) and max(delays) - min(delays) > 20
+    # Without a retry-after (an older coordinator's reason): the usual backoff.
+    assert 0 <= reconnect_delay(closed(p.CloseCode.SLOW_DOWN, "slow down"), 1, rng) <= (
+        BACKOFF_FIRST_WINDOW)
+
+
 @pytest.mark.parametrize("code", sorted(p.CloseCode.FATAL))
 def test_refused_identity_is_fatal(code: int) -> None:
     with pytest.raises(AuthError, match="refused this agent: nope"):

@@ -97,13 +97,30 @@ def parse_params(found: Method, params: dict[str, Any]) -> Any:
         raise ProtocolError(f"{found.name}: {exc}") from None
 
 
+async def invoke(coordinator: Coordinator, caller: Caller, name: str, params: dict[str, Any],
+                 now: dt.datetime) -> Any:
+    """Call a method in-process as `caller` (the web console and REST API): the same role
+    check, validation and audit as a request on /admin. A streaming method's partial results
+    come back as one list."""
+    found = lookup(name, caller)
+    parsed = parse_params(found, params)
+    ctx = Context(coordinator, caller, now)
+    if found.streams:
+        stream: AsyncIterator[Any] = found.handler(ctx, parsed)  # type: ignore[assignment]
+        return [partial async for partial in stream]
+    return await found.handler(ctx, parsed)  # type: ignore[misc]
+
+
 def load_all() -> None:
     """Import every API module so its methods register."""
     from careline.coordinator.api import (  # noqa: F401
         fleet,
         live,
+        notify,
+        overview,
         policy,
         releases,
+        report,
         rollouts,
         service,
     )

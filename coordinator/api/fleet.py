@@ -159,6 +159,9 @@ async def show_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
         row = await store.get_agent(conn, p.id)
         view = agent_view(ctx, row, full=True)
         view["recent_events"] = await store.list_events(conn, row["id"], limit=20)
+    quota = ctx.coordinator.quotas.get(row["id"])  # this process's count since it started
+    view["refused"] = {"over_quota": quota.refused if quota else 0,
+                       "unknown_kind_events": quota.unknown_kinds if quota else 0}
     return view
 
 
@@ -199,6 +202,18 @@ async def replace_agent(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
         row = await store.get_agent(conn, old["id"])
     await ctx.coordinator.relinked(old["id"], new["id"], ctx.now)
     return {**agent_view(ctx, row), "replaced": new["id"], "note": note}
+
+
+@method("agents.distinct", "technician", ReplaceAgent)
+async def distinct_agents(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
+    """OLD and NEW share hardware but are different PCs: stop proposing them as a reinstall."""
+    from careline.coordinator.enrollment import mark_distinct
+
+    async with ctx.coordinator.db.transaction() as conn:
+        old = await store.get_agent(conn, p.old)
+        new = await store.get_agent(conn, p.new)
+        await mark_distinct(conn, old, new, actor=ctx.caller.name, now=ctx.now)
+    return {"old": old["id"], "new": new["id"], "distinct": True}
 
 
 # ----------------------------------------------------------------------------- technicians

@@ -57,6 +57,8 @@ async def list_rollouts(ctx: Context, p: ListRollouts) -> list[dict[str, Any]]:
             row["succeeded"] = sum(w["succeeded"] for w in summary["waves"])
             row["failed"] = sum(w["failed"] for w in summary["waves"])
             row["not_covered"] = len(summary["not_covered"])
+            row["in_scope"] = summary["in_scope"]
+            row["overdue"] = summary["counts"]["overdue"]
     return rows
 
 

@@ -8,9 +8,9 @@ from typing import Any, Literal
 import msgspec
 
 from careline.coordinator.api import Context, method
-from careline.coordinator.incidents import customer_calendar
+from careline.coordinator.incidents import ONSITE_ACTIONS, customer_calendar
+from careline.coordinator.notify.events import notify_incident
 from careline.coordinator.policy.config import WEEKDAYS
-from careline.coordinator.policy.entitlement import expiring
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import service
@@ -171,19 +171,8 @@ class ExpiringParams(msgspec.Struct, forbid_unknown_fields=True):
 @method("report.expiring", "viewer", ExpiringParams)
 async def report_expiring(ctx: Context, p: ExpiringParams) -> list[dict[str, Any]]:
     """Machines whose coverage ends soon with nothing booked after: renewal offers."""
-    rows = []
     async with ctx.coordinator.db.connect() as conn:
-        for agent in await store.list_agents(conn):
-            if agent["revoked_at"] is not None:
-                continue
-            entitlement = await ctx.coordinator.desk.entitlement(conn, agent, None, ctx.now)
-            if expiring(entitlement, p.within_days):
-                rows.append({
-                    "customer": agent["customer"], "machine": agent["id"],
-                    "hostname": agent["hostname"], "coverage": entitlement.label,
-                    "ends_on": entitlement.ends_on, "days_left": entitlement.days_left,
-                })
-    return sorted(rows, key=lambda r: (r["days_left"], r["customer"]))
+        return await ctx.coordinator.desk.expiring_machines(conn, p.within_days, ctx.now)
 
 
 # ----------------------------------------------------------------------------- incidents
@@ -281,7 +270,12 @@ async def redecide_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
     """Decide again with today's facts (agent back online, a fix released, coverage bought)."""
     async with ctx.coordinator.db.transaction() as conn:
         await ctx.coordinator.desk.touch(conn, p.id)
+        before = await service.latest_decision(conn, p.id)
         decision = await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
+        escalated = decision["action"] in ONSITE_ACTIONS and (
+            before is None or before["action"] not in ONSITE_ACTIONS)
+        await notify_incident(conn, p.id, "incident.escalated" if escalated else "incident.updated",
+                              ctx.now, visit_id=decision["visit"])
         await ctx.audit(conn, "incident.redecide", f"incident:{p.id}",
                         decided=decision["action"])
     return decision

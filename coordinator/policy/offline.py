@@ -17,6 +17,7 @@ from .calendar import BusinessCalendar
 
 # How silence is counted: `business_hours` (the customer's calendar) or `wall_clock`.
 OFFLINE_COUNTS = ("business_hours", "wall_clock")
+_TICK = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,24 @@ def silent_for(presence: Presence, now: datetime, calendar: BusinessCalendar,
 
 def offline_check(presence: Presence, now: datetime, *, calendar: BusinessCalendar,
                   limit: timedelta, counts: str) -> tuple[bool, str]:
-    """One agent_offline check: (failing, detail for the incident)."""
+    """One agent_offline check: (failing, detail for the incident).
+
+    Run for every machine every minute, so its cost must not grow with how long a machine
+    has been gone: past the limit it stops counting (the limit is reached within days)."""
     if presence.off_since is not None:
         return False, f"switched off cleanly at {presence.off_since:%Y-%m-%d %H:%M}Z"
-    silent = silent_for(presence, now, calendar, counts)
-    how = "business time" if counts == "business_hours" else "wall-clock time"
-    return silent > limit, (
-        f"last heard from {presence.heard:%Y-%m-%d %H:%M}Z;"
-        f" silent {_hours(silent)} of {how} (limit {_hours(limit)})")
+    heard = f"last heard from {presence.heard:%Y-%m-%d %H:%M}Z"
+    if counts == "wall_clock":
+        silent = max(now - presence.heard, timedelta(0))
+        return silent > limit, f"{heard}; silent {_hours(silent)} (limit {_hours(limit)})"
+    # Silent longer than the limit <=> now is past the first moment with limit + 1 us of
+    # business time since (datetimes count in microseconds).
+    over = calendar.add_business_time(presence.heard, limit + _TICK)
+    if now >= over:
+        return True, (f"{heard}; silent over {_hours(limit)} of business time"
+                      f" (the limit passed at {over:%Y-%m-%d %H:%M}Z)")
+    silent = calendar.business_time(presence.heard, now)
+    return False, f"{heard}; silent {_hours(silent)} of business time (limit {_hours(limit)})"
 
 
 def _hours(span: timedelta) -> str:

@@ -31,6 +31,8 @@ OVERRIDE_LEVELS = LEVELS[2:]
 OVERRIDABLE = ("fees.", "due.", "machine.", "alerts.", "rules[")
 # The customer's own setting decides these (`careline customers add --timezone`).
 _NOT_OVERRIDABLE = {"due.timezone": "set the customer's time zone instead"}
+# What a rule does and by when may differ by contract; what it matches and says may not.
+_RULE_FIELDS = ("action", "due")
 _RULE_KEY = re.compile(r"^rules\[(\d+)\]\.(\w+)$")
 
 Override = tuple[str, str, Any]  # (level, key, value), applied in order: later wins
@@ -133,6 +135,10 @@ class PolicyLayers:
             raise ConfigError(f"unknown policy key {key!r}")
         if key in _NOT_OVERRIDABLE:
             raise ConfigError(f"{key} cannot be overridden: {_NOT_OVERRIDABLE[key]}")
+        rule = _RULE_KEY.match(key)
+        if rule and rule.group(2) not in _RULE_FIELDS:
+            raise ConfigError(f"{key} cannot be overridden (of a rule, only"
+                              f" {' and '.join(_RULE_FIELDS)})")
         if not key.startswith(OVERRIDABLE):
             raise ConfigError(f"{key} cannot be overridden per customer, site or machine"
                               f" (only {', '.join(k.rstrip('.[') for k in OVERRIDABLE)})")
@@ -169,6 +175,11 @@ class PolicyLayers:
             _assign(data, key, value)
         return [
             {"key": key, "value": value, "source": policy.source(key)}
-            for key, value in flatten(data).items()
-            if key.startswith(OVERRIDABLE) and key not in _NOT_OVERRIDABLE
+            for key, value in flatten(data).items() if _overridable(key)
         ]
+
+
+def _overridable(key: str) -> bool:
+    rule = _RULE_KEY.match(key)
+    return (key.startswith(OVERRIDABLE) and key not in _NOT_OVERRIDABLE
+            and (rule is None or rule.group(2) in _RULE_FIELDS))

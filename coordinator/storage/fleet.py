@@ -19,6 +19,7 @@ from careline.coordinator.storage.schema import (
     agents,
     audit,
     customers,
+    distinct_machines,
     enrollment_tokens,
     events,
     sites,
@@ -127,6 +128,10 @@ async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Ro
     query = sa.select(technicians).where(technicians.c.token_hash == token_hash)
     row = (await conn.execute(query)).mappings().first()
     return dict(row) if row else None
+
+
+async def set_technician_language(conn: AsyncConnection, name: str, language: str) -> None:
+    await conn.execute(technicians.update().where(technicians.c.name == name).values(language=language))
 
 
 async def active_token_hashes(conn: AsyncConnection, hashes: Iterable[str]) -> set[str]:
@@ -277,6 +282,19 @@ async def store_hardware(
             .values(**{column: sa.bindparam(f"b_{column}") for column in HARDWARE_COLUMNS.values()}),
             [{"b_id": agent_id, **{f"b_{k}": v for k, v in hardware_columns(hw).items()}}
              for agent_id, hw in reports.items()])
+
+
+async def mark_distinct(
+    conn: AsyncConnection, old_id: str, new_id: str, by: str, now: dt.datetime
+) -> None:
+    """A technician found these two machines to be different PCs: stop proposing them."""
+    await conn.execute(insert_ignoring_duplicates(conn, distinct_machines).values(
+        old_id=old_id, new_id=new_id, decided_by=by, decided_at=now))
+
+
+async def distinct_pairs(conn: AsyncConnection) -> set[tuple[str, str]]:
+    query = sa.select(distinct_machines.c.old_id, distinct_machines.c.new_id)
+    return {(row.old_id, row.new_id) for row in await conn.execute(query)}
 
 
 async def count_seats(
@@ -434,10 +452,10 @@ async def store_presence(
 
 
 def is_off(row: Mapping[str, Any]) -> bool:
-    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline"."""
+    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline". (The
+    stop is stored before the disconnect it explains, so `connected` may still be set.)"""
     off, connected_at = row.get("off_at"), row.get("last_connected_at")
-    return (not row["connected"] and off is not None
-            and (connected_at is None or off >= connected_at))
+    return off is not None and (connected_at is None or off >= connected_at)
 
 
 async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.datetime]) -> None:
@@ -483,9 +501,12 @@ async def store_event(
 
 
 def beyond_newest(table: sa.Table, keep: int) -> sa.Select[Any]:
-    """Ids of each agent's rows older than its `keep` newest."""
+    """Ids of each agent's rows older than its `keep` newest (ranking only the rows of
+    agents over budget: the count per agent is an index scan)."""
+    over = sa.select(table.c.agent_id).group_by(table.c.agent_id).having(sa.func.count() > keep)
     ranked = sa.select(table.c.id, sa.func.row_number().over(
-        partition_by=table.c.agent_id, order_by=table.c.id.desc()).label("rank")).subquery()
+        partition_by=table.c.agent_id, order_by=table.c.id.desc()).label("rank")
+    ).where(table.c.agent_id.in_(over)).subquery()
     return sa.select(ranked.c.id).where(ranked.c.rank > keep)
 
 

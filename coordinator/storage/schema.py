@@ -53,6 +53,7 @@ technicians = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("revoked_at", UTCDateTime),
+    sa.Column("language", sa.String(5)),  # the web console's, once chosen
 )
 
 enrollment_tokens = sa.Table(
@@ -199,6 +200,15 @@ policy_overrides = sa.Table(
     sa.Column("set_by", sa.String(100), nullable=False),
     sa.Column("set_at", UTCDateTime, nullable=False),
     sa.UniqueConstraint("target", "key", name="uq_policy_overrides_target_key"),
+)
+
+distinct_machines = sa.Table(
+    "distinct_machines",
+    metadata,
+    sa.Column("old_id", sa.String(40), sa.ForeignKey("agents.id"), primary_key=True),
+    sa.Column("new_id", sa.String(40), sa.ForeignKey("agents.id"), primary_key=True),
+    sa.Column("decided_by", sa.String(100), nullable=False),
+    sa.Column("decided_at", UTCDateTime, nullable=False),
 )
 
 customer_closures = sa.Table(
@@ -369,4 +379,92 @@ rollout_machines = sa.Table(
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Column("deadline_incident", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("from_version", sa.String(40)),  # reported when targeted; NULL: unknown
+)
+
+# ----------------------------------------------------------------------------- notifications (i14)
+notify_channels = sa.Table(
+    "notify_channels",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("kind", sa.String(20), nullable=False),  # email | webhook | apprise
+    sa.Column("config", sa.JSON, nullable=False),  # what is not secret
+    sa.Column("secret", sa.Text, nullable=False, server_default=""),  # Fernet token
+    sa.Column("rate_per_minute", sa.Integer, nullable=False),
+    sa.Column("healthy", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_success_at", UTCDateTime),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+notify_recipients = sa.Table(
+    "notify_recipients",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("channel_id", sa.Integer, sa.ForeignKey("notify_channels.id"), nullable=False),
+    sa.Column("address", sa.String(255), nullable=False, server_default=""),
+    sa.Column("language", sa.String(8), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("workdays", sa.String(40), nullable=False),
+    sa.Column("opens", sa.String(5), nullable=False),
+    sa.Column("closes", sa.String(5), nullable=False),
+    # A customer's own contact: hears only about that customer, only customer-facing events.
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id")),
+    sa.Column("technician", sa.String(100)),  # whose visits the daily digest lists
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+notify_routes = sa.Table(
+    "notify_routes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("recipient_id", sa.Integer, sa.ForeignKey("notify_recipients.id"), nullable=False),
+    sa.Column("events", sa.String(400), nullable=False),  # comma list of event kinds, or *
+    sa.Column("customer_id", sa.Integer, sa.ForeignKey("customers.id")),  # NULL: every customer
+    sa.Column("min_severity", sa.String(20), nullable=False),
+    sa.Column("kinds", sa.String(400), nullable=False, server_default=""),  # incident kinds; "" any
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+notifications = sa.Table(
+    "notifications",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    # One row per event and recipient: a second insert of the same key is ignored.
+    sa.Column("key", sa.String(200), nullable=False, unique=True),
+    sa.Column("recipient_id", sa.Integer, sa.ForeignKey("notify_recipients.id"), nullable=False),
+    sa.Column("channel_id", sa.Integer, sa.ForeignKey("notify_channels.id"), nullable=False),
+    sa.Column("event", sa.String(40), nullable=False),
+    sa.Column("severity", sa.String(20), nullable=False),
+    sa.Column("customer_id", sa.Integer),
+    sa.Column("thread", sa.String(80), nullable=False, server_default=""),
+    sa.Column("fold_key", sa.String(160)),
+    sa.Column("facts", sa.JSON, nullable=False),
+    # pending | sending | sent | dead | digest (waits for the digest) | digested
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("claim", sa.String(40)),
+    sa.Column("claimed_until", UTCDateTime),
+    sa.Column("delivery", sa.String(60)),  # idempotency key the receiver sees
+    sa.Column("sent_at", UTCDateTime),
+    sa.Column("last_error", sa.Text),
+    sa.Column("digest_id", sa.Integer),
+)
+
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("csrf", sa.String(64), nullable=False),
+    sa.Column("lang", sa.String(5), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_seen", UTCDateTime, nullable=False),
+    sa.Column("flash", sa.JSON, nullable=False),
 )

@@ -21,6 +21,7 @@ def test_outbox_survives_kill_and_outage(sqlite_coordinator, spawn_agent):
     agent = spawn_agent("pc", coord.join_string(), start=False)
     coord.kill()  # the coordinator is down while the agent has things to say
     outbox = Outbox(agent.state / "outbox.db")
+    # A kind the coordinator stores (unknown kinds are acknowledged and dropped).
     seqs = [outbox.put("update_step", {"n": n}) for n in range(12)]
     outbox.close()
     agent.start()

@@ -51,7 +51,7 @@ def test_token_uses_are_spent(sqlite_coordinator, spawn_agent):
     spawn_agent("pc1", join, start=False)
     second = sqlite_coordinator.data.parent / "pc2"
     result = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(second)], check=False)
-    assert result.returncode == 1
+    assert result.returncode == 3  # EXIT_REFUSED (careline.agent.entry): a new join string is needed
     assert "used up" in result.stderr
     assert not (second / "agent.json").exists()
     assert len(sqlite_coordinator.agents()) == 1

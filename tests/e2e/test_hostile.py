@@ -203,22 +203,26 @@ def test_quotas_for_an_agent_that_floods(sqlite_coordinator):
         with contextlib.suppress(asyncio.CancelledError):
             await answering
 
-        # A flood of small events: closed with a retry-after, counted, logged.
-        for seq in range(10, 10 + quotas.EVENT_BURST + 50):
-            try:
-                await ws.send(p.encode(p.Event(seq=seq, kind="update_step", at=time.time())))
-            except ConnectionClosed:
-                break
-        code, reason = await closed_with(ws)
-        assert code == p.CloseCode.SLOW_DOWN and "too many events" in reason
+        # A flood of big events: closed with a retry-after, counted, logged. (A flood of
+        # small ones is refused the same way past quotas.EVENT_BURST: tests/test_quotas.py.)
+        big = {"blob": "x" * (60 << 10)}
+
+        async def flood(first: int, count: int) -> tuple[int, str]:
+            for seq in range(first, first + count):
+                try:
+                    await ws.send(p.encode(p.Event(seq=seq, kind="update_step", at=time.time(),
+                                                   data=big)))
+                except ConnectionClosed:
+                    break
+            return await closed_with(ws)
+
+        code, reason = await flood(10, quotas.EVENT_BYTES_BURST // (60 << 10) + 20)
+        assert code == p.CloseCode.SLOW_DOWN and "too many event bytes" in reason
         assert (p.retry_after_of(reason) or 0) >= 1
-        # Reconnecting does not refill the quota (a fresh one would take these 100).
+        # Reconnecting does not refill the quota (a fresh one would take these 40).
         ws = await hostile.session()
-        for seq in range(1000, 1100):
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(p.encode(p.Event(seq=seq, kind="update_step", at=time.time())))
-        code, reason = await closed_with(ws)
-        assert code == p.CloseCode.SLOW_DOWN
+        code, reason = await flood(1000, 40)
+        assert code == p.CloseCode.SLOW_DOWN and "too many event bytes" in reason
 
     asyncio.run(scenario())
     assert answered == [4096]
@@ -226,6 +230,8 @@ def test_quotas_for_an_agent_that_floods(sqlite_coordinator):
     with coord.client() as client:
         shown = client.call("agents.show", id=hostile.agent_id)
     assert "format_disk" not in {e["kind"] for e in shown["recent_events"]}
+    assert shown["refused"]["unknown_kind_events"] == 1
+    assert shown["refused"]["over_quota"] == 3  # oversized event, two floods
     incidents = open_incidents(coord, hostile.agent_id)
     assert len(incidents) == 5 and {i["kind"] for i in incidents} == {"product_not_running"}
     log = coord.log.read_text()
@@ -272,24 +278,26 @@ def test_one_flooding_address_cannot_lock_agents_out(sqlite_coordinator, spawn_a
         raw = [socket.create_connection(("127.0.0.1", coord.port), source_address=("127.0.0.2", 0))
                for _ in range(100)]
         held, refused = await idle_upgrades(coord, p.AGENT_PATH, 520, "127.0.0.2")
+        held_at = time.monotonic()
         assert len(held) == caps[p.AGENT_PATH].per_address and refused == 520 - len(held)
         enrolls, refused = await idle_upgrades(coord, p.ENROLL_PATH, 20, "127.0.0.2")
         assert len(enrolls) == caps[p.ENROLL_PATH].per_address and refused == 20 - len(enrolls)
-        started = time.monotonic()
         agent.start()
         await asyncio.to_thread(wait_until, lambda: coord.agents()[agent.agent_id]["status"]
                                 == "online", 10)
         other = spawn_agent("also-real", join, start=False)  # enrolls from 127.0.0.1
         assert other.agent_id in coord.agents()
         # The silent ones are closed after the handshake timeout (5 s), not held.
-        code, _ = await closed_with(held[0], timeout=10)
-        assert code == p.CloseCode.TIMEOUT
-        assert time.monotonic() - started < 10
+        await asyncio.sleep(max(0.0, held_at + 8 - time.monotonic()))
+        for ws in held:
+            code, _ = await closed_with(ws, timeout=2)
+            assert code == p.CloseCode.TIMEOUT
         for sock in raw:  # TLS never started: closed by the server too
             sock.settimeout(10)
-            assert sock.recv(1) == b""
+            with contextlib.suppress(ConnectionResetError):  # aborted: closed all the same
+                assert sock.recv(1) == b""
             sock.close()
-        for ws in held + enrolls:
+        for ws in enrolls:
             await ws.close()
 
     asyncio.run(scenario())

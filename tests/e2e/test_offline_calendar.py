@@ -17,7 +17,8 @@ from tests.conftest import CoordinatorProcess, wait_until
 
 def test_clean_stop_is_off_kill_is_offline_and_waits_pause_the_clock(tmp_path, spawn_agent):
     policy = tmp_path / "vendor-policy.toml"
-    policy.write_text('[machine]\noffline_incident_after_minutes = 0.03\n'  # 1.8 seconds
+    # 6 seconds: well over a heartbeat and a flush, so only the agent that vanished fails.
+    policy.write_text('[machine]\noffline_incident_after_minutes = 0.1\n'
                       'offline_counts = "wall_clock"\n'
                       '[alerts.agent_offline]\nopen_after = 1\nclose_after = 1\n')
     coord = CoordinatorProcess(tmp_path).start("--policy", str(policy))

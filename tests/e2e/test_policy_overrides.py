@@ -45,6 +45,13 @@ def test_overrides_per_level_decide_and_explain(sqlite_coordinator, spawn_agent)
         assert any("fees.onsite_reinstall_vnd set by the customer policy" in r
                    for r in explained["reasons"])
         assert explained["facts"]["policy"][FEE] == "customer"
+        # Waiting on the customer and resuming decides again: the same visit, its due time
+        # moved with the decision's (by the business time paused, here seconds or none).
+        client.call("incidents.wait", id=incident["id"], note="ward closed")
+        resumed = client.call("incidents.resume", id=incident["id"])
+        visits = [v for v in client.call("visits.list") if v["incident_id"] == incident["id"]]
+        assert len(visits) == 1 and visits[0]["due_at"] == resumed["decision"]["due_at"]
+        assert resumed["decision"]["due_at"] >= incident["decision"]["due_at"]
         theirs = client.call("incidents.open", machine=other, category="disk", severity="high")
         assert theirs["decision"]["fee_vnd"] == 0
 

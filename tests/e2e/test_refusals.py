@@ -107,7 +107,7 @@ def test_revoked_agent_is_disconnected_and_refused(sqlite_coordinator, enrolled)
     wait_until(lambda: sqlite_coordinator.agents()[agent.agent_id]["status"] == "online")
     sqlite_coordinator.cli("agents", "revoke", agent.agent_id)
     assert agent.proc.wait(15) != 0  # the running agent stops: its identity is refused
-    assert "revoked" in agent.proc.stderr.read()
+    assert "revoked" in agent.log.read_text()
     assert agent.status()["connection"]["state"] == "refused"
     assert sqlite_coordinator.agents()[agent.agent_id]["status"] == "revoked"
 
@@ -129,7 +129,7 @@ def test_expired_token_is_refused_and_nothing_stored(sqlite_coordinator, tmp_pat
     time.sleep(1.5)
     result = run([PYTHON, "-m", "careline.agent.cli", "enroll", join, "--state", str(tmp_path / "late")],
                  check=False)
-    assert result.returncode == 1
+    assert result.returncode == 3  # EXIT_REFUSED
     assert "expired" in result.stderr
     assert sqlite_coordinator.agents() == {}
     assert not (tmp_path / "late" / "agent.json").exists()
@@ -140,13 +140,13 @@ def test_unknown_token_and_wrong_ca_fingerprint(sqlite_coordinator, tmp_path):
     forged = JoinString(real.server_url, "cle_not-a-real-token", real.ca_fingerprint)
     result = run([PYTHON, "-m", "careline.agent.cli", "enroll", str(forged), "--state", str(tmp_path / "a")],
                  check=False)
-    assert result.returncode == 1 and "not known" in result.stderr
+    assert result.returncode == 3 and "not known" in result.stderr  # EXIT_REFUSED
 
     # A coordinator whose CA is not the pinned one never sees the token.
     wrong_ca = JoinString(real.server_url, real.token, "0" * 64)
     result = run([PYTHON, "-m", "careline.agent.cli", "enroll", str(wrong_ca),
                   "--state", str(tmp_path / "b")], check=False)
-    assert result.returncode == 1 and "fingerprint" in result.stderr
+    assert result.returncode == 3 and "fingerprint" in result.stderr  # EXIT_REFUSED
     # The real token is still unused: it can enroll a machine.
     result = run([PYTHON, "-m", "careline.agent.cli", "enroll", str(real), "--state", str(tmp_path / "c")])
     assert "Enrolled as" in result.stdout

@@ -7,7 +7,6 @@ tests/test_enrollment.py."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 
@@ -48,7 +47,7 @@ def test_reinstall_keeps_the_machine_and_clones_are_proposed(sqlite_coordinator,
         assert done[0]["status"] == "completed" and "re-enrolled" in done[0]["note"]
 
         # Every hello carries the identity: a new network card in pc2 is noticed.
-        pc2.env["CARELINE_AGENT_HARDWARE"] = json.dumps({**pc2.hardware, "mac": "aa:bb:cc:00:00:02"})
+        pc2.hardware = {**pc2.hardware, "mac": "aa:bb:cc:00:00:02"}
         pc2.start()
         new_mac = hashed({"mac": "aa:bb:cc:00:00:02"})["mac"]
         wait_until(lambda: client.call("agents.show", id=pc2.agent_id)["hw_mac"] == new_mac)

@@ -79,6 +79,8 @@ def test_the_issue_sequence_ends_with_both_machines_on_the_regulation_version(
         text = run([PYTHON, "-m", "careline.coordinator.cli", "rollouts", "show",
                     str(published["rollout"]), "--data", str(coord.data)]).stdout
         assert "2 machines in scope: 2 installed" in text
+        listed = coord.cli("rollouts", "list")
+        assert [(r["in_scope"], r["succeeded"], r["overdue"]) for r in listed] == [(2, 2, 0)]
     finally:
         coord.stop()
 
@@ -209,3 +211,33 @@ def test_a_rollout_with_nobody_to_update_waits_for_its_first_machine(
     final = rollout_reaches(coord, rid, "completed", timeout=20)
     assert counts_add_up(final)[late.agent_id] == "retired"
     never_completed_while_missing(final)
+
+
+def test_past_its_effective_date_a_machine_without_it_is_overdue(
+    sqlite_coordinator, spawn_agent, tmp_path
+):
+    coord = sqlite_coordinator
+    today = dt.datetime.now(dt.UTC).date()
+    keys = tmp_path / "keys"
+    coord.cli("release", "keys", "init", "--keys", str(keys))
+    coord.cli("customers", "add", "Covered")
+    coord.cli("contracts", "add", "--customer", "Covered", "--signed", today.isoformat())
+    product = installed_product(tmp_path / "late" / "acct", "1.0.0")
+    late = spawn_agent("late", coord.join_string("Covered"), "--product", f"acct={product}",
+                       "--product-data", "acct=Data")
+    wait_until(lambda: coord.agents()[late.agent_id]["products"].get("acct", {}).get(
+        "version") == "1.0.0")
+    late.stop()  # switched off before the release, until after its effective date
+    published = coord.cli("release", "publish", str(regulation_package(
+        tmp_path, "1.1.0", today - dt.timedelta(days=3))), "--keys", str(keys))
+    rid = published["rollout"]
+    wait_until(lambda: coord.cli("incidents", "list", "--open", "--machine", late.agent_id))
+    shown = rollout(coord, rid)
+    assert counts_add_up(shown) == {late.agent_id: "overdue"} and shown["status"] == "running"
+    assert [(r["in_scope"], r["overdue"]) for r in coord.cli("rollouts", "list")] == [(1, 1)]
+    assert [i["kind"] for i in coord.cli("incidents", "list", "--open", "--machine",
+                                         late.agent_id)] == ["regulation_deadline"]
+    late.start()
+    wait_until(lambda: version_of(product) == "1.1.0", timeout=30)
+    done = rollout_reaches(coord, rid, "completed", timeout=20)
+    assert counts_add_up(done) == {late.agent_id: "installed"} and done["counts"]["overdue"] == 0

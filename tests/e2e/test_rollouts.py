@@ -95,7 +95,7 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
     wait_until(lambda: all(a["products"].get("acct", {}).get("version") == "1.0.0"
                            for a in coord.agents().values()))
     machines["away"].stop()  # switched off during its wave
-    wait_until(lambda: coord.agents()[machines["away"].agent_id]["status"] == "offline")
+    wait_until(lambda: coord.agents()[machines["away"].agent_id]["status"] == "off")  # a clean stop
 
     published = coord.cli("release", "publish",
                           str(regulation_package(tmp_path, "1.1.0", today + dt.timedelta(days=30))),

@@ -120,7 +120,7 @@ def test_publish_push_two_agents_offline_catch_up_verify_reinstall(
     assert [r["version"] for r in coord.cli("releases", "list", "--product", "acct")] == [
         "1.0.0", "1.1.0"]
     pc2.stop()
-    wait_until(lambda: coord.agents()[pc2.agent_id]["status"] == "offline")
+    wait_until(lambda: coord.agents()[pc2.agent_id]["status"] == "off")  # a clean stop
     job = coord.cli("push", "update", "--customer", "Minh Anh", "--version", "1.1.0")
     wait_until(lambda: installed(pc1.product_dir) == "1.1.0")
     assert (pc1.product_dir / "Data" / "ledger.db").read_text() == "customer books"

@@ -5,6 +5,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from careline.coordinator.policy.alerts import Transition, observe
 from careline.coordinator.policy.calendar import BusinessCalendar
@@ -98,8 +100,21 @@ def test_detail_says_off_or_how_long_silent():
     heard = vn(2026, 3, 3, 9, 0)
     failing, detail = offline_check(Presence(heard), vn(2026, 3, 3, 14, 30), calendar=VN,
                                     limit=timedelta(hours=4), counts="business_hours")
-    assert failing and "silent 5h30m of business time (limit 4h00m)" in detail
+    assert failing and "silent over 4h00m of business time (the limit passed at 2026-03-03 06:00Z)" in detail
+    failing, detail = offline_check(Presence(heard), vn(2026, 3, 3, 12, 0), calendar=VN,
+                                    limit=timedelta(hours=4), counts="business_hours")
+    assert not failing and "silent 3h00m of business time (limit 4h00m)" in detail
     failing, detail = offline_check(Presence(heard, heard), vn(2026, 3, 9), calendar=VN,
                                     limit=timedelta(hours=4), counts="business_hours")
     assert not failing and detail.startswith("switched off cleanly")
     assert silent_for(Presence(heard), vn(2026, 3, 3, 8, 0), VN, "wall_clock") == timedelta(0)
+
+
+@given(st.datetimes(min_value=datetime(2025, 1, 1), max_value=datetime(2028, 12, 31),
+                    timezones=st.just(UTC)),
+       st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=30)),
+       st.sampled_from([timedelta(hours=4), timedelta(minutes=1), timedelta(hours=72)]))
+def test_property_failing_is_exactly_silent_longer_than_the_limit(heard, span, limit):
+    failing, _ = offline_check(Presence(heard), heard + span, calendar=VN, limit=limit,
+                               counts="business_hours")
+    assert failing == (VN.business_time(heard, heard + span) > limit)

@@ -1,5 +1,6 @@
 """Policy overrides: vendor file -> customer -> site -> machine, validated like the file."""
 
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -70,10 +71,12 @@ def test_chain_orders_customer_site_machine_and_skips_missing_levels():
          " cannot be overridden"),
         ("kinds.disk_full.severity", "low", "cannot be overridden"),
         ("due.timezone", "Asia/Bangkok", "set the customer's time zone instead"),
+        ("rules[5].category", "virus", "rules[5].category cannot be overridden (of a rule,"
+         " only action and due)"),
     ],
 )
 def test_bad_overrides_are_refused_naming_the_key(key, value, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         LAYERS.check(key, value)
     with pytest.raises(ConfigError):
         LAYERS.resolve([("customer", key, value)])
@@ -171,6 +174,7 @@ def test_show_lists_every_overridable_value_and_its_source():
         "key": "fees.technician_visit_vnd", "value": 900_000, "source": "vendor"}
     assert shown["alerts.agent_offline.open_after"]["source"] == "default"
     assert "rules[12].due" in shown
+    assert "rules[12].reason" not in shown and "rules[11].severity" not in shown
     assert not any(key.startswith(("tiers.", "kinds.", "warranty.")) for key in shown)
 
 

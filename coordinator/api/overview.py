@@ -1,0 +1,92 @@
+"""Screens' methods: the fleet at a glance, incident lists a page at a time, the caller's language.
+
+They answer from one aggregate query each (storage/views.py), so the web console's busiest
+pages stay fast at 10,000 machines; the CLI and REST API can call them too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from careline.coordinator.api import Context, NoParams, method
+from careline.coordinator.i18n import LANGUAGES
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import views
+from careline.shared.errors import ConfigError
+
+MAX_PAGE = 500
+
+
+@method("fleet.overview", "viewer")
+async def fleet_overview(ctx: Context, _: NoParams) -> dict[str, Any]:
+    """Machines online, off (shut down cleanly), offline and needing attention (an open
+    incident), per customer."""
+    async with ctx.coordinator.db.connect() as conn:
+        rows = await views.fleet_overview(conn, ctx.now - ctx.coordinator.offline_after)
+    totals = {key: sum(r[key] for r in rows)
+              for key in ("machines", "online", "off", "offline", "needs_attention", "open_incidents")}
+    return {"customers": rows, "totals": totals}
+
+
+class LanguageParams(msgspec.Struct, forbid_unknown_fields=True):
+    language: str
+
+
+@method("profile.language", "viewer", LanguageParams)
+async def set_language(ctx: Context, p: LanguageParams) -> dict[str, Any]:
+    """The caller's own language for the web console (and what it sends them)."""
+    if p.language not in LANGUAGES:
+        raise ConfigError(f"language must be one of {', '.join(LANGUAGES)}")
+    async with ctx.coordinator.db.transaction() as conn:
+        await store.set_technician_language(conn, ctx.caller.name, p.language)
+    return {"name": ctx.caller.name, "language": p.language}
+
+
+class MachineJobs(msgspec.Struct, forbid_unknown_fields=True):
+    machine: str
+    limit: int = 20
+
+
+@method("jobs.machine", "viewer", MachineJobs)
+async def machine_jobs(ctx: Context, p: MachineJobs) -> list[dict[str, Any]]:
+    """One machine's jobs (update, reinstall, verify), newest first."""
+    if not 1 <= p.limit <= MAX_PAGE:
+        raise ConfigError(f"limit must be 1..{MAX_PAGE}")
+    async with ctx.coordinator.db.connect() as conn:
+        agent = await store.get_agent(conn, p.machine)
+        return await views.machine_jobs(conn, agent["id"], p.limit)
+
+
+class CustomerRef(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+
+
+@method("rollouts.customer", "viewer", CustomerRef)
+async def customer_rollouts(ctx: Context, p: CustomerRef) -> list[dict[str, Any]]:
+    """Rollouts that reached the customer's machines, with how many succeeded or failed there."""
+    async with ctx.coordinator.db.connect() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        return await views.customer_rollouts(conn, customer["id"])
+
+
+class IncidentPage(msgspec.Struct, forbid_unknown_fields=True):
+    open: bool = False
+    customer: str | None = None
+    machine: str | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+@method("incidents.page", "viewer", IncidentPage)
+async def incidents_page(ctx: Context, p: IncidentPage) -> dict[str, Any]:
+    """One page of incidents, open first, with the decision's action, fee and due time."""
+    if not 1 <= p.limit <= MAX_PAGE or p.offset < 0:
+        raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset at least 0")
+    async with ctx.coordinator.db.connect() as conn:
+        customer_id = await store.customer_id_of(conn, p.customer)
+        agent_id = (await store.get_agent(conn, p.machine))["id"] if p.machine else None
+        total, rows = await views.incidents_page(conn, open_only=p.open, customer_id=customer_id,
+                                                 agent_id=agent_id, limit=p.limit, offset=p.offset)
+    return {"total": total, "limit": p.limit, "offset": p.offset, "rows": rows}

@@ -1,0 +1,146 @@
+"""Events into the outbox, in the caller's transaction.
+
+`notify()` is called by the code that stores what happened (an incident opened, a job
+failed, a rollout paused) with the same connection, so the notification is committed with
+the event or not at all. It finds the routes that want the event, decides per recipient
+whether it goes out by itself or into the digest (coordinator.notify.policy.place), and
+inserts one row per recipient; the sender (coordinator.notify.sender) delivers them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from careline.coordinator.notify import policy
+from careline.coordinator.policy.calendar import BusinessCalendar
+from careline.coordinator.storage import fleet as fstore
+from careline.coordinator.storage import notify as store
+from careline.coordinator.storage import service
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def recipient_calendar(row: dict[str, Any]) -> BusinessCalendar:
+    return BusinessCalendar(
+        timezone=row["timezone"],
+        workdays=frozenset(WEEKDAYS.index(d) for d in row["workdays"].split(",")),
+        opens=dt.time.fromisoformat(row["opens"]), closes=dt.time.fromisoformat(row["closes"]))
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json(v) for v in value]
+    return value
+
+
+async def notify(conn: AsyncConnection, event: policy.Event, now: dt.datetime,
+                 customer_open: bool = True) -> int:
+    """Queue `event` for every recipient a route sends it to; returns how many rows."""
+    route_rows = await store.list_routes(conn)
+    if not route_rows:
+        return 0
+    rows = {r["id"]: r for r in await store.list_recipients(conn)}
+    recipients = {rid: policy.Recipient(rid, recipient_calendar(r), r["customer_id"])
+                  for rid, r in rows.items()}
+    routes = [policy.Route(r["recipient_id"], policy.Route.parse_list(r["events"]),
+                           r["customer_id"], r["min_severity"], policy.Route.parse_list(r["kinds"]))
+              for r in route_rows]
+    wanted = policy.recipients_for(routes, recipients, event)
+    if not wanted:
+        return 0
+    already = await store.told(conn, wanted, event.thread)
+    facts = _json(dict(event.facts))
+    inserts = []
+    for rid in wanted:
+        placement = policy.place(event, recipients[rid], now, thread_notified=rid in already,
+                                 customer_open=customer_open)
+        inserts.append({
+            "key": f"{event.key}:r{rid}"[:200], "recipient_id": rid,
+            "channel_id": rows[rid]["channel_id"], "event": event.kind,
+            "severity": event.severity, "customer_id": event.customer_id,
+            "thread": event.thread, "fold_key": event.fold_key, "facts": facts,
+            "status": placement.status, "created_at": now,
+            "next_attempt_at": placement.not_before,
+        })
+    await store.insert_notifications(conn, inserts)
+    return len(inserts)
+
+
+async def incident_facts(conn: AsyncConnection, incident_id: int) -> dict[str, Any]:
+    """What a message about an incident says: machine, customer, decision, fee, due time."""
+    incident = await service.get_incident(conn, incident_id)
+    agent = await fstore.get_agent(conn, incident["agent_id"])
+    decision = await service.latest_decision(conn, incident_id) or {}
+    return {
+        "incident": incident_id, "kind": incident["kind"], "subject": incident["subject"],
+        "category": incident["category"], "severity": incident["severity"],
+        "detail": incident["detail"], "machine": agent["id"], "hostname": agent["hostname"],
+        "customer": agent["customer"],
+        "action": decision.get("action"), "covered": decision.get("covered"),
+        "fee_vnd": decision.get("fee_vnd"), "due_at": decision.get("due_at"),
+        "opened_at": incident["opened_at"],
+    }
+
+
+async def notify_incident(conn: AsyncConnection, incident_id: int, kind: str, now: dt.datetime,
+                          customer_calendar: BusinessCalendar | None = None,
+                          visit_id: int | None = None) -> None:
+    """An incident event (opened, escalated, updated, overdue) and, with `visit_id`, the visit
+    it created: customers who opted in hear of the visit; staff get one message."""
+    facts = await incident_facts(conn, incident_id)
+    incident = await service.get_incident(conn, incident_id)
+    open_now = customer_calendar is None or policy.is_open(customer_calendar, now)
+    suffix = {"incident.updated": f":{now.isoformat()}",
+              "incident.escalated": f":{now.isoformat()}",
+              "incident.overdue": f":{facts['due_at']}"}.get(kind, "")
+    await notify(conn, policy.Event(
+        kind, f"incident:{incident_id}:{kind.split('.')[1]}{suffix}", incident["severity"], facts,
+        customer_id=incident["customer_id"], thread=f"incident:{incident_id}",
+        incident_kind=incident["kind"]), now, customer_open=open_now)
+    if visit_id is not None:
+        await notify(conn, policy.Event(
+            "visit.created", f"visit:{visit_id}:created", incident["severity"],
+            {**facts, "visit": visit_id}, customer_id=incident["customer_id"],
+            thread=f"incident:{incident_id}", incident_kind=incident["kind"]), now)
+
+
+async def notify_job_result(conn: AsyncConnection, part: dict[str, Any], outcome: str,
+                            reason: str | None, now: dt.datetime) -> None:
+    """An update job's result on one machine: installed (customers may hear) or failed."""
+    if outcome not in ("installed", "failed", "rolled_back", "refused"):
+        return
+    agent = await fstore.get_agent(conn, part["agent_id"])
+    kind = "update.installed" if outcome == "installed" else "job.failed"
+    await notify(conn, policy.Event(
+        kind, f"job:{part['ref']}:{outcome}", "low" if outcome == "installed" else "high",
+        {"machine": agent["id"], "hostname": agent["hostname"], "customer": agent["customer"],
+         "product": part["product"], "version": part["version"], "outcome": outcome,
+         "reason": reason or "", "job": part["ref"]},
+        customer_id=agent["customer_id"]), now)
+
+
+async def notify_rollout(conn: AsyncConnection, kind: str, rollout: dict[str, Any],
+                         machines: list[dict[str, Any]], reason: str, now: dt.datetime) -> None:
+    """A rollout paused or at risk of missing its regulation deadline: one message naming
+    how many machines, not one per machine."""
+    if not machines:
+        return
+    hostnames = []
+    for machine in machines[:20]:
+        agent = await fstore.agent_by_id(conn, machine["agent_id"])
+        hostnames.append(agent["hostname"] if agent else machine["agent_id"])
+    await notify(conn, policy.Event(
+        kind, f"rollout:{rollout['id']}:{kind.split('.')[1]}:{now.isoformat()}", "high",
+        {"rollout": rollout["id"], "product": rollout["product"], "version": rollout["version"],
+         "effective": rollout["effective"], "count": len(machines), "reason": reason,
+         "hostnames": hostnames}, customer_id=rollout["customer_id"],
+        thread=f"rollout:{rollout['id']}:{kind}"), now)

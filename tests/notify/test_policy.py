@@ -1,0 +1,175 @@
+"""coordinator.notify.policy: routes, quiet hours, one message per incident, folding,
+backoff, channel health, throttling and webhook signatures (pure code, no I/O)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from careline.coordinator.notify import policy
+from careline.coordinator.notify.policy import Event, Recipient, Route
+from careline.coordinator.policy.calendar import BusinessCalendar
+
+HCM = BusinessCalendar(timezone="Asia/Ho_Chi_Minh", workdays=frozenset(range(5)),
+                       opens=dt.time(8), closes=dt.time(17, 30))
+# Tuesday 2026-12-01: 03:00 UTC is 10:00 in Ho Chi Minh City (open), 12:00 UTC is 19:00 (closed).
+OPEN = dt.datetime(2026, 12, 1, 3, 0, tzinfo=dt.UTC)
+CLOSED = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def event(kind: str = "incident.opened", severity: str = "high", customer: int | None = 1,
+          incident_kind: str = "disk_failing", thread: str = "incident:1") -> Event:
+    return Event(kind, f"{thread}:{kind}", severity, {}, customer_id=customer, thread=thread,
+                 incident_kind=incident_kind)
+
+
+STAFF = Recipient(1, HCM)
+CONTACT = Recipient(2, HCM, customer_id=1)
+
+
+def test_unknown_event_or_severity_is_refused():
+    with pytest.raises(ValueError, match="unknown notification event"):
+        Event("incident.exploded", "k", "high", {})
+    with pytest.raises(ValueError, match="unknown severity"):
+        Event("incident.opened", "k", "urgent", {})
+    with pytest.raises(ValueError, match="unknown events"):
+        policy.validate_events(["incident.opened", "nope"])
+
+
+@pytest.mark.parametrize(("route", "recipient", "ev", "expected"), [
+    (Route(1, None), STAFF, event(), True),
+    (Route(1, frozenset({"job.failed"})), STAFF, event(), False),
+    (Route(1, None, customer_id=2), STAFF, event(customer=1), False),
+    (Route(1, None, customer_id=1), STAFF, event(customer=1), True),
+    (Route(1, None, min_severity="critical"), STAFF, event(severity="high"), False),
+    (Route(1, None, min_severity="high"), STAFF, event(severity="critical"), True),
+    (Route(1, None, kinds=frozenset({"agent_offline"})), STAFF, event(), False),
+    (Route(1, None, kinds=frozenset({"disk_failing"})), STAFF, event(), True),
+    (Route(1, None, kinds=frozenset({"disk_failing"})), STAFF,
+     event("rollout.paused", incident_kind=""), True),
+    # A customer's contact hears only customer-facing events, and only their own.
+    (Route(2, None), CONTACT, event(), False),
+    (Route(2, None), CONTACT, event("visit.created"), True),
+    (Route(2, None), CONTACT, event("visit.created", customer=7), False),
+    (Route(2, None), CONTACT, event("coverage.ending", customer=None), False),
+    (Route(2, None), CONTACT, event("coverage.ending"), True),
+    (Route(1, None), STAFF, event("coverage.ending"), False),  # sales get coverage.expiring
+])
+def test_route_matches(route, recipient, ev, expected):
+    assert policy.route_matches(route, recipient, ev) is expected
+
+
+def test_recipients_for_names_each_recipient_once():
+    routes = [Route(1, None), Route(1, frozenset({"incident.opened"})), Route(2, None), Route(9, None)]
+    assert policy.recipients_for(routes, {1: STAFF, 2: CONTACT}, event()) == [1]
+    assert policy.recipients_for(routes, {1: STAFF, 2: CONTACT}, event("visit.created")) == [1, 2]
+
+
+def test_parse_list():
+    assert Route.parse_list("*") is None and Route.parse_list("") is None
+    assert Route.parse_list(" a, b ,") == frozenset({"a", "b"})
+
+
+def test_place_one_message_per_incident_then_digest():
+    first = policy.place(event(), STAFF, OPEN, thread_notified=False)
+    assert first == policy.Placement("pending", OPEN, "in business hours")
+    again = policy.place(event("incident.updated"), STAFF, OPEN, thread_notified=True)
+    assert again.status == "digest"
+    # Getting worse breaks through: overdue and escalation go out on their own.
+    for kind in policy.THREAD_BREAKERS:
+        assert policy.place(event(kind), STAFF, OPEN, thread_notified=True).status == "pending"
+
+
+def test_place_quiet_hours_hold_until_opening_except_critical():
+    held = policy.place(event(), STAFF, CLOSED, thread_notified=False)
+    assert held.status == "pending" and held.reason == "quiet hours"
+    assert held.not_before == dt.datetime(2026, 12, 2, 1, 0, tzinfo=dt.UTC)  # Wed 08:00 +07
+    critical = policy.place(event(severity="critical"), STAFF, CLOSED, thread_notified=False)
+    assert critical.not_before == CLOSED
+
+
+def test_machine_offline_outside_customer_hours_goes_to_digest():
+    offline = event(incident_kind="agent_offline", severity="medium")
+    assert policy.place(offline, STAFF, OPEN, thread_notified=False,
+                        customer_open=False).status == "digest"
+    assert policy.place(offline, STAFF, OPEN, thread_notified=False,
+                        customer_open=True).status == "pending"
+
+
+def test_fold_keys_group_mass_events_per_customer():
+    assert event(incident_kind="agent_offline").fold_key == "incident.opened:agent_offline:1"
+    assert event(incident_kind="agent_offline", customer=2).fold_key != event(
+        incident_kind="agent_offline").fold_key
+    assert event(incident_kind="disk_failing").fold_key is None
+    assert event("job.failed", incident_kind="").fold_key == "job.failed::1"
+
+
+@given(st.datetimes(min_value=dt.datetime(2020, 1, 1), max_value=dt.datetime(2035, 1, 1),
+                    timezones=st.just(dt.UTC)))
+def test_next_opening_is_open_and_not_before_now(now):
+    at = policy.next_opening(HCM, now)
+    assert at >= now and policy.is_open(HCM, at)
+    if policy.is_open(HCM, now):
+        assert at == now
+    else:  # nothing open in between: it is the first opening
+        assert HCM.local(at).time() == HCM.opens
+
+
+@given(st.integers(min_value=1, max_value=60))
+def test_backoff_doubles_up_to_the_cap(attempts):
+    delay = policy.backoff(attempts, 10, 3600)
+    assert dt.timedelta(seconds=10) <= delay <= dt.timedelta(seconds=3600)
+    assert policy.backoff(attempts + 1, 10, 3600) >= delay
+    if attempts <= 5:
+        assert delay == dt.timedelta(seconds=10 * 2 ** (attempts - 1))
+
+
+def test_channel_turns_unhealthy_after_failures_and_recovers():
+    health, changes = policy.Health(True, 0), []
+    for _ in range(4):
+        health, change = policy.after_attempt(health, False, unhealthy_after=3)
+        changes.append(change)
+    assert changes == [None, None, "unhealthy", None] and health == policy.Health(False, 4)
+    health, change = policy.after_attempt(health, True, unhealthy_after=3)
+    assert change == "recovered" and health == policy.Health(True, 0)
+    assert policy.after_attempt(health, True, 3) == (policy.Health(True, 0), None)
+
+
+def test_throttle_allows_rate_per_minute():
+    throttle = policy.Throttle()
+    for t in range(3):
+        assert throttle.wait(1, 3, float(t)) == 0
+        throttle.record(1, float(t))
+    assert throttle.wait(1, 3, 10.0) == pytest.approx(50.0)
+    assert throttle.wait(2, 3, 10.0) == 0  # per channel
+    assert throttle.wait(1, 3, 60.0) == 0  # the first left the window
+    assert throttle.wait(1, 0, 10.0) == 0  # 0: no limit
+
+
+@given(st.binary(max_size=200), st.binary(min_size=1, max_size=40))
+def test_webhook_signature_verifies_and_detects_tampering(body, secret):
+    signature = policy.sign_webhook(secret, 1_700_000_000, body)
+    assert policy.verify_webhook(secret, "1700000000", body, signature, 1_700_000_010)
+    assert not policy.verify_webhook(secret, "1700000000", body + b"x", signature, 1_700_000_010)
+    assert not policy.verify_webhook(secret + b"x", "1700000000", body, signature, 1_700_000_010)
+    # The timestamp is signed: changing it breaks the signature; an old one is a replay.
+    assert not policy.verify_webhook(secret, "1700000001", body, signature, 1_700_000_010)
+    assert not policy.verify_webhook(secret, "1700000000", body, signature, 1_700_000_000 + 301)
+    assert not policy.verify_webhook(secret, "soon", body, signature, 1_700_000_010)
+
+
+def test_fold_groups_and_stable_delivery_ids():
+    rows = [
+        {"id": 5, "recipient_id": 1, "fold_key": "f", "delivery": None},
+        {"id": 3, "recipient_id": 1, "fold_key": "f", "delivery": None},
+        {"id": 4, "recipient_id": 2, "fold_key": "f", "delivery": None},
+        {"id": 6, "recipient_id": 1, "fold_key": None, "delivery": None},
+        {"id": 7, "recipient_id": 1, "fold_key": "f", "delivery": "n2"},  # claimed before
+        {"id": 2, "recipient_id": 1, "fold_key": "f", "delivery": "n2"},
+    ]
+    groups = policy.fold_groups(rows)
+    assert [[r["id"] for r in g] for g in groups] == [[2, 7], [3, 5], [4], [6]]
+    assert [policy.delivery_id(g) for g in groups] == ["n2", "n3", "n4", "n6"]
