@@ -2,9 +2,11 @@
 through one SMTP server and one webhook receiver on loopback; sent per second, p50/p99 event
 -> delivery, coordinator RSS, and heartbeat throughput with and without the sending.
 
-    python bench/notify.py [--notifications 2000] [--agents 200] [--duration 10] [--json]
+    python bench/notify.py [--notifications 2000] [--agents 200] [--duration 10]
+                           [--max-per-second 50] [--database postgresql://...] [--json]
 
-The coordinator is `careline serve` on SQLite in a temporary data dir. Channels, recipients and
+The coordinator is `careline serve` on SQLite (or, with --database, a fresh PostgreSQL
+database) in a temporary data dir. Channels, recipients and
 routes are made through its admin API; the receivers (aiosmtpd, and an HTTP server verifying
 every HMAC) run in this process. Half the notifications go by e-mail, half by webhook. They
 are queued into the coordinator's database through the storage layer exactly as the
@@ -120,10 +122,23 @@ class Arrivals:
 
 
 async def run(args: argparse.Namespace, root: Path, children: fleet.Children) -> dict[str, Any]:
+    database, pg_name = "", ""
+    if args.database:
+        database, pg_name = await fleet.create_pg_database(args.database)
+    try:
+        return await _run(args, root, children, database)
+    finally:
+        if pg_name:
+            await fleet.drop_pg_database(args.database, pg_name)
+
+
+async def _run(args: argparse.Namespace, root: Path, children: fleet.Children,
+               database: str) -> dict[str, Any]:
     n, secret = args.notifications, secrets.token_urlsafe(24)
-    results: dict[str, Any] = {"notifications": n, "agents": args.agents, "database": "sqlite",
+    results: dict[str, Any] = {"notifications": n, "agents": args.agents,
+                               "database": "postgresql" if database else "sqlite",
                                "machine": fleet.machine_info(), "source": fleet.source_info()}
-    coord = await asyncio.to_thread(fleet.CoordinatorProc, children, root, "", 30.0)
+    coord = await asyncio.to_thread(fleet.CoordinatorProc, children, root, database, 30.0)
     (coord.data / "notify.toml").write_text(
         f"poll_seconds = 0.2\nfold_window_seconds = 0\nmax_per_second = {args.max_per_second}\n")
     results["max_per_second"] = args.max_per_second
@@ -201,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="wait for deliveries, s")
     parser.add_argument("--max-per-second", type=float, default=50.0,
                         help="the coordinator's sending pace (notify.toml; 0: none)")
+    parser.add_argument("--database", default="",
+                        help="postgresql://... (a fresh database is made beside it; default SQLite)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args(argv)

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -184,6 +185,7 @@ def main() -> None:
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(15)
+        shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(figures, indent=2))
         return

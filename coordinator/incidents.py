@@ -110,6 +110,7 @@ class IncidentDesk:
         self.layers = layers
         self.policy = layers.resolve()  # the vendor's: before any customer's overrides
         self.offline_after = offline_after
+        self._bad_overrides: set[str] = set()  # logged once each
 
     # ------------------------------------------------------------------ policy
     def policy_of(self, by_target: dict[str, dict[str, Any]], agent: dict[str, Any]) -> Policy:
@@ -117,8 +118,16 @@ class IncidentDesk:
         own overrides (`by_target` from service.overrides_by_target)."""
         if not by_target:
             return self.policy
-        return self.layers.resolve(
-            chain(by_target, agent["customer_id"], agent.get("site_id"), agent["id"]))
+        try:
+            return self.layers.resolve(
+                chain(by_target, agent["customer_id"], agent.get("site_id"), agent["id"]))
+        except ConfigError as exc:
+            # Stored overrides the vendor's current policy file no longer accepts (a rule
+            # or key gone): this machine runs on the vendor's policy until they are unset.
+            if str(exc) not in self._bad_overrides:
+                self._bad_overrides.add(str(exc))
+                log.error("policy overrides of machine %s ignored: %s", agent["id"], exc)
+            return self.policy
 
     async def policy_for(self, conn: AsyncConnection, agent: dict[str, Any]) -> Policy:
         return self.policy_of(await service.overrides_by_target(conn), agent)

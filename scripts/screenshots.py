@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -112,6 +113,7 @@ def main(out: Path) -> None:
             proc.terminate()
         for proc in procs:
             proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _listening(port: int) -> bool:

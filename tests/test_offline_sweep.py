@@ -94,3 +94,20 @@ async def test_business_time_closures_clean_stops_and_overrides(db: Database) ->
     await sweep(db, desk, vn(2026, 3, 5, 11, 20), vn(2026, 3, 5, 13, 20))
     assert await open_kinds(db, closed) == ["agent_offline"]  # Thursday: open again
     assert await open_kinds(db, shut_down) == []
+
+
+async def test_overrides_the_policy_file_no_longer_accepts_are_ignored(db: Database) -> None:
+    """The vendor's file changed under a stored override (a rule gone): that machine runs on
+    the vendor's policy, and sweeps and decisions carry on for everyone."""
+    desk = IncidentDesk(db, PolicyLayers(*load_policy_data()), dt.timedelta(seconds=90))
+    async with db.transaction() as conn:
+        customer = await store.add_customer(conn, "Minh Anh", "Asia/Ho_Chi_Minh", vn(2026, 3, 1))
+        await service.set_override(conn, target=target("customer", customer["id"]),
+                                   key="rules[40].due", value="same_day", by="lan",
+                                   now=vn(2026, 3, 1))
+    gone = await machine(db, customer["id"], vn(2026, 3, 3, 9, 0))
+    await sweep(db, desk, vn(2026, 3, 3, 14, 0), vn(2026, 3, 3, 15, 0))
+    assert await open_kinds(db, gone) == ["agent_offline"]
+    async with db.connect() as conn:
+        agent = await store.get_agent(conn, gone)
+        assert await desk.policy_for(conn, agent) is desk.policy

@@ -13,7 +13,6 @@ sent but not yet marked sent when the process died.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -91,21 +90,16 @@ class Notifier:
         self.secrets = channels.Secrets(data / "notify.key")
         self.overrides = data / "templates" / "notify"
         self.throttle = policy.Throttle()
-        self._wake = asyncio.Event()
         self._periodic_done: set[str] = set()  # keys queued by this process already
         self._paced_until = 0.0  # time.monotonic() before which the pace allows no more
 
-    def wake(self) -> None:
-        """Something was queued: deliver now rather than at the next poll."""
-        self._wake.set()
-
     # ------------------------------------------------------------------ loop
     async def run_forever(self) -> None:
+        """Poll the outbox: every process (and every transaction) queues into the database,
+        so an indexed query every `poll_seconds` is the one signal they all share."""
         last_periodic = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
-            self._wake.clear()
+            await asyncio.sleep(self.settings.poll_seconds)
             try:
                 if time.monotonic() - last_periodic >= self.settings.periodic_seconds:
                     last_periodic = time.monotonic()

@@ -33,7 +33,7 @@ STORED = ("pending", "sent", "succeeded", "failed", "timed_out", "not_covered", 
     (True, "1.0.0", "1.1.0", Standing.BELOW),
     (True, "1.0.9", "1.1", Standing.BELOW),
     (True, "1.1.0", "1.1.0", Standing.CURRENT),
-    (True, "1.1", "1.1.0", Standing.BELOW),  # (1, 1) < (1, 1, 0): as the installer orders them
+    (True, "1.1", "1.1.0", Standing.CURRENT),  # 1.1 == 1.1.0, as packaging (and the installer) compare
     (True, "1.10.0", "1.9.0", Standing.CURRENT),  # numeric, not text, order
     (True, "2.0", "1.9.9", Standing.CURRENT),
 ])
