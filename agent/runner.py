@@ -219,6 +219,7 @@ class AgentRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
+            await self.updater.close()
             if self.status.state != "refused":
                 self._set_status("stopped")
             self.mark_clean_stop()
