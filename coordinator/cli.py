@@ -814,7 +814,10 @@ _rollout_action("retry-failed", "rollouts.retry_failed",
 @click.option("--window", default=None, help="Local hours, e.g. 18:00-07:00; omit to clear.")
 def customers_install_window(client: Any, as_json: bool, customer: str,
                              window: str | None) -> None:
-    """When updates may install at a customer (default: whenever the product is closed)."""
+    """When updates may install at a customer (default: whenever the product is closed).
+
+    Sets the customer level of the policy value rollouts.install_window; sites and machines
+    may have their own (careline policy set --site/--machine)."""
     from careline.coordinator.render import emit
 
     emit(client.call("customers.install_window", customer=customer, window=window), as_json)

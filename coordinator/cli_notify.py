@@ -176,10 +176,12 @@ def routes_remove(client: Any, as_json: bool, route: int) -> None:
 @click.option("--channel", required=True)
 @click.option("--address", required=True, help="The customer's contact address.")
 @click.option("--language", type=click.Choice(["vi", "en"]), default="vi", show_default=True)
-@click.option("--events", default="coverage.ending,update.installed,visit.created", show_default=True)
+@click.option("--events", default="coverage.ending,report.care_monthly,update.installed,visit.created",
+              show_default=True)
 def optin(client: Any, as_json: bool, customer: str, channel: str, address: str, language: str,
           events: str) -> None:
-    """A customer's contact hears of visits, installed updates and coverage ending."""
+    """A customer's contact hears of visits, installed updates, coverage ending, and gets the
+    monthly care report."""
     from careline.coordinator.render import emit
 
     emit(client.call("notify.customers.optin", customer=customer, channel=channel,

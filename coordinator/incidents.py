@@ -132,6 +132,13 @@ class IncidentDesk:
     async def policy_for(self, conn: AsyncConnection, agent: dict[str, Any]) -> Policy:
         return self.policy_of(await service.overrides_by_target(conn), agent)
 
+    async def urgent_from(self, conn: AsyncConnection, agent_id: str) -> str:
+        """The machine's `notify.urgent_from`: how severe an incident notification must be
+        to ignore quiet hours (notify_incident)."""
+        agent = await store.agent_by_id(conn, agent_id)
+        return self.policy.urgent_from if agent is None else (
+            await self.policy_for(conn, agent)).urgent_from
+
     # ------------------------------------------------------------------ entitlement
     async def entitlement(
         self, conn: AsyncConnection, agent: dict[str, Any], at: dt.date | None = None,
@@ -214,7 +221,8 @@ class IncidentDesk:
                                  detail={"agent": agent["id"], "kind": kind}, now=now)
         customer = await store.get_customer(conn, agent["customer_id"])
         await notify_incident(conn, incident_id, "incident.opened", now,
-                              await load_calendar(conn, self.policy, customer), decision.get("visit"))
+                              await load_calendar(conn, self.policy, customer), decision.get("visit"),
+                              urgent_from=(await self.policy_for(conn, agent)).urgent_from)
         return incident_id
 
     async def machine_state(

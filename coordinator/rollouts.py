@@ -26,12 +26,14 @@ from careline.coordinator.notify.events import notify_rollout
 from careline.coordinator.policy import waves
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import rollouts as rstore
+from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
 from careline.coordinator.updates import create_job
 from careline.shared.errors import ConfigError, Conflict
 from careline.shared.protocol import AGENT_PRODUCT
 
 if TYPE_CHECKING:
+    from careline.coordinator.policy.overrides import PolicyLayers
     from careline.coordinator.server import Coordinator
 
 log = logging.getLogger("careline.coordinator")
@@ -49,6 +51,7 @@ _FAILED = frozenset({"rolled_back", "refused", "failed", "cancelled"})
 OPEN_STATUSES = ("running", "paused")
 # A pending machine of a sent wave held back by its install window (or running product).
 WINDOW_WAIT = "waiting for install window: "
+INSTALL_WINDOW_KEY = "rollouts.install_window"  # the policy value (overrides.py)
 
 
 def product_report(products: list[dict[str, Any]] | None, product: str) -> tuple[bool, str | None]:
@@ -72,6 +75,26 @@ def covers(includes: dict[str, Any], kind: str) -> bool:
         return bool(includes["bug_fixes"])
     return True  # a feature rollout is a technician's explicit choice (an upgrade sold)
 
+
+class _Windows:
+    """Each machine's install window (`rollouts.install_window`) and the level that set it,
+    from the overrides read once per tick; each distinct window is parsed once."""
+
+    def __init__(self, layers: PolicyLayers, by_target: dict[str, dict[str, Any]]) -> None:
+        self.layers = layers
+        self.by_target = by_target
+        self.parsed: dict[str, waves.InstallWindow | None] = {}
+
+    def __call__(self, agent: dict[str, Any]) -> tuple[waves.InstallWindow | None, str]:
+        text, source = self.layers.value(INSTALL_WINDOW_KEY, self.by_target, agent["customer_id"],
+                                         agent["site_id"], agent["id"])
+        if text not in self.parsed:
+            try:
+                self.parsed[text] = waves.InstallWindow.setting(text)
+            except ValueError as exc:  # checked when set: only a hand-edited database
+                log.error("%s %r of machine %s ignored: %s", INSTALL_WINDOW_KEY, text, agent["id"], exc)
+                self.parsed[text] = None
+        return self.parsed[text], source
 
 class Rollouts:
     def __init__(self, coordinator: Coordinator, rules: waves.WaveRules | None = None) -> None:
@@ -368,6 +391,8 @@ class Rollouts:
         """Create one job for every pending machine of a sent wave that may install now."""
         ready = []
         customers: dict[int, dict[str, Any]] = {}
+        window_of = _Windows(self.coordinator.policy_layers,
+                             await service.overrides_by_target(conn))
         for machine in machines:
             if machine["state"] != "pending" or machine["wave"] is None:
                 continue
@@ -379,8 +404,7 @@ class Rollouts:
             customer = customers.get(agent["customer_id"]) or await store.get_customer(
                 conn, agent["customer_id"])
             customers[customer["id"]] = customer
-            window = (waves.InstallWindow.parse(customer["install_window"])
-                      if customer.get("install_window") else None)
+            window, source = window_of(agent)
             # Updating the agent itself interrupts no one: its running never holds a wave back.
             running = rollout["product"] != AGENT_PRODUCT and any(
                 p["name"] == rollout["product"] and p["running"]
@@ -389,11 +413,11 @@ class Rollouts:
                 now, window, customer["timezone"], running,
                 rollout["effective"] or now.date() + dt.timedelta(days=365),
                 self.rules.window_override_days)
+            reason = decision.reason + (f" ({source} policy)" if window else "")
             if decision.open:
-                ready.append((machine, decision.reason))
-            elif machine["detail"] != WINDOW_WAIT + decision.reason:
-                await rstore.set_machine(conn, machine["id"],
-                                         detail=WINDOW_WAIT + decision.reason)
+                ready.append((machine, reason))
+            elif machine["detail"] != WINDOW_WAIT + reason:
+                await rstore.set_machine(conn, machine["id"], detail=WINDOW_WAIT + reason)
         if not ready:
             return []
         job = await create_job(

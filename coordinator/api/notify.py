@@ -241,7 +241,8 @@ class OptIn(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("notify.customers.optin", "technician", OptIn)
 async def customer_optin(ctx: Context, p: OptIn) -> dict[str, Any]:
-    """A customer's contact hears of visits, installed updates and coverage ending."""
+    """A customer's contact hears of visits, installed updates, coverage ending, and gets the
+    monthly care report."""
     events = policy.Route.parse_list(p.events) or policy.CUSTOMER_EVENTS
     if events - policy.CUSTOMER_EVENTS:
         raise ConfigError(f"customers may hear of {', '.join(sorted(policy.CUSTOMER_EVENTS))}")

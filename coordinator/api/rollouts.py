@@ -8,9 +8,11 @@ import msgspec
 
 from careline.coordinator.api import Context, method
 from careline.coordinator.policy import waves
-from careline.coordinator.rollouts import release_by_id
+from careline.coordinator.policy.overrides import target
+from careline.coordinator.rollouts import INSTALL_WINDOW_KEY, release_by_id
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import rollouts as rstore
+from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
 from careline.shared.errors import ConfigError, Conflict, NotFound
 
@@ -115,14 +117,25 @@ class InstallWindowParams(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("customers.install_window", "technician", InstallWindowParams)
 async def set_install_window(ctx: Context, p: InstallWindowParams) -> dict[str, Any]:
+    """The customer level of `rollouts.install_window` (see `policy set`), under its own
+    command because technicians set it, not only admins; None drops the override."""
     if p.window is not None:
         try:
-            waves.InstallWindow.parse(p.window)
+            waves.InstallWindow.setting(p.window)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    key = INSTALL_WINDOW_KEY
     async with ctx.coordinator.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
-        await store.update_customer(conn, customer["id"], install_window=p.window)
-        await ctx.audit(conn, "customer.install_window", f"customer:{customer['id']}",
-                        window=p.window)
-        return await store.get_customer(conn, customer["id"])
+        owner = target("customer", customer["id"])
+        previous = (await service.overrides_by_target(conn)).get(owner, {}).get(key)
+        if p.window is None:
+            await service.unset_override(conn, owner, key)
+        else:
+            await service.set_override(conn, target=owner, key=key, value=p.window,
+                                       by=ctx.caller.name, now=ctx.now)
+        await ctx.audit(conn, "policy.unset" if p.window is None else "policy.set", owner,
+                        key=key, value=p.window, previous=previous)
+        window, source = ctx.coordinator.policy_layers.value(
+            key, await service.overrides_by_target(conn), customer["id"])
+        return {"customer": customer["name"], "install_window": window, "source": source}

@@ -274,8 +274,11 @@ async def redecide_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
         decision = await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
         escalated = decision["action"] in ONSITE_ACTIONS and (
             before is None or before["action"] not in ONSITE_ACTIONS)
+        incident = await service.get_incident(conn, p.id)
         await notify_incident(conn, p.id, "incident.escalated" if escalated else "incident.updated",
-                              ctx.now, visit_id=decision["visit"])
+                              ctx.now, visit_id=decision["visit"],
+                              urgent_from=await ctx.coordinator.desk.urgent_from(
+                                  conn, incident["agent_id"]))
         await ctx.audit(conn, "incident.redecide", f"incident:{p.id}",
                         decided=decision["action"])
     return decision

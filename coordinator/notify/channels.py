@@ -26,6 +26,8 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.header import Header
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import formatdate
 from pathlib import Path
@@ -47,12 +49,22 @@ class DeliveryError(CarelineError):
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with an e-mail (the care report's PDF); other channels carry no files."""
+
+    filename: str
+    content_type: str  # e.g. "application/pdf"
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Message:
     delivery: str  # idempotency key: the same for every retry of this message
     address: str  # the recipient's address on this channel (e-mail; unused by webhooks)
     subject: str
     text: str
     payload: dict[str, Any]  # the webhook's JSON body
+    attachments: tuple[Attachment, ...] = ()
 
 
 class Secrets:
@@ -171,10 +183,17 @@ def _tls_context(ca_file: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file or None)
 
 
-def _email(config: dict[str, Any], message: Message) -> MIMEText:
+def _email(config: dict[str, Any], message: Message) -> MIMEText | MIMEMultipart:
     # email.mime (compat32) rather than EmailMessage: the same mail in a seventh of the CPU,
     # which the coordinator's event loop needs for heartbeats (bench/notify.py).
-    mail = MIMEText(message.text, "plain", "utf-8")
+    mail: MIMEText | MIMEMultipart = MIMEText(message.text, "plain", "utf-8")
+    if message.attachments:
+        mail = MIMEMultipart("mixed")
+        mail.attach(MIMEText(message.text, "plain", "utf-8"))
+        for attachment in message.attachments:
+            part = MIMEApplication(attachment.data, attachment.content_type.split("/", 1)[1])
+            part.add_header("Content-Disposition", "attachment", filename=attachment.filename)
+            mail.attach(part)
     mail["From"] = config["from_addr"]
     mail["To"] = message.address
     mail["Subject"] = Header(message.subject, "utf-8")  # type: ignore[assignment]

@@ -59,18 +59,26 @@ async def _routing(conn: AsyncConnection) -> tuple[list[dict[str, Any]], list[di
     return data
 
 
+def routing_policy(route_rows: list[dict[str, Any]], recipient_rows: list[dict[str, Any]],
+                   ) -> tuple[list[policy.Route], dict[int, policy.Recipient]]:
+    """Stored routes and recipients as the pure policy's values."""
+    recipients = {r["id"]: policy.Recipient(r["id"], recipient_calendar(r), r["customer_id"])
+                  for r in recipient_rows}
+    routes = [policy.Route(r["recipient_id"], policy.Route.parse_list(r["events"]),
+                           r["customer_id"], r["min_severity"], policy.Route.parse_list(r["kinds"]))
+              for r in route_rows]
+    return routes, recipients
+
+
 async def notify(conn: AsyncConnection, event: policy.Event, now: dt.datetime,
                  customer_open: bool = True) -> int:
-    """Queue `event` for every recipient a route sends it to; returns how many rows."""
+    """Queue `event` for every recipient a route sends it to; returns how many rows were new
+    (an event already queued, by this process or another, adds none)."""
     route_rows, recipient_rows = await _routing(conn)
     if not route_rows:
         return 0
     rows = {r["id"]: r for r in recipient_rows}
-    recipients = {rid: policy.Recipient(rid, recipient_calendar(r), r["customer_id"])
-                  for rid, r in rows.items()}
-    routes = [policy.Route(r["recipient_id"], policy.Route.parse_list(r["events"]),
-                           r["customer_id"], r["min_severity"], policy.Route.parse_list(r["kinds"]))
-              for r in route_rows]
+    routes, recipients = routing_policy(route_rows, recipient_rows)
     wanted = policy.recipients_for(routes, recipients, event)
     if not wanted:
         return 0
@@ -88,8 +96,7 @@ async def notify(conn: AsyncConnection, event: policy.Event, now: dt.datetime,
             "status": placement.status, "created_at": now,
             "next_attempt_at": placement.not_before,
         })
-    await store.insert_notifications(conn, inserts)
-    return len(inserts)
+    return await store.insert_notifications(conn, inserts)
 
 
 async def incident_facts(conn: AsyncConnection, incident_id: int) -> dict[str, Any]:
@@ -110,9 +117,10 @@ async def incident_facts(conn: AsyncConnection, incident_id: int) -> dict[str, A
 
 async def notify_incident(conn: AsyncConnection, incident_id: int, kind: str, now: dt.datetime,
                           customer_calendar: BusinessCalendar | None = None,
-                          visit_id: int | None = None) -> None:
+                          visit_id: int | None = None, urgent_from: str = "critical") -> None:
     """An incident event (opened, escalated, updated, overdue) and, with `visit_id`, the visit
-    it created: customers who opted in hear of the visit; staff get one message."""
+    it created: customers who opted in hear of the visit; staff get one message.
+    `urgent_from`: the machine's `notify.urgent_from` (IncidentDesk.urgent_from)."""
     facts = await incident_facts(conn, incident_id)
     incident = await service.get_incident(conn, incident_id)
     open_now = customer_calendar is None or policy.is_open(customer_calendar, now)
@@ -122,12 +130,13 @@ async def notify_incident(conn: AsyncConnection, incident_id: int, kind: str, no
     await notify(conn, policy.Event(
         kind, f"incident:{incident_id}:{kind.split('.')[1]}{suffix}", incident["severity"], facts,
         customer_id=incident["customer_id"], thread=f"incident:{incident_id}",
-        incident_kind=incident["kind"]), now, customer_open=open_now)
+        incident_kind=incident["kind"], urgent_from=urgent_from), now, customer_open=open_now)
     if visit_id is not None:
         await notify(conn, policy.Event(
             "visit.created", f"visit:{visit_id}:created", incident["severity"],
             {**facts, "visit": visit_id}, customer_id=incident["customer_id"],
-            thread=f"incident:{incident_id}", incident_kind=incident["kind"]), now)
+            thread=f"incident:{incident_id}", incident_kind=incident["kind"],
+            urgent_from=urgent_from), now)
 
 
 async def notify_job_result(conn: AsyncConnection, part: dict[str, Any], outcome: str,

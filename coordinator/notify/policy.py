@@ -2,8 +2,9 @@
 
 Everything here takes data and returns data, so it is tested directly and exhaustively
 (tests/notify/test_policy.py): which routes match an event, when a notification may go out
-(quiet hours, fold windows, one message per incident), how retries back off, when a channel
-turns unhealthy, how a channel is throttled, and how webhooks are signed.
+(quiet hours, fold windows, one message per incident), which customers' monthly care
+reports are due, how retries back off, when a channel turns unhealthy, how a channel is
+throttled, and how webhooks are signed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from careline.coordinator.policy.calendar import BusinessCalendar
 
@@ -35,11 +37,17 @@ EVENTS: Mapping[str, str] = {
     "coverage.expiring": "weekly list of machines whose coverage ends soon (sales)",
     "coverage.ending": "a customer's coverage ends soon, with the renewal offer (customers)",
     "digest.daily": "a daily digest of open work and folded updates",
+    "report.care_monthly": "a customer's care report for the month just ended (PDF by e-mail; "
+                           "only routes that name it)",
 }
 # What a customer's own contact may hear about.
-CUSTOMER_EVENTS = frozenset({"visit.created", "update.installed", "coverage.ending"})
+CUSTOMER_EVENTS = frozenset({"visit.created", "update.installed", "coverage.ending",
+                             "report.care_monthly"})
 # ... and what only a customer's contact hears (staff get the weekly coverage.expiring list).
 CUSTOMER_ONLY = frozenset({"coverage.ending"})
+# Events a route of every event ("*") leaves out: one message per customer each month is
+# wanted by few, so a route names it (`--events report.care_monthly`).
+NAMED_ONLY = frozenset({"report.care_monthly"})
 # Events for a thread (an incident, a visit) that has already been notified go out anyway:
 # they say something got worse. Every other repeat is folded into the next digest.
 THREAD_BREAKERS = frozenset({"incident.escalated", "incident.overdue", "visit.overdue"})
@@ -62,12 +70,21 @@ class Event:
     customer_id: int | None = None
     thread: str = ""  # e.g. "incident:12": one immediate notification per thread
     incident_kind: str = ""  # the incident kind (disk_failing, agent_offline, ...) if any
+    # From this severity on it goes out at once, quiet hours or not: the machine's
+    # `notify.urgent_from` policy value (a contract may make "high" urgent).
+    urgent_from: str = "critical"
 
     def __post_init__(self) -> None:
         if self.kind not in EVENTS:
             raise ValueError(f"unknown notification event {self.kind!r}")
         if self.severity not in SEVERITIES:
             raise ValueError(f"unknown severity {self.severity!r}")
+        if self.urgent_from not in SEVERITIES:
+            raise ValueError(f"unknown severity {self.urgent_from!r}")
+
+    @property
+    def urgent(self) -> bool:
+        return SEVERITIES.index(self.severity) >= SEVERITIES.index(self.urgent_from)
 
     @property
     def fold_key(self) -> str | None:
@@ -105,6 +122,8 @@ def validate_events(events: Iterable[str]) -> None:
 
 
 def route_matches(route: Route, recipient: Recipient, event: Event) -> bool:
+    if route.events is None and event.kind in NAMED_ONLY:
+        return False
     if route.events is not None and event.kind not in route.events:
         return False
     if recipient.customer_id is not None and (
@@ -159,6 +178,9 @@ def place(event: Event, recipient: Recipient, now: dt.datetime, *, thread_notifi
         return Placement("digest", now, "outside the customer's business hours")
     if event.severity == "critical":
         return Placement("pending", now, "critical: sent at once, quiet hours or not")
+    if event.urgent:
+        return Placement("pending", now, f"{event.severity}, urgent from {event.urgent_from} by"
+                                         " the customer's policy: sent at once, quiet hours or not")
     at = next_opening(recipient.calendar, now)
     return Placement("pending", at, "in business hours" if at == now else "quiet hours")
 
@@ -201,6 +223,45 @@ class Throttle:
 
     def record(self, channel_id: int, now: float) -> None:
         self.sent.setdefault(channel_id, deque()).append(now)
+
+
+# ----------------------------------------------------------------------------- care reports
+# Days after the 1st on which a month's care report is still queued: a coordinator that was
+# down on the 1st sends it when it is back; later, the month is left to `careline report care`.
+CARE_REPORT_CATCH_UP_DAYS = 7
+
+
+def care_report_month(now: dt.datetime, timezone: str,
+                      catch_up_days: int = CARE_REPORT_CATCH_UP_DAYS) -> str | None:
+    """The month (YYYY-MM) whose care report is due at `now` for a customer in `timezone`:
+    the local month just ended, from the local 1st for `catch_up_days` more days; else None."""
+    local = now.astimezone(ZoneInfo(timezone)).date()
+    if local.day > 1 + catch_up_days:
+        return None
+    last = local.replace(day=1) - dt.timedelta(days=1)
+    return f"{last.year:04d}-{last.month:02d}"
+
+
+def care_report_key(customer_id: int, month: str) -> str:
+    """The event key: one care report per customer and month, whichever process queues it."""
+    return f"report:care:{customer_id}:{month}"
+
+
+def care_reports_due(customers: Iterable[tuple[int, str]], routes: Sequence[Route],
+                     recipients: Mapping[int, Recipient], now: dt.datetime,
+                     catch_up_days: int = CARE_REPORT_CATCH_UP_DAYS) -> list[tuple[int, str]]:
+    """(customer id, month) for each customer, given as (id, time zone), whose care report is
+    due at `now` and whom some route sends it to (the customer's opted-in contact, or staff)."""
+    due = []
+    for customer_id, timezone in customers:
+        month = care_report_month(now, timezone, catch_up_days)
+        if month is None:
+            continue
+        probe = Event("report.care_monthly", care_report_key(customer_id, month), "low", {},
+                      customer_id=customer_id)
+        if recipients_for(routes, recipients, probe):
+            due.append((customer_id, month))
+    return due
 
 
 # ----------------------------------------------------------------------------- webhooks

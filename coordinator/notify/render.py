@@ -24,7 +24,7 @@ TEMPLATES = {
     "visit.created": "visit.created.txt", "visit.overdue": "visit.created.txt",
     "job.failed": "job.txt", "update.installed": "job.txt",
     "rollout.paused": "rollout.txt", "rollout.deadline_at_risk": "rollout.txt",
-    "digest.daily": "digest.daily.txt",
+    "digest.daily": "digest.daily.txt", "report.care_monthly": "report.care_monthly.txt",
     "coverage.expiring": "coverage.txt", "coverage.ending": "coverage.txt",
 }
 
@@ -56,7 +56,7 @@ LABELS: Mapping[str, str] = {
     "rollout.paused": N_("rollout paused"),
     "rollout.deadline_at_risk": N_("regulation deadline at risk"),
     "coverage.expiring": N_("coverage ending"), "coverage.ending": N_("coverage ending"),
-    "digest.daily": N_("daily digest"),
+    "digest.daily": N_("daily digest"), "report.care_monthly": N_("monthly care report"),
 }
 
 
@@ -76,14 +76,15 @@ def _at(value: str | dt.datetime | None, timezone: str, lang: str) -> str:
 
 
 def render(event: str, items: Sequence[Mapping[str, Any]], *, lang: str, timezone: str,
-           recipient: str, overrides: Path | None = None) -> tuple[str, str]:
-    """(subject, text) of one message about `items` (several: a folded mass event)."""
+           recipient: str, overrides: Path | None = None, attached: bool = False) -> tuple[str, str]:
+    """(subject, text) of one message about `items` (several: a folded mass event);
+    `attached`: the message carries a file (the care report's PDF) the text may mention."""
     lang = i18n.language(lang)
     gettext = i18n.translations(lang, DOMAIN).gettext
     template = "mass.txt" if len(items) > 1 else TEMPLATES.get(event, "generic.txt")
     text = i18n.render(
         environment(overrides), template, lang, DOMAIN, event=event, items=list(items),
-        first=items[0], count=len(items), tz=timezone, recipient=recipient,
+        first=items[0], count=len(items), tz=timezone, recipient=recipient, attached=attached,
         label=lambda code: gettext(LABELS[code]) if code in LABELS else str(code),
     )
     subject, _, body = text.strip().partition("\n")

@@ -1,4 +1,5 @@
-"""The sender: delivers the outbox, and queues the periodic messages (overdue, digests).
+"""The sender: delivers the outbox, and queues the periodic messages (overdue, digests,
+monthly care reports).
 
 One loop per coordinator process. Each round claims due notifications in a short
 transaction (status "sending", a claim id and a lease; PostgreSQL's SKIP LOCKED keeps
@@ -26,7 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from careline.coordinator.notify import channels, policy
-from careline.coordinator.notify.events import notify, notify_incident, recipient_calendar
+from careline.coordinator.notify.events import (
+    notify,
+    notify_incident,
+    recipient_calendar,
+    routing_policy,
+)
 from careline.coordinator.notify.render import render
 from careline.coordinator.storage import fleet as fstore
 from careline.coordinator.storage import notify as store
@@ -79,6 +85,16 @@ class NotifySettings:
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def care_summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    """What a care report notification says by itself (a chat message, a webhook, the e-mail's
+    text); the PDF is printed again when an e-mail is sent."""
+    return {"customer_id": report["customer"]["id"], "customer": report["customer"]["name"],
+            "month": report["month"], "machines": [m["hostname"] for m in report["machines"]],
+            "totals": dict(report["totals"]),
+            "attention": [a["hostname"] for a in report["attention"]],
+            "renewal": [r["hostname"] for r in report["renewal"]]}
 
 
 class Notifier:
@@ -182,7 +198,9 @@ class Notifier:
                     continue
                 self.throttle.record(channel["id"], time.monotonic())
                 try:
-                    sending.append((len(results), self.message(group, people[group[0]["recipient_id"]])))
+                    recipient = people[group[0]["recipient_id"]]
+                    attachments = await self.attachments(channel, group, recipient)
+                    sending.append((len(results), self.message(group, recipient, attachments)))
                     results.append(None)
                 except Exception as exc:  # a broken (vendor-edited) template: a failed attempt
                     log.exception("rendering notification %s failed", group[0]["delivery"])
@@ -195,18 +213,45 @@ class Notifier:
                     results[index] = error
             await self._record(list(zip(batch, results, strict=True)), chans)
 
-    def message(self, group: Sequence[Mapping[str, Any]], recipient: Mapping[str, Any]) -> channels.Message:
+    def message(self, group: Sequence[Mapping[str, Any]], recipient: Mapping[str, Any],
+                attachments: tuple[channels.Attachment, ...] = ()) -> channels.Message:
         first = group[0]
         items = [r["facts"] for r in group]
         subject, text = render(first["event"], items, lang=recipient["language"],
                                timezone=recipient["timezone"], recipient=recipient["name"],
-                               overrides=self.overrides if self.overrides.is_dir() else None)
+                               overrides=self.overrides if self.overrides.is_dir() else None,
+                               attached=bool(attachments))
         payload = {
             "delivery": first["delivery"], "event": first["event"], "severity": first["severity"],
             "count": len(group), "recipient": recipient["name"], "language": recipient["language"],
             "subject": subject, "text": text, "items": items,
         }
-        return channels.Message(first["delivery"], recipient["address"], subject, text, payload)
+        return channels.Message(first["delivery"], recipient["address"], subject, text, payload,
+                                attachments)
+
+    async def attachments(self, channel: Mapping[str, Any], group: Sequence[Mapping[str, Any]],
+                          recipient: Mapping[str, Any]) -> tuple[channels.Attachment, ...]:
+        """The care report's PDF for an e-mail, printed when sent (never stored in the outbox)
+        by the code `careline report care` uses, in the recipient's language."""
+        first = group[0]
+        if first["event"] != "report.care_monthly" or channel["kind"] != "email":
+            return ()
+        from careline.coordinator import care_report, i18n
+
+        facts = first["facts"]
+        # A claim's lease is sized for sending text; a batch of PDFs takes longer.
+        async with self.db.transaction() as conn:
+            await store.extend_claim(conn, first["claim"], utcnow() + dt.timedelta(
+                seconds=self.settings.lease_seconds))
+        data = await care_report.gather(self.coordinator, str(facts["customer_id"]),
+                                        facts["month"], utcnow())
+        overrides = self.coordinator.datadir.path / "templates"
+        # Printing takes a second or so: off the event loop the agents' connections share.
+        pdf = await asyncio.to_thread(care_report.render_pdf, data,
+                                      i18n.language(recipient["language"]),
+                                      overrides if overrides.is_dir() else None)
+        return (channels.Attachment(f"careline-care-report-{facts['month']}.pdf",
+                                    "application/pdf", pdf),)
 
     async def _record(self, results: list[tuple[list[dict[str, Any]], str | float | None]],
                       chans: dict[int, dict[str, Any]]) -> None:
@@ -254,7 +299,8 @@ class Notifier:
 
     # ------------------------------------------------------------------ periodic messages
     async def periodic(self, now: dt.datetime) -> None:
-        """Overdue incidents and visits, daily digests and weekly coverage lists."""
+        """Overdue incidents and visits, daily digests, weekly coverage lists and monthly care
+        reports."""
         async with self.db.connect() as conn:
             routes = await store.list_routes(conn)
             people = {r["id"]: r for r in await store.list_recipients(conn)}
@@ -268,6 +314,33 @@ class Notifier:
             await self._digest(people[rid], now)
         for rid in sorted(wanted.get("coverage.expiring", set()) | wanted.get("coverage.ending", set())):
             await self._coverage(people[rid], now)
+        if "report.care_monthly" in wanted:
+            await self.care_reports(now)
+
+    async def care_reports(self, now: dt.datetime) -> list[tuple[int, str]]:
+        """Queue last month's care report for each customer some route sends it to, from the
+        local 1st (policy.care_report_month). The event key is one per customer and month and
+        the outbox's keys are unique, so a restart or a second coordinator process queues
+        nothing more. Returns the (customer, month) pairs queued by this call."""
+        from careline.coordinator import care_report
+
+        async with self.db.connect() as conn:
+            customers = [(c["id"], c["timezone"]) for c in await fstore.list_customers(conn)]
+            routes, recipients = routing_policy(await store.list_routes(conn),
+                                                await store.list_recipients(conn))
+        queued = []
+        for customer_id, month in policy.care_reports_due(customers, routes, recipients, now):
+            key = policy.care_report_key(customer_id, month)
+            if key in self._periodic_done:
+                continue
+            data = await care_report.gather(self.coordinator, str(customer_id), month, now)
+            async with self.db.transaction() as conn:
+                if await notify(conn, policy.Event(
+                        "report.care_monthly", key, "low", care_summary(data),
+                        customer_id=customer_id), now):
+                    queued.append((customer_id, month))
+            self._periodic_done.add(key)
+        return queued
 
     async def _overdue(self, now: dt.datetime) -> None:
         async with self.db.connect() as conn:
@@ -282,7 +355,10 @@ class Notifier:
             key = f"incident:{incident['id']}:overdue:{decision['due_at'].isoformat()}"
             if key not in self._periodic_done:
                 async with self.db.transaction() as conn:
-                    await notify_incident(conn, incident["id"], "incident.overdue", now)
+                    await notify_incident(
+                        conn, incident["id"], "incident.overdue", now,
+                        urgent_from=await self.coordinator.desk.urgent_from(
+                            conn, incident["agent_id"]))
                 self._periodic_done.add(key)
         for visit in late_visits:
             key = f"visit:{visit['id']}:overdue"

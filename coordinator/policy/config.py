@@ -22,6 +22,7 @@ from .alerts import CONDITION_KINDS, EVENT_KINDS, KINDS, AlertRule
 from .calendar import BusinessCalendar, DueRule
 from .entitlement import Tier
 from .offline import OFFLINE_COUNTS
+from .waves import ANY_TIME, InstallWindow
 
 ACTIONS = (
     "remote_update",
@@ -87,6 +88,8 @@ class Policy:
     # kind of an incident opened from agent reports -> (category, severity) for the rules
     kinds: Mapping[str, tuple[str, str]]
     rules: tuple[Rule, ...]
+    install_window: InstallWindow | None = None  # None: any time the product is closed
+    urgent_from: str = "critical"  # incident notifications this severe ignore quiet hours
     # Where each value that is not the built-in default came from: key -> "vendor",
     # "customer", "site" or "machine" (see overrides.py), so decisions can say so.
     sources: Mapping[str, str] = field(default_factory=dict)
@@ -271,6 +274,11 @@ def _policy(root: _Table) -> Policy:
     alerts_table.done()  # event kinds have no settings: see AlertRule.event
     alerts.update((kind, AlertRule.event()) for kind in EVENT_KINDS)
 
+    install_window = _install_window(root.table("rollouts"))
+    notify = root.table("notify")
+    urgent_from = notify.choice("urgent_from", SEVERITIES)
+    notify.done()
+
     kinds_table = root.table("kinds")
     kinds = {kind: _kind(kinds_table.table(kind)) for kind in KINDS}
     kinds_table.done()
@@ -290,6 +298,8 @@ def _policy(root: _Table) -> Policy:
         alerts=alerts,
         kinds=kinds,
         rules=rules,
+        install_window=install_window,
+        urgent_from=urgent_from,
     )
 
 
@@ -322,6 +332,15 @@ def _calendar(due: _Table) -> BusinessCalendar:
         raise ConfigError(f"{due.path}: {e}") from None
     due.done()
     return calendar
+
+
+def _install_window(table: _Table) -> InstallWindow | None:
+    text = table.text("install_window")
+    table.done()
+    try:
+        return InstallWindow.setting(text)
+    except ValueError as e:
+        raise ConfigError(f"{table.name('install_window')}: {e} (or {ANY_TIME!r})") from None
 
 
 def _alert(table: _Table) -> AlertRule:

@@ -44,6 +44,7 @@ from careline.shared.errors import ConfigError
 from careline.shared.package import parse_version
 
 __all__ = [
+    "ANY_TIME",
     "DEFAULT_TZ",
     "EXCUSED",
     "SETTLED",
@@ -558,6 +559,9 @@ def place_late_joiner(
 # --------------------------------------------------------------------------- time
 
 
+ANY_TIME = "any"  # rollouts.install_window when installs may run at any time
+
+
 @dataclass(frozen=True)
 class InstallWindow:
     """Customer-local hours [start, end) when installs may run; may cross midnight."""
@@ -587,6 +591,11 @@ class InstallWindow:
                 f"install window must look like 12:00-13:30 or 18:00-07:00, got {text!r}"
             ) from None
         return cls(a, b)
+
+    @classmethod
+    def setting(cls, text: str) -> InstallWindow | None:
+        """A `rollouts.install_window` policy value: "any" (no window) or a window."""
+        return None if text == ANY_TIME else cls.parse(text)
 
     def contains(self, local: time) -> bool:
         if self.start < self.end:

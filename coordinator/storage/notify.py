@@ -168,6 +168,14 @@ async def claimable(conn: AsyncConnection, now: dt.datetime, fold_before: dt.dat
     return rows
 
 
+async def extend_claim(conn: AsyncConnection, claim: str, until: dt.datetime) -> None:
+    """Keep a claim's unsent rows ours while slow work (printing a PDF) goes on, so no other
+    process takes them over and sends them twice."""
+    await conn.execute(notifications.update()
+                       .where(notifications.c.claim == claim, notifications.c.status == "sending")
+                       .values(claimed_until=until))
+
+
 async def set_notifications(conn: AsyncConnection, ids: Sequence[int], **values: Any) -> None:
     await conn.execute(notifications.update().where(notifications.c.id.in_(list(ids))).values(**values))
 

@@ -41,7 +41,6 @@ customers = sa.Table(
     sa.Column("workdays", sa.String(40)),
     sa.Column("opens", sa.String(5)),
     sa.Column("closes", sa.String(5)),
-    sa.Column("install_window", sa.String(11)),
 )
 
 technicians = sa.Table(

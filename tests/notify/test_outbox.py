@@ -282,3 +282,27 @@ async def test_critical_goes_first_through_a_backlog(setup: Setup) -> None:
     async with setup.db.transaction() as conn:
         first = await store.claimable(conn, now(), now(), limit=2)
     assert [r["severity"] for r in first] == ["critical", "high"]
+
+
+async def test_a_customer_override_makes_high_incidents_ignore_quiet_hours(setup: Setup) -> None:
+    """`notify.urgent_from` per customer (issue 16 part 3): the same high incident at night
+    waits for the opening by the vendor's policy, goes at once by the hospital's."""
+    from careline.coordinator.storage import service
+    from careline.coordinator.storage.schema import notify_recipients
+
+    night = MONDAY + dt.timedelta(hours=14)  # 16:00 UTC, the recipient opens 08:00 UTC
+    agent = await _machine(setup, night.date(), night)
+    desk = setup.notifier.coordinator.desk
+    async with setup.db.transaction() as conn:
+        await conn.execute(notify_recipients.update().values(opens="08:00", closes="12:00"))
+        await desk.open_incident(conn, agent, kind="disk_failing", subject="sda",
+                                 category="disk", severity="high", opened_by="agent",
+                                 detail="SMART", now=night)
+        await service.set_override(conn, target="customer:1", key="notify.urgent_from",
+                                   value="high", by="admin", now=night)
+        await desk.open_incident(conn, agent, kind="product_crash_loop", subject="KeToan",
+                                 category="bug", severity="high", opened_by="agent",
+                                 detail="3 crashes", now=night)
+    opened = [r for r in await setup.rows() if r["event"] == "incident.opened"]
+    assert [r["next_attempt_at"] for r in opened] == [
+        MONDAY.replace(hour=8) + dt.timedelta(days=1), night]

@@ -3,6 +3,7 @@ backoff, channel health, throttling and webhook signatures (pure code, no I/O)."
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -173,3 +174,85 @@ def test_fold_groups_and_stable_delivery_ids():
     groups = policy.fold_groups(rows)
     assert [[r["id"] for r in g] for g in groups] == [[2, 7], [3, 5], [4], [6]]
     assert [policy.delivery_id(g) for g in groups] == ["n2", "n3", "n4", "n6"]
+
+
+@pytest.mark.parametrize("severity", policy.SEVERITIES)
+@pytest.mark.parametrize("urgent_from", policy.SEVERITIES)
+def test_a_customer_policy_can_make_lower_severities_ignore_quiet_hours(severity, urgent_from):
+    """`notify.urgent_from` (per customer, site or machine): from that severity on an incident
+    notification goes out at once at night; below it, it waits for the opening."""
+    placed = policy.place(dataclasses.replace(event(severity=severity), urgent_from=urgent_from),
+                          STAFF, CLOSED, thread_notified=False)
+    urgent = policy.SEVERITIES.index(severity) >= policy.SEVERITIES.index(urgent_from)
+    assert placed.status == "pending"
+    assert (placed.not_before == CLOSED) == (urgent or severity == "critical")
+    if urgent and severity != "critical":
+        assert f"urgent from {urgent_from}" in placed.reason
+    # Inside business hours nothing changes; one message per incident still holds.
+    assert policy.place(dataclasses.replace(event(severity=severity), urgent_from=urgent_from),
+                        STAFF, OPEN, thread_notified=False).not_before == OPEN
+    assert policy.place(dataclasses.replace(event(severity=severity), urgent_from=urgent_from),
+                        STAFF, CLOSED, thread_notified=True).status == "digest"
+
+
+def test_urgent_from_must_be_a_severity():
+    with pytest.raises(ValueError, match="unknown severity"):
+        Event("incident.opened", "k", "high", {}, urgent_from="urgent")
+
+
+# ----------------------------------------------------------------------------- care reports
+def test_care_report_month_is_the_local_month_just_ended() -> None:
+    # 17:00 UTC on 30 November is already 1 December in Ho Chi Minh City (UTC+7), not in UTC.
+    turn = dt.datetime(2026, 11, 30, 17, 0, tzinfo=dt.UTC)
+    assert policy.care_report_month(turn, "Asia/Ho_Chi_Minh") == "2026-11"
+    assert policy.care_report_month(turn, "UTC") is None
+    assert policy.care_report_month(turn - dt.timedelta(seconds=1), "Asia/Ho_Chi_Minh") is None
+    # January's report is December's of the year before.
+    assert policy.care_report_month(dt.datetime(2027, 1, 1, 5, tzinfo=dt.UTC), "UTC") == "2026-12"
+    # A coordinator down on the 1st catches up for a week, then leaves the month alone.
+    assert policy.care_report_month(dt.datetime(2026, 12, 8, 12, tzinfo=dt.UTC), "UTC") == "2026-11"
+    assert policy.care_report_month(dt.datetime(2026, 12, 9, 0, tzinfo=dt.UTC), "UTC") is None
+    assert policy.care_report_month(dt.datetime(2026, 12, 2, tzinfo=dt.UTC), "UTC",
+                                    catch_up_days=0) is None
+
+
+@given(st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1),
+                    timezones=st.just(dt.UTC)),
+       st.sampled_from(["UTC", "Asia/Ho_Chi_Minh", "America/Los_Angeles", "Pacific/Kiritimati"]))
+def test_care_report_month_is_always_the_month_before(now: dt.datetime, zone: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    month = policy.care_report_month(now, zone)
+    local = now.astimezone(ZoneInfo(zone)).date()
+    assert (month is not None) == (local.day <= 1 + policy.CARE_REPORT_CATCH_UP_DAYS)
+    if month is not None:
+        year, number = map(int, month.split("-"))
+        assert (year * 12 + number) + 1 == local.year * 12 + local.month
+
+
+def test_care_reports_due_only_for_customers_someone_is_routed() -> None:
+    first = dt.datetime(2026, 12, 1, 2, tzinfo=dt.UTC)  # 09:00 in Ho Chi Minh City
+    customers = [(1, "Asia/Ho_Chi_Minh"), (2, "Asia/Ho_Chi_Minh"), (3, "America/Los_Angeles")]
+    # Customer 1's contact opted in to the report; customer 2's contact only to visits.
+    contact_1, contact_2 = Recipient(2, HCM, customer_id=1), Recipient(3, HCM, customer_id=2)
+    routes = [Route(2, frozenset({"report.care_monthly"}), customer_id=1),
+              Route(3, frozenset({"visit.created"}), customer_id=2)]
+    people = {2: contact_1, 3: contact_2}
+    assert policy.care_reports_due(customers, routes, people, first) == [(1, "2026-11")]
+    assert policy.care_reports_due(customers, routes, people, first - dt.timedelta(hours=10)) == []
+    # A manager routed the event for every customer: each customer whose 1st it is, once.
+    manager = [*routes, Route(1, frozenset({"report.care_monthly"}))]
+    people[1] = STAFF
+    assert policy.care_reports_due(customers, manager, people, first) == [(1, "2026-11"),
+                                                                          (2, "2026-11")]
+    later = first + dt.timedelta(hours=10)  # 1 December in Los Angeles too
+    assert [c for c, _ in policy.care_reports_due(customers, manager, people, later)] == [1, 2, 3]
+    # A route of everything ("*") leaves it out (a report per customer is asked for by name),
+    # and so does one keyed to another customer.
+    assert policy.care_reports_due(customers[:1], [Route(1, None)], {1: STAFF}, first) == []
+    assert policy.route_matches(Route(1, None), STAFF, event("incident.opened"))
+    assert policy.care_reports_due(customers[:1], [Route(1, None, customer_id=2)], {1: STAFF},
+                                   first) == []
+    # Customers may opt in to it; the key is one per customer and month.
+    assert "report.care_monthly" in policy.CUSTOMER_EVENTS
+    assert policy.care_report_key(1, "2026-11") != policy.care_report_key(2, "2026-11")

@@ -101,3 +101,20 @@ def test_vendor_template_override(tmp_path):
     subject, text = render.render("job.failed", [{"hostname": "KT-01", "customer": "Minh Anh"}],
                                   lang="vi", timezone="UTC", recipient="x", overrides=tmp_path)
     assert subject == "Cập nhật thất bại trên máy KT-01 (Minh Anh)" and text == "Call us!\n"
+
+
+def test_care_report_summary_in_vietnamese_and_english():
+    facts = {"customer_id": 1, "customer": "Minh Anh", "month": "2026-11",
+             "machines": ["KT-01", "KT-02"], "attention": ["KT-02"], "renewal": [],
+             "totals": {"incidents": 3, "resolved": 2, "on_time": 2, "on_site": 1, "remote": 2,
+                        "fees_vnd": 500_000, "updates_installed": 4}}
+    subject, text = render.render("report.care_monthly", [facts], lang="vi",
+                                  timezone="Asia/Ho_Chi_Minh", recipient="c", attached=True)
+    assert subject == "Báo cáo chăm sóc tháng 2026-11: Minh Anh"
+    assert "- KT-01" in text and "Máy cần chú ý: KT-02" in text and "500.000\xa0₫" in text
+    assert "đính kèm" in text
+    subject, text = render.render("report.care_monthly", [facts], lang="en", timezone="UTC",
+                                  recipient="c")
+    assert subject == "Care report 2026-11: Minh Anh"
+    assert "Incidents: 3 (1 on site, 2 remotely), 2 of 2 resolved on time" in text
+    assert "attached" not in text and "web console" in text

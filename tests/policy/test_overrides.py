@@ -189,3 +189,70 @@ def test_a_four_hour_response_for_a_hospital():
     assert decision.reasons[3] == (
         "Due 2026-03-03 13:00 Asia/Ho_Chi_Minh: within 4 business hours"
         " [rules[5].due set by the customer policy]")
+
+
+# ------------------------------------------------------------------ install windows
+WINDOW = "rollouts.install_window"
+
+
+def test_install_window_is_a_policy_value_any_time_by_default():
+    from datetime import time
+
+    from careline.coordinator.policy.waves import InstallWindow
+
+    assert LAYERS.resolve().install_window is None
+    assert {"key": WINDOW, "value": "any", "source": "default"} in LAYERS.show()
+    night = InstallWindow(time(18), time(7))
+    vendor = PolicyLayers(DEFAULT, {"rollouts": {"install_window": "18:00-07:00"}})
+    assert vendor.resolve().install_window == night
+    assert vendor.resolve().source(WINDOW) == "vendor"
+    lunch = vendor.resolve([("customer", WINDOW, "12:00-13:30")])
+    assert lunch.install_window == InstallWindow(time(12), time(13, 30))
+    assert lunch.source(WINDOW) == "customer"
+    anytime = vendor.resolve([("customer", WINDOW, "12:00-13:30"), ("machine", WINDOW, "any")])
+    assert anytime.install_window is None and anytime.source(WINDOW) == "machine"
+
+
+@pytest.mark.parametrize("value", ["25:00-07:00", "18:00", "09:00-09:00", "always"])
+def test_a_bad_install_window_is_refused_naming_the_key(value):
+    with pytest.raises(ConfigError, match=re.escape(WINDOW)):
+        LAYERS.resolve([("site", WINDOW, value)])
+    with pytest.raises(ConfigError, match=re.escape(WINDOW)):
+        PolicyLayers(DEFAULT, {"rollouts": {"install_window": value}}).resolve()
+    with pytest.raises(ConfigError, match=re.escape(WINDOW)):
+        LAYERS.check(WINDOW, 1800)  # a string, not a number
+
+
+LEVEL_VALUES = {"customer": "18:00-07:00", "site": "12:00-13:30", "machine": "any"}
+
+
+@pytest.mark.parametrize("vendor_window", [None, "20:00-06:00"])
+@pytest.mark.parametrize("levels", [
+    (), ("customer",), ("site",), ("machine",), ("customer", "site"), ("customer", "machine"),
+    ("site", "machine"), ("customer", "site", "machine")])
+def test_value_agrees_with_the_whole_policy(levels, vendor_window):
+    """What the rollout sender reads per machine is what `policy show` and `resolve` say."""
+    layers = PolicyLayers(DEFAULT, {"rollouts": {"install_window": vendor_window}}
+                          if vendor_window else {})
+    ids = {"customer": 3, "site": 7, "machine": "ag-1"}
+    by_target = {target(level, ids[level]): {WINDOW: LEVEL_VALUES[level], FEE: 1}
+                 for level in levels}
+    by_target[target("machine", "ag-other")] = {WINDOW: "01:00-02:00"}  # a stranger's
+    policy = layers.resolve(chain(by_target, 3, 7, "ag-1"))
+    value, source = layers.value(WINDOW, by_target, 3, 7, "ag-1")
+    assert source == policy.source(WINDOW)
+    shown = {r["key"]: r["value"] for r in layers.show(chain(by_target, 3, 7, "ag-1"))}
+    assert value == shown[WINDOW]
+    assert layers.value(WINDOW, by_target, 3, None, None) == (
+        (LEVEL_VALUES["customer"], "customer") if "customer" in levels
+        else (vendor_window or "any", "vendor" if vendor_window else "default"))
+
+
+def test_notify_urgent_from_is_overridable_and_checked():
+    assert LAYERS.resolve().urgent_from == "critical"
+    hospital = LAYERS.resolve([("customer", "notify.urgent_from", "high")])
+    assert hospital.urgent_from == "high" and hospital.source("notify.urgent_from") == "customer"
+    assert LAYERS.resolve([("customer", "notify.urgent_from", "high"),
+                           ("machine", "notify.urgent_from", "critical")]).urgent_from == "critical"
+    with pytest.raises(ConfigError, match=re.escape("notify.urgent_from")):
+        LAYERS.resolve([("site", "notify.urgent_from", "urgent")])
