@@ -219,6 +219,7 @@ class AgentRunner:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
+            await self.updater.close()
             if self.status.state != "refused":
                 self._set_status("stopped")
             self.mark_clean_stop()
@@ -263,7 +264,7 @@ class AgentRunner:
             health = await asyncio.to_thread(self.prober.check)
             await ws.send(p.encode(p.Heartbeat(health=health)))
             self.status.last_report_at = time.time()
-            self._set_status()
+            await asyncio.to_thread(self._set_status)  # a file write: off the event loop
             await asyncio.sleep(self.interval)
 
     async def _keepalive(self, ws: ClientConnection) -> None:

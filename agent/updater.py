@@ -292,6 +292,14 @@ class Updater:
             log.info("self-update %s confirmed: now %s", result["job"], result["version"])
             self._finish(result)
 
+    async def close(self) -> None:
+        """At agent stop: the verify loop and job tasks are cancelled and awaited (an
+        install cut short is finished or rolled back by the journal at the next start)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)

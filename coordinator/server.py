@@ -66,6 +66,7 @@ DRAIN_RATE = 200
 SHED_WINDOW = 10.0
 MAX_RETRY_AFTER = 60
 HEARTBEAT_FLUSH_SECONDS = 1.0
+REPLACED_CLOSE_TIMEOUT = 1.0  # for the close handshake of a connection an agent replaced
 # Events of one agent stored per transaction (one fsync), and how many may wait: an outbox
 # backlog of thousands is stored in seconds, not one commit per event.
 EVENT_BATCH, EVENT_QUEUE = 250, 1000
@@ -362,6 +363,9 @@ class Coordinator:
             self._hardware[link.agent_id] = dict(hello.hardware)
         try:  # registered all or nothing: a link that fails here is forgotten at once
             if previous is not None:
+                # Usually half-open (why the agent came back): don't hold the new one for
+                # the default 10 s waiting for a close frame that will not come.
+                previous.ws.close_timeout = REPLACED_CLOSE_TIMEOUT
                 await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
             await ws.send(
                 p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval,

@@ -403,6 +403,19 @@ class OnlineRepository:
 
     # metadata
 
+    def checkpoint(self) -> bytes | None:
+        """What clients see now: timestamp.json, which every publish writes last."""
+        return self._read("timestamp.json")
+
+    def restore(self, checkpoint: bytes | None) -> None:
+        """Undo the publishes since `checkpoint` (for a publish whose database write failed):
+        clients start from timestamp.json, so the newer snapshot and targets it no longer
+        names are unreachable, and are overwritten by the next publish of those versions."""
+        if checkpoint is None:
+            (self.metadata_dir / "timestamp.json").unlink(missing_ok=True)
+        else:
+            write_file_atomic(self.metadata_dir / "timestamp.json", checkpoint)
+
     def _read(self, name: str) -> bytes | None:
         try:
             return (self.metadata_dir / name).read_bytes()

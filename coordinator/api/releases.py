@@ -148,25 +148,35 @@ async def publish(ctx: Context, p: Publish) -> dict[str, Any]:
         async with ctx.coordinator.db.connect() as conn:
             if await store.find_releases(conn, info.product, info.version):
                 raise Conflict(f"{info.product} {info.version} is already published")
-        async with updates.repo_lock:
-            await asyncio.to_thread(updates.repo.publish, targets=p.targets.encode())
+        row = {
+            "product": info.product, "version": info.version, "kind": info.kind,
+            "regulation_ref": info.regulation_ref, "effective": info.effective,
+            "notes": info.notes, "target": name, "sha256": sha256, "length": length,
+            "published_by": ctx.caller.name, "published_at": ctx.now,
+        }
+        # All or nothing: the package is stored first (content-addressed, harmless alone),
+        # then the TUF metadata and the database row; if the row cannot be written, the
+        # metadata goes back to what clients saw before, so no agent is offered a release
+        # the coordinator does not know.
         updates.packages.put(path, sha256)
+        async with updates.repo_lock:
+            checkpoint = updates.repo.checkpoint()
+            await asyncio.to_thread(updates.repo.publish, targets=p.targets.encode())
+            try:
+                async with ctx.coordinator.db.transaction() as conn:
+                    row["id"] = await store.add_release(conn, **row)
+                    await ctx.audit(conn, "release.publish",
+                                    f"release:{info.product}/{info.version}",
+                                    sha256=sha256, length=length, kind=info.kind)
+                    if info.kind == "regulation":  # every covered machine gets it, in waves
+                        row["rollout"] = await ctx.coordinator.rollouts.start(
+                            conn, row, actor=AUTO_ROLLOUT_ACTOR, now=ctx.now)
+            except BaseException:
+                await asyncio.to_thread(updates.repo.restore, checkpoint)
+                raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-    row = {
-        "product": info.product, "version": info.version, "kind": info.kind,
-        "regulation_ref": info.regulation_ref, "effective": info.effective, "notes": info.notes,
-        "target": name, "sha256": sha256, "length": length, "published_by": ctx.caller.name,
-        "published_at": ctx.now,
-    }
-    async with ctx.coordinator.db.transaction() as conn:
-        row["id"] = await store.add_release(conn, **row)
-        await ctx.audit(conn, "release.publish", f"release:{info.product}/{info.version}",
-                        sha256=sha256, length=length, kind=info.kind)
-        if info.kind == "regulation":  # every covered machine gets it, in waves, by itself
-            row["rollout"] = await ctx.coordinator.rollouts.start(
-                conn, row, actor=AUTO_ROLLOUT_ACTOR, now=ctx.now)
     return row
 
 

@@ -132,8 +132,10 @@ def test_frozen_process_agents_come_back_through_the_other(cluster, spawn_agent)
     wait_until(lambda: all(a.status()["connection"]["state"] == "connected" for a in agents),
                timeout=20, interval=0.2)
     wait_until(lambda: agent_connections(procs[live_port], live_port) >= 3)
-    listed = first.cli("agents", "list", "--server", cluster.proxy_url)
-    assert {r["id"]: r["status"] for r in listed} == dict.fromkeys(by_id, "online")
+    # (presence is written in batches: online once the live process has flushed it)
+    wait_until(lambda: {r["id"]: r["status"] for r in first.cli("agents", "list", "--server",
+                                                                cluster.proxy_url)}
+               == dict.fromkeys(by_id, "online"), timeout=5 * INTERVAL, interval=0.5)
     # The movers sent the event queued during the outage when they came back: stored once.
     # (The others' sits in their outbox until something wakes it; nothing tells them.)
     for agent_id in left:
