@@ -121,6 +121,7 @@ def test_challenge_signed_by_another_key_fails() -> None:
         (PUB, b"\x00" * 64),
         (PUB, b"\x00" * 63),
     ],
+    ids=["short-key", "empty-key", "empty-signature", "zero-signature", "short-signature"],
 )
 def test_malformed_key_or_signature_is_an_auth_error(
     public_key: bytes, signature: bytes | None
