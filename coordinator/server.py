@@ -247,16 +247,25 @@ class Coordinator:
             await self.relay.close()
         await self._flush_heartbeats()
 
-    def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    async def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         if request.path not in (p.ENROLL_PATH, p.AGENT_PATH, p.ADMIN_PATH):
             return ws.respond(http.HTTPStatus.NOT_FOUND, "no such channel\n")
         full = self.gate.check(request.path, peer_address(ws))
         if full is not None:
             return self._shed(ws, request.path, full)
-        if request.path == p.ADMIN_PATH and not request.headers.get("Authorization", "").startswith(
-            "Bearer "
-        ):
-            return ws.respond(http.HTTPStatus.UNAUTHORIZED, "technician token required\n")
+        if request.path == p.ADMIN_PATH:
+            authorization = request.headers.get("Authorization", "")
+            if not authorization.startswith("Bearer "):
+                return ws.respond(http.HTTPStatus.UNAUTHORIZED, "technician token required\n")
+            # A valid token lifts the frame limit before the upgrade completes: a client
+            # may send a large first request (a release upload) at once, and it must not
+            # be parsed under the unauthenticated limit. A bad token keeps the small limit
+            # and is refused by _serve_admin, as before.
+            digest = token_hash(authorization.removeprefix("Bearer ").strip())
+            with self._unauthenticated(ws, p.ADMIN_PATH):
+                caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
+            if caller is not None:
+                ws.protocol.max_message_size = p.MAX_ADMIN_MESSAGE_BYTES
         return None
 
     def _shed(self, ws: ServerConnection, channel: str, full: str) -> Response:
@@ -660,8 +669,6 @@ class Coordinator:
             await self._login_failed(peer_address(ws))
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
-        # Technicians upload release packages: larger frames only once the token checked out.
-        ws.protocol.max_message_size = p.MAX_ADMIN_MESSAGE_BYTES
         session = AdminSession(ws, digest, caller.name)
         self.admin_sessions.add(session)
         try:
