@@ -355,9 +355,10 @@ def create_app(coordinator: Coordinator) -> Litestar:
         diagnostics = await console.call(caller, "diagnostics.list", machine=agent["id"])
         jobs = await console.call(caller, "jobs.machine", machine=agent["id"])
         releases = await console.call(caller, "releases.list")
+        history = await console.call(caller, "agents.health_history", id=agent["id"], hours=24)
         return await console.page(request, session, caller, "machine.html", agent=agent,
                             coverage=coverage, incidents=incidents, diagnostics=diagnostics,
-                            releases=releases, jobs=jobs)
+                            releases=releases, jobs=jobs, history=history["samples"])
 
     @get("/incidents")
     async def incidents(request: Request[Any, Any, Any]) -> Response[Any]:
