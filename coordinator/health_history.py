@@ -53,7 +53,3 @@ class Sampler:
     def taken(self, samples: Iterable[tuple[str, dt.datetime]]) -> None:
         """Stored: the next sample of each is `every` later."""
         self.last.update(samples)
-
-    def forget(self, agent_ids: Iterable[str]) -> None:
-        for agent_id in agent_ids:
-            self.last.pop(agent_id, None)

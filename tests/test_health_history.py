@@ -59,8 +59,6 @@ def test_due_after_the_period_never_sampled_or_the_clock_went_back(offset: dt.ti
     expected = ["a"] if offset < dt.timedelta(0) or offset >= SAMPLE_EVERY else []
     assert sampler.due({"a": NOW + offset}) == expected
     assert sampler.last == {"a": NOW}  # asking is not taking: a failed write loses nothing
-    sampler.forget(["a"])
-    assert sampler.due({"a": NOW + offset}) == ["a"]
 
 
 def test_sparkline_scales_percentages_to_the_box() -> None:
