@@ -232,6 +232,26 @@ def agents_show(client: Any, as_json: bool, agent: str) -> None:
     emit(client.call("agents.show", id=agent), as_json)
 
 
+HISTORY_FIELDS = ("at", "cpu_percent", "memory_percent", "disk_free_percent", "disk_free", "problems")
+
+
+@technician_command(agents, "history")
+@click.argument("agent")
+@click.option("--hours", type=click.IntRange(1, 24 * 31), default=24, show_default=True,
+              help="How far back.")
+def agents_history(client: Any, as_json: bool, agent: str, hours: int) -> None:
+    """The machine's health samples (one every 15 minutes at most), oldest first."""
+    from careline.coordinator.render import emit
+
+    result = client.call("agents.health_history", id=agent, hours=hours)
+    if as_json:
+        emit(result, True)
+        return
+    rows = [{**s, "problems": ", ".join(f"{x['kind']} {x['subject']}" for x in s["problems"])}
+            for s in result["samples"]]
+    emit(rows, False, HISTORY_FIELDS, title=f"health of {result['hostname']}")
+
+
 @technician_command(agents, "revoke")
 @click.argument("agent")
 def agents_revoke(client: Any, as_json: bool, agent: str) -> None:

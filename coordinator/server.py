@@ -34,12 +34,14 @@ from careline.coordinator.agent_keys import AgentKeys
 from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.enrollment import enroll_machine
+from careline.coordinator.health_history import RETENTION as HEALTH_RETENTION
+from careline.coordinator.health_history import Sampler, sample_of
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.pki import server_context
 from careline.coordinator.quotas import AgentQuota, Gate, caps_for
 from careline.coordinator.relay import CommandRelay
 from careline.coordinator.storage import fleet as store
-from careline.coordinator.storage import service
+from careline.coordinator.storage import health, service
 from careline.coordinator.storage.db import Database
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, CarelineError, PermissionDenied, ProtocolError
@@ -187,6 +189,7 @@ class Coordinator:
         # agent id -> (time.time() received, its last Health): converted for storage only at
         # the flush, so the reports an agent's next one replaces cost nothing more.
         self._heartbeats: dict[str, tuple[float, p.Health]] = {}
+        self.health_sampler = Sampler()  # which reports become the machines' health history
         # agent id -> (connected, when, agent version): written with the heartbeats
         self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
         # agent id -> when it disconnected saying it was stopping cleanly (PC switched off)
@@ -602,6 +605,9 @@ class Coordinator:
             await store.store_heartbeats(conn, ((a, seen, h) for a, (seen, h) in batch.items()))
             await store.store_presence(conn, presence)
             await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
+            due = self.health_sampler.due({a: seen for a, (seen, _) in batch.items()})
+            await health.store_samples(conn, [(a, batch[a][0], sample_of(batch[a][1])) for a in due])
+        self.health_sampler.taken((a, batch[a][0]) for a in due)
 
     async def _flush_heartbeats_forever(self) -> None:
         while True:
@@ -625,9 +631,11 @@ class Coordinator:
             removed = await store.prune_events(conn, EVENTS_KEPT_PER_AGENT,
                                                utcnow() - EVENT_RETENTION)
             removed_diagnostics = await service.prune_diagnostics(conn, DIAGNOSTICS_KEPT_PER_AGENT)
-        if removed or removed_diagnostics:
-            log.info("pruned %d events and %d diagnostics bundles", removed, removed_diagnostics)
-        return {"events": removed, "diagnostics": removed_diagnostics}
+            removed_samples = await health.prune_samples(conn, utcnow() - HEALTH_RETENTION)
+        if removed or removed_diagnostics or removed_samples:
+            log.info("pruned %d events, %d diagnostics bundles and %d health samples",
+                     removed, removed_diagnostics, removed_samples)
+        return {"events": removed, "diagnostics": removed_diagnostics, "health_samples": removed_samples}
 
     async def _sweep_silent_forever(self) -> None:
         """Close connections that stopped talking (half-open sockets, hung agents)."""

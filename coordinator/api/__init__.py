@@ -61,6 +61,12 @@ class Method:
     params: type[msgspec.Struct]
     handler: Handler
     streams: bool  # an async generator: each yield is sent as a partial reply
+    writes: bool = False  # changes something although a viewer may call it (their own settings)
+
+    @property
+    def reads_only(self) -> bool:
+        """Safe to answer an HTTP GET: a viewer's method that changes nothing and answers once."""
+        return self.role == "viewer" and not self.streams and not self.writes
 
 
 METHODS: dict[str, Method] = {}
@@ -71,12 +77,13 @@ class NoParams(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def method(
-    name: str, role: Role, params: type[msgspec.Struct] = NoParams, *, streams: bool = False
+    name: str, role: Role, params: type[msgspec.Struct] = NoParams, *, streams: bool = False,
+    writes: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         if name in METHODS:
             raise RuntimeError(f"admin method {name} registered twice")
-        METHODS[name] = Method(name, role, params, handler, streams)
+        METHODS[name] = Method(name, role, params, handler, streams, writes)
         return handler
 
     return register

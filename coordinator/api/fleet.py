@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -163,6 +163,23 @@ async def show_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
     view["refused"] = {"over_quota": quota.refused if quota else 0,
                        "unknown_kind_events": quota.unknown_kinds if quota else 0}
     return view
+
+
+class HealthHistory(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    hours: Annotated[int, msgspec.Meta(ge=1, le=24 * 31)] = 24
+
+
+@method("agents.health_history", "viewer", HealthHistory)
+async def health_history(ctx: Context, p: HealthHistory) -> dict[str, Any]:
+    """The machine's health samples of the last `hours`, oldest first (at most one every
+    15 minutes, kept 30 days)."""
+    from careline.coordinator.storage import health
+
+    async with ctx.coordinator.db.connect() as conn:
+        row = await store.get_agent(conn, p.id)
+        samples = await health.list_samples(conn, row["id"], ctx.now - dt.timedelta(hours=p.hours))
+    return {"id": row["id"], "hostname": row["hostname"], "samples": samples}
 
 
 @method("agents.revoke", "technician", AgentRef)

@@ -34,7 +34,7 @@ class LanguageParams(msgspec.Struct, forbid_unknown_fields=True):
     language: str
 
 
-@method("profile.language", "viewer", LanguageParams)
+@method("profile.language", "viewer", LanguageParams, writes=True)
 async def set_language(ctx: Context, p: LanguageParams) -> dict[str, Any]:
     """The caller's own language for the web console (and what it sends them)."""
     if p.language not in LANGUAGES:

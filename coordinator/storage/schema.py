@@ -116,6 +116,23 @@ events = sa.Table(
     sa.UniqueConstraint("agent_id", "seq", name="uq_events_agent_seq"),
 )
 
+# Issue 15: a bounded history of each machine's health, one sample per agent every few
+# minutes at most (the latest report alone lives in agents.health).
+health_samples = sa.Table(
+    "health_samples",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("cpu_percent", sa.Float, nullable=False),
+    sa.Column("memory_percent", sa.Float, nullable=False),
+    sa.Column("disk_free_percent", sa.Float),  # the fullest disk's; NULL: no disk reported
+    sa.Column("disk_free", sa.BigInteger),  # bytes free on that disk
+    sa.Column("problems", sa.JSON, nullable=False),  # [{"kind", "subject"}, ...]
+    sa.Index("ix_health_samples_agent_at", "agent_id", "at"),
+    sa.Index("ix_health_samples_at", "at"),
+)
+
 audit = sa.Table(
     "audit",
     metadata,

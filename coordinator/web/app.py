@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 import logging
 import secrets
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from litestar import Litestar, Request, Response, Router, get, post
 from litestar.datastructures import Cookie
 from litestar.enums import MediaType
@@ -355,9 +357,10 @@ def create_app(coordinator: Coordinator) -> Litestar:
         diagnostics = await console.call(caller, "diagnostics.list", machine=agent["id"])
         jobs = await console.call(caller, "jobs.machine", machine=agent["id"])
         releases = await console.call(caller, "releases.list")
+        history = await console.call(caller, "agents.health_history", id=agent["id"], hours=24)
         return await console.page(request, session, caller, "machine.html", agent=agent,
                             coverage=coverage, incidents=incidents, diagnostics=diagnostics,
-                            releases=releases, jobs=jobs)
+                            releases=releases, jobs=jobs, history=history["samples"])
 
     @get("/incidents")
     async def incidents(request: Request[Any, Any, Any]) -> Response[Any]:
@@ -488,7 +491,8 @@ def create_app(coordinator: Coordinator) -> Litestar:
 
 
 def api_router(console: Console) -> Router:
-    """POST /api/v1/<group>/<method> for every technician method, its parameters as the body."""
+    """POST /api/v1/<group>/<method> for every technician method, its parameters as the body;
+    and GET with the parameters in the query string for those that only read."""
     from careline.shared import protocol as p
 
     def route(found: api.Method) -> Any:
@@ -501,5 +505,31 @@ def api_router(console: Console) -> Router:
                     summary=found.name, description=f"Needs the {found.role} role.",
                     tags=[found.name.split(".")[0]], operation_id=found.name.replace(".", "_"))(call)
 
-    handlers = [route(found) for found in sorted(api.METHODS.values(), key=lambda m: m.name)]
+    def read_route(found: api.Method) -> Any:
+        async def call(request: Request[Any, Any, Any], **query: Any) -> Any:
+            caller = await console.bearer(request)
+            return p.to_builtins(await console.invoke(caller, found.name, p.to_builtins(query)))
+
+        # The method's parameters as the handler's: the framework validates the query string
+        # and the OpenAPI document lists each one.
+        fields = msgspec.structs.fields(found.params)
+        call.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+            inspect.Parameter("request", inspect.Parameter.KEYWORD_ONLY, annotation=Request),
+            *(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=f.type,
+                                default=_default_of(f)) for f in fields)])
+        call.__annotations__ = {"request": Request, **{f.name: f.type for f in fields}, "return": Any}
+        return get("/" + found.name.replace(".", "/"), name=f"api-get-{found.name}",
+                   summary=found.name, description="Needs the viewer role; changes nothing.",
+                   tags=[found.name.split(".")[0]], operation_id=found.name.replace(".", "_") + "_get")(call)
+
+    methods = sorted(api.METHODS.values(), key=lambda m: m.name)
+    handlers = [route(found) for found in methods] + [read_route(f) for f in methods if f.reads_only]
     return Router(path="/api/v1", route_handlers=handlers)
+
+
+def _default_of(field: msgspec.structs.FieldInfo) -> Any:
+    if field.default is not msgspec.NODEFAULT:
+        return field.default
+    if field.default_factory is not msgspec.NODEFAULT:
+        return field.default_factory()
+    return inspect.Parameter.empty

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,28 @@ import jinja2
 from careline.coordinator import i18n
 
 
+def sparkline(percents: Sequence[float | None], width: int = 240, height: int = 40) -> str:
+    """An SVG polyline's points for these percentages, oldest left, 0-100 bottom to top
+    (drawn on the server: no script library). Missing values are skipped; one value is a
+    flat line."""
+    n = len(percents)
+    points = []
+    for i, value in enumerate(percents):
+        if value is None:
+            continue
+        y = round(height - max(0.0, min(100.0, float(value))) * height / 100, 1)
+        if n == 1:
+            points += [f"0,{y}", f"{width},{y}"]
+        else:
+            points.append(f"{round(i * width / (n - 1), 1)},{y}")
+    return " ".join(points)
+
+
 def environment(domain: str, overrides: Path | None) -> jinja2.Environment:
     """The web package's templates, with two filters: `tr`, a stored value (a status, a
     category) in the reader's language as plain text, escaped like any other value (unlike
     `_()`, whose result is trusted markup: never give it a value from the database); and
-    `utc`, a timestamp in seconds as a UTC instant."""
+    `utc`, a timestamp in seconds as a UTC instant; and `sparkline` (above)."""
 
     @jinja2.pass_context
     def tr(context: Any, value: Any) -> str:
@@ -25,4 +43,5 @@ def environment(domain: str, overrides: Path | None) -> jinja2.Environment:
     env = i18n.template_environment("careline.coordinator.web", overrides)
     env.filters["tr"] = tr
     env.filters["utc"] = lambda seconds: dt.datetime.fromtimestamp(seconds, dt.UTC)
+    env.filters["sparkline"] = sparkline
     return env

@@ -168,6 +168,8 @@ def test_technician_works_an_incident_and_pushes_an_update_viewer_is_refused(
     # Push an update to pc1 from its page; the agent installs it.
     page.goto(f"{console.url}/machines/{pc1.agent_id}")
     assert page.locator("#disks tbody tr").count() >= 1  # its health report
+    assert page.locator("#health-history tbody tr").count() >= 1  # and its history, drawn too
+    assert page.locator("#health-spark polyline.cpu").get_attribute("points")
     page.select_option("#push-version", "1.0.0")
     page.click("button[data-method='push.update']")
     assert "push.update" in page.locator(".flash.ok").inner_text()
@@ -260,6 +262,19 @@ def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any
     assert refused.status == 403 and refused.json()["error_code"] == "forbidden"
     schema = api.get(f"{console.url}/api/v1/schema/openapi.json").json()
     assert "/api/v1/incidents/page" in schema["paths"] and "/api/v1/push/update" in schema["paths"]
+    # Methods that only read answer a GET too, their parameters in the query string.
+    as_viewer = {"Authorization": f"Bearer {viewer_token}"}
+    got = api.get(f"{console.url}/api/v1/customers/list", headers=as_viewer)
+    assert got.status == 200 and {c["name"] for c in got.json()} == names
+    got = api.get(f"{console.url}/api/v1/incidents/page?open=false&limit=5", headers=as_viewer)
+    assert got.status == 200 and got.json()["total"] == 0
+    assert api.get(f"{console.url}/api/v1/incidents/page?limit=x", headers=as_viewer).status == 400
+    assert api.get(f"{console.url}/api/v1/customers/add?name=Nope", headers=as_viewer).status == 405
+    assert api.get(f"{console.url}/api/v1/customers/list").status == 401
+    paths = schema["paths"]
+    assert [q["name"] for q in paths["/api/v1/incidents/page"]["get"]["parameters"]] == [
+        "open", "customer", "machine", "limit", "offset"]
+    assert "get" not in paths["/api/v1/customers/add"] and "get" not in paths["/api/v1/profile/language"]
 
     # The admin revokes lan: the open session stops working at the next request.
     coord.cli("technicians", "revoke", "lan")
