@@ -75,7 +75,7 @@ class DeliveryWindow:
 
 class Outbox:
     def __init__(self, path: Path) -> None:
-        # One connection used from the event loop and from worker threads (to_thread).
+        # The writing connection, used from worker threads (the writer, to_thread) in turn.
         self._lock = threading.Lock()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
