@@ -179,7 +179,8 @@ class AgentRunner:
             "clean_stop", True
         ):
             await self.emit("unclean_shutdown", {"previous_boot": previous["boot_time"], "boot_time": boot})
-        self.state.write_json(self.state.runtime_file, {"boot_time": boot, "clean_stop": False})
+        await asyncio.to_thread(self.state.write_json, self.state.runtime_file,
+                                {"boot_time": boot, "clean_stop": False})
 
     def mark_clean_stop(self) -> None:
         self.state.write_json(
@@ -225,7 +226,7 @@ class AgentRunner:
             await self.updater.close()
             if self.status.state != "refused":
                 await asyncio.to_thread(self._set_status, "stopped")
-            self.mark_clean_stop()
+            await asyncio.to_thread(self.mark_clean_stop)
             await asyncio.to_thread(self.outbox.close)  # waits for writes still queued
 
     async def _session(self, stop: asyncio.Event) -> None:

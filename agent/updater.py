@@ -314,7 +314,7 @@ class Updater:
 
     async def _finish(self, data: dict[str, Any]) -> None:
         """The result is recorded as done, then on disk in the outbox before this returns."""
-        record_done(self.state, data)
+        await asyncio.to_thread(record_done, self.state, data)  # an fsync: off the loop too
         await self._emit("update_result", data)
 
     # ------------------------------------------------------------------ messages
@@ -545,7 +545,8 @@ class Updater:
             f"{name}: {len(problems)} file(s) differ" for name, problems in bad.items())
         await self._emit("verify_result", {"job": job, "ok": not bad, "products": found,
                                      "summary": summary})
-        record_done(self.state, {"job": job, "outcome": "verified" if not bad else "mismatch"})
+        await asyncio.to_thread(record_done, self.state,
+                                {"job": job, "outcome": "verified" if not bad else "mismatch"})
 
     async def _report_mismatch(self, product: str, problems: list[str], job: str | None = None) -> None:
         shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
