@@ -340,7 +340,7 @@ def test_put_async_writes_off_the_loop_in_call_order(path: Path) -> None:
     started = time.monotonic()
     seqs, lag, counts = asyncio.run(main())
     assert time.monotonic() - started >= 10 * SLOW_COMMIT  # the slow disk really was slow
-    assert lag < 0.1, f"event loop stalled {lag:.3f}s by outbox writes"
+    assert lag < 0.75 * SLOW_COMMIT, f"event loop stalled {lag:.3f}s by outbox writes"
     assert len(counts) > 10, "reads waited for the slow commits"
     assert seqs == sorted(seqs) and len(set(seqs)) == 10  # seq follows the order of calls
     assert [e.data["n"] for e in box.pending()] == list(range(10))

@@ -66,11 +66,12 @@ def test_slow_outbox_writes_do_not_delay_heartbeats_or_pings(
 
     worst, beats, states, written_in = asyncio.run(main())
     assert written_in >= EVENTS * SLOW_COMMIT  # the disk really was slow
-    assert worst < 0.1, f"the agent's event loop stalled {worst:.3f}s on outbox writes"
+    # Less than one slow commit: not a single write ran on the loop (it used to be all ten).
+    assert worst < 0.75 * SLOW_COMMIT, f"the agent's event loop stalled {worst:.3f}s on writes"
     assert set(states) == {"connected"}, "the agent gave the connection up during the writes"
     assert len(beats) >= 2, f"heartbeats stopped while the outbox was written: {beats}"
     gaps = [later - earlier for earlier, later in itertools.pairwise(beats)]
-    assert all(gap < INTERVAL + 0.3 for gap in gaps), f"heartbeats late: {gaps}"
+    assert all(gap < 1.5 * INTERVAL for gap in gaps), f"heartbeats late: {gaps}"
     rows = stored(coord, agent.agent_id)
     assert [data["n"] for _, data in rows] == list(range(EVENTS))  # in order, exactly once
     assert [seq for seq, _ in rows] == sorted({seq for seq, _ in rows})
