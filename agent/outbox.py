@@ -2,6 +2,9 @@
 
 SQLite with synchronous=FULL: an event is on disk before `put` returns, and is deleted only
 when the coordinator acknowledges its sequence number (which it stores exactly once).
+In the agent's event loop, `put_async` does the same write on the outbox's one writer
+thread: a slow disk (a failing HDD's fsync) never stalls heartbeats, pings or acks, and
+writes happen one at a time in the order they were asked for (seq follows call order).
 
 Bounded (a PC offline for weeks with a flapping probe must not fill its disk): a repeat of
 a health-trouble event about the same subject is folded into the one waiting (its newest
@@ -13,12 +16,15 @@ reported with the next connection (`report_losses`, an `outbox_summary` event).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +75,9 @@ class DeliveryWindow:
 
 class Outbox:
     def __init__(self, path: Path) -> None:
-        # One connection used from the event loop and from worker threads (to_thread).
+        # The writing connection, used from worker threads (the writer, to_thread) in turn.
         self._lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-writer")
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -85,6 +92,9 @@ class Outbox:
         self._db.execute("CREATE INDEX IF NOT EXISTS outbox_fold ON outbox (fold_key)")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS losses (name TEXT PRIMARY KEY, count INTEGER NOT NULL)")
+        # Reads on their own connection: in WAL mode they never wait for a slow commit.
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
     def put(self, kind: str, data: dict[str, Any] | None = None, *, now: float | None = None) -> int:
         """Store an event (or fold it into the one it repeats); returns its seq."""
@@ -107,6 +117,13 @@ class Outbox:
                 (kind, now, text, key))
             self._trim(now)
         return int(cursor.lastrowid or 0)
+
+    def put_async(self, kind: str, data: dict[str, Any] | None = None) -> asyncio.Future[int]:
+        """`put` on the writer thread, queued now (so seq follows the order of calls); the
+        future's result (its seq) means the event is on disk. Cancelling the future does not
+        cancel the write: an event asked for is written."""
+        write = functools.partial(self.put, kind, data, now=time.time())
+        return asyncio.shield(asyncio.get_running_loop().run_in_executor(self._writer, write))
 
     def _fold(self, key: str, text: str, now: float) -> int | None:
         row = self._db.execute("SELECT seq, at, data FROM outbox WHERE fold_key = ?"
@@ -142,8 +159,8 @@ class Outbox:
 
     def losses(self) -> dict[str, int]:
         """Events folded into others and dropped since the last report."""
-        with self._lock:
-            rows = self._db.execute("SELECT name, count FROM losses").fetchall()
+        with self._read_lock:
+            rows = self._reader.execute("SELECT name, count FROM losses").fetchall()
         return {"folded": 0, "dropped": 0, **{name: int(count) for name, count in rows}}
 
     def report_losses(self) -> int | None:
@@ -171,8 +188,8 @@ class Outbox:
         self._db.execute("COMMIT")
 
     def pending(self, after: int = 0, limit: int = 100) -> list[Event]:
-        with self._lock:
-            rows = self._db.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT seq, kind, at, data FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
@@ -190,9 +207,12 @@ class Outbox:
             self._db.executemany("DELETE FROM outbox WHERE seq = ?", params)
 
     def __len__(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        with self._read_lock:
+            return int(self._reader.execute("SELECT count(*) FROM outbox").fetchone()[0])
 
     def close(self) -> None:
-        with self._lock:
+        """Finish the writes already asked for, then close."""
+        self._writer.shutdown(wait=True)
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._db.close()

@@ -163,20 +163,24 @@ class AgentRunner:
             "coordinator": self.config.server_url, "outbox_pending": len(self.outbox),
         })
 
-    def emit(self, kind: str, data: dict[str, Any] | None = None) -> None:
-        """Put an event in the durable outbox; it is sent when connected."""
-        self.outbox.put(kind, data)
+    async def emit(self, kind: str, data: dict[str, Any] | None = None) -> int:
+        """Put an event in the durable outbox (on its writer thread: a slow disk never stalls
+        heartbeats, pings or acks); returns its seq once it is on disk. It is sent when
+        connected."""
+        seq = await self.outbox.put_async(kind, data)
         self._outbox_wakeup.set()
+        return seq
 
-    def check_power_loss(self) -> None:
+    async def check_power_loss(self) -> None:
         """A boot since the last run without the agent's clean-stop mark means power was lost."""
         previous = self.state.read_json(self.state.runtime_file)
         boot = psutil.boot_time()
         if previous and abs(previous.get("boot_time", boot) - boot) > 2 and not previous.get(
             "clean_stop", True
         ):
-            self.emit("unclean_shutdown", {"previous_boot": previous["boot_time"], "boot_time": boot})
-        self.state.write_json(self.state.runtime_file, {"boot_time": boot, "clean_stop": False})
+            await self.emit("unclean_shutdown", {"previous_boot": previous["boot_time"], "boot_time": boot})
+        await asyncio.to_thread(self.state.write_json, self.state.runtime_file,
+                                {"boot_time": boot, "clean_stop": False})
 
     def mark_clean_stop(self) -> None:
         self.state.write_json(
@@ -192,14 +196,14 @@ class AgentRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        self.check_power_loss()
+        await self.check_power_loss()
         from careline.agent.updater import Updater  # issue 6: recover interrupted installs first
 
         self.updater = Updater(self)
         await self.updater.start()
         try:
             while not stop.is_set():
-                self._set_status("connecting")
+                await asyncio.to_thread(self._set_status, "connecting")
                 error: BaseException | None = None
                 try:
                     await self._session(stop)
@@ -212,18 +216,18 @@ class AgentRunner:
                 try:
                     delay = reconnect_delay(error, self.attempt, self._rng, self.first_window)
                 except AuthError as exc:
-                    self._set_status("refused", describe(error))
+                    await asyncio.to_thread(self._set_status, "refused", describe(error))
                     raise exc from None
-                self._set_status("disconnected", describe(error))
+                await asyncio.to_thread(self._set_status, "disconnected", describe(error))
                 log.info("reconnecting in %.1fs", delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
             await self.updater.close()
             if self.status.state != "refused":
-                self._set_status("stopped")
-            self.mark_clean_stop()
-            self.outbox.close()
+                await asyncio.to_thread(self._set_status, "stopped")
+            await asyncio.to_thread(self.mark_clean_stop)
+            await asyncio.to_thread(self.outbox.close)  # waits for writes still queued
 
     async def _session(self, stop: asyncio.Event) -> None:
         async with connect(
@@ -241,8 +245,8 @@ class AgentRunner:
             self.interval = welcome.heartbeat_interval
             self.first_window = welcome.reconnect_window
             self.attempt = 0
-            self._set_status("connected", "")
-            self.updater.confirm_self_update()
+            await asyncio.to_thread(self._set_status, "connected", "")
+            await self.updater.confirm_self_update()
             if await asyncio.to_thread(self.outbox.report_losses) is not None:
                 self._outbox_wakeup.set()  # what the bound folded or dropped while away
             log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)

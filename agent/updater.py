@@ -274,23 +274,23 @@ class Updater:
                 continue
             if result is not None:
                 log.warning("recovered interrupted job %s: %s", result.job_id, result.outcome)
-                self._finish(result_data(result))
+                await self._finish(result_data(result))
         from careline.agent import selfupdate
 
         interrupted = selfupdate.recover(self.state)
         if interrupted is not None:
             log.warning("self-update %s interrupted before its switch", interrupted["job"])
-            self._finish(interrupted)
+            await self._finish(interrupted)
         self._spawn(self._verify_forever())
 
-    def confirm_self_update(self) -> None:
+    async def confirm_self_update(self) -> None:
         """Connected: if this is the new program of a self-update, it worked."""
         from careline.agent import selfupdate
 
         result = selfupdate.confirm(self.state)
         if result is not None:
             log.info("self-update %s confirmed: now %s", result["job"], result["version"])
-            self._finish(result)
+            await self._finish(result)
 
     async def close(self) -> None:
         """At agent stop: the verify loop and job tasks are cancelled and awaited (an
@@ -306,15 +306,16 @@ class Updater:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
-        self.runner.emit(kind, data)
+    async def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        await self.runner.emit(kind, data)
 
-    def _step(self, job: str, step: str, detail: str | None = None) -> None:
-        self._emit("update_step", {"job": job, "step": step, "detail": detail})
+    async def _step(self, job: str, step: str, detail: str | None = None) -> None:
+        await self._emit("update_step", {"job": job, "step": step, "detail": detail})
 
-    def _finish(self, data: dict[str, Any]) -> None:
-        record_done(self.state, data)
-        self._emit("update_result", data)
+    async def _finish(self, data: dict[str, Any]) -> None:
+        """The result is recorded as done, then on disk in the outbox before this returns."""
+        await asyncio.to_thread(record_done, self.state, data)  # an fsync: off the loop too
+        await self._emit("update_result", data)
 
     # ------------------------------------------------------------------ messages
     async def receive(self, ws: Any, message: Any) -> None:
@@ -341,7 +342,7 @@ class Updater:
             return
         done = _done_path(self.state, job)
         if done.exists():  # finished before; the coordinator has not heard yet
-            self._emit("update_result", json.loads(done.read_text()))
+            await self._emit("update_result", json.loads(done.read_text()))
             return
         self._begin(job, action)
 
@@ -399,11 +400,11 @@ class Updater:
                         job, exc or type(exc).__name__)
         except CarelineError as exc:
             log.warning("job %s refused: %s", job, exc)
-            self._finish({"job": job, "outcome": "refused", "product": None, "version": None,
+            await self._finish({"job": job, "outcome": "refused", "product": None, "version": None,
                           "reason": str(exc)})
         except Exception as exc:  # never let one job take the agent down
             log.exception("job %s failed", job)
-            self._finish({"job": job, "outcome": "failed", "product": None, "version": None,
+            await self._finish({"job": job, "outcome": "failed", "product": None, "version": None,
                           "reason": repr(exc)})
 
     async def _install_job(self, job: str, action: Any) -> None:
@@ -436,7 +437,7 @@ class Updater:
             raise
         if result.outcome != "waiting_for_product_exit":
             PartialDownload(self.state.path, instr).discard()
-        self._finish(result_data(result))
+        await self._finish(result_data(result))
 
     async def _ensure_root(self) -> None:
         """An agent enrolled before the release keys existed takes root v1 over its
@@ -480,7 +481,7 @@ class Updater:
         try:
             if not partial.complete:
                 start = partial.offset
-                self._step(job, "downloading", f"from byte {start} of {instr.length}")
+                await self._step(job, "downloading", f"from byte {start} of {instr.length}")
                 await self._ws.send(p.encode(p.Download(job=job, offset=start)))
                 while not partial.complete:
                     try:
@@ -492,7 +493,7 @@ class Updater:
                     download.progress.clear()
                     if download.error is not None:
                         raise download.error
-            self._step(job, "verifying")
+            await self._step(job, "verifying")
             return await asyncio.to_thread(partial.finish)
         finally:
             self._downloads.pop(job, None)
@@ -508,7 +509,7 @@ class Updater:
         program = selfupdate.program_path()
         if program is None:
             raise ConfigError("this agent runs from a Python installation: update it with pip")
-        self._step(job, "handing_over", f"{__version__} -> {verified.instruction.version}")
+        await self._step(job, "handing_over", f"{__version__} -> {verified.instruction.version}")
         await asyncio.to_thread(selfupdate.hand_over, self.state, verified, program,
                                 from_version=__version__, hook=_pause_hook(self.state))
         PartialDownload(self.state.path, verified.instruction).discard()
@@ -518,7 +519,7 @@ class Updater:
     async def _install(self, job: str, product: ProductConfig,
                        verified: VerifiedPackage) -> InstallResult:
         installer = make_installer(self.state, product)
-        self._step(job, "installing")
+        await self._step(job, "installing")
         waiting = False
         while True:
             async with self._install_lock:
@@ -527,7 +528,7 @@ class Updater:
                 return result
             if not waiting:
                 waiting = True
-                self._step(job, "waiting_for_product_exit", result.reason)
+                await self._step(job, "waiting_for_product_exit", result.reason)
             await asyncio.sleep(PRODUCT_EXIT_POLL)
 
     # ------------------------------------------------------------------ integrity
@@ -538,17 +539,18 @@ class Updater:
             found = {product: found.get(product, [])}
         for name, problems in found.items():
             if problems:
-                self._report_mismatch(name, problems, job)
+                await self._report_mismatch(name, problems, job)
         bad = {name: problems for name, problems in found.items() if problems}
         summary = "all files match" if not bad else "; ".join(
             f"{name}: {len(problems)} file(s) differ" for name, problems in bad.items())
-        self._emit("verify_result", {"job": job, "ok": not bad, "products": found,
+        await self._emit("verify_result", {"job": job, "ok": not bad, "products": found,
                                      "summary": summary})
-        record_done(self.state, {"job": job, "outcome": "verified" if not bad else "mismatch"})
+        await asyncio.to_thread(record_done, self.state,
+                                {"job": job, "outcome": "verified" if not bad else "mismatch"})
 
-    def _report_mismatch(self, product: str, problems: list[str], job: str | None = None) -> None:
+    async def _report_mismatch(self, product: str, problems: list[str], job: str | None = None) -> None:
         shown = "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "")
-        self._emit("integrity_mismatch", {"product": product, "detail": shown,
+        await self._emit("integrity_mismatch", {"product": product, "detail": shown,
                                           "problems": problems[:100], "job": job})
         self._reported[product] = tuple(problems)
 
@@ -563,6 +565,6 @@ class Updater:
                 continue
             for name, problems in found.items():
                 if problems and tuple(problems) != self._reported.get(name):
-                    self._report_mismatch(name, problems)
+                    await self._report_mismatch(name, problems)
                 elif not problems:
                     self._reported.pop(name, None)

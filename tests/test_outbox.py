@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -293,3 +297,67 @@ def test_an_outbox_from_before_the_bound_is_upgraded(path: Path) -> None:
     box.put("disk_full", {"subject": "C:"})
     assert len(box) == 2
     box.close()
+
+
+SLOW_COMMIT = 0.2  # a failing HDD's fsync
+
+
+class SlowDisk(Outbox):
+    """An outbox on a disk whose commits are slow: the write lock and the open transaction
+    are held for SLOW_COMMIT, as a slow fsync holds them."""
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with super()._transaction():
+            yield
+            time.sleep(SLOW_COMMIT)
+
+
+async def _max_loop_lag(until: asyncio.Future[Any], tick: float = 0.01) -> float:
+    """The longest the event loop was late for a `tick` sleep until `until` is done."""
+    worst = 0.0
+    while not until.done():
+        started = time.monotonic()
+        await asyncio.sleep(tick)
+        worst = max(worst, time.monotonic() - started - tick)
+    return worst
+
+
+def test_put_async_writes_off_the_loop_in_call_order(path: Path) -> None:
+    box = SlowDisk(path)
+
+    async def main() -> tuple[list[int], float, list[int]]:
+        writes = asyncio.gather(*(box.put_async("update_step", {"n": n}) for n in range(10)))
+        counts: list[int] = []
+
+        async def read_meanwhile() -> None:  # the status file and the sender keep reading
+            while not writes.done():
+                counts.append(await asyncio.to_thread(len, box))
+
+        lag, seqs, _ = await asyncio.gather(_max_loop_lag(writes), writes, read_meanwhile())
+        return seqs, lag, counts
+
+    started = time.monotonic()
+    seqs, lag, counts = asyncio.run(main())
+    assert time.monotonic() - started >= 10 * SLOW_COMMIT  # the slow disk really was slow
+    assert lag < 0.75 * SLOW_COMMIT, f"event loop stalled {lag:.3f}s by outbox writes"
+    assert len(counts) > 10, "reads waited for the slow commits"
+    assert seqs == sorted(seqs) and len(set(seqs)) == 10  # seq follows the order of calls
+    assert [e.data["n"] for e in box.pending()] == list(range(10))
+    box.close()
+
+
+def test_put_async_write_survives_its_caller_being_cancelled(path: Path) -> None:
+    box = SlowDisk(path)
+
+    async def main() -> None:
+        box.put_async("update_step", {"n": 0})  # the writer is busy with this one
+        waiter = box.put_async("update_result", {"n": 1})  # while this one is queued
+        await asyncio.sleep(0)
+        waiter.cancel()
+
+    asyncio.run(main())
+    box.close()  # waits for the writes already asked for
+    again = Outbox(path)
+    assert [e.data for e in again.pending()] == [{"n": 0}, {"n": 1}]
+    again.close()
