@@ -8,6 +8,7 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from packaging.version import Version
 
 from careline.coordinator.policy.waves import (
     EXCUSED,
@@ -48,9 +49,9 @@ versions = st.lists(st.integers(0, 30), min_size=1, max_size=4).map(
 
 @given(versions, versions)
 def test_standing_is_the_version_order(reported: str, release: str) -> None:
-    key = tuple(map(int, reported.split("."))), tuple(map(int, release.split(".")))
+    older = Version(reported) < Version(release)  # as packaging orders them: 0 == 0.0
     standing = version_standing(True, reported, release)
-    assert standing is (Standing.BELOW if key[0] < key[1] else Standing.CURRENT)
+    assert standing is (Standing.BELOW if older else Standing.CURRENT)
 
 
 # --------------------------------------------------------------------------- completion
