@@ -43,4 +43,4 @@ fi
 
 .venv/bin/ruff check agent coordinator shared tests bench
 bash scripts/typecheck.sh
-.venv/bin/python -m pytest -q -n 2 "$@"
+.venv/bin/python -m pytest -q -n 3 "$@"
