@@ -269,3 +269,15 @@ def spawn_agent(tmp_path: Path) -> Iterator[Any]:
     yield spawn
     for agent in started:
         agent.kill()
+
+
+# ----------------------------------------------------------------------------- scheduling
+# The longest files start first: collected last (alphabetically), they used to stretch the
+# end of a parallel (xdist) run by a minute while the other workers sat idle.
+LONGEST_FIRST = ("test_packaging.py", "test_bench_smoke.py", "test_load_balancer.py",
+                 "test_web_console.py", "test_rollout_scope.py", "test_rollouts.py",
+                 "test_self_update.py", "test_notify.py", "test_updates.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)  # stable: order kept otherwise
