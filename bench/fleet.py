@@ -213,6 +213,9 @@ class CoordinatorProc:
         assert self.proc is not None
         return self.proc.pid
 
+    def serve_argv(self) -> list[str]:
+        return [PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(self.data)]
+
     async def start(self, timeout: float = 120.0) -> None:
         """Start `careline serve`; return once it logs that it listens.
 
@@ -220,9 +223,7 @@ class CoordinatorProc:
         backlog full, so a probe's SYN is dropped and retried after 1 s, 3 s, ... and the
         restart looked 10-50 s slower than it was."""
         offset = self.log.stat().st_size if self.log.exists() else 0
-        self.proc = self.children.start(
-            [PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(self.data)], self.log
-        )
+        self.proc = self.children.start(self.serve_argv(), self.log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -75,21 +75,8 @@ class ServeProc(fleet.CoordinatorProc):
         self.admin_token, self.ca_pem, self.database_url = admin_token, ca_pem, database_url
         self.proc = None
 
-    async def start(self, timeout: float = 120.0) -> None:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        self.proc = self.children.start(
-            [fleet.PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(self.data),
-             "--listen", f"127.0.0.1:{self.port}"], self.log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"coordinator exited with {self.proc.returncode}; see {self.log}")
-            with open(self.log, "rb") as f:
-                f.seek(offset)
-                if b"listening on" in f.read():
-                    return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"coordinator on port {self.port} did not start; see {self.log}")
+    def serve_argv(self) -> list[str]:
+        return [*super().serve_argv(), "--listen", f"127.0.0.1:{self.port}"]
 
     def held(self) -> int:
         """Established connections to this process (HAProxy's health checks are brief)."""
