@@ -58,6 +58,9 @@ def test_ping_fanout_bench_smoke() -> None:
     assert figures["open_connection"]["ok_per_round_min"] == 3
     assert figures["open_connection"]["round_ms"]["n"] == 2
     assert figures["importtime_ping_path"]["total_ms"] > 0
+    # kill -9 + restart: every real agent process said hello to the new coordinator
+    assert figures["restart"]["back"] == 3
+    assert figures["restart"]["all_back_after_kill_s"] is not None
 
 
 @pytest.mark.slow
