@@ -99,8 +99,8 @@ def reconnect_delay(error: BaseException | None, attempt: int, rng: random.Rando
     """How long to wait before connecting again after `error` (None: a clean close).
 
     A busy coordinator's Retry-After, or the wait an over-quota close asks for, is
-    honoured, with jitter; a refused identity (revoked,
-    unknown) raises AuthError, since reconnecting cannot help.
+    honoured, with jitter; a refused TCP connection is retried within the first window; a
+    refused identity (revoked, unknown) raises AuthError, since reconnecting cannot help.
     """
     if isinstance(error, ConnectionClosed) and error.rcvd and error.rcvd.code in p.CloseCode.FATAL:
         raise AuthError(f"coordinator refused this agent: {error.rcvd.reason}")
@@ -112,6 +112,11 @@ def reconnect_delay(error: BaseException | None, attempt: int, rng: random.Rando
         hint = error.response.headers.get("Retry-After", "")
         if hint.isdigit():
             return int(hint) + rng.uniform(0, int(hint))
+    if isinstance(error, ConnectionRefusedError):
+        # Nobody listens (the coordinator is restarting): a refused connect costs it
+        # nothing, so the retry stays within the first window, sized to the fleet by its
+        # last Welcome, and the agent is back within that window of it listening again.
+        return backoff_delay(1, rng, first_window)
     return backoff_delay(attempt, rng, first_window)
 
 

@@ -80,6 +80,19 @@ def test_other_closes_and_errors_back_off() -> None:
         assert 0 <= reconnect_delay(error, 3, rng) <= 4 * BACKOFF_FIRST_WINDOW
 
 
+def test_a_refused_connection_retries_within_the_first_window() -> None:
+    """A restarting coordinator refuses connections: cheap for it, so a small fleet keeps
+    retrying within its first window instead of backing off past the restart."""
+    rng = random.Random(5)
+    small_fleet = fleet_reconnect_window(50)
+    delays = [reconnect_delay(ConnectionRefusedError(111, "refused"), attempt, rng, small_fleet)
+              for attempt in range(1, 20) for _ in range(50)]
+    assert max(delays) <= small_fleet == 1.0
+    # Any other failure (TLS, timeouts, a 1006 close) still doubles the window.
+    assert max(reconnect_delay(OSError("unreachable"), 4, rng, small_fleet)
+               for _ in range(200)) > 4 * small_fleet
+
+
 @given(first_window=st.floats(min_value=0, max_value=1e6), attempt=st.integers(1, 50),
        seed=st.integers())
 def test_a_welcomes_window_widens_the_first_retry_within_bounds(
@@ -103,8 +116,8 @@ def test_a_big_fleet_spreads_its_first_reconnects_over_the_window_it_was_given()
 
 
 @pytest.mark.parametrize(("fleet", "window"), [
-    (0, RECONNECT_WINDOW_MIN), (500, RECONNECT_WINDOW_MIN), (2_000, RECONNECT_WINDOW_MIN),
-    (10_000, 10_000 / DRAIN_RATE), (1_000_000, RECONNECT_WINDOW_MAX),
+    (0, RECONNECT_WINDOW_MIN), (50, RECONNECT_WINDOW_MIN), (500, 500 / DRAIN_RATE),
+    (2_000, 2_000 / DRAIN_RATE), (10_000, 10_000 / DRAIN_RATE), (1_000_000, RECONNECT_WINDOW_MAX),
 ])
 def test_the_coordinator_sizes_the_window_to_its_fleet(fleet: int, window: float) -> None:
     assert fleet_reconnect_window(fleet) == window
