@@ -81,7 +81,9 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
         assert bytes(row["public_key"]) == second.public_key
         assert row["key_id"] == agent_id_for(second.public_key)
         assert row["hostname"] == "ketoan-1-new" and row["key_changed_at"] == later
-        assert (await store.agent_for_hello(conn, row["key_id"]))["id"] == machine
+        hello = await store.agent_for_hello(conn, row["key_id"])
+        assert hello is not None
+        assert hello["id"] == machine
         keys = await store.agent_keys(conn)
         assert keys[machine][0] == second.public_key == keys[row["key_id"]][0]
         assert [i["id"] for i in await service.list_incidents(conn, agent_id=machine)] == [
@@ -156,13 +158,18 @@ async def test_technician_names_the_machine_and_replace_links_a_proposal(db: Dat
         retired = await store.agent_by_id(conn, clone)
         assert bytes(linked["public_key"]) == bytes(new["public_key"])
         assert linked["key_id"] == clone  # the agent says hello as `clone`: it is pc2 now
-        assert (await store.agent_for_hello(conn, clone))["id"] == pc2
-        assert retired["revoked_at"] is not None and retired["replaced_by"] == pc2
+        hello = await store.agent_for_hello(conn, clone)
+        assert hello is not None
+        assert hello["id"] == pc2
+        assert retired is not None
+        assert retired["revoked_at"] is not None
+        assert retired["replaced_by"] == pc2
         assert await candidates(conn) == []
     async with db.transaction() as conn:
+        current, again = await store.get_agent(conn, pc2), await store.agent_by_id(conn, clone)
+        assert again is not None
         with pytest.raises(Conflict, match="revoked"):
-            await replace(conn, await store.get_agent(conn, pc2),
-                          await store.agent_by_id(conn, clone), actor="lan", now=NOW)
+            await replace(conn, current, again, actor="lan", now=NOW)
         with pytest.raises(ConfigError, match="cannot replace itself"):
             await replace(conn, linked, linked, actor="lan", now=NOW)
 

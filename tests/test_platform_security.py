@@ -191,8 +191,12 @@ def test_service_products_restart_only_through_the_service_manager(monkeypatch, 
     service = ProductConfig(name="KeToanSrv", install_dir=product.install_dir,
                             executable=product.executable, service="ketoan.service")
     ran: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: ran.append(argv) or
-                        types.SimpleNamespace(returncode=0, stdout="", stderr=""))
+
+    def run(argv: list[str], **kw: Any) -> types.SimpleNamespace:
+        ran.append(argv)
+        return types.SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", run)
     started = spawned(monkeypatch)
     monkeypatch.setattr(osx, "product_processes", lambda p: [])
     monkeypatch.setattr(actions, "RESTART_WAIT_SECONDS", 0.1)

@@ -24,7 +24,7 @@ floats = st.floats(allow_nan=False)  # NaN != NaN would make equality meaningles
 reals = st.floats(min_value=-1e15, max_value=1e15)
 percents = st.floats(min_value=0, max_value=100)
 stamps = st.floats(min_value=0, max_value=253_402_300_799)
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=30)
 blobs = st.binary(max_size=64)
 
 scalars = st.none() | st.booleans() | i64 | floats | text | blobs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -199,10 +200,11 @@ def test_windows_service_class_runs_the_agent_until_the_service_manager_stops_it
     stopped = threading.Event()
     handed: list[Any] = []
 
-    def run(on_start: Any) -> None:  # what entry.run_agent does with on_start
+    def run(on_start: Callable[[Callable[[], None]], None]) -> int:  # as entry.run_agent does
         on_start(stopped.set)
         handed.append(True)
         stopped.wait(10)
+        return 0
 
     cls = osx.windows_service_class(util, FakeWin32, run)
     service = cls(["careline-agent"])

@@ -221,9 +221,11 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
     # An expiry: a validly signed but expired (frozen) timestamp.
     original = timestamp.read_bytes()
     repo = OnlineRepository(releases, timestamp_expiry=timedelta(seconds=-60))
-    repo._write_timestamp(repo._signers(repo._root().signed, "timestamp"),
-                          repo._current_snapshot_bytes(), repo._timestamp().signed.expires
-                          - timedelta(days=2))
+    root, current = repo._root(), repo._timestamp()
+    assert root is not None
+    assert current is not None
+    repo._write_timestamp(repo._signers(root.signed, "timestamp"),
+                          repo._current_snapshot_bytes(), current.signed.expires - timedelta(days=2))
     reason = _push_and_refusal(coord, pc1, "1.1.0")
     assert "Expired" in reason or "expired" in reason, reason
     timestamp.write_bytes(original)

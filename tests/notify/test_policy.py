@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -163,7 +164,7 @@ def test_webhook_signature_verifies_and_detects_tampering(body, secret):
 
 
 def test_fold_groups_and_stable_delivery_ids():
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": 5, "recipient_id": 1, "fold_key": "f", "delivery": None},
         {"id": 3, "recipient_id": 1, "fold_key": "f", "delivery": None},
         {"id": 4, "recipient_id": 2, "fold_key": "f", "delivery": None},

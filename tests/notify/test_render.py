@@ -3,6 +3,8 @@ every text of every template translated in notify.po."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from importlib import resources
 
 import pytest
@@ -18,19 +20,25 @@ DISK = {"incident": 7, "kind": "disk_failing", "subject": "sda", "category": "di
         "opened_at": "2026-12-01T03:00:00+00:00"}
 
 
+def singular(text: str | Sequence[str | None] | None) -> str:
+    """A message's text; babel and jinja give a plural message as (singular, plural, ...)."""
+    if text is None or isinstance(text, str):
+        return text or ""
+    return text[0] or ""
+
+
 def catalog_ids() -> dict[str, str]:
     source = resources.files("careline.coordinator").joinpath("locale/vi/LC_MESSAGES/notify.po")
     with source.open("rb") as po:
-        return {m.id: m.string for m in read_po(po) if m.id}
+        return {singular(m.id): singular(m.string) for m in read_po(po) if m.id}
 
 
 def template_ids() -> set[str]:
     found = set(render.LABELS.values())
     for template in resources.files("careline.coordinator.notify").joinpath("templates").iterdir():
-        with template.open("rb") as f:
-            for _, _, message, _ in babel_extract(f, ("_", "gettext"), [], {
-                    "trim_blocks": "true", "lstrip_blocks": "true"}):
-                found.add(message if isinstance(message, str) else message[0])
+        for _, _, message, _ in babel_extract(io.BytesIO(template.read_bytes()), ("_", "gettext"), [], {
+                "trim_blocks": "true", "lstrip_blocks": "true"}):
+            found.add(singular(message))
     return found
 
 

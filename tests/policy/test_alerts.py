@@ -22,6 +22,7 @@ def run(signals, rule, touch_after_open=False):
     for i, signal in enumerate(signals):
         state, transition = observe(state, signal == "F", T0 + timedelta(minutes=i), rule)
         if transition is OPEN and touch_after_open:
+            assert state is not None
             state = touch(state)
         out.append(transition)
     return out, state
@@ -122,6 +123,7 @@ def test_property_never_two_opens_without_a_close(rule, sequence):
             assert is_open
         assert (state is not None and state.opened) == is_open
         if is_open and technician:
+            assert state is not None
             state = touch(state)
 
 

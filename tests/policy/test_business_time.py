@@ -21,12 +21,12 @@ HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 H = timedelta(hours=1)
 
 
-def vn(*args):
-    return datetime(*args, tzinfo=HCM).astimezone(UTC)
+def vn(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=HCM).astimezone(UTC)
 
 
-def berlin(*args):
-    return datetime(*args, tzinfo=ZoneInfo("Europe/Berlin")).astimezone(UTC)
+def berlin(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo("Europe/Berlin")).astimezone(UTC)
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,8 @@ HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 SWEEP = timedelta(minutes=20)
 
 
-def vn(*args):
-    return datetime(*args, tzinfo=HCM).astimezone(UTC)
+def vn(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=HCM).astimezone(UTC)
 
 
 def simulate(start, end, is_on, *, clean_stop, calendar=VN, counts="business_hours"):

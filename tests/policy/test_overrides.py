@@ -234,7 +234,7 @@ def test_value_agrees_with_the_whole_policy(levels, vendor_window):
     """What the rollout sender reads per machine is what `policy show` and `resolve` say."""
     layers = PolicyLayers(DEFAULT, {"rollouts": {"install_window": vendor_window}}
                           if vendor_window else {})
-    ids = {"customer": 3, "site": 7, "machine": "ag-1"}
+    ids: dict[str, int | str] = {"customer": 3, "site": 7, "machine": "ag-1"}
     by_target = {target(level, ids[level]): {WINDOW: LEVEL_VALUES[level], FEE: 1}
                  for level in levels}
     by_target[target("machine", "ag-other")] = {WINDOW: "01:00-02:00"}  # a stranger's

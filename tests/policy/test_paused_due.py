@@ -13,8 +13,8 @@ HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 POLICY = load_policy()
 
 
-def vn(*args):
-    return datetime(*args, tzinfo=HCM).astimezone(UTC)
+def vn(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=HCM).astimezone(UTC)
 
 
 def test_a_finished_pause_moves_the_due_time_by_its_business_time():

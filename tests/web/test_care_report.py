@@ -92,6 +92,7 @@ def test_html_escapes_agent_chosen_names_and_speaks_vietnamese() -> None:
 
 def test_pdf_has_the_machines_amounts_and_embedded_vietnamese_font() -> None:
     from pypdf import PdfReader
+    from pypdf.generic import DictionaryObject
 
     pdf = cr.render_pdf(sample(), "vi")
     reader = PdfReader(io.BytesIO(pdf))
@@ -101,7 +102,11 @@ def test_pdf_has_the_machines_amounts_and_embedded_vietnamese_font() -> None:
         assert expected in text, expected
     fonts = set()
     for page in reader.pages:
-        for font in page["/Resources"]["/Font"].values():
+        resources = page["/Resources"].get_object()
+        assert isinstance(resources, DictionaryObject)
+        page_fonts = resources["/Font"].get_object()
+        assert isinstance(page_fonts, DictionaryObject)
+        for font in page_fonts.values():
             font = font.get_object()
             descriptor = (font.get("/FontDescriptor") or
                           font["/DescendantFonts"][0].get_object()["/FontDescriptor"]).get_object()
