@@ -70,7 +70,8 @@ async def test_bad_agent_costs_only_its_own_report(coordinator: Coordinator, cap
     stored = await seen(coord)
     assert [a for a in agents if stored[a] is None] == [bad]
     assert f"report of agent {bad} not stored" in caplog.text
-    assert coord._heartbeats == {} and coord._presence == {}  # nothing left to retry
+    assert coord._heartbeats == {}
+    assert coord._presence == {}
 
 
 async def test_batch_storage_refuses_is_kept_and_written_later(coordinator: Coordinator) -> None:

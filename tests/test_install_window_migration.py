@@ -54,6 +54,7 @@ async def test_customer_windows_move_into_the_override_layer(database: str) -> N
             back: dict[str, str | None] = dict((await conn.execute(sa.text(
                 "SELECT name, install_window FROM customers"))).all())
             left = await service.overrides_by_target(conn)
-        assert back == {"Shop": "18:00-07:00", "Clinic": None} and left == {}
+        assert back == {"Shop": "18:00-07:00", "Clinic": None}
+        assert left == {}
     finally:
         await db.close()

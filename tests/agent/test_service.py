@@ -174,7 +174,8 @@ def test_windows_service_install_with_recovery_and_control() -> None:
     failure = next(c for c in win.calls if c[0] == "ChangeServiceConfig2" and c[2] == 2)[3]
     assert failure["Actions"] == [(1, 5000), (1, 30000), (1, 60000)]
     assert ("ChangeServiceConfig2", "handle:careline-agent", 4, True) in win.calls
-    assert ("Close", "handle:careline-agent") in win.calls and ("Close", "scm") in win.calls
+    assert ("Close", "handle:careline-agent") in win.calls
+    assert ("Close", "scm") in win.calls
     assert manager.status(SERVICE_NAME) == {"installed": "yes", "state": "stopped"}
     manager.start(SERVICE_NAME)
     assert manager.status(SERVICE_NAME)["state"] == "running"
@@ -214,7 +215,8 @@ def test_windows_service_class_runs_the_agent_until_the_service_manager_stops_it
         threading.Event().wait(0.01)
     service.SvcStop()
     thread.join(10)
-    assert not thread.is_alive() and service.reported == [FakeWin32.SERVICE_STOP_PENDING]
+    assert not thread.is_alive()
+    assert service.reported == [FakeWin32.SERVICE_STOP_PENDING]
     # a stop that comes before the agent is up still stops it at once
     early = cls(["careline-agent"])
     early.SvcStop()

@@ -70,7 +70,8 @@ def test_counts_and_times():
 def test_touched_incident_is_never_auto_closed(signals, expected):
     out, state = run(signals, AlertRule(), touch_after_open=True)
     assert out == expected
-    assert state.opened and state.touched
+    assert state.opened
+    assert state.touched
     assert state.cleared == (signals[-1] == ".")
 
 
@@ -117,7 +118,8 @@ def test_property_never_two_opens_without_a_close(rule, sequence):
             assert not is_open
             is_open = True
         elif transition is CLOSE:
-            assert is_open and state is None
+            assert is_open
+            assert state is None
             is_open = False
         elif transition in (BUMP, CLEAR):
             assert is_open

@@ -125,5 +125,6 @@ def test_response_target_in_business_hours(reported, due):
     rule = DueRule.parse("business_hours:4")
     assert (rule.business_days, rule.business_hours, str(rule)) == (
         0, 4, "within 4 business hours")
-    assert not rule.uses_cutoff and DueRule.parse("same_day").uses_cutoff
+    assert not rule.uses_cutoff
+    assert DueRule.parse("same_day").uses_cutoff
     assert VN.due_at(reported, rule, time(15)) == due

@@ -496,7 +496,8 @@ def test_window_forced_near_effective_date_by_local_date() -> None:
     assert now.day == 9
     d = install_window_open(now, LUNCH, HCM, True, eff, 3)
     assert (d.open, d.forced) == (True, True)
-    assert "forced" in d.reason and "product running" in d.reason
+    assert "forced" in d.reason
+    assert "product running" in d.reason
     # after the effective date: still forced
     d = install_window_open(hcm_local(9, 0, day=20), NIGHT, HCM, False, eff, 3)
     assert (d.open, d.forced) == (True, True)
@@ -533,7 +534,8 @@ def test_window_uses_local_wall_clock_across_dst() -> None:
     winter = install_window_open(
         utc(2025, 1, 15, 10, 30), LUNCH, "Europe/Berlin", False, date(2026, 1, 1), 0
     )
-    assert summer.open and not winter.open
+    assert summer.open
+    assert not winter.open
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,8 @@ async def test_job_restarts_on_the_new_connection(tmp_path: Path, unwound_first:
     await updater.receive(new, command)  # re-sent by the restarted coordinator
 
     await eventually(lambda: new.fetches() == ["1.root.json"])
-    assert isinstance(new.sent[0], p.CommandResult) and new.sent[0].data == {"accepted": JOB}
+    assert isinstance(new.sent[0], p.CommandResult)
+    assert new.sent[0].data == {"accepted": JOB}
     await stop(updater)
 
 
