@@ -456,7 +456,7 @@ class UpdateService:
         self.progress[job] = (offset, length)
         try:
             async with self._slots:
-                with open(path, "rb") as f:
+                with await asyncio.to_thread(open, path, "rb") as f:
                     f.seek(offset)
                     while offset < length:  # disk reads off the event loop
                         data = await asyncio.to_thread(f.read, min(SEND_CHUNK, length - offset))

@@ -328,7 +328,7 @@ def test_cert_fingerprint_is_sha256_of_der(pki: dict[str, Path]) -> None:
 
 
 def test_cert_fingerprint_of_garbage_raises(pki: dict[str, Path]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Unable to load PEM"):
         cert_fingerprint("not a certificate")
 
 

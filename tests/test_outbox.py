@@ -220,7 +220,7 @@ def test_window_never_has_more_than_its_size_in_flight_and_delivers_all_once(
 
 
 def test_window_size_must_be_positive() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window size must be at least 1"):
         DeliveryWindow(0)
 
 

@@ -139,12 +139,12 @@ async def test_customers_add_list_get_conflict_and_rollback(db: Database) -> Non
             await store.get_customer(conn, "acme")  # names are exact
 
     # A duplicate name is a Conflict, and the failed transaction leaves nothing behind.
-    with pytest.raises(Conflict, match="already exists"):
+    with pytest.raises(Conflict, match="already exists"):  # noqa: PT012 - the transaction's scope
         async with db.transaction() as conn:
             await store.add_customer(conn, "Zeta", "UTC", NOW)
             await store.add_customer(conn, "Acme", "UTC", NOW)
     # Any exception rolls the transaction back.
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # noqa: PT012 - the transaction's whole scope is what fails
         async with db.transaction() as conn:
             await store.add_customer(conn, "Ghost", "UTC", NOW)
             raise RuntimeError("boom")

@@ -41,7 +41,7 @@ async def open_session(coordinator, key, agent_id: str):
 
 
 async def close_of(ws) -> tuple[int, str]:
-    with pytest.raises(ConnectionClosed) as closed:
+    with pytest.raises(ConnectionClosed) as closed:  # noqa: PT012 - read until the close, bounded
         for _ in range(10):
             await asyncio.wait_for(ws.recv(), 10)
     assert closed.value.rcvd is not None, "closed without a close frame"

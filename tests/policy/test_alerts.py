@@ -94,7 +94,7 @@ def test_one_shot_events(signals, expected):
     [{"open_after": 0}, {"close_after": 0}, {"one_shot": True, "open_after": 2}],
 )
 def test_invalid_rules(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="open_after"):
         AlertRule(**kwargs)
 
 

@@ -133,7 +133,7 @@ def test_invalid_calendars(kwargs, message):
 def test_naive_times_are_rejected():
     with pytest.raises(ValueError, match="timezone-aware"):
         VN.same_day_due(datetime(2026, 1, 12, 9), CUTOFF)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n must be >= 1"):
         VN.next_business_days(vn(2026, 1, 12, 9), 0)
 
 

@@ -170,9 +170,9 @@ def test_packages_of_other_contracts_are_ignored():
 
 
 def test_invalid_rows_are_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="ends before it starts"):
         pkg(42, date(2026, 1, 2), date(2026, 1, 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="warranty_months must be >= 0"):
         Contract(3, SIGNED, -1)
 
 

@@ -103,7 +103,7 @@ def test_parse_percents(text: str, expected: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("text", ["", "5,,100", "5;25;100", "5,25", "a,100", "25,5,100"])
 def test_parse_percents_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="wave percent"):
         parse_percents(text)
 
 
@@ -259,7 +259,7 @@ def test_wave_counts() -> None:
     states = ["pending", "sent", "succeeded", "succeeded", "failed", "timed_out", "offline"]
     assert wave_counts(states) == WaveCounts(7, succeeded=2, failed=2, pending=2, offline=1)
     assert wave_counts([]) == WaveCounts(0, 0, 0, 0, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown stored rollout machine state"):
         wave_counts(["lost"])
 
 
@@ -418,9 +418,11 @@ def test_next_action(status: str, sent: int, verdicts: list[WaveVerdict], expect
     assert expected.reason in got.reason
 
 
-@pytest.mark.parametrize(("status", "sent"), [("running", 3), ("running", -1), ("done", 0)])
-def test_next_action_rejects(status: str, sent: int) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("status", "sent", "why"), [
+    ("running", 3, "sent_waves must be between"), ("running", -1, "sent_waves must be between"),
+    ("done", 0, "not a valid RolloutStatus")])
+def test_next_action_rejects(status: str, sent: int, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
         next_action(status, sent, [RUNNING, RUNNING])
 
 

@@ -71,8 +71,8 @@ async def stop(updater: Updater) -> None:
     assert not updater._tasks  # a cancelled job is not started again
 
 
-async def eventually(predicate: Any, timeout: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(predicate: Any, within: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
         await asyncio.sleep(0.01)
