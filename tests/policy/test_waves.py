@@ -259,7 +259,7 @@ def test_wave_counts() -> None:
     states = ["pending", "sent", "succeeded", "succeeded", "failed", "timed_out", "offline"]
     assert wave_counts(states) == WaveCounts(7, succeeded=2, failed=2, pending=2, offline=1)
     assert wave_counts([]) == WaveCounts(0, 0, 0, 0, 0)
-    with pytest.raises(ValueError, match="unknown stored rollout machine state"):
+    with pytest.raises(ValueError, match="not a valid MachineOutcome"):
         wave_counts(["lost"])
 
 
