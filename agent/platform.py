@@ -494,7 +494,8 @@ def windows_service_class(win32serviceutil: Any, win32service: Any,
     a non-zero result ends the process without reporting "stopped", so the recovery actions
     restart it (a self-update's hand-over)."""
 
-    class AgentService(win32serviceutil.ServiceFramework):
+    # pywin32 has no type stubs and is passed in (Windows only), so its base class is Any.
+    class AgentService(win32serviceutil.ServiceFramework):  # type: ignore[misc]
         _svc_name_ = SERVICE_NAME
         _svc_display_name_ = "Careline agent"
         _svc_description_ = SERVICE_DESCRIPTION

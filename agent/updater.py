@@ -503,10 +503,11 @@ class Updater:
         (careline.agent.selfupdate). The result comes from the new program or the watchdog."""
         from careline.agent import selfupdate
         from careline.agent.entry import EXIT_RESTART
+        from careline.agent.service import program_path
         from careline.shared import __version__
         from careline.shared.trust import PartialDownload
 
-        program = selfupdate.program_path()
+        program = program_path()
         if program is None:
             raise ConfigError("this agent runs from a Python installation: update it with pip")
         await self._step(job, "handing_over", f"{__version__} -> {verified.instruction.version}")

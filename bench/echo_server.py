@@ -34,7 +34,7 @@ async def handler(ws: ServerConnection) -> None:
     assert ws.request is not None
     path = ws.request.path
     if path == "/stats":
-        server = ws.server  # type: ignore[attr-defined]
+        server = ws.server
         async for _ in ws:
             await ws.send(json.dumps({
                 "received": received, "connections": len(server.connections),

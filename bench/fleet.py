@@ -50,8 +50,9 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -127,11 +128,10 @@ def machine_info() -> dict[str, Any]:
         has_uvloop = True
     except ImportError:
         has_uvloop = False
-    import websockets
 
     return {
         "nproc": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-        "uvloop": has_uvloop, "websockets": websockets.__version__,
+        "uvloop": has_uvloop, "websockets": metadata.version("websockets"),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
     }
 
@@ -1042,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_and_report(
     args: argparse.Namespace, prefix: str,
-    run: Callable[[argparse.Namespace, Path, Children], Awaitable[dict[str, Any]]],
+    run: Callable[[argparse.Namespace, Path, Children], Coroutine[Any, Any, dict[str, Any]]],
     table: Callable[[dict[str, Any]], str],
 ) -> int:
     """Run a benchmark in its own temp dir (uvloop where available), stop every process it

@@ -192,7 +192,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
                                                    timeout=max(120, n * 0.5))
         soak = soak_mod.Soak()
         soak_mod.SoakAgent.soak = soak
-        soak_mod.SoakAgent.soak_every = args.event_every  # type: ignore[attr-defined]
+        soak_mod.SoakAgent.soak_every = args.event_every
         sim_fleet = fleet.Fleet(proxy_url, first.ca_pem, identities, bare=False, concurrency=200,
                                 seed=args.seed, agent_class=soak_mod.SoakAgent)
         connected = await sim_fleet.connect_all(timeout=args.connect_timeout)

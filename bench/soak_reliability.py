@@ -55,6 +55,7 @@ class Soak:
 
 class SoakAgent(fleet.SimAgent):
     soak: Soak
+    soak_every: float  # mean seconds between events (--event-every)
 
     def __init__(self, sim: fleet.SimState, identity: fleet.Identity) -> None:
         super().__init__(sim, identity)
@@ -202,7 +203,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
                            6, timeout=max(120, n * 0.5))  # quotas: 8 enrollments per address
     soak = Soak()
     SoakAgent.soak = soak
-    SoakAgent.soak_every = args.event_every  # type: ignore[attr-defined]
+    SoakAgent.soak_every = args.event_every
     sim_fleet = fleet.Fleet(coord.url, coord.ca_pem, identities, bare=False, concurrency=200,
                             seed=args.seed, agent_class=SoakAgent)
     try:

@@ -173,7 +173,7 @@ def main() -> None:
                 if time.monotonic() > deadline or server.poll() is not None:
                     raise
                 time.sleep(0.3)
-        figures = {
+        figures: dict[str, Any] = {
             "database": "postgresql" if args.database else "sqlite", **counts, "fill_s": round(fill_s, 1),
             "fleet_page": timed(args.requests, lambda: client.get("/fleet")),
             "incidents_page": timed(args.requests, lambda: client.get("/incidents")),

@@ -107,7 +107,8 @@ class CommandRelay:
         task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ the asking side
-    async def call(self, agent_id: str, action: p.Action, timeout: float) -> p.CommandResult:
+    async def call(self, agent_id: str, action: p.Action,
+                   timeout: float) -> p.CommandResult:  # noqa: ASYNC109 -- sent to the holder, which enforces it
         """Run `action` on an agent another process holds; raises TimeoutError when no
         answer came in time, ConnectionError when the holder has lost the agent."""
         req = next(self._ids)

@@ -353,7 +353,7 @@ class Rollouts:
             agent_id, machine)
 
     def _outcome(self, machine: dict[str, Any]) -> str:
-        state = machine["state"]
+        state: str = machine["state"]
         if state in ("pending", "sent") and not self._online(machine):
             return "offline"
         return state

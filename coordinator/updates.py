@@ -205,7 +205,7 @@ def _only_product(machine: dict[str, Any]) -> str | None:
 
 
 async def _only_released_product(conn: AsyncConnection) -> str:
-    products = sorted({r["product"] for r in await store.list_releases(conn)})
+    products: list[str] = sorted({r["product"] for r in await store.list_releases(conn)})
     if len(products) != 1:
         raise ConfigError("name the product with --product")
     return products[0]
@@ -456,7 +456,7 @@ class UpdateService:
         self.progress[job] = (offset, length)
         try:
             async with self._slots:
-                with open(path, "rb") as f:
+                with await asyncio.to_thread(open, path, "rb") as f:
                     f.seek(offset)
                     while offset < length:  # disk reads off the event loop
                         data = await asyncio.to_thread(f.read, min(SEND_CHUNK, length - offset))

@@ -58,8 +58,9 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient.config import UpdaterConfig
 from tuf.ngclient.fetcher import FetcherInterface
+from tuf.ngclient.updater import Updater
 
 from careline.shared.errors import ConfigError, Conflict, ProtocolError, VerificationError
 from careline.shared.files import fsync_dir, write_file_atomic

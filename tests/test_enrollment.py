@@ -80,14 +80,18 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
         row = rows[0]
         assert bytes(row["public_key"]) == second.public_key
         assert row["key_id"] == agent_id_for(second.public_key)
-        assert row["hostname"] == "ketoan-1-new" and row["key_changed_at"] == later
-        assert (await store.agent_for_hello(conn, row["key_id"]))["id"] == machine
+        assert row["hostname"] == "ketoan-1-new"
+        assert row["key_changed_at"] == later
+        hello = await store.agent_for_hello(conn, row["key_id"])
+        assert hello is not None
+        assert hello["id"] == machine
         keys = await store.agent_keys(conn)
         assert keys[machine][0] == second.public_key == keys[row["key_id"]][0]
         assert [i["id"] for i in await service.list_incidents(conn, agent_id=machine)] == [
             incident]
         done = await service.get_visit(conn, visit)
-        assert done["status"] == "completed" and "re-enrolled" in done["note"]
+        assert done["status"] == "completed"
+        assert "re-enrolled" in done["note"]
         audit = await store.list_audit(conn)
         assert audit[0]["action"] == "agent.relink"
         assert audit[0]["detail"]["old_key"] == machine
@@ -156,13 +160,18 @@ async def test_technician_names_the_machine_and_replace_links_a_proposal(db: Dat
         retired = await store.agent_by_id(conn, clone)
         assert bytes(linked["public_key"]) == bytes(new["public_key"])
         assert linked["key_id"] == clone  # the agent says hello as `clone`: it is pc2 now
-        assert (await store.agent_for_hello(conn, clone))["id"] == pc2
-        assert retired["revoked_at"] is not None and retired["replaced_by"] == pc2
+        hello = await store.agent_for_hello(conn, clone)
+        assert hello is not None
+        assert hello["id"] == pc2
+        assert retired is not None
+        assert retired["revoked_at"] is not None
+        assert retired["replaced_by"] == pc2
         assert await candidates(conn) == []
     async with db.transaction() as conn:
+        current, again = await store.get_agent(conn, pc2), await store.agent_by_id(conn, clone)
+        assert again is not None
         with pytest.raises(Conflict, match="revoked"):
-            await replace(conn, await store.get_agent(conn, pc2),
-                          await store.agent_by_id(conn, clone), actor="lan", now=NOW)
+            await replace(conn, current, again, actor="lan", now=NOW)
         with pytest.raises(ConfigError, match="cannot replace itself"):
             await replace(conn, linked, linked, actor="lan", now=NOW)
 
@@ -185,7 +194,7 @@ async def test_other_processes_learn_of_a_rekey_once(db: Database) -> None:
     """Scale-out: a process that did not link the reinstall drops the old key from its cache
     and has the machine's connections say hello again, once; the retired agent of a
     technician's link is not treated as revoked (it lives on as the machine)."""
-    from careline.coordinator.agent_keys import AgentKeys
+    from careline.coordinator.agent_keys import AgentKey, AgentKeys
 
     token = await setup(db)
     keys = AgentKeys(db)
@@ -197,13 +206,16 @@ async def test_other_processes_learn_of_a_rekey_once(db: Database) -> None:
     fresh = request(PC1, "pc1-new")
     assert await enroll(db, token, fresh, later) == old  # reinstalled, via another process
     revoked, rekeyed = await keys.revocations(later)
-    assert revoked == [] and rekeyed == [old, agent_id_for(fresh.public_key)]
+    assert revoked == []
+    assert rekeyed == [old, agent_id_for(fresh.public_key)]
     assert (await keys.lookup(old)).public_key == fresh.public_key  # type: ignore[union-attr]
     assert await keys.revocations(later + dt.timedelta(seconds=2)) == ([], [])  # once
     async with db.transaction() as conn:
         await replace(conn, await store.get_agent(conn, old), await store.get_agent(conn, clone),
                       actor="lan", now=later + dt.timedelta(seconds=3))
     revoked, rekeyed = await keys.revocations(later + dt.timedelta(seconds=4))
-    assert revoked == [] and rekeyed == [old, clone]
+    assert revoked == []
+    assert rekeyed == [old, clone]
     key = await keys.lookup(clone)  # the clone's agent says hello with its own id
-    assert key != "revoked" and key.machine_id == old  # type: ignore[union-attr]
+    assert isinstance(key, AgentKey)  # neither "revoked" nor "unknown"
+    assert key.machine_id == old

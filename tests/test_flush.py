@@ -70,7 +70,8 @@ async def test_bad_agent_costs_only_its_own_report(coordinator: Coordinator, cap
     stored = await seen(coord)
     assert [a for a in agents if stored[a] is None] == [bad]
     assert f"report of agent {bad} not stored" in caplog.text
-    assert coord._heartbeats == {} and coord._presence == {}  # nothing left to retry
+    assert coord._heartbeats == {}
+    assert coord._presence == {}
 
 
 async def test_batch_storage_refuses_is_kept_and_written_later(coordinator: Coordinator) -> None:
@@ -80,7 +81,7 @@ async def test_batch_storage_refuses_is_kept_and_written_later(coordinator: Coor
     await report(coord, agents)
     async with coord.db.transaction() as conn:  # storage is broken for everyone
         await conn.execute(sa.text("ALTER TABLE conditions RENAME TO conditions_away"))
-    with pytest.raises(Exception):  # noqa: B017 - whatever the backend raises
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the backend raises
         await coord._flush_heartbeats()
     assert set(coord._heartbeats) == set(agents)  # kept, not dropped
     await report(coord, agents[:2])  # newer reports meanwhile win

@@ -26,7 +26,8 @@ def test_tcp_passthrough_leastconn_and_tls_health_check():
     assert ("default-server check check-ssl verify required ca-file /srv/careline/pki/ca.pem "
             "inter 2000ms fall 2 rise 2") in got
     assert got[-2:] == ["server careline1 10.0.0.1:8443", "server careline2 10.0.0.2:8443"]
-    assert "timeout client 960s" in got and "timeout server 960s" in got
+    assert "timeout client 960s" in got
+    assert "timeout server 960s" in got
     assert "option redispatch" in got
 
 

@@ -39,7 +39,7 @@ async def test_customer_windows_move_into_the_override_layer(database: str) -> N
                     "INSERT INTO customers (name, timezone, created_at, install_window)"
                     " VALUES (:name, 'Asia/Ho_Chi_Minh', :now, :window)"),
                     {"name": name, "now": NOW.replace(tzinfo=None), "window": window})
-            ids = dict((await conn.execute(sa.text("SELECT name, id FROM customers"))).all())
+            ids: dict[str, int] = dict((await conn.execute(sa.text("SELECT name, id FROM customers"))).all())
         await db.migrate()
         async with db.connect() as conn:
             found = await service.overrides_by_target(conn)
@@ -51,9 +51,10 @@ async def test_customer_windows_move_into_the_override_layer(database: str) -> N
         # Downgrading puts the customer's window back in its column.
         await upgrade(db, "i16_distinct_machines", down=True)
         async with db.connect() as conn:
-            back = dict((await conn.execute(sa.text(
+            back: dict[str, str | None] = dict((await conn.execute(sa.text(
                 "SELECT name, install_window FROM customers"))).all())
             left = await service.overrides_by_target(conn)
-        assert back == {"Shop": "18:00-07:00", "Clinic": None} and left == {}
+        assert back == {"Shop": "18:00-07:00", "Clinic": None}
+        assert left == {}
     finally:
         await db.close()

@@ -49,7 +49,8 @@ def test_agent_id_is_stable_and_shaped() -> None:
     assert agent_id_for(public_bytes(KEY.public_key())) == AGENT
     assert AGENT.startswith("ag-")
     body = AGENT.removeprefix("ag-")
-    assert len(body) == 16 and set(body) <= set("abcdefghijklmnopqrstuvwxyz234567")
+    assert len(body) == 16
+    assert set(body) <= set("abcdefghijklmnopqrstuvwxyz234567")
 
 
 def test_agent_id_survives_saving_and_loading_the_key(tmp_path: Path) -> None:
@@ -218,7 +219,8 @@ def test_token_hash_is_not_the_token(token: str) -> None:
     digest = token_hash(token)
     assert digest != token
     assert digest == hashlib.sha256(token.encode()).hexdigest()
-    assert len(digest) == 64 and set(digest) <= set("0123456789abcdef")
+    assert len(digest) == 64
+    assert set(digest) <= set("0123456789abcdef")
 
 
 def test_token_hash_is_deterministic_and_distinct() -> None:
@@ -326,7 +328,7 @@ def test_cert_fingerprint_is_sha256_of_der(pki: dict[str, Path]) -> None:
 
 
 def test_cert_fingerprint_of_garbage_raises(pki: dict[str, Path]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Unable to load PEM"):
         cert_fingerprint("not a certificate")
 
 

@@ -41,7 +41,8 @@ def test_formatter_keeps_one_line_per_record_and_marks_tracebacks():
     finally:
         logger.removeHandler(handler)
     lines = out.getvalue().splitlines()
-    assert "\\n2026-01-01" in lines[0] and len([ln for ln in lines if "forged" in ln]) == 1
+    assert "\\n2026-01-01" in lines[0]
+    assert len([ln for ln in lines if "forged" in ln]) == 1
     records = [ln for ln in lines if not ln.startswith("| ")]
     assert len(records) == 2  # every traceback line, injected or not, is marked
     assert any(ln == "| WARNING injected" for ln in lines)

@@ -21,8 +21,8 @@ from careline.shared.keys import agent_id_for, generate_key, public_bytes
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
-def vn(*args: int) -> dt.datetime:
-    return dt.datetime(*args, tzinfo=HCM).astimezone(dt.UTC)
+def vn(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, tzinfo=HCM).astimezone(dt.UTC)
 
 
 @pytest.fixture

@@ -38,7 +38,9 @@ def test_put_returns_increasing_seqs_and_pending_lists_them(path: Path) -> None:
     before = time.time()
     seqs = [box.put("boot", {"n": i}) for i in range(5)]
     after = time.time()
-    assert seqs == sorted(seqs) and len(set(seqs)) == 5 and seqs[0] >= 1
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 5
+    assert seqs[0] >= 1
     pending = box.pending()
     assert [e.seq for e in pending] == seqs
     assert [e.data for e in pending] == [{"n": i} for i in range(5)]
@@ -70,7 +72,8 @@ def test_ack_removes_only_that_event(path: Path) -> None:
     assert len(box) == 2
     box.ack(s1)
     box.ack(s3)
-    assert box.pending() == [] and len(box) == 0
+    assert box.pending() == []
+    assert len(box) == 0
     box.close()
 
 
@@ -210,13 +213,14 @@ def test_window_never_has_more_than_its_size_in_flight_and_delivers_all_once(
                 sent.append(seq)
         elif window.in_flight:
             window.acked(min(window.in_flight))
-        assert 0 <= len(window.in_flight) <= size and window.room() == size - len(window.in_flight)
+        assert 0 <= len(window.in_flight) <= size
+        assert window.room() == size - len(window.in_flight)
     assert sent == emitted  # in order, exactly once
     assert not window.in_flight
 
 
 def test_window_size_must_be_positive() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window size must be at least 1"):
         DeliveryWindow(0)
 
 
@@ -263,7 +267,8 @@ def test_old_droppable_events_age_out(path: Path) -> None:
     old_result = box.put("update_result", {}, now=0.0)
     box.put("update_step", {}, now=MAX_AGE_SECONDS + 10.0)
     seqs = {e.seq for e in box.pending()}
-    assert old_step not in seqs and old_result in seqs
+    assert old_step not in seqs
+    assert old_result in seqs
     assert box.losses()["dropped"] == 1
     box.close()
 
@@ -342,7 +347,8 @@ def test_put_async_writes_off_the_loop_in_call_order(path: Path) -> None:
     assert time.monotonic() - started >= 10 * SLOW_COMMIT  # the slow disk really was slow
     assert lag < 0.75 * SLOW_COMMIT, f"event loop stalled {lag:.3f}s by outbox writes"
     assert len(counts) > 10, "reads waited for the slow commits"
-    assert seqs == sorted(seqs) and len(set(seqs)) == 10  # seq follows the order of calls
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 10
     assert [e.data["n"] for e in box.pending()] == list(range(10))
     box.close()
 

@@ -55,7 +55,8 @@ def test_built_wheel_installs_apart_and_enrolls_an_agent(tmp_path: Path) -> None
                if "Warning:" in line or line.strip() == "!!"]
     assert not banners, built.stdout + built.stderr
     wheels = list(dist.glob("careline-*.whl"))
-    assert len(wheels) == 1 and list(dist.glob("careline-*.tar.gz"))
+    assert len(wheels) == 1
+    assert list(dist.glob("careline-*.tar.gz"))
     wheel = wheels[0]
     version = wheel.name.split("-")[1]
 
@@ -69,7 +70,8 @@ def test_built_wheel_installs_apart_and_enrolls_an_agent(tmp_path: Path) -> None
     assert "enroll" in _run([agent_bin / "careline-agent", "--help"], cwd=tmp_path).stdout
     for bare in ("agent", "coordinator", "shared"):
         probe = _run([agent_bin / "python", "-c", f"import {bare}"], cwd=tmp_path, check=False)
-        assert probe.returncode != 0 and "ModuleNotFoundError" in probe.stderr, bare
+        assert probe.returncode != 0, bare
+        assert "ModuleNotFoundError" in probe.stderr, bare
 
     # The coordinator from the same wheel, with its extra.
     coord_bin = _venv(tmp_path / "coordinator-venv")

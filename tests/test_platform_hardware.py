@@ -28,7 +28,8 @@ def test_override_is_hashed_like_real_values(monkeypatch: pytest.MonkeyPatch) ->
 def test_this_machine_reports_hashes_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(osx.HARDWARE_ENV, raising=False)
     identity = osx.hardware_identity()
-    assert valid(identity) and set(identity) <= set(FIELDS)
+    assert valid(identity)
+    assert set(identity) <= set(FIELDS)
     assert identity == osx.hardware_identity()  # stable
 
 
@@ -44,7 +45,8 @@ def test_windows_cim_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "run", run)
     assert osx._windows_hardware() == {"uuid": answer["uuid"], "serial": "5BQKN12",
                                        "disk": None}
-    assert calls[0][0] == "powershell" and "Win32_ComputerSystemProduct" in calls[0][-1]
+    assert calls[0][0] == "powershell"
+    assert "Win32_ComputerSystemProduct" in calls[0][-1]
     monkeypatch.setattr(subprocess, "run",
                         lambda argv, **kw: SimpleNamespace(returncode=1, stdout=""))
     assert osx._windows_hardware() == {"uuid": None, "serial": None, "disk": None}

@@ -191,8 +191,12 @@ def test_service_products_restart_only_through_the_service_manager(monkeypatch, 
     service = ProductConfig(name="KeToanSrv", install_dir=product.install_dir,
                             executable=product.executable, service="ketoan.service")
     ran: list[list[str]] = []
-    monkeypatch.setattr(subprocess, "run", lambda argv, **kw: ran.append(argv) or
-                        types.SimpleNamespace(returncode=0, stdout="", stderr=""))
+
+    def run(argv: list[str], **kw: Any) -> types.SimpleNamespace:
+        ran.append(argv)
+        return types.SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    monkeypatch.setattr(subprocess, "run", run)
     started = spawned(monkeypatch)
     monkeypatch.setattr(osx, "product_processes", lambda p: [])
     monkeypatch.setattr(actions, "RESTART_WAIT_SECONDS", 0.1)
@@ -216,7 +220,8 @@ def test_root_agent_refuses_a_desktop_product_others_can_change(monkeypatch, pro
     if os.geteuid() == 0:  # root-owned files: started (tests here run as root)
         Path(product.install_dir).chmod(0o755)
         osx.start_product(product, tmp_path / "out.log")
-        assert started and started[0][-1].endswith("ketoan.py")
+        assert started
+        assert started[0][-1].endswith("ketoan.py")
 
 
 def test_elevated_windows_agent_starts_desktop_products_in_the_users_session(
@@ -253,8 +258,10 @@ def test_elevated_windows_agent_starts_desktop_products_in_the_users_session(
     osx.start_product(product, tmp_path / "out.log")
     assert started == []  # never as SYSTEM
     token, _app, command_line, *_rest, cwd, startup = created[0]
-    assert token == "token-of-lan" and "ketoan.py" in command_line
-    assert cwd == product.install_dir and startup.lpDesktop == "winsta0\\default"
+    assert token == "token-of-lan"
+    assert "ketoan.py" in command_line
+    assert cwd == product.install_dir
+    assert startup.lpDesktop == "winsta0\\default"
     sessions["active"] = 0xFFFFFFFF  # nobody logged on
     with pytest.raises(ConfigError, match="nobody is logged on"):
         osx.start_product(product, tmp_path / "out.log")

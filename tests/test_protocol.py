@@ -24,7 +24,7 @@ floats = st.floats(allow_nan=False)  # NaN != NaN would make equality meaningles
 reals = st.floats(min_value=-1e15, max_value=1e15)
 percents = st.floats(min_value=0, max_value=100)
 stamps = st.floats(min_value=0, max_value=253_402_300_799)
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=30)
+text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=30)
 blobs = st.binary(max_size=64)
 
 scalars = st.none() | st.booleans() | i64 | floats | text | blobs
@@ -220,7 +220,8 @@ def test_nested_action_union_in_command() -> None:
         action: Any = SAMPLES[cls]
         got: Any = p.decode(p.encode(p.Command(id=3, action=action)), S2A)
         assert isinstance(got, p.Command)
-        assert got.action == action and type(got.action) is type(action)
+        assert got.action == action
+        assert type(got.action) is type(action)
 
 
 # ----------------------------------------------------------------------------- wrong channel
@@ -612,7 +613,9 @@ def test_any_decoded_health_is_storable(cpu: float, boot: float, uptime: float, 
         return
     h = decoded.health
     assert all(math.isfinite(x) for x in (h.cpu_percent, h.boot_time, h.uptime))
-    assert 0 <= h.memory_total < 2**63 and len(h.os) <= 255 and "\x00" not in h.os
+    assert 0 <= h.memory_total < 2**63
+    assert len(h.os) <= 255
+    assert "\x00" not in h.os
     assert len(h.problems) <= p.MAX_PROBLEMS
     p.check_data(p.to_builtins(h))  # plain JSON through and through
 

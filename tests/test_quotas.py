@@ -15,8 +15,10 @@ def test_bucket_starts_full_refills_at_its_rate_and_never_overfills() -> None:
     assert all(bucket.take(1, 100.0) for _ in range(10))
     assert not bucket.take(1, 100.0)
     assert bucket.wait_for(4) == 2
-    assert bucket.take(1, 100.5) and not bucket.take(1, 100.5)
-    assert bucket.take(10, 1000.0) and not bucket.take(1, 1000.0)  # capped at capacity
+    assert bucket.take(1, 100.5)
+    assert not bucket.take(1, 100.5)
+    assert bucket.take(10, 1000.0)
+    assert not bucket.take(1, 1000.0)
     assert not bucket.take(11, 5000.0)  # more than it can ever hold
     assert bucket.take(1, 4999.0)  # a clock stepping back refills nothing
 
@@ -36,10 +38,12 @@ def test_agent_quota_refuses_big_events_floods_and_says_when_to_return() -> None
     quota = q.AgentQuota()
     assert quota.admit("event", p.MAX_EVENT_BYTES, 0.0) is None
     reason = quota.admit("event", p.MAX_EVENT_BYTES + 1, 0.0)
-    assert reason is not None and "exceeds" in reason
+    assert reason is not None
+    assert "exceeds" in reason
     refused = next(r for r in (quota.admit("event", 100, 0.0) for _ in range(q.EVENT_BURST + 1))
                    if r is not None)
-    assert "too many events" in refused and p.retry_after_of(refused) is not None
+    assert "too many events" in refused
+    assert p.retry_after_of(refused) is not None
     assert quota.refused == 2
     assert quota.admit("other", 100, 0.0) is None  # heartbeats are metered separately
     later = 0.0 + p.retry_after_of(refused)  # type: ignore[operator]
@@ -52,7 +56,8 @@ def test_agent_quota_meters_event_bytes() -> None:
     admitted = sum(quota.admit("event", size, 0.0) is None for _ in range(200))
     assert admitted == q.EVENT_BYTES_BURST // size
     reason = quota.admit("event", size, 0.0)
-    assert reason is not None and "event bytes" in reason
+    assert reason is not None
+    assert "event bytes" in reason
 
 
 def test_agent_quota_meters_any_message_flood() -> None:
@@ -78,7 +83,8 @@ def test_gate_caps_per_address_then_in_total_and_frees_on_leave() -> None:
     assert gate.check(p.ENROLL_PATH, "10.0.0.4") is None  # channels are counted apart
     gate.leave(p.AGENT_PATH, "10.0.0.1")
     assert gate.check(p.AGENT_PATH, "10.0.0.1") is None
-    assert gate.pending(p.AGENT_PATH) == 4 and gate.pending(p.AGENT_PATH, "10.0.0.1") == 2
+    assert gate.pending(p.AGENT_PATH) == 4
+    assert gate.pending(p.AGENT_PATH, "10.0.0.1") == 2
 
 
 @given(ops=st.lists(st.tuples(st.booleans(), st.sampled_from(["a", "b", "c"])), max_size=80))

@@ -139,12 +139,12 @@ async def test_customers_add_list_get_conflict_and_rollback(db: Database) -> Non
             await store.get_customer(conn, "acme")  # names are exact
 
     # A duplicate name is a Conflict, and the failed transaction leaves nothing behind.
-    with pytest.raises(Conflict, match="already exists"):
+    with pytest.raises(Conflict, match="already exists"):  # noqa: PT012 - the transaction's scope
         async with db.transaction() as conn:
             await store.add_customer(conn, "Zeta", "UTC", NOW)
             await store.add_customer(conn, "Acme", "UTC", NOW)
     # Any exception rolls the transaction back.
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # noqa: PT012 - the transaction's whole scope is what fails
         async with db.transaction() as conn:
             await store.add_customer(conn, "Ghost", "UTC", NOW)
             raise RuntimeError("boom")
@@ -217,8 +217,11 @@ async def test_agents_add_list_and_get_by_id_prefix_hostname(db: Database) -> No
     c = await new_agent(db, beta, "pc-3", agent_id="ag-bbbb3333")
     async with db.connect() as conn:
         got = await store.get_agent(conn, a)
-        assert got["id"] == a and got["customer_id"] == cid and got["enrolled_at"] == NOW
-        assert got["revoked_at"] is None and got["connected"] is False
+        assert got["id"] == a
+        assert got["customer_id"] == cid
+        assert got["enrolled_at"] == NOW
+        assert got["revoked_at"] is None
+        assert got["connected"] is False
         assert (await store.get_agent(conn, "ag-aaaa2"))["id"] == b
         assert (await store.get_agent(conn, "ag-b"))["id"] == c
         assert (await store.get_agent(conn, "pc-3"))["id"] == c
@@ -264,14 +267,16 @@ async def test_presence_and_revocation(db: Database) -> None:
         await store.store_presence(conn, {aid: (False, t1 + dt.timedelta(seconds=5), "")})
     async with db.connect() as conn:
         row = await store.get_agent(conn, aid)
-    assert row["connected"] is False and row["last_seen"] == t1  # a drop keeps last seen
+    assert row["connected"] is False
+    assert row["last_seen"] == t1
 
     later = NOW + dt.timedelta(minutes=5)
     async with db.transaction() as conn:
         await store.revoke_agent(conn, aid, later)
     async with db.connect() as conn:
         row = await store.get_agent(conn, aid)
-    assert row["revoked_at"] == later and row["connected"] is False
+    assert row["revoked_at"] == later
+    assert row["connected"] is False
     with pytest.raises(Conflict, match="already revoked"):
         async with db.transaction() as conn:
             await store.revoke_agent(conn, aid, later + dt.timedelta(minutes=1))
@@ -379,7 +384,9 @@ async def test_technicians_and_audit(db: Database) -> None:
                                  detail={"name": "Acme"}, now=NOW)
     async with db.connect() as conn:
         found = await store.technician_by_token_hash(conn, token_hash("clt_x"))
-        assert found is not None and found["id"] == tech["id"] and found["revoked_at"] is None
+        assert found is not None
+        assert found["id"] == tech["id"]
+        assert found["revoked_at"] is None
         assert await store.technician_by_token_hash(conn, token_hash("clt_y")) is None
         assert all("token_hash" not in t for t in await store.list_technicians(conn))
         (entry,) = await store.list_audit(conn)
@@ -411,7 +418,8 @@ async def test_utc_datetime_round_trips_aware_values_as_utc(db: Database) -> Non
         back = [(await store.get_customer(conn, cid))["created_at"] for cid in ids]
     for when, got in zip(ROUND_TRIP_TIMES, back, strict=True):
         assert got == when  # same instant
-        assert got.utcoffset() == dt.timedelta(0) and got.tzinfo is dt.UTC
+        assert got.utcoffset() == dt.timedelta(0)
+        assert got.tzinfo is dt.UTC
         assert got.replace(tzinfo=None) == when.astimezone(dt.UTC).replace(tzinfo=None)
     # 10:00 in Hanoi is earlier than 04:00 UTC: ordering must follow the instant.
     async with db.transaction() as conn:
@@ -443,7 +451,9 @@ def test_utc_datetime_bind_and_result(dialect: sa.Dialect) -> None:
         column.process_bind_param(dt.datetime(2025, 1, 1), dialect)
     assert column.process_result_value(None, dialect) is None
     back = column.process_result_value(bound, dialect)
-    assert back == aware and back is not None and back.tzinfo is dt.UTC
+    assert back == aware
+    assert back is not None
+    assert back.tzinfo is dt.UTC
 
 
 def test_schema_columns_that_hold_times_are_utc() -> None:

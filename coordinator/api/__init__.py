@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 
@@ -52,6 +52,8 @@ class Context:
 
 
 Handler = Callable[[Context, Any], Awaitable[Any] | AsyncIterator[Any]]
+# The decorator hands back the handler with its own signature, so direct calls stay typed.
+H = TypeVar("H", bound=Handler)
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,8 @@ class NoParams(msgspec.Struct, forbid_unknown_fields=True):
 def method(
     name: str, role: Role, params: type[msgspec.Struct] = NoParams, *, streams: bool = False,
     writes: bool = False,
-) -> Callable[[Handler], Handler]:
-    def register(handler: Handler) -> Handler:
+) -> Callable[[H], H]:
+    def register(handler: H) -> H:
         if name in METHODS:
             raise RuntimeError(f"admin method {name} registered twice")
         METHODS[name] = Method(name, role, params, handler, streams, writes)

@@ -52,7 +52,8 @@ async def _routing(conn: AsyncConnection) -> tuple[list[dict[str, Any]], list[di
     transaction = sync.get_transaction() if sync is not None else None
     cached = conn.info.get(_ROUTING)
     if transaction is not None and cached is not None and cached[0] is transaction:
-        return cached[1]
+        routing: tuple[list[dict[str, Any]], list[dict[str, Any]]] = cached[1]
+        return routing
     data = (await store.list_routes(conn), await store.list_recipients(conn))
     if transaction is not None:
         conn.info[_ROUTING] = (transaction, data)

@@ -25,7 +25,8 @@ def test_frozen_restores_library_path_and_drops_bootloader_variables(
     monkeypatch.setenv("KEEP_ME", "yes")
     env = child_env()
     assert env is not None
-    assert env["LD_LIBRARY_PATH"] == "/usr/local/lib" and "LD_LIBRARY_PATH_ORIG" not in env
+    assert env["LD_LIBRARY_PATH"] == "/usr/local/lib"
+    assert "LD_LIBRARY_PATH_ORIG" not in env
     assert not [k for k in env if k.startswith("_PYI_")]
     assert env["KEEP_ME"] == "yes"
     monkeypatch.delenv("LD_LIBRARY_PATH_ORIG")

@@ -65,4 +65,5 @@ def test_enroll_and_run_through_a_connect_proxy(sqlite_coordinator: CoordinatorP
 
     bad = agent("enroll", sqlite_coordinator.join_string(uses=1), "--state", str(tmp_path / "d"),
                 "--proxy", "ftp://nowhere")
-    assert bad.returncode == 1 and "--proxy" in bad.stderr
+    assert bad.returncode == 1
+    assert "--proxy" in bad.stderr

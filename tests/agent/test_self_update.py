@@ -95,7 +95,8 @@ def test_agent_updates_itself_and_reconnects_as_the_new_program(
     try:
         result = agent.result(agent.push("0.2.0"))
         assert (result["status"], result.get("version")) == ("installed", "0.2.0"), result
-        assert marker.exists() and agent.program.read_text() == v2
+        assert marker.exists()
+        assert agent.program.read_text() == v2
         assert agent.journal()["state"] == "confirmed"
         assert not agent.program.with_name("careline-agent.previous").exists()
         assert wait_until(agent.online, timeout=30)
@@ -116,7 +117,8 @@ def test_new_program_that_crashes_is_rolled_back_by_the_watchdog(
         assert agent.journal()["state"] == "rolled_back"
         assert wait_until(agent.online, timeout=30)
         exits = (agent.units / "calls.log").read_text()
-        assert "main process exited with 75" in exits and "main process exited with 1" in exits
+        assert "main process exited with 75" in exits
+        assert "main process exited with 1" in exits
     finally:
         agent.close()
 

@@ -58,12 +58,15 @@ def test_hand_over_then_the_new_program_confirms(env: tuple[StateDir, Path], tmp
     spawned = hand_over(state, program, verified(tmp_path, {"careline-agent": "new program\n"}),
                         grace=30, hook=steps.append)
     previous = program.with_name("careline-agent.previous")
-    assert program.read_text() == "new program\n" and previous.read_text() == "old program\n"
+    assert program.read_text() == "new program\n"
+    assert previous.read_text() == "old program\n"
     assert program.stat().st_mode & 0o111
     assert spawned == [[str(previous), "watchdog", "--state", str(state.path)]]
     assert steps == ["self_staged", "self_switched"]
     journal = selfupdate.read_journal(state)
-    assert journal is not None and journal["state"] == "switched" and journal["watchdog_pid"] == 4242
+    assert journal is not None
+    assert journal["state"] == "switched"
+    assert journal["watchdog_pid"] == 4242
     assert 25 < journal["deadline"] - time.time() <= 30
 
     monkeypatch.setattr(sys, "argv", ["/elsewhere/careline-agent"])
@@ -72,7 +75,10 @@ def test_hand_over_then_the_new_program_confirms(env: tuple[StateDir, Path], tmp
     assert selfupdate.confirm(state) == {"job": "j1", "outcome": "installed",
                                          "product": "careline-agent", "version": "0.2.0",
                                          "reason": None}
-    assert not previous.exists() and selfupdate.read_journal(state)["state"] == "confirmed"  # type: ignore[index]
+    assert not previous.exists()
+    journal = selfupdate.read_journal(state)
+    assert journal is not None
+    assert journal["state"] == "confirmed"
     assert selfupdate.confirm(state) is None
     assert selfupdate.watch(state, poll=0.01) is None  # the watchdog sees it and leaves
 
@@ -83,9 +89,12 @@ def test_watchdog_restores_the_previous_program_at_the_deadline(
     hand_over(state, program, verified(tmp_path, {"careline-agent": "crashes\n"}), grace=0.2)
     restarts: list[bool] = []
     data = selfupdate.watch(state, poll=0.01, restart=lambda: restarts.append(True))
-    assert data is not None and data["outcome"] == "rolled_back" and data["version"] == "0.1.0"
+    assert data is not None
+    assert data["outcome"] == "rolled_back"
+    assert data["version"] == "0.1.0"
     assert "did not connect within 0.2s" in data["reason"]
-    assert program.read_text() == "old program\n" and restarts == [True]
+    assert program.read_text() == "old program\n"
+    assert restarts == [True]
     assert not program.with_name("careline-agent.previous").exists()
     assert selfupdate.read_journal(state)["state"] == "rolled_back"  # type: ignore[index]
     outbox = Outbox(state.outbox_file)
@@ -111,7 +120,8 @@ def test_interrupted_before_the_switch_is_undone_at_start(
         hand_over(state, program, verified(tmp_path, {"careline-agent": "new\n"}), hook=die)
     assert program.read_text() == "old program\n"  # the old program still runs the service
     result = selfupdate.recover(state)
-    assert result is not None and result["outcome"] == "rolled_back"
+    assert result is not None
+    assert result["outcome"] == "rolled_back"
     assert "interrupted before the switch" in result["reason"]
     assert not program.with_name("careline-agent.new").exists()
     assert selfupdate.recover(state) is None

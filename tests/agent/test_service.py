@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,8 @@ def test_windows_service_install_with_recovery_and_control() -> None:
     failure = next(c for c in win.calls if c[0] == "ChangeServiceConfig2" and c[2] == 2)[3]
     assert failure["Actions"] == [(1, 5000), (1, 30000), (1, 60000)]
     assert ("ChangeServiceConfig2", "handle:careline-agent", 4, True) in win.calls
-    assert ("Close", "handle:careline-agent") in win.calls and ("Close", "scm") in win.calls
+    assert ("Close", "handle:careline-agent") in win.calls
+    assert ("Close", "scm") in win.calls
     assert manager.status(SERVICE_NAME) == {"installed": "yes", "state": "stopped"}
     manager.start(SERVICE_NAME)
     assert manager.status(SERVICE_NAME)["state"] == "running"
@@ -199,10 +201,11 @@ def test_windows_service_class_runs_the_agent_until_the_service_manager_stops_it
     stopped = threading.Event()
     handed: list[Any] = []
 
-    def run(on_start: Any) -> None:  # what entry.run_agent does with on_start
+    def run(on_start: Callable[[Callable[[], None]], None]) -> int:  # as entry.run_agent does
         on_start(stopped.set)
         handed.append(True)
         stopped.wait(10)
+        return 0
 
     cls = osx.windows_service_class(util, FakeWin32, run)
     service = cls(["careline-agent"])
@@ -212,7 +215,8 @@ def test_windows_service_class_runs_the_agent_until_the_service_manager_stops_it
         threading.Event().wait(0.01)
     service.SvcStop()
     thread.join(10)
-    assert not thread.is_alive() and service.reported == [FakeWin32.SERVICE_STOP_PENDING]
+    assert not thread.is_alive()
+    assert service.reported == [FakeWin32.SERVICE_STOP_PENDING]
     # a stop that comes before the agent is up still stops it at once
     early = cls(["careline-agent"])
     early.SvcStop()

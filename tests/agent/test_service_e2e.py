@@ -69,11 +69,13 @@ def test_unattended_enroll_exit_codes(sqlite_coordinator: CoordinatorProcess, tm
     assert agent("enroll", "--state", str(tmp_path / "a"), env={"CARELINE_JOIN": join}).returncode == 0
     spent = agent("enroll", "--state", str(tmp_path / "b"), env={"CARELINE_JOIN": join})
     assert spent.returncode == EXIT_REFUSED, spent.stderr
-    assert spent.stderr.startswith("Error: ") and "Traceback" not in spent.stderr
+    assert spent.stderr.startswith("Error: ")
+    assert "Traceback" not in spent.stderr
     nowhere = join.replace(f":{sqlite_coordinator.port}/", f":{free_port()}/")
     unreachable = agent("enroll", nowhere, "--state", str(tmp_path / "c"), env={})
     assert unreachable.returncode == EXIT_UNREACHABLE, unreachable.stderr
     missing = agent("enroll", "--state", str(tmp_path / "d"), env={"CARELINE_JOIN": ""})
-    assert missing.returncode == EXIT_ERROR and "no join string" in missing.stderr
+    assert missing.returncode == EXIT_ERROR
+    assert "no join string" in missing.stderr
     typo = agent("enroll", join, "--sevice", env={})
     assert typo.returncode == EXIT_USAGE

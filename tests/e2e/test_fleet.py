@@ -31,8 +31,11 @@ def test_two_agents_report_go_offline_and_come_back(coordinator, spawn_agent, tm
     assert online[first.agent_id]["products"] == {"ketoan": {"version": "2026.3", "running": False}}
     shown = coordinator.cli("agents", "show", first.agent_id)
     health = shown["health"]
-    assert health["memory_total"] > 0 and health["disks"] and health["uptime"] > 0
-    assert health["os"] and health["agent_version"]
+    assert health["memory_total"] > 0
+    assert health["disks"]
+    assert health["uptime"] > 0
+    assert health["os"]
+    assert health["agent_version"]
     assert shown["customer_id"] == online[second.agent_id]["customer_id"]
 
     first.kill()

@@ -13,7 +13,8 @@ def test_heartbeats_become_one_sample_per_period(sqlite_coordinator, spawn_agent
     pc = spawn_agent("pc1", coord.join_string())
     history = wait_until(lambda: coord.cli("agents", "history", pc.agent_id)["samples"] or None)
     sample = history[0]
-    assert 0 <= sample["cpu_percent"] <= 100 and 0 < sample["memory_percent"] <= 100
+    assert 0 <= sample["cpu_percent"] <= 100
+    assert 0 < sample["memory_percent"] <= 100
     assert sample["disk_free"] is None or sample["disk_free"] >= 0
     seen = coord.agents()[pc.agent_id]["last_seen"]
     wait_until(lambda: coord.agents()[pc.agent_id]["last_seen"] != seen)  # more heartbeats stored
@@ -23,4 +24,5 @@ def test_heartbeats_become_one_sample_per_period(sqlite_coordinator, spawn_agent
                  "--data", str(coord.data)]).stdout
     assert f"health of {coord.agents()[pc.agent_id]['hostname']}" in table
     refused = coord.cli("agents", "history", pc.agent_id, "--hours", "0", check=False)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr

@@ -38,9 +38,12 @@ def test_ping_mixed_fleet(sqlite_coordinator, spawn_agent):
 
     text = run([PYTHON, "-m", "careline.coordinator.cli", "agents", "ping", "--customer", "Ping Co",
                 "--data", str(coord.data)]).stdout
-    assert "3 machines: " in text and "ok 1" in text and "offline 1" in text
+    assert "3 machines: " in text
+    assert "ok 1" in text
+    assert "offline 1" in text
     refused = coord.cli("agents", "ping", "--machine", online.agent_id, "--all", check=False)
-    assert refused.returncode == 1 and "exactly one" in refused.stderr
+    assert refused.returncode == 1
+    assert "exactly one" in refused.stderr
 
 
 def test_ping_a_connected_agent_that_does_not_answer(sqlite_coordinator, spawn_agent):
@@ -84,7 +87,8 @@ def test_diagnose_bundle_and_size_cap(sqlite_coordinator, spawn_agent, tmp_path)
         small = client.call("agents.diagnose", machine=agent.agent_id, log_lines=5000,
                             max_bytes=8192)["bundle"]
     assert len(json.dumps(small)) <= 8192
-    assert small["logs"]["Luong"] and len(small["logs"]["Luong"]) < 5000
+    assert small["logs"]["Luong"]
+    assert len(small["logs"]["Luong"]) < 5000
     stored = coord.cli("diagnostics", "list", "--machine", agent.agent_id)
     assert [d["id"] for d in stored] == [result["id"] + 1, result["id"]]
     shown = coord.cli("diagnostics", "show", str(result["id"]))
@@ -105,18 +109,23 @@ def test_restart_product_and_roles(sqlite_coordinator, spawn_agent, tmp_path):
         assert coord.cli("agents", "ping", "--machine", agent.agent_id, token=viewer)
         refused = coord.cli("restart-product", "--machine", agent.agent_id, "--product", "Kho",
                             token=viewer, check=False)
-        assert refused.returncode == 1 and "technician role" in refused.stderr
+        assert refused.returncode == 1
+        assert "technician role" in refused.stderr
         assert app.poll() is None  # untouched
 
         result = coord.cli("restart-product", "--machine", agent.agent_id, "--product", "Kho")
         assert result["pids_before"] == [app.pid]
-        assert result["running"] and result["pids_after"] and app.pid not in result["pids_after"]
+        assert result["running"]
+        assert result["pids_after"]
+        assert app.pid not in result["pids_after"]
         app.wait(10)
         new = psutil.Process(result["pids_after"][0])
-        assert new.is_running() and str(product / "app.py") in new.cmdline()
+        assert new.is_running()
+        assert str(product / "app.py") in new.cmdline()
         unknown = coord.cli("restart-product", "--machine", agent.agent_id, "--product", "Nope",
                             check=False)
-        assert unknown.returncode == 1 and "not watched" in unknown.stderr
+        assert unknown.returncode == 1
+        assert "not watched" in unknown.stderr
         audit = coord.cli("audit")
         assert any(a["action"] == "agents.restart_product" and a["actor"] == "local-admin"
                    and a["detail"]["running"] for a in audit)

@@ -67,7 +67,8 @@ def test_failing_disk_notifies_once_across_kill9(tmp_path, spawn_agent, monkeypa
                 contract = client.call("contracts.add", customer="Minh Anh",
                                        signed=today.isoformat(), warranty_months=12)
             listed = coord.cli("notify", "channels", "list")
-            assert secret not in str(listed) and {c["secret"] for c in listed} == {"set", "none"}
+            assert secret not in str(listed)
+            assert {c["secret"] for c in listed} == {"set", "none"}
 
             monkeypatch.setenv("PATH", f"{fake_smartctl(tmp_path)}{os.pathsep}{os.environ['PATH']}")
             with coord.client() as client:
@@ -76,30 +77,38 @@ def test_failing_disk_notifies_once_across_kill9(tmp_path, spawn_agent, monkeypa
             agent = spawn_agent("pc-ketoan", join)
             incident = wait_until(lambda: coord.cli("incidents", "list", "--open", "--machine",
                                                     agent.agent_id), timeout=30)[0]
-            assert incident["kind"] == "disk_failing" and incident["action"] == "onsite_reinstall"
+            assert incident["kind"] == "disk_failing"
+            assert incident["action"] == "onsite_reinstall"
             assert incident["fee_vnd"] == 500_000
 
             # The sender claimed both notifications and stopped before sending: kill -9 now.
             wait_until(lambda: "pausing before sending" in coord.log.read_text(), timeout=20)
             coord.kill()
-            assert mailbox.messages == [] and hook.received == []
+            assert mailbox.messages == []
+            assert hook.received == []
             coord.start()
             wait_until(lambda: len(mailbox.messages) >= 1 and len(hook.received) >= 1, timeout=20)
             time.sleep(2.0)  # nothing more arrives: no copy, no separate visit message
-            assert len(mailbox.messages) == 1 and len(hook.received) == 1 and hook.rejected == 0
+            assert len(mailbox.messages) == 1
+            assert len(hook.received) == 1
+            assert hook.rejected == 0
 
             mail = mailbox.messages[0]
             assert mail["To"] == "lan@vendor.vn"
             assert mail["Subject"].startswith(f"Sự cố #{incident['id']}: ổ cứng hỏng")
             body = mail.get_content()
-            assert "500.000\xa0₫" in body and "cài đặt lại tại chỗ" in body and "Hạn xử lý" in body
+            assert "500.000\xa0₫" in body
+            assert "cài đặt lại tại chỗ" in body
+            assert "Hạn xử lý" in body
             assert mail["Message-ID"].startswith("<careline-n")
 
             payload = hook.received[0]
-            assert payload["event"] == "incident.opened" and payload["count"] == 1
+            assert payload["event"] == "incident.opened"
+            assert payload["count"] == 1
             assert payload["items"][0]["fee_vnd"] == 500_000
             assert payload["items"][0]["action"] == "onsite_reinstall"
-            assert "Fee: 500.000" in payload["text"] and "Due:" in payload["text"]
+            assert "Fee: 500.000" in payload["text"]
+            assert "Due:" in payload["text"]
             assert hook.headers[0]["X-Careline-Delivery"] == payload["delivery"]
 
             status = coord.cli("notify", "status")
@@ -145,7 +154,8 @@ def test_two_hundred_machines_offline_make_one_message(tmp_path, monkeypatch):
             asyncio.run(_enroll_offline(f"sqlite:///{coord.data / 'careline.db'}", "Minh Anh", 200))
             wait_until(lambda: hook.received and mailbox.messages, timeout=40)
             time.sleep(2.0)  # no second message
-            assert len(hook.received) == 1 and len(mailbox.messages) == 1
+            assert len(hook.received) == 1
+            assert len(mailbox.messages) == 1
             assert hook.received[0]["count"] == 200
             assert hook.received[0]["subject"] == "200 machines of Minh Anh offline"
             assert mailbox.messages[0]["Subject"] == "200 máy của Minh Anh mất kết nối"
@@ -200,7 +210,8 @@ def test_two_coordinators_on_postgresql_send_each_notification_once(tmp_path, pg
             wait_until(lambda: len(hook.received) >= 60 and len(mailbox.messages) >= 60, timeout=30)
             time.sleep(1.0)
             deliveries = [m["delivery"] for m in hook.received]
-            assert len(deliveries) == 60 and len(set(deliveries)) == 60
+            assert len(deliveries) == 60
+            assert len(set(deliveries)) == 60
             assert len({m["Message-ID"] for m in mailbox.messages}) == len(mailbox.messages) == 60
     finally:
         second.terminate()
@@ -221,13 +232,15 @@ def test_admin_commands_customer_optin_and_an_unhealthy_channel(tmp_path, monkey
         with WebhookReceiver(secret) as hook:
             missing = coord.cli("notify", "channels", "add", "ops-hook", "--kind", "webhook",
                                 "--url", hook.url, "--secret-env", "NO_SUCH_VAR", check=False)
-            assert missing.returncode == 1 and "NO_SUCH_VAR is not set" in missing.stderr
+            assert missing.returncode == 1
+            assert "NO_SUCH_VAR is not set" in missing.stderr
             assert "Traceback" not in missing.stderr
             monkeypatch.setenv("HOOK_SECRET", secret)
             coord.cli("notify", "channels", "add", "ops-hook", "--kind", "webhook", "--url",
                       hook.url, "--secret-env", "HOOK_SECRET", "--rate", "0")
             tested = coord.cli("notify", "channels", "test", "ops-hook")
-            assert tested["ok"] and hook.received[-1]["event"] == "test"
+            assert tested["ok"]
+            assert hook.received[-1]["event"] == "test"
 
             with coord.client() as client:
                 client.call("customers.add", name="Minh Anh")
@@ -246,10 +259,12 @@ def test_admin_commands_customer_optin_and_an_unhealthy_channel(tmp_path, monkey
             assert "secret" not in json.dumps(coord.cli("notify", "recipients", "list"))
             denied = coord.cli("notify", "routes", "add", "--recipient", "ops", token=viewer,
                                check=False)
-            assert denied.returncode == 1 and "needs the admin role" in denied.stderr
+            assert denied.returncode == 1
+            assert "needs the admin role" in denied.stderr
             assert coord.cli("notify", "status", token=viewer)["unhealthy"] == []
             refused = coord.cli("notify", "channels", "remove", "ops-hook", check=False)
-            assert refused.returncode == 1 and "recipients use this channel" in refused.stderr
+            assert refused.returncode == 1
+            assert "recipients use this channel" in refused.stderr
 
             # The receiver breaks: a critical incident's message fails twice -> unhealthy.
             hook.status = 500
@@ -259,7 +274,8 @@ def test_admin_commands_customer_optin_and_an_unhealthy_channel(tmp_path, monkey
             wait_until(lambda: coord.cli("notify", "status")["unhealthy"] == ["ops-hook"], timeout=20)
             status = run([PYTHON, "-m", "careline.coordinator.cli", "notify", "status", "--data",
                           str(coord.data)], check=False)  # for people: a table, and exit 1
-            assert status.returncode == 1 and "unhealthy channels: ops-hook" in status.stderr
+            assert status.returncode == 1
+            assert "unhealthy channels: ops-hook" in status.stderr
             assert any(a["action"] == "notify.channel.unhealthy" for a in coord.cli("audit"))
             # ... and recovers: the retry is delivered once, the audit says so.
             hook.status = 200

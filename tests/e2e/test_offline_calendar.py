@@ -62,7 +62,8 @@ def test_clean_stop_is_off_kill_is_offline_and_waits_pause_the_clock(tmp_path, s
         assert resumed["waiting_on"] is None
         explained = coord.cli("incidents", "explain", number)
         [span] = explained["paused"]
-        assert span["on_whom"] == "customer" and span["ended_at"] is not None
+        assert span["on_whom"] == "customer"
+        assert span["ended_at"] is not None
         assert span["note"] == "office closed for a funeral"
         assert any(r.startswith("Paused ") and "funeral" in r for r in explained["reasons"])
         with pytest.raises(CarelineError, match="is not waiting"):

@@ -36,7 +36,8 @@ def test_overrides_per_level_decide_and_explain(sqlite_coordinator, spawn_agent)
         theirs = {r["key"]: r for r in client.call("policy.show", machine=other)}
         assert (theirs[FEE]["value"], theirs[FEE]["source"]) == (0, "machine")
         vendor = {r["key"]: r for r in client.call("policy.show")}
-        assert vendor[FEE]["value"] == 500_000 and vendor[FEE]["source"] == "default"
+        assert vendor[FEE]["value"] == 500_000
+        assert vendor[FEE]["source"] == "default"
 
         # A disk failure: on-site reinstall at the customer's own price, and explain says so.
         incident = client.call("incidents.open", machine=pc, category="disk", severity="high")
@@ -50,7 +51,8 @@ def test_overrides_per_level_decide_and_explain(sqlite_coordinator, spawn_agent)
         client.call("incidents.wait", id=incident["id"], note="ward closed")
         resumed = client.call("incidents.resume", id=incident["id"])
         visits = [v for v in client.call("visits.list") if v["incident_id"] == incident["id"]]
-        assert len(visits) == 1 and visits[0]["due_at"] == resumed["decision"]["due_at"]
+        assert len(visits) == 1
+        assert visits[0]["due_at"] == resumed["decision"]["due_at"]
         assert resumed["decision"]["due_at"] >= incident["decision"]["due_at"]
         theirs = client.call("incidents.open", machine=other, category="disk", severity="high")
         assert theirs["decision"]["fee_vnd"] == 0

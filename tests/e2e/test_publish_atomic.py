@@ -22,7 +22,8 @@ def test_failed_row_leaves_metadata_as_it_was(sqlite_coordinator, keys, tmp_path
         conn.execute(FAIL)
     package = build(tmp_path, "1.1.0")
     failed = coord.cli("release", "publish", str(package), "--keys", str(keys), check=False)
-    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
     with coord.client() as client:
         assert client.call("releases.current_targets")["targets"] == targets_before
     assert coord.cli("releases", "list") == before

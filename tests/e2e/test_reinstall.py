@@ -44,7 +44,8 @@ def test_reinstall_keeps_the_machine_and_clones_are_proposed(sqlite_coordinator,
         assert [i["id"] for i in client.call("incidents.list", machine=pc1.agent_id)] == [
             incident["id"]]
         done = client.call("visits.list", completed=True)
-        assert done[0]["status"] == "completed" and "re-enrolled" in done[0]["note"]
+        assert done[0]["status"] == "completed"
+        assert "re-enrolled" in done[0]["note"]
 
         # Every hello carries the identity: a new network card in pc2 is noticed.
         pc2.hardware = {**pc2.hardware, "mac": "aa:bb:cc:00:00:02"}
@@ -72,7 +73,8 @@ def test_reinstall_keeps_the_machine_and_clones_are_proposed(sqlite_coordinator,
 
         # The technician knows better (same PC, new motherboard): link them.
         linked = coord.cli("agents", "replace", original.agent_id, clone.agent_id)
-        assert linked["id"] == original.agent_id and linked["replaced"] == clone.agent_id
+        assert linked["id"] == original.agent_id
+        assert linked["replaced"] == clone.agent_id
         clone.kill()
         clone.start()  # it says hello with its own key id and is the original machine now
         wait_until(lambda: coord.agents()[original.agent_id]["status"] == "online")

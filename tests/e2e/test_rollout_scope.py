@@ -176,7 +176,8 @@ def test_a_rollout_with_nobody_to_update_waits_for_its_first_machine(
     wait_until(lambda: "watching" in rollout(coord, rid)["reason"])
     time.sleep(3)  # more ticks: it never calls itself completed with nobody in it
     shown = rollout(coord, rid)
-    assert shown["status"] == "running" and shown["in_scope"] == 0
+    assert shown["status"] == "running"
+    assert shown["in_scope"] == 0
     product = installed_product(tmp_path / "first" / "acct", "1.0.0")
     spawn_agent("first", coord.join_string("Covered"), "--product", f"acct={product}",
                 "--product-data", "acct=Data")
@@ -233,11 +234,13 @@ def test_past_its_effective_date_a_machine_without_it_is_overdue(
     rid = published["rollout"]
     wait_until(lambda: coord.cli("incidents", "list", "--open", "--machine", late.agent_id))
     shown = rollout(coord, rid)
-    assert counts_add_up(shown) == {late.agent_id: "overdue"} and shown["status"] == "running"
+    assert counts_add_up(shown) == {late.agent_id: "overdue"}
+    assert shown["status"] == "running"
     assert [(r["in_scope"], r["overdue"]) for r in coord.cli("rollouts", "list")] == [(1, 1)]
     assert [i["kind"] for i in coord.cli("incidents", "list", "--open", "--machine",
                                          late.agent_id)] == ["regulation_deadline"]
     late.start()
     wait_until(lambda: version_of(product) == "1.1.0", timeout=30)
     done = rollout_reaches(coord, rid, "completed", timeout=20)
-    assert counts_add_up(done) == {late.agent_id: "installed"} and done["counts"]["overdue"] == 0
+    assert counts_add_up(done) == {late.agent_id: "installed"}
+    assert done["counts"]["overdue"] == 0

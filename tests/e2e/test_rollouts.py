@@ -102,10 +102,12 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
                           "--keys", str(keys))
     assert published["kind"] == "regulation"
     auto = coord.cli("rollouts", "list")
-    assert len(auto) == 1 and auto[0]["release_id"] == published["id"]
+    assert len(auto) == 1
+    assert auto[0]["release_id"] == published["id"]
     assert auto[0]["started_by"] == "careline (regulation release)"
     shown = rollout(coord, auto[0]["id"])
-    assert [w["targeted"] for w in shown["waves"]] and sum(
+    assert [w["targeted"] for w in shown["waves"]]
+    assert sum(
         w["targeted"] for w in shown["waves"]) == 4
     not_covered = coord.cli("rollouts", "show", str(auto[0]["id"]), "--not-covered")
     assert [m["machine"] for m in not_covered] == [machines["lapsed"].agent_id]
@@ -144,7 +146,8 @@ def test_regulation_rollout_pause_resume_catch_up_not_covered(
     # The cancelled rollout's canary may have installed already: the coordinator knows it at
     # once (issue 11), so the second rollout leaves that machine out.
     covered = [m for m in done["machines"] if m["wave"]]
-    assert len(covered) in (3, 4) and [w["succeeded"] for w in done["waves"]] == [len(covered)]
+    assert len(covered) in (3, 4)
+    assert [w["succeeded"] for w in done["waves"]] == [len(covered)]
 
 
 def test_rollout_survives_coordinator_kill(sqlite_coordinator, spawn_agent, tmp_path):

@@ -93,7 +93,8 @@ def test_commands_and_jobs_reach_agents_held_by_the_other_process(
 
     result = first.cli("diagnose", "--machine", there.agent_id, "--lines", "2000")
     logs = result["bundle"]["logs"]["Luong"]
-    assert logs[-1].startswith("line 2999 ") and len(logs) >= 1000  # ~100 KB: many pieces
+    assert logs[-1].startswith("line 2999 ")
+    assert len(logs) >= 1000
     assert first.cli("diagnostics", "show", str(result["id"]))["bundle"]["logs"]["Luong"] == logs
 
     # A job made through the first process is sent by the second, which holds the agent.

@@ -32,14 +32,16 @@ def test_substituted_root_is_refused(sqlite_coordinator, tmp_path):
     assert refused.returncode == 1
     assert "update root does not match" in refused.stderr
     assert "Traceback" not in refused.stderr
-    assert not (state / "agent.json").exists() and not (state / "tuf").exists()
+    assert not (state / "agent.json").exists()
+    assert not (state / "tuf").exists()
     assert not (state / "agent.key").exists()  # registered with an untrusted coordinator
 
     # A technician who set the vendor's pin is told not to hand out the forged join string.
     refused = run(
         [PYTHON, "-m", "careline.coordinator.cli", "tokens", "create", "--customer", "Acme",
          "--data", str(coord.data), "--expect-root", made["root_pin"]], check=False)
-    assert refused.returncode == 1 and "do not hand it out" in refused.stderr
+    assert refused.returncode == 1
+    assert "do not hand it out" in refused.stderr
 
     # With the genuine root back, the same join string (read from a file) enrolls.
     (coord.data / "releases" / "metadata" / "1.root.json").write_bytes(genuine)
@@ -63,7 +65,8 @@ def test_agent_enrolled_before_release_keys_updates_only_after_a_local_pin(
 
     job = coord.cli("push", "update", "--machine", pc1.agent_id, "--version", "1.0.0")
     refused = machine(job_done(coord, job["id"]), pc1.agent_id)
-    assert refused["status"] == "refused" and "pin-root" in refused["detail"]
+    assert refused["status"] == "refused"
+    assert "pin-root" in refused["detail"]
     assert not (pc1.state / "tuf").exists()  # nothing taken from the coordinator on trust
 
     run([PYTHON, "-m", "careline.agent.cli", "pin-root", pin, "--state", str(pc1.state)])

@@ -110,7 +110,9 @@ def test_publish_push_two_agents_offline_catch_up_verify_reinstall(
     done = job_done(coord, job["id"])
     assert {m["status"] for m in done["machines"]} == {"installed"}
     steps = [s["step"] for s in machine(done, pc1.agent_id)["steps"]]
-    assert steps[:2] == ["pending", "sent"] and "downloading" in steps and "installing" in steps
+    assert steps[:2] == ["pending", "sent"]
+    assert "downloading" in steps
+    assert "installing" in steps
     assert installed(pc1.product_dir) == installed(pc2.product_dir) == "1.0.0"
 
     # Customer data appears; 1.1.0 is published while pc2 is switched off.
@@ -149,7 +151,8 @@ def test_publish_push_two_agents_offline_catch_up_verify_reinstall(
     # Reinstall: clean copy of the installed version, unknown file gone, data kept.
     job = coord.cli("push", "reinstall", "--machine", pc1.agent_id)
     part = machine(job_done(coord, job["id"]), pc1.agent_id)
-    assert part["status"] == "installed" and part["version"] == "1.1.0"
+    assert part["status"] == "installed"
+    assert part["version"] == "1.1.0"
     assert (pc1.product_dir / "lib" / "tables.txt").read_text() == "tax tables 1.1.0\n"
     assert not (pc1.product_dir / "stray.dll").exists()
     assert (pc1.product_dir / "Data" / "ledger.db").read_text() == "customer books"
@@ -157,7 +160,8 @@ def test_publish_push_two_agents_offline_catch_up_verify_reinstall(
     # The human view renders steps (no terminal: one print, no escape codes).
     shown = run([PYTHON, "-m", "careline.coordinator.cli", "jobs", "show", str(job["id"]), "--follow",
                  "--data", str(coord.data)]).stdout
-    assert "installed" in shown and "\x1b[" not in shown
+    assert "installed" in shown
+    assert "\x1b[" not in shown
 
 
 def _push_and_refusal(coord: CoordinatorProcess, agent: Any, version: str) -> str:
@@ -203,7 +207,8 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
 
     original = tampered(timestamp, bad_signature)
     reason = _push_and_refusal(coord, pc1, "1.1.0")
-    assert "update metadata refused" in reason and "signed" in reason.lower(), reason
+    assert "update metadata refused" in reason, reason
+    assert "signed" in reason.lower(), reason
     timestamp.write_bytes(original)
     assert snapshot(pc1.product_dir) == before
 
@@ -221,9 +226,11 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
     # An expiry: a validly signed but expired (frozen) timestamp.
     original = timestamp.read_bytes()
     repo = OnlineRepository(releases, timestamp_expiry=timedelta(seconds=-60))
-    repo._write_timestamp(repo._signers(repo._root().signed, "timestamp"),
-                          repo._current_snapshot_bytes(), repo._timestamp().signed.expires
-                          - timedelta(days=2))
+    root, current = repo._root(), repo._timestamp()
+    assert root is not None
+    assert current is not None
+    repo._write_timestamp(repo._signers(root.signed, "timestamp"),
+                          repo._current_snapshot_bytes(), current.signed.expires - timedelta(days=2))
     reason = _push_and_refusal(coord, pc1, "1.1.0")
     assert "Expired" in reason or "expired" in reason, reason
     timestamp.write_bytes(original)
@@ -239,7 +246,8 @@ def test_tampering_is_refused_and_changes_nothing(sqlite_coordinator, keys, spaw
               "--out", str(bundle))
     result = run([PYTHON, "-m", "careline.agent.cli", "apply-bundle", str(bundle), "--state",
                   str(pc1.state)], check=False)
-    assert result.returncode == 1 and "not " + pc1.agent_id in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "not " + pc1.agent_id in result.stderr, result.stderr
     assert snapshot(pc1.product_dir) == before
 
     # Untouched, the same release installs.
@@ -293,14 +301,16 @@ def test_kill_mid_download_resumes_and_mid_switch_rolls_back(
     wait_until(lambda: (pc1.state / "paused-at-download").exists())
     pc1.kill()
     parts = list((pc1.state / "downloads").glob("*.part"))
-    assert len(parts) == 1 and 0 < parts[0].stat().st_size < row["length"]
+    assert len(parts) == 1
+    assert 0 < parts[0].stat().st_size < row["length"]
     assert installed(pc1.product_dir) == "1.0.0"
     monkeypatch.delenv("CARELINE_AGENT_TEST_PAUSE")
     pc1.start()
     part = machine(job_done(coord, job["id"]), pc1.agent_id)
     assert part["status"] == "installed", part
     resumed = [s["detail"] for s in part["steps"] if s["step"] == "downloading"]
-    assert resumed[-1].startswith("from byte ") and not resumed[-1].startswith("from byte 0 ")
+    assert resumed[-1].startswith("from byte ")
+    assert not resumed[-1].startswith("from byte 0 ")
     assert installed(pc1.product_dir) == "1.1.0"
     assert not list((pc1.state / "downloads").iterdir())
 
@@ -317,7 +327,8 @@ def test_kill_mid_download_resumes_and_mid_switch_rolls_back(
     monkeypatch.delenv("CARELINE_AGENT_TEST_PAUSE")
     pc1.start()
     part = machine(job_done(coord, job["id"]), pc1.agent_id)
-    assert part["status"] == "rolled_back" and "switching" in part["detail"], part
+    assert part["status"] == "rolled_back", part
+    assert "switching" in part["detail"], part
     assert snapshot(pc1.product_dir) == before  # a whole 1.1.0, nothing mixed
     push_installed(coord, pc1, "1.2.0")
     assert installed(pc1.product_dir) == "1.2.0"
@@ -343,7 +354,8 @@ def test_bundle_installs_with_the_coordinator_stopped(sqlite_coordinator, keys, 
         altered.write_bytes(bytes(data))
         result = run([PYTHON, "-m", "careline.agent.cli", "apply-bundle", str(altered), "--state",
                       str(pc1.state)], check=False)
-        assert result.returncode == 1 and "altered" in result.stderr, result.stderr
+        assert result.returncode == 1, result.stderr
+        assert "altered" in result.stderr, result.stderr
         assert snapshot(pc1.product_dir) == before
         data[index] ^= 0x01
 

@@ -250,31 +250,38 @@ def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any
                                form={"name": "Good", "csrf": csrf, "next": "/fleet"}, max_redirects=0)
     assert answer.status == 303
     names = {c["name"] for c in coord.cli("customers", "list")}
-    assert "Good" in names and "Evil" not in names
+    assert "Good" in names
+    assert "Evil" not in names
 
     # REST API: the same methods with the bearer token; OpenAPI lists them.
     api = page.context.request
     listed = api.post(f"{console.url}/api/v1/customers/list", data={},
                       headers={"Authorization": f"Bearer {viewer_token}"})
-    assert listed.status == 200 and {c["name"] for c in listed.json()} == names
+    assert listed.status == 200
+    assert {c["name"] for c in listed.json()} == names
     refused = api.post(f"{console.url}/api/v1/customers/add", data={"name": "Nope"},
                        headers={"Authorization": f"Bearer {viewer_token}"})
-    assert refused.status == 403 and refused.json()["error_code"] == "forbidden"
+    assert refused.status == 403
+    assert refused.json()["error_code"] == "forbidden"
     schema = api.get(f"{console.url}/api/v1/schema/openapi.json").json()
-    assert "/api/v1/incidents/page" in schema["paths"] and "/api/v1/push/update" in schema["paths"]
+    assert "/api/v1/incidents/page" in schema["paths"]
+    assert "/api/v1/push/update" in schema["paths"]
     # Methods that only read answer a GET too, their parameters in the query string.
     as_viewer = {"Authorization": f"Bearer {viewer_token}"}
     got = api.get(f"{console.url}/api/v1/customers/list", headers=as_viewer)
-    assert got.status == 200 and {c["name"] for c in got.json()} == names
+    assert got.status == 200
+    assert {c["name"] for c in got.json()} == names
     got = api.get(f"{console.url}/api/v1/incidents/page?open=false&limit=5", headers=as_viewer)
-    assert got.status == 200 and got.json()["total"] == 0
+    assert got.status == 200
+    assert got.json()["total"] == 0
     assert api.get(f"{console.url}/api/v1/incidents/page?limit=x", headers=as_viewer).status == 400
     assert api.get(f"{console.url}/api/v1/customers/add?name=Nope", headers=as_viewer).status == 405
     assert api.get(f"{console.url}/api/v1/customers/list").status == 401
     paths = schema["paths"]
     assert [q["name"] for q in paths["/api/v1/incidents/page"]["get"]["parameters"]] == [
         "open", "customer", "machine", "limit", "offset"]
-    assert "get" not in paths["/api/v1/customers/add"] and "get" not in paths["/api/v1/profile/language"]
+    assert "get" not in paths["/api/v1/customers/add"]
+    assert "get" not in paths["/api/v1/profile/language"]
 
     # The admin revokes lan: the open session stops working at the next request.
     coord.cli("technicians", "revoke", "lan")
@@ -284,7 +291,8 @@ def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any
                     headers={"Authorization": f"Bearer {tech_token}"})
     assert gone.status == 401
     refused = [a for a in coord.cli("audit") if a["action"] == "admin.login_refused"]
-    assert refused and refused[0]["target"] == "address:127.0.0.1"
+    assert refused
+    assert refused[0]["target"] == "address:127.0.0.1"
 
 
 def test_a_session_is_known_to_every_coordinator_process(tmp_path: Path, fresh_pg: str,

@@ -39,7 +39,7 @@ class Mailbox:
         if self.fail_with:
             return self.fail_with
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.messages.append(message)  # type: ignore[arg-type]
+        self.messages.append(message)
         return "250 OK"
 
     def __enter__(self) -> Mailbox:

@@ -46,7 +46,8 @@ async def test_starttls_with_auth(pki: Path) -> None:
         await channels.deliver("email", config, "s3cret", message())
         assert len(mailbox.messages) == 1
         mail = mailbox.messages[0]
-        assert mail["Subject"] == "Sự cố #1" and "500.000 ₫" in mail.get_content()
+        assert mail["Subject"] == "Sự cố #1"
+        assert "500.000 ₫" in mail.get_content()
         assert mail["Message-ID"] == "<careline-n1@vendor.vn>"
 
         with pytest.raises(channels.DeliveryError, match="SMTPAuthenticationError"):
@@ -74,8 +75,10 @@ async def test_one_session_for_a_batch_and_a_refused_recipient_fails_alone() -> 
                                                  "from_addr": "careline@vendor.vn"}, "")
         results = await channels.deliver_many("email", config, "", [
             message(1), message(2, "gone@vendor.vn"), message(3)])
-        assert results[0] is None and results[2] is None
-        assert results[1] is not None and "SMTPRecipientsRefused" in results[1]
+        assert results[0] is None
+        assert results[2] is None
+        assert results[1] is not None
+        assert "SMTPRecipientsRefused" in results[1]
         assert [m["Message-ID"] for m in mailbox.messages] == [
             "<careline-n1@vendor.vn>", "<careline-n3@vendor.vn>"]
     # Nobody listening: every message of the batch fails, with the reason.
@@ -114,9 +117,11 @@ def test_channel_config_is_checked(kind: str, config: dict[str, Any], secret: st
 def test_secrets_are_encrypted_with_a_key_outside_the_database(tmp_path: Path) -> None:
     secrets = channels.Secrets(tmp_path / "notify.key")
     sealed = secrets.encrypt("tgram://123:ABC/456")
-    assert "ABC" not in sealed and secrets.decrypt(sealed) == "tgram://123:ABC/456"
+    assert "ABC" not in sealed
+    assert secrets.decrypt(sealed) == "tgram://123:ABC/456"
     assert (tmp_path / "notify.key").stat().st_mode & 0o777 == 0o600
-    assert secrets.encrypt("") == "" and secrets.decrypt("") == ""
+    assert secrets.encrypt("") == ""
+    assert secrets.decrypt("") == ""
     other = channels.Secrets(tmp_path / "other.key")
     other.encrypt("x")  # makes a different key
     with pytest.raises(ConfigError, match="cannot be decrypted"):

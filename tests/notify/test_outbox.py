@@ -80,7 +80,7 @@ async def setup(database: str, tmp_path: Path) -> AsyncIterator[Setup]:
 
 
 async def test_stored_with_the_event_transaction_or_not_at_all(setup: Setup) -> None:
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError):  # noqa: PT012 - the transaction's whole scope is what fails
         async with setup.db.transaction() as conn:
             await notify(conn, policy.Event("incident.opened", "lost", "high", {}), now())
             raise RuntimeError("the event's own write failed")
@@ -118,16 +118,20 @@ async def test_failures_back_off_mark_channel_unhealthy_then_recover(setup: Setu
     start = now()
     assert await setup.notifier.deliver_due(start) == 1
     row = (await setup.rows())[0]
-    assert row["status"] == "pending" and row["attempts"] == 1 and "HTTP 500" in row["last_error"]
+    assert row["status"] == "pending"
+    assert row["attempts"] == 1
+    assert "HTTP 500" in row["last_error"]
     assert row["next_attempt_at"] >= start + dt.timedelta(seconds=9)
     assert await setup.notifier.deliver_due(start + dt.timedelta(seconds=1)) == 0  # backing off
     assert await setup.notifier.deliver_due(start + dt.timedelta(seconds=11)) == 1
     row = (await setup.rows())[0]
-    assert row["attempts"] == 2 and row["next_attempt_at"] >= start + dt.timedelta(seconds=19)
+    assert row["attempts"] == 2
+    assert row["next_attempt_at"] >= start + dt.timedelta(seconds=19)
     async with setup.db.connect() as conn:
         channel = (await store.list_channels(conn))[0]
         actions = [a["action"] for a in fleet.rows_of(await conn.execute(sa.select(audit)))]
-    assert channel["healthy"] is False and channel["failures"] == 2
+    assert channel["healthy"] is False
+    assert channel["failures"] == 2
     assert actions == ["notify.channel.unhealthy"]
 
     setup.hook.status = 200
@@ -136,8 +140,10 @@ async def test_failures_back_off_mark_channel_unhealthy_then_recover(setup: Setu
     async with setup.db.connect() as conn:
         channel = (await store.list_channels(conn))[0]
         actions = [a["action"] for a in fleet.rows_of(await conn.execute(sa.select(audit)))]
-    assert channel["healthy"] is True and actions[-1] == "notify.channel.recovered"
-    assert len(setup.hook.received) == 1 and setup.hook.received[0]["delivery"] == row["delivery"]
+    assert channel["healthy"] is True
+    assert actions[-1] == "notify.channel.recovered"
+    assert len(setup.hook.received) == 1
+    assert setup.hook.received[0]["delivery"] == row["delivery"]
 
 
 async def test_an_abandoned_claim_is_taken_over_with_the_same_delivery_id(setup: Setup) -> None:
@@ -216,7 +222,8 @@ async def test_weekly_coverage_list_to_sales_and_the_offer_to_the_customer(setup
     assert sorted((r["event"], r["recipient_id"]) for r in rows) == [
         ("coverage.ending", contact), ("coverage.expiring", 1)]
     machines = rows[0]["facts"]["machines"]
-    assert [m["hostname"] for m in machines] == ["KT-01"] and machines[0]["coverage"] == "warranty"
+    assert [m["hostname"] for m in machines] == ["KT-01"]
+    assert machines[0]["coverage"] == "warranty"
     # The customer's contact never hears of incidents, even with a route naming them.
     await setup.emit("incident.opened", "incident:9:opened", thread="incident:9")
     assert [r["recipient_id"] for r in await setup.rows() if r["event"] == "incident.opened"] == [1]
@@ -250,7 +257,8 @@ async def test_channel_throttle_holds_the_rest_without_counting_an_attempt(setup
     rows = await setup.rows()
     assert sorted(r["status"] for r in rows) == ["pending", "sent", "sent"]
     held = next(r for r in rows if r["status"] == "pending")
-    assert held["attempts"] == 0 and held["next_attempt_at"] > now() + dt.timedelta(seconds=50)
+    assert held["attempts"] == 0
+    assert held["next_attempt_at"] > now() + dt.timedelta(seconds=50)
     assert len(setup.hook.received) == 2
 
 

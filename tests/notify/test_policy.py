@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -70,7 +71,8 @@ def test_recipients_for_names_each_recipient_once():
 
 
 def test_parse_list():
-    assert Route.parse_list("*") is None and Route.parse_list("") is None
+    assert Route.parse_list("*") is None
+    assert Route.parse_list("") is None
     assert Route.parse_list(" a, b ,") == frozenset({"a", "b"})
 
 
@@ -86,7 +88,8 @@ def test_place_one_message_per_incident_then_digest():
 
 def test_place_quiet_hours_hold_until_opening_except_critical():
     held = policy.place(event(), STAFF, CLOSED, thread_notified=False)
-    assert held.status == "pending" and held.reason == "quiet hours"
+    assert held.status == "pending"
+    assert held.reason == "quiet hours"
     assert held.not_before == dt.datetime(2026, 12, 2, 1, 0, tzinfo=dt.UTC)  # Wed 08:00 +07
     critical = policy.place(event(severity="critical"), STAFF, CLOSED, thread_notified=False)
     assert critical.not_before == CLOSED
@@ -112,7 +115,8 @@ def test_fold_keys_group_mass_events_per_customer():
                     timezones=st.just(dt.UTC)))
 def test_next_opening_is_open_and_not_before_now(now):
     at = policy.next_opening(HCM, now)
-    assert at >= now and policy.is_open(HCM, at)
+    assert at >= now
+    assert policy.is_open(HCM, at)
     if policy.is_open(HCM, now):
         assert at == now
     else:  # nothing open in between: it is the first opening
@@ -133,9 +137,11 @@ def test_channel_turns_unhealthy_after_failures_and_recovers():
     for _ in range(4):
         health, change = policy.after_attempt(health, False, unhealthy_after=3)
         changes.append(change)
-    assert changes == [None, None, "unhealthy", None] and health == policy.Health(False, 4)
+    assert changes == [None, None, "unhealthy", None]
+    assert health == policy.Health(False, 4)
     health, change = policy.after_attempt(health, True, unhealthy_after=3)
-    assert change == "recovered" and health == policy.Health(True, 0)
+    assert change == "recovered"
+    assert health == policy.Health(True, 0)
     assert policy.after_attempt(health, True, 3) == (policy.Health(True, 0), None)
 
 
@@ -163,7 +169,7 @@ def test_webhook_signature_verifies_and_detects_tampering(body, secret):
 
 
 def test_fold_groups_and_stable_delivery_ids():
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"id": 5, "recipient_id": 1, "fold_key": "f", "delivery": None},
         {"id": 3, "recipient_id": 1, "fold_key": "f", "delivery": None},
         {"id": 4, "recipient_id": 2, "fold_key": "f", "delivery": None},

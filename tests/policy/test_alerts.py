@@ -22,6 +22,7 @@ def run(signals, rule, touch_after_open=False):
     for i, signal in enumerate(signals):
         state, transition = observe(state, signal == "F", T0 + timedelta(minutes=i), rule)
         if transition is OPEN and touch_after_open:
+            assert state is not None
             state = touch(state)
         out.append(transition)
     return out, state
@@ -69,7 +70,8 @@ def test_counts_and_times():
 def test_touched_incident_is_never_auto_closed(signals, expected):
     out, state = run(signals, AlertRule(), touch_after_open=True)
     assert out == expected
-    assert state.opened and state.touched
+    assert state.opened
+    assert state.touched
     assert state.cleared == (signals[-1] == ".")
 
 
@@ -92,7 +94,7 @@ def test_one_shot_events(signals, expected):
     [{"open_after": 0}, {"close_after": 0}, {"one_shot": True, "open_after": 2}],
 )
 def test_invalid_rules(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="open_after"):
         AlertRule(**kwargs)
 
 
@@ -116,12 +118,14 @@ def test_property_never_two_opens_without_a_close(rule, sequence):
             assert not is_open
             is_open = True
         elif transition is CLOSE:
-            assert is_open and state is None
+            assert is_open
+            assert state is None
             is_open = False
         elif transition in (BUMP, CLEAR):
             assert is_open
         assert (state is not None and state.opened) == is_open
         if is_open and technician:
+            assert state is not None
             state = touch(state)
 
 

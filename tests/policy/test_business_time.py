@@ -21,12 +21,12 @@ HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 H = timedelta(hours=1)
 
 
-def vn(*args):
-    return datetime(*args, tzinfo=HCM).astimezone(UTC)
+def vn(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=HCM).astimezone(UTC)
 
 
-def berlin(*args):
-    return datetime(*args, tzinfo=ZoneInfo("Europe/Berlin")).astimezone(UTC)
+def berlin(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo("Europe/Berlin")).astimezone(UTC)
 
 
 @pytest.mark.parametrize(
@@ -125,5 +125,6 @@ def test_response_target_in_business_hours(reported, due):
     rule = DueRule.parse("business_hours:4")
     assert (rule.business_days, rule.business_hours, str(rule)) == (
         0, 4, "within 4 business hours")
-    assert not rule.uses_cutoff and DueRule.parse("same_day").uses_cutoff
+    assert not rule.uses_cutoff
+    assert DueRule.parse("same_day").uses_cutoff
     assert VN.due_at(reported, rule, time(15)) == due

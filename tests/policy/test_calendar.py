@@ -13,13 +13,13 @@ CUTOFF = time(15)
 HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 
 
-def vn(*args):
+def vn(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
     """A Ho Chi Minh City local time, as the UTC datetime the code receives."""
-    return datetime(*args, tzinfo=HCM).astimezone(UTC)
+    return datetime(year, month, day, hour, minute, tzinfo=HCM).astimezone(UTC)
 
 
-def berlin(*args):
-    return datetime(*args, tzinfo=ZoneInfo("Europe/Berlin")).astimezone(UTC)
+def berlin(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo("Europe/Berlin")).astimezone(UTC)
 
 
 @pytest.mark.parametrize(
@@ -133,7 +133,7 @@ def test_invalid_calendars(kwargs, message):
 def test_naive_times_are_rejected():
     with pytest.raises(ValueError, match="timezone-aware"):
         VN.same_day_due(datetime(2026, 1, 12, 9), CUTOFF)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n must be >= 1"):
         VN.next_business_days(vn(2026, 1, 12, 9), 0)
 
 

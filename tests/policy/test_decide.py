@@ -23,8 +23,8 @@ HCM = ZoneInfo("Asia/Ho_Chi_Minh")
 TODAY = date(2026, 1, 12)  # a Monday
 
 
-def vn(*args):
-    return datetime(*args, tzinfo=HCM).astimezone(UTC)
+def vn(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=HCM).astimezone(UTC)
 
 
 MON_9 = vn(2026, 1, 12, 9, 0)

@@ -158,7 +158,8 @@ def test_a_customer_override_changes_the_decision_and_the_reason_says_so():
     assert vendor.fee_vnd == 550_000
     assert "[fees.onsite_reinstall_vnd set by the vendor policy]" in vendor.reasons[2]
     ours = decided([("customer", FEE, 450_000), ("customer", "rules[5].due", "business_days:2")])
-    assert ours.action == "onsite_reinstall" and ours.fee_vnd == 450_000
+    assert ours.action == "onsite_reinstall"
+    assert ours.fee_vnd == 450_000
     assert "Billable 450,000 VND" in ours.reasons[2]
     assert "[fees.onsite_reinstall_vnd set by the customer policy]" in ours.reasons[2]
     assert "[rules[5].due set by the customer policy]" in ours.reasons[3]
@@ -174,7 +175,8 @@ def test_show_lists_every_overridable_value_and_its_source():
         "key": "fees.technician_visit_vnd", "value": 900_000, "source": "vendor"}
     assert shown["alerts.agent_offline.open_after"]["source"] == "default"
     assert "rules[12].due" in shown
-    assert "rules[12].reason" not in shown and "rules[11].severity" not in shown
+    assert "rules[12].reason" not in shown
+    assert "rules[11].severity" not in shown
     assert not any(key.startswith(("tiers.", "kinds.", "warranty.")) for key in shown)
 
 
@@ -210,7 +212,8 @@ def test_install_window_is_a_policy_value_any_time_by_default():
     assert lunch.install_window == InstallWindow(time(12), time(13, 30))
     assert lunch.source(WINDOW) == "customer"
     anytime = vendor.resolve([("customer", WINDOW, "12:00-13:30"), ("machine", WINDOW, "any")])
-    assert anytime.install_window is None and anytime.source(WINDOW) == "machine"
+    assert anytime.install_window is None
+    assert anytime.source(WINDOW) == "machine"
 
 
 @pytest.mark.parametrize("value", ["25:00-07:00", "18:00", "09:00-09:00", "always"])
@@ -234,7 +237,7 @@ def test_value_agrees_with_the_whole_policy(levels, vendor_window):
     """What the rollout sender reads per machine is what `policy show` and `resolve` say."""
     layers = PolicyLayers(DEFAULT, {"rollouts": {"install_window": vendor_window}}
                           if vendor_window else {})
-    ids = {"customer": 3, "site": 7, "machine": "ag-1"}
+    ids: dict[str, int | str] = {"customer": 3, "site": 7, "machine": "ag-1"}
     by_target = {target(level, ids[level]): {WINDOW: LEVEL_VALUES[level], FEE: 1}
                  for level in levels}
     by_target[target("machine", "ag-other")] = {WINDOW: "01:00-02:00"}  # a stranger's
@@ -251,7 +254,8 @@ def test_value_agrees_with_the_whole_policy(levels, vendor_window):
 def test_notify_urgent_from_is_overridable_and_checked():
     assert LAYERS.resolve().urgent_from == "critical"
     hospital = LAYERS.resolve([("customer", "notify.urgent_from", "high")])
-    assert hospital.urgent_from == "high" and hospital.source("notify.urgent_from") == "customer"
+    assert hospital.urgent_from == "high"
+    assert hospital.source("notify.urgent_from") == "customer"
     assert LAYERS.resolve([("customer", "notify.urgent_from", "high"),
                            ("machine", "notify.urgent_from", "critical")]).urgent_from == "critical"
     with pytest.raises(ConfigError, match=re.escape("notify.urgent_from")):

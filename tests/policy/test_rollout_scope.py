@@ -101,7 +101,8 @@ def test_scope_state_is_total_and_final_states_ignore_live_facts(stored: str) ->
         assert seen == {final[stored]}
     else:
         assert ScopeState.OVERDUE in seen
-        assert ScopeState.INSTALLED not in seen and ScopeState.NOT_COVERED not in seen
+        assert ScopeState.INSTALLED not in seen
+        assert ScopeState.NOT_COVERED not in seen
 
 
 @pytest.mark.parametrize("facts", _all_facts())

@@ -103,7 +103,7 @@ def test_parse_percents(text: str, expected: tuple[int, ...]) -> None:
 
 @pytest.mark.parametrize("text", ["", "5,,100", "5;25;100", "5,25", "a,100", "25,5,100"])
 def test_parse_percents_rejects(text: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="wave percent"):
         parse_percents(text)
 
 
@@ -259,7 +259,7 @@ def test_wave_counts() -> None:
     states = ["pending", "sent", "succeeded", "succeeded", "failed", "timed_out", "offline"]
     assert wave_counts(states) == WaveCounts(7, succeeded=2, failed=2, pending=2, offline=1)
     assert wave_counts([]) == WaveCounts(0, 0, 0, 0, 0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not a valid MachineOutcome"):
         wave_counts(["lost"])
 
 
@@ -418,9 +418,11 @@ def test_next_action(status: str, sent: int, verdicts: list[WaveVerdict], expect
     assert expected.reason in got.reason
 
 
-@pytest.mark.parametrize(("status", "sent"), [("running", 3), ("running", -1), ("done", 0)])
-def test_next_action_rejects(status: str, sent: int) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(("status", "sent", "why"), [
+    ("running", 3, "sent_waves must be between"), ("running", -1, "sent_waves must be between"),
+    ("done", 0, "not a valid RolloutStatus")])
+def test_next_action_rejects(status: str, sent: int, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
         next_action(status, sent, [RUNNING, RUNNING])
 
 
@@ -496,7 +498,8 @@ def test_window_forced_near_effective_date_by_local_date() -> None:
     assert now.day == 9
     d = install_window_open(now, LUNCH, HCM, True, eff, 3)
     assert (d.open, d.forced) == (True, True)
-    assert "forced" in d.reason and "product running" in d.reason
+    assert "forced" in d.reason
+    assert "product running" in d.reason
     # after the effective date: still forced
     d = install_window_open(hcm_local(9, 0, day=20), NIGHT, HCM, False, eff, 3)
     assert (d.open, d.forced) == (True, True)
@@ -533,7 +536,8 @@ def test_window_uses_local_wall_clock_across_dst() -> None:
     winter = install_window_open(
         utc(2025, 1, 15, 10, 30), LUNCH, "Europe/Berlin", False, date(2026, 1, 1), 0
     )
-    assert summer.open and not winter.open
+    assert summer.open
+    assert not winter.open
 
 
 @pytest.mark.parametrize(

@@ -61,7 +61,8 @@ async def test_one_agent_streams_at_most_a_few_packages_at_once(service):
         svc._streams[("ag-greedy", f"j{n}")] = task
     try:
         await svc._start_download(link("ag-greedy", ws), p.Download(job="j9", offset=0))
-        assert ws.sent and "already downloads" in ws.sent[0].error
+        assert ws.sent
+        assert "already downloads" in ws.sent[0].error
     finally:
         for task in busy:
             task.cancel()

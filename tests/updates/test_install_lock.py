@@ -37,7 +37,8 @@ def test_an_install_waits_for_another_process_holding_the_lock(tmp_path: Path) -
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(state / "install-acct.lock")],
                               stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(Conflict, match="busy in another careline-agent process"):
             installer.install(verified)
         with pytest.raises(Conflict):

@@ -80,7 +80,8 @@ def test_happy_path(machine: Machine) -> None:
     result = machine.install("1.1.0")
     assert result == InstallResult("job-1.1.0-install", "installed", "acct", "1.1.0")
     manifest = read_manifest(machine.layout.install_dir)
-    assert manifest is not None and manifest.version == "1.1.0"
+    assert manifest is not None
+    assert manifest.version == "1.1.0"
     assert (machine.layout.install_dir / "bin/app.txt").read_text() == "app 1.1.0\n"
     assert snapshot(machine.layout.install_dir / "Data") == {k: v.encode() for k, v in
                                                              DATA.items()}
@@ -98,7 +99,8 @@ def test_failed_check_rolls_back(machine: Machine) -> None:
     result = machine.install("1.1.0", check=CHECK_FAIL)
     assert result.outcome == "rolled_back"
     assert result.version == "1.0.0"
-    assert result.reason is not None and "self-test failed" in result.reason
+    assert result.reason is not None
+    assert "self-test failed" in result.reason
     assert snapshot(machine.layout.install_dir) == before
     assert machine.siblings() == ["Acct"]
 
@@ -107,7 +109,8 @@ def test_older_version_refused_but_reinstall_allowed(machine: Machine) -> None:
     assert machine.install("1.1.0").outcome == "installed"
     before = snapshot(machine.layout.install_dir)
     result = machine.install("1.0.0")
-    assert result.outcome == "refused" and "not newer" in (result.reason or "")
+    assert result.outcome == "refused"
+    assert "not newer" in (result.reason or "")
     # The same version again, intact: nothing to do, and that counts as installed.
     again = machine.install("1.1.0", job_id="again")
     assert (again.outcome, again.reason) == ("installed", "already installed and intact")
@@ -152,7 +155,8 @@ def test_package_writing_into_data_dir_refused(machine: Machine) -> None:
     instr = instruction_for(package, "1.1.0")
     before = snapshot(machine.layout.install_dir)
     result = machine.installer().install(VerifiedPackage(package, instr))
-    assert result.outcome == "refused" and "data directory" in (result.reason or "")
+    assert result.outcome == "refused"
+    assert "data directory" in (result.reason or "")
     assert snapshot(machine.layout.install_dir) == before
 
 
@@ -205,7 +209,8 @@ def test_crash_at_every_step_recovers_whole_version(tmp_path: Path, check: str) 
         if manifest.version == "1.0.0":
             assert now == old, step
         else:
-            assert manifest.version == "1.1.0" and check == CHECK_OK, step
+            assert manifest.version == "1.1.0", step
+            assert check == CHECK_OK, step
             new = {**{f"Data/{k}": v.encode() for k, v in DATA.items()},
                    **{k: v for k, v in now.items() if not k.startswith("Data/")}}
             assert now == new
@@ -223,7 +228,8 @@ def test_crash_during_recovery_rollback(machine: Machine) -> None:
     with pytest.raises(Crash):
         machine.installer(_crash_at("rb_moved_new")).recover()
     result = machine.installer().recover()
-    assert result is not None and result.outcome == "rolled_back"
+    assert result is not None
+    assert result.outcome == "rolled_back"
     assert snapshot(machine.layout.install_dir) == old
     assert machine.siblings() == ["Acct"]
 

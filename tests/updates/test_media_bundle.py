@@ -43,7 +43,8 @@ def test_offline_install_from_bundle(release: Release) -> None:
     result = Installer(release.tmp / "state", layout, lambda: False).install(verified)  # type: ignore[arg-type]
     assert result.outcome == "installed"
     manifest = read_manifest(layout.install_dir)
-    assert manifest is not None and manifest.version == "2.0.0"
+    assert manifest is not None
+    assert manifest.version == "2.0.0"
     # After the bundle, the online repository is still accepted (timestamp versions ordered).
     release.trust().refresh()
 
@@ -70,7 +71,8 @@ def test_bundle_never_changes_the_live_snapshot_and_is_capped(release: Release) 
     before = live_snapshot()
     chain = release.repo.bundle_metadata(timedelta(days=90))
     after = live_snapshot()
-    assert after.expires == before.expires and after.version == before.version + 2
+    assert after.expires == before.expires
+    assert after.version == before.version + 2
     bundled = next(Metadata[Snapshot].from_bytes(data).signed for name, data in chain.items()
                    if name.endswith(".snapshot.json"))
     assert bundled.version == before.version + 1

@@ -64,5 +64,7 @@ def test_abandoned_upload_pieces_are_pruned(tmp_path) -> None:
     os.utime(old, (now - UPLOAD_MAX_AGE_SECONDS - 60,) * 2)
     os.utime(bundle, (now - UPLOAD_MAX_AGE_SECONDS - 60,) * 2)
     assert prune_uploads(uploads, now) == 1
-    assert not old.exists() and fresh.exists() and bundle.exists()
+    assert not old.exists()
+    assert fresh.exists()
+    assert bundle.exists()
     assert prune_uploads(tmp_path / "missing", now) == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from tuf.api.metadata import Metadata
 
 from careline.shared.errors import ConfigError, VerificationError
 from careline.shared.trust import (
@@ -77,7 +78,7 @@ def test_targets_signed_with_the_old_key_after_rotation_are_refused(release: Rel
     package = make_package(release.tmp, "6.6.6")
     from careline.shared import trust
     forged = trust._resign_targets(  # bypass sign_targets' own check, as an attacker would
-        trust._load_signer(old_key), trust.Metadata.from_bytes(release.repo.current_targets()),
+        trust._load_signer(old_key), Metadata.from_bytes(release.repo.current_targets()),
         datetime.now(UTC), [target_for_package(package)])
     with pytest.raises(VerificationError, match="not signed"):
         release.repo.publish(targets=forged)

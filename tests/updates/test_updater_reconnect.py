@@ -71,8 +71,8 @@ async def stop(updater: Updater) -> None:
     assert not updater._tasks  # a cancelled job is not started again
 
 
-async def eventually(predicate: Any, timeout: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def eventually(predicate: Any, within: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "not within the time allowed"
         await asyncio.sleep(0.01)
@@ -92,7 +92,8 @@ async def test_job_restarts_on_the_new_connection(tmp_path: Path, unwound_first:
     await updater.receive(new, command)  # re-sent by the restarted coordinator
 
     await eventually(lambda: new.fetches() == ["1.root.json"])
-    assert isinstance(new.sent[0], p.CommandResult) and new.sent[0].data == {"accepted": JOB}
+    assert isinstance(new.sent[0], p.CommandResult)
+    assert new.sent[0].data == {"accepted": JOB}
     await stop(updater)
 
 

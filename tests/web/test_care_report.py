@@ -84,14 +84,18 @@ def sample() -> dict[str, Any]:
 
 def test_html_escapes_agent_chosen_names_and_speaks_vietnamese() -> None:
     html = cr.render_html(sample(), "vi")
-    assert "&lt;b&gt;PC&lt;/b&gt;" in html and "<b>PC</b>" not in html
-    assert "Báo cáo chăm sóc" in html and "500.000\xa0₫" in html
+    assert "&lt;b&gt;PC&lt;/b&gt;" in html
+    assert "<b>PC</b>" not in html
+    assert "Báo cáo chăm sóc" in html
+    assert "500.000\xa0₫" in html
     english = cr.render_html(sample(), "en")
-    assert "Care report" in english and "Báo cáo chăm sóc" not in english
+    assert "Care report" in english
+    assert "Báo cáo chăm sóc" not in english
 
 
 def test_pdf_has_the_machines_amounts_and_embedded_vietnamese_font() -> None:
     from pypdf import PdfReader
+    from pypdf.generic import DictionaryObject
 
     pdf = cr.render_pdf(sample(), "vi")
     reader = PdfReader(io.BytesIO(pdf))
@@ -101,7 +105,11 @@ def test_pdf_has_the_machines_amounts_and_embedded_vietnamese_font() -> None:
         assert expected in text, expected
     fonts = set()
     for page in reader.pages:
-        for font in page["/Resources"]["/Font"].values():
+        resources = page["/Resources"].get_object()
+        assert isinstance(resources, DictionaryObject)
+        page_fonts = resources["/Font"].get_object()
+        assert isinstance(page_fonts, DictionaryObject)
+        for font in page_fonts.values():
             font = font.get_object()
             descriptor = (font.get("/FontDescriptor") or
                           font["/DescendantFonts"][0].get_object()["/FontDescriptor"]).get_object()

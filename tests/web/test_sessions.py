@@ -16,7 +16,8 @@ NOW = dt.datetime(2026, 11, 30, 8, tzinfo=dt.UTC)
 
 def test_a_session_lives_while_used_and_ends_when_idle_or_old() -> None:
     cookie, session = s.Session.new("h1", "vi", "Asia/Ho_Chi_Minh", NOW)
-    assert session.id_hash == s.id_hash(cookie) and cookie not in session.row().values()
+    assert session.id_hash == s.id_hash(cookie)
+    assert cookie not in session.row().values()
     now = NOW
     for _ in range(3):  # used every 7 h: stays, until its 24 h lifetime is over
         now += dt.timedelta(hours=7)
@@ -24,7 +25,8 @@ def test_a_session_lives_while_used_and_ends_when_idle_or_old() -> None:
         session.last_seen = now
     assert not session.live(now + dt.timedelta(hours=4))  # 25 h old
     _, idle = s.Session.new("h1", "vi", "UTC", NOW)
-    assert idle.live(NOW + s.IDLE) and not idle.live(NOW + s.IDLE + dt.timedelta(seconds=1))
+    assert idle.live(NOW + s.IDLE)
+    assert not idle.live(NOW + s.IDLE + dt.timedelta(seconds=1))
 
 
 def test_last_seen_is_written_at_most_once_a_minute() -> None:
@@ -35,7 +37,8 @@ def test_last_seen_is_written_at_most_once_a_minute() -> None:
 
 def test_sessions_are_unguessable_and_round_trip_through_storage() -> None:
     (c1, a), (c2, b) = s.Session.new("h", "en", "UTC", NOW), s.Session.new("h", "en", "UTC", NOW)
-    assert len({c1, c2, a.csrf, b.csrf}) == 4 and min(len(c1), len(a.csrf)) >= 43
+    assert len({c1, c2, a.csrf, b.csrf}) == 4
+    assert min(len(c1), len(a.csrf)) >= 43
     a.flash.append(["ok", "done"])
     assert s.Session.from_row(a.row()) == a
 
@@ -53,7 +56,9 @@ def test_csrf_must_match_exactly() -> None:
 def test_redirects_stay_on_this_site(target: str) -> None:
     chosen = s.safe_next(target, "/fleet")
     assert chosen == "/fleet" or chosen == target
-    assert chosen.startswith("/") and not chosen.startswith("//") and "\\" not in chosen
+    assert chosen.startswith("/")
+    assert not chosen.startswith("//")
+    assert "\\" not in chosen
 
 
 def test_known_open_redirects_are_refused() -> None:
@@ -65,7 +70,8 @@ def test_known_open_redirects_are_refused() -> None:
 @given(st.integers(0, 10_000), st.integers(-5, 500), st.integers(1, 100))
 def test_pages_cover_every_row_once(total: int, page: int, size: int) -> None:
     page_no, offset, last = s.page_of(total, page, size)
-    assert 1 <= page_no <= last and offset == (page_no - 1) * size
+    assert 1 <= page_no <= last
+    assert offset == (page_no - 1) * size
     assert last == max(1, (total + size - 1) // size)
     assert offset < total or total == 0
 

@@ -78,13 +78,17 @@ async def test_incident_pages_open_first_with_the_latest_decision(db: Database) 
                                                            agent_id=pc, limit=50, offset=0)
         month = await views.incidents_between(conn, acme, NOW, NOW + dt.timedelta(minutes=3))
     shown = first + rest
-    assert total == 7 and len(shown) == 7 and len({r["id"] for r in shown}) == 7
+    assert total == 7
+    assert len(shown) == 7
+    assert len({r["id"] for r in shown}) == 7
     assert [r["status"] for r in shown] == ["open"] * 3 + ["resolved"] * 4
     assert [r["id"] for r in shown[:3]] == [ids[6], ids[3], ids[0]]  # newest first within each
     assert all(r["fee_vnd"] == (ids.index(r["id"])) * 1000 for r in shown)  # the latest decision
     assert all(r["hostname"] == "pc-1" and r["customer"] == "Acme" for r in shown)
-    assert open_total == 3 and {r["id"] for r in open_rows} == {ids[0], ids[3], ids[6]}
-    assert [r["id"] for r in month] == ids[:3] and month[0]["action"] == "onsite_reinstall"
+    assert open_total == 3
+    assert {r["id"] for r in open_rows} == {ids[0], ids[3], ids[6]}
+    assert [r["id"] for r in month] == ids[:3]
+    assert month[0]["action"] == "onsite_reinstall"
 
 
 async def test_sessions_are_stored_found_with_their_technician_and_pruned(db: Database) -> None:
@@ -104,9 +108,11 @@ async def test_sessions_are_stored_found_with_their_technician_and_pruned(db: Da
         row = await stored.get_with_technician(conn, id_hash(cookie))
         assert await stored.get_with_technician(conn, id_hash("not-a-session")) is None
         ghost = await stored.get_with_technician(conn, orphan.id_hash)
-    assert row is not None and (row["name"], row["role"], row["revoked_at"]) == ("lan", "technician", None)
+    assert row is not None
+    assert (row["name"], row["role"], row["revoked_at"]) == ("lan", "technician", None)
     assert Session.from_row(row).flash == [["ok", "visits.assign: status assigned"]]
-    assert ghost is not None and ghost["name"] is None  # token unknown: no technician
+    assert ghost is not None
+    assert ghost["name"] is None
     async with db.transaction() as conn:
         await stored.prune(conn, NOW - IDLE, NOW - LIFETIME)
         assert await stored.get_with_technician(conn, stale.id_hash) is None
