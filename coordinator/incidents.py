@@ -316,6 +316,7 @@ class IncidentDesk:
             "covered": decision.covered, "billable": decision.billable,
             "fee_vnd": decision.fee_vnd, "quote_vnd": decision.quote_vnd,
             "due_at": decision.due_at, "rule": decision.rule, "reasons": list(decision.reasons),
+            "explanation": [reason.to_dict() for reason in decision.explanation],
             "facts": facts,
         })
         visit_id = None  # a new work order (notified as visit.created)

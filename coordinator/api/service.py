@@ -243,6 +243,7 @@ async def explain_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
             "action": decision["action"], "covered": decision["covered"],
             "fee_vnd": decision["fee_vnd"], "quote_vnd": decision["quote_vnd"],
             "due_at": decision["due_at"], "reasons": decision["reasons"],
+            "explanation": decision["explanation"],
             "facts": decision["facts"], "waiting_on": incident["waiting_on"],
             "paused": [{k: w[k] for k in ("on_whom", "note", "started_at", "ended_at",
                                           "started_by", "ended_by")} for w in waits]}

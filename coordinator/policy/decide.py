@@ -221,7 +221,7 @@ def _entitlement_reason(entitlement: Entitlement) -> Reason:
 def _fee_reason(entitlement: Entitlement, action: str, included: bool,
                 what: tuple[str, dict[str, int]], fee: int, policy: Policy) -> Reason:
     set_by = _set_by(policy, f"fees.{action}_vnd")
-    benefit = {"benefit": what[0], **what[1]}
+    benefit: dict[str, str | int] = {"benefit": what[0], **what[1]}
     if included:
         return Reason("fee_included", {**_coverage(entitlement), **benefit}, set_by)
     if fee == 0:
