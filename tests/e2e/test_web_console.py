@@ -231,10 +231,14 @@ def test_an_incidents_reasons_in_the_viewers_language_money_and_zone(console: Co
         sign_in(page, console, token)
         page.goto(f"{console.url}/incidents/{incident['id']}")
         shown = [t.replace("\xa0", " ") for t in page.locator("ol.reasons li").all_inner_texts()]
+        # The customer's page: its machine with the same coverage (one batched pass).
+        page.goto(f"{console.url}/customers/{incident['customer_id']}")
+        shown.append(page.locator("#machines tbody tr").first.inner_text())
         context.close()
         return shown
 
     vi = reasons("vi-VN")
+    assert "bảo hành đến" in vi.pop()
     assert len(vi) == len(english) == 4
     assert vi[0].startswith("Được bảo hành đến hết ngày ")
     assert vi[1].startswith("Quy tắc rules[") and vi[1].endswith(english[1].partition(": ")[2])
@@ -242,6 +246,7 @@ def test_an_incidents_reasons_in_the_viewers_language_money_and_zone(console: Co
     assert vi[3].startswith("Hạn ") and "(Asia/Tokyo)" in vi[3]  # the viewer's zone
     assert not any(word in " ".join(vi) for word in ("Covered", "Billable", "Due "))
     en = reasons("en-US")
+    assert "warranty until" in en.pop()
     assert en[:2] == english[:2]
     assert en[2] == english[2].replace("500,000 VND", "500.000 ₫")
     assert "Asia/Tokyo" in en[3] and "Asia/Ho_Chi_Minh" in english[3]
