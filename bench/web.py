@@ -1,15 +1,19 @@
 """Web console and REST API response times at fleet scale (issue 15).
 
-Fills a fresh coordinator database with N machines (direct inserts: customers, agents with a
-health report, open and resolved incidents each with a decision), starts `careline serve --web`
+Fills a fresh coordinator database with N machines (direct inserts: customers, each with a
+contract and most with a maintenance package, ends spread so some expire soon; agents with a
+health report; open and resolved incidents each with a decision), starts `careline serve --web`
 and times, one request after another over HTTPS:
 
     GET  /fleet                      the fleet overview page (rendered HTML)
     GET  /incidents                  the first page of open incidents (rendered HTML)
+    GET  /customers/1                the customer holding --big-customer of the machines
+    GET  /contracts/expiring         machines whose coverage ends within 60 days, fleet-wide
     POST /api/v1/fleet/overview      the same data as JSON (bearer token)
     POST /api/v1/incidents/page      50 incidents, open first, as JSON
 
-    python bench/web.py [--machines 10000] [--requests 200] [--database postgresql://...] [--json]
+    python bench/web.py [--machines 10000] [--big-customer 0.2] [--requests 200]
+                        [--database postgresql://...] [--json]
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import percentile
 
+PAGES = ("fleet_page", "incidents_page", "customer_page", "expiring_page", "api_fleet_overview",
+         "api_incidents_page")
 PYTHON = sys.executable
 CLI = [PYTHON, "-m", "careline.coordinator.cli"]
 
@@ -48,7 +54,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def fill(url: str, machines: int, customers: int, open_share: float) -> dict[str, int]:
+def customer_of(i: int, machines: int, customers: int, big_share: float) -> int:
+    """Customer 1 holds the first `big_share` of the machines; the rest go round the others."""
+    big = int(machines * big_share)
+    return 1 if i < big or customers == 1 else (i - big) % (customers - 1) + 2
+
+
+async def fill(url: str, machines: int, customers: int, open_share: float,
+               big_share: float) -> dict[str, int]:
     """Direct inserts, in batches: what months of a real fleet leave in the tables."""
     from careline.coordinator.storage import schema as t
     from careline.coordinator.storage.db import Database
@@ -61,17 +74,30 @@ async def fill(url: str, machines: int, customers: int, open_share: float) -> di
             await conn.execute(t.customers.insert(), [
                 {"id": c + 1, "name": f"Công ty số {c + 1}", "timezone": "Asia/Ho_Chi_Minh",
                  "created_at": now} for c in range(customers)])
+            # One contract each, 12 months of warranty signed 10-14 months ago (some still in
+            # warranty, some ending within weeks); two customers in three bought maintenance,
+            # ending on a day spread over the next 120 days.
+            today = now.date()
+            await conn.execute(t.contracts.insert(), [
+                {"id": c + 1, "customer_id": c + 1, "signed_on": today - dt.timedelta(days=300 + c % 120),
+                 "warranty_months": 12, "machines": None, "created_at": now} for c in range(customers)])
+            await conn.execute(t.maintenance_packages.insert(), [
+                {"contract_id": c + 1, "start": today - dt.timedelta(days=60),
+                 "end": today + dt.timedelta(days=c % 120), "tier": ("basic", "standard", "premium")[c % 3],
+                 "created_at": now} for c in range(customers) if c % 3])
             health = {"disk_free_percent": 41.5, "cpu_percent": 3.0, "memory_percent": 52.0,
                       "products": [{"name": "KeToan", "version": "2026.1", "running": True}]}
             rows = []
             for i in range(machines):
                 online = i % 10 != 0
                 rows.append({
-                    "id": f"ag-{i:08d}{secrets.token_hex(4)}", "customer_id": i % customers + 1,
+                    "id": f"ag-{i:08d}{secrets.token_hex(4)}",
+                    "customer_id": customer_of(i, machines, customers, big_share),
                     "public_key": secrets.token_bytes(32), "hostname": f"KETOAN-{i:05d}",
                     "os": "Windows 10", "agent_version": "0.1.0", "enrolled_at": now,
                     "connected": online, "last_seen": now if online else now - dt.timedelta(days=2),
                     "health": health})
+            counts["big_customer_machines"] = sum(r["customer_id"] == 1 for r in rows)
             for start in range(0, machines, 1000):
                 await conn.execute(t.agents.insert(), rows[start:start + 1000])
             incidents, decisions = [], []
@@ -146,6 +172,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--open-share", type=float, default=0.2, help="machines with an open incident")
+    parser.add_argument("--big-customer", type=float, default=0.2,
+                        help="share of the machines customer 1 holds (its page is timed)")
     parser.add_argument("--database", default="", help="postgresql://... (default SQLite)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -158,7 +186,8 @@ def main() -> None:
     token = json.loads(subprocess.run(init, check=True, capture_output=True, text=True).stdout)["admin_token"]
     db_url = args.database or f"sqlite:///{data / 'careline.db'}"
     started = time.perf_counter()
-    counts = asyncio.run(fill(db_url, args.machines, args.customers, args.open_share))
+    counts = asyncio.run(fill(db_url, args.machines, args.customers, args.open_share,
+                                args.big_customer))
     fill_s = time.perf_counter() - started
     server = subprocess.Popen([*CLI, "serve", "--data", str(data), "--web", f"127.0.0.1:{web}"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -177,6 +206,8 @@ def main() -> None:
             "database": "postgresql" if args.database else "sqlite", **counts, "fill_s": round(fill_s, 1),
             "fleet_page": timed(args.requests, lambda: client.get("/fleet")),
             "incidents_page": timed(args.requests, lambda: client.get("/incidents")),
+            "customer_page": timed(args.requests, lambda: client.get("/customers/1")),
+            "expiring_page": timed(args.requests, lambda: client.get("/contracts/expiring?within=60")),
             "api_fleet_overview": timed(args.requests,
                                         lambda: client.post_json("/api/v1/fleet/overview", {})),
             "api_incidents_page": timed(args.requests, lambda: client.post_json(
@@ -191,8 +222,9 @@ def main() -> None:
         return
     print(f"{figures['machines']} machines, {figures['customers']} customers, "
           f"{figures['incidents']} incidents ({figures['open_incidents']} open) on "
-          f"{figures['database']}; filled in {figures['fill_s']} s")
-    for key in ("fleet_page", "incidents_page", "api_fleet_overview", "api_incidents_page"):
+          f"{figures['database']}; customer 1 holds {figures['big_customer_machines']};"
+          f" filled in {figures['fill_s']} s")
+    for key in PAGES:
         f = figures[key]
         print(f"  {key:20} p50 {f['p50_ms']:7.1f} ms   p95 {f['p95_ms']:7.1f} ms   max {f['max_ms']:7.1f} ms")
 

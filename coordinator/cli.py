@@ -620,10 +620,11 @@ def visits() -> None:
 @technician_command(visits, "list")
 @click.option("--due", type=click.Choice(["today", "all"]), default="all", show_default=True)
 @click.option("--completed", is_flag=True, help="Include completed visits.")
-def visits_list(client: Any, as_json: bool, due: str, completed: bool) -> None:
+@click.option("--customer", default=None, help="Only this customer's (id or name).")
+def visits_list(client: Any, as_json: bool, due: str, completed: bool, customer: str | None) -> None:
     from careline.coordinator.render import emit
 
-    emit(client.call("visits.list", due=due, completed=completed), as_json,
+    emit(client.call("visits.list", due=due, completed=completed, customer=customer), as_json,
          ("id", "status", "customer", "agent_id", "action", "fee_vnd", "due_at", "technician"),
          title="visits")
 

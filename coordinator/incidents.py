@@ -167,23 +167,33 @@ class IncidentDesk:
         for r in await service.maintenance_of(conn, sorted(contracts)):
             packages.setdefault(r["contract_id"], []).append(
                 MaintenancePackage(r["id"], r["contract_id"], r["start"], r["end"], r["tier"]))
+        now = now or dt.datetime.now(dt.UTC)
+        days = {cid: at or customer_calendar(self.policy, customer).local(now).date()
+                for cid, customer in customers.items()}
+        current = {cid: service.pick_current_contract(by_customer.get(cid, []), on)
+                   for cid, on in days.items()}
+        # Machines on one contract that joined on the same day have the same coverage: the
+        # pure calculation runs once per (contract, joined, day), not per machine.
+        computed: dict[tuple[int, dt.date, dt.date], Entitlement] = {}
         result: dict[str, Entitlement] = {}
         for agent in agents:
-            on = at or customer_calendar(self.policy, customers[agent["customer_id"]]).local(
-                now or dt.datetime.now(dt.UTC)).date()
+            on = days[agent["customer_id"]]
             row: dict[str, Any] | None = (
                 contracts[agent["contract_id"]] if agent["contract_id"] else
-                service.pick_current_contract(by_customer.get(agent["customer_id"], []), on))
+                current[agent["customer_id"]])
             if row is None:
                 result[agent["id"]] = Entitlement(on, "not_covered", NOTHING)
                 continue
             joined = agent["joined_contract_on"] or agent["enrolled_at"].date()
-            result[agent["id"]] = entitlement_at(
-                Contract(row["id"], row["signed_on"], row["warranty_months"]),
-                packages.get(row["id"], []), on, machine_joined_on=joined,
-                tiers=self.policy.tiers, warranty_tier=self.policy.warranty,
-                expiring_within_days=self.policy.expiring_within_days,
-            )
+            key = (row["id"], joined, on)
+            if key not in computed:
+                computed[key] = entitlement_at(
+                    Contract(row["id"], row["signed_on"], row["warranty_months"]),
+                    packages.get(row["id"], []), on, machine_joined_on=joined,
+                    tiers=self.policy.tiers, warranty_tier=self.policy.warranty,
+                    expiring_within_days=self.policy.expiring_within_days,
+                )
+            result[agent["id"]] = computed[key]
         return result
 
     async def expiring_machines(
@@ -193,13 +203,14 @@ class IncidentDesk:
         """Machines whose coverage ends within `within_days` with nothing booked after: whom
         to offer a renewal (the expiring report, the weekly list to sales and customers)."""
         rows = []
-        agents = [a for a in await store.list_agents(conn, customer_id) if a["revoked_at"] is None]
+        agents = await store.list_coverage_keys(conn, customer_id)
         entitlements = await self.entitlements(conn, agents, None, now)
+        names = {c["id"]: c["name"] for c in await store.list_customers(conn)}
         for agent in agents:
             entitlement = entitlements[agent["id"]]
             if expiring(entitlement, within_days):
                 rows.append({
-                    "customer": agent["customer"], "machine": agent["id"],
+                    "customer": names[agent["customer_id"]], "machine": agent["id"],
                     "hostname": agent["hostname"], "coverage": entitlement.label,
                     "ends_on": entitlement.ends_on, "days_left": entitlement.days_left,
                 })
@@ -316,6 +327,7 @@ class IncidentDesk:
             "covered": decision.covered, "billable": decision.billable,
             "fee_vnd": decision.fee_vnd, "quote_vnd": decision.quote_vnd,
             "due_at": decision.due_at, "rule": decision.rule, "reasons": list(decision.reasons),
+            "explanation": [reason.to_dict() for reason in decision.explanation],
             "facts": facts,
         })
         visit_id = None  # a new work order (notified as visit.created)

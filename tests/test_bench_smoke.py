@@ -96,7 +96,9 @@ def test_web_bench_smoke() -> None:
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     figures = json.loads(result.stdout)
     assert (figures["machines"], figures["incidents"]) == (100, 200)
-    for key in ("fleet_page", "incidents_page", "api_fleet_overview", "api_incidents_page"):
+    assert figures["big_customer_machines"] == 20
+    for key in ("fleet_page", "incidents_page", "customer_page", "expiring_page",
+                "api_fleet_overview", "api_incidents_page"):
         assert figures[key]["requests"] == 3
         assert figures[key]["p95_ms"] > 0
 

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from careline.coordinator.api import Context, NoParams, method
+from careline.coordinator.api.fleet import agent_view
 from careline.coordinator.i18n import LANGUAGES
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import views
@@ -69,6 +70,26 @@ async def customer_rollouts(ctx: Context, p: CustomerRef) -> list[dict[str, Any]
     async with ctx.coordinator.db.connect() as conn:
         customer = await store.get_customer(conn, p.customer)
         return await views.customer_rollouts(conn, customer["id"])
+
+
+class CustomerMachines(msgspec.Struct, forbid_unknown_fields=True):
+    customer: str
+    limit: int = 50
+    offset: int = 0
+
+
+@method("customers.machines", "viewer", CustomerMachines)
+async def customer_machines(ctx: Context, p: CustomerMachines) -> dict[str, Any]:
+    """One page of a customer's machines, each with its coverage today: the page's contracts
+    and packages are read once and every entitlement computed from them in memory."""
+    if not 1 <= p.limit <= MAX_PAGE or p.offset < 0:
+        raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset at least 0")
+    async with ctx.coordinator.db.connect() as conn:
+        customer = await store.get_customer(conn, p.customer)
+        total, rows = await store.agents_page(conn, customer["id"], p.limit, p.offset)
+        coverage = await ctx.coordinator.desk.entitlements(conn, rows, None, ctx.now)
+    machines = [{**agent_view(ctx, row), "coverage": coverage[row["id"]].to_dict()} for row in rows]
+    return {"total": total, "limit": p.limit, "offset": p.offset, "rows": machines}
 
 
 class IncidentPage(msgspec.Struct, forbid_unknown_fields=True):

@@ -243,6 +243,7 @@ async def explain_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
             "action": decision["action"], "covered": decision["covered"],
             "fee_vnd": decision["fee_vnd"], "quote_vnd": decision["quote_vnd"],
             "due_at": decision["due_at"], "reasons": decision["reasons"],
+            "explanation": decision["explanation"],
             "facts": decision["facts"], "waiting_on": incident["waiting_on"],
             "paused": [{k: w[k] for k in ("on_whom", "note", "started_at", "ended_at",
                                           "started_by", "ended_by")} for w in waits]}
@@ -324,12 +325,14 @@ async def resume_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
 class ListVisits(msgspec.Struct, forbid_unknown_fields=True):
     due: Literal["today", "all"] = "all"
     completed: bool = False
+    customer: str | None = None
 
 
 @method("visits.list", "viewer", ListVisits)
 async def list_visits(ctx: Context, p: ListVisits) -> list[dict[str, Any]]:
     async with ctx.coordinator.db.connect() as conn:
-        rows = await service.list_visits(conn, open_only=not p.completed)
+        customer_id = await store.customer_id_of(conn, p.customer)
+        rows = await service.list_visits(conn, open_only=not p.completed, customer_id=customer_id)
         if p.due != "today":
             return rows
         today = []

@@ -62,14 +62,19 @@ class DueRule:
     def uses_cutoff(self) -> bool:
         return self.business_days == 0 and not self.business_hours
 
-    def __str__(self) -> str:
+    def describe(self) -> tuple[str, dict[str, int]]:
+        """The rule in English words with its numbers apart (a message id to translate)."""
         if self.business_hours:
-            return f"within {self.business_hours} business hours"
+            return "within {hours} business hours", {"hours": self.business_hours}
         if self.business_days == 0:
-            return "same business day if reported before the cutoff, else the next"
+            return "same business day if reported before the cutoff, else the next", {}
         if self.business_days == 1:
-            return "next business day"
-        return f"within {self.business_days} business days"
+            return "next business day", {}
+        return "within {days} business days", {"days": self.business_days}
+
+    def __str__(self) -> str:
+        words, numbers = self.describe()
+        return words.format(**numbers)
 
 
 @dataclass(frozen=True)

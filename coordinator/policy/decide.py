@@ -26,6 +26,7 @@ from typing import Any
 from .calendar import BusinessCalendar, DueRule
 from .config import CATEGORIES, SEVERITIES, Policy, Situation
 from .entitlement import Entitlement
+from .reasons import Reason
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,13 @@ class Decision:
     fee_vnd: int  # what the customer pays for this action
     quote_vnd: int  # the action's list price
     due_at: datetime  # UTC
-    reasons: tuple[str, ...]  # entitlement, rule, fee, due: for `careline incidents explain`
+    explanation: tuple[Reason, ...]  # entitlement, rule, fee, due, pauses: `incidents explain`
     rule: int  # index into policy.rules
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The explanation in English, in the customer's zone (the CLI's and the stored text)."""
+        return tuple(str(reason) for reason in self.explanation)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +87,7 @@ class Decision:
             "quote_vnd": self.quote_vnd,
             "due_at": self.due_at.isoformat(),
             "reasons": list(self.reasons),
+            "explanation": [reason.to_dict() for reason in self.explanation],
             "rule": self.rule,
         }
 
@@ -128,16 +135,15 @@ def decide(
         fee_vnd=fee,
         quote_vnd=quote,
         due_at=due_at,
-        reasons=(
+        explanation=(
             _entitlement_reason(entitlement),
-            f"rules[{rule.index}]: {rule.reason}"
-            + _set_by(policy, f"rules[{rule.index}].action"),
-            _fee_reason(entitlement, rule.action, included, what, fee)
-            + _set_by(policy, f"fees.{rule.action}_vnd"),
+            Reason("rule", {"index": rule.index, "text": rule.reason},
+                   _set_by(policy, f"rules[{rule.index}].action")),
+            _fee_reason(entitlement, rule.action, included, what, fee, policy),
             _due_reason(incident.reported_at, base_due, calendar, rule.due,
-                        policy.same_day_cutoff)
-            + _set_by(policy, f"rules[{rule.index}].due",
-                      *(["due.same_day_cutoff"] if rule.due.uses_cutoff else [])),
+                        policy.same_day_cutoff,
+                        _set_by(policy, f"rules[{rule.index}].due",
+                                *(["due.same_day_cutoff"] if rule.due.uses_cutoff else []))),
             *pause_reasons,
         ),
         rule=rule.index,
@@ -146,74 +152,84 @@ def decide(
 
 def paused_due(
     due_at: datetime, paused: tuple[Pause, ...], calendar: BusinessCalendar
-) -> tuple[datetime, tuple[str, ...]]:
+) -> tuple[datetime, tuple[Reason, ...]]:
     """Move `due_at` out by the business time of each finished pause that began before it;
     one reason per pause (an open pause holds the clock: the due time moves when it ends)."""
     reasons = []
     for pause in sorted(paused, key=lambda p: p.start):
-        start = calendar.local(pause.start)
-        note = f" ({pause.note})" if pause.note else ""
+        said = {"start_at": pause.start.isoformat(), "on": pause.on, "note": pause.note,
+                "timezone": calendar.timezone}
         if pause.end is None:
-            reasons.append(f"Clock paused since {start:%Y-%m-%d %H:%M}, waiting on {pause.on}"
-                           f"{note}: the due time moves out when it resumes")
+            reasons.append(Reason("pause_open", said))
             continue
-        end = calendar.local(pause.end)
-        span = f"{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M}"
+        said["end_at"] = pause.end.isoformat()
         if pause.start >= due_at:
-            reasons.append(f"Paused {span} waiting on {pause.on}{note}: after the due time,"
-                           " so it does not move it")
+            reasons.append(Reason("pause_late", said))
             continue
         held = calendar.business_time(pause.start, pause.end)
         due_at = calendar.add_business_time(due_at, held)
-        minutes = int(held.total_seconds() // 60)
-        reasons.append(f"Paused {span} waiting on {pause.on}{note}: {minutes // 60}h{minutes % 60:02d}m"
-                       f" of business time added, due {calendar.local(due_at):%Y-%m-%d %H:%M}")
+        hours, minutes = divmod(int(held.total_seconds() // 60), 60)
+        reasons.append(Reason("pause_held", {**said, "held_h": hours, "held_m": minutes,
+                                             "due_at": due_at.isoformat()}))
     return due_at, tuple(reasons)
 
 
 def _included(
     action: str, category: str, entitlement: Entitlement, visits_used: int
-) -> tuple[bool, str]:
-    """Whether coverage includes `action`, and the name of the benefit that decides it."""
+) -> tuple[bool, tuple[str, dict[str, int]]]:
+    """Whether coverage includes `action`, and the benefit that decides it (a `reasons.TERMS`
+    phrase with its numbers)."""
     if not entitlement.covered:
-        return False, ""
+        return False, ("", {})
     includes = entitlement.includes
     if action in ("remote_update", "physical_media"):
         if category == "regulation":
-            return includes.regulation_updates, "regulation updates"
-        return includes.bug_fixes, "bug fixes"
+            return includes.regulation_updates, ("regulation updates", {})
+        return includes.bug_fixes, ("bug fixes", {})
     if action in ("remote_reinstall", "remote_guidance"):
-        return includes.remote_fixes, "remote fixes"
+        return includes.remote_fixes, ("remote fixes", {})
     if action == "technician_visit":
         allowed = includes.onsite_visits_per_year
-        return visits_used < allowed, f"on-site visits ({visits_used} of {allowed} used this year)"
-    return includes.waive_onsite_reinstall_fee, "a waiver of the on-site reinstall fee"
+        return visits_used < allowed, ("on-site visits ({used} of {allowed} used this year)",
+                                       {"used": visits_used, "allowed": allowed})
+    return includes.waive_onsite_reinstall_fee, ("a waiver of the on-site reinstall fee", {})
 
 
-def _set_by(policy: Policy, *keys: str) -> str:
+def _set_by(policy: Policy, *keys: str) -> tuple[tuple[str, str], ...]:
     """Which policy level set the values a reason rests on, when not the built-in one."""
-    levels = [f"{key} set by the {policy.source(key)} policy"
-              for key in keys if policy.source(key) != "default"]
-    return f" [{'; '.join(levels)}]" if levels else ""
+    return tuple((key, policy.source(key)) for key in keys if policy.source(key) != "default")
 
 
-def _entitlement_reason(entitlement: Entitlement) -> str:
+def _coverage(entitlement: Entitlement) -> dict[str, str | int]:
+    """The coverage's name as a term: its kind, and the vendor's tier name apart."""
+    if entitlement.kind == "maintenance":
+        return {"label": "maintenance:{tier}", "tier": entitlement.tier or ""}
+    return {"label": entitlement.kind}
+
+
+def _entitlement_reason(entitlement: Entitlement) -> Reason:
     if entitlement.covered:
-        soon = " (expiring soon)" if entitlement.expiring_soon else ""
-        return f"Covered by {entitlement.label} until {entitlement.ends_on}{soon}"
+        return Reason("covered_expiring" if entitlement.expiring_soon else "covered",
+                      {**_coverage(entitlement), "ends_on": str(entitlement.ends_on)})
     later = entitlement.next_coverage_starts
-    resumes = f"; coverage starts {later}" if later else ""
-    return f"Not covered on {entitlement.at}{resumes}: any action is billable"
+    checked: dict[str, str | int] = {"checked_on": entitlement.at.isoformat()}
+    if later:
+        return Reason("not_covered_until", {**checked, "starts_on": later.isoformat()})
+    return Reason("not_covered", checked)
 
 
-def _fee_reason(entitlement: Entitlement, action: str, included: bool, what: str, fee: int) -> str:
+def _fee_reason(entitlement: Entitlement, action: str, included: bool,
+                what: tuple[str, dict[str, int]], fee: int, policy: Policy) -> Reason:
+    set_by = _set_by(policy, f"fees.{action}_vnd")
+    benefit: dict[str, str | int] = {"benefit": what[0], **what[1]}
     if included:
-        return f"Free: {entitlement.label} includes {what}"
+        return Reason("fee_included", {**_coverage(entitlement), **benefit}, set_by)
     if fee == 0:
-        return f"Free: {action} has no list price"
+        return Reason("fee_no_price", {"action": action}, set_by)
     if entitlement.covered:
-        return f"Billable {fee:,} VND: {entitlement.label} does not include {what}"
-    return f"Billable {fee:,} VND: list price of {action} without coverage"
+        return Reason("fee_not_included", {**_coverage(entitlement), **benefit, "fee_vnd": fee},
+                      set_by)
+    return Reason("fee_not_covered", {"action": action, "fee_vnd": fee}, set_by)
 
 
 def _due_reason(
@@ -222,15 +238,16 @@ def _due_reason(
     calendar: BusinessCalendar,
     rule: DueRule,
     same_day_cutoff: time,
-) -> str:
-    reported, due = calendar.local(reported_at), calendar.local(due_at)
-    when = f"Due {due:%Y-%m-%d %H:%M} {calendar.timezone}"
+    set_by: tuple[tuple[str, str], ...],
+) -> Reason:
+    when: dict[str, str | int] = {"due_at": due_at.isoformat(), "timezone": calendar.timezone}
     if not rule.uses_cutoff:
-        return f"{when}: {rule}"
-    cutoff = f"{same_day_cutoff:%H:%M}"
-    if due.date() == reported.date():
-        return f"{when}: same business day (reported {reported:%H:%M}, before the {cutoff} cutoff)"
-    return (
-        f"{when}: next business day (reported {reported:%a %Y-%m-%d %H:%M},"
-        f" after the {cutoff} cutoff or not a business day)"
-    )
+        words, numbers = rule.describe()
+        return Reason("due", {**when, "due_rule": words, **numbers}, set_by)
+    reported = calendar.local(reported_at)
+    # The cutoff on the day it was reported, as an instant: shown in any zone, it still
+    # compares with the report time.
+    cutoff = datetime.combine(reported.date(), same_day_cutoff, reported.tzinfo)
+    when.update(reported_at=reported_at.isoformat(), cutoff_at=cutoff.isoformat())
+    same_day = calendar.local(due_at).date() == reported.date()
+    return Reason("due_same_day" if same_day else "due_next_day", when, set_by)

@@ -353,6 +353,30 @@ async def list_agents(conn: AsyncConnection, customer_id: int | None = None) -> 
     return rows_of(await conn.execute(query))
 
 
+async def agents_page(conn: AsyncConnection, customer_id: int, limit: int,
+                      offset: int) -> tuple[int, list[Row]]:
+    """How many machines a customer has, and one page of them by hostname (a customer with
+    2,000 machines shows 50 at a time)."""
+    total = (await conn.execute(sa.select(sa.func.count()).select_from(agents)
+                                .where(agents.c.customer_id == customer_id))).scalar_one()
+    rows = rows_of(await conn.execute(
+        _agents_with_customer().where(agents.c.customer_id == customer_id)
+        .order_by(agents.c.hostname, agents.c.id).limit(limit).offset(offset)))
+    return int(total), rows
+
+
+async def list_coverage_keys(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+    """What the coverage of every machine in service depends on (its customer, contract and
+    the day it joined), and its name: the few columns a fleet-wide entitlement pass reads."""
+    query = sa.select(
+        agents.c.id, agents.c.hostname, agents.c.customer_id, agents.c.contract_id,
+        agents.c.joined_contract_on, agents.c.enrolled_at,
+    ).where(agents.c.revoked_at.is_(None))
+    if customer_id is not None:
+        query = query.where(agents.c.customer_id == customer_id)
+    return rows_of(await conn.execute(query))
+
+
 async def list_presence(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
     """Each agent's identity and presence, without its health report (most of a row's
     bytes): what a sweep or a command to thousands of machines needs."""

@@ -265,7 +265,8 @@ decisions = sa.Table(
     sa.Column("quote_vnd", sa.BigInteger, nullable=False),
     sa.Column("due_at", UTCDateTime, nullable=False),
     sa.Column("rule", sa.Integer, nullable=False),
-    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Column("reasons", sa.JSON, nullable=False),  # English, as `incidents explain` prints
+    sa.Column("explanation", sa.JSON),  # the same as data (policy.reasons); None before i15d
     sa.Column("facts", sa.JSON, nullable=False),
 )
 

@@ -318,7 +318,7 @@ async def get_visit(conn: AsyncConnection, visit_id: int) -> Row:
 
 
 async def list_visits(conn: AsyncConnection, due_before: dt.datetime | None = None,
-                      open_only: bool = True) -> list[Row]:
+                      open_only: bool = True, customer_id: int | None = None) -> list[Row]:
     query = (sa.select(visits, customers.c.name.label("customer"))
              .select_from(visits.join(customers, visits.c.customer_id == customers.c.id))
              .order_by(visits.c.due_at))
@@ -326,6 +326,8 @@ async def list_visits(conn: AsyncConnection, due_before: dt.datetime | None = No
         query = query.where(visits.c.status != "completed")
     if due_before is not None:
         query = query.where(visits.c.due_at <= due_before)
+    if customer_id is not None:  # ix_visits_customer
+        query = query.where(visits.c.customer_id == customer_id)
     return rows_of(await conn.execute(query))
 
 

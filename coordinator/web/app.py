@@ -316,17 +316,21 @@ def create_app(coordinator: Coordinator) -> Litestar:
         found = next((c for c in customers if c["id"] == customer_id), None)
         if found is None:
             raise NotFound(f"no customer {customer_id}")
-        machines = await console.call(caller, "agents.list", customer=ref)
-        for machine in machines:
-            machine["coverage"] = await console.call(caller, "entitlement.show", machine=machine["id"])
+        wanted = max(1, _int(request.query_params.get("page")))
+        machines = await console.call(caller, "customers.machines", customer=ref, limit=PAGE_SIZE,
+                                      offset=(wanted - 1) * PAGE_SIZE)
+        page_no, offset, last = page_of(machines["total"], wanted, PAGE_SIZE)
+        if page_no != wanted:  # past the end: show the last page
+            machines = await console.call(caller, "customers.machines", customer=ref,
+                                          limit=PAGE_SIZE, offset=offset)
         incidents = await console.call(caller, "incidents.page", customer=ref, limit=20)
-        visits = [v for v in await console.call(caller, "visits.list", completed=True)
-                  if v["customer_id"] == customer_id]
+        visits = await console.call(caller, "visits.list", completed=True, customer=ref)
         rollouts = await console.call(caller, "rollouts.customer", customer=ref)
         contracts = await console.call(caller, "contracts.list", customer=ref)
         month = utcnow().strftime("%Y-%m")
         return await console.page(request, session, caller, "customer.html", customer=found,
-                            machines=machines, incidents=incidents, visits=visits,
+                            machines=machines, page_no=page_no, last=last,
+                            incidents=incidents, visits=visits,
                             rollouts=rollouts, contracts=contracts, month=month)
 
     @get("/customers/{customer_id:int}/care-report")
@@ -435,7 +439,10 @@ def create_app(coordinator: Coordinator) -> Litestar:
         session, caller = await console.signed_in(request)
         within = max(1, min(_int(request.query_params.get("within"), 60), 366))
         rows = await console.call(caller, "report.expiring", within_days=within)
-        return await console.page(request, session, caller, "expiring.html", rows=rows, within=within)
+        page_no, offset, last = page_of(len(rows), _int(request.query_params.get("page")), PAGE_SIZE)
+        return await console.page(request, session, caller, "expiring.html", total=len(rows),
+                                  rows=rows[offset:offset + PAGE_SIZE], within=within,
+                                  page_no=page_no, last=last)
 
     @get("/audit")
     async def audit(request: Request[Any, Any, Any]) -> Response[Any]:

@@ -213,6 +213,48 @@ def test_technician_works_an_incident_and_pushes_an_update_viewer_is_refused(
     assert page.url.endswith("/signin")
 
 
+def test_an_incidents_reasons_in_the_viewers_language_money_and_zone(console: Console, browser: Any) -> None:
+    coord = console.coord
+    coord.cli("customers", "add", "Cong ty Minh Anh")
+    coord.cli("contracts", "add", "--customer", "Cong ty Minh Anh", "--signed", "2026-01-15")
+    pc = hostile_enrollment(coord.join_string("Cong ty Minh Anh"))
+    token = coord.cli("technicians", "add", "lan", "--role", "technician")["token"]
+    incident = coord.cli("incidents", "open", "--machine", pc, "--category", "disk",
+                         "--severity", "high")
+    english = coord.cli("incidents", "explain", str(incident["id"]))["reasons"]
+    assert english[2].startswith("Billable 500,000 VND: warranty does not include")  # the CLI's text
+
+    def reasons(lang: str) -> list[str]:
+        context = browser.new_context(ignore_https_errors=True, locale=lang, timezone_id="Asia/Tokyo",
+                                      extra_http_headers={"Accept-Language": lang})
+        page = context.new_page()
+        sign_in(page, console, token)
+        page.goto(f"{console.url}/incidents/{incident['id']}")
+        shown = [t.replace("\xa0", " ") for t in page.locator("ol.reasons li").all_inner_texts()]
+        # The customer's page: its machine with the same coverage (one batched pass).
+        page.goto(f"{console.url}/customers/{incident['customer_id']}")
+        shown.append(page.locator("#machines tbody tr").first.inner_text())
+        context.close()
+        return shown
+
+    vi = reasons("vi-VN")
+    assert "bảo hành đến" in vi.pop()
+    assert len(vi) == len(english) == 4
+    assert vi[0].startswith("Được bảo hành đến hết ngày ")
+    assert vi[1].startswith("Quy tắc rules[")
+    assert vi[1].endswith(english[1].partition(": ")[2])
+    assert vi[2] == "Tính phí 500.000 ₫: bảo hành không bao gồm miễn phí cài lại tại chỗ"
+    assert vi[3].startswith("Hạn ")
+    assert "(Asia/Tokyo)" in vi[3]
+    assert not any(word in " ".join(vi) for word in ("Covered", "Billable", "Due "))
+    en = reasons("en-US")
+    assert "warranty until" in en.pop()
+    assert en[:2] == english[:2]
+    assert en[2] == english[2].replace("500,000 VND", "500.000 ₫")
+    assert "Asia/Tokyo" in en[3]
+    assert "Asia/Ho_Chi_Minh" in english[3]
+
+
 def test_revoked_technician_csrf_and_the_rest_api(console: Console, browser: Any) -> None:
     coord = console.coord
     coord.cli("customers", "add", "Acme")

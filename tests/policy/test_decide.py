@@ -257,6 +257,7 @@ def test_reasons_in_order_and_to_dict():
         "quote_vnd": 300_000,
         "due_at": "2026-01-12T10:30:00+00:00",
         "reasons": list(decision.reasons),
+        "explanation": [r.to_dict() for r in decision.explanation],
         "rule": 8,
     }
     soon = Entitlement(TODAY, "warranty", POLICY.warranty, ends_on=TODAY, expiring_soon=True)

@@ -20,7 +20,8 @@ def vn(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datet
 def test_a_finished_pause_moves_the_due_time_by_its_business_time():
     due = vn(2026, 3, 3, 17, 30)  # Tuesday's close
     pause = Pause(vn(2026, 3, 3, 10, 0), vn(2026, 3, 3, 16, 0), "customer", "nobody on site")
-    moved, reasons = paused_due(due, (pause,), VN)
+    moved, said = paused_due(due, (pause,), VN)
+    reasons = [str(r) for r in said]
     assert moved == vn(2026, 3, 4, 14, 0)  # 6 business hours later: Wed 08:00 + 6 h
     assert "6h00m of business time added" in reasons[0]
     assert "nobody on site" in reasons[0]
@@ -37,7 +38,8 @@ def test_night_inside_a_pause_does_not_count_and_late_pauses_do_not_move_it():
 
 def test_open_pause_holds_the_clock_and_says_so():
     due = vn(2026, 3, 3, 17, 30)
-    moved, reasons = paused_due(due, (Pause(vn(2026, 3, 3, 10, 0), None, "customer"),), VN)
+    moved, said = paused_due(due, (Pause(vn(2026, 3, 3, 10, 0), None, "customer"),), VN)
+    reasons = [str(r) for r in said]
     assert moved == due
     assert "Clock paused since 2026-03-03 10:00, waiting on customer" in reasons[0]
 
