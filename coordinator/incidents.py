@@ -29,6 +29,7 @@ from careline.coordinator.policy.entitlement import (
 from careline.coordinator.policy.offline import Presence, offline_check, silent_for
 from careline.coordinator.policy.overrides import OVERRIDE_LEVELS, PolicyLayers, chain
 from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage import notify as nstore
 from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
 from careline.coordinator.storage.db import Database
@@ -215,6 +216,35 @@ class IncidentDesk:
                     "ends_on": entitlement.ends_on, "days_left": entitlement.days_left,
                 })
         return sorted(rows, key=lambda r: (r["days_left"], r["customer"]))
+
+    async def expiring_contracts(
+        self, conn: AsyncConnection, within_days: int, now: dt.datetime,
+    ) -> list[dict[str, Any]]:
+        """Whom to call: one row per customer and coverage ending within `within_days` with
+        nothing booked after, with how many machines it covers and the customer's contacts.
+        Coverage is computed once per group of machines that share it (coverage_groups), so
+        the report costs the same for 10 machines or 10,000."""
+        groups = await store.coverage_groups(conn)
+        keyed = [{"id": str(i), "customer_id": g["customer_id"], "contract_id": g["contract_id"],
+                  "joined_contract_on": g["joined_contract_on"],
+                  "enrolled_at": dt.datetime.combine(g["enrolled_on"], dt.time(), dt.UTC)}
+                 for i, g in enumerate(groups)]
+        entitlements = await self.entitlements(conn, keyed, None, now)
+        names = {c["id"]: c["name"] for c in await store.list_customers(conn)}
+        contacts = await nstore.customer_contacts(conn)
+        rows: dict[tuple[int, str, dt.date | None], dict[str, Any]] = {}
+        for key, group in zip(keyed, groups, strict=True):
+            entitlement = entitlements[key["id"]]
+            if not expiring(entitlement, within_days):
+                continue
+            found = rows.setdefault((group["customer_id"], entitlement.label, entitlement.ends_on), {
+                "customer": names[group["customer_id"]], "customer_id": group["customer_id"],
+                "coverage": entitlement.label, "ends_on": entitlement.ends_on,
+                "days_left": entitlement.days_left, "machines": 0, "a_machine": group["a_machine"],
+                "contacts": contacts.get(group["customer_id"], []),
+            })
+            found["machines"] += group["machines"]
+        return sorted(rows.values(), key=lambda r: (r["days_left"], r["customer"], r["coverage"]))
 
     # ------------------------------------------------------------------ incidents
     async def open_incident(

@@ -175,6 +175,14 @@ async def report_expiring(ctx: Context, p: ExpiringParams) -> list[dict[str, Any
         return await ctx.coordinator.desk.expiring_machines(conn, p.within_days, ctx.now)
 
 
+@method("report.expiring_contracts", "viewer", ExpiringParams)
+async def report_expiring_contracts(ctx: Context, p: ExpiringParams) -> list[dict[str, Any]]:
+    """The same, one row per customer and coverage end with its machine count and the
+    customer's contacts: the sales desk's call list (the console's contracts page)."""
+    async with ctx.coordinator.db.connect() as conn:
+        return await ctx.coordinator.desk.expiring_contracts(conn, p.within_days, ctx.now)
+
+
 # ----------------------------------------------------------------------------- incidents
 class OpenIncident(msgspec.Struct, forbid_unknown_fields=True):
     machine: str

@@ -377,6 +377,22 @@ async def list_coverage_keys(conn: AsyncConnection, customer_id: int | None = No
     return rows_of(await conn.execute(query))
 
 
+async def coverage_groups(conn: AsyncConnection) -> list[Row]:
+    """Machines in service counted by what their coverage depends on (customer, contract,
+    the day they joined): a fleet-wide report computes coverage once per group, in as many
+    rows as there are distinct groups, not one per machine."""
+    enrolled_on = sa.type_coerce(sa.func.date(agents.c.enrolled_at), sa.Date)
+    query = (
+        sa.select(agents.c.customer_id, agents.c.contract_id, agents.c.joined_contract_on,
+                  enrolled_on.label("enrolled_on"), sa.func.count().label("machines"),
+                  sa.func.min(agents.c.id).label("a_machine"))
+        .where(agents.c.revoked_at.is_(None))
+        .group_by(agents.c.customer_id, agents.c.contract_id, agents.c.joined_contract_on,
+                  enrolled_on)
+    )
+    return rows_of(await conn.execute(query))
+
+
 async def list_presence(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
     """Each agent's identity and presence, without its health report (most of a row's
     bytes): what a sweep or a command to thousands of machines needs."""

@@ -219,3 +219,17 @@ async def digest_items(conn: AsyncConnection, recipient_id: int) -> list[Row]:
                     notifications.c.status == "digest")
              .order_by(notifications.c.id))
     return rows_of(await conn.execute(query))
+
+
+async def customer_contacts(conn: AsyncConnection) -> dict[int, list[str]]:
+    """Each customer's own contacts ("name <address>"), for whoever must call them: the
+    recipients a customer opted in with (`careline notify recipients add --customer`)."""
+    result = await conn.execute(
+        sa.select(notify_recipients.c.customer_id, notify_recipients.c.name,
+                  notify_recipients.c.address)
+        .where(notify_recipients.c.customer_id.is_not(None))
+        .order_by(notify_recipients.c.customer_id, notify_recipients.c.name))
+    contacts: dict[int, list[str]] = {}
+    for customer_id, name, address in result:
+        contacts.setdefault(customer_id, []).append(f"{name} <{address}>" if address else name)
+    return contacts

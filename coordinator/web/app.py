@@ -438,9 +438,10 @@ def create_app(coordinator: Coordinator) -> Litestar:
     async def expiring(request: Request[Any, Any, Any]) -> Response[Any]:
         session, caller = await console.signed_in(request)
         within = max(1, min(_int(request.query_params.get("within"), 60), 366))
-        rows = await console.call(caller, "report.expiring", within_days=within)
+        rows = await console.call(caller, "report.expiring_contracts", within_days=within)
         page_no, offset, last = page_of(len(rows), _int(request.query_params.get("page")), PAGE_SIZE)
         return await console.page(request, session, caller, "expiring.html", total=len(rows),
+                                  machines=sum(r["machines"] for r in rows),
                                   rows=rows[offset:offset + PAGE_SIZE], within=within,
                                   page_no=page_no, last=last)
 
