@@ -72,7 +72,7 @@ TARGET_PING_P99_S = 3.0
 TARGET_BACK_95_S = 60.0
 FD_MARGIN = 300  # descriptors a process needs besides its connections (DB pool, logs, ...)
 FLEET_CONCURRENCY = 200  # first connections under way at once, over all workers
-ENROLL_CONCURRENCY = 6  # enrollments under way at once, per worker
+ENROLL_CONCURRENCY = 16  # enrollments under way at once, per worker
 # Each phase's time limit grows with the fleet: seconds per agent, and at least MIN_TIMEOUT_S.
 TIMEOUT_PER_AGENT_S = {"enroll": 0.05, "connect": 0.05, "failover": 0.01, "settle": 0.02}
 MIN_TIMEOUT_S = 180.0
