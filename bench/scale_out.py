@@ -167,9 +167,11 @@ class Slice:
         sim.failures.clear()
         sim.generation += 1
 
-    async def cut(self) -> int:
-        """Agents whose connection of before the kill is no longer open."""
-        return sum(1 for ws in self.before.values() if ws.state.name != "OPEN")
+    async def cut(self) -> list[float]:
+        """Agents whose connection of before the kill is no longer open: the reconnect
+        window each was given in its last Welcome (it spreads its first retry over it)."""
+        by_id = {a.identity.agent_id: a for a in self.agents}
+        return [by_id[i].first_window for i, ws in self.before.items() if ws.state.name != "OPEN"]
 
     async def back_at(self) -> list[float]:
         return list(self.fleet.sim.back_at)
@@ -351,7 +353,8 @@ async def failover(victim: ServeProc, workers: list[Worker], timeout: float) -> 
     # Its agents' connections close within a moment (the kernel resets them, HAProxy
     # passes that on); the others' stay open.
     await asyncio.sleep(2.0)
-    cut = sum(await on_all(workers, "cut"))
+    windows = [w for part in await on_all(workers, "cut") for w in part]
+    cut = len(windows)
     need = max(1, math.ceil(0.95 * cut))
     deadline = killed + timeout
     last_report = killed
@@ -370,6 +373,8 @@ async def failover(victim: ServeProc, workers: list[Worker], timeout: float) -> 
         "back_95_s": fleet._round(back[need - 1] - killed if len(back) >= need else None, 2),
         "back_100_s": fleet._round(back[cut - 1] - killed if cut and len(back) >= cut else None, 2),
         "failures_during_failover": status["failures"],
+        "reconnect_window_p50_s": fleet._round(percentile(windows, 50), 2),
+        "reconnect_window_max_s": fleet._round(max(windows, default=None), 2),
     }
     await victim.start()  # as systemd's Restart= would; takes whoever could not get back
     return result
@@ -525,7 +530,8 @@ def table(r: dict[str, Any]) -> str:
     lines += [
         f"  failover  kill -9 cut {f['agents_cut']} agents: 95% back in {f['back_95_s']} s, all in "
         f"{f['back_100_s']} s (target 95% <= {TARGET_BACK_95_S:g} s); survivor holds "
-        f"{f['held_after_by_survivor']}",
+        f"{f['held_after_by_survivor']}; their reconnect window p50 "
+        f"{f['reconnect_window_p50_s']} s, max {f['reconnect_window_max_s']} s",
         f"  events    {e['emitted']} emitted, {e['stored']} stored, {e['missing']} missing, "
         f"{e['duplicated']} duplicated (settled in {r['settle_s']} s)",
         f"  online at the end: {r['online_at_end']}/{r['agents']}; OK: {r['ok']}",
