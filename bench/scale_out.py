@@ -210,19 +210,18 @@ async def worker_main() -> None:
 
 
 class Worker:
-    """The parent's handle on one worker process."""
+    """The parent's handle on one worker process (its log lines go to our stderr)."""
 
-    def __init__(self, index: int, proc: asyncio.subprocess.Process, log_file: Path) -> None:
-        self.index, self.proc, self.log = index, proc, log_file
+    def __init__(self, index: int, proc: asyncio.subprocess.Process) -> None:
+        self.index, self.proc = index, proc
         self.lock = asyncio.Lock()
 
     @classmethod
-    async def start(cls, index: int, config: dict[str, Any], log_file: Path) -> Worker:
-        with open(log_file, "ab") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, __file__, "--worker", stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=err, limit=256 << 20)
-        worker = cls(index, proc, log_file)
+    async def start(cls, index: int, config: dict[str, Any]) -> Worker:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--worker", stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            limit=256 << 20)
+        worker = cls(index, proc)
         await worker._send(config)
         return worker
 
@@ -238,10 +237,10 @@ class Worker:
             await self._send({"op": op, "args": args})
             line = await asyncio.wait_for(self.proc.stdout.readline(), wait + 30)
         if not line:
-            raise RuntimeError(f"worker {self.index} exited ({self.proc.returncode}); see {self.log}")
+            raise RuntimeError(f"worker {self.index} exited ({self.proc.returncode}); see its stderr")
         reply = json.loads(line)
         if "error" in reply:
-            raise RuntimeError(f"worker {self.index}: {op}: {reply['error']}; see {self.log}")
+            raise RuntimeError(f"worker {self.index}: {op}: {reply['error']}")
         return reply["result"]
 
     async def stop(self) -> None:
@@ -260,12 +259,11 @@ async def on_all(workers: list[Worker], op: str, wait: float = 60.0, **args: Any
     return await asyncio.gather(*(w.call(op, wait, **args) for w in workers))
 
 
-async def start_workers(n: int, count: int, root: Path, base: dict[str, Any]) -> list[Worker]:
+async def start_workers(n: int, count: int, base: dict[str, Any]) -> list[Worker]:
     """`count` workers sharing `n` agents as evenly as can be."""
     sizes = [n // count + (1 if i < n % count else 0) for i in range(count)]
     return list(await asyncio.gather(*(
-        Worker.start(i, {**base, "agents": size, "seed": base["seed"] + i},
-                     root / f"worker{i + 1}.log")
+        Worker.start(i + 1, {**base, "agents": size, "seed": base["seed"] + i})
         for i, size in enumerate(sizes))))
 
 
@@ -460,7 +458,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
                 return str(client.call("tokens.create", customer="Scale Co", uses=n,
                                        expires_seconds=6 * 3600)["join"])
 
-        workers = await start_workers(n, n_workers, root, {
+        workers = await start_workers(n, n_workers, {
             "url": proxy_url, "ca_pem": first.ca_pem, "join": await asyncio.to_thread(join),
             "event_every": args.event_every, "seed": args.seed,
             "concurrency": math.ceil(FLEET_CONCURRENCY / n_workers)})
