@@ -104,8 +104,11 @@ def test_web_bench_smoke() -> None:
 
 
 @pytest.mark.slow
-def test_scale_out_bench_smoke(pg_available: None) -> None:
-    """bench/scale_out.py: two coordinators behind HAProxy, a kill -9, every event stored once."""
+@pytest.mark.parametrize("split", [(1, 1), (2, 2)], ids=["one-process-each", "split-2-workers-2-proxies"])
+def test_scale_out_bench_smoke(pg_available: None, split: tuple[int, int]) -> None:
+    """bench/scale_out.py: two coordinators behind HAProxy, a kill -9, every event stored
+    once; also with the fleet in two worker processes behind two HAProxy processes on one
+    port (the layout past RLIMIT_NOFILE), each of which must carry some of the agents."""
     from careline.coordinator.haproxy import find_haproxy
     from tests.conftest import PG_ADMIN_URL
 
@@ -113,13 +116,18 @@ def test_scale_out_bench_smoke(pg_available: None) -> None:
         pytest.skip("haproxy is not installed (scripts/test.sh installs Debian's package)")
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "scale_out.py"), "--agents", "20",
-         "--database", PG_ADMIN_URL, "--event-every", "2", "--json"],
+         "--database", PG_ADMIN_URL, "--event-every", "2", "--json",
+         "--workers", str(split[0]), "--proxies", str(split[1])],
         capture_output=True, text=True, timeout=90, cwd=ROOT,
     )
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     figures = json.loads(result.stdout)
     assert figures["connect"]["connected"] == 20
     assert sum(figures["connect"]["held_per_process"]) == 20
+    assert figures["layout"]["workers"] == split[0]
+    assert len(figures["connect"]["held_per_proxy"]) == split[1]
+    assert sum(figures["connect"]["held_per_proxy"]) == 20
+    assert all(held > 0 for held in figures["connect"]["held_per_proxy"])  # SO_REUSEPORT spreads
     assert [p["answers_with_rtt"] for p in figures["ping"].values()] == [20, 20]
     assert figures["failover"]["back"] == figures["failover"]["agents_cut"] > 0
     assert figures["events"]["emitted"] > 0
