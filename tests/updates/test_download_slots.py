@@ -39,7 +39,8 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[UpdateServ
     monkeypatch.setattr(updates, "SEND_CHUNK", 1000)
     package = tmp_path / "package"
     package.write_bytes(b"x" * 5000)
-    return UpdateService(types.SimpleNamespace(datadir=types.SimpleNamespace(path=tmp_path))), package  # type: ignore[arg-type]
+    # Streaming needs neither the database nor the hub: the link is given.
+    return UpdateService(None, tmp_path, None), package  # type: ignore[arg-type]
 
 
 async def test_a_stalled_download_gives_its_slot_to_the_next_agent(service):
