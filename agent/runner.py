@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from careline.agent.actions import perform
-from careline.agent.outbox import DeliveryWindow, Outbox
+from careline.agent.outbox import Outbox
 from careline.agent.probes import Prober
 from careline.agent.signer import load_signer
 from careline.agent.state import AgentConfig, StateDir, websocket_proxy
@@ -28,6 +28,7 @@ from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
 from careline.shared.keys import sign_challenge
+from careline.shared.session import DeliveryWindow
 from careline.shared.tls import pinned_client_context
 
 log = logging.getLogger("careline.agent")
