@@ -158,7 +158,7 @@ class AgentSession:
         self._stale: set[str] = set()  # jobs whose earlier streams may still send chunks
 
     # ------------------------------------------------------------------ in
-    def receive(self, data: bytes, now: float) -> list[AgentEvent]:
+    def receive(self, data: bytes | str, now: float) -> list[AgentEvent]:
         """One frame from the coordinator; ProtocolError if it does not fit the state."""
         message = p.decode(data, p.ServerToAgent)
         self.last_heard = now
@@ -174,7 +174,8 @@ class AgentSession:
                 raise ProtocolError(f"expected a welcome, got {type(message).__name__}")
             self.state = "open"
             self.interval = message.heartbeat_interval
-            self.next_heartbeat_at = self.next_ping_at = now
+            self.next_heartbeat_at = now  # at once, then every interval
+            self.next_ping_at = now + self.interval  # the welcome itself says it is alive
             return [Welcomed(message.heartbeat_interval, message.reconnect_window,
                              message.server_time)]
         if isinstance(message, p.Ack):
@@ -409,7 +410,7 @@ class ServerSession:
         self._send(p.Challenge(nonce=nonce, server_time=server_time))
 
     # ------------------------------------------------------------------ in
-    def receive(self, data: bytes, now: float) -> list[ServerEvent]:
+    def receive(self, data: bytes | str, now: float) -> list[ServerEvent]:
         """One frame from the agent; ProtocolError if it does not fit the state."""
         message = p.decode(data, p.AgentToServer)
         self.last_heard = now
@@ -499,6 +500,11 @@ class ServerSession:
 
     def waiting(self, command_id: int) -> bool:
         return command_id in self._calls
+
+    def cancel_command(self, command_id: int) -> bool:
+        """The caller stopped waiting (its own timer, a technician gone): a later answer is
+        a stray. False if the command was not waiting."""
+        return self._calls.pop(command_id, None) is not None
 
     def expired(self, now: float) -> list[int]:
         """Commands past their timeout; a late answer is then a stray."""

@@ -112,7 +112,7 @@ def test_agent_refuses_bytes_that_are_no_message() -> None:
     with pytest.raises(ProtocolError):
         open_agent().receive(b"\xc1garbage", 0.0)
     with pytest.raises(ProtocolError, match="text frames"):
-        open_agent().receive("text", 0.0)  # type: ignore[arg-type]
+        open_agent().receive("text", 0.0)
     with pytest.raises(MessageTooLarge):
         open_agent().receive(b"\x00" * (p.MAX_MESSAGE_BYTES + 1), 0.0)
     with pytest.raises(ProtocolError):  # a message of the other direction
@@ -141,9 +141,9 @@ def test_agent_counts_the_coordinator_silent_after_two_intervals_unheard() -> No
     session = agent(now=0.0)
     assert not session.silent(20.0) and session.silent(20.1)  # the handshake's deadline
     session = open_agent(now=0.0)
-    assert session.ping_due(0.0)
-    session.pinged(0.0)
     assert not session.ping_due(9.9) and session.ping_due(10.0)
+    session.pinged(10.0)
+    assert not session.ping_due(19.9) and session.ping_due(20.0)
     assert not session.silent(20.0) and session.silent(20.1)
     session.heard(15.0)  # a pong
     assert not session.silent(35.0) and session.silent(35.1)
@@ -300,6 +300,10 @@ def test_server_commands_are_answered_or_time_out_or_are_lost_once() -> None:
     assert server.receive(enc(p.CommandResult(id=second, ok=True)), 8.0) == []  # too late
     assert server.receive(enc(p.CommandResult(id=first, ok=True)), 8.0) == []  # twice
     assert server.stray_answers == 2 and server.waiting(third)
+    fourth = server.send_command(p.Ping(), 9.0, 50.0)
+    assert server.cancel_command(fourth) and not server.cancel_command(fourth)
+    assert server.receive(enc(p.CommandResult(id=fourth, ok=True)), 10.0) == []
+    assert server.stray_answers == 3
     assert server.connection_lost() == [third] and not server.waiting(third)
 
 
