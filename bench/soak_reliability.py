@@ -3,7 +3,7 @@ the coordinator; every event stored exactly once, every agent online at the end,
 long agents took to notice the frozen coordinator.
 
 Each simulated agent (bench/fleet.py's simulator) keeps an in-memory outbox delivered as
-the real agent does (agent.outbox.DeliveryWindow: a bounded window, acks open it again),
+the real agent does (shared.session.DeliveryWindow: a bounded window, acks open it again),
 emits an event every `--event-every` seconds on average whether connected or not, and runs
 the real agent's keepalive (agent.runner.keepalive: a ping every heartbeat interval, given
 up after one more). A chaos task drops random agents' connections (`--disconnects` in all,
@@ -32,11 +32,11 @@ import sqlalchemy as sa
 from measure import percentile
 from websockets.asyncio.client import ClientConnection
 
-from careline.agent.outbox import DeliveryWindow
 from careline.agent.runner import OUTBOX_WINDOW, CoordinatorSilent, keepalive
 from careline.coordinator.storage.db import Database
 from careline.coordinator.storage.schema import events
 from careline.shared import protocol as p
+from careline.shared.session import DeliveryWindow
 
 log = fleet.log
 
