@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,11 +28,15 @@ from careline.coordinator.storage.db import Database
 from careline.coordinator.storage.fleet import agent_status
 from careline.shared import protocol as p
 from careline.shared.hardware import valid as valid_hardware
+from careline.shared.session import ServerSession
 
 # Events of one agent stored per transaction (one fsync), and how many may wait: an outbox
 # backlog of thousands is stored in seconds, not one commit per event.
 EVENT_BATCH, EVENT_QUEUE = 250, 1000
 REPLACED_CLOSE_TIMEOUT = 1.0  # for the close handshake of a connection an agent replaced
+# A job's command is answered at once ("accepted"; its outcome comes as durable events): the
+# session forgets an answer later than this.
+JOB_COMMAND_TIMEOUT = 60.0
 
 
 def utcnow() -> dt.datetime:
@@ -47,36 +50,112 @@ async def close(ws: ServerConnection, code: int, reason: str) -> None:
 
 @dataclass(eq=False)
 class AgentLink:
-    """One authenticated agent connection and the commands waiting for its answers."""
+    """One authenticated agent connection: its socket, the ServerSession that speaks the
+    protocol on it (shared/session.py: acks, command ids, answers and timeouts, metadata and
+    download bookkeeping), and the futures of the commands someone waits on.
+
+    Session times are time.monotonic() seconds."""
 
     ws: ServerConnection
+    session: ServerSession
     agent_id: str
     customer_id: int
-    last_heard: float = field(default_factory=time.monotonic)
     connected_at: dt.datetime = field(default_factory=utcnow)
     # Events received, waiting to be stored (in batches) and acknowledged, in order.
     events: asyncio.Queue[p.Event] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
+    _timer: asyncio.TimerHandle | None = None  # at the session's next command deadline
+    _timer_at: float = 0.0
 
-    async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
-        """Send a command; the future gets the agent's answer, or ConnectionError if the
-        agent goes away first. The caller pops `pending[command_id]` when done with it."""
+    def flush(self) -> Coroutine[Any, Any, None]:
+        """Write what the session has queued. The frames are taken when this is called, not
+        when it is awaited: called right after queueing them, each coroutine writes its own
+        frames in its own order (a chunk never overtakes the one before it)."""
+        return self._write(self.session.data_to_send())
+
+    async def _write(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            await self.ws.send(frame)
+
+    async def send(self, action: p.Action, timeout: float) -> int:
+        """Send a command; ConnectionError if the agent is gone. Its answer resolves
+        `pending[id]` if someone put a future there first (start_call)."""
+        command_id = self._queue(action, timeout)
+        await self._flush_command(command_id)
+        return command_id
+
+    async def start_call(self, action: p.Action, timeout: float,
+                         ) -> tuple[int, asyncio.Future[p.CommandResult]]:
+        """Send a command; the future gets the agent's answer, TimeoutError once the session
+        says its time is up, or ConnectionError if the agent goes away first. The caller
+        calls `done_with(command_id)` when done with it."""
+        command_id = self._queue(action, timeout)
         future: asyncio.Future[p.CommandResult] = asyncio.get_running_loop().create_future()
-        self.pending[command_id] = future
+        self.pending[command_id] = future  # before sending: the answer may come at once
+        await self._flush_command(command_id)
+        return command_id, future
+
+    async def call(self, action: p.Action, timeout: float) -> p.CommandResult:
+        command_id, future = await self.start_call(action, timeout)
         try:
-            await self.ws.send(p.encode(p.Command(id=command_id, action=action)))
+            return await future
+        finally:
+            self.done_with(command_id)
+
+    def done_with(self, command_id: int) -> None:
+        """The caller stops waiting (answered, timed out, or gone itself): a later answer is
+        a stray."""
+        self.pending.pop(command_id, None)
+        self.session.cancel_command(command_id)
+
+    def _queue(self, action: p.Action, timeout: float) -> int:
+        if self.session.state != "open":
+            raise ConnectionError("agent disconnected")
+        command_id = self.session.send_command(action, time.monotonic(), timeout)
+        self._arm()
+        return command_id
+
+    async def _flush_command(self, command_id: int) -> None:
+        try:
+            await self.flush()
         except ConnectionClosed:
             self.pending.pop(command_id, None)
             raise ConnectionError("agent disconnected") from None
-        return future
 
-    async def call(self, command_id: int, action: p.Action, timeout: float) -> p.CommandResult:
-        future = await self.start_call(command_id, action)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            self.pending.pop(command_id, None)
+    def answered(self, command_id: int, result: p.CommandResult) -> None:
+        future = self.pending.get(command_id)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def _arm(self) -> None:
+        """One timer per link, at the earliest deadline of its commands."""
+        deadline = self.session.next_deadline()
+        if deadline is None or (self._timer is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_later(
+            max(0.0, deadline - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        for command_id in self.session.expired(time.monotonic()):
+            future = self.pending.get(command_id)
+            if future is not None and not future.done():
+                future.set_exception(TimeoutError())
+        self._arm()
+
+    def lost(self) -> None:
+        """The connection is closed: the commands still waiting will never be answered."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for command_id in self.session.connection_lost():
+            future = self.pending.get(command_id)
+            if future is not None and not future.done():
+                future.set_exception(ConnectionError("agent disconnected"))
 
 
 Failure = Literal["", "timeout", "offline", "error"]
@@ -108,7 +187,6 @@ class AgentHub:
         self.clean_stops: dict[str, dt.datetime] = {}
         # agent id -> the hardware identity it said hello with
         self.hardware: dict[str, dict[str, str]] = {}
-        self._command_ids = itertools.count(1)
 
     async def start(self) -> None:
         await self.keys.load(utcnow())
@@ -138,9 +216,7 @@ class AgentHub:
     def forget(self, link: AgentLink) -> None:
         """The link is closed: its waiting commands fail, and unless a newer link replaced
         it, the agent is offline here (or off, if it said it was stopping)."""
-        for future in link.pending.values():
-            if not future.done():
-                future.set_exception(ConnectionError("agent disconnected"))
+        link.lost()
         if self.links.get(link.agent_id) is link:
             del self.links[link.agent_id]
             self.presence[link.agent_id] = (False, link.connected_at, "")
@@ -175,16 +251,13 @@ class AgentHub:
         self.keys.evict(replaced_id)
         await self.disconnect(replaced_id, p.CloseCode.REPLACED, f"linked to machine {machine_id}")
 
-    async def close_silent(self, silent_for: float) -> None:
+    async def close_silent(self) -> None:
         """Close connections that stopped talking (half-open sockets, hung agents)."""
-        deadline = time.monotonic() - silent_for
-        for link in [lk for lk in self.links.values() if lk.last_heard < deadline]:
+        now = time.monotonic()
+        for link in [lk for lk in self.links.values() if lk.session.silent(now)]:
             await close(link.ws, p.CloseCode.TIMEOUT, "no heartbeat; marked offline")
 
     # ------------------------------------------------------------------ commands
-    def next_command_id(self) -> int:
-        return next(self._command_ids)
-
     async def send(self, agent_id: str, action: p.Action) -> bool:
         """Send a command whose outcome comes back as the agent's durable events (a job's
         part); False when the agent is not connected here."""
@@ -192,8 +265,8 @@ class AgentHub:
         if link is None:
             return False
         try:
-            await link.ws.send(p.encode(p.Command(id=self.next_command_id(), action=action)))
-        except ConnectionClosed:
+            await link.send(action, JOB_COMMAND_TIMEOUT)
+        except ConnectionError:
             return False
         return True
 
@@ -201,7 +274,7 @@ class AgentHub:
                    timeout: float) -> Awaitable[p.CommandResult] | None:
         """For the relay: the answer of an agent connected here, None if it is not."""
         link = self.links.get(agent_id)
-        return None if link is None else link.call(self.next_command_id(), action, timeout)
+        return None if link is None else link.call(action, timeout)
 
     async def call(self, agent: Mapping[str, Any], action: p.Action, timeout: float) -> Outcome:
         """Run one action on one agent, connected here or (scale-out) to another coordinator
@@ -227,8 +300,8 @@ class AgentHub:
 
         Commands to agents connected here are all sent first and their answers collected from
         the futures' callbacks, with no task per agent (at 10,000 agents, a task each was a
-        fifth of the call's CPU); one timer turns what is left at the deadline into "timeout".
-        Agents held by another process (scale-out), or by none, go through `call`.
+        fifth of the call's CPU); each link's session times its commands out. Agents held by
+        another process (scale-out), or by none, go through `call`.
         """
         answers: asyncio.Queue[Outcome] = asyncio.Queue()
         outstanding: dict[asyncio.Future[p.CommandResult], tuple[AgentLink, int]] = {}
@@ -236,10 +309,11 @@ class AgentHub:
 
         def settle(agent_id: str, started: float, future: asyncio.Future[p.CommandResult]) -> None:
             link, command_id = outstanding.pop(future)
-            link.pending.pop(command_id, None)
-            if future.cancelled():
+            link.done_with(command_id)
+            error = None if future.cancelled() else future.exception()
+            if future.cancelled() or isinstance(error, TimeoutError):
                 answers.put_nowait(Outcome(agent_id, failure="timeout"))
-            elif future.exception() is not None:
+            elif error is not None:
                 answers.put_nowait(Outcome(agent_id, failure="offline"))
             else:
                 answers.put_nowait(Outcome(agent_id, future.result(),
@@ -252,11 +326,6 @@ class AgentHub:
             answers.put_nowait(task.result() if error is None else
                                Outcome(agent_id, failure="error", error=str(error)))
 
-        def expire() -> None:
-            for future in list(outstanding):
-                future.cancel()
-
-        timer = asyncio.get_running_loop().call_later(timeout, expire)
         try:
             for agent in agents:
                 link = self.links.get(agent["id"])
@@ -265,10 +334,9 @@ class AgentHub:
                     task.add_done_callback(functools.partial(relayed, agent["id"]))
                     others.append(task)
                     continue
-                command_id = self.next_command_id()
                 started = time.perf_counter()
                 try:
-                    future = await link.start_call(command_id, action)
+                    command_id, future = await link.start_call(action, timeout)
                 except ConnectionError:
                     answers.put_nowait(Outcome(agent["id"], failure="offline"))
                     continue
@@ -276,8 +344,8 @@ class AgentHub:
                 future.add_done_callback(functools.partial(settle, agent["id"], started))
             for _ in agents:
                 yield await answers.get()
-        finally:
-            timer.cancel()
-            expire()
+        finally:  # the asker went away: what is left is not waited for
+            for future in list(outstanding):
+                future.cancel()
             for task in others:
                 task.cancel()

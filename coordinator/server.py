@@ -59,6 +59,16 @@ from careline.shared.keys import (
     verify_challenge,
 )
 from careline.shared.logs import safe_text
+from careline.shared.session import (
+    CommandAnswered,
+    DownloadRequested,
+    EventReceived,
+    HeartbeatReceived,
+    HelloReceived,
+    MetadataRequested,
+    ServerEvent,
+    ServerSession,
+)
 
 log = logging.getLogger("careline.coordinator")
 
@@ -281,29 +291,39 @@ class Coordinator:
 
     # ------------------------------------------------------------------ /agent
     async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:
-        nonce = secrets.token_bytes(32)
-        await ws.send(p.encode(p.Challenge(nonce=nonce, server_time=time.time())))
-        hello = p.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT), p.Hello)
+        """The session's challenge and hello; the key check is ours (and the database's)."""
+        session = ServerSession(secrets.token_bytes(32), time.time(), time.monotonic(),
+                                handshake_timeout=HANDSHAKE_TIMEOUT)
+        for frame in session.data_to_send():
+            await ws.send(frame)
+        data = await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT)
+        hello = next(e.hello for e in session.receive(data, time.monotonic())
+                     if isinstance(e, HelloReceived))
         key = await self.hub.keys.lookup(hello.agent_id)
+
+        async def refuse(code: int, reason: str) -> None:
+            refusal = session.refuse(code, reason)
+            await close(ws, refusal.code, refusal.reason)
+
         if key == "unknown":
-            await close(ws, p.CloseCode.UNAUTHENTICATED, "unknown agent: enroll it again")
+            await refuse(p.CloseCode.UNAUTHENTICATED, "unknown agent: enroll it again")
             return None
         if key == "revoked":
-            await close(ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
+            await refuse(p.CloseCode.REVOKED, "agent revoked by the vendor")
             return None
         try:
-            verify_challenge(key.public_key, hello.signature, nonce, hello.agent_id)
+            verify_challenge(key.public_key, hello.signature, session.nonce, hello.agent_id)
         except AuthError as exc:
-            await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
+            await refuse(p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
-        link = AgentLink(ws, key.machine_id or hello.agent_id, key.customer_id)
+        session.accept(heartbeat_interval=self.heartbeat_interval,
+                       reconnect_window=reconnect_window(len(self.hub.keys)),
+                       server_time=time.time(), now=time.monotonic(),
+                       silent_after=self.offline_after.total_seconds())
+        link = AgentLink(ws, session, key.machine_id or hello.agent_id, key.customer_id)
         try:  # registered all or nothing: a link that fails here is forgotten at once
+            await link.flush()  # the Welcome, before the link can carry any command
             await self.hub.connected(link, hello.agent_version, hello.hardware)
-            await ws.send(
-                p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval,
-                                   server_time=time.time(),
-                                   reconnect_window=reconnect_window(len(self.hub.keys))))
-            )
             await self.updates.on_agent_connected(link.agent_id)
         except BaseException:
             self.hub.forget(link)
@@ -319,10 +339,9 @@ class Coordinator:
         storing = asyncio.create_task(self._store_events_forever(link))
         try:
             async for data in ws:
-                link.last_heard = time.monotonic()
-                message = p.decode(data, p.AgentToServer)
-                refused = quota.admit("event" if isinstance(message, p.Event) else "other",
-                                      len(data), time.monotonic())
+                events = link.session.receive(data, time.monotonic())
+                kind = "event" if events and isinstance(events[0], EventReceived) else "other"
+                refused = quota.admit(kind, len(data), time.monotonic())
                 if refused is not None:
                     log.warning("agent %s over quota (%d refused so far): %s",
                                 link.agent_id, quota.refused, refused)
@@ -330,25 +349,23 @@ class Coordinator:
                     ws.close_timeout = 1.0
                     await close(ws, p.CloseCode.SLOW_DOWN, refused)
                     return
-                await self._on_agent_message(link, message)
+                for event in events:
+                    await self._on_agent_event(link, event)
         finally:
             storing.cancel()
             await asyncio.gather(storing, return_exceptions=True)
             self.hub.forget(link)
 
-    async def _on_agent_message(self, link: AgentLink, message: Any) -> None:
-        if isinstance(message, p.Heartbeat):
-            self._heartbeats[link.agent_id] = (time.time(), message.health)
-        elif isinstance(message, p.Event):
-            await link.events.put(message)  # stored and acknowledged by _store_events_forever
-        elif isinstance(message, (p.FetchMetadata, p.Download)):
-            await self.updates.handle(link, message)
-        elif isinstance(message, p.CommandResult):
-            future = link.pending.get(message.id)
-            if future is not None and not future.done():
-                future.set_result(message)
-        else:
-            raise ProtocolError(f"unexpected {type(message).__name__} after hello")
+    async def _on_agent_event(self, link: AgentLink, event: ServerEvent) -> None:
+        if isinstance(event, HeartbeatReceived):
+            self._heartbeats[link.agent_id] = (time.time(), event.health)
+        elif isinstance(event, EventReceived):
+            await link.events.put(event.event)  # stored and acknowledged by _store_events_forever
+        elif isinstance(event, (MetadataRequested, DownloadRequested)):
+            await self.updates.handle(link, event.request)
+        elif isinstance(event, CommandAnswered):
+            link.answered(event.id, event.result)
+        # Anything else (a second hello) the session refused already.
 
     async def _store_events_forever(self, link: AgentLink) -> None:
         """Store what the agent's connection received, as many events per transaction as
@@ -360,8 +377,8 @@ class Coordinator:
                 while len(batch) < EVENT_BATCH and not link.events.empty():
                     batch.append(link.events.get_nowait())
                 await self._store_events(link, batch)
-                for event in batch:
-                    await link.ws.send(p.encode(p.Ack(seq=event.seq)))
+                link.session.ack(event.seq for event in batch)
+                await link.flush()
         except ConnectionClosed:
             pass
         except Exception:
@@ -510,7 +527,7 @@ class Coordinator:
         """Close connections that stopped talking (half-open sockets, hung agents)."""
         while True:
             await asyncio.sleep(min(self.heartbeat_interval, 5.0))
-            await self.hub.close_silent(self.offline_after.total_seconds())
+            await self.hub.close_silent()
 
     async def _sweep_offline_forever(self) -> None:
         """Agents silent longer than the policy allows get an agent_offline incident."""

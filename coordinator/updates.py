@@ -391,8 +391,8 @@ class UpdateService:
     async def handle(self, link: AgentLink, message: Any) -> None:
         if isinstance(message, p.FetchMetadata):
             await self._renew_if_due()
-            data = self.repo.read_metadata(message.name)
-            await link.ws.send(p.encode(p.MetadataReply(id=message.id, data=data)))
+            link.session.reply_metadata(message.id, self.repo.read_metadata(message.name))
+            await link.flush()
         elif isinstance(message, p.Download):
             await self._start_download(link, message)
         else:  # pragma: no cover - the server dispatches only the two above
@@ -409,9 +409,10 @@ class UpdateService:
     async def _start_download(self, link: AgentLink, message: p.Download) -> None:
         others = [job for agent, job in self._streams if agent == link.agent_id and job != message.job]
         if len(others) >= MAX_DOWNLOADS_PER_AGENT:
-            await link.ws.send(p.encode(p.Chunk(
-                job=message.job, offset=message.offset,
-                error=f"this machine already downloads {len(others)} packages; retry later")))
+            link.session.send_chunk(
+                message.job, message.offset,
+                error=f"this machine already downloads {len(others)} packages; retry later")
+            await link.flush()
             return
         async with self.db.connect() as conn:
             row = await store.get_job_machine(conn, message.job)
@@ -421,16 +422,16 @@ class UpdateService:
         elif row["finished_at"] is not None:
             error = f"job {message.job} is finished ({row['status']})"
         if error:
-            await link.ws.send(p.encode(p.Chunk(job=message.job, offset=message.offset,
-                                                error=error)))
+            link.session.send_chunk(message.job, message.offset, error=error)
+            await link.flush()
             return
         assert row is not None
         release = await self._release(row["product"], row["version"])
         length = int(release["length"])
         if not 0 <= message.offset <= length:
-            await link.ws.send(p.encode(p.Chunk(
-                job=message.job, offset=message.offset,
-                error=f"offset {message.offset} outside the {length}-byte package")))
+            link.session.send_chunk(message.job, message.offset,
+                                    error=f"offset {message.offset} outside the {length}-byte package")
+            await link.flush()
             return
         key = (link.agent_id, message.job)
         previous = self._streams.pop(key, None)
@@ -459,9 +460,8 @@ class UpdateService:
                         data = await asyncio.to_thread(f.read, min(SEND_CHUNK, length - offset))
                         if not data:
                             raise OSError(f"{path} is shorter than its release says")
-                        await asyncio.wait_for(
-                            link.ws.send(p.encode(p.Chunk(job=job, offset=offset, data=data))),
-                            SEND_STALL_SECONDS)
+                        link.session.send_chunk(job, offset, data)
+                        await asyncio.wait_for(link.flush(), SEND_STALL_SECONDS)
                         offset += len(data)
                         self.progress[job] = (offset, length)
         except ConnectionClosed:
@@ -472,9 +472,9 @@ class UpdateService:
             return
         except OSError as exc:
             log.error("serving %s failed: %s", job, exc)
+            link.session.send_chunk(job, offset, error="package unavailable")
             with contextlib.suppress(ConnectionClosed):
-                await link.ws.send(p.encode(p.Chunk(job=job, offset=offset,
-                                                    error="package unavailable")))
+                await link.flush()
 
     async def on_event(self, conn: AsyncConnection, agent_id: str, event: p.Event,
                        now: dt.datetime) -> None:
