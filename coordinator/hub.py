@@ -65,8 +65,9 @@ class AgentLink:
     events: asyncio.Queue[p.Event] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
-    _timer: asyncio.TimerHandle | None = None  # at the session's next command deadline
-    _timer_at: float = 0.0
+    # One timer per link, at the session's next command deadline.
+    _timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
+    _timer_at: float = field(default=0.0, init=False, repr=False)
 
     def flush(self) -> Coroutine[Any, Any, None]:
         """Write what the session has queued. The frames are taken when this is called, not
@@ -79,8 +80,8 @@ class AgentLink:
             await self.ws.send(frame)
 
     async def send(self, action: p.Action, timeout: float) -> int:
-        """Send a command; ConnectionError if the agent is gone. Its answer resolves
-        `pending[id]` if someone put a future there first (start_call)."""
+        """Send a command nobody here waits on (a job's: its outcome comes as durable
+        events); ConnectionError if the agent is gone."""
         command_id = self._queue(action, timeout)
         await self._flush_command(command_id)
         return command_id
@@ -129,7 +130,7 @@ class AgentLink:
             future.set_result(result)
 
     def _arm(self) -> None:
-        """One timer per link, at the earliest deadline of its commands."""
+        """(Re)set the timer if the session's earliest command deadline moved closer."""
         deadline = self.session.next_deadline()
         if deadline is None or (self._timer is not None and self._timer_at <= deadline):
             return
