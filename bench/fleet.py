@@ -65,7 +65,6 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from careline.agent.enroll import register
 from careline.agent.runner import (
     BACKOFF_FIRST_WINDOW,
-    OUTBOX_WINDOW,
     Link,
     handshake,
     reconnect_delay,
@@ -375,7 +374,7 @@ class SimAgent:
                     agent_id, key = self.identity.agent_id, self.identity.key
                     self.link = Link(ws, AgentSession(
                         agent_id, __version__, lambda nonce: sign_challenge(key, nonce, agent_id),
-                        time.monotonic(), window=OUTBOX_WINDOW, interval=self.interval))
+                        time.monotonic(), interval=self.interval))
 
                     def challenged() -> None:
                         if gated:
