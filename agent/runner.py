@@ -29,7 +29,6 @@ from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
 from careline.shared.keys import sign_challenge
 from careline.shared.session import (
-    EVENT_WINDOW,
     Acked,
     AgentSession,
     Challenged,
@@ -49,8 +48,6 @@ log = logging.getLogger("careline.agent")
 BACKOFF_FIRST_WINDOW = 10.0
 BACKOFF_CAP = 60.0
 MAX_FIRST_WINDOW = 600.0  # whatever a Welcome says
-# Events sent ahead of the coordinator's acks on one connection.
-OUTBOX_WINDOW = EVENT_WINDOW
 
 
 class CoordinatorSilent(TimeoutError):
@@ -285,8 +282,7 @@ class AgentRunner:
             agent_id = self.config.agent_id
             session = AgentSession(
                 agent_id, __version__, lambda nonce: sign_challenge(self.key, nonce, agent_id),
-                time.monotonic(), hardware=self.hardware, window=OUTBOX_WINDOW,
-                interval=self.interval)
+                time.monotonic(), hardware=self.hardware, interval=self.interval)
             link = Link(ws, session)
             welcome = await handshake(link)
             self.interval, self.first_window = welcome.interval, welcome.reconnect_window

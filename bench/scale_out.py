@@ -218,7 +218,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         agents: list[soak_mod.SoakAgent] = sim_fleet.agents  # type: ignore[assignment]
         deadline = time.monotonic() + args.settle_timeout
         while time.monotonic() < deadline:
-            if sum(len(a.pending) for a in agents) == 0 and sim_fleet.sim.online == n:
+            if sum(len(a.outbox) for a in agents) == 0 and sim_fleet.sim.online == n:
                 break
             await asyncio.sleep(0.5)
         stored = await soak_mod.stored_events(database_url)
@@ -228,7 +228,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
             "stored": sum(len(v) for v in stored.values()),
             "missing": sum(len(set(a.emitted) - set(stored.get(i, []))) for i, a in by_id.items()),
             "duplicated": sum(len(seqs) - len(set(seqs)) for seqs in stored.values()),
-            "undelivered_at_end": sum(len(a.pending) for a in agents),
+            "undelivered_at_end": sum(len(a.outbox) for a in agents),
         }
         results["online_at_end"] = sim_fleet.sim.online
         ping_p99 = [v.get("p99_s") for v in results["ping"].values()]
