@@ -48,31 +48,6 @@ def fold_key(kind: str, data: dict[str, Any]) -> str | None:
     return f"{kind}:{data.get('product') or data.get('subject') or ''}"
 
 
-class DeliveryWindow:
-    """What one connection has in flight: at most `size` events sent and not yet acked.
-
-    Pure bookkeeping for the sender: acks open the window again, so a backlog of thousands
-    drains as fast as the coordinator stores it, never more than `size` ahead of it.
-    """
-
-    def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError("window size must be at least 1")
-        self.size = size
-        self.cursor = 0  # highest seq sent on this connection
-        self.in_flight: set[int] = set()
-
-    def room(self) -> int:
-        return self.size - len(self.in_flight)
-
-    def sent(self, seq: int) -> None:
-        self.in_flight.add(seq)
-        self.cursor = max(self.cursor, seq)
-
-    def acked(self, seq: int) -> None:
-        self.in_flight.discard(seq)
-
-
 class Outbox:
     def __init__(self, path: Path) -> None:
         # The writing connection, used from worker threads (the writer, to_thread) in turn.

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import psutil
@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from careline.agent.actions import perform
-from careline.agent.outbox import DeliveryWindow, Outbox
+from careline.agent.outbox import Outbox
 from careline.agent.probes import Prober
 from careline.agent.signer import load_signer
 from careline.agent.state import AgentConfig, StateDir, websocket_proxy
@@ -28,6 +28,15 @@ from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
 from careline.shared.keys import sign_challenge
+from careline.shared.session import (
+    Acked,
+    AgentSession,
+    Challenged,
+    ChunkReceived,
+    CommandReceived,
+    MetadataReplied,
+    Welcomed,
+)
 from careline.shared.tls import pinned_client_context
 
 log = logging.getLogger("careline.agent")
@@ -39,27 +48,63 @@ log = logging.getLogger("careline.agent")
 BACKOFF_FIRST_WINDOW = 10.0
 BACKOFF_CAP = 60.0
 MAX_FIRST_WINDOW = 600.0  # whatever a Welcome says
-# Events sent ahead of the coordinator's acks on one connection.
-OUTBOX_WINDOW = 200
 
 
 class CoordinatorSilent(TimeoutError):
     """The coordinator stopped answering keepalive pings: the connection is given up."""
 
 
-async def keepalive(ws: ClientConnection, interval: float) -> None:
-    """Notice a coordinator that froze or vanished (power cut, SIGSTOP, dropped route)
-    within two heartbeat intervals: a ping every interval, unanswered for one more raises
-    CoordinatorSilent. TCP alone takes about 15 minutes to give up."""
+class Link:
+    """One connection: its websocket, and the session that speaks the protocol on it. Code
+    that wants something sent tells the session, then flushes."""
+
+    def __init__(self, ws: ClientConnection, session: AgentSession) -> None:
+        self.ws = ws
+        self.session = session
+
+    async def flush(self) -> None:
+        for frame in self.session.data_to_send():
+            await self.ws.send(frame)
+
+
+async def handshake(link: Link, challenged: Callable[[], None] = lambda: None) -> Welcomed:
+    """Challenge, signed hello, welcome; TimeoutError past the session's deadline."""
+    session = link.session
     while True:
-        await asyncio.sleep(interval)
-        try:
-            async with asyncio.timeout(interval):
-                await (await ws.ping())
-        except TimeoutError:
+        data = await asyncio.wait_for(link.ws.recv(), session.silent_at() - time.monotonic())
+        events = session.receive(data, time.monotonic())
+        await link.flush()
+        for event in events:
+            if isinstance(event, Challenged):
+                challenged()
+            elif isinstance(event, Welcomed):
+                return event
+
+
+async def keepalive(ws: ClientConnection, session: AgentSession,
+                    on_expired: Callable[[list[int]], None] = lambda ids: None) -> None:
+    """The session's clock: a transport ping every heartbeat interval (the coordinator does
+    not talk unasked), metadata requests past their timeout (`on_expired`), and a coordinator
+    that froze or vanished (power cut, SIGSTOP, dropped route) noticed once nothing, frame
+    or pong, came for two intervals: CoordinatorSilent. TCP alone takes about 15 minutes."""
+
+    def pong(waiter: asyncio.Future[float]) -> None:
+        if not waiter.cancelled() and waiter.exception() is None:
+            session.heard(time.monotonic())
+
+    while True:
+        now = time.monotonic()
+        if session.silent(now):
             ws.transport.abort()  # a frozen peer would not answer a close either
             raise CoordinatorSilent(
-                f"coordinator silent for {interval:g}s (no pong); reconnecting") from None
+                f"coordinator silent for {now - session.last_heard:.1f}s; reconnecting")
+        if session.ping_due(now):
+            session.pinged(now)
+            asyncio.ensure_future(await ws.ping()).add_done_callback(pong)
+        expired = session.expired(now)
+        if expired:
+            on_expired(expired)
+        await asyncio.sleep(min(max(session.next_deadline() - time.monotonic(), 0.01), 1.0))
 
 
 async def first_of(*coros: Coroutine[Any, Any, Any]) -> None:
@@ -152,7 +197,6 @@ class AgentRunner:
         self.attempt = 0  # failed connections since the last welcome
         self.first_window = BACKOFF_FIRST_WINDOW  # from the last Welcome
         self._answering: set[asyncio.Task[None]] = set()
-        self._window = DeliveryWindow(OUTBOX_WINDOW)  # this connection's events in flight
         self._acked: list[int] = []  # acknowledged, not yet deleted from the outbox
         self.exit_code = 0  # entry.EXIT_RESTART after a self-update's switch
         self._stop: asyncio.Event | None = None
@@ -240,25 +284,23 @@ class AgentRunner:
             max_size=p.MAX_MESSAGE_BYTES, open_timeout=20, close_timeout=2, ping_interval=None,
             proxy=websocket_proxy(self.config.proxy),
         ) as ws:
-            challenge = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Challenge)
-            await ws.send(p.encode(p.Hello(
-                agent_id=self.config.agent_id, agent_version=__version__,
-                signature=sign_challenge(self.key, challenge.nonce, self.config.agent_id),
-                hardware=self.hardware,
-            )))
-            welcome = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Welcome)
-            self.interval = welcome.heartbeat_interval
-            self.first_window = welcome.reconnect_window
+            agent_id = self.config.agent_id
+            session = AgentSession(
+                agent_id, __version__, lambda nonce: sign_challenge(self.key, nonce, agent_id),
+                time.monotonic(), hardware=self.hardware, interval=self.interval)
+            link = Link(ws, session)
+            welcome = await handshake(link)
+            self.interval, self.first_window = welcome.interval, welcome.reconnect_window
             self.attempt = 0
             await asyncio.to_thread(self._set_status, "connected", "")
             await self.updater.confirm_self_update()
             if await asyncio.to_thread(self.outbox.report_losses) is not None:
                 self._outbox_wakeup.set()  # what the bound folded or dropped while away
-            log.info("connected to %s as %s", self.config.server_url, self.config.agent_id)
-            self._window = DeliveryWindow(OUTBOX_WINDOW)
+            log.info("connected to %s as %s", self.config.server_url, agent_id)
+            self.updater.connected(link)
             try:
-                await first_of(self._heartbeats(ws), self._deliver_outbox(ws, self._window),
-                               self._receive(ws), self._keepalive(ws), stop.wait())
+                await first_of(self._heartbeats(link), self._deliver_outbox(link),
+                               self._receive(link), self._keepalive(link), stop.wait())
             finally:
                 for task in self._answering:
                     task.cancel()
@@ -268,57 +310,60 @@ class AgentRunner:
             if stop.is_set():  # tell the coordinator this PC is being switched off
                 await ws.close(p.CloseCode.AGENT_STOPPING, "agent stopping")
 
-    async def _heartbeats(self, ws: ClientConnection) -> None:
+    async def _heartbeats(self, link: Link) -> None:
+        session = link.session
         while True:
+            await asyncio.sleep(max(session.next_heartbeat_at - time.monotonic(), 0.0))
             health = await asyncio.to_thread(self.prober.check)
-            await ws.send(p.encode(p.Heartbeat(health=health)))
+            session.send_heartbeat(health, time.monotonic())
+            await link.flush()
             self.status.last_report_at = time.time()
             await asyncio.to_thread(self._set_status)  # a file write: off the event loop
-            await asyncio.sleep(self.interval)
 
-    async def _keepalive(self, ws: ClientConnection) -> None:
-        await keepalive(ws, self.interval)
+    async def _keepalive(self, link: Link) -> None:
+        await keepalive(link.ws, link.session, self.updater.fetches_expired)
 
     def _forget_acked(self) -> None:
         acked, self._acked = self._acked, []
         self.outbox.ack_many(acked)
 
-    async def _deliver_outbox(self, ws: ClientConnection, window: DeliveryWindow) -> None:
+    async def _deliver_outbox(self, link: Link) -> None:
         """Send everything pending, at most a window ahead of the acks: each ack (or a new
         event) wakes this up, so a backlog drains as fast as the coordinator stores it."""
+        session = link.session
         while True:
             self._outbox_wakeup.clear()
             if self._acked:
                 await asyncio.to_thread(self._forget_acked)
-            room = window.room()
+            room = session.room()
             if room > 0:
-                events = await asyncio.to_thread(self.outbox.pending, window.cursor, room)
+                events = await asyncio.to_thread(self.outbox.pending, session.cursor, room)
                 for event in events:
-                    await ws.send(p.encode(event))
-                    window.sent(event.seq)
+                    session.send_event(event)
+                await link.flush()
                 if len(events) == room:
                     continue  # the window filled up: more may be waiting behind it
             await self._outbox_wakeup.wait()
 
-    async def _receive(self, ws: ClientConnection) -> None:
-        async for data in ws:
-            message = p.decode(data, p.ServerToAgent)
-            if isinstance(message, p.Ack):
-                self._window.acked(message.seq)
-                self._acked.append(message.seq)
-                self._outbox_wakeup.set()
-            elif isinstance(message, (p.MetadataReply, p.Chunk)) or (
-                isinstance(message, p.Command) and isinstance(message.action, p.UpdateAction)
-            ):
-                await self.updater.receive(ws, message)
-            elif isinstance(message, p.Command):
-                task = asyncio.create_task(self._answer(ws, message))
-                self._answering.add(task)
-                task.add_done_callback(self._answering.discard)
-            else:
-                raise ProtocolError(f"unexpected {type(message).__name__}")
+    async def _receive(self, link: Link) -> None:
+        async for data in link.ws:
+            for event in link.session.receive(data, time.monotonic()):
+                if isinstance(event, Acked):
+                    self._acked.extend(event.seqs)
+                    self._outbox_wakeup.set()
+                elif isinstance(event, MetadataReplied):
+                    self.updater.on_reply(link, event)
+                elif isinstance(event, ChunkReceived):
+                    self.updater.on_chunk(event.chunk)
+                elif isinstance(event, CommandReceived):
+                    if isinstance(event.command.action, p.UpdateAction):
+                        await self.updater.on_command(link, event.command)
+                    else:
+                        task = asyncio.create_task(self._answer(link, event.command))
+                        self._answering.add(task)
+                        task.add_done_callback(self._answering.discard)
 
-    async def _answer(self, ws: ClientConnection, command: p.Command) -> None:
-        result = await perform(command, self.config, self.state)
+    async def _answer(self, link: Link, command: p.Command) -> None:
+        link.session.answer(await perform(command, self.config, self.state))
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(p.encode(result))
+            await link.flush()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -45,14 +44,15 @@ from careline.agent import platform as osx
 from careline.agent.installer import Installer, InstallResult, ProductLayout
 from careline.agent.state import AgentConfig, ProductConfig, StateDir
 from careline.shared import protocol as p
-from careline.shared.errors import CarelineError, ConfigError, ProtocolError, VerificationError
+from careline.shared.errors import CarelineError, ConfigError, VerificationError
 from careline.shared.files import write_file_atomic
 from careline.shared.keys import root_pin
+from careline.shared.session import MetadataReplied
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from careline.agent.runner import AgentRunner
+    from careline.agent.runner import AgentRunner, Link
     from careline.shared.instruction import Instruction
     from careline.shared.trust import PartialDownload, VerifiedPackage
 
@@ -250,10 +250,10 @@ class Updater:
         self.state: StateDir = runner.state
         self.config: AgentConfig = runner.config
         _updates_dir(self.state).mkdir(parents=True, exist_ok=True)
-        self._ws: Any = None
+        self._link: Link | None = None  # the connection, while there is one
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._ids = itertools.count(1)
-        self._metadata: dict[int, asyncio.Future[bytes | None]] = {}
+        # (connection, request id) -> its reply: ids are the session's, per connection
+        self._metadata: dict[tuple[Link, int], asyncio.Future[bytes | None]] = {}
         self._downloads: dict[str, _Download] = {}
         self._active: dict[str, asyncio.Task[None]] = {}
         self._resent: dict[str, Any] = {}  # job -> its action, re-sent while it was running
@@ -318,23 +318,27 @@ class Updater:
         await self._emit("update_result", data)
 
     # ------------------------------------------------------------------ messages
-    async def receive(self, ws: Any, message: Any) -> None:
-        self._ws = ws
-        if isinstance(message, p.MetadataReply):
-            future = self._metadata.get(message.id)
-            if future is not None and not future.done():
-                future.set_result(message.data)
-        elif isinstance(message, p.Chunk):
-            self._on_chunk(message)
-        elif isinstance(message, p.Command):
-            await self._on_command(ws, message)
+    def connected(self, link: Link) -> None:
+        self._link = link
 
-    async def _on_command(self, ws: Any, command: p.Command) -> None:
+    def on_reply(self, link: Link, reply: MetadataReplied) -> None:
+        future = self._metadata.get((link, reply.id))
+        if future is not None and not future.done():
+            future.set_result(reply.data)
+
+    def fetches_expired(self, request_ids: list[int]) -> None:
+        """The session's timeout for these metadata requests passed without a reply."""
+        for key, future in self._metadata.items():
+            if key[0] is self._link and key[1] in request_ids and not future.done():
+                future.set_exception(TimeoutError(f"no metadata reply in {FETCH_TIMEOUT:g}s"))
+
+    async def on_command(self, link: Link, command: p.Command) -> None:
+        self._link = link
         action = command.action
         job = action.job  # type: ignore[union-attr]
+        link.session.answer(p.CommandResult(id=command.id, ok=True, data={"accepted": job}))
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(p.encode(p.CommandResult(id=command.id, ok=True,
-                                                   data={"accepted": job})))
+            await link.flush()
         if job in self._active:
             # Re-sent (after a reconnect): if the running attempt ends without a result
             # because the old connection died under it, it starts again at once.
@@ -362,6 +366,7 @@ class Updater:
     def connection_lost(self) -> None:
         """The websocket closed: replies and chunks asked for on it will never come, so the
         jobs waiting for them stop now (as interrupted) instead of after a timeout."""
+        self._link = None
         for future in self._metadata.values():
             if not future.done():
                 future.set_exception(TransportError("connection lost"))
@@ -370,7 +375,8 @@ class Updater:
                 download.error = TransportError("connection lost")
                 download.progress.set()
 
-    def _on_chunk(self, chunk: p.Chunk) -> None:
+    def on_chunk(self, chunk: p.Chunk) -> None:
+        """The next chunk of a download, at the offset asked for (the session checked)."""
         download = self._downloads.get(chunk.job)
         if download is None or download.paused:
             return
@@ -381,8 +387,6 @@ class Updater:
                 download.partial.write(chunk.offset, chunk.data)
             except VerificationError as exc:
                 download.error = exc
-            except ProtocolError:
-                return  # a stale chunk from a stream the coordinator has replaced
             if os.environ.get(_TEST_PAUSE) == "download":
                 download.paused = True
                 (self.state.path / "paused-at-download").touch()
@@ -449,19 +453,20 @@ class Updater:
         accept_first_root(self.state, await self._fetch("1.root.json"))
 
     async def _fetch(self, name: str) -> bytes | None:
-        if self._ws is None:
+        """One metadata file over the connection; the session times the request out."""
+        link = self._link
+        if link is None:
             raise TransportError("not connected")
-        loop = asyncio.get_running_loop()
-        request_id = next(self._ids)
-        future: asyncio.Future[bytes | None] = loop.create_future()
-        self._metadata[request_id] = future
+        key = (link, link.session.fetch_metadata(name, time.monotonic(), FETCH_TIMEOUT))
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._metadata[key] = future
         try:
-            await self._ws.send(p.encode(p.FetchMetadata(id=request_id, name=name)))
-            return await asyncio.wait_for(future, FETCH_TIMEOUT)
+            await link.flush()
+            return await future
         except ConnectionClosed:
             raise TransportError("connection lost while fetching metadata") from None
         finally:
-            self._metadata.pop(request_id, None)
+            self._metadata.pop(key, None)
 
     def _fetch_blocking(self, name: str) -> bytes | None:
         """AgentTrust's fetcher, called from a worker thread."""
@@ -478,11 +483,15 @@ class Updater:
             return partial.path
         download = _Download(partial)
         self._downloads[job] = download
+        link = self._link
         try:
             if not partial.complete:
                 start = partial.offset
                 await self._step(job, "downloading", f"from byte {start} of {instr.length}")
-                await self._ws.send(p.encode(p.Download(job=job, offset=start)))
+                if link is None:
+                    raise TransportError("not connected")
+                link.session.download(job, start)
+                await link.flush()
                 while not partial.complete:
                     try:
                         await asyncio.wait_for(download.progress.wait(), CHUNK_TIMEOUT)
@@ -497,6 +506,8 @@ class Updater:
             return await asyncio.to_thread(partial.finish)
         finally:
             self._downloads.pop(job, None)
+            if link is not None:
+                link.session.end_download(job)
 
     async def _hand_over(self, job: str, verified: VerifiedPackage) -> None:
         """A new version of the agent itself: stage it, start the watchdog, switch, restart

@@ -5,11 +5,12 @@
 Starts a real coordinator (`careline init` in a temporary data dir, `careline serve`) as a
 subprocess, and simulates N agents in this one process (asyncio, uvloop when installed).
 Every simulated agent has its own Ed25519 key enrolled through /enroll, and speaks the real
-agent's protocol over TLS with the pinned CA: Challenge -> Hello(signature) -> Welcome,
-then heartbeats at the interval the coordinator asks for, answers to commands, and the
-real agent's reconnect loop (agent.runner.reconnect_delay: exponential backoff with full
-jitter, the first retry spread over the window the coordinator's Welcome names, Retry-After
-of a 503).
+agent's protocol over TLS with the pinned CA through the agent's own session core
+(shared.session.AgentSession, driven as agent.runner drives it): Challenge ->
+Hello(signature) -> Welcome, then heartbeats at the interval the coordinator asks for,
+events a window ahead of acks, answers to commands, and the real agent's reconnect loop
+(agent.runner.reconnect_delay: exponential backoff with full jitter, the first retry spread
+over the window the coordinator's Welcome names, Retry-After of a 503).
 
 Figures (human table, or --json):
   connect   connect + authenticate rate (agents/s), and its ratio to a bare websockets TLS
@@ -63,7 +64,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from careline.agent.enroll import register
-from careline.agent.runner import BACKOFF_FIRST_WINDOW, reconnect_delay
+from careline.agent.runner import (
+    BACKOFF_FIRST_WINDOW,
+    Link,
+    handshake,
+    reconnect_delay,
+)
 from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
@@ -73,6 +79,7 @@ from careline.shared.keys import (
     public_bytes,
     sign_challenge,
 )
+from careline.shared.session import Acked, AgentEvent, AgentSession, CommandReceived, PendingEvents
 from careline.shared.tls import pinned_client_context
 
 PYTHON = sys.executable
@@ -301,7 +308,8 @@ class SimState:
 
 
 class SimAgent:
-    """One simulated agent: the session and reconnect loop of agent.runner.AgentRunner."""
+    """One simulated agent: agent.runner.AgentRunner's session and reconnect loop, with the
+    outbox in memory. The protocol is the agent's own: an AgentSession per connection."""
 
     def __init__(self, sim: SimState, identity: Identity) -> None:
         self.sim = sim
@@ -312,6 +320,14 @@ class SimAgent:
         self.ever_online = False
         self.attempt = 0
         self.first_window = BACKOFF_FIRST_WINDOW  # from the last Welcome, as the agent
+        self.link: Link | None = None  # the current connection (None in the bare baseline)
+        self.outbox = PendingEvents()  # events until acknowledged, across connections
+        self.wakeup = asyncio.Event()  # an event emitted or acked
+
+    def emit(self, kind: str, data: dict[str, Any]) -> int:
+        seq = self.outbox.put(kind, data, time.time())
+        self.wakeup.set()
+        return seq
 
     async def run(self) -> None:
         """agent.runner.AgentRunner.run, minus the state files."""
@@ -355,18 +371,18 @@ class SimAgent:
                 if gated:
                     sim.open_seconds.append(time.monotonic() - started)
                 if not sim.bare:
-                    challenge = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Challenge)
-                    if gated:
-                        sim.challenge_seconds.append(time.monotonic() - started)
-                    agent_id = self.identity.agent_id
-                    await ws.send(p.encode(p.Hello(
-                        agent_id=agent_id, agent_version=__version__,
-                        signature=sign_challenge(self.identity.key, challenge.nonce, agent_id),
-                    )))
-                    welcome = p.decode(await asyncio.wait_for(ws.recv(), 20), p.Welcome)
+                    agent_id, key = self.identity.agent_id, self.identity.key
+                    self.link = Link(ws, AgentSession(
+                        agent_id, __version__, lambda nonce: sign_challenge(key, nonce, agent_id),
+                        time.monotonic(), interval=self.interval))
+
+                    def challenged() -> None:
+                        if gated:
+                            sim.challenge_seconds.append(time.monotonic() - started)
+
+                    welcome = await handshake(self.link, challenged)
                     self.attempt = 0  # as the real agent: backoff restarts after a welcome
-                    self.interval = welcome.heartbeat_interval
-                    self.first_window = welcome.reconnect_window
+                    self.interval, self.first_window = welcome.interval, welcome.reconnect_window
                 self._on_online(started)
                 if gated:
                     gated = False
@@ -389,7 +405,8 @@ class SimAgent:
 
     def _session_tasks(self, ws: ClientConnection) -> list[Any]:
         """Coroutines that run for one authenticated session (subclasses add their own)."""
-        return [self._heartbeats(ws), self._receive(ws)]
+        tasks = [self._heartbeats(ws), self._receive(ws)]
+        return tasks if self.link is None else [*tasks, self._deliver(self.link)]
 
     def _on_online(self, started: float) -> None:
         sim = self.sim
@@ -403,16 +420,23 @@ class SimAgent:
             self.generation = sim.generation
             sim.back_at.append(now)
 
-    def _heartbeat(self) -> bytes:
+    def _health(self) -> p.Health:
         self.seq += 1
-        return p.encode(p.Heartbeat(health=sample_health(self.seq)))
+        return sample_health(self.seq)
+
+    async def _heartbeat(self, ws: ClientConnection) -> None:
+        if self.link is None:  # the bare baseline has no session
+            await ws.send(p.encode(p.Heartbeat(health=self._health())))
+            return
+        self.link.session.send_heartbeat(self._health(), time.monotonic())
+        await self.link.flush()
 
     async def _heartbeats(self, ws: ClientConnection) -> None:
         sim = self.sim
         while True:
             if sim.blast_on:
                 await self._blast(ws)
-            await ws.send(self._heartbeat())
+            await self._heartbeat(ws)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sim.blast_event.wait(), self.interval)
 
@@ -424,33 +448,50 @@ class SimAgent:
         try:
             while sim.blast_on:
                 for _ in range(sim.window):
-                    await ws.send(self._heartbeat())
+                    await self._heartbeat(ws)
                     sim.hb_sent += 1
                 pong = await ws.ping()
                 await pong
         finally:
             sim.blasting -= 1
 
-    async def _receive(self, ws: ClientConnection) -> None:
-        sim = self.sim
-        async for data in ws:
-            if sim.bare:
-                continue
-            await self._on_message(ws, p.decode(data, p.ServerToAgent))
+    async def _deliver(self, link: Link) -> None:
+        """agent.runner.AgentRunner._deliver_outbox over the in-memory outbox: everything
+        pending, at most the session's window ahead of the acks."""
+        session = link.session
+        while True:
+            self.wakeup.clear()
+            room = session.room()
+            events = self.outbox.pending(session.cursor, room)
+            for event in events:
+                session.send_event(event)
+            await link.flush()
+            if not events or len(events) < room:
+                await self.wakeup.wait()
 
-    async def _on_message(self, ws: ClientConnection, message: Any) -> None:
-        """One message from the coordinator (subclasses handle more kinds)."""
-        sim = self.sim
-        if isinstance(message, p.Command):
-            sim.command_received_at.append(time.monotonic())
-            if isinstance(message.action, p.Ping):
-                result = p.CommandResult(id=message.id, ok=True, data={"agent_time": time.time()})
+    async def _receive(self, ws: ClientConnection) -> None:
+        async for data in ws:
+            if self.link is None:
+                continue
+            for event in self.link.session.receive(data, time.monotonic()):
+                await self._on_event(event)
+
+    async def _on_event(self, event: AgentEvent) -> None:
+        """One event of the session (subclasses handle more kinds)."""
+        assert self.link is not None
+        if isinstance(event, Acked):
+            self.outbox.ack_many(event.seqs)
+            self.wakeup.set()
+        elif isinstance(event, CommandReceived):
+            command = event.command
+            self.sim.command_received_at.append(time.monotonic())
+            if isinstance(command.action, p.Ping):
+                result = p.CommandResult(id=command.id, ok=True, data={"agent_time": time.time()})
             else:
-                result = p.CommandResult(id=message.id, ok=False, error="not simulated")
+                result = p.CommandResult(id=command.id, ok=False, error="not simulated")
+            self.link.session.answer(result)
             with contextlib.suppress(ConnectionClosed):
-                await ws.send(p.encode(result))
-        elif not isinstance(message, p.Ack):
-            raise ProtocolError(f"unexpected {type(message).__name__}")
+                await self.link.flush()
 
 
 class Fleet:

@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -56,12 +55,13 @@ import fleet  # bench/fleet.py: the simulator and the process helpers
 import pyspy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from measure import PeakRSS
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from careline.agent.runner import Link
 from careline.shared import protocol as p
 from careline.shared.errors import CarelineError
 from careline.shared.instruction import verify_instruction
+from careline.shared.session import Acked, AgentEvent, ChunkReceived, CommandReceived, MetadataReplied
 
 PYTHON = sys.executable
 PRODUCT = "KeToanPro"
@@ -89,7 +89,8 @@ class RolloutStats:
 
 
 class RolloutAgent(fleet.SimAgent):
-    """fleet.SimAgent plus the agent's update protocol, outbox and product version."""
+    """fleet.SimAgent plus the agent's update protocol and product version: metadata ids,
+    chunk offsets and the events window are its AgentSession's, as in agent/updater.py."""
 
     stats: RolloutStats  # set before the fleet is made
 
@@ -97,65 +98,40 @@ class RolloutAgent(fleet.SimAgent):
         super().__init__(sim, identity)
         self.version = OLD_VERSION
         self.key = Ed25519PublicKey.from_public_bytes(identity.instruction_key)
-        self.ws: ClientConnection | None = None
-        self.outbox: dict[int, p.Event] = {}
-        self.seqs = itertools.count(1)
         self.result_seqs: set[int] = set()
-        self.wakeup = asyncio.Event()
         self.active: dict[str, asyncio.Task[None]] = {}
         self.done: dict[str, dict[str, Any]] = {}
-        self.ids = itertools.count(1)
-        self.fetches: dict[int, asyncio.Future[bytes | None]] = {}
+        # (connection, request id) -> its reply: ids are the session's, per connection
+        self.fetches: dict[tuple[Link, int], asyncio.Future[bytes | None]] = {}
         self.download: tuple[str, bytearray, int, asyncio.Event] | None = None
 
     # ------------------------------------------------------------------ session
-    def _heartbeat(self) -> bytes:
-        self.seq += 1
-        health = fleet.sample_health(self.seq)
+    def _health(self) -> p.Health:
+        health = super()._health()
         health.products = [p.ProductHealth(PRODUCT, self.version, False, None)]
-        return p.encode(p.Heartbeat(health=health))
+        return health
 
-    def _session_tasks(self, ws: ClientConnection) -> list[Any]:
-        self.ws = ws
-        return [*super()._session_tasks(ws), self._deliver(ws)]
-
-    async def _deliver(self, ws: ClientConnection) -> None:
-        """agent.runner._deliver_outbox: everything pending, then each new event."""
-        sent = 0
-        while True:
-            self.wakeup.clear()
-            for seq in sorted(self.outbox):
-                if seq > sent:
-                    await ws.send(p.encode(self.outbox[seq]))
-                    sent = seq
-            await self.wakeup.wait()
-
-    def emit(self, kind: str, data: dict[str, Any]) -> int:
-        seq = next(self.seqs)
-        self.outbox[seq] = p.Event(seq=seq, kind=kind, at=time.time(), data=data)
-        self.wakeup.set()
-        return seq
-
-    async def _on_message(self, ws: ClientConnection, message: Any) -> None:
-        stats = self.stats
-        if isinstance(message, p.Ack):
-            self.outbox.pop(message.seq, None)
-            if message.seq in self.result_seqs:
-                self.result_seqs.discard(message.seq)
-                stats.installed_at.setdefault(self.identity.agent_id, time.time())
-        elif isinstance(message, p.MetadataReply):
-            future = self.fetches.pop(message.id, None)
+    async def _on_event(self, event: AgentEvent) -> None:
+        assert self.link is not None
+        if isinstance(event, Acked):
+            for seq in event.seqs:
+                if seq in self.result_seqs:
+                    self.result_seqs.discard(seq)
+                    self.stats.installed_at.setdefault(self.identity.agent_id, time.time())
+        if isinstance(event, MetadataReplied):
+            future = self.fetches.get((self.link, event.id))
             if future is not None and not future.done():
-                future.set_result(message.data)
-        elif isinstance(message, p.Chunk):
-            self._on_chunk(message)
-        elif isinstance(message, p.Command) and isinstance(message.action, p.InstallPackage):
-            await self._on_install(ws, message)
+                future.set_result(event.data)
+        elif isinstance(event, ChunkReceived):
+            self._on_chunk(event.chunk)
+        elif isinstance(event, CommandReceived) and isinstance(event.command.action,
+                                                               p.InstallPackage):
+            await self._on_install(self.link, event.command)
         else:
-            await super()._on_message(ws, message)
+            await super()._on_event(event)
 
     # ------------------------------------------------------------------ update protocol
-    async def _on_install(self, ws: ClientConnection, command: p.Command) -> None:
+    async def _on_install(self, link: Link, command: p.Command) -> None:
         stats = self.stats
         stats.commands += 1
         stats.command_at.setdefault(self.identity.agent_id, time.time())
@@ -169,15 +145,16 @@ class RolloutAgent(fleet.SimAgent):
                       "reason": str(exc)}
             self.result_seqs.add(self.emit("update_result", result))
             return
+        link.session.answer(p.CommandResult(id=command.id, ok=True, data={"accepted": job}))
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(p.encode(p.CommandResult(id=command.id, ok=True,
-                                                   data={"accepted": job})))
+            await link.flush()
         if job in self.done:  # finished before; the coordinator has not heard yet
             self.result_seqs.add(self.emit("update_result", self.done[job]))
             return
         if job in self.active:
             if self.download is not None and self.download[0] == job:
-                await ws.send(p.encode(p.Download(job=job, offset=len(self.download[1]))))
+                link.session.download(job, len(self.download[1]))
+                await link.flush()
             return
         task = asyncio.create_task(self._install(job, instr))
         self.active[job] = task
@@ -186,16 +163,17 @@ class RolloutAgent(fleet.SimAgent):
         task.add_done_callback(lambda _t: self.active.pop(job, None))
 
     async def _fetch(self, name: str) -> bytes | None:
-        if self.ws is None:
+        link = self.link
+        if link is None:
             raise ConnectionError("not connected")
-        request_id = next(self.ids)
+        key = (link, link.session.fetch_metadata(name, time.monotonic(), FETCH_TIMEOUT))
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self.fetches[request_id] = future
+        self.fetches[key] = future
         try:
-            await self.ws.send(p.encode(p.FetchMetadata(id=request_id, name=name)))
+            await link.flush()
             return await asyncio.wait_for(future, FETCH_TIMEOUT)
         finally:
-            self.fetches.pop(request_id, None)
+            self.fetches.pop(key, None)
 
     def _on_chunk(self, chunk: p.Chunk) -> None:
         if self.download is None or chunk.job != self.download[0]:
@@ -203,7 +181,7 @@ class RolloutAgent(fleet.SimAgent):
         _job, buffer, _length, progress = self.download
         if chunk.error:
             self.stats.error(f"chunk: {chunk.error}")
-        elif chunk.offset == len(buffer):
+        else:  # at the offset asked for: the session checked
             buffer += chunk.data
         progress.set()
 
@@ -224,8 +202,10 @@ class RolloutAgent(fleet.SimAgent):
                                           "detail": f"from byte 0 of {instr.length}"})
             buffer, progress = bytearray(), asyncio.Event()
             self.download = (job, buffer, instr.length, progress)
-            assert self.ws is not None
-            await self.ws.send(p.encode(p.Download(job=job, offset=0)))
+            link = self.link
+            assert link is not None
+            link.session.download(job, 0)
+            await link.flush()
             while len(buffer) < instr.length:
                 await asyncio.wait_for(progress.wait(), CHUNK_TIMEOUT)
                 progress.clear()
@@ -252,6 +232,8 @@ class RolloutAgent(fleet.SimAgent):
         finally:
             if self.download is not None and self.download[0] == job:
                 self.download = None
+            if self.link is not None:
+                self.link.session.end_download(job)
 
 
 # ============================================================================= measuring

@@ -157,7 +157,7 @@ class Slice:
     async def status(self) -> dict[str, Any]:
         sim = self.fleet.sim
         return {"online": sim.online, "back": len(sim.back_at), "failures": dict(sim.failures),
-                "pending": sum(len(a.pending) for a in self.agents)}
+                "pending": sum(len(a.outbox) for a in self.agents)}
 
     async def arm(self) -> None:
         """Before the kill: remember every open connection; the next Welcome is a return."""

@@ -3,14 +3,15 @@ the coordinator; every event stored exactly once, every agent online at the end,
 long agents took to notice the frozen coordinator.
 
 Each simulated agent (bench/fleet.py's simulator) keeps an in-memory outbox delivered as
-the real agent does (agent.outbox.DeliveryWindow: a bounded window, acks open it again),
+the real agent does (through its AgentSession: a bounded window, acks open it again),
 emits an event every `--event-every` seconds on average whether connected or not, and runs
 the real agent's keepalive (agent.runner.keepalive: a ping every heartbeat interval, given
-up after one more). A chaos task drops random agents' connections (`--disconnects` in all,
-spread over the run), kills the coordinator with -9 at 1/3 of the run and restarts it, and
-freezes it with SIGSTOP for `--freeze` seconds at 2/3. At the end emitting stops, and the
-run waits until every agent's outbox is acknowledged and every agent is online; then the
-coordinator's events table is compared with what each agent emitted.
+up after two intervals without a frame or a pong). A chaos task drops random agents'
+connections (`--disconnects` in all, spread over the run), kills the coordinator with -9 at
+1/3 of the run and restarts it, and freezes it with SIGSTOP for `--freeze` seconds at 2/3.
+At the end emitting stops, and the run waits until every agent's outbox is acknowledged and
+every agent is online; then the coordinator's events table is compared with what each agent
+emitted.
 
     python bench/soak_reliability.py [--agents 500 --duration 600 --disconnects 1000 --freeze 90]
 """
@@ -32,11 +33,9 @@ import sqlalchemy as sa
 from measure import percentile
 from websockets.asyncio.client import ClientConnection
 
-from careline.agent.outbox import DeliveryWindow
-from careline.agent.runner import OUTBOX_WINDOW, CoordinatorSilent, keepalive
+from careline.agent.runner import CoordinatorSilent, keepalive
 from careline.coordinator.storage.db import Database
 from careline.coordinator.storage.schema import events
-from careline.shared import protocol as p
 
 log = fleet.log
 
@@ -59,11 +58,7 @@ class SoakAgent(fleet.SimAgent):
 
     def __init__(self, sim: fleet.SimState, identity: fleet.Identity) -> None:
         super().__init__(sim, identity)
-        self.next_seq = 0
-        self.pending: dict[int, bytes] = {}  # seq -> encoded Event, until acknowledged
         self.emitted: list[int] = []
-        self.wakeup = asyncio.Event()
-        self.window = DeliveryWindow(OUTBOX_WINDOW)
         self.emitter: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
@@ -80,48 +75,22 @@ class SoakAgent(fleet.SimAgent):
             await asyncio.sleep(rng.expovariate(1 / every))
             if not self.soak.emitting:
                 continue
-            self.next_seq += 1
-            self.pending[self.next_seq] = p.encode(p.Event(
-                seq=self.next_seq, kind="update_step", at=time.time(),
-                data={"step": "soak", "n": self.next_seq}))
-            self.emitted.append(self.next_seq)
-            self.wakeup.set()
+            n = len(self.emitted) + 1
+            self.emitted.append(self.emit("update_step", {"step": "soak", "n": n}))
 
     def _session_tasks(self, ws: ClientConnection) -> list[Any]:
-        self.window = DeliveryWindow(OUTBOX_WINDOW)
         self.soak.links[self.identity.agent_id] = ws
-        return [*super()._session_tasks(ws), self._deliver(ws), self._keepalive(ws)]
-
-    async def _deliver(self, ws: ClientConnection) -> None:
-        """agent.runner.AgentRunner._deliver_outbox over the in-memory outbox."""
-        window = self.window
-        while True:
-            self.wakeup.clear()
-            room = window.room()
-            ready = [seq for seq in sorted(self.pending) if seq > window.cursor][:max(room, 0)]
-            for seq in ready:
-                await ws.send(self.pending[seq])
-                window.sent(seq)
-            if ready and len(ready) == room:
-                continue
-            await self.wakeup.wait()
+        return [*super()._session_tasks(ws), self._keepalive(ws)]
 
     async def _keepalive(self, ws: ClientConnection) -> None:
+        assert self.link is not None
         try:
-            await keepalive(ws, self.interval)
+            await keepalive(ws, self.link.session)
         except CoordinatorSilent:
             self.soak.silent_detections += 1
             if self.soak.frozen_at is not None:
                 self.soak.noticed_after.append(time.monotonic() - self.soak.frozen_at)
             raise
-
-    async def _on_message(self, ws: ClientConnection, message: Any) -> None:
-        if isinstance(message, p.Ack):
-            self.pending.pop(message.seq, None)
-            self.window.acked(message.seq)
-            self.wakeup.set()
-        else:
-            await super()._on_message(ws, message)
 
 
 async def chaos(args: argparse.Namespace, coord: fleet.CoordinatorProc, soak: Soak,
@@ -218,7 +187,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         settle_started = time.monotonic()
         deadline = settle_started + args.settle_timeout
         while time.monotonic() < deadline:
-            undelivered = sum(len(a.pending) for a in agents)
+            undelivered = sum(len(a.outbox) for a in agents)
             if undelivered == 0 and sim_fleet.sim.online == n:
                 break
             await asyncio.sleep(1)
@@ -243,7 +212,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
             "events_stored": sum(len(v) for v in stored.values()),
             "events_missing": missing, "events_duplicated": duplicates,
             "events_unexpected": unexpected,
-            "undelivered_at_end": sum(len(a.pending) for a in agents),
+            "undelivered_at_end": sum(len(a.outbox) for a in agents),
             "status_at_end": dict(status),
             "agents_online_at_end": status.get("online", 0),
             "frozen_noticed_by": len(noticed),

@@ -125,67 +125,80 @@ def _health() -> Any:
 
 
 async def run_agent(agent: SimAgent, url: str, ctx: ssl.SSLContext, t0: list[float]) -> None:
+    """The agent's download protocol through its own session core (AgentSession): the
+    metadata request, Download and chunk offsets, the result event and its ack."""
+    import datetime as dt
+
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from websockets.asyncio.client import connect
 
+    from careline.agent.runner import Link, handshake
     from careline.shared import protocol as p
     from careline.shared.instruction import verify_instruction
     from careline.shared.keys import sign_challenge
+    from careline.shared.session import (
+        Acked,
+        AgentSession,
+        ChunkReceived,
+        CommandReceived,
+        MetadataReplied,
+    )
 
     key = Ed25519PublicKey.from_public_bytes(agent.instruction_key)
     async with connect(url + p.AGENT_PATH, ssl=ctx, compression=None, open_timeout=120,
                        max_size=p.MAX_MESSAGE_BYTES, ping_interval=None) as ws:
-        challenge = p.decode(await ws.recv(), p.Challenge)
-        await ws.send(p.encode(p.Hello(
-            agent_id=agent.agent_id, agent_version="bench",
-            signature=sign_challenge(agent.key, challenge.nonce, agent.agent_id))))
-        p.decode(await ws.recv(), p.Welcome)
+        session = AgentSession(
+            agent.agent_id, "bench",
+            lambda nonce: sign_challenge(agent.key, nonce, agent.agent_id), time.monotonic(),
+            handshake_timeout=120)
+        link = Link(ws, session)
+        await handshake(link)
         agent.connected.set()
 
         async def heartbeats() -> None:
             while True:
-                await ws.send(p.encode(p.Heartbeat(health=_health())))
+                session.send_heartbeat(_health(), time.monotonic())
+                await link.flush()
                 await asyncio.sleep(20)
 
         beat = asyncio.create_task(heartbeats())
         length = job = None
         try:
             async for data in ws:
-                message = p.decode(data, p.ServerToAgent)
-                if isinstance(message, p.Command) and isinstance(message.action,
-                                                                 p.InstallPackage):
-                    import datetime as dt
-
-                    agent.commands += 1
-                    instr = verify_instruction(key, message.action.instruction,
-                                               agent.agent_id, dt.datetime.now(dt.UTC))
-                    await ws.send(p.encode(p.CommandResult(id=message.id, ok=True)))
-                    if job == instr.job_id:
-                        # A re-sent command for the job under way: as agent/updater.py does,
-                        # resume the download from the bytes we have (the coordinator
-                        # replaces its stream), never start over.
-                        if length is not None and agent.received < length:
-                            await ws.send(p.encode(p.Download(job=job, offset=agent.received)))
-                        continue
-                    job, length = instr.job_id, instr.length
-                    await ws.send(p.encode(p.FetchMetadata(id=1, name="timestamp.json")))
-                elif isinstance(message, p.MetadataReply):
-                    assert message.data
-                    await ws.send(p.encode(p.Download(job=job, offset=0)))  # type: ignore[arg-type]
-                elif isinstance(message, p.Chunk):
-                    if message.error:
-                        raise RuntimeError(message.error)
-                    if message.offset != agent.received:
-                        continue  # a chunk of a stream the coordinator has replaced
-                    agent.received += len(message.data)
-                    if agent.received == length:
-                        await ws.send(p.encode(p.Event(
-                            seq=1, kind="update_result", at=time.time(),
-                            data={"job": job, "outcome": "installed", "product": "bench",
-                                  "version": "2.0"})))
-                elif isinstance(message, p.Ack) and message.seq == 1:
-                    agent.installed_at = time.monotonic() - t0[0]
-                    return
+                for event in session.receive(data, time.monotonic()):
+                    if isinstance(event, CommandReceived) and isinstance(
+                            event.command.action, p.InstallPackage):
+                        agent.commands += 1
+                        instr = verify_instruction(key, event.command.action.instruction,
+                                                   agent.agent_id, dt.datetime.now(dt.UTC))
+                        session.answer(p.CommandResult(id=event.command.id, ok=True))
+                        if job == instr.job_id:
+                            # A re-sent command for the job under way: as agent/updater.py
+                            # does, resume the download from the bytes we have (the
+                            # coordinator replaces its stream), never start over.
+                            if length is not None and agent.received < length:
+                                session.download(job, agent.received)
+                        else:
+                            job, length = instr.job_id, instr.length
+                            session.fetch_metadata("timestamp.json", time.monotonic(), 30.0)
+                    elif isinstance(event, MetadataReplied):
+                        assert event.data
+                        assert job is not None
+                        session.download(job, 0)
+                    elif isinstance(event, ChunkReceived):
+                        if event.chunk.error:
+                            raise RuntimeError(event.chunk.error)
+                        agent.received += len(event.chunk.data)
+                        if agent.received == length:
+                            session.end_download(event.chunk.job)
+                            session.send_event(p.Event(
+                                seq=1, kind="update_result", at=time.time(),
+                                data={"job": job, "outcome": "installed", "product": "bench",
+                                      "version": "2.0"}))
+                    elif isinstance(event, Acked) and 1 in event.seqs:
+                        agent.installed_at = time.monotonic() - t0[0]
+                        return
+                await link.flush()
         finally:
             beat.cancel()
 

@@ -18,7 +18,9 @@ from careline.coordinator.policy.entitlement import expiring
 from careline.shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from careline.coordinator.server import Coordinator
+    from careline.coordinator.datadir import Settings
+    from careline.coordinator.incidents import IncidentDesk
+    from careline.coordinator.storage.db import Database
 
 ON_SITE = frozenset({"technician_visit", "onsite_reinstall"})
 RENEWAL_WITHIN_DAYS = 60
@@ -85,13 +87,13 @@ def logo_data_uri(path: str) -> str | None:
     return f"data:{kind};base64,{base64.b64encode(data).decode()}"
 
 
-async def gather(coordinator: Coordinator, customer_ref: str, month: str,
-                 now: dt.datetime) -> dict[str, Any]:
-    from careline.coordinator.api.fleet import agent_status
+async def gather(db: Database, desk: IncidentDesk, settings: Settings, customer_ref: str,
+                 month: str, now: dt.datetime) -> dict[str, Any]:
+    """`settings`: the coordinator's, for the vendor's name and logo."""
     from careline.coordinator.storage import fleet as store
     from careline.coordinator.storage import views
 
-    async with coordinator.db.connect() as conn:
+    async with db.connect() as conn:
         customer = await store.get_customer(conn, customer_ref)
         start, end = month_bounds(month, customer["timezone"])
         last_day = (end - dt.timedelta(seconds=1)).astimezone(ZoneInfo(customer["timezone"])).date()
@@ -104,9 +106,9 @@ async def gather(coordinator: Coordinator, customer_ref: str, month: str,
             open_by_agent[row["agent_id"]] = open_by_agent.get(row["agent_id"], 0) + 1
         machines, attention, renewal = [], [], []
         for agent in agents:
-            at_end = await coordinator.desk.entitlement(conn, agent, min(last_day, today), now)
-            current = await coordinator.desk.entitlement(conn, agent, today, now)
-            status = agent_status(agent, now, coordinator.offline_after)
+            at_end = await desk.entitlement(conn, agent, min(last_day, today), now)
+            current = await desk.entitlement(conn, agent, today, now)
+            status = store.agent_status(agent, now, desk.offline_after)
             products = {p["name"]: p["version"] for p in (agent["health"] or {}).get("products", [])}
             machines.append({"id": agent["id"], "hostname": agent["hostname"], "status": status,
                              "coverage": at_end.kind, "tier": at_end.tier,
@@ -123,7 +125,6 @@ async def gather(coordinator: Coordinator, customer_ref: str, month: str,
         updates = await views.installed_updates(conn, customer["id"], start, end)
         visits = [{**v, "charged": int(v["fee_vnd"]) > 0}
                   for v in await views.visits_between(conn, customer["id"], start, end)]
-    settings = coordinator.settings
     resolved = [i for i in incidents if i["on_time"] is not None]
     return {
         "customer": {"id": customer["id"], "name": customer["name"], "timezone": customer["timezone"]},

@@ -19,7 +19,6 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.policy.identity import Candidate, link_decision, matched, strength
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
@@ -57,7 +56,7 @@ async def enroll_machine(
     rows = await store.machines_matching(conn, customer_id, request.hardware)
     link = link_decision([
         Candidate(row["id"], matched(request.hardware, store.hardware_of(row)),
-                  online=agent_status(row, now, offline_after) == "online",
+                  online=store.agent_status(row, now, offline_after) == "online",
                   revoked=row["revoked_at"] is not None)
         for row in rows if row["replaced_by"] is None
     ])

@@ -16,14 +16,12 @@ import contextlib
 import itertools
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 
 from careline.shared import protocol as p
-
-if TYPE_CHECKING:
-    from careline.coordinator.server import Coordinator
 
 log = logging.getLogger("careline.coordinator.relay")
 
@@ -59,12 +57,14 @@ class RelayPiece(msgspec.Struct, tag="piece"):
 
 
 RelayMessage = RelayRequest | RelayPiece
+# Runs a command on an agent held by this process: its answer, or None if not held here.
+CallHere = Callable[[str, p.Action, float], Awaitable[p.CommandResult] | None]
 
 
 class CommandRelay:
-    def __init__(self, coordinator: Coordinator, dsn: str) -> None:
-        self.coordinator = coordinator
+    def __init__(self, dsn: str, call_here: CallHere) -> None:
         self.dsn = dsn
+        self.call_here = call_here
         self.id = secrets.token_hex(8)
         self._conn: Any = None  # asyncpg.Connection
         self._send_lock = asyncio.Lock()
@@ -145,12 +145,11 @@ class CommandRelay:
 
     # ------------------------------------------------------------------ the holding side
     async def _run_for(self, request: RelayRequest) -> None:
-        link = self.coordinator.links.get(request.agent)
-        if link is None:
+        running = self.call_here(request.agent, request.action, request.timeout)
+        if running is None:
             return  # held by another process, or by none: the asker times out
         try:
-            result = await link.call(self.coordinator.next_command_id(), request.action,
-                                     request.timeout)
+            result = await running
             answer = RelayAnswer(result=result)
         except TimeoutError:
             answer = RelayAnswer(failure="timeout")

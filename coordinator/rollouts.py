@@ -28,13 +28,15 @@ from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
-from careline.coordinator.updates import create_job
+from careline.coordinator.updates import UpdateService, create_job
 from careline.shared.errors import ConfigError, Conflict
 from careline.shared.protocol import AGENT_PRODUCT
 
 if TYPE_CHECKING:
+    from careline.coordinator.hub import AgentHub
+    from careline.coordinator.incidents import IncidentDesk
     from careline.coordinator.policy.overrides import PolicyLayers
-    from careline.coordinator.server import Coordinator
+    from careline.coordinator.storage.db import Database
 
 log = logging.getLogger("careline.coordinator")
 
@@ -97,9 +99,12 @@ class _Windows:
         return self.parsed[text], source
 
 class Rollouts:
-    def __init__(self, coordinator: Coordinator, rules: waves.WaveRules | None = None) -> None:
-        self.coordinator = coordinator
-        self.db = coordinator.db
+    def __init__(self, db: Database, hub: AgentHub, desk: IncidentDesk, updates: UpdateService,
+                 rules: waves.WaveRules | None = None) -> None:
+        self.db = db
+        self.hub = hub
+        self.desk = desk  # entitlements, incidents, and the policy (tiers, install windows)
+        self.updates = updates
         self.rules = rules or waves.WaveRules()
         # rollout id -> when this process last re-targeted it (any way / looking at all)
         self._last_look: dict[int, dt.datetime] = {}
@@ -135,7 +140,7 @@ class Rollouts:
 
     def _suggestion(self, kind: str) -> str:
         """The tier to offer: the one with the fewest inclusions that covers this kind."""
-        fitting = [t for t in self.coordinator.policy.tiers.values()
+        fitting = [t for t in self.desk.policy.tiers.values()
                    if covers({"regulation_updates": t.regulation_updates,
                               "bug_fixes": t.bug_fixes}, kind)]
         if not fitting:
@@ -186,7 +191,7 @@ class Rollouts:
         # after the date is owed the update under today's warranty or package).
         effective = rollout["effective"]
         on = effective if effective and waves.days_until(effective, now) > 0 else None
-        entitlements = await self.coordinator.desk.entitlements(conn, needing, on, now)
+        entitlements = await self.desk.entitlements(conn, needing, on, now)
         covered, rows = [], []
         for agent in needing:
             entitlement = entitlements[agent["id"]]
@@ -290,7 +295,7 @@ class Rollouts:
             async with self.db.transaction() as conn:
                 job_ids = await self.advance(conn, rollout["id"], now)
             for job_id in job_ids:
-                await self.coordinator.updates.dispatch(job_id=job_id)
+                await self.updates.dispatch(job_id=job_id)
 
     async def advance(self, conn: AsyncConnection, rollout_id: int, now: dt.datetime) -> list[int]:
         """One step of one rollout; returns the jobs it created (to dispatch after commit)."""
@@ -349,8 +354,7 @@ class Rollouts:
 
     def _online(self, machine: dict[str, Any]) -> bool:
         agent_id = machine["agent_id"]
-        return agent_id in self.coordinator.links or self.coordinator.held_elsewhere(
-            agent_id, machine)
+        return agent_id in self.hub.links or self.hub.held_elsewhere(agent_id, machine)
 
     def _outcome(self, machine: dict[str, Any]) -> str:
         state: str = machine["state"]
@@ -384,19 +388,19 @@ class Rollouts:
                                      detail=detail)
             machine.update(state=new, finished_at=now, detail=detail)
         if timed_out:
-            await self.coordinator.desk.observe(conn, timed_out, now)
+            await self.desk.observe(conn, timed_out, now)
 
     async def _send(self, conn: AsyncConnection, rollout: dict[str, Any],
                     machines: list[dict[str, Any]], sent_waves: int, now: dt.datetime) -> list[int]:
         """Create one job for every pending machine of a sent wave that may install now."""
         ready = []
         customers: dict[int, dict[str, Any]] = {}
-        window_of = _Windows(self.coordinator.policy_layers,
+        window_of = _Windows(self.desk.layers,
                              await service.overrides_by_target(conn))
         for machine in machines:
             if machine["state"] != "pending" or machine["wave"] is None:
                 continue
-            if machine["wave"] >= sent_waves or machine["agent_id"] not in self.coordinator.links:
+            if machine["wave"] >= sent_waves or machine["agent_id"] not in self.hub.links:
                 continue  # offline machines get it when they are back (next tick)
             agent = await store.agent_by_id(conn, machine["agent_id"])
             if agent is None:
@@ -439,7 +443,7 @@ class Rollouts:
                 (True, f"rollout {rollout['id']} of {rollout['version']}: {m['detail']}")
             for m in machines if m["state"] in ("failed", "timed_out")
         }
-        await self.coordinator.desk.observe(conn, failed, now)
+        await self.desk.observe(conn, failed, now)
         await notify_rollout(conn, "rollout.paused", rollout,
                              [m for m in machines if m["state"] in ("failed", "timed_out")],
                              reason, now)
@@ -463,7 +467,7 @@ class Rollouts:
                        f"{rollout['effective']}: still {m['state']}")
             for m in late
         }
-        await self.coordinator.desk.observe(conn, checks, now)
+        await self.desk.observe(conn, checks, now)
         await notify_rollout(conn, "rollout.deadline_at_risk", rollout, late,
                              f"effective {rollout['effective']}", now)
         for machine in late:

@@ -4,6 +4,10 @@
     /agent   an enrolled agent proves its key on a fresh challenge, then reports
     /admin   a technician's CLI, authenticated by a bearer token
 
+The Coordinator builds the services and hands each what it needs: the AgentHub (coordinator/
+hub.py) holds the live agent links; the API and web console get a Services bag. No service
+holds the Coordinator.
+
 Bad input closes only the connection that sent it, with a close code and a reason the
 other side can show (shared.protocol.CloseCode); every other connection carries on.
 """
@@ -14,12 +18,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import http
-import itertools
 import logging
 import secrets
 import time
 from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +32,26 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from careline.coordinator import api
-from careline.coordinator.agent_keys import AgentKeys
-from careline.coordinator.api.fleet import agent_status
 from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.health_history import RETENTION as HEALTH_RETENTION
 from careline.coordinator.health_history import Sampler, sample_of
+from careline.coordinator.hub import EVENT_BATCH, AgentHub, AgentLink, close
 from careline.coordinator.incidents import IncidentDesk
+from careline.coordinator.notify.sender import Notifier
 from careline.coordinator.pki import server_context
-from careline.coordinator.quotas import AgentQuota, Gate, caps_for
-from careline.coordinator.relay import CommandRelay
+from careline.coordinator.policy.config import load_policy_data
+from careline.coordinator.policy.overrides import PolicyLayers
+from careline.coordinator.quotas import Gate, caps_for
+from careline.coordinator.rollouts import Rollouts
+from careline.coordinator.services import Services
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import health, service
 from careline.coordinator.storage.db import Database
+from careline.coordinator.technicians import AdminSession, Technicians
+from careline.coordinator.updates import UpdateService
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, CarelineError, PermissionDenied, ProtocolError
-from careline.shared.hardware import valid as valid_hardware
 from careline.shared.keys import (
     cert_fingerprint,
     looks_like_agent_id,
@@ -53,6 +59,16 @@ from careline.shared.keys import (
     verify_challenge,
 )
 from careline.shared.logs import safe_text
+from careline.shared.session import (
+    CommandAnswered,
+    DownloadRequested,
+    EventReceived,
+    HeartbeatReceived,
+    HelloReceived,
+    MetadataRequested,
+    ServerEvent,
+    ServerSession,
+)
 
 log = logging.getLogger("careline.coordinator")
 
@@ -68,10 +84,6 @@ DRAIN_RATE = 200
 SHED_WINDOW = 10.0
 MAX_RETRY_AFTER = 60
 HEARTBEAT_FLUSH_SECONDS = 1.0
-REPLACED_CLOSE_TIMEOUT = 1.0  # for the close handshake of a connection an agent replaced
-# Events of one agent stored per transaction (one fsync), and how many may wait: an outbox
-# backlog of thousands is stored in seconds, not one commit per event.
-EVENT_BATCH, EVENT_QUEUE = 250, 1000
 # Per-agent storage budget: newest events kept per agent, and how long any event is kept;
 # newest diagnostics bundles kept per agent (each at most protocol.MAX_MESSAGE_BYTES / 2).
 EVENTS_KEPT_PER_AGENT = 10_000
@@ -85,9 +97,6 @@ RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 1.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
 # the agent here.
 REVOCATION_CHECK_SECONDS = 2.0
-# Failed technician logins from one address are logged and audited at most this often (with
-# a count of the rest), so a stranger guessing tokens cannot fill the log or audit table.
-LOGIN_FAILURE_AUDIT_SECONDS = 10.0
 
 
 def reconnect_window(fleet_size: int) -> float:
@@ -115,56 +124,6 @@ def peer_address(ws: ServerConnection) -> str:
     return str(address[0]) if address else "?"
 
 
-async def close(ws: ServerConnection, code: int, reason: str) -> None:
-    # A close reason is limited to 123 bytes on the wire.
-    await ws.close(code, reason.encode()[:123].decode(errors="ignore"))
-
-
-@dataclass(eq=False)
-class AgentLink:
-    """One authenticated agent connection and the commands waiting for its answers."""
-
-    ws: ServerConnection
-    agent_id: str
-    customer_id: int
-    last_heard: float = field(default_factory=time.monotonic)
-    connected_at: dt.datetime = field(default_factory=utcnow)
-    # Events received, waiting to be stored (in batches) and acknowledged, in order.
-    events: asyncio.Queue[p.Event] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
-    pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)
-
-    async def start_call(self, command_id: int, action: p.Action) -> asyncio.Future[p.CommandResult]:
-        """Send a command; the future gets the agent's answer, or ConnectionError if the
-        agent goes away first. The caller pops `pending[command_id]` when done with it."""
-        future: asyncio.Future[p.CommandResult] = asyncio.get_running_loop().create_future()
-        self.pending[command_id] = future
-        try:
-            await self.ws.send(p.encode(p.Command(id=command_id, action=action)))
-        except ConnectionClosed:
-            self.pending.pop(command_id, None)
-            raise ConnectionError("agent disconnected") from None
-        return future
-
-    async def call(self, command_id: int, action: p.Action,
-                   timeout: float) -> p.CommandResult:  # noqa: ASYNC109 -- the relay's deadline arrives as a number
-        future = await self.start_call(command_id, action)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            self.pending.pop(command_id, None)
-
-
-@dataclass(eq=False)
-class AdminSession:
-    """One open technician connection: its token is re-checked on every request and by
-    the revocation poll, so a revoked technician keeps no open door."""
-
-    ws: ServerConnection
-    token_hash: str
-    name: str
-
-
 class Coordinator:
     def __init__(self, datadir: DataDir, settings: Settings, db: Database) -> None:
         self.datadir = datadir
@@ -178,52 +137,32 @@ class Coordinator:
         self.offline_after = dt.timedelta(
             seconds=settings.heartbeat_interval * settings.missed_heartbeats
         )
-        from careline.coordinator.policy.config import load_policy_data
-        from careline.coordinator.policy.overrides import PolicyLayers
-
         self.policy_layers = PolicyLayers(
             *load_policy_data(Path(settings.policy) if settings.policy else None))
-        self.policy = self.policy_layers.resolve()
         self.desk = IncidentDesk(db, self.policy_layers, self.offline_after)
-        self.links: dict[str, AgentLink] = {}
-        self.agent_keys = AgentKeys(db)
-        # Live commands for agents held by another process (PostgreSQL scale-out only).
-        self.relay = None if db.is_sqlite else CommandRelay(self, db.driver_url)
+        self.hub = AgentHub(db, self.offline_after)
         # agent id -> (time.time() received, its last Health): converted for storage only at
         # the flush, so the reports an agent's next one replaces cost nothing more.
         self._heartbeats: dict[str, tuple[float, p.Health]] = {}
         self.health_sampler = Sampler()  # which reports become the machines' health history
-        # agent id -> (connected, when, agent version): written with the heartbeats
-        self._presence: dict[str, tuple[bool, dt.datetime, str]] = {}
-        # agent id -> when it disconnected saying it was stopping cleanly (PC switched off)
-        self._clean_stops: dict[str, dt.datetime] = {}
-        # agent id -> the hardware identity it said hello with, written with the clean stops
-        self._hardware: dict[str, dict[str, str]] = {}
         self.gate = Gate(caps_for(settings.max_unauthenticated_per_address))
-        self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
         self._shed_since, self._shed_count = 0.0, 0
-        self._command_ids = itertools.count(1)
-        self.admin_sessions: set[AdminSession] = set()
-        # source address -> (when last reported, failed logins since then)
-        self._login_failures: dict[str, tuple[float, int]] = {}
+        self.technicians = Technicians(db)
         self.server: Server | None = None
         api.load_all()
-        from careline.coordinator.updates import UpdateService
-
-        self.updates = UpdateService(self)
-        from careline.coordinator.rollouts import Rollouts
-
-        self.rollouts = Rollouts(self)
-        from careline.coordinator.notify.sender import Notifier
-
-        self.notifier = Notifier(self)
+        self.updates = UpdateService(db, datadir.path, self.hub)
+        self.rollouts = Rollouts(db, self.hub, self.desk, self.updates)
+        self.notifier = Notifier(db, datadir.path, self.desk, settings)
+        self.services = Services(
+            db=db, datadir=datadir, settings=settings, public_url=self.public_url,
+            ca_fingerprint=self.ca_fingerprint, hub=self.hub, desk=self.desk,
+            policy_layers=self.policy_layers, updates=self.updates, rollouts=self.rollouts,
+            notifier=self.notifier, technicians=self.technicians)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         host, port = self.settings.listen_host_port()
-        await self.agent_keys.load(utcnow())
-        if self.relay is not None:
-            await self.relay.start()
+        await self.hub.start()
         async with serve(
             self._route, host, port, ssl=server_context(self.datadir.pki),
             process_request=self._check_request, compression=None,
@@ -237,7 +176,7 @@ class Coordinator:
                 loops = [self._flush_heartbeats_forever(), self._sweep_silent_forever(),
                          self._sweep_offline_forever(), self.rollouts.run_forever(),
                          self._prune_forever(), self.notifier.run_forever()]
-                if self.relay is not None:  # other coordinator processes may share the database
+                if self.hub.relay is not None:  # other processes may share the database
                     loops.append(self._disconnect_revoked_forever())
                 tasks = [group.create_task(loop) for loop in loops]
                 log.info("listening on %s:%s (%s)", host, port, self.public_url)
@@ -249,8 +188,7 @@ class Coordinator:
             server.close(close_connections=True)
             await server.wait_closed()
         await self.updates.close()
-        if self.relay is not None:
-            await self.relay.close()
+        await self.hub.close()
         await self._flush_heartbeats()
 
     async def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
@@ -338,9 +276,9 @@ class Coordinator:
             return
         agent_id = enrolled.machine_id
         if enrolled.relinked:  # a reinstall: the machine's old key is gone
-            await self.disconnect_revoked(agent_id)
-            self.agent_keys.rekeyed(agent_id, now)
-        self.agent_keys.add(agent_id, request.public_key, token["customer_id"], agent_id)
+            await self.hub.disconnect_revoked(agent_id)
+            self.hub.keys.rekeyed(agent_id, now)
+        self.hub.keys.add(agent_id, request.public_key, token["customer_id"], agent_id)
         await ws.send(
             p.encode(
                 p.Enrolled(
@@ -355,41 +293,42 @@ class Coordinator:
 
     # ------------------------------------------------------------------ /agent
     async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:
-        nonce = secrets.token_bytes(32)
-        await ws.send(p.encode(p.Challenge(nonce=nonce, server_time=time.time())))
-        hello = p.decode(await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT), p.Hello)
-        key = await self.agent_keys.lookup(hello.agent_id)
+        """The session's challenge and hello; the key check is ours (and the database's)."""
+        session = ServerSession(secrets.token_bytes(32), time.time(), time.monotonic(),
+                                handshake_timeout=HANDSHAKE_TIMEOUT)
+        for frame in session.data_to_send():
+            await ws.send(frame)
+        data = await asyncio.wait_for(ws.recv(), HANDSHAKE_TIMEOUT)
+        hello = next(e.hello for e in session.receive(data, time.monotonic())
+                     if isinstance(e, HelloReceived))
+        key = await self.hub.keys.lookup(hello.agent_id)
+
+        async def refuse(code: int, reason: str) -> None:
+            refusal = session.refuse(code, reason)
+            await close(ws, refusal.code, refusal.reason)
+
         if key == "unknown":
-            await close(ws, p.CloseCode.UNAUTHENTICATED, "unknown agent: enroll it again")
+            await refuse(p.CloseCode.UNAUTHENTICATED, "unknown agent: enroll it again")
             return None
         if key == "revoked":
-            await close(ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
+            await refuse(p.CloseCode.REVOKED, "agent revoked by the vendor")
             return None
         try:
-            verify_challenge(key.public_key, hello.signature, nonce, hello.agent_id)
+            verify_challenge(key.public_key, hello.signature, session.nonce, hello.agent_id)
         except AuthError as exc:
-            await close(ws, p.CloseCode.UNAUTHENTICATED, str(exc))
+            await refuse(p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
-        link = AgentLink(ws, key.machine_id or hello.agent_id, key.customer_id)
-        self._presence[link.agent_id] = (True, link.connected_at, hello.agent_version[:40])
-        previous = self.links.get(link.agent_id)
-        self.links[link.agent_id] = link
-        if hello.hardware and valid_hardware(hello.hardware):
-            self._hardware[link.agent_id] = dict(hello.hardware)
+        session.accept(heartbeat_interval=self.heartbeat_interval,
+                       reconnect_window=reconnect_window(len(self.hub.keys)),
+                       server_time=time.time(), now=time.monotonic(),
+                       silent_after=self.offline_after.total_seconds())
+        link = AgentLink(ws, session, key.machine_id or hello.agent_id, key.customer_id)
         try:  # registered all or nothing: a link that fails here is forgotten at once
-            if previous is not None:
-                # Usually half-open (why the agent came back): don't hold the new one for
-                # the default 10 s waiting for a close frame that will not come.
-                previous.ws.close_timeout = REPLACED_CLOSE_TIMEOUT
-                await close(previous.ws, p.CloseCode.REPLACED, "replaced by a newer connection")
-            await ws.send(
-                p.encode(p.Welcome(heartbeat_interval=self.heartbeat_interval,
-                                   server_time=time.time(),
-                                   reconnect_window=reconnect_window(len(self.agent_keys))))
-            )
-            await self.updates.on_agent_connected(link)
+            await link.flush()  # the Welcome, before the link can carry any command
+            await self.hub.connected(link, hello.agent_version, hello.hardware)
+            await self.updates.on_agent_connected(link.agent_id)
         except BaseException:
-            await self._forget(link)
+            self.hub.forget(link)
             raise
         return link
 
@@ -398,14 +337,13 @@ class Coordinator:
             link = await self._authenticate_agent(ws)
         if link is None:
             return
-        quota = self.quotas.setdefault(link.agent_id, AgentQuota())
+        quota = self.hub.quota(link.agent_id)
         storing = asyncio.create_task(self._store_events_forever(link))
         try:
             async for data in ws:
-                link.last_heard = time.monotonic()
-                message = p.decode(data, p.AgentToServer)
-                refused = quota.admit("event" if isinstance(message, p.Event) else "other",
-                                      len(data), time.monotonic())
+                events = link.session.receive(data, time.monotonic())
+                kind = "event" if events and isinstance(events[0], EventReceived) else "other"
+                refused = quota.admit(kind, len(data), time.monotonic())
                 if refused is not None:
                     log.warning("agent %s over quota (%d refused so far): %s",
                                 link.agent_id, quota.refused, refused)
@@ -413,25 +351,23 @@ class Coordinator:
                     ws.close_timeout = 1.0
                     await close(ws, p.CloseCode.SLOW_DOWN, refused)
                     return
-                await self._on_agent_message(link, message)
+                for event in events:
+                    await self._on_agent_event(link, event)
         finally:
             storing.cancel()
             await asyncio.gather(storing, return_exceptions=True)
-            await self._forget(link)
+            self.hub.forget(link)
 
-    async def _on_agent_message(self, link: AgentLink, message: Any) -> None:
-        if isinstance(message, p.Heartbeat):
-            self._heartbeats[link.agent_id] = (time.time(), message.health)
-        elif isinstance(message, p.Event):
-            await link.events.put(message)  # stored and acknowledged by _store_events_forever
-        elif isinstance(message, (p.FetchMetadata, p.Download)):
-            await self.updates.handle(link, message)
-        elif isinstance(message, p.CommandResult):
-            future = link.pending.get(message.id)
-            if future is not None and not future.done():
-                future.set_result(message)
-        else:
-            raise ProtocolError(f"unexpected {type(message).__name__} after hello")
+    async def _on_agent_event(self, link: AgentLink, event: ServerEvent) -> None:
+        if isinstance(event, HeartbeatReceived):
+            self._heartbeats[link.agent_id] = (time.time(), event.health)
+        elif isinstance(event, EventReceived):
+            await link.events.put(event.event)  # stored and acknowledged by _store_events_forever
+        elif isinstance(event, (MetadataRequested, DownloadRequested)):
+            await self.updates.handle(link, event.request)
+        elif isinstance(event, CommandAnswered):
+            link.answered(event.id, event.result)
+        # Anything else (a second hello) the session refused already.
 
     async def _store_events_forever(self, link: AgentLink) -> None:
         """Store what the agent's connection received, as many events per transaction as
@@ -443,8 +379,8 @@ class Coordinator:
                 while len(batch) < EVENT_BATCH and not link.events.empty():
                     batch.append(link.events.get_nowait())
                 await self._store_events(link, batch)
-                for event in batch:
-                    await link.ws.send(p.encode(p.Ack(seq=event.seq)))
+                link.session.ack(event.seq for event in batch)
+                await link.flush()
         except ConnectionClosed:
             pass
         except Exception:
@@ -457,7 +393,7 @@ class Coordinator:
             if event.kind in p.EVENT_KINDS:
                 known.append(event)
             else:  # acknowledged, so the outbox moves on; not stored
-                self.quotas.setdefault(link.agent_id, AgentQuota()).unknown_kinds += 1
+                self.hub.quota(link.agent_id).unknown_kinds += 1
                 log.warning("agent %s sent an event of unknown kind %r; not stored",
                             link.agent_id, event.kind)
         if not known:
@@ -473,72 +409,20 @@ class Coordinator:
                     await self.updates.on_event(conn, link.agent_id, event, now)
                     await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
 
-    async def _forget(self, link: AgentLink) -> None:
-        for future in link.pending.values():
-            if not future.done():
-                future.set_exception(ConnectionError("agent disconnected"))
-        if self.links.get(link.agent_id) is link:
-            del self.links[link.agent_id]
-            self._presence[link.agent_id] = (False, link.connected_at, "")
-            said = link.ws.protocol.close_rcvd
-            if said is not None and said.code == p.CloseCode.AGENT_STOPPING:
-                self._clean_stops[link.agent_id] = utcnow()
-
-    def held_elsewhere(self, agent_id: str, row: dict[str, Any]) -> bool:
-        """Scale-out: connected to another coordinator process, by the database's presence
-        (`row` has the agent's connected, last_seen and revoked_at)."""
-        return (self.relay is not None and agent_id not in self.links
-                and agent_status(row, utcnow(), self.offline_after) == "online")
-
-    async def disconnect_revoked(self, agent_id: str) -> None:
-        """After a revocation is committed: the agent can no longer connect, and is gone."""
-        self.agent_keys.evict(agent_id)
-        link = self.links.get(agent_id)
-        if link is not None:
-            await close(link.ws, p.CloseCode.REVOKED, "agent revoked by the vendor")
-
-    async def relinked(self, machine_id: str, replaced_id: str, at: dt.datetime) -> None:
-        """A technician linked agent `replaced_id` to the machine it reinstalls: the machine's
-        old key is gone, and the agent reconnects as that machine (REPLACED: it retries)."""
-        await self.disconnect_revoked(machine_id)
-        self.agent_keys.rekeyed(machine_id, at)
-        self.agent_keys.evict(replaced_id)
-        link = self.links.get(replaced_id)
-        if link is not None:
-            await close(link.ws, p.CloseCode.REPLACED, f"linked to machine {machine_id}")
-
     async def _disconnect_revoked_forever(self) -> None:
         """Agents and technicians revoked through another coordinator process leave this
         one too."""
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             try:
-                revoked, rekeyed = await self.agent_keys.revocations(utcnow())
+                revoked, rekeyed = await self.hub.keys.revocations(utcnow())
                 for agent_id in revoked:
-                    await self.disconnect_revoked(agent_id)
+                    await self.hub.disconnect_revoked(agent_id)
                 for ref in rekeyed:  # a reinstall linked elsewhere: say hello again
-                    link = self.links.get(ref)
-                    if link is not None:
-                        await close(link.ws, p.CloseCode.REPLACED, "machine re-keyed; reconnect")
-                await self._close_revoked_admin_sessions()
+                    await self.hub.disconnect(ref, p.CloseCode.REPLACED, "machine re-keyed; reconnect")
+                await self.technicians.close_revoked()
             except Exception:
                 log.exception("checking revocations failed; will retry")
-
-    async def _close_revoked_admin_sessions(self) -> None:
-        sessions = list(self.admin_sessions)
-        if not sessions:
-            return
-        async with self.db.connect() as conn:
-            active = await store.active_token_hashes(conn, {s.token_hash for s in sessions})
-        for session in sessions:
-            if session.token_hash not in active:
-                await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
-
-    async def disconnect_technician(self, name: str) -> None:
-        """After a technician's revocation is committed: close their open connections here
-        (other processes close theirs at their next revocation check)."""
-        for session in [s for s in self.admin_sessions if s.name == name]:
-            await close(session.ws, p.CloseCode.REVOKED, "technician token revoked")
 
     # ------------------------------------------------------------------ background work
     async def _flush_heartbeats(self) -> None:
@@ -550,21 +434,22 @@ class Coordinator:
         stored. If the database itself is at fault (unreachable, locked, or nothing could
         be stored, which is all one can tell of a batch of one), the batch is put back,
         newer reports winning, and tried again."""
-        if not (self._heartbeats or self._presence):
+        hub = self.hub
+        if not (self._heartbeats or hub.presence):
             return
-        stops, self._clean_stops = self._clean_stops, {}
-        hardware, self._hardware = self._hardware, {}
+        stops, hub.clean_stops = hub.clean_stops, {}
+        hardware, hub.hardware = hub.hardware, {}
         if stops or hardware:  # before the disconnects they explain: never seen offline
             try:
                 async with self.db.transaction() as conn:
                     await store.store_clean_stops(conn, stops)
                     await store.store_hardware(conn, hardware)
             except BaseException:
-                self._clean_stops = {**stops, **self._clean_stops}
-                self._hardware = {**hardware, **self._hardware}
+                hub.clean_stops = {**stops, **hub.clean_stops}
+                hub.hardware = {**hardware, **hub.hardware}
                 raise
         received, self._heartbeats = self._heartbeats, {}
-        presence, self._presence = self._presence, {}
+        presence, hub.presence = hub.presence, {}
         agent_ids = sorted(received.keys() | presence.keys())
         try:
             failed = await self._write_isolating(agent_ids, received, presence)
@@ -572,7 +457,7 @@ class Coordinator:
                 raise next(iter(failed.values()))
         except BaseException:  # cancelled at shutdown, or storage down: keep it
             self._heartbeats = {**received, **self._heartbeats}
-            self._presence = {**presence, **self._presence}
+            hub.presence = {**presence, **hub.presence}
             raise
         for agent_id, exc in failed.items():
             log.error("report of agent %s not stored: %s", agent_id,
@@ -642,26 +527,19 @@ class Coordinator:
 
     async def _sweep_silent_forever(self) -> None:
         """Close connections that stopped talking (half-open sockets, hung agents)."""
-        limit = self.offline_after.total_seconds()
         while True:
             await asyncio.sleep(min(self.heartbeat_interval, 5.0))
-            deadline = time.monotonic() - limit
-            for link in [lk for lk in self.links.values() if lk.last_heard < deadline]:
-                await close(link.ws, p.CloseCode.TIMEOUT, "no heartbeat; marked offline")
+            await self.hub.close_silent()
 
     async def _sweep_offline_forever(self) -> None:
         """Agents silent longer than the policy allows get an agent_offline incident."""
-        period = min(60.0, max(1.0, self.policy.offline_incident_after.total_seconds() / 3))
+        period = min(60.0, max(1.0, self.desk.policy.offline_incident_after.total_seconds() / 3))
         while True:
             await asyncio.sleep(period)
             try:
                 await self.desk.sweep_offline(utcnow())
             except Exception:
                 log.exception("offline sweep failed; will retry")
-
-    # ------------------------------------------------------------------ commands
-    def next_command_id(self) -> int:
-        return next(self._command_ids)
 
     # ------------------------------------------------------------------ /admin
     async def _technician(self, digest: str) -> api.Caller | None:
@@ -677,11 +555,11 @@ class Coordinator:
         with self._unauthenticated(ws, p.ADMIN_PATH):
             caller = await asyncio.wait_for(self._technician(digest), HANDSHAKE_TIMEOUT)
         if caller is None:
-            await self._login_failed(peer_address(ws))
+            await self.technicians.login_failed(peer_address(ws))
             await close(ws, p.CloseCode.UNAUTHENTICATED, "technician token unknown or revoked")
             return
         session = AdminSession(ws, digest, caller.name)
-        self.admin_sessions.add(session)
+        self.technicians.sessions.add(session)
         try:
             while True:
                 try:
@@ -692,49 +570,22 @@ class Coordinator:
                 request = p.decode(data, p.Request, limit=p.MAX_ADMIN_MESSAGE_BYTES)
                 caller = await self._technician(digest)  # revoked or demoted since?
                 if caller is None:
-                    await self._refused(session.name, request.method, "token revoked")
+                    await self.technicians.refused(session.name, request.method, "token revoked")
                     await close(ws, p.CloseCode.REVOKED, "technician token revoked")
                     return
                 await self._answer(ws, caller, request)
         finally:
-            self.admin_sessions.discard(session)
-
-    async def _login_failed(self, source: str) -> None:
-        """Logged and audited at most once per LOGIN_FAILURE_AUDIT_SECONDS per address, with
-        how many more failed meanwhile: a stranger guessing tokens cannot flood either. The
-        web console reports its failed sign-ins and API calls here too."""
-        now = time.monotonic()
-        since, suppressed = self._login_failures.get(source, (-LOGIN_FAILURE_AUDIT_SECONDS, 0))
-        if now - since < LOGIN_FAILURE_AUDIT_SECONDS:
-            self._login_failures[source] = (since, suppressed + 1)
-            return
-        if len(self._login_failures) > 10_000:
-            self._login_failures.clear()
-        self._login_failures[source] = (now, 0)
-        log.warning("technician login refused from %s: token unknown or revoked "
-                    "(%d more refused since the last report)", source, suppressed)
-        async with self.db.transaction() as conn:
-            await store.record_audit(conn, actor="unknown", action="admin.login_refused",
-                                     target=f"address:{source}",
-                                     detail={"refused_since_last": suppressed}, now=utcnow())
-
-    async def _refused(self, actor: str, method: str, reason: str) -> None:
-        """A technician request refused for who is asking: logged and audited."""
-        log.warning("refused %s to %s: %s", safe_text(method), actor, reason)
-        async with self.db.transaction() as conn:
-            await store.record_audit(conn, actor=actor, action="admin.refused",
-                                     target=f"method:{method[:100]}", detail={"reason": reason},
-                                     now=utcnow())
+            self.technicians.sessions.discard(session)
 
     async def _answer(self, ws: ServerConnection, caller: api.Caller, request: p.Request) -> None:
         try:
             try:
                 found = api.lookup(request.method, caller)
             except PermissionDenied as exc:
-                await self._refused(caller.name, request.method, str(exc))
+                await self.technicians.refused(caller.name, request.method, str(exc))
                 raise
             params = api.parse_params(found, request.params)
-            ctx = api.Context(self, caller, utcnow())
+            ctx = api.Context(self.services, caller, utcnow())
             if found.streams:
                 stream: AsyncGenerator[Any, None] = found.handler(ctx, params)  # type: ignore[assignment]
                 # Closed at once if the technician goes away mid-stream: its finally blocks
@@ -772,7 +623,7 @@ async def run_coordinator(
 
         async with asyncio.TaskGroup() as both:  # the web console shares the process and loop
             both.create_task(coordinator.run(stop, ready))
-            both.create_task(serve_web(coordinator, settings.web, stop))
+            both.create_task(serve_web(coordinator.services, settings.web, stop))
     finally:
         with contextlib.suppress(Exception):
             await db.close()

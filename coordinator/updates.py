@@ -47,7 +47,8 @@ from careline.shared.trust import OnlineRepository
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from careline.coordinator.server import AgentLink, Coordinator
+    from careline.coordinator.hub import AgentHub, AgentLink
+    from careline.coordinator.storage.db import Database
 
 log = logging.getLogger("careline.coordinator.updates")
 
@@ -133,7 +134,7 @@ async def create_job(
     have that version). "reinstall": a clean copy of `version`, by default the version each
     machine reports for `product` (or the newest release). "verify": re-check installed files.
     Connected agents get it within seconds of commit (the dispatch sweep), or at once when the
-    caller then awaits `coordinator.updates.dispatch(job_id)`; offline ones when they connect.
+    caller then awaits `UpdateService.dispatch(job_id)`; offline ones when they connect.
     """
     now = now or utcnow()
     if kind not in ("update", "reinstall", "verify"):
@@ -228,13 +229,14 @@ def instruction_key(data: Path) -> Ed25519PrivateKey:
 
 
 class UpdateService:
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-        self.dir = coordinator.datadir.path / "releases"
+    def __init__(self, db: Database, data: Path, hub: AgentHub) -> None:
+        self.db = db
+        self.hub = hub
+        self.dir = data / "releases"
         self.repo = OnlineRepository(self.dir)
         self.packages = PackageStore(self.dir / "packages")
         self.uploads = self.dir / "uploads"
-        self.instruction_key = instruction_key(coordinator.datadir.path)
+        self.instruction_key = instruction_key(data)
         # job ref -> (bytes sent, total): live progress for `jobs show`.
         self.progress: dict[str, tuple[int, int]] = {}
         self._streams: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -269,7 +271,7 @@ class UpdateService:
     async def _release(self, product: str, version: str) -> dict[str, Any]:
         key = (product, version)
         if key not in self._releases:
-            async with self.coordinator.db.connect() as conn:
+            async with self.db.connect() as conn:
                 found = await store.find_releases(conn, product, version)
             if not found:
                 raise NotFound(f"release {product} {version} is not published")
@@ -310,12 +312,12 @@ class UpdateService:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def on_agent_connected(self, link: AgentLink) -> None:
+    async def on_agent_connected(self, agent_id: str) -> None:
         """Called once an agent is authenticated: its unfinished jobs go out with the next
         sweep, in one query for every agent that connected meanwhile (a reconnect storm
         costs no query per agent)."""
         self._ensure_sweeper()
-        self._reconnected.add(link.agent_id)
+        self._reconnected.add(agent_id)
 
     async def dispatch(
         self, job_id: int | None = None, agent_ids: Collection[str] | None = None,
@@ -323,7 +325,7 @@ class UpdateService:
     ) -> int:
         """Send unfinished machine parts to their agents if connected; returns how many."""
         self._ensure_sweeper()
-        async with self.coordinator.db.connect() as conn:
+        async with self.db.connect() as conn:
             rows = await store.open_job_machines(
                 conn, agent_ids=agent_ids, job_id=job_id, statuses=statuses)
         # A part another dispatch is sending right now (a sweep beside a rollout tick) is
@@ -339,23 +341,18 @@ class UpdateService:
         sent: list[dict[str, Any]] = []
         failed: list[tuple[dict[str, Any], str]] = []
         for row in rows:
-            link = self.coordinator.links.get(row["agent_id"])
-            if link is None:
+            if row["agent_id"] not in self.hub.links:
                 continue
             try:
                 action = await self._action(row)
             except NotFound as exc:
                 failed.append((row, str(exc)))
                 continue
-            command = p.Command(id=self.coordinator.next_command_id(), action=action)
-            try:
-                await link.ws.send(p.encode(command))
-            except ConnectionClosed:
-                continue
-            sent.append(row)
+            if await self.hub.send(row["agent_id"], action):
+                sent.append(row)
         newly_sent = [row for row in sent if row["status"] == "pending"]
         if newly_sent or failed:  # one transaction for the whole fan-out
-            async with self.coordinator.db.transaction() as conn:
+            async with self.db.transaction() as conn:
                 now = utcnow()
                 for row in newly_sent:
                     await store.set_status(conn, row, "sent", now)
@@ -394,8 +391,8 @@ class UpdateService:
     async def handle(self, link: AgentLink, message: Any) -> None:
         if isinstance(message, p.FetchMetadata):
             await self._renew_if_due()
-            data = self.repo.read_metadata(message.name)
-            await link.ws.send(p.encode(p.MetadataReply(id=message.id, data=data)))
+            link.session.reply_metadata(message.id, self.repo.read_metadata(message.name))
+            await link.flush()
         elif isinstance(message, p.Download):
             await self._start_download(link, message)
         else:  # pragma: no cover - the server dispatches only the two above
@@ -412,11 +409,12 @@ class UpdateService:
     async def _start_download(self, link: AgentLink, message: p.Download) -> None:
         others = [job for agent, job in self._streams if agent == link.agent_id and job != message.job]
         if len(others) >= MAX_DOWNLOADS_PER_AGENT:
-            await link.ws.send(p.encode(p.Chunk(
-                job=message.job, offset=message.offset,
-                error=f"this machine already downloads {len(others)} packages; retry later")))
+            link.session.send_chunk(
+                message.job, message.offset,
+                error=f"this machine already downloads {len(others)} packages; retry later")
+            await link.flush()
             return
-        async with self.coordinator.db.connect() as conn:
+        async with self.db.connect() as conn:
             row = await store.get_job_machine(conn, message.job)
         error = ""
         if row is None or row["agent_id"] != link.agent_id or row["kind"] == "verify":
@@ -424,16 +422,16 @@ class UpdateService:
         elif row["finished_at"] is not None:
             error = f"job {message.job} is finished ({row['status']})"
         if error:
-            await link.ws.send(p.encode(p.Chunk(job=message.job, offset=message.offset,
-                                                error=error)))
+            link.session.send_chunk(message.job, message.offset, error=error)
+            await link.flush()
             return
         assert row is not None
         release = await self._release(row["product"], row["version"])
         length = int(release["length"])
         if not 0 <= message.offset <= length:
-            await link.ws.send(p.encode(p.Chunk(
-                job=message.job, offset=message.offset,
-                error=f"offset {message.offset} outside the {length}-byte package")))
+            link.session.send_chunk(message.job, message.offset,
+                                    error=f"offset {message.offset} outside the {length}-byte package")
+            await link.flush()
             return
         key = (link.agent_id, message.job)
         previous = self._streams.pop(key, None)
@@ -462,9 +460,8 @@ class UpdateService:
                         data = await asyncio.to_thread(f.read, min(SEND_CHUNK, length - offset))
                         if not data:
                             raise OSError(f"{path} is shorter than its release says")
-                        await asyncio.wait_for(
-                            link.ws.send(p.encode(p.Chunk(job=job, offset=offset, data=data))),
-                            SEND_STALL_SECONDS)
+                        link.session.send_chunk(job, offset, data)
+                        await asyncio.wait_for(link.flush(), SEND_STALL_SECONDS)
                         offset += len(data)
                         self.progress[job] = (offset, length)
         except ConnectionClosed:
@@ -475,9 +472,9 @@ class UpdateService:
             return
         except OSError as exc:
             log.error("serving %s failed: %s", job, exc)
+            link.session.send_chunk(job, offset, error="package unavailable")
             with contextlib.suppress(ConnectionClosed):
-                await link.ws.send(p.encode(p.Chunk(job=job, offset=offset,
-                                                    error="package unavailable")))
+                await link.flush()
 
     async def on_event(self, conn: AsyncConnection, agent_id: str, event: p.Event,
                        now: dt.datetime) -> None:

@@ -11,7 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from careline.coordinator.datadir import DataDir
-from careline.coordinator.server import AgentLink, Coordinator
+from careline.coordinator.server import Coordinator
 from careline.coordinator.storage.db import Database
 from careline.coordinator.updates import DISPATCH_SWEEP_SECONDS
 from tests.conftest import CoordinatorProcess
@@ -27,8 +27,8 @@ async def test_reconnected_agents_survive_a_failed_dispatch(tmp_path: Path) -> N
     try:
         with sqlite3.connect(datadir.sqlite_file) as conn:
             conn.execute("ALTER TABLE job_machines RENAME TO job_machines_away")
-        # Only the id is used here: the agent is not connected to this coordinator.
-        await updates.on_agent_connected(AgentLink(None, "ag-back", 1))  # type: ignore[arg-type]
+        # The agent is not connected to this coordinator: only its id is remembered.
+        await updates.on_agent_connected("ag-back")
         await asyncio.sleep(DISPATCH_SWEEP_SECONDS * 1.5)  # a sweep fails meanwhile
         assert updates._reconnected == {"ag-back"}  # kept for the next sweep
         with sqlite3.connect(datadir.sqlite_file) as conn:

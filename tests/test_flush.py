@@ -47,7 +47,7 @@ async def report(coord: Coordinator, agent_ids: list[str]) -> None:
     now = dt.datetime.now(dt.UTC)
     for agent_id in agent_ids:
         coord._heartbeats[agent_id] = (time.time(), health())
-        coord._presence[agent_id] = (True, now, "t")
+        coord.hub.presence[agent_id] = (True, now, "t")
 
 
 async def seen(coord: Coordinator) -> dict[str, Any]:
@@ -71,7 +71,7 @@ async def test_bad_agent_costs_only_its_own_report(coordinator: Coordinator, cap
     assert [a for a in agents if stored[a] is None] == [bad]
     assert f"report of agent {bad} not stored" in caplog.text
     assert coord._heartbeats == {}
-    assert coord._presence == {}
+    assert coord.hub.presence == {}
 
 
 async def test_batch_storage_refuses_is_kept_and_written_later(coordinator: Coordinator) -> None:

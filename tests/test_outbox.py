@@ -15,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from careline.agent.outbox import (
     KEPT_KINDS,
     MAX_AGE_SECONDS,
     SUMMARY_KIND,
-    DeliveryWindow,
     Outbox,
 )
 from careline.shared.protocol import EVENT_KINDS, Event
@@ -192,36 +189,6 @@ def test_ack_many_forgets_a_batch_in_one_go(path: Path) -> None:
     box.ack_many([])
     assert len(box) == 5
     box.close()
-
-
-@given(st.lists(st.sampled_from(["emit", "send", "ack"]), max_size=200), st.integers(1, 8))
-def test_window_never_has_more_than_its_size_in_flight_and_delivers_all_once(
-    steps: list[str], size: int
-) -> None:
-    """A model of the sender: events are sent in seq order while there is room, acks come
-    back in the order sent; nothing is sent twice, nothing is skipped."""
-    window = DeliveryWindow(size)
-    emitted: list[int] = []
-    sent: list[int] = []
-    for step in [*steps, *["send", "ack"] * (len(steps) + 1)]:
-        if step == "emit":
-            emitted.append(len(emitted) + 1)
-        elif step == "send":
-            ready = [seq for seq in emitted if seq > window.cursor][: window.room()]
-            for seq in ready:
-                window.sent(seq)
-                sent.append(seq)
-        elif window.in_flight:
-            window.acked(min(window.in_flight))
-        assert 0 <= len(window.in_flight) <= size
-        assert window.room() == size - len(window.in_flight)
-    assert sent == emitted  # in order, exactly once
-    assert not window.in_flight
-
-
-def test_window_size_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="window size must be at least 1"):
-        DeliveryWindow(0)
 
 
 # ----------------------------------------------------------------------------- the bound

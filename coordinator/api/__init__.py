@@ -18,7 +18,7 @@ from careline.shared.errors import PermissionDenied, ProtocolError
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
-    from careline.coordinator.server import Coordinator
+    from careline.coordinator.services import Services
 
 Role = Literal["viewer", "technician", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "technician", "admin")
@@ -36,7 +36,7 @@ class Caller:
 
 @dataclass
 class Context:
-    coordinator: Coordinator
+    services: Services
     caller: Caller
     now: dt.datetime
 
@@ -106,14 +106,14 @@ def parse_params(found: Method, params: dict[str, Any]) -> Any:
         raise ProtocolError(f"{found.name}: {exc}") from None
 
 
-async def invoke(coordinator: Coordinator, caller: Caller, name: str, params: dict[str, Any],
+async def invoke(services: Services, caller: Caller, name: str, params: dict[str, Any],
                  now: dt.datetime) -> Any:
     """Call a method in-process as `caller` (the web console and REST API): the same role
     check, validation and audit as a request on /admin. A streaming method's partial results
     come back as one list."""
     found = lookup(name, caller)
     parsed = parse_params(found, params)
-    ctx = Context(coordinator, caller, now)
+    ctx = Context(services, caller, now)
     if found.streams:
         stream: AsyncIterator[Any] = found.handler(ctx, parsed)  # type: ignore[assignment]
         return [partial async for partial in stream]

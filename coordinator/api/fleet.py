@@ -17,20 +17,9 @@ from careline.shared.keys import JoinString, new_token, token_hash
 AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen", "agent_version", "products")
 
 
-def agent_status(row: dict[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:
-    """online while connected and heard from recently; off when its agent stopped cleanly
-    (the PC was shut down); any other silent or dropped agent is offline."""
-    if row["revoked_at"] is not None:
-        return "revoked"
-    seen = row["last_seen"]
-    if row["connected"] and seen is not None and now - seen <= offline_after:
-        return "online"
-    return "off" if store.is_off(row) else "offline"
-
-
 def agent_view(ctx: Context, row: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
     view = {k: v for k, v in row.items() if k not in ("public_key", "health", "connected")}
-    view["status"] = agent_status(row, ctx.now, ctx.coordinator.offline_after)
+    view["status"] = store.agent_status(row, ctx.now, ctx.services.hub.offline_after)
     health = row["health"] or {}
     view["products"] = {
         p["name"]: {"version": p["version"], "running": p["running"]}
@@ -56,7 +45,7 @@ async def add_customer(ctx: Context, p: AddCustomer) -> dict[str, Any]:
         zoneinfo.ZoneInfo(p.timezone)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise ConfigError(f"unknown time zone {p.timezone!r}") from None
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         row = await store.add_customer(conn, p.name.strip(), p.timezone, ctx.now)
         await ctx.audit(conn, "customer.add", f"customer:{row['id']}", name=row["name"])
     return row
@@ -64,7 +53,7 @@ async def add_customer(ctx: Context, p: AddCustomer) -> dict[str, Any]:
 
 @method("customers.list", "viewer")
 async def list_customers(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await store.list_customers(conn)
 
 
@@ -77,7 +66,7 @@ class AddSite(msgspec.Struct, forbid_unknown_fields=True):
 async def add_site(ctx: Context, p: AddSite) -> dict[str, Any]:
     if not p.name.strip():
         raise ConfigError("site name must not be empty")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
         row = await store.add_site(conn, customer["id"], p.name.strip())
         await ctx.audit(conn, "site.add", f"customer:{customer['id']}", site=row["name"])
@@ -90,7 +79,7 @@ class ListSites(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("sites.list", "viewer", ListSites)
 async def list_sites(ctx: Context, p: ListSites) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         return await store.list_sites(conn, customer_id)
 
@@ -112,7 +101,7 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
         raise ConfigError("--expires must be in the future")
     token = new_token("cle")
     expires_at = ctx.now + dt.timedelta(seconds=p.expires_seconds)
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
         if p.contract is not None:
             contract = await service.get_contract(conn, p.contract)
@@ -128,8 +117,8 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
             conn, "token.create", f"customer:{customer['id']}", token_id=token_id, uses=p.uses,
             expires_at=expires_at,
         )
-    pin = ctx.coordinator.updates.root_pin()
-    join = JoinString(ctx.coordinator.public_url, token, ctx.coordinator.ca_fingerprint, pin)
+    pin = ctx.services.updates.root_pin()
+    join = JoinString(ctx.services.public_url, token, ctx.services.ca_fingerprint, pin)
     return {
         "join": str(join), "token_id": token_id, "customer_id": customer["id"],
         "uses": p.uses, "expires_at": expires_at, "root_pin": pin or None,
@@ -143,7 +132,7 @@ class ListAgents(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("agents.list", "viewer", ListAgents)
 async def list_agents(ctx: Context, p: ListAgents) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         rows = await store.list_agents(conn, customer_id)
     return [agent_view(ctx, row) for row in rows]
@@ -155,11 +144,11 @@ class AgentRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("agents.show", "viewer", AgentRef)
 async def show_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         row = await store.get_agent(conn, p.id)
         view = agent_view(ctx, row, full=True)
         view["recent_events"] = await store.list_events(conn, row["id"], limit=20)
-    quota = ctx.coordinator.quotas.get(row["id"])  # this process's count since it started
+    quota = ctx.services.hub.quotas.get(row["id"])  # this process's count since it started
     view["refused"] = {"over_quota": quota.refused if quota else 0,
                        "unknown_kind_events": quota.unknown_kinds if quota else 0}
     return view
@@ -176,7 +165,7 @@ async def health_history(ctx: Context, p: HealthHistory) -> dict[str, Any]:
     15 minutes, kept 30 days)."""
     from careline.coordinator.storage import health
 
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         row = await store.get_agent(conn, p.id)
         samples = await health.list_samples(conn, row["id"], ctx.now - dt.timedelta(hours=p.hours))
     return {"id": row["id"], "hostname": row["hostname"], "samples": samples}
@@ -184,11 +173,11 @@ async def health_history(ctx: Context, p: HealthHistory) -> dict[str, Any]:
 
 @method("agents.revoke", "technician", AgentRef)
 async def revoke_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         row = await store.get_agent(conn, p.id)
         await store.revoke_agent(conn, row["id"], ctx.now)
         await ctx.audit(conn, "agent.revoke", f"agent:{row['id']}", hostname=row["hostname"])
-    await ctx.coordinator.disconnect_revoked(row["id"])
+    await ctx.services.hub.disconnect_revoked(row["id"])
     return {"id": row["id"], "revoked_at": ctx.now}
 
 
@@ -198,7 +187,7 @@ async def agent_candidates(ctx: Context, p: ListAgents) -> list[dict[str, Any]]:
     reinstalls that were not linked by themselves (see coordinator/enrollment.py)."""
     from careline.coordinator.enrollment import candidates
 
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await candidates(conn, await store.customer_id_of(conn, p.customer))
 
 
@@ -212,12 +201,12 @@ async def replace_agent(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
     """NEW is a reinstall of OLD: OLD keeps its id, history and seat and takes NEW's key."""
     from careline.coordinator.enrollment import replace
 
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         old = await store.get_agent(conn, p.old)
         new = await store.get_agent(conn, p.new)
         note = await replace(conn, old, new, actor=ctx.caller.name, now=ctx.now)
         row = await store.get_agent(conn, old["id"])
-    await ctx.coordinator.relinked(old["id"], new["id"], ctx.now)
+    await ctx.services.hub.relinked(old["id"], new["id"], ctx.now)
     return {**agent_view(ctx, row), "replaced": new["id"], "note": note}
 
 
@@ -226,7 +215,7 @@ async def distinct_agents(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
     """OLD and NEW share hardware but are different PCs: stop proposing them as a reinstall."""
     from careline.coordinator.enrollment import mark_distinct
 
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         old = await store.get_agent(conn, p.old)
         new = await store.get_agent(conn, p.new)
         await mark_distinct(conn, old, new, actor=ctx.caller.name, now=ctx.now)
@@ -242,7 +231,7 @@ class AddTechnician(msgspec.Struct, forbid_unknown_fields=True):
 @method("technicians.add", "admin", AddTechnician)
 async def add_technician(ctx: Context, p: AddTechnician) -> dict[str, Any]:
     token = new_token("clt")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         row = await store.add_technician(conn, p.name, p.role, token_hash(token), ctx.now)
         await ctx.audit(conn, "technician.add", f"technician:{p.name}", role=p.role)
     return {**row, "token": token}
@@ -250,7 +239,7 @@ async def add_technician(ctx: Context, p: AddTechnician) -> dict[str, Any]:
 
 @method("technicians.list", "viewer")
 async def list_technicians(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await store.list_technicians(conn)
 
 
@@ -262,10 +251,10 @@ class TechnicianRef(msgspec.Struct, forbid_unknown_fields=True):
 async def revoke_technician(ctx: Context, p: TechnicianRef) -> dict[str, Any]:
     if p.name == ctx.caller.name:
         raise ConfigError("a technician cannot revoke their own token")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await store.revoke_technician(conn, p.name, ctx.now)
         await ctx.audit(conn, "technician.revoke", f"technician:{p.name}")
-    await ctx.coordinator.disconnect_technician(p.name)
+    await ctx.services.technicians.disconnect(p.name)
     return {"name": p.name, "revoked_at": ctx.now}
 
 
@@ -276,5 +265,5 @@ class ListAudit(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("audit.list", "viewer", ListAudit)
 async def list_audit(ctx: Context, p: ListAudit) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await store.list_audit(conn, limit=max(1, min(p.limit, 10_000)))

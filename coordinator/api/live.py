@@ -1,23 +1,21 @@
 """Live commands to agents over their open connections: ping, diagnose, restart a product.
 
-Each is one of the agent's fixed typed actions. A command to many machines goes to all of
-them at once and answers stream back as they arrive; a slow or dead agent only ever costs
-its own timeout.
+Each is one of the agent's fixed typed actions, sent through the AgentHub. A command to many
+machines goes to all of them at once and answers stream back as they arrive; a slow or dead
+agent only ever costs its own timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
 
 from careline.coordinator.api import Context, method
+from careline.coordinator.hub import Outcome
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.shared import protocol as p
@@ -32,94 +30,23 @@ log = logging.getLogger("careline.coordinator")
 
 
 async def _call(ctx: Context, agent: dict[str, Any], action: p.Action,
-                timeout: float) -> dict[str, Any]:  # noqa: ASYNC109 -- the deadline turns into a "no answer" result, not a cancellation
-    """Run one action on one agent, connected here or (scale-out) to another coordinator
-    process: its answer, or why there is none."""
-    agent_id = agent["id"]
-    link = ctx.coordinator.links.get(agent_id)
-    relay = ctx.coordinator.relay
-    started = time.perf_counter()
-    if link is not None:
-        running = link.call(ctx.coordinator.next_command_id(), action, timeout)
-    elif relay is not None and ctx.coordinator.held_elsewhere(agent_id, agent):
-        running = relay.call(agent_id, action, timeout)
-    else:
-        return {"machine": agent_id, "status": "offline"}
-    try:
-        result = await running
-    except TimeoutError:
-        return {"machine": agent_id, "status": "no answer", "timeout": timeout}
-    except (ConnectionError, OSError):
-        return {"machine": agent_id, "status": "offline"}
-    return _answer(agent_id, result, started)
+                timeout: float) -> dict[str, Any]:
+    """Run one action on one agent (AgentHub.call): its answer, or why there is none."""
+    return _answer(await ctx.services.hub.call(agent, action, timeout), timeout)
 
 
-def _answer(agent_id: str, result: p.CommandResult, started: float) -> dict[str, Any]:
-    rtt_ms = round((time.perf_counter() - started) * 1000, 2)
+def _answer(outcome: Outcome, timeout: float) -> dict[str, Any]:
+    agent_id, result = outcome.agent_id, outcome.result
+    if result is None:
+        if outcome.failure == "timeout":
+            return {"machine": agent_id, "status": "no answer", "timeout": timeout}
+        if outcome.failure == "offline":
+            return {"machine": agent_id, "status": "offline"}
+        return {"machine": agent_id, "status": "failed", "error": outcome.error}
+    rtt_ms = round(outcome.seconds * 1000, 2)
     if not result.ok:
         return {"machine": agent_id, "status": "failed", "error": result.error, "rtt_ms": rtt_ms}
     return {"machine": agent_id, "status": "ok", "rtt_ms": rtt_ms, "data": result.data}
-
-
-async def _fan_out(ctx: Context, agents: list[dict[str, Any]], action: p.Action,
-                   timeout: float) -> AsyncIterator[dict[str, Any]]:  # noqa: ASYNC109 -- the deadline turns into a "no answer" result, not a cancellation
-    """Run one action on many agents; yields their answers as they arrive.
-
-    Commands to agents connected here are all sent first and their answers collected from
-    the futures' callbacks, with no task per agent (at 10,000 agents, a task each was a
-    fifth of the call's CPU); one timer turns what is left at the deadline into "no answer".
-    Agents held by another process (scale-out), or by none, go through _call.
-    """
-    answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    outstanding: dict[asyncio.Future[p.CommandResult], tuple[Any, int]] = {}
-    others: list[asyncio.Task[dict[str, Any]]] = []
-
-    def settle(agent_id: str, started: float, future: asyncio.Future[p.CommandResult]) -> None:
-        link, command_id = outstanding.pop(future)
-        link.pending.pop(command_id, None)
-        if future.cancelled():
-            answers.put_nowait({"machine": agent_id, "status": "no answer", "timeout": timeout})
-        elif future.exception() is not None:
-            answers.put_nowait({"machine": agent_id, "status": "offline"})
-        else:
-            answers.put_nowait(_answer(agent_id, future.result(), started))
-
-    def relayed(agent_id: str, task: asyncio.Task[dict[str, Any]]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()
-        answers.put_nowait(task.result() if error is None else
-                           {"machine": agent_id, "status": "failed", "error": str(error)})
-
-    def expire() -> None:
-        for future in list(outstanding):
-            future.cancel()
-
-    timer = asyncio.get_running_loop().call_later(timeout, expire)
-    try:
-        for agent in agents:
-            link = ctx.coordinator.links.get(agent["id"])
-            if link is None:
-                task = asyncio.create_task(_call(ctx, agent, action, timeout))
-                task.add_done_callback(functools.partial(relayed, agent["id"]))
-                others.append(task)
-                continue
-            command_id = ctx.coordinator.next_command_id()
-            started = time.perf_counter()
-            try:
-                future = await link.start_call(command_id, action)
-            except ConnectionError:
-                answers.put_nowait({"machine": agent["id"], "status": "offline"})
-                continue
-            outstanding[future] = (link, command_id)
-            future.add_done_callback(functools.partial(settle, agent["id"], started))
-        for _ in agents:
-            yield await answers.get()
-    finally:
-        timer.cancel()
-        expire()
-        for task in others:
-            task.cancel()
 
 
 def _timeout(seconds: float) -> float:
@@ -142,7 +69,7 @@ async def ping(ctx: Context, p_: PingParams) -> AsyncIterator[dict[str, Any]]:
     timeout = _timeout(p_.timeout)
     if sum((p_.machine is not None, p_.customer is not None, p_.all)) != 1:
         raise ConfigError("give exactly one of --machine, --customer or --all")
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         if p_.machine is not None:
             rows = [await store.get_agent(conn, p_.machine)]
         else:
@@ -156,11 +83,12 @@ async def ping(ctx: Context, p_: PingParams) -> AsyncIterator[dict[str, Any]]:
         counts["revoked"] = counts.get("revoked", 0) + 1
         yield {"machine": revoked["id"], "hostname": revoked["hostname"], "status": "revoked"}
     targets = [r for r in rows if r["revoked_at"] is None]
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await ctx.audit(conn, "agents.ping", p_.machine or p_.customer or "all",
                         machines=len(rows))
     rtts: list[float] = []
-    async for answer in _fan_out(ctx, targets, p.Ping(), timeout):
+    async for outcome in ctx.services.hub.fan_out(targets, p.Ping(), timeout):
+        answer = _answer(outcome, timeout)
         answer.pop("data", None)
         answer["hostname"] = hostnames[answer["machine"]]
         counts[answer["status"]] = counts.get(answer["status"], 0) + 1
@@ -189,7 +117,7 @@ async def diagnose(ctx: Context, p_: DiagnoseParams) -> dict[str, Any]:
         raise ConfigError("log_lines must be between 1 and 10000")
     if not 4096 <= p_.max_bytes <= p.MAX_MESSAGE_BYTES // 2:
         raise ConfigError(f"max_bytes must be between 4096 and {p.MAX_MESSAGE_BYTES // 2}")
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p_.machine)
         if p_.incident is not None:
             await service.get_incident(conn, p_.incident)
@@ -207,7 +135,7 @@ async def diagnose(ctx: Context, p_: DiagnoseParams) -> dict[str, Any]:
                     agent["id"], size, p_.max_bytes)
         raise ConfigError(f"{agent['id']} sent {size} bytes of diagnostics, more than the "
                           f"{p_.max_bytes} asked for; not stored")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         diag_id = await service.add_diagnostics(
             conn, agent_id=agent["id"], incident_id=p_.incident, requested_by=ctx.caller.name,
             size=size, bundle=bundle, now=ctx.now,
@@ -223,7 +151,7 @@ class MachineRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("diagnostics.list", "viewer", MachineRef)
 async def list_diagnostics(ctx: Context, p_: MachineRef) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p_.machine)
         return await service.list_diagnostics(conn, agent["id"])
 
@@ -234,7 +162,7 @@ class DiagnosticsRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("diagnostics.show", "viewer", DiagnosticsRef)
 async def show_diagnostics(ctx: Context, p_: DiagnosticsRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await service.get_diagnostics(conn, p_.id)
 
 
@@ -247,10 +175,10 @@ class RestartParams(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("agents.restart_product", "technician", RestartParams)
 async def restart_product(ctx: Context, p_: RestartParams) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p_.machine)
     answer = await _call(ctx, agent, p.RestartProduct(product=p_.product), _timeout(p_.timeout))
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await ctx.audit(conn, "agents.restart_product", f"agent:{agent['id']}",
                         product=p_.product, outcome=answer["status"],
                         running=answer.get("data", {}).get("running"))

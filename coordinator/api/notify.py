@@ -57,8 +57,8 @@ async def add_channel(ctx: Context, p: AddChannel) -> dict[str, Any]:
     config = channels.check_config(p.kind, config, secret)
     if p.rate_per_minute < 0:
         raise ConfigError("--rate must be 0 (no limit) or more messages per minute")
-    sealed = ctx.coordinator.notifier.secrets.encrypt(secret)
-    async with ctx.coordinator.db.transaction() as conn:
+    sealed = ctx.services.notifier.secrets.encrypt(secret)
+    async with ctx.services.db.transaction() as conn:
         channel_id = await store.add_channel(conn, {
             "name": p.name, "kind": p.kind, "config": config, "secret": sealed,
             "rate_per_minute": p.rate_per_minute, "created_by": ctx.caller.name,
@@ -72,7 +72,7 @@ async def add_channel(ctx: Context, p: AddChannel) -> dict[str, Any]:
 
 @method("notify.channels.list", "viewer")
 async def list_channels(ctx: Context, p: Any) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return [_channel_view(c) for c in await store.list_channels(conn)]
 
 
@@ -82,7 +82,7 @@ class ChannelRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("notify.channels.remove", "admin", ChannelRef)
 async def remove_channel(ctx: Context, p: ChannelRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         channel = await store.get_channel(conn, p.name)
         await store.remove_channel(conn, channel["id"])
         await ctx.audit(conn, "notify.channel.remove", f"channel:{channel['name']}")
@@ -97,8 +97,8 @@ class TestChannel(msgspec.Struct, forbid_unknown_fields=True):
 @method("notify.channels.test", "admin", TestChannel)
 async def test_channel(ctx: Context, p: TestChannel) -> dict[str, Any]:
     """Send one test message now (not through the outbox) and say whether it went."""
-    notifier = ctx.coordinator.notifier
-    async with ctx.coordinator.db.connect() as conn:
+    notifier = ctx.services.notifier
+    async with ctx.services.db.connect() as conn:
         channel = await store.get_channel(conn, p.name)
     delivery = f"test-{secrets.token_hex(6)}"
     text = f"Careline test message from the coordinator ({ctx.now:%Y-%m-%d %H:%M}Z)\n"
@@ -112,7 +112,7 @@ async def test_channel(ctx: Context, p: TestChannel) -> dict[str, Any]:
                                notifier.secrets.decrypt(channel["secret"]), message)
     except channels.DeliveryError as exc:
         error = str(exc)
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await ctx.audit(conn, "notify.channel.test", f"channel:{channel['name']}",
                         ok=error is None, error=error)
     return {"channel": channel["name"], "ok": error is None, "error": error, "delivery": delivery}
@@ -157,13 +157,13 @@ async def _add_recipient(ctx: Context, conn: Any, p: AddRecipient) -> int:
 
 @method("notify.recipients.add", "admin", AddRecipient)
 async def add_recipient(ctx: Context, p: AddRecipient) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         return await store.get_recipient(conn, await _add_recipient(ctx, conn, p))
 
 
 @method("notify.recipients.list", "viewer")
 async def list_recipients(ctx: Context, p: Any) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await store.list_recipients(conn)
 
 
@@ -173,7 +173,7 @@ class RecipientRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("notify.recipients.remove", "admin", RecipientRef)
 async def remove_recipient(ctx: Context, p: RecipientRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         recipient = await store.get_recipient(conn, p.name)
         await store.remove_recipient(conn, recipient["id"])
         await ctx.audit(conn, "notify.recipient.remove", f"recipient:{recipient['name']}")
@@ -208,14 +208,14 @@ async def _add_route(ctx: Context, conn: Any, recipient_id: int, p: AddRoute) ->
 
 @method("notify.routes.add", "admin", AddRoute)
 async def add_route(ctx: Context, p: AddRoute) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         recipient = await store.get_recipient(conn, p.recipient)
         return await _add_route(ctx, conn, recipient["id"], p)
 
 
 @method("notify.routes.list", "viewer")
 async def list_routes(ctx: Context, p: Any) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await store.list_routes(conn)
 
 
@@ -225,7 +225,7 @@ class RouteRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("notify.routes.remove", "admin", RouteRef)
 async def remove_route(ctx: Context, p: RouteRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await store.remove_route(conn, p.id)
         await ctx.audit(conn, "notify.route.remove", f"route:{p.id}")
     return {"removed": p.id}
@@ -246,7 +246,7 @@ async def customer_optin(ctx: Context, p: OptIn) -> dict[str, Any]:
     events = policy.Route.parse_list(p.events) or policy.CUSTOMER_EVENTS
     if events - policy.CUSTOMER_EVENTS:
         raise ConfigError(f"customers may hear of {', '.join(sorted(policy.CUSTOMER_EVENTS))}")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         customer = await fstore.get_customer(conn, p.customer)
         recipient_id = await _add_recipient(ctx, conn, AddRecipient(
             name=f"{customer['name']} <{p.address}>", channel=p.channel, address=p.address,
@@ -263,7 +263,7 @@ async def customer_optin(ctx: Context, p: OptIn) -> dict[str, Any]:
 @method("notify.status", "viewer")
 async def status(ctx: Context, p: Any) -> dict[str, Any]:
     """Every channel's health and backlog: a failing channel is itself visible."""
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         counts = await store.counts_by_channel(conn)
         oldest = await store.oldest_pending(conn)
         chans = await store.list_channels(conn)
@@ -290,6 +290,6 @@ class ListNotifications(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("notify.list", "viewer", ListNotifications)
 async def list_notifications(ctx: Context, p: ListNotifications) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         rows = await store.list_notifications(conn, p.status, min(p.limit, 1000))
     return [{k: v for k, v in r.items() if k not in ("facts", "claim")} for r in rows]

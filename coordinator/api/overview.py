@@ -24,8 +24,8 @@ MAX_PAGE = 500
 async def fleet_overview(ctx: Context, _: NoParams) -> dict[str, Any]:
     """Machines online, off (shut down cleanly), offline and needing attention (an open
     incident), per customer."""
-    async with ctx.coordinator.db.connect() as conn:
-        rows = await views.fleet_overview(conn, ctx.now - ctx.coordinator.offline_after)
+    async with ctx.services.db.connect() as conn:
+        rows = await views.fleet_overview(conn, ctx.now - ctx.services.hub.offline_after)
     totals = {key: sum(r[key] for r in rows)
               for key in ("machines", "online", "off", "offline", "needs_attention", "open_incidents")}
     return {"customers": rows, "totals": totals}
@@ -40,7 +40,7 @@ async def set_language(ctx: Context, p: LanguageParams) -> dict[str, Any]:
     """The caller's own language for the web console (and what it sends them)."""
     if p.language not in LANGUAGES:
         raise ConfigError(f"language must be one of {', '.join(LANGUAGES)}")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await store.set_technician_language(conn, ctx.caller.name, p.language)
     return {"name": ctx.caller.name, "language": p.language}
 
@@ -55,7 +55,7 @@ async def machine_jobs(ctx: Context, p: MachineJobs) -> list[dict[str, Any]]:
     """One machine's jobs (update, reinstall, verify), newest first."""
     if not 1 <= p.limit <= MAX_PAGE:
         raise ConfigError(f"limit must be 1..{MAX_PAGE}")
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p.machine)
         return await views.machine_jobs(conn, agent["id"], p.limit)
 
@@ -67,7 +67,7 @@ class CustomerRef(msgspec.Struct, forbid_unknown_fields=True):
 @method("rollouts.customer", "viewer", CustomerRef)
 async def customer_rollouts(ctx: Context, p: CustomerRef) -> list[dict[str, Any]]:
     """Rollouts that reached the customer's machines, with how many succeeded or failed there."""
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         customer = await store.get_customer(conn, p.customer)
         return await views.customer_rollouts(conn, customer["id"])
 
@@ -84,10 +84,10 @@ async def customer_machines(ctx: Context, p: CustomerMachines) -> dict[str, Any]
     and packages are read once and every entitlement computed from them in memory."""
     if not 1 <= p.limit <= MAX_PAGE or p.offset < 0:
         raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset at least 0")
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         customer = await store.get_customer(conn, p.customer)
         total, rows = await store.agents_page(conn, customer["id"], p.limit, p.offset)
-        coverage = await ctx.coordinator.desk.entitlements(conn, rows, None, ctx.now)
+        coverage = await ctx.services.desk.entitlements(conn, rows, None, ctx.now)
     machines = [{**agent_view(ctx, row), "coverage": coverage[row["id"]].to_dict()} for row in rows]
     return {"total": total, "limit": p.limit, "offset": p.offset, "rows": machines}
 
@@ -105,7 +105,7 @@ async def incidents_page(ctx: Context, p: IncidentPage) -> dict[str, Any]:
     """One page of incidents, open first, with the decision's action, fee and due time."""
     if not 1 <= p.limit <= MAX_PAGE or p.offset < 0:
         raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset at least 0")
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         agent_id = (await store.get_agent(conn, p.machine))["id"] if p.machine else None
         total, rows = await views.incidents_page(conn, open_only=p.open, customer_id=customer_id,

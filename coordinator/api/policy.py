@@ -55,11 +55,11 @@ async def set_policy(ctx: Context, p: SetPolicy) -> list[dict[str, Any]]:
     checked against the policy file's schema, and the result checked as a whole."""
     if not p.assignments:
         raise ConfigError("give at least one KEY=VALUE")
-    layers = ctx.coordinator.policy_layers
+    layers = ctx.services.policy_layers
     values = dict(parse_assignment(text) for text in p.assignments)
     for key, value in values.items():
         layers.check(key, value)
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         _level, owner, ids = await _owner(conn, p)
         if not owner:
             raise ConfigError("say whose policy: --customer C [--site S] or --machine M"
@@ -85,8 +85,8 @@ async def unset_policy(ctx: Context, p: UnsetPolicy) -> list[dict[str, Any]]:
     """Drop overrides: those values fall back to the level above."""
     if not p.keys:
         raise ConfigError("give at least one KEY")
-    layers = ctx.coordinator.policy_layers
-    async with ctx.coordinator.db.transaction() as conn:
+    layers = ctx.services.policy_layers
+    async with ctx.services.db.transaction() as conn:
         level, owner, ids = await _owner(conn, p)
         if not owner:
             raise ConfigError("say whose policy: --customer C [--site S] or --machine M")
@@ -104,7 +104,7 @@ async def unset_policy(ctx: Context, p: UnsetPolicy) -> list[dict[str, Any]]:
 async def show_policy(ctx: Context, p: PolicyTarget) -> list[dict[str, Any]]:
     """Every value that may vary by customer, in effect for the target, and its source:
     default, vendor, customer, site or machine."""
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         *_, ids = await _owner(conn, p)
         by_target = await service.overrides_by_target(conn)
-    return ctx.coordinator.policy_layers.show(chain(by_target, *ids))
+    return ctx.services.policy_layers.show(chain(by_target, *ids))

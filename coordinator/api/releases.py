@@ -22,7 +22,7 @@ import msgspec
 from careline.coordinator.api import Context, method
 from careline.coordinator.storage import fleet as fleet_store
 from careline.coordinator.storage import updates as store
-from careline.coordinator.updates import create_job, file_sha256
+from careline.coordinator.updates import UpdateService, create_job, file_sha256
 from careline.shared.errors import ConfigError, Conflict, NotFound, VerificationError
 
 MAX_PACKAGE_BYTES = 4 << 30
@@ -30,8 +30,8 @@ _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 BUNDLE_CHUNK = 2 << 20
 
 
-def _updates(ctx: Context) -> Any:
-    return ctx.coordinator.updates
+def _updates(ctx: Context) -> UpdateService:
+    return ctx.services.updates
 
 
 # ----------------------------------------------------------------------------- keys & metadata
@@ -48,7 +48,7 @@ class NewOnlineKey(msgspec.Struct, forbid_unknown_fields=True):
 async def new_online_key(ctx: Context, p: NewOnlineKey) -> dict[str, Any]:
     async with _updates(ctx).repo_lock:
         key = _updates(ctx).repo.new_online_key(p.role)
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await ctx.audit(conn, "release.new_online_key", f"role:{p.role}")
     return {"key": key.decode()}
 
@@ -73,7 +73,7 @@ async def publish_metadata(ctx: Context, p: PublishMetadata) -> dict[str, Any]:
             root=p.root.encode() if p.root else None,
             targets=p.targets.encode() if p.targets else None,
         )
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await ctx.audit(conn, "release.metadata", "tuf", root=p.root is not None,
                         targets=p.targets is not None)
     return {"published": True}
@@ -147,7 +147,7 @@ async def publish(ctx: Context, p: Publish) -> dict[str, Any]:
             raise VerificationError(f"targets metadata is invalid: {exc}") from None
         if target.length != length or target.hashes.get("sha256") != sha256:
             raise VerificationError(f"{name}: the signed length/sha256 is not the uploaded file's")
-        async with ctx.coordinator.db.connect() as conn:
+        async with ctx.services.db.connect() as conn:
             if await store.find_releases(conn, info.product, info.version):
                 raise Conflict(f"{info.product} {info.version} is already published")
         row = {
@@ -165,13 +165,13 @@ async def publish(ctx: Context, p: Publish) -> dict[str, Any]:
             checkpoint = updates.repo.checkpoint()
             await asyncio.to_thread(updates.repo.publish, targets=p.targets.encode())
             try:
-                async with ctx.coordinator.db.transaction() as conn:
+                async with ctx.services.db.transaction() as conn:
                     row["id"] = await store.add_release(conn, **row)
                     await ctx.audit(conn, "release.publish",
                                     f"release:{info.product}/{info.version}",
                                     sha256=sha256, length=length, kind=info.kind)
                     if info.kind == "regulation":  # every covered machine gets it, in waves
-                        row["rollout"] = await ctx.coordinator.rollouts.start(
+                        row["rollout"] = await ctx.services.rollouts.start(
                             conn, row, actor=AUTO_ROLLOUT_ACTOR, now=ctx.now)
             except BaseException:
                 await asyncio.to_thread(updates.repo.restore, checkpoint)
@@ -188,7 +188,7 @@ class ListReleases(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("releases.list", "viewer", ListReleases)
 async def list_releases(ctx: Context, p: ListReleases) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await store.list_releases(conn, p.product)
 
 
@@ -215,7 +215,7 @@ async def _machines(conn: Any, machine: str | None, customer: str | None) -> lis
 
 
 async def _create_and_dispatch(ctx: Context, **kwargs: Any) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         if "machine" in kwargs:
             kwargs["agent_ids"] = await _machines(conn, kwargs.pop("machine"),
                                                   kwargs.pop("customer", None))
@@ -265,7 +265,7 @@ class ListJobs(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("jobs.list", "viewer", ListJobs)
 async def list_jobs(ctx: Context, p: ListJobs) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await store.list_jobs(conn, p.open, max(1, min(p.limit, 1000)))
 
 
@@ -275,7 +275,7 @@ class JobRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("jobs.show", "viewer", JobRef)
 async def show_job(ctx: Context, p: JobRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         job = await store.get_job(conn, p.id)
     progress = _updates(ctx).progress
     for machine in job["machines"]:
@@ -301,7 +301,7 @@ async def bundle(ctx: Context, p: Bundle) -> AsyncIterator[dict[str, Any]]:
     if not 0 < p.expiry_days <= MAX_BUNDLE_EXPIRY.days:  # before a job is made for it
         raise ConfigError(f"--expires must be more than 0 and at most {MAX_BUNDLE_EXPIRY.days} days")
     updates = _updates(ctx)
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         agent_id = (await fleet_store.get_agent(conn, p.machine))["id"]
         job = await create_job(
             conn, kind="update", agent_ids=[agent_id], actor=ctx.caller.name,

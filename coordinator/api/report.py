@@ -17,4 +17,5 @@ class CareReport(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("report.care", "viewer", CareReport)
 async def care_report(ctx: Context, p: CareReport) -> dict[str, Any]:
-    return await gather(ctx.coordinator, p.customer, p.month, ctx.now)
+    services = ctx.services
+    return await gather(services.db, services.desk, services.settings, p.customer, p.month, ctx.now)

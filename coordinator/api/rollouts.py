@@ -29,7 +29,7 @@ async def start(ctx: Context, p: StartRollout) -> dict[str, Any]:
         percents = waves.parse_percents(p.waves) if p.waves else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         if p.release.isdigit():
             release = await release_by_id(conn, int(p.release))
         else:
@@ -39,10 +39,10 @@ async def start(ctx: Context, p: StartRollout) -> dict[str, Any]:
                 raise NotFound(f"no single release matches {p.release!r}; give its id")
             release = found[0]
         customer_id = await store.customer_id_of(conn, p.customer)
-        rollout_id = await ctx.coordinator.rollouts.start(
+        rollout_id = await ctx.services.rollouts.start(
             conn, release, actor=ctx.caller.name, customer_id=customer_id, percents=percents,
             now=ctx.now)
-        return await ctx.coordinator.rollouts.summary(conn, rollout_id, ctx.now)
+        return await ctx.services.rollouts.summary(conn, rollout_id, ctx.now)
 
 
 class ListRollouts(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,10 +51,10 @@ class ListRollouts(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("rollouts.list", "viewer", ListRollouts)
 async def list_rollouts(ctx: Context, p: ListRollouts) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         rows = await rstore.list_rollouts(conn, ("running", "paused") if p.open else None)
         for row in rows:
-            summary = await ctx.coordinator.rollouts.summary(conn, row["id"], ctx.now)
+            summary = await ctx.services.rollouts.summary(conn, row["id"], ctx.now)
             row["targeted"] = sum(w["targeted"] for w in summary["waves"])
             row["succeeded"] = sum(w["succeeded"] for w in summary["waves"])
             row["failed"] = sum(w["failed"] for w in summary["waves"])
@@ -70,13 +70,13 @@ class RolloutRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("rollouts.show", "viewer", RolloutRef)
 async def show(ctx: Context, p: RolloutRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
-        return await ctx.coordinator.rollouts.summary(conn, p.id, ctx.now)
+    async with ctx.services.db.connect() as conn:
+        return await ctx.services.rollouts.summary(conn, p.id, ctx.now)
 
 
 async def _set(ctx: Context, rollout_id: int, status: str) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
-        return await ctx.coordinator.rollouts.set_status(conn, rollout_id, status,
+    async with ctx.services.db.transaction() as conn:
+        return await ctx.services.rollouts.set_status(conn, rollout_id, status,
                                                          ctx.caller.name, ctx.now)
 
 
@@ -99,7 +99,7 @@ async def cancel(ctx: Context, p: RolloutRef) -> dict[str, Any]:
 async def retry_failed(ctx: Context, p: RolloutRef) -> dict[str, Any]:
     """Send the release again to failed and timed-out machines; resumes a paused rollout
     and reopens a completed one (its failed machines were handed to a technician)."""
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         rollout = await rstore.get_rollout(conn, p.id)
         if rollout["status"] not in ("running", "paused", "completed"):
             raise Conflict(f"rollout {p.id} is {rollout['status']}")
@@ -125,7 +125,7 @@ async def set_install_window(ctx: Context, p: InstallWindowParams) -> dict[str, 
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     key = INSTALL_WINDOW_KEY
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
         owner = target("customer", customer["id"])
         previous = (await service.overrides_by_target(conn)).get(owner, {}).get(key)
@@ -136,6 +136,6 @@ async def set_install_window(ctx: Context, p: InstallWindowParams) -> dict[str, 
                                        by=ctx.caller.name, now=ctx.now)
         await ctx.audit(conn, "policy.unset" if p.window is None else "policy.set", owner,
                         key=key, value=p.window, previous=previous)
-        window, source = ctx.coordinator.policy_layers.value(
+        window, source = ctx.services.policy_layers.value(
             key, await service.overrides_by_target(conn), customer["id"])
         return {"customer": customer["name"], "install_window": window, "source": source}

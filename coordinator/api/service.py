@@ -43,7 +43,7 @@ async def set_customer_hours(ctx: Context, p: CustomerHours) -> dict[str, Any]:
                 values[key] = dt.time.fromisoformat(text).strftime("%H:%M")
             except ValueError:
                 raise ConfigError(f"--{key} must be HH:MM, got {text!r}") from None
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
         await store.update_customer(conn, customer["id"], **values)
         await ctx.audit(conn, "customer.hours", f"customer:{customer['id']}", **values)
@@ -65,7 +65,7 @@ async def customer_closed(ctx: Context, p: CustomerClosed) -> list[dict[str, Any
         raise ConfigError("give both --from and --to")
     if p.first_day and p.last_day and p.last_day < p.first_day:
         raise ConfigError("--to must not be before --from")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
         if p.first_day and p.last_day:
             closure = await service.add_closure(
@@ -91,7 +91,7 @@ async def add_contract(ctx: Context, p: AddContract) -> dict[str, Any]:
         raise ConfigError("--warranty-months must be between 0 and 120")
     if p.machines is not None and p.machines < 1:
         raise ConfigError("--machines must be at least 1")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
         contract_id = await service.add_contract(
             conn, customer_id=customer["id"], signed_on=p.signed,
@@ -108,7 +108,7 @@ class ListContracts(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("contracts.list", "viewer", ListContracts)
 async def list_contracts(ctx: Context, p: ListContracts) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         return await service.list_contracts(conn, customer_id)
 
@@ -119,7 +119,7 @@ class ContractRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("contracts.show", "viewer", ContractRef)
 async def show_contract(ctx: Context, p: ContractRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         contract = await service.get_contract(conn, p.id)
         contract["maintenance"] = await service.list_maintenance(conn, p.id)
         contract["machines_joined"] = await service.contract_machines(conn, p.id)
@@ -135,10 +135,10 @@ class AddMaintenance(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("maintenance.add", "technician", AddMaintenance)
 async def add_maintenance(ctx: Context, p: AddMaintenance) -> dict[str, Any]:
-    ctx.coordinator.policy.tier(p.tier)  # unknown tiers are refused with the known ones
+    ctx.services.desk.policy.tier(p.tier)  # unknown tiers are refused with the known ones
     if p.end < p.start:
         raise ConfigError("--end must not be before --start")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         contract = await service.get_contract(conn, p.contract)
         package_id = await service.add_maintenance(
             conn, contract_id=p.contract, start=p.start, end=p.end, tier=p.tier, now=ctx.now)
@@ -157,9 +157,9 @@ class EntitlementParams(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("entitlement.show", "viewer", EntitlementParams)
 async def show_entitlement(ctx: Context, p: EntitlementParams) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p.machine)
-        entitlement = await ctx.coordinator.desk.entitlement(conn, agent, p.at, ctx.now)
+        entitlement = await ctx.services.desk.entitlement(conn, agent, p.at, ctx.now)
     return {"machine": agent["id"], "hostname": agent["hostname"], "customer": agent["customer"],
             **entitlement.to_dict()}
 
@@ -171,16 +171,16 @@ class ExpiringParams(msgspec.Struct, forbid_unknown_fields=True):
 @method("report.expiring", "viewer", ExpiringParams)
 async def report_expiring(ctx: Context, p: ExpiringParams) -> list[dict[str, Any]]:
     """Machines whose coverage ends soon with nothing booked after: renewal offers."""
-    async with ctx.coordinator.db.connect() as conn:
-        return await ctx.coordinator.desk.expiring_machines(conn, p.within_days, ctx.now)
+    async with ctx.services.db.connect() as conn:
+        return await ctx.services.desk.expiring_machines(conn, p.within_days, ctx.now)
 
 
 @method("report.expiring_contracts", "viewer", ExpiringParams)
 async def report_expiring_contracts(ctx: Context, p: ExpiringParams) -> list[dict[str, Any]]:
     """The same, one row per customer and coverage end with its machine count and the
     customer's contacts: the sales desk's call list (the console's contracts page)."""
-    async with ctx.coordinator.db.connect() as conn:
-        return await ctx.coordinator.desk.expiring_contracts(conn, p.within_days, ctx.now)
+    async with ctx.services.db.connect() as conn:
+        return await ctx.services.desk.expiring_contracts(conn, p.within_days, ctx.now)
 
 
 # ----------------------------------------------------------------------------- incidents
@@ -193,9 +193,9 @@ class OpenIncident(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("incidents.open", "technician", OpenIncident)
 async def open_incident(ctx: Context, p: OpenIncident) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         agent = await store.get_agent(conn, p.machine)
-        incident_id = await ctx.coordinator.desk.open_incident(
+        incident_id = await ctx.services.desk.open_incident(
             conn, agent, kind="reported", subject="", category=p.category, severity=p.severity,
             opened_by=ctx.caller.name, detail=p.note, now=ctx.now)
         await service.update_incident(conn, incident_id, touched=True)
@@ -216,7 +216,7 @@ class ListIncidents(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("incidents.list", "viewer", ListIncidents)
 async def list_incidents(ctx: Context, p: ListIncidents) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         agent_id = (await store.get_agent(conn, p.machine))["id"] if p.machine else None
         rows = await service.list_incidents(conn, open_only=p.open, customer_id=customer_id,
@@ -235,13 +235,13 @@ class IncidentRef(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("incidents.show", "viewer", IncidentRef)
 async def show_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         return await _incident_view(conn, p.id)
 
 
 @method("incidents.explain", "viewer", IncidentRef)
 async def explain_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         incident = await service.get_incident(conn, p.id)
         decision = await service.latest_decision(conn, p.id)
         waits = await service.list_waits(conn, p.id)
@@ -266,7 +266,7 @@ class ResolveIncident(msgspec.Struct, forbid_unknown_fields=True):
 async def resolve_incident(ctx: Context, p: ResolveIncident) -> dict[str, Any]:
     if not p.note.strip():
         raise ConfigError("--note must say how it was resolved")
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await service.resolve_incident(conn, p.id, p.note, ctx.now)
         await service.update_incident(conn, p.id, touched=True)
         await service.forget_conditions_of(conn, p.id)
@@ -277,16 +277,16 @@ async def resolve_incident(ctx: Context, p: ResolveIncident) -> dict[str, Any]:
 @method("incidents.redecide", "technician", IncidentRef)
 async def redecide_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
     """Decide again with today's facts (agent back online, a fix released, coverage bought)."""
-    async with ctx.coordinator.db.transaction() as conn:
-        await ctx.coordinator.desk.touch(conn, p.id)
+    async with ctx.services.db.transaction() as conn:
+        await ctx.services.desk.touch(conn, p.id)
         before = await service.latest_decision(conn, p.id)
-        decision = await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
+        decision = await ctx.services.desk.decide(conn, p.id, ctx.now)
         escalated = decision["action"] in ONSITE_ACTIONS and (
             before is None or before["action"] not in ONSITE_ACTIONS)
         incident = await service.get_incident(conn, p.id)
         await notify_incident(conn, p.id, "incident.escalated" if escalated else "incident.updated",
                               ctx.now, visit_id=decision["visit"],
-                              urgent_from=await ctx.coordinator.desk.urgent_from(
+                              urgent_from=await ctx.services.desk.urgent_from(
                                   conn, incident["agent_id"]))
         await ctx.audit(conn, "incident.redecide", f"incident:{p.id}",
                         decided=decision["action"])
@@ -303,16 +303,16 @@ class WaitIncident(msgspec.Struct, forbid_unknown_fields=True):
 async def wait_incident(ctx: Context, p: WaitIncident) -> dict[str, Any]:
     """The incident waits on someone (the customer to be on site, to answer): its due-time
     clock stops until `resume`."""
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         incident = await service.get_incident(conn, p.id)
         if incident["status"] != "open":
             raise Conflict(f"incident {p.id} is not open")
         if incident["waiting_on"]:
             raise Conflict(f"incident {p.id} already waits on {incident['waiting_on']}")
-        await ctx.coordinator.desk.touch(conn, p.id)
+        await ctx.services.desk.touch(conn, p.id)
         await service.start_wait(conn, incident_id=p.id, on_whom=p.on, note=p.note,
                                  by=ctx.caller.name, now=ctx.now)
-        await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
+        await ctx.services.desk.decide(conn, p.id, ctx.now)
         await ctx.audit(conn, "incident.wait", f"incident:{p.id}", on=p.on, note=p.note)
         return await _incident_view(conn, p.id)
 
@@ -321,9 +321,9 @@ async def wait_incident(ctx: Context, p: WaitIncident) -> dict[str, Any]:
 async def resume_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
     """The wait is over: the clock runs again and the due time moves out by the business
     time it was paused."""
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         await service.end_wait(conn, p.id, ctx.caller.name, ctx.now)
-        decision = await ctx.coordinator.desk.decide(conn, p.id, ctx.now)
+        decision = await ctx.services.desk.decide(conn, p.id, ctx.now)
         await ctx.audit(conn, "incident.resume", f"incident:{p.id}",
                         due_at=decision["due_at"])
         return await _incident_view(conn, p.id)
@@ -338,14 +338,14 @@ class ListVisits(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("visits.list", "viewer", ListVisits)
 async def list_visits(ctx: Context, p: ListVisits) -> list[dict[str, Any]]:
-    async with ctx.coordinator.db.connect() as conn:
+    async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         rows = await service.list_visits(conn, open_only=not p.completed, customer_id=customer_id)
         if p.due != "today":
             return rows
         today = []
         for row in rows:
-            calendar = customer_calendar(ctx.coordinator.policy,
+            calendar = customer_calendar(ctx.services.desk.policy,
                                          await store.get_customer(conn, row["customer_id"]))
             if calendar.local(row["due_at"]).date() <= calendar.local(ctx.now).date():
                 today.append(row)
@@ -359,14 +359,14 @@ class AssignVisit(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("visits.assign", "technician", AssignVisit)
 async def assign_visit(ctx: Context, p: AssignVisit) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         visit = await service.get_visit(conn, p.id)
         if visit["status"] == "completed":
             raise Conflict(f"visit {p.id} is already completed")
         if p.technician not in {t["name"] for t in await store.list_technicians(conn)}:
             raise ConfigError(f"no technician {p.technician!r}")
         await service.update_visit(conn, p.id, technician=p.technician, status="assigned")
-        await ctx.coordinator.desk.touch(conn, visit["incident_id"])
+        await ctx.services.desk.touch(conn, visit["incident_id"])
         await ctx.audit(conn, "visit.assign", f"visit:{p.id}", technician=p.technician)
         return await service.get_visit(conn, p.id)
 
@@ -378,13 +378,13 @@ class CompleteVisit(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("visits.complete", "technician", CompleteVisit)
 async def complete_visit(ctx: Context, p: CompleteVisit) -> dict[str, Any]:
-    async with ctx.coordinator.db.transaction() as conn:
+    async with ctx.services.db.transaction() as conn:
         visit = await service.get_visit(conn, p.id)
         if visit["status"] == "completed":
             raise Conflict(f"visit {p.id} is already completed")
         await service.update_visit(conn, p.id, status="completed", completed_at=ctx.now,
                                    note=p.note)
-        await ctx.coordinator.desk.touch(conn, visit["incident_id"])
+        await ctx.services.desk.touch(conn, visit["incident_id"])
         await ctx.audit(conn, "visit.complete", f"visit:{p.id}", fee_vnd=visit["fee_vnd"],
                         note=p.note)
         return await service.get_visit(conn, p.id)

@@ -40,7 +40,9 @@ from careline.coordinator.storage import service
 from careline.shared.errors import ConfigError
 
 if TYPE_CHECKING:
-    from careline.coordinator.server import Coordinator
+    from careline.coordinator.datadir import Settings
+    from careline.coordinator.incidents import IncidentDesk
+    from careline.coordinator.storage.db import Database
 
 log = logging.getLogger("careline.coordinator.notify")
 
@@ -98,10 +100,11 @@ def care_summary(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Notifier:
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-        self.db = coordinator.db
-        data = coordinator.datadir.path
+    def __init__(self, db: Database, data: Path, desk: IncidentDesk, vendor: Settings) -> None:
+        self.db = db
+        self.data = data
+        self.desk = desk
+        self.vendor = vendor  # the coordinator's settings: the vendor's name and logo in reports
         self.settings = NotifySettings.load(data / "notify.toml")
         self.secrets = channels.Secrets(data / "notify.key")
         self.overrides = data / "templates" / "notify"
@@ -243,9 +246,9 @@ class Notifier:
         async with self.db.transaction() as conn:
             await store.extend_claim(conn, first["claim"], utcnow() + dt.timedelta(
                 seconds=self.settings.lease_seconds))
-        data = await care_report.gather(self.coordinator, str(facts["customer_id"]),
-                                        facts["month"], utcnow())
-        overrides = self.coordinator.datadir.path / "templates"
+        data = await care_report.gather(self.db, self.desk, self.vendor,
+                                        str(facts["customer_id"]), facts["month"], utcnow())
+        overrides = self.data / "templates"
         # Printing takes a second or so: off the event loop the agents' connections share.
         pdf = await asyncio.to_thread(care_report.render_pdf, data,
                                       i18n.language(recipient["language"]),
@@ -333,7 +336,8 @@ class Notifier:
             key = policy.care_report_key(customer_id, month)
             if key in self._periodic_done:
                 continue
-            data = await care_report.gather(self.coordinator, str(customer_id), month, now)
+            data = await care_report.gather(self.db, self.desk, self.vendor, str(customer_id),
+                                             month, now)
             async with self.db.transaction() as conn:
                 if await notify(conn, policy.Event(
                         "report.care_monthly", key, "low", care_summary(data),
@@ -357,7 +361,7 @@ class Notifier:
                 async with self.db.transaction() as conn:
                     await notify_incident(
                         conn, incident["id"], "incident.overdue", now,
-                        urgent_from=await self.coordinator.desk.urgent_from(
+                        urgent_from=await self.desk.urgent_from(
                             conn, incident["agent_id"]))
                 self._periodic_done.add(key)
         for visit in late_visits:
@@ -438,7 +442,7 @@ class Notifier:
             return
         within = self.settings.expiring_within_days
         async with self.db.transaction() as conn:
-            machines = await self.coordinator.desk.expiring_machines(
+            machines = await self.desk.expiring_machines(
                 conn, within, now, customer_id=recipient["customer_id"])
             if machines:
                 await notify(conn, policy.Event(

@@ -498,6 +498,17 @@ def is_off(row: Mapping[str, Any]) -> bool:
     return off is not None and (connected_at is None or off >= connected_at)
 
 
+def agent_status(row: Mapping[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:
+    """online while connected and heard from recently; off when its agent stopped cleanly
+    (the PC was shut down); any other silent or dropped agent is offline."""
+    if row["revoked_at"] is not None:
+        return "revoked"
+    seen = row["last_seen"]
+    if row["connected"] and seen is not None and now - seen <= offline_after:
+        return "online"
+    return "off" if is_off(row) else "offline"
+
+
 async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.datetime]) -> None:
     """Agents that said goodbye before disconnecting: their PC is being switched off."""
     if stops:

@@ -33,7 +33,7 @@ from careline.shared.errors import AuthError, CarelineError, ConfigError, NotFou
 from careline.shared.keys import token_hash
 
 if TYPE_CHECKING:
-    from careline.coordinator.server import Coordinator
+    from careline.coordinator.services import Services
 
 log = logging.getLogger("careline.coordinator")
 
@@ -85,11 +85,11 @@ def summary(name: str, result: Any) -> str:
 
 
 class Console:
-    """The application's state: the coordinator it serves, sessions and templates."""
+    """The application's state: the coordinator's services, sessions and templates."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
-        self.coordinator = coordinator
-        overrides = coordinator.datadir.path / "templates"
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        overrides = services.datadir.path / "templates"
         self.env = environment("web", overrides if overrides.is_dir() else None)
 
     # ------------------------------------------------------------------ who is asking
@@ -97,7 +97,7 @@ class Console:
         """The technician holding this token now: None once revoked (re-read on every request)."""
         from careline.coordinator.storage import fleet as store
 
-        async with self.coordinator.db.connect() as conn:
+        async with self.services.db.connect() as conn:
             row = await store.technician_by_token_hash(conn, hashed)
         return None if row is None or row["revoked_at"] is not None else row
 
@@ -112,25 +112,25 @@ class Console:
         if not cookie:
             raise SignInRequired
         now = utcnow()
-        async with self.coordinator.db.connect() as conn:
+        async with self.services.db.connect() as conn:
             row = await stored.get_with_technician(conn, id_hash(cookie))
         if row is None:
             raise SignInRequired
         session = Session.from_row(row)
         if row["name"] is None or row["revoked_at"] is not None or not session.live(now):
-            async with self.coordinator.db.transaction() as conn:
+            async with self.services.db.transaction() as conn:
                 if row["name"] is None or row["revoked_at"] is not None:
                     await stored.delete_for_token(conn, session.token_hash)
                 else:
                     await stored.delete(conn, session.id_hash)
             raise SignInRequired
         if session.needs_touch(now):
-            async with self.coordinator.db.transaction() as conn:
+            async with self.services.db.transaction() as conn:
                 await stored.update(conn, session.id_hash, last_seen=now)
         return session, api.Caller(row["name"], row["role"])
 
     async def save(self, session: Session, **values: Any) -> None:
-        async with self.coordinator.db.transaction() as conn:
+        async with self.services.db.transaction() as conn:
             await stored.update(conn, session.id_hash, **values)
 
     async def flash(self, session: Session, kind: str, text: str) -> None:
@@ -150,15 +150,15 @@ class Console:
             raise AuthError("technician token required (Authorization: Bearer TOKEN)")
         caller = await self.caller_for(token_hash(header.removeprefix("Bearer ").strip()))
         if caller is None:
-            await self.coordinator._login_failed(_address(request))
+            await self.services.technicians.login_failed(_address(request))
             raise AuthError("technician token unknown or revoked")
         return caller
 
     async def invoke(self, caller: api.Caller, method: str, params: dict[str, Any]) -> Any:
         try:
-            return await api.invoke(self.coordinator, caller, method, params, utcnow())
+            return await api.invoke(self.services, caller, method, params, utcnow())
         except PermissionDenied as exc:  # audited as a refused /admin request is
-            await self.coordinator._refused(caller.name, method, str(exc))
+            await self.services.technicians.refused(caller.name, method, str(exc))
             raise
 
     async def call(self, caller: api.Caller, method: str, /, **params: Any) -> Any:
@@ -207,9 +207,9 @@ def _int(value: str | None, default: int = 1) -> int:
         return default
 
 
-def create_app(coordinator: Coordinator) -> Litestar:
-    """The console and the REST API for one coordinator."""
-    console = Console(coordinator)
+def create_app(services: Services) -> Litestar:
+    """The console and the REST API for one coordinator process."""
+    console = Console(services)
     # ------------------------------------------------------------------ sign-in and out
     @get("/signin")
     async def signin_form(request: Request[Any, Any, Any]) -> Response[str]:
@@ -230,7 +230,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         hashed = token_hash(form.get("token", "").strip())
         row = await console.technician(hashed)
         if row is None:
-            await coordinator._login_failed(_address(request))
+            await services.technicians.login_failed(_address(request))
             return console.html("signin.html", lang, 401, pre=pre, error="token")
         lang = row.get("language") or lang  # chosen once in the console, else the browser's
         timezone = form.get("timezone") or DEFAULT_TIMEZONE
@@ -240,7 +240,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
             timezone = DEFAULT_TIMEZONE
         now = utcnow()
         cookie, session = Session.new(hashed, lang, timezone, now)
-        async with coordinator.db.transaction() as conn:
+        async with services.db.transaction() as conn:
             await stored.prune(conn, now - IDLE, now - LIFETIME)
             await stored.add(conn, session.row())
         response = Redirect("/fleet", status_code=303)
@@ -259,7 +259,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
     @post("/signout", status_code=303)
     async def signout(request: Request[Any, Any, Any]) -> Response[Any]:
         session, _, _ = await checked_form(request)
-        async with coordinator.db.transaction() as conn:
+        async with services.db.transaction() as conn:
             await stored.delete(conn, session.id_hash)
         response = Redirect("/signin", status_code=303)
         response.delete_cookie(COOKIE, path="/")
@@ -341,7 +341,7 @@ def create_app(coordinator: Coordinator) -> Litestar:
         month = request.query_params.get("month") or utcnow().strftime("%Y-%m")
         lang = request.query_params.get("lang") or "vi"
         data = await console.call(caller, "report.care", customer=str(customer_id), month=month)
-        overrides = coordinator.datadir.path / "templates"
+        overrides = services.datadir.path / "templates"
         overrides_dir = overrides if overrides.is_dir() else None
         name = f"care-report-{customer_id}-{month}"
         if request.query_params.get("format") == "html":

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 from careline.coordinator.datadir import Settings
 
 if TYPE_CHECKING:
-    from careline.coordinator.server import Coordinator
+    from careline.coordinator.services import Services
 
 log = logging.getLogger("careline.coordinator")
 
 
-async def serve_web(coordinator: Coordinator, listen: str, stop: asyncio.Event) -> None:
+async def serve_web(services: Services, listen: str, stop: asyncio.Event) -> None:
     import uvicorn
 
     from careline.coordinator.web.app import create_app
@@ -30,9 +30,9 @@ async def serve_web(coordinator: Coordinator, listen: str, stop: asyncio.Event) 
             yield
 
     host, port = Settings(listen=listen).listen_host_port()
-    pki = coordinator.datadir.pki
+    pki = services.datadir.pki
     server = Server(uvicorn.Config(
-        create_app(coordinator), host=host, port=port, ssl_certfile=str(pki / "server.pem"),
+        create_app(services), host=host, port=port, ssl_certfile=str(pki / "server.pem"),
         ssl_keyfile=str(pki / "server.key"), lifespan="off", access_log=False,
         log_level="warning", server_header=False, proxy_headers=False, timeout_graceful_shutdown=1,
     ))

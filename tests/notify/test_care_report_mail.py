@@ -11,9 +11,8 @@ import datetime as dt
 import io
 import os
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -39,8 +38,10 @@ def utcnow() -> dt.datetime:
 
 
 class World:
-    def __init__(self, coordinator: Any, mailbox: Mailbox, hook: WebhookReceiver) -> None:
-        self.coordinator, self.mailbox, self.hook = coordinator, mailbox, hook
+    def __init__(self, db: Database, notifier: Notifier, new_notifier: Callable[[], Notifier],
+                 mailbox: Mailbox, hook: WebhookReceiver) -> None:
+        self.db, self.notifier, self.mailbox, self.hook = db, notifier, mailbox, hook
+        self.new_notifier = new_notifier  # another process's, or this one's after a restart
         local = utcnow().astimezone(HCM)
         self.month = f"{local.year:04d}-{local.month:02d}"  # the month the machines joined in
         after = (local.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
@@ -58,12 +59,15 @@ async def world(database: str, tmp_path: Path) -> AsyncIterator[World]:
     db = Database(database)
     await db.migrate()
     desk = IncidentDesk(db, PolicyLayers(*load_policy_data(None)), dt.timedelta(seconds=90))
-    coordinator = types.SimpleNamespace(
-        db=db, datadir=types.SimpleNamespace(path=tmp_path), desk=desk,
-        offline_after=dt.timedelta(seconds=90),
-        settings=Settings(vendor_name="Phần mềm Kế Toán Việt"))
-    coordinator.notifier = Notifier(coordinator)  # type: ignore[arg-type]
-    ctx = Context(coordinator, Caller("lan", "admin"), utcnow())  # type: ignore[arg-type]
+    vendor = Settings(vendor_name="Phần mềm Kế Toán Việt")
+
+    def new_notifier() -> Notifier:
+        return Notifier(db, tmp_path, desk, vendor)
+
+    notifier = new_notifier()
+    # What the notify methods use of the services: the database and the notifier.
+    services = types.SimpleNamespace(db=db, notifier=notifier)
+    ctx = Context(services, Caller("lan", "admin"), utcnow())  # type: ignore[arg-type]
     with Mailbox() as mailbox, WebhookReceiver(None) as hook:
         async with db.transaction() as conn:
             for name, hosts in (("Minh Anh", ["KETOAN-01", "KETOAN-02"]), ("Hoa Binh", ["HB-PC"])):
@@ -92,7 +96,7 @@ async def world(database: str, tmp_path: Path) -> AsyncIterator[World]:
             workdays="mon,tue,wed,thu,fri,sat,sun", opens="00:00", closes="23:59"))
         await api.add_route(ctx, api.AddRoute(recipient=str(managers["id"]),
                                               events="report.care_monthly"))
-        yield World(coordinator, mailbox, hook)
+        yield World(db, notifier, new_notifier, mailbox, hook)
     await db.close()
 
 
@@ -101,12 +105,12 @@ def pdf_text(data: bytes) -> str:
 
 
 async def test_opted_in_customer_gets_last_months_report_once(world: World) -> None:
-    notifier = world.coordinator.notifier
+    notifier = world.notifier
     # The day before the 1st: nothing is due.
     assert await world.tick(notifier, world.first - dt.timedelta(days=1)) == 0
 
     # Two coordinator processes' notifiers queue it at the same moment: once.
-    other = Notifier(world.coordinator)
+    other = world.new_notifier()
     queued = await asyncio.gather(notifier.care_reports(world.first), other.care_reports(world.first))
     assert sorted(queued[0] + queued[1]) == [(1, world.month), (2, world.month)]
     assert await world.tick(notifier, world.first) == 3  # Minh Anh's mail, two chat summaries
@@ -137,7 +141,7 @@ async def test_opted_in_customer_gets_last_months_report_once(world: World) -> N
 
     # Again the same day, after a restart (a fresh notifier), and the next day: nothing more.
     assert await world.tick(notifier, world.first + dt.timedelta(minutes=1)) == 0
-    restarted = Notifier(world.coordinator)
+    restarted = world.new_notifier()
     assert await restarted.care_reports(world.first + dt.timedelta(minutes=2)) == []
     assert await world.tick(restarted, world.first + dt.timedelta(days=1)) == 0
     assert len(world.mailbox.messages) == 1
@@ -147,20 +151,20 @@ async def test_opted_in_customer_gets_last_months_report_once(world: World) -> N
 async def test_printing_a_report_renews_the_claims_lease(world: World) -> None:
     """PDFs take seconds each: while a batch prints, the rest of the claim stays this process's
     (another would take over rows whose lease ran out and send them twice)."""
-    notifier = world.coordinator.notifier
+    notifier = world.notifier
     await notifier.periodic(world.first)
     claimed_at = world.first - dt.timedelta(days=30)  # a lease that ran out long ago ...
     groups = await notifier.claim(world.first + dt.timedelta(days=10))
-    async with world.coordinator.db.transaction() as conn:
+    async with world.db.transaction() as conn:
         await store.extend_claim(conn, groups[0][0]["claim"], claimed_at)
     mail = next(g for g in groups if g[0]["recipient_id"] == 1)
-    async with world.coordinator.db.connect() as conn:
+    async with world.db.connect() as conn:
         channel = await store.get_channel(conn, mail[0]["channel_id"])
         recipient = await store.get_recipient(conn, mail[0]["recipient_id"])
     attached = await notifier.attachments(channel, mail, recipient)
     assert attached[0].data.startswith(b"%PDF")
     # ... is renewed for every row of the claim when printing starts.
-    async with world.coordinator.db.connect() as conn:
+    async with world.db.connect() as conn:
         rows = await store.list_notifications(conn, status="sending")
     assert len(rows) == 3
     assert all(r["claimed_until"] > utcnow() + dt.timedelta(seconds=30) for r in rows)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
-import types
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from careline.coordinator.datadir import Settings
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.notify import policy
 from careline.coordinator.notify.events import notify
@@ -59,8 +59,7 @@ async def setup(database: str, tmp_path: Path) -> AsyncIterator[Setup]:
     db = Database(database)
     await db.migrate()
     desk = IncidentDesk(db, PolicyLayers(*load_policy_data(None)), dt.timedelta(seconds=90))
-    coordinator = types.SimpleNamespace(db=db, datadir=types.SimpleNamespace(path=tmp_path), desk=desk)
-    notifier = Notifier(coordinator)  # type: ignore[arg-type]
+    notifier = Notifier(db, tmp_path, desk, Settings())
     with WebhookReceiver(SECRET) as hook:
         async with db.transaction() as conn:
             await fleet.add_customer(conn, "Minh Anh", "Asia/Ho_Chi_Minh", now())
@@ -233,7 +232,7 @@ async def test_open_incident_past_its_due_time_is_notified_overdue_once(setup: S
     reported = MONDAY - dt.timedelta(days=7)
     agent = await _machine(setup, reported.date(), reported)
     async with setup.db.transaction() as conn:
-        incident = await setup.notifier.coordinator.desk.open_incident(
+        incident = await setup.notifier.desk.open_incident(
             conn, agent, kind="disk_failing", subject="sda", category="disk", severity="high",
             opened_by="agent", detail="SMART", now=reported)
     await setup.notifier.periodic(MONDAY)
@@ -300,7 +299,7 @@ async def test_a_customer_override_makes_high_incidents_ignore_quiet_hours(setup
 
     night = MONDAY + dt.timedelta(hours=14)  # 16:00 UTC, the recipient opens 08:00 UTC
     agent = await _machine(setup, night.date(), night)
-    desk = setup.notifier.coordinator.desk
+    desk = setup.notifier.desk
     async with setup.db.transaction() as conn:
         await conn.execute(notify_recipients.update().values(opens="08:00", closes="12:00"))
         await desk.open_incident(conn, agent, kind="disk_failing", subject="sda",

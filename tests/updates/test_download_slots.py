@@ -4,15 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from careline.coordinator import updates
+from careline.coordinator.hub import AgentLink
 from careline.coordinator.updates import UpdateService
 from careline.shared import protocol as p
+from careline.shared.session import ServerSession
 
 
 class Socket:
@@ -28,8 +29,16 @@ class Socket:
         self.sent.append(p.decode(data, p.ServerToAgent))
 
 
-def link(agent_id: str, ws: Socket) -> Any:
-    return types.SimpleNamespace(agent_id=agent_id, ws=ws)
+def link(agent_id: str, ws: Socket, *downloads: str) -> AgentLink:
+    """A welcomed agent's link whose session was asked for these downloads."""
+    session = ServerSession(b"n" * 32, 0.0, 0.0)
+    session.receive(p.encode(p.Hello(agent_id=agent_id, signature=b"", agent_version="t")), 0.0)
+    session.accept(heartbeat_interval=30.0, reconnect_window=10.0, server_time=0.0, now=0.0,
+                   silent_after=90.0)
+    for job in downloads:
+        session.receive(p.encode(p.Download(job=job, offset=0)), 0.0)
+    session.data_to_send()  # the challenge and the welcome: not what these tests look at
+    return AgentLink(ws, session, agent_id, 1)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -39,15 +48,16 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[UpdateServ
     monkeypatch.setattr(updates, "SEND_CHUNK", 1000)
     package = tmp_path / "package"
     package.write_bytes(b"x" * 5000)
-    return UpdateService(types.SimpleNamespace(datadir=types.SimpleNamespace(path=tmp_path))), package  # type: ignore[arg-type]
+    # Streaming needs neither the database nor the hub: the link is given.
+    return UpdateService(None, tmp_path, None), package  # type: ignore[arg-type]
 
 
 async def test_a_stalled_download_gives_its_slot_to_the_next_agent(service):
     svc, package = service
     stalled, healthy = Socket(accept=1), Socket()
-    first = asyncio.create_task(svc._stream(link("ag-stall", stalled), "j1", package, 0, 5000))
+    first = asyncio.create_task(svc._stream(link("ag-stall", stalled, "j1"), "j1", package, 0, 5000))
     await asyncio.sleep(0.05)
-    second = asyncio.create_task(svc._stream(link("ag-ok", healthy), "j2", package, 0, 5000))
+    second = asyncio.create_task(svc._stream(link("ag-ok", healthy, "j2"), "j2", package, 0, 5000))
     await asyncio.wait_for(asyncio.gather(first, second), 5)  # old code: waits forever
     assert [m.offset for m in healthy.sent] == [0, 1000, 2000, 3000, 4000]
     assert len(stalled.sent) == 1
@@ -60,7 +70,7 @@ async def test_one_agent_streams_at_most_a_few_packages_at_once(service):
     for n, task in enumerate(busy):
         svc._streams[("ag-greedy", f"j{n}")] = task
     try:
-        await svc._start_download(link("ag-greedy", ws), p.Download(job="j9", offset=0))
+        await svc._start_download(link("ag-greedy", ws, "j9"), p.Download(job="j9", offset=0))
         assert ws.sent
         assert "already downloads" in ws.sent[0].error
     finally:

@@ -17,11 +17,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from careline.agent.runner import Link
 from careline.agent.state import AgentConfig, ProductConfig, StateDir
 from careline.agent.updater import Updater, pin_root, store_enrollment_trust
 from careline.shared import protocol as p
 from careline.shared.instruction import Instruction, sign_instruction
 from careline.shared.keys import public_bytes
+from careline.shared.session import AgentSession, CommandReceived
 
 JOB = "job-1"
 
@@ -37,6 +39,23 @@ class RecordingSocket:
 
     def fetches(self) -> list[str]:
         return [m.name for m in self.sent if isinstance(m, p.FetchMetadata)]
+
+
+def connection(ws: RecordingSocket) -> Link:
+    """A welcomed session over the recording socket, as the runner hands the updater."""
+    session = AgentSession("m1", "1", lambda nonce: b"sig", 0.0)
+    session.receive(p.encode(p.Challenge(nonce=b"n", server_time=0.0)), 0.0)
+    session.receive(p.encode(p.Welcome(heartbeat_interval=30.0, server_time=0.0)), 0.0)
+    session.data_to_send()
+    return Link(ws, session)  # type: ignore[arg-type]
+
+
+async def command_on(updater: Updater, link: Link, command: p.Command) -> None:
+    """The coordinator sends the command on this connection; the runner hands it over."""
+    [received] = link.session.receive(p.encode(command), 0.0)
+    assert isinstance(received, CommandReceived)
+    updater.connected(link)
+    await updater.on_command(link, received.command)
 
 
 def make_updater(tmp_path: Path) -> tuple[Updater, p.Command]:
@@ -83,13 +102,13 @@ async def eventually(predicate: Any, within: float = 2.0) -> None:
 async def test_job_restarts_on_the_new_connection(tmp_path: Path, unwound_first: bool) -> None:
     updater, command = make_updater(tmp_path)
     old, new = RecordingSocket(), RecordingSocket()
-    await updater.receive(old, command)
+    await command_on(updater, connection(old), command)
     await eventually(lambda: old.fetches() == ["1.root.json"])
 
     updater.connection_lost()  # the coordinator died before replying
     if unwound_first:
         await eventually(lambda: JOB not in updater._active)
-    await updater.receive(new, command)  # re-sent by the restarted coordinator
+    await command_on(updater, connection(new), command)  # re-sent by the restarted coordinator
 
     await eventually(lambda: new.fetches() == ["1.root.json"])
     assert isinstance(new.sent[0], p.CommandResult)
@@ -102,10 +121,29 @@ async def test_a_resend_on_a_live_connection_does_not_start_a_second_attempt(
 ) -> None:
     updater, command = make_updater(tmp_path)
     ws = RecordingSocket()
-    await updater.receive(ws, command)
+    link = connection(ws)
+    await command_on(updater, link, command)
     await eventually(lambda: ws.fetches() == ["1.root.json"])
-    await updater.receive(ws, command)
+    resent = p.Command(id=2, action=command.action)  # the coordinator's next id
+    await command_on(updater, link, resent)
     await asyncio.sleep(0.2)
     assert ws.fetches() == ["1.root.json"]  # still one attempt, waiting for its reply
     assert len([m for m in ws.sent if isinstance(m, p.CommandResult)]) == 2
+    await stop(updater)
+
+
+async def test_a_metadata_request_the_session_times_out_interrupts_the_job(
+    tmp_path: Path,
+) -> None:
+    """No reply within FETCH_TIMEOUT: the session reports the request expired and the job
+    stops as interrupted (no result: the coordinator re-sends it later)."""
+    updater, command = make_updater(tmp_path)
+    ws = RecordingSocket()
+    link = connection(ws)
+    await command_on(updater, link, command)
+    await eventually(lambda: ws.fetches() == ["1.root.json"])
+    [request_id] = link.session.expired(float("inf"))
+    updater.fetches_expired([request_id])
+    await eventually(lambda: JOB not in updater._active)
+    assert not updater._metadata
     await stop(updater)
