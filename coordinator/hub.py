@@ -30,9 +30,9 @@ from careline.shared import protocol as p
 from careline.shared.hardware import valid as valid_hardware
 from careline.shared.session import ServerSession
 
-# Events of one agent stored per transaction (one fsync), and how many may wait: an outbox
-# backlog of thousands is stored in seconds, not one commit per event.
-EVENT_BATCH, EVENT_QUEUE = 250, 1000
+# Events of one agent waiting to be stored (coordinator/agent_events.py): past this its
+# connection is not read until they are.
+EVENT_QUEUE = 1000
 REPLACED_CLOSE_TIMEOUT = 1.0  # for the close handshake of a connection an agent replaced
 # A job's command is answered at once ("accepted"; its outcome comes as durable events): the
 # session forgets an answer later than this.
@@ -61,7 +61,7 @@ class AgentLink:
     agent_id: str
     customer_id: int
     connected_at: dt.datetime = field(default_factory=utcnow)
-    # Events received, waiting to be stored (in batches) and acknowledged, in order.
+    # Events received, waiting to be stored (agent_events.EventWriter) and acknowledged.
     events: asyncio.Queue[p.Event] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE))
     pending: dict[int, asyncio.Future[p.CommandResult]] = field(default_factory=dict)

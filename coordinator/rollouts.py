@@ -15,6 +15,7 @@ that join or fall behind later, reopening for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections import Counter
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("careline.coordinator")
 
 TICK_SECONDS = 2.0
+MIN_TICK_SECONDS = 0.2  # between ticks brought forward by settled machines
 # Each tick re-targets the machines changed since the last look minus this margin: the
 # clocks of several coordinator processes, and transactions that commit late, must not
 # hide a change. Looking at a machine twice is harmless.
@@ -110,6 +112,10 @@ class Rollouts:
         self._last_look: dict[int, dt.datetime] = {}
         self._last_full: dict[int, dt.datetime] = {}
         self._versions: dict[str, tuple[Any, ...]] = {}  # agent id -> versions last reported
+        # Set when a job result settled a machine: the next tick (and the next wave) comes at
+        # once rather than at the end of TICK_SECONDS.
+        self._settled = asyncio.Event()
+        updates.result_hooks.append(self._job_result)
 
     # ------------------------------------------------------------------ start
     async def start(
@@ -281,11 +287,25 @@ class Rollouts:
     # ------------------------------------------------------------------ the loop
     async def run_forever(self) -> None:
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), TICK_SECONDS)
+            await asyncio.sleep(MIN_TICK_SECONDS)  # results arriving together: one tick
+            self._settled.clear()
             try:
                 await self.tick(dt.datetime.now(dt.UTC))
             except Exception:
                 log.exception("rollout tick failed; will retry")
+
+    async def _job_result(self, conn: AsyncConnection, part: dict[str, Any], outcome: str,
+                          now: dt.datetime) -> None:
+        """A job part's result settles its rollout machine in the same transaction, so a
+        wave's verdict is known as soon as its results are stored."""
+        state = ("succeeded" if outcome in _SUCCEEDED else
+                 "failed" if outcome in _FAILED else None)
+        if state is not None and await rstore.settle_job_part(conn, part["job_id"],
+                                                              part["agent_id"], state,
+                                                              outcome, now):
+            self._settled.set()
 
     async def tick(self, now: dt.datetime) -> None:
         async with self.db.connect() as conn:

@@ -25,18 +25,18 @@ from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from careline.coordinator import api
+from careline.coordinator.agent_events import EventWriter
 from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.health_history import RETENTION as HEALTH_RETENTION
 from careline.coordinator.health_history import Sampler, sample_of
-from careline.coordinator.hub import EVENT_BATCH, AgentHub, AgentLink, close
+from careline.coordinator.hub import AgentHub, AgentLink, close
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.notify.sender import Notifier
 from careline.coordinator.pki import server_context
@@ -47,7 +47,7 @@ from careline.coordinator.rollouts import Rollouts
 from careline.coordinator.services import Services
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import health, service
-from careline.coordinator.storage.db import Database
+from careline.coordinator.storage.db import Database, storage_unavailable
 from careline.coordinator.technicians import AdminSession, Technicians
 from careline.coordinator.updates import UpdateService
 from careline.shared import protocol as p
@@ -106,17 +106,17 @@ def reconnect_window(fleet_size: int) -> float:
     return min(max(fleet_size / DRAIN_RATE, RECONNECT_WINDOW_MIN), RECONNECT_WINDOW_MAX)
 
 
+def agents_at_stake(connected_here: int, known: int) -> int:
+    """How many agents one kill of this process sends reconnecting at once, for the window
+    its Welcome gives: those connected here (behind a load balancer, one process's share;
+    the survivor takes them back), but at least half of those it knows, so the agents that
+    came back first after a restart, when few were connected, do not all get a tiny window
+    and arrive together the next time."""
+    return max(connected_here, known // 2)
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _storage_unavailable(exc: BaseException) -> bool:
-    """The database did not answer (or was busy): nobody's data was at fault."""
-    if isinstance(exc, (OSError, TimeoutError, InterfaceError)):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, OperationalError) and "locked" in str(exc)
 
 
 def peer_address(ws: ServerConnection) -> str:
@@ -152,6 +152,7 @@ class Coordinator:
         api.load_all()
         self.updates = UpdateService(db, datadir.path, self.hub)
         self.rollouts = Rollouts(db, self.hub, self.desk, self.updates)
+        self.events = EventWriter(db, self.hub, self.updates, self.desk)
         self.notifier = Notifier(db, datadir.path, self.desk, settings)
         self.services = Services(
             db=db, datadir=datadir, settings=settings, public_url=self.public_url,
@@ -175,7 +176,8 @@ class Coordinator:
             async with asyncio.TaskGroup() as group:
                 loops = [self._flush_heartbeats_forever(), self._sweep_silent_forever(),
                          self._sweep_offline_forever(), self.rollouts.run_forever(),
-                         self._prune_forever(), self.notifier.run_forever()]
+                         self._prune_forever(), self.notifier.run_forever(),
+                         self.events.run_forever()]
                 if self.hub.relay is not None:  # other processes may share the database
                     loops.append(self._disconnect_revoked_forever())
                 tasks = [group.create_task(loop) for loop in loops]
@@ -319,7 +321,8 @@ class Coordinator:
             await refuse(p.CloseCode.UNAUTHENTICATED, str(exc))
             return None
         session.accept(heartbeat_interval=self.heartbeat_interval,
-                       reconnect_window=reconnect_window(len(self.hub.keys)),
+                       reconnect_window=reconnect_window(
+                           agents_at_stake(len(self.hub.links) + 1, len(self.hub.keys))),
                        server_time=time.time(), now=time.monotonic(),
                        silent_after=self.offline_after.total_seconds())
         link = AgentLink(ws, session, key.machine_id or hello.agent_id, key.customer_id)
@@ -338,7 +341,6 @@ class Coordinator:
         if link is None:
             return
         quota = self.hub.quota(link.agent_id)
-        storing = asyncio.create_task(self._store_events_forever(link))
         try:
             async for data in ws:
                 events = link.session.receive(data, time.monotonic())
@@ -354,60 +356,18 @@ class Coordinator:
                 for event in events:
                     await self._on_agent_event(link, event)
         finally:
-            storing.cancel()
-            await asyncio.gather(storing, return_exceptions=True)
             self.hub.forget(link)
 
     async def _on_agent_event(self, link: AgentLink, event: ServerEvent) -> None:
         if isinstance(event, HeartbeatReceived):
             self._heartbeats[link.agent_id] = (time.time(), event.health)
         elif isinstance(event, EventReceived):
-            await link.events.put(event.event)  # stored and acknowledged by _store_events_forever
+            await self.events.put(link, event.event)  # stored, then acknowledged
         elif isinstance(event, (MetadataRequested, DownloadRequested)):
             await self.updates.handle(link, event.request)
         elif isinstance(event, CommandAnswered):
             link.answered(event.id, event.result)
         # Anything else (a second hello) the session refused already.
-
-    async def _store_events_forever(self, link: AgentLink) -> None:
-        """Store what the agent's connection received, as many events per transaction as
-        are waiting, and acknowledge each once committed. A failure closes the connection
-        (the agent re-sends what was not acknowledged)."""
-        try:
-            while True:
-                batch = [await link.events.get()]
-                while len(batch) < EVENT_BATCH and not link.events.empty():
-                    batch.append(link.events.get_nowait())
-                await self._store_events(link, batch)
-                link.session.ack(event.seq for event in batch)
-                await link.flush()
-        except ConnectionClosed:
-            pass
-        except Exception:
-            log.exception("storing events of agent %s failed; closing its connection", link.agent_id)
-            await link.ws.close(1011, "could not store events; retry later")
-
-    async def _store_events(self, link: AgentLink, batch: list[p.Event]) -> None:
-        known = []
-        for event in batch:
-            if event.kind in p.EVENT_KINDS:
-                known.append(event)
-            else:  # acknowledged, so the outbox moves on; not stored
-                self.hub.quota(link.agent_id).unknown_kinds += 1
-                log.warning("agent %s sent an event of unknown kind %r; not stored",
-                            link.agent_id, event.kind)
-        if not known:
-            return
-        now = utcnow()
-        async with self.db.transaction() as conn:
-            new = await store.store_events(conn, link.agent_id, [
-                (e.seq, e.kind, dt.datetime.fromtimestamp(e.at, dt.UTC), e.data) for e in known
-            ], now)
-            for event in known:
-                if event.seq in new:  # one transaction: stored, jobs moved on, incidents updated
-                    new.discard(event.seq)  # a seq twice in one batch counts once
-                    await self.updates.on_event(conn, link.agent_id, event, now)
-                    await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
 
     async def _disconnect_revoked_forever(self) -> None:
         """Agents and technicians revoked through another coordinator process leave this
@@ -473,7 +433,7 @@ class Coordinator:
                                       {a: presence[a] for a in agent_ids if a in presence})
             return {}
         except Exception as exc:
-            if _storage_unavailable(exc):
+            if storage_unavailable(exc):
                 raise
             if len(agent_ids) == 1:
                 return {agent_ids[0]: exc}

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -228,6 +228,9 @@ def instruction_key(data: Path) -> Ed25519PrivateKey:
     return load_or_create_private_key(data / "releases" / "instruction.key")
 
 
+ResultHook = Callable[[AsyncConnection, dict[str, Any], str, dt.datetime], Awaitable[None]]
+
+
 class UpdateService:
     def __init__(self, db: Database, data: Path, hub: AgentHub) -> None:
         self.db = db
@@ -247,6 +250,9 @@ class UpdateService:
         self._sending: set[str] = set()  # job part refs a dispatch is sending now
         self._last_renew = 0.0
         self._releases: dict[tuple[str, str], dict[str, Any]] = {}
+        # Called in the transaction that stores a job part's result (Rollouts settles its
+        # machine there): (conn, job part row, outcome, now).
+        self.result_hooks: list[ResultHook] = []
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -501,6 +507,8 @@ class UpdateService:
                     and isinstance(version, str) and 0 < len(version) <= 40):
                 await store.set_product_version(conn, agent_id, row["product"], version, now)
             await notify_job_result(conn, row, outcome, _text(event.data.get("reason")), now)
+            for hook in self.result_hooks:
+                await hook(conn, row, outcome, now)
         else:
             ok = bool(event.data.get("ok"))
             await store.set_status(conn, row, "verified" if ok else "mismatch", now,

@@ -19,7 +19,12 @@ from careline.agent.runner import (
     backoff_delay,
     reconnect_delay,
 )
-from careline.coordinator.server import DRAIN_RATE, RECONNECT_WINDOW_MAX, RECONNECT_WINDOW_MIN
+from careline.coordinator.server import (
+    DRAIN_RATE,
+    RECONNECT_WINDOW_MAX,
+    RECONNECT_WINDOW_MIN,
+    agents_at_stake,
+)
 from careline.coordinator.server import reconnect_window as fleet_reconnect_window
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError
@@ -123,3 +128,17 @@ def test_a_big_fleet_spreads_its_first_reconnects_over_the_window_it_was_given()
 ])
 def test_the_coordinator_sizes_the_window_to_its_fleet(fleet: int, window: float) -> None:
     assert fleet_reconnect_window(fleet) == window
+
+
+@pytest.mark.parametrize(("connected", "known", "at_stake"), [
+    (10_000, 20_000, 10_000),  # one of two processes behind HAProxy: its share
+    (20_000, 20_000, 20_000),  # one process holding the whole fleet
+    (10, 20_000, 10_000),  # just restarted: the first agents back still get a fleet-sized window
+    (50, 50, 50),
+])
+def test_the_window_is_sized_by_what_one_kill_can_cut(connected: int, known: int,
+                                                       at_stake: int) -> None:
+    assert agents_at_stake(connected, known) == at_stake
+    # Two processes of 10,000 each: a kill sends 10,000 to the survivor over 50 s, not
+    # the whole fleet's 100 s (issue 19: 95 % back within 60 s).
+    assert fleet_reconnect_window(agents_at_stake(10_000, 20_000)) == 50.0

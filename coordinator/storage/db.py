@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from careline.shared.errors import ConfigError
@@ -99,3 +100,12 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def storage_unavailable(exc: BaseException) -> bool:
+    """The database did not answer (or was busy): nobody's data was at fault."""
+    if isinstance(exc, (OSError, TimeoutError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError) and "locked" in str(exc)

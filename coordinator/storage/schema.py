@@ -396,6 +396,7 @@ rollout_machines = sa.Table(
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Column("deadline_incident", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("from_version", sa.String(40)),  # reported when targeted; NULL: unknown
+    sa.Index("ix_rollout_machines_job", "job_id"),
 )
 
 # ----------------------------------------------------------------------------- notifications (i14)

@@ -1,0 +1,132 @@
+"""Agents' durable events, stored for every agent at once and acknowledged after the commit.
+
+An installing fleet sends a few events per machine (update steps, the result), each from a
+different agent: stored one agent at a time, every event was its own transaction (one fsync
+and several database round trips), and a 2,000-machine rollout waited on them. Here
+everything waiting when the previous transaction committed goes into the next one, from as
+many agents as sent something, and each agent is acknowledged once its events are committed
+(its outbox keeps them until then, so a crash or a failed write loses nothing: they are sent
+again).
+
+Each agent's events wait in its link's bounded queue (AgentLink.events): an agent whose
+events pile up stops being read until they are stored. If a batch fails, it is split until
+the agents whose own events fail are alone: only their connections are closed (they send
+again later); everyone else's events are stored. If the database itself fails, every
+connection in the batch is closed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+from websockets.exceptions import ConnectionClosed
+
+from careline.coordinator.hub import AgentHub, AgentLink
+from careline.coordinator.incidents import IncidentDesk
+from careline.coordinator.storage import fleet as store
+from careline.coordinator.storage.db import Database, storage_unavailable
+from careline.coordinator.updates import UpdateService
+from careline.shared import protocol as p
+from careline.shared.logs import safe_text
+
+log = logging.getLogger("careline.coordinator")
+
+# Events stored per transaction, whatever the number of agents they come from.
+EVENT_BATCH = 500
+
+
+class EventWriter:
+    def __init__(self, db: Database, hub: AgentHub, updates: UpdateService,
+                 desk: IncidentDesk) -> None:
+        self.db, self.hub, self.updates, self.desk = db, hub, updates, desk
+        self._ready: dict[AgentLink, None] = {}  # links with queued events, oldest first
+        self._wakeup = asyncio.Event()
+
+    async def put(self, link: AgentLink, event: p.Event) -> None:
+        """Queue an event; waits while the agent's queue is full (its reads stop)."""
+        await link.events.put(event)
+        self._ready.setdefault(link, None)
+        self._wakeup.set()
+
+    async def run_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._ready:
+                await self._write(self._take(EVENT_BATCH))
+
+    def _take(self, budget: int) -> dict[AgentLink, list[p.Event]]:
+        """Up to `budget` events, in order per agent, each agent at most an equal share of
+        it, round robin over the agents: one agent's backlog of thousands does not hold the
+        others' events back."""
+        taken: dict[AgentLink, list[p.Event]] = {}
+        share = max(budget // max(len(self._ready), 1), 1)
+        for link in list(self._ready):
+            if budget <= 0:
+                break
+            events = taken[link] = []
+            while len(events) < share and budget > 0 and not link.events.empty():
+                events.append(link.events.get_nowait())
+                budget -= 1
+            del self._ready[link]
+            if not link.events.empty():
+                self._ready[link] = None  # to the back of the line
+        return {link: events for link, events in taken.items() if events}
+
+    async def _write(self, taken: dict[AgentLink, list[p.Event]]) -> None:
+        failed = await self._store_isolating(list(taken), taken)
+        for link in failed:
+            link.ws.close_timeout = 1.0  # its unread frames may hide the close handshake
+        await asyncio.gather(*(link.ws.close(1011, "could not store events; retry later")
+                               for link in failed))
+        for link, events in taken.items():
+            if link in failed:
+                continue
+            link.session.ack(event.seq for event in events)
+            # Gone meanwhile: unacknowledged, so the agent sends them again (not stored twice).
+            with contextlib.suppress(ConnectionClosed):
+                await link.flush()
+
+    async def _store_isolating(self, links: Sequence[AgentLink],
+                               taken: dict[AgentLink, list[p.Event]]) -> set[AgentLink]:
+        """Store these agents' events; the agents whose events could not be stored."""
+        try:
+            await self._store(links, taken)
+            return set()
+        except Exception as exc:
+            if storage_unavailable(exc) or len(links) == 1:
+                reason = safe_text((str(exc).splitlines() or [type(exc).__name__])[0], 300)
+                log.error("events of %s not stored: %s", ", ".join(lk.agent_id for lk in links)
+                          if len(links) <= 5 else f"{len(links)} agents", reason)
+                return set(links)
+        half = len(links) // 2
+        return (await self._store_isolating(links[:half], taken)
+                | await self._store_isolating(links[half:], taken))
+
+    async def _store(self, links: Sequence[AgentLink],
+                     taken: dict[AgentLink, list[p.Event]]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        async with self.db.transaction() as conn:
+            for link in links:
+                known = []
+                for event in taken[link]:
+                    if event.kind in p.EVENT_KINDS:
+                        known.append(event)
+                    else:  # acknowledged, so the outbox moves on; not stored
+                        self.hub.quota(link.agent_id).unknown_kinds += 1
+                        log.warning("agent %s sent an event of unknown kind %r; not stored",
+                                    link.agent_id, event.kind)
+                if not known:
+                    continue
+                new = await store.store_events(conn, link.agent_id, [
+                    (e.seq, e.kind, dt.datetime.fromtimestamp(e.at, dt.UTC), e.data)
+                    for e in known], now)
+                for event in known:
+                    if event.seq in new:  # one transaction: stored, jobs moved on, incidents
+                        new.discard(event.seq)  # a seq twice in one batch counts once
+                        await self.updates.on_event(conn, link.agent_id, event, now)
+                        await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
