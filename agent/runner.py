@@ -97,7 +97,7 @@ async def keepalive(ws: ClientConnection, session: AgentSession,
         if session.silent(now):
             ws.transport.abort()  # a frozen peer would not answer a close either
             raise CoordinatorSilent(
-                f"coordinator silent for {now - session.last_heard:.1f}s; reconnecting")
+                f"coordinator silent for {now - session.last_heard:.1f}s")
         if session.ping_due(now):
             session.pinged(now)
             asyncio.ensure_future(await ws.ping()).add_done_callback(pong)
@@ -268,7 +268,7 @@ class AgentRunner:
                     await asyncio.to_thread(self._set_status, "refused", describe(error))
                     raise exc from None
                 await asyncio.to_thread(self._set_status, "disconnected", describe(error))
-                log.info("reconnecting in %.1fs", delay)
+                log.info("disconnected (%s); reconnecting in %.1fs", describe(error), delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:

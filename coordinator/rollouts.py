@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("careline.coordinator")
 
 TICK_SECONDS = 2.0
-MIN_TICK_SECONDS = 0.2  # between ticks brought forward by settled machines
+MIN_TICK_SECONDS = 0.5  # between ticks brought forward by settled machines
 # Each tick re-targets the machines changed since the last look minus this margin: the
 # clocks of several coordinator processes, and transactions that commit late, must not
 # hide a change. Looking at a machine twice is harmless.
@@ -112,9 +112,10 @@ class Rollouts:
         self._last_look: dict[int, dt.datetime] = {}
         self._last_full: dict[int, dt.datetime] = {}
         self._versions: dict[str, tuple[Any, ...]] = {}  # agent id -> versions last reported
-        # Set when a job result settled a machine: the next tick (and the next wave) comes at
-        # once rather than at the end of TICK_SECONDS.
+        # Set when a job result settled a machine of a rollout holding back a wave: the next
+        # tick (and that wave) comes at once rather than at the end of TICK_SECONDS.
         self._settled = asyncio.Event()
+        self._holding: set[int] = set()  # rollouts with a wave not sent yet, as of the last tick
         updates.result_hooks.append(self._job_result)
 
     # ------------------------------------------------------------------ start
@@ -302,9 +303,11 @@ class Rollouts:
         wave's verdict is known as soon as its results are stored."""
         state = ("succeeded" if outcome in _SUCCEEDED else
                  "failed" if outcome in _FAILED else None)
-        if state is not None and await rstore.settle_job_part(conn, part["job_id"],
-                                                              part["agent_id"], state,
-                                                              outcome, now):
+        if state is None:
+            return
+        rollout_id = await rstore.settle_job_part(conn, part["job_id"], part["agent_id"],
+                                                  state, outcome, now)
+        if rollout_id in self._holding:
             self._settled.set()
 
     async def tick(self, now: dt.datetime) -> None:
@@ -337,6 +340,12 @@ class Rollouts:
         verdicts = self._verdicts(machines, plan_size)
         sent_waves = min(rollout["sent_waves"], len(verdicts))
         action = waves.next_action(rollout["status"], sent_waves, verdicts)
+        sending = action.wave + 1 if action.kind is waves.ActionKind.SEND_WAVE and (
+            action.wave is not None) else sent_waves
+        if sending < len(verdicts):  # a wave still held: its machines' results bring the
+            self._holding.add(rollout_id)  # next tick forward
+        else:
+            self._holding.discard(rollout_id)
         if action.kind is waves.ActionKind.SEND_WAVE and action.wave is not None:
             sent_waves = action.wave + 1
             await rstore.update_rollout(conn, rollout_id, sent_waves=sent_waves,

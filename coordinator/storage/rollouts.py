@@ -75,15 +75,17 @@ async def set_machine(conn: AsyncConnection, row_id: int, **values: Any) -> None
 
 
 async def settle_job_part(conn: AsyncConnection, job_id: int, agent_id: str, state: str,
-                          detail: str, now: dt.datetime) -> bool:
-    """The rollout machine a job part was sent for reaches `state`; False if there is none
-    still waiting on it (not a rollout's job, or settled already)."""
+                          detail: str, now: dt.datetime) -> int | None:
+    """The rollout machine a job part was sent for reaches `state`; its rollout's id, or
+    None if no machine was still waiting on it (not a rollout's job, or settled already)."""
     result = await conn.execute(
         rollout_machines.update()
         .where(rollout_machines.c.job_id == job_id, rollout_machines.c.agent_id == agent_id,
                rollout_machines.c.state == "sent")
-        .values(state=state, finished_at=now, detail=detail))
-    return bool(result.rowcount)
+        .values(state=state, finished_at=now, detail=detail)
+        .returning(rollout_machines.c.rollout_id))
+    found = result.scalar()
+    return None if found is None else int(found)
 
 
 async def reset_failed(conn: AsyncConnection, rollout_id: int, now: dt.datetime) -> int:
