@@ -116,6 +116,9 @@ class Rollouts:
         # tick (and that wave) comes at once rather than at the end of TICK_SECONDS.
         self._settled = asyncio.Event()
         self._holding: set[int] = set()  # rollouts with a wave not sent yet, as of the last tick
+        # rollout id -> its machines still pending or sent, as of the last tick, less those
+        # settled since: at 0 the rollout may be complete, and the next tick comes at once.
+        self._unsettled: dict[int, int] = {}
         updates.result_hooks.append(self._job_result)
 
     # ------------------------------------------------------------------ start
@@ -307,7 +310,10 @@ class Rollouts:
             return
         rollout_id = await rstore.settle_job_part(conn, part["job_id"], part["agent_id"],
                                                   state, outcome, now)
-        if rollout_id in self._holding:
+        if rollout_id is None:
+            return
+        left = self._unsettled[rollout_id] = self._unsettled.get(rollout_id, 1) - 1
+        if rollout_id in self._holding or left <= 0:
             self._settled.set()
 
     async def tick(self, now: dt.datetime) -> None:
@@ -346,6 +352,7 @@ class Rollouts:
             self._holding.add(rollout_id)  # next tick forward
         else:
             self._holding.discard(rollout_id)
+        self._unsettled[rollout_id] = sum(1 for m in machines if m["state"] in ("pending", "sent"))
         if action.kind is waves.ActionKind.SEND_WAVE and action.wave is not None:
             sent_waves = action.wave + 1
             await rstore.update_rollout(conn, rollout_id, sent_waves=sent_waves,
