@@ -110,23 +110,27 @@ class EventWriter:
     async def _store(self, links: Sequence[AgentLink],
                      taken: dict[AgentLink, list[p.Event]]) -> None:
         now = dt.datetime.now(dt.UTC)
+        known: list[tuple[str, p.Event]] = []
+        for link in links:
+            for event in taken[link]:
+                if event.kind in p.EVENT_KINDS:
+                    known.append((link.agent_id, event))
+                else:  # acknowledged, so the outbox moves on; not stored
+                    self.hub.quota(link.agent_id).unknown_kinds += 1
+                    log.warning("agent %s sent an event of unknown kind %r; not stored",
+                                link.agent_id, event.kind)
+        if not known:
+            return
         async with self.db.transaction() as conn:
-            for link in links:
-                known = []
-                for event in taken[link]:
-                    if event.kind in p.EVENT_KINDS:
-                        known.append(event)
-                    else:  # acknowledged, so the outbox moves on; not stored
-                        self.hub.quota(link.agent_id).unknown_kinds += 1
-                        log.warning("agent %s sent an event of unknown kind %r; not stored",
-                                    link.agent_id, event.kind)
-                if not known:
-                    continue
-                new = await store.store_events(conn, link.agent_id, [
-                    (e.seq, e.kind, dt.datetime.fromtimestamp(e.at, dt.UTC), e.data)
-                    for e in known], now)
-                for event in known:
-                    if event.seq in new:  # one transaction: stored, jobs moved on, incidents
-                        new.discard(event.seq)  # a seq twice in one batch counts once
-                        await self.updates.on_event(conn, link.agent_id, event, now)
-                        await self.desk.on_event(conn, link.agent_id, event.kind, event.data, now)
+            new = await store.store_events(conn, [
+                (agent_id, e.seq, e.kind, dt.datetime.fromtimestamp(e.at, dt.UTC), e.data)
+                for agent_id, e in known], now)
+            fresh = []  # stored now, each once (a seq twice in one batch counts once)
+            for agent_id, event in known:
+                if (agent_id, event.seq) in new:
+                    new.discard((agent_id, event.seq))
+                    fresh.append((agent_id, event))
+            # One transaction: stored, jobs moved on, incidents updated.
+            await self.updates.on_events(conn, fresh, now)
+            for agent_id, event in fresh:
+                await self.desk.on_event(conn, agent_id, event.kind, event.data, now)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,6 +35,7 @@ from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
 from careline.coordinator.storage.db import Database
 from careline.coordinator.updates import JobKind, create_job
+from careline.shared import protocol as p
 from careline.shared.errors import CarelineError, ConfigError
 from careline.shared.package import parse_version
 
@@ -276,8 +278,8 @@ class IncidentDesk:
         seen = agent["last_seen"]
         online = bool(agent["connected"] and seen and now - seen <= self.offline_after)
         health = agent["health"] or {}
-        problems = {p["kind"] for p in health.get("problems", [])}
-        versions_known = all(p.get("version") for p in health.get("products", []))
+        problems = {x["kind"] for x in health.get("problems", [])}
+        versions_known = all(x.get("version") for x in health.get("products", []))
         return MachineState(
             online=online,
             healthy_for_remote=not problems & {"disk_full", "disk_failing"},
@@ -440,7 +442,8 @@ class IncidentDesk:
         return {row["id"]: self.policy_of(by_target, row)
                 for row in await service.agent_owners(conn, agent_ids)}
 
-    async def on_heartbeats(self, conn: AsyncConnection, batch: dict[str, Any], now: dt.datetime) -> None:
+    async def on_heartbeats(self, conn: AsyncConnection, batch: Mapping[str, p.Health],
+                            now: dt.datetime) -> None:
         """Each heartbeat is one check of every heartbeat condition of that agent."""
         checks: dict[ConditionKey, tuple[bool, str]] = {}
         known = {
@@ -448,9 +451,9 @@ class IncidentDesk:
             for r in await service.conditions_for(conn, sorted(batch))
         }
         for agent_id, health in batch.items():
-            for problem in health.get("problems", []):
-                if problem["kind"] in HEARTBEAT_KINDS:
-                    checks[(agent_id, problem["kind"], problem["subject"])] = (True, problem["detail"])
+            for problem in health.problems:
+                if problem.kind in HEARTBEAT_KINDS:
+                    checks[(agent_id, problem.kind, problem.subject)] = (True, problem.detail)
         for key in known:
             if key[1] in HEARTBEAT_KINDS and key[0] in batch:
                 checks.setdefault(key, (False, ""))

@@ -19,6 +19,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,6 +31,7 @@ from careline.coordinator.storage import rollouts as rstore
 from careline.coordinator.storage import service
 from careline.coordinator.storage import updates as ustore
 from careline.coordinator.updates import UpdateService, create_job
+from careline.shared import protocol as p
 from careline.shared.errors import ConfigError, Conflict
 from careline.shared.protocol import AGENT_PRODUCT
 
@@ -68,7 +70,7 @@ def product_report(products: list[dict[str, Any]] | None, product: str) -> tuple
 
 
 def _versions(products: list[dict[str, Any]] | None) -> tuple[tuple[Any, Any], ...]:
-    return tuple((p.get("name"), p.get("version")) for p in products or [])
+    return tuple((x.get("name"), x.get("version")) for x in products or [])
 
 
 def covers(includes: dict[str, Any], kind: str) -> bool:
@@ -267,7 +269,7 @@ class Rollouts:
         wave = placement.wave if placement.wave is not None else max(len(verdicts) - 1, 0)
         return {a["id"]: (wave, placement.reason) for a in covered}
 
-    async def on_heartbeats(self, conn: AsyncConnection, batch: dict[str, Any],
+    async def on_heartbeats(self, conn: AsyncConnection, batch: Mapping[str, p.Health],
                             now: dt.datetime) -> None:
         """Heartbeats about to be stored (call before storing them): machines whose reported
         product versions differ from what is stored are re-targeted on the next tick.
@@ -276,7 +278,7 @@ class Rollouts:
         the batch) only when first heard of here or after a change: a changed machine is
         forgotten rather than remembered as changed, so if this transaction fails, its
         next report is compared with the database again and marked again."""
-        reported = {agent_id: _versions((health or {}).get("products"))
+        reported = {agent_id: tuple((x.name, x.version) for x in health.products)
                     for agent_id, health in batch.items()}
         unseen = [agent_id for agent_id in reported if agent_id not in self._versions]
         if unseen:
@@ -447,8 +449,8 @@ class Rollouts:
             window, source = window_of(agent)
             # Updating the agent itself interrupts no one: its running never holds a wave back.
             running = rollout["product"] != AGENT_PRODUCT and any(
-                p["name"] == rollout["product"] and p["running"]
-                for p in (agent["health"] or {}).get("products", []))
+                x["name"] == rollout["product"] and x["running"]
+                for x in (agent["health"] or {}).get("products", []))
             decision = waves.install_window_open(
                 now, window, customer["timezone"], running,
                 rollout["effective"] or now.date() + dt.timedelta(days=365),

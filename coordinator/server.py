@@ -443,7 +443,9 @@ class Coordinator:
 
     async def _write_reports(self, received: dict[str, tuple[float, p.Health]],
                              presence: dict[str, tuple[bool, dt.datetime, str]]) -> None:
-        batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), p.to_builtins(health))
+        # Health stays a typed Struct: stored as JSON by the engine's msgspec serializer
+        # (converting 10,000 reports to dicts a second was a sixth of the process's CPU).
+        batch = {agent_id: (dt.datetime.fromtimestamp(at, dt.UTC), health)
                  for agent_id, (at, health) in received.items()}
         async with self.db.transaction() as conn:
             # Before storing them: targeting compares the reported versions with the stored.
@@ -454,7 +456,8 @@ class Coordinator:
             await store.store_presence(conn, presence)
             await self.desk.on_heartbeats(conn, {a: h for a, (_, h) in batch.items()}, utcnow())
             due = self.health_sampler.due({a: seen for a, (seen, _) in batch.items()})
-            await health.store_samples(conn, [(a, batch[a][0], sample_of(batch[a][1])) for a in due])
+            await health.store_samples(conn, [(a, batch[a][0], sample_of(p.to_builtins(batch[a][1])))
+                                              for a in due])
         self.health_sampler.taken((a, batch[a][0]) for a in due)
 
     async def _flush_heartbeats_forever(self) -> None:

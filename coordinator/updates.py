@@ -68,6 +68,8 @@ DISPATCH_SWEEP_SECONDS = 2.0
 # update or a reinstall) and rolled back (the version it went back to).
 VERSION_OUTCOMES = frozenset({"installed", "rolled_back"})
 RENEW_CHECK_SECONDS = 60.0
+# Durable events that move a job part on (update_step) or finish it.
+JOB_EVENT_KINDS = frozenset({"update_step", "update_result", "verify_result"})
 
 
 def utcnow() -> dt.datetime:
@@ -482,22 +484,38 @@ class UpdateService:
             with contextlib.suppress(ConnectionClosed):
                 await link.flush()
 
-    async def on_event(self, conn: AsyncConnection, agent_id: str, event: p.Event,
-                       now: dt.datetime) -> None:
-        """Move a job on from an agent's durable event, in the transaction that stores the
-        event: an acknowledged event has moved its job, exactly once."""
-        if event.kind not in ("update_step", "update_result", "verify_result"):
+    async def on_events(self, conn: AsyncConnection, events: Sequence[tuple[str, p.Event]],
+                        now: dt.datetime) -> None:
+        """Move jobs on from agents' durable events (agent id, event), in the transaction
+        that stores them: an acknowledged event has moved its job, exactly once. A batch
+        costs a few statements whatever its size, except results (one job part each)."""
+        mine = [(agent_id, event) for agent_id, event in events
+                if event.kind in JOB_EVENT_KINDS and event.data.get("job")]
+        if not mine:
             return
-        ref = str(event.data.get("job", ""))
-        if not ref:
-            return
-        row = await store.get_job_machine(conn, ref)
-        if row is None or row["agent_id"] != agent_id:
-            return
-        if event.kind == "update_step":
-            await store.set_status(conn, row, str(event.data.get("step", "?"))[:40], now,
-                                   _text(event.data.get("detail")))
-            return
+        parts = await store.job_machines_by_ref(conn, {str(e.data["job"]) for _, e in mine})
+        moves: list[tuple[int, str, str | None]] = []
+        steps: list[tuple[int, str, dt.datetime, str | None]] = []
+        for agent_id, event in mine:
+            ref = str(event.data["job"])
+            row = parts.get(ref)
+            if row is None or row["agent_id"] != agent_id:
+                continue
+            if event.kind == "update_step":
+                if row["finished_at"] is None:  # a late step of a finished part moves nothing
+                    status, detail = str(event.data.get("step", "?"))[:40], _text(event.data.get("detail"))
+                    moves.append((row["id"], status, detail))
+                    steps.append((row["id"], status, now, detail))
+                continue
+            await store.set_progress(conn, moves, now)  # in order: steps before the result
+            await store.add_steps(conn, steps)
+            moves, steps = [], []
+            await self._on_result(conn, agent_id, row, event, now)
+        await store.set_progress(conn, moves, now)
+        await store.add_steps(conn, steps)
+
+    async def _on_result(self, conn: AsyncConnection, agent_id: str, row: dict[str, Any],
+                         event: p.Event, now: dt.datetime) -> None:
         if event.kind == "update_result":
             outcome = str(event.data.get("outcome", "failed"))[:40]
             await store.set_status(conn, row, outcome, now, _text(event.data.get("reason")),
@@ -513,7 +531,7 @@ class UpdateService:
             ok = bool(event.data.get("ok"))
             await store.set_status(conn, row, "verified" if ok else "mismatch", now,
                                    _text(event.data.get("summary")))
-        self.progress.pop(ref, None)
+        self.progress.pop(row["ref"], None)
 
 
 def _text(value: Any) -> str | None:

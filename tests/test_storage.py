@@ -466,13 +466,15 @@ def test_schema_columns_that_hold_times_are_utc() -> None:
 async def test_store_events_stores_a_batch_once(db: Database) -> None:
     cid = await new_customer(db)
     aid = await new_agent(db, cid)
-    batch = [(seq, "update_step", NOW, {"n": seq}) for seq in (1, 2, 3)]
-    async with db.transaction() as conn:
-        assert await store.store_events(conn, aid, batch, NOW) == {1, 2, 3}
-        assert await store.store_events(conn, aid, [], NOW) == set()
+    other = await new_agent(db, cid, hostname="pc-2")
+    batch = [(aid, seq, "update_step", NOW, {"n": seq}) for seq in (1, 2, 3)]
+    async with db.transaction() as conn:  # two agents' events in one statement
+        assert await store.store_events(conn, [*batch, (other, 1, "update_step", NOW, {})],
+                                        NOW) == {(aid, 1), (aid, 2), (aid, 3), (other, 1)}
+        assert await store.store_events(conn, [], NOW) == set()
     async with db.transaction() as conn:  # a re-send with one new event stores only that
-        again = [*batch[1:], (4, "update_step", NOW, {"n": 4})]
-        assert await store.store_events(conn, aid, again, NOW) == {4}
+        again = [*batch[1:], (aid, 4, "update_step", NOW, {"n": 4})]
+        assert await store.store_events(conn, again, NOW) == {(aid, 4)}
     async with db.connect() as conn:
         stored = await store.list_events(conn, aid, limit=10)
     assert sorted(e["seq"] for e in stored) == [1, 2, 3, 4]

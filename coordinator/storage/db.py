@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -42,6 +43,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
 class Database:
     """One engine; `transaction()` for writes, `connect()` for reads.
 
@@ -55,7 +60,10 @@ class Database:
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
-        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        # JSON columns are written by msgspec: it takes protocol Structs (an agent's Health)
+        # as they are, with no conversion to dicts first, and encodes in C.
+        self.engine: AsyncEngine = create_async_engine(self.url, json_serializer=_json_text,
+                                                       **kwargs)
         if self.is_sqlite:
             sa.event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None

@@ -571,18 +571,18 @@ async def prune_events(conn: AsyncConnection, keep_per_agent: int, older_than: d
 
 
 async def store_events(
-    conn: AsyncConnection, agent_id: str,
-    batch: Sequence[tuple[int, str, dt.datetime, dict[str, Any]]], now: dt.datetime,
-) -> set[int]:
-    """Record a batch of one agent's (seq, kind, at, data) in one statement; returns the
-    seqs stored now (the others were stored before: re-sends)."""
+    conn: AsyncConnection,
+    batch: Sequence[tuple[str, int, str, dt.datetime, dict[str, Any]]], now: dt.datetime,
+) -> set[tuple[str, int]]:
+    """Record (agent id, seq, kind, at, data) of any number of agents in one statement;
+    returns the (agent id, seq) stored now (the others were stored before: re-sends)."""
     if not batch:
         return set()
     rows = [{"agent_id": agent_id, "seq": seq, "kind": kind, "at": at, "received_at": now,
-             "data": data} for seq, kind, at, data in batch]
+             "data": data} for agent_id, seq, kind, at, data in batch]
     result = await conn.execute(
-        insert_ignoring_duplicates(conn, events).returning(events.c.seq), rows)
-    return {int(seq) for seq in result.scalars()}
+        insert_ignoring_duplicates(conn, events).returning(events.c.agent_id, events.c.seq), rows)
+    return {(str(agent_id), int(seq)) for agent_id, seq in result}
 
 
 async def list_events(conn: AsyncConnection, agent_id: str, limit: int = 50) -> list[Row]:

@@ -108,6 +108,43 @@ async def add_step(
     ))
 
 
+async def add_steps(conn: AsyncConnection,
+                    steps: Sequence[tuple[int, str, dt.datetime, str | None]]) -> None:
+    """Many parts' (job part id, step, at, detail) in one statement."""
+    if steps:
+        await conn.execute(job_steps.insert(), [
+            {"job_machine_id": part, "step": step, "at": at, "detail": detail}
+            for part, step, at, detail in steps])
+
+
+async def set_progress(conn: AsyncConnection,
+                       moves: Sequence[tuple[int, str, str | None]], now: dt.datetime) -> None:
+    """Move unfinished parts on to a non-terminal status, (part id, status, detail) each,
+    in one statement (a finished part stays as it is)."""
+    if not moves:
+        return
+    await conn.execute(
+        job_machines.update()
+        .where(job_machines.c.id == sa.bindparam("part"), job_machines.c.finished_at.is_(None))
+        .values(status=sa.bindparam("new_status"),
+                detail=sa.func.coalesce(sa.bindparam("new_detail"), job_machines.c.detail),
+                updated_at=now),
+        [{"part": part, "new_status": status, "new_detail": detail}
+         for part, status, detail in moves])
+
+
+async def job_machines_by_ref(conn: AsyncConnection, refs: Collection[str]) -> dict[str, Row]:
+    """Job parts by their refs, in one query (a batch of agents' events names many)."""
+    if not refs:
+        return {}
+    query = (
+        sa.select(job_machines, jobs.c.kind, jobs.c.delivery, jobs.c.stop_product)
+        .join(jobs, jobs.c.id == job_machines.c.job_id)
+        .where(job_machines.c.ref.in_(sorted(refs)))
+    )
+    return {row["ref"]: row for row in rows_of(await conn.execute(query))}
+
+
 async def get_job_machine(conn: AsyncConnection, ref: str) -> Row | None:
     query = (
         sa.select(job_machines, jobs.c.kind, jobs.c.delivery, jobs.c.stop_product)
