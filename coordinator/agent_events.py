@@ -132,5 +132,4 @@ class EventWriter:
                     fresh.append((agent_id, event))
             # One transaction: stored, jobs moved on, incidents updated.
             await self.updates.on_events(conn, fresh, now)
-            for agent_id, event in fresh:
-                await self.desk.on_event(conn, agent_id, event.kind, event.data, now)
+            await self.desk.on_events(conn, fresh, now)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -460,24 +460,38 @@ class IncidentDesk:
         if checks:
             await self.observe(conn, checks, now)
 
-    async def on_event(
-        self, conn: AsyncConnection, agent_id: str, kind: str, data: dict[str, Any],
-        now: dt.datetime,
-    ) -> None:
-        """Events that signal trouble: one failing check of their condition. An update's
-        result is a check of update_failed: failed, rolled back or refused fails it, a
-        later successful install clears it."""
+    async def on_events(self, conn: AsyncConnection, events: Sequence[tuple[str, p.Event]],
+                        now: dt.datetime) -> None:
+        """Events that signal trouble, (agent id, event) each: one failing check of their
+        condition. An update's result is a check of update_failed: failed, rolled back or
+        refused fails it, a later successful install clears it. The checks of a batch go
+        through flap suppression together (one look at the conditions), as long as each
+        condition is checked once; a second check of one goes in the next round."""
+        checks: dict[ConditionKey, tuple[bool, str]] = {}
+        for agent_id, event in events:
+            check = self._check_of(agent_id, event.kind, event.data)
+            if check is None:
+                continue
+            key, value = check
+            if key in checks:
+                await self.observe(conn, checks, now)
+                checks = {}
+            checks[key] = value
+        if checks:
+            await self.observe(conn, checks, now)
+
+    def _check_of(self, agent_id: str, kind: str, data: dict[str, Any],
+                  ) -> tuple[ConditionKey, tuple[bool, str]] | None:
         if kind == "update_result" and data.get("outcome") in UPDATE_OUTCOMES:
             failing = UPDATE_OUTCOMES[data["outcome"]]
             detail = f"{data.get('version')}: {data['outcome']} ({data.get('reason') or ''})"
-            key = (agent_id, "update_failed", str(data.get("product") or ""))
-            await self.observe(conn, {key: (failing, detail if failing else "")}, now)
-            return
+            return (agent_id, "update_failed", str(data.get("product") or "")), (
+                failing, detail if failing else "")
         if kind not in self.policy.kinds:
-            return
+            return None
         subject = str(data.get("product") or data.get("subject") or "")
         detail = str(data.get("detail") or data.get("reason") or "")
-        await self.observe(conn, {(agent_id, kind, subject): (True, detail)}, now)
+        return (agent_id, kind, subject), (True, detail)
 
     async def sweep_offline(self, now: dt.datetime) -> None:
         """One agent_offline check per machine: silent longer than the policy allows, in

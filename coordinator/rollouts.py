@@ -114,9 +114,9 @@ class Rollouts:
         self._last_look: dict[int, dt.datetime] = {}
         self._last_full: dict[int, dt.datetime] = {}
         self._versions: dict[str, tuple[Any, ...]] = {}  # agent id -> versions last reported
-        # Set when a job result settled a machine of a rollout holding back a wave: the next
-        # tick (and that wave) comes at once rather than at the end of TICK_SECONDS.
-        self._settled = asyncio.Event()
+        # Set when a rollout starts, or a job result settled a machine of a rollout holding
+        # back a wave: the next tick (and that wave) comes at once, not after TICK_SECONDS.
+        self._wake = asyncio.Event()
         self._holding: set[int] = set()  # rollouts with a wave not sent yet, as of the last tick
         # rollout id -> its machines still pending or sent, as of the last tick, less those
         # settled since: at 0 the rollout may be complete, and the next tick comes at once.
@@ -148,6 +148,7 @@ class Rollouts:
         await store.record_audit(conn, actor=actor, action="rollout.start",
                                  target=f"rollout:{rollout_id}",
                                  detail={"release": release["id"], **added}, now=now)
+        self._wake.set()  # its first wave goes out at the next tick, after this commits
         return rollout_id
 
     def _suggestion(self, kind: str) -> str:
@@ -294,9 +295,10 @@ class Rollouts:
     async def run_forever(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), TICK_SECONDS)
-            await asyncio.sleep(MIN_TICK_SECONDS)  # results arriving together: one tick
-            self._settled.clear()
+                await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
+            await asyncio.sleep(MIN_TICK_SECONDS)  # what woke it has committed; results
+            # arriving together make one tick
+            self._wake.clear()
             try:
                 await self.tick(dt.datetime.now(dt.UTC))
             except Exception:
@@ -316,7 +318,7 @@ class Rollouts:
             return
         left = self._unsettled[rollout_id] = self._unsettled.get(rollout_id, 1) - 1
         if rollout_id in self._holding or left <= 0:
-            self._settled.set()
+            self._wake.set()
 
     async def tick(self, now: dt.datetime) -> None:
         async with self.db.connect() as conn:
