@@ -93,6 +93,16 @@ class AdminClient:
     def stream(self, method: str, *, wait: float | None = None, **params: Any) -> Iterator[Any]:
         """Yield partial results as they arrive, then the final result. `wait` is how long
         the server itself may take (a live command's timeout): the client waits that long."""
+        parts: list[Any] = []
+        for reply in self._replies(method, wait, params):
+            if reply.part:  # a slice of one long list: joined, yielded once whole
+                parts.extend(reply.result)
+                if reply.final:
+                    yield parts
+            else:
+                yield reply.result
+
+    def _replies(self, method: str, wait: float | None, params: dict[str, Any]) -> Iterator[p.Reply]:
         from websockets.exceptions import ConnectionClosed
 
         timeout = reply_timeout(self.timeout, wait)
@@ -108,7 +118,7 @@ class AdminClient:
                     continue
                 if not reply.ok:
                     raise RemoteError(reply.error_code, reply.error)
-                yield reply.result
+                yield reply
                 if reply.final:
                     return
         except ConnectionClosed as exc:

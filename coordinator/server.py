@@ -560,7 +560,12 @@ class Coordinator:
                 result = None
             else:
                 result = await found.handler(ctx, params)  # type: ignore[misc]
-            reply = p.Reply(id=request.id, result=p.to_builtins(result))
+            result = p.to_builtins(result)
+            parts = p.reply_parts(result) if isinstance(result, list) else [result]
+            for part in parts[:-1]:  # a long list: slices the client joins
+                await ws.send(p.encode(p.Reply(id=request.id, result=part, final=False,
+                                               part=True)))
+            reply = p.Reply(id=request.id, result=parts[-1], part=len(parts) > 1)
         except CarelineError as exc:
             reply = p.Reply(id=request.id, ok=False, error_code=exc.code, error=str(exc))
         except Exception:

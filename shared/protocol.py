@@ -335,7 +335,9 @@ class Request(Message, tag="request"):
 
 
 class Reply(Message, tag="reply"):
-    """Answer to a request. `final=False` replies stream partial results (fan-out)."""
+    """Answer to a request. `final=False` replies stream partial results (fan-out). A long
+    list is sent in parts (`part=True`, each a slice of it, the last one final) that the
+    client joins into one list, so no reply outgrows the admin frame limit."""
 
     id: int
     ok: bool = True
@@ -343,6 +345,25 @@ class Reply(Message, tag="reply"):
     error_code: str = ""
     error: str = ""
     final: bool = True
+    part: bool = False
+
+
+REPLY_PART_BYTES = 1 << 20  # a list answer longer than this goes in parts of about this size
+
+
+def reply_parts(items: list[Any], limit: int = REPLY_PART_BYTES) -> list[list[Any]]:
+    """Split a list answer into consecutive slices of at most about `limit` encoded bytes
+    each (an item larger than that alone in its slice); one slice if it fits."""
+    parts: list[list[Any]] = [[]]
+    size = 0
+    for item in items:
+        item_size = len(_encoder.encode(item))
+        if parts[-1] and size + item_size > limit:
+            parts.append([])
+            size = 0
+        parts[-1].append(item)
+        size += item_size
+    return parts
 
 
 # ----------------------------------------------------------------------------- codec
