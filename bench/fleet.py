@@ -256,6 +256,14 @@ class CoordinatorProc:
 
         return AdminClient(Credentials(self.url, self.admin_token, self.ca_pem), timeout=60)
 
+    def customer_join(self, customer: str, uses: int) -> str:
+        """A new customer and a join string for `uses` enrollments, valid for a bench run
+        (6 h). Blocking: call it with asyncio.to_thread."""
+        with self.admin() as client:
+            client.call("customers.add", name=customer)
+            return str(client.call("tokens.create", customer=customer, uses=uses,
+                                   expires_seconds=6 * 3600)["join"])
+
 
 # ============================================================================= simulator
 def sample_health(seq: int) -> p.Health:
@@ -888,13 +896,7 @@ async def run(args: argparse.Namespace, root: Path, children: Children) -> dict[
         await coord.start()
         log(f"coordinator pid {coord.pid} on {coord.url} ({results['database']}); data {coord.data}")
 
-        def make_token() -> str:
-            with coord.admin() as client:
-                client.call("customers.add", name="Bench Co")
-                return str(client.call("tokens.create", customer="Bench Co", uses=n,
-                                       expires_seconds=6 * 3600)["join"])
-
-        join = JoinString.parse(await asyncio.to_thread(make_token))
+        join = JoinString.parse(await asyncio.to_thread(coord.customer_join, "Bench Co", n))
         identities = [Identity(generate_key()) for _ in range(n)]
         log(f"enrolling {n} keys (concurrency {args.enroll_concurrency})")
         results["enroll"] = await enroll_all(join, identities, args.enroll_concurrency,

@@ -453,14 +453,9 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         log(f"coordinators pid {processes[0].pid}, {processes[1].pid}; {n_proxies} haproxy "
             f"on {proxy_url}; {n_workers} simulator worker(s)")
 
-        def join() -> str:
-            with processes[0].admin() as client:
-                client.call("customers.add", name="Scale Co")
-                return str(client.call("tokens.create", customer="Scale Co", uses=n,
-                                       expires_seconds=6 * 3600)["join"])
-
+        join = await asyncio.to_thread(processes[0].customer_join, "Scale Co", n)
         workers = await start_workers(n, n_workers, {
-            "url": proxy_url, "ca_pem": first.ca_pem, "join": await asyncio.to_thread(join),
+            "url": proxy_url, "ca_pem": first.ca_pem, "join": join,
             "event_every": args.event_every, "seed": args.seed,
             "concurrency": math.ceil(FLEET_CONCURRENCY / n_workers)})
         log(f"enrolling {n} agents through the proxy")

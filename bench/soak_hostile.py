@@ -167,13 +167,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         await coord.start()
         fleet.log(f"coordinator pid {coord.pid} on {coord.url}")
 
-        def make_token() -> str:
-            with coord.admin() as client:
-                client.call("customers.add", name="Soak Co")
-                return str(client.call("tokens.create", customer="Soak Co", uses=n + 1,
-                                       expires_seconds=6 * 3600)["join"])
-
-        join = JoinString.parse(await asyncio.to_thread(make_token))
+        join = JoinString.parse(await asyncio.to_thread(coord.customer_join, "Soak Co", n + 1))
         identities = [fleet.Identity(generate_key()) for _ in range(n + 1)]
         await fleet.enroll_all(join, identities, 32, timeout=max(120, n * 0.2))
         evil_identity, identities = identities[0], identities[1:]

@@ -161,14 +161,9 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
     await coord.start()
     log(f"coordinator pid {coord.pid} on {coord.url}")
 
-    def join() -> str:
-        with coord.admin() as client:
-            client.call("customers.add", name="Soak Co")
-            return str(client.call("tokens.create", customer="Soak Co", uses=n,
-                                   expires_seconds=6 * 3600)["join"])
-
     identities = [fleet.Identity(fleet.generate_key()) for _ in range(n)]
-    await fleet.enroll_all(fleet.JoinString.parse(await asyncio.to_thread(join)), identities,
+    join = await asyncio.to_thread(coord.customer_join, "Soak Co", n)
+    await fleet.enroll_all(fleet.JoinString.parse(join), identities,
                            6, timeout=max(120, n * 0.5))  # quotas: 8 enrollments per address
     soak = Soak()
     SoakAgent.soak = soak

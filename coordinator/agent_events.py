@@ -21,14 +21,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Sequence
 
 from websockets.exceptions import ConnectionClosed
 
 from careline.coordinator.hub import AgentHub, AgentLink
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.storage import fleet as store
-from careline.coordinator.storage.db import Database, storage_unavailable
+from careline.coordinator.storage.db import Database, write_isolating
 from careline.coordinator.updates import UpdateService
 from careline.shared import protocol as p
 from careline.shared.logs import safe_text
@@ -78,7 +77,19 @@ class EventWriter:
         return {link: events for link, events in taken.items() if events}
 
     async def _write(self, taken: dict[AgentLink, list[p.Event]]) -> None:
-        failed = await self._store_isolating(list(taken), taken)
+        known = {link: self._known(link, events) for link, events in taken.items()}
+        try:
+            failed = await write_isolating(
+                [link for link in taken if known[link]],
+                lambda links: self._store([(link.agent_id, e) for link in links
+                                           for e in known[link]]))
+        except Exception as exc:  # the database itself: nobody's events were stored
+            failed = dict.fromkeys(taken, exc)
+        for error in set(failed.values()):
+            links = [link.agent_id for link, e in failed.items() if e is error]
+            log.error("events of %s not stored: %s", ", ".join(links) if len(links) <= 5 else
+                      f"{len(links)} agents",
+                      safe_text((str(error).splitlines() or [type(error).__name__])[0], 300))
         for link in failed:
             link.ws.close_timeout = 1.0  # its unread frames may hide the close handshake
         await asyncio.gather(*(link.ws.close(1011, "could not store events; retry later")
@@ -91,36 +102,20 @@ class EventWriter:
             with contextlib.suppress(ConnectionClosed):
                 await link.flush()
 
-    async def _store_isolating(self, links: Sequence[AgentLink],
-                               taken: dict[AgentLink, list[p.Event]]) -> set[AgentLink]:
-        """Store these agents' events; the agents whose events could not be stored."""
-        try:
-            await self._store(links, taken)
-            return set()
-        except Exception as exc:
-            if storage_unavailable(exc) or len(links) == 1:
-                reason = safe_text((str(exc).splitlines() or [type(exc).__name__])[0], 300)
-                log.error("events of %s not stored: %s", ", ".join(lk.agent_id for lk in links)
-                          if len(links) <= 5 else f"{len(links)} agents", reason)
-                return set(links)
-        half = len(links) // 2
-        return (await self._store_isolating(links[:half], taken)
-                | await self._store_isolating(links[half:], taken))
+    def _known(self, link: AgentLink, events: list[p.Event]) -> list[p.Event]:
+        """The events to store; one of an unknown kind is acknowledged and not stored."""
+        known = []
+        for event in events:
+            if event.kind in p.EVENT_KINDS:
+                known.append(event)
+            else:
+                self.hub.quota(link.agent_id).unknown_kinds += 1
+                log.warning("agent %s sent an event of unknown kind %r; not stored",
+                            link.agent_id, event.kind)
+        return known
 
-    async def _store(self, links: Sequence[AgentLink],
-                     taken: dict[AgentLink, list[p.Event]]) -> None:
+    async def _store(self, known: list[tuple[str, p.Event]]) -> None:
         now = dt.datetime.now(dt.UTC)
-        known: list[tuple[str, p.Event]] = []
-        for link in links:
-            for event in taken[link]:
-                if event.kind in p.EVENT_KINDS:
-                    known.append((link.agent_id, event))
-                else:  # acknowledged, so the outbox moves on; not stored
-                    self.hub.quota(link.agent_id).unknown_kinds += 1
-                    log.warning("agent %s sent an event of unknown kind %r; not stored",
-                                link.agent_id, event.kind)
-        if not known:
-            return
         async with self.db.transaction() as conn:
             new = await store.store_events(conn, [
                 (agent_id, e.seq, e.kind, dt.datetime.fromtimestamp(e.at, dt.UTC), e.data)

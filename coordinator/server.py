@@ -47,7 +47,7 @@ from careline.coordinator.rollouts import Rollouts
 from careline.coordinator.services import Services
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import health, service
-from careline.coordinator.storage.db import Database, storage_unavailable
+from careline.coordinator.storage.db import Database, write_isolating
 from careline.coordinator.technicians import AdminSession, Technicians
 from careline.coordinator.updates import UpdateService
 from careline.shared import protocol as p
@@ -412,7 +412,9 @@ class Coordinator:
         presence, hub.presence = hub.presence, {}
         agent_ids = sorted(received.keys() | presence.keys())
         try:
-            failed = await self._write_isolating(agent_ids, received, presence)
+            failed = await write_isolating(agent_ids, lambda ids: self._write_reports(
+                {a: received[a] for a in ids if a in received},
+                {a: presence[a] for a in ids if a in presence}))
             if failed and len(failed) == len(agent_ids):  # nothing stored: blame the storage
                 raise next(iter(failed.values()))
         except BaseException:  # cancelled at shutdown, or storage down: keep it
@@ -422,24 +424,6 @@ class Coordinator:
         for agent_id, exc in failed.items():
             log.error("report of agent %s not stored: %s", agent_id,
                       safe_text((str(exc).splitlines() or [type(exc).__name__])[0], 300))
-
-    async def _write_isolating(
-        self, agent_ids: list[str], received: dict[str, tuple[float, p.Health]],
-        presence: dict[str, tuple[bool, dt.datetime, str]],
-    ) -> dict[str, Exception]:
-        """Write these agents' reports; the agents whose own data failed, with why."""
-        try:
-            await self._write_reports({a: received[a] for a in agent_ids if a in received},
-                                      {a: presence[a] for a in agent_ids if a in presence})
-            return {}
-        except Exception as exc:
-            if storage_unavailable(exc):
-                raise
-            if len(agent_ids) == 1:
-                return {agent_ids[0]: exc}
-        half = len(agent_ids) // 2
-        return {**await self._write_isolating(agent_ids[:half], received, presence),
-                **await self._write_isolating(agent_ids[half:], received, presence)}
 
     async def _write_reports(self, received: dict[str, tuple[float, p.Health]],
                              presence: dict[str, tuple[bool, dt.datetime, str]]) -> None:

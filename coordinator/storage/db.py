@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import sqlalchemy as sa
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from careline.shared.errors import ConfigError
 
 MIGRATION_LOCK = 0x6361726C  # "carl": the advisory lock key for migrations
+T = TypeVar("T")
 
 
 def async_url(url: str) -> str:
@@ -117,3 +118,22 @@ def storage_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError) and "locked" in str(exc)
+
+
+async def write_isolating(items: Sequence[T], write: Callable[[Sequence[T]], Awaitable[None]],
+                          ) -> dict[T, Exception]:
+    """Write `items` in one go (`write` is one transaction); if that fails for what they
+    hold, split them in halves until the failing items are alone: those, with why. One
+    bad agent's data then costs only its own write. Raises if the database itself failed
+    (storage_unavailable): nobody's data was at fault."""
+    try:
+        await write(items)
+        return {}
+    except Exception as exc:
+        if storage_unavailable(exc):
+            raise
+        if len(items) == 1:
+            return {items[0]: exc}
+    half = len(items) // 2
+    return {**await write_isolating(items[:half], write),
+            **await write_isolating(items[half:], write)}
