@@ -59,9 +59,7 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
     machine = await enroll(db, token, first)
     assert machine == agent_id_for(first.public_key)
     async with db.transaction() as conn:
-        for seq in (1, 2):
-            await store.store_event(conn, agent_id=machine, seq=seq, kind="x", at=NOW,
-                                    data={}, now=NOW)
+        await store.store_events(conn, [(machine, seq, "x", NOW, {}) for seq in (1, 2)], NOW)
         incident = await service.add_incident(conn, {
             "agent_id": machine, "customer_id": token["customer_id"], "kind": "reported",
             "category": "virus", "severity": "critical", "status": "open",
@@ -96,8 +94,8 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
         assert audit[0]["action"] == "agent.relink"
         assert audit[0]["detail"]["old_key"] == machine
     async with db.transaction() as conn:  # the new agent's outbox starts again at seq 1
-        assert await store.store_event(conn, agent_id=machine, seq=1, kind="y", at=later,
-                                       data={}, now=later)
+        assert await store.store_events(conn, [(machine, 1, "y", later, {})], later) == {
+            (machine, 1)}
         assert len(await store.list_events(conn, machine)) == 3
 
 

@@ -350,8 +350,8 @@ async def test_store_event_dedupes_by_agent_and_seq(db: Database) -> None:
 
     async def put(agent: str, seq: int, kind: str = "boot") -> bool:
         async with db.transaction() as conn:
-            return await store.store_event(conn, agent_id=agent, seq=seq, kind=kind, at=at,
-                                           data={"seq": seq}, now=NOW)
+            stored = await store.store_events(conn, [(agent, seq, kind, at, {"seq": seq})], NOW)
+            return stored == {(agent, seq)}
 
     assert await put(a, 1) is True
     assert await put(a, 1, kind="resent") is False

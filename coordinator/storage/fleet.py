@@ -538,19 +538,6 @@ async def store_heartbeats(conn: AsyncConnection, beats: Iterable[tuple[str, dt.
         )
 
 
-async def store_event(
-    conn: AsyncConnection, *, agent_id: str, seq: int, kind: str, at: dt.datetime,
-    data: dict[str, Any], now: dt.datetime,
-) -> bool:
-    """Record an agent event once; False when it was already stored (a re-send)."""
-    result = await conn.execute(
-        insert_ignoring_duplicates(conn, events).values(
-            agent_id=agent_id, seq=seq, kind=kind, at=at, received_at=now, data=data
-        )
-    )
-    return bool(result.rowcount)
-
-
 def beyond_newest(table: sa.Table, keep: int) -> sa.Select[Any]:
     """Ids of each agent's rows older than its `keep` newest (ranking only the rows of
     agents over budget: the count per agent is an index scan)."""
