@@ -296,9 +296,9 @@ class Rollouts:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
-            await asyncio.sleep(MIN_TICK_SECONDS)  # what woke it has committed; results
-            # arriving together make one tick
-            self._wake.clear()
+            if self._wake.is_set():  # brought forward: what woke it has committed by then,
+                await asyncio.sleep(MIN_TICK_SECONDS)  # and results arriving together
+                self._wake.clear()  # make one tick
             try:
                 await self.tick(dt.datetime.now(dt.UTC))
             except Exception:
