@@ -23,6 +23,7 @@ import time
 
 from websockets.asyncio.server import ServerConnection, serve
 
+from careline.coordinator.bootstrap import tune_gc
 from careline.coordinator.pki import server_context
 from careline.shared import protocol as p
 
@@ -72,6 +73,7 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    tune_gc()  # the coordinator's collector settings: the same process, minus Careline
     try:
         import uvloop  # the coordinator uses it when installed; so must its baseline
     except ImportError:

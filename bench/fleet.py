@@ -70,6 +70,7 @@ from careline.agent.runner import (
     handshake,
     reconnect_delay,
 )
+from careline.coordinator.bootstrap import tune_gc
 from careline.shared import __version__
 from careline.shared import protocol as p
 from careline.shared.errors import AuthError, ProtocolError
@@ -745,6 +746,22 @@ async def blast_coordinator(fleet: Fleet, coord: CoordinatorProc, duration: floa
     }
 
 
+async def profile_blast(fleet: Fleet, coord: CoordinatorProc, duration: float, in_flight: int,
+                        out: Path) -> dict[str, Any]:
+    """A second blast, apart from the measured one (py-spy takes CPU on a 2-core box), with
+    the coordinator and this simulator recorded: where each side spends its time."""
+    import pyspy
+
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
+    recordings = {name: pyspy.Recording.start(pid, duration, out / f"{name}.txt")
+                  for name, pid in (("coordinator", coord.pid), ("simulator", os.getpid()))}
+    fleet.start_blast(in_flight)
+    await asyncio.sleep(duration + 1)
+    await fleet.end_blast()
+    return {name: (await asyncio.to_thread(rec.finish, 30, 25)) if rec else {"error": "no py-spy"}
+            for name, rec in recordings.items()}
+
+
 async def settle_rss(pid: int, seconds: float) -> int:
     """RSS after `seconds`, sampled a few times; the last sample."""
     end = time.monotonic() + seconds
@@ -959,6 +976,9 @@ async def run(args: argparse.Namespace, root: Path, children: Children) -> dict[
                 "bare": bare_blast,
             }
             log(f"  heartbeats {hb['rate_per_s']}/s processed")
+            if args.profile:
+                results["heartbeat"]["profile"] = await profile_blast(
+                    fleet, coord, args.duration, args.in_flight, Path(args.profile))
             await asyncio.sleep(1.0)
             results["command"] = await command_all(coord, fleet)
             log(f"  command to all: {results['command']}")
@@ -1073,6 +1093,9 @@ def main(argv: list[str] | None = None) -> int:
                         "Welcome's reconnect_window)")
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    parser.add_argument("--profile", default="", metavar="DIR",
+                        help="after the measured blast, blast again with py-spy recording the "
+                        "coordinator and the simulator into DIR")
     args = parser.parse_args(argv)
     if args.agents < 1:
         parser.error("--agents must be at least 1")
@@ -1092,6 +1115,7 @@ def run_and_report(
     started whatever happens, and print the results as JSON or a table."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     children = Children()
+    tune_gc()  # the simulator's own collector must not be what caps the measurement
     try:
         try:
             import uvloop

@@ -63,6 +63,7 @@ import soak_reliability as soak_mod
 from loopback import free_port
 from measure import percentile
 
+from careline.coordinator.bootstrap import tune_gc
 from careline.coordinator.datadir import DataDir
 from careline.coordinator.haproxy import find_haproxy, haproxy_config
 
@@ -441,7 +442,10 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         config.write_text(haproxy_config(
             f"127.0.0.1:{proxy_port}", [f"127.0.0.1:{proc.port}" for proc in processes],
             str(datadir.ca_file), heartbeat_interval=args.heartbeat_interval,
-            maxconn=min(share + max(500, share // 4), (args.nofile - FD_MARGIN) // 2)))
+            maxconn=min(share + max(500, share // 4), (args.nofile - FD_MARGIN) // 2),
+            # What one coordinator can hold, shared by the K proxies: a survivor takes agents
+            # back up to its open-files limit, the rest queue in HAProxy.
+            server_maxconn=(args.nofile - FD_MARGIN) // n_proxies))
         proxies = [children.start([haproxy, "-db", "-f", str(config)], root / f"haproxy{i}.log")
                    for i in range(1, n_proxies + 1)]
         for proxy in proxies:
@@ -556,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends it (end of input)
         fleet.raise_nofile()
+        tune_gc()  # as fleet.run_and_report: the simulator's collector must not cap it
         try:
             import uvloop
         except ImportError:

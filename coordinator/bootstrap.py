@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 import os
 import signal
@@ -74,6 +75,25 @@ async def _create_database(
         await db.close()
 
 
+# The cyclic garbage collector's thresholds for a process holding thousands of connections
+# (Python's defaults: 700, 10, 10). Each connection keeps a few hundred tracked objects, and
+# with the defaults every heartbeat's report, alive for the second until the flush, reached
+# the oldest generation; its full collections, each walking every connection's objects,
+# took 28 % of the CPU during a 10,000-agent heartbeat blast. A young generation of 50,000
+# allocations, and a middle one collected every 20 of those, let short-lived objects die
+# young; full collections stay as Python schedules them (after 25 % growth).
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def tune_gc() -> None:
+    """Collector settings for a server process (also used by the benchmarks' bare server,
+    so that its baseline runs under the same settings). What exists at start-up (modules,
+    tables, policy) is moved out of the collector's way for good."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def serve_forever(data: str | None, *, listen: str | None, database: str | None,
                   policy: str | None, verbose: bool, web: str | None = None) -> None:
     from careline.coordinator.server import run_coordinator
@@ -98,6 +118,8 @@ def serve_forever(data: str | None, *, listen: str | None, database: str | None,
     from careline.coordinator.policy.config import load_policy
 
     load_policy(Path(settings.policy) if settings.policy else None)  # refuse a bad file now
+
+    tune_gc()
 
     async def main() -> None:
         stop = asyncio.Event()

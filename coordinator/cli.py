@@ -103,8 +103,11 @@ def pki_renew(data: str | None, hostnames: tuple[str, ...], as_json: bool) -> No
               help="HOST:PORT of one `careline serve` process (repeatable).")
 @click.option("--maxconn", type=int, default=10_000, show_default=True,
               help="Connections HAProxy holds (needs about 2 file descriptors each).")
+@click.option("--server-maxconn", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Connections one `careline serve` process may hold (its open-files limit "
+              "less ~300); more wait in HAProxy's queue. 0: no limit.")
 def haproxy_config_command(data: str | None, listen: str, backends: tuple[str, ...],
-                           maxconn: int) -> None:
+                           maxconn: int, server_maxconn: int) -> None:
     """Print the HAProxy configuration for several processes on one PostgreSQL database
     (TCP/TLS passthrough, leastconn, TLS health check timed from the heartbeat interval)."""
     from careline.coordinator.datadir import DataDir, resolve
@@ -114,7 +117,8 @@ def haproxy_config_command(data: str | None, listen: str, backends: tuple[str, .
     settings = datadir.settings()
     click.echo(haproxy_config(listen, list(backends), str(datadir.ca_file),
                               heartbeat_interval=settings.heartbeat_interval,
-                              admin_idle_timeout=settings.admin_idle_timeout, maxconn=maxconn),
+                              admin_idle_timeout=settings.admin_idle_timeout, maxconn=maxconn,
+                              server_maxconn=server_maxconn),
                nl=False)
 
 

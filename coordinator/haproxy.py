@@ -14,6 +14,10 @@ the benchmark use one; `find_haproxy` only looks the program up.
   two heartbeat intervals) and their reconnects go to a live one.
 - Idle timeouts above the technicians' idle limit: the coordinator decides when a quiet
   connection is dead (keepalive, `missed_heartbeats`, `admin_idle_timeout`), not the proxy.
+- `server_maxconn`, what one coordinator process can hold (its open-files limit less a few
+  hundred for its database and files): when a process dies, its agents come back to the
+  others only up to that; the rest wait in HAProxy's queue (`timeout queue`) and retry,
+  instead of being reset by a process out of file descriptors.
 """
 
 from __future__ import annotations
@@ -45,15 +49,16 @@ def _host_port(value: str, what: str) -> str:
 
 def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
                    heartbeat_interval: float = 30.0, admin_idle_timeout: float = 900.0,
-                   maxconn: int = 10_000) -> str:
+                   maxconn: int = 10_000, server_maxconn: int = 0) -> str:
     """haproxy.cfg for agents and technicians reaching `backends` (coordinator processes'
-    HOST:PORT, one shared database) through `listen`; `ca_file` is the data dir's pki/ca.pem."""
+    HOST:PORT, one shared database) through `listen`; `ca_file` is the data dir's pki/ca.pem.
+    `server_maxconn` 0: no limit per process."""
     _host_port(listen, "listen address")
     if not backends:
         raise ConfigError("at least one coordinator process (HOST:PORT) is needed")
     if any(c in ca_file for c in " \n#"):
         raise ConfigError(f"CA file path {ca_file!r} must not contain spaces or '#'")
-    if heartbeat_interval <= 0 or maxconn <= 0:
+    if heartbeat_interval <= 0 or maxconn <= 0 or server_maxconn < 0:
         raise ConfigError("heartbeat interval and maxconn must be positive")
     check = check_interval_ms(heartbeat_interval)
     idle = max(60, int(admin_idle_timeout) + 60)
@@ -69,6 +74,7 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         f"    timeout client {idle}s",
         f"    timeout server {idle}s",
         f"    timeout check {check}ms",
+        "    timeout queue 10s",
         "    option redispatch",
         "    retries 2",
         "",
@@ -80,7 +86,7 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         "backend coordinators",
         "    balance leastconn",
         f"    default-server check check-ssl verify required ca-file {ca_file} "
-        f"inter {check}ms fall 2 rise 2",
+        f"inter {check}ms fall 2 rise 2" + (f" maxconn {server_maxconn}" if server_maxconn else ""),
         *servers,
         "",
     ])

@@ -14,7 +14,7 @@ import asyncio
 import datetime as dt
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from careline.coordinator.agent_keys import AgentKeys
 from careline.coordinator.quotas import AgentQuota
-from careline.coordinator.relay import CommandRelay
+from careline.coordinator.relay import CommandRelay, RelayAnswer
 from careline.coordinator.storage.db import Database
 from careline.coordinator.storage.fleet import agent_status
 from careline.shared import protocol as p
@@ -180,7 +180,7 @@ class AgentHub:
         self.links: dict[str, AgentLink] = {}
         self.quotas: dict[str, AgentQuota] = {}  # by agent id: a reconnect does not refill them
         # Live commands for agents held by another process (PostgreSQL scale-out only).
-        self.relay = None if db.is_sqlite else CommandRelay(db.driver_url, self._call_here)
+        self.relay = None if db.is_sqlite else CommandRelay(db.driver_url, self._run_for_relay)
         # Written and emptied by the heartbeat flush (server.py), with the heartbeats:
         # agent id -> (connected, when, agent version)
         self.presence: dict[str, tuple[bool, dt.datetime, str]] = {}
@@ -273,7 +273,7 @@ class AgentHub:
 
     def _call_here(self, agent_id: str, action: p.Action,
                    timeout: float) -> Awaitable[p.CommandResult] | None:
-        """For the relay: the answer of an agent connected here, None if it is not."""
+        """The answer of an agent connected here, None if it is not."""
         link = self.links.get(agent_id)
         return None if link is None else link.call(action, timeout)
 
@@ -295,58 +295,109 @@ class AgentHub:
             return Outcome(agent_id, failure="offline")
         return Outcome(agent_id, result, seconds=time.perf_counter() - started)
 
-    async def fan_out(self, agents: Sequence[Mapping[str, Any]], action: p.Action,
-                      timeout: float) -> AsyncIterator[Outcome]:
-        """Run one action on many agents; yields their outcomes as they arrive.
-
-        Commands to agents connected here are all sent first and their answers collected from
-        the futures' callbacks, with no task per agent (at 10,000 agents, a task each was a
-        fifth of the call's CPU); each link's session times its commands out. Agents held by
-        another process (scale-out), or by none, go through `call`.
-        """
-        answers: asyncio.Queue[Outcome] = asyncio.Queue()
+    async def _call_held_here(
+        self, agent_ids: Iterable[str], action: p.Action, timeout: float,
+        on_outcome: Callable[[Outcome], None],
+    ) -> dict[asyncio.Future[p.CommandResult], tuple[AgentLink, int]]:
+        """Send the command to each of `agent_ids` connected here, with no task per agent (at
+        10,000 agents a task each was a fifth of the call's CPU): every agent's outcome
+        reaches `on_outcome`, from its future's callback or at once if it is not connected
+        here. Returns the futures still outstanding, which the caller cancels if it stops
+        waiting; each link's session times its commands out."""
         outstanding: dict[asyncio.Future[p.CommandResult], tuple[AgentLink, int]] = {}
-        others: list[asyncio.Task[Outcome]] = []
 
         def settle(agent_id: str, started: float, future: asyncio.Future[p.CommandResult]) -> None:
             link, command_id = outstanding.pop(future)
             link.done_with(command_id)
             error = None if future.cancelled() else future.exception()
             if future.cancelled() or isinstance(error, TimeoutError):
-                answers.put_nowait(Outcome(agent_id, failure="timeout"))
+                on_outcome(Outcome(agent_id, failure="timeout"))
             elif error is not None:
-                answers.put_nowait(Outcome(agent_id, failure="offline"))
+                on_outcome(Outcome(agent_id, failure="offline"))
             else:
-                answers.put_nowait(Outcome(agent_id, future.result(),
-                                           seconds=time.perf_counter() - started))
+                on_outcome(Outcome(agent_id, future.result(),
+                                   seconds=time.perf_counter() - started))
 
-        def relayed(agent_id: str, task: asyncio.Task[Outcome]) -> None:
-            if task.cancelled():
-                return
-            error = task.exception()
-            answers.put_nowait(task.result() if error is None else
-                               Outcome(agent_id, failure="error", error=str(error)))
+        for agent_id in agent_ids:
+            link = self.links.get(agent_id)
+            if link is None:
+                on_outcome(Outcome(agent_id, failure="offline"))
+                continue
+            started = time.perf_counter()
+            try:
+                command_id, future = await link.start_call(action, timeout)
+            except ConnectionError:
+                on_outcome(Outcome(agent_id, failure="offline"))
+                continue
+            outstanding[future] = (link, command_id)
+            future.add_done_callback(functools.partial(settle, agent_id, started))
+        return outstanding
 
+    async def _run_for_relay(self, agent_ids: Sequence[str], action: p.Action, timeout: float,
+                             on_answer: Callable[[RelayAnswer], None]) -> None:
+        """For another process's request: run it on those of `agent_ids` held here, until
+        all of them answered or timed out. The others are not ours to answer."""
+        held = [a for a in agent_ids if a in self.links]
+        left = len(held)
+        all_done = asyncio.get_running_loop().create_future()
+
+        def answered(outcome: Outcome) -> None:
+            nonlocal left
+            on_answer(RelayAnswer(outcome.agent_id, outcome.result,
+                                  "offline" if outcome.failure == "error" else outcome.failure))
+            left -= 1
+            if left == 0 and not all_done.done():
+                all_done.set_result(None)
+
+        if not held:
+            return
+        outstanding = await self._call_held_here(held, action, timeout, answered)
         try:
-            for agent in agents:
-                link = self.links.get(agent["id"])
-                if link is None:
-                    task = asyncio.create_task(self.call(agent, action, timeout))
-                    task.add_done_callback(functools.partial(relayed, agent["id"]))
-                    others.append(task)
-                    continue
-                started = time.perf_counter()
-                try:
-                    command_id, future = await link.start_call(action, timeout)
-                except ConnectionError:
-                    answers.put_nowait(Outcome(agent["id"], failure="offline"))
-                    continue
-                outstanding[future] = (link, command_id)
-                future.add_done_callback(functools.partial(settle, agent["id"], started))
+            await all_done
+        finally:
+            for future in list(outstanding):
+                future.cancel()
+
+    async def fan_out(self, agents: Sequence[Mapping[str, Any]], action: p.Action,
+                      timeout: float) -> AsyncIterator[Outcome]:
+        """Run one action on many agents; yields their outcomes as they arrive.
+
+        Agents connected here get the command at once; agents another process holds
+        (scale-out) get it through the relay in one batched request; the rest are offline."""
+        answers: asyncio.Queue[Outcome] = asyncio.Queue()
+        here: list[str] = []
+        elsewhere: list[str] = []
+        for agent in agents:
+            agent_id = agent["id"]
+            if agent_id in self.links:
+                here.append(agent_id)
+            elif self.relay is not None and self.held_elsewhere(agent_id, agent):
+                elsewhere.append(agent_id)
+            else:
+                answers.put_nowait(Outcome(agent_id, failure="offline"))
+        relaying = (None if not elsewhere else
+                    asyncio.create_task(self._relay(elsewhere, action, timeout, answers.put_nowait)))
+        outstanding: dict[asyncio.Future[p.CommandResult], tuple[AgentLink, int]] = {}
+        try:
+            outstanding = await self._call_held_here(here, action, timeout, answers.put_nowait)
             for _ in agents:
                 yield await answers.get()
         finally:  # the asker went away: what is left is not waited for
             for future in list(outstanding):
                 future.cancel()
-            for task in others:
-                task.cancel()
+            if relaying is not None:
+                relaying.cancel()
+
+    async def _relay(self, agent_ids: list[str], action: p.Action, timeout: float,
+                     on_outcome: Callable[[Outcome], None]) -> None:
+        assert self.relay is not None
+        started = time.perf_counter()
+        left = set(agent_ids)
+        try:
+            async for answer in self.relay.fan_out(agent_ids, action, timeout):
+                left.discard(answer.agent)
+                on_outcome(Outcome(answer.agent, answer.result, answer.failure,
+                                   seconds=time.perf_counter() - started))
+        except ConnectionError as exc:
+            for agent_id in left:
+                on_outcome(Outcome(agent_id, failure="error", error=str(exc)))

@@ -38,6 +38,15 @@ def test_a_frozen_process_is_out_before_its_agents_give_it_up(interval, ms):
     assert 3 * ms / 1000 <= max(2 * interval, 0.3)
 
 
+def test_each_process_takes_what_its_open_files_allow_and_the_rest_wait_in_the_queue():
+    unlimited = lines(haproxy_config("127.0.0.1:1", ["127.0.0.1:2"], "/ca.pem"))
+    assert not any("maxconn 19700" in line for line in unlimited)
+    got = lines(haproxy_config("127.0.0.1:1", ["127.0.0.1:2"], "/ca.pem", server_maxconn=19700))
+    (default_server,) = [line for line in got if line.startswith("default-server")]
+    assert default_server.endswith(" maxconn 19700")
+    assert "timeout queue 10s" in got
+
+
 def test_idle_timeouts_follow_the_technicians_idle_limit():
     text = haproxy_config("127.0.0.1:1", ["127.0.0.1:2"], "/ca.pem", admin_idle_timeout=3600)
     assert "timeout client 3660s" in lines(text)
