@@ -344,6 +344,19 @@ async def ping_through(proc: ServeProc) -> dict[str, Any]:
             "call_seconds": round(seconds, 3)}
 
 
+async def profile_ping(processes: list[ServeProc], out: Path) -> dict[str, Any]:
+    """One more ping to all through process 1, apart from the measured ones (py-spy takes
+    CPU), with both processes recorded: the asker's and the relaying holder's time."""
+    import pyspy
+
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
+    recordings = {f"process_{i}": pyspy.Recording.start(proc.pid, 15, out / f"process_{i}.txt")
+                  for i, proc in enumerate(processes, 1)}
+    ping = await ping_through(processes[0])
+    return {"ping": ping, **{name: (await asyncio.to_thread(rec.finish, 30, 25)) if rec else {}
+                             for name, rec in recordings.items()}}
+
+
 async def failover(victim: ServeProc, workers: list[Worker], timeout: float) -> dict[str, Any]:
     """kill -9 `victim`; time until 95% (and all) of the agents it held are back; then
     start it again."""
@@ -478,6 +491,8 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         for i, proc in enumerate(processes, 1):
             results["ping"][f"through_process_{i}"] = await ping_through(proc)
             log(f"ping through process {i}: {results['ping'][f'through_process_{i}']}")
+        if args.profile:
+            results["ping"]["profile"] = await profile_ping(processes, Path(args.profile))
 
         victim_index = 0 if split[0] >= split[1] else 1
         victim, survivor = processes[victim_index], processes[1 - victim_index]
@@ -555,6 +570,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
+    parser.add_argument("--profile", default="", metavar="DIR",
+                        help="after the measured pings, ping again with py-spy recording "
+                        "both coordinators into DIR")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

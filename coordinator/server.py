@@ -75,6 +75,11 @@ log = logging.getLogger("careline.coordinator")
 # TLS and upgrade, then answering the challenge (or sending the enrollment): a real agent
 # needs well under a second; a stranger holding a connection open is dropped after this.
 HANDSHAKE_TIMEOUT = 5.0
+# Connections the kernel holds for us before we accept them (it caps this at
+# net.core.somaxconn, 4096 by default). With asyncio's 100, the thousands of agents of a
+# killed process reconnecting through a proxy overflowed it: dropped SYNs, retried after
+# 1, 3, 7 s, and the proxy's health check timing out on a live process.
+LISTEN_BACKLOG = 4096
 # Connections not yet authenticated are capped per channel and per address
 # (coordinator/quotas.py); past a cap the upgrade gets 503 and a Retry-After, so a reconnect
 # storm or a flood from one address sheds load instead of locking agents out.
@@ -169,6 +174,7 @@ class Coordinator:
             process_request=self._check_request, compression=None,
             max_size=p.MAX_MESSAGE_BYTES, ping_interval=None,
             open_timeout=HANDSHAKE_TIMEOUT, logger=logging.getLogger("careline.websockets"),
+            backlog=LISTEN_BACKLOG,
         ) as server:
             self.server = server
             # Owned by a TaskGroup: at stop they are cancelled and awaited (a flush cut

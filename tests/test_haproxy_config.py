@@ -7,7 +7,13 @@ import subprocess
 
 import pytest
 
-from careline.coordinator.haproxy import check_interval_ms, find_haproxy, haproxy_config
+from careline.coordinator.haproxy import (
+    CHECK_FALL,
+    check_interval_ms,
+    check_timeout_ms,
+    find_haproxy,
+    haproxy_config,
+)
 from careline.coordinator.pki import create_pki
 from careline.shared.errors import ConfigError
 
@@ -24,18 +30,21 @@ def test_tcp_passthrough_leastconn_and_tls_health_check():
     assert "bind 0.0.0.0:8443" in got  # no "ssl crt": the proxy does not terminate TLS
     assert "balance leastconn" in got
     assert ("default-server check check-ssl verify required ca-file /srv/careline/pki/ca.pem "
-            "inter 2000ms fall 2 rise 2") in got
+            "inter 2000ms fall 3 rise 2") in got
+    assert "timeout check 5000ms" in got
     assert got[-2:] == ["server careline1 10.0.0.1:8443", "server careline2 10.0.0.2:8443"]
     assert "timeout client 960s" in got
     assert "timeout server 960s" in got
     assert "option redispatch" in got
 
 
-@pytest.mark.parametrize(("interval", "ms"), [(30.0, 2000), (4.0, 2000), (1.0, 500), (0.1, 100)])
-def test_a_frozen_process_is_out_before_its_agents_give_it_up(interval, ms):
+@pytest.mark.parametrize(("interval", "ms", "timeout_ms"),
+                         [(30.0, 2000, 5000), (4.0, 2000, 2000), (1.0, 500, 500), (0.5, 250, 250)])
+def test_a_frozen_process_is_out_before_its_agents_give_it_up(interval, ms, timeout_ms):
     assert check_interval_ms(interval) == ms
-    # Two failed checks, each at most one check interval long, after at most one interval.
-    assert 3 * ms / 1000 <= max(2 * interval, 0.3)
+    assert check_timeout_ms(interval) == timeout_ms
+    # The next check starts within one interval, then CHECK_FALL checks time out in a row.
+    assert (ms + CHECK_FALL * max(ms, timeout_ms)) / 1000 <= 2 * interval
 
 
 def test_each_process_takes_what_its_open_files_allow_and_the_rest_wait_in_the_queue():

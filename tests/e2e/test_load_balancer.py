@@ -65,7 +65,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
                            "--data", str(first.data), "--listen", f"127.0.0.1:{proxy_port}",
                            "--backend", f"127.0.0.1:{first.port}",
                            "--backend", f"127.0.0.1:{second_port}", "--maxconn", "1000"]).stdout)
-    assert "inter 1000ms fall 2" in config.read_text()  # from the 2 s heartbeat interval
+    assert "inter 1000ms fall 3" in config.read_text()  # from the 2 s heartbeat interval
     first.start()
     with open(tmp_path / "coordinator2.log", "ab") as log:
         second = subprocess.Popen(
