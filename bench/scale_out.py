@@ -54,6 +54,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,38 @@ def established(pid: int, port: int) -> int:
     """Established TCP connections of process `pid` on its local `port`."""
     return sum(1 for c in psutil.Process(pid).net_connections("tcp")
                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port)
+
+
+class CpuShares:
+    """CPU of each kind of process over a phase, in % of one core: who the cores went to.
+    A process that ends during the phase counts for nothing (`roles` is re-read at the end,
+    so PostgreSQL backends started meanwhile count from zero)."""
+
+    def __init__(self, roles: Callable[[], dict[str, list[int]]]) -> None:
+        self.roles = roles
+        self.t0 = time.monotonic()
+        self.cpu0 = {pid: cpu for pids in roles().values() for pid in pids
+                     if (cpu := _cpu(pid)) is not None}
+
+    def read(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t0
+        out: dict[str, float] = {}
+        for role, pids in self.roles().items():
+            used = sum(now - self.cpu0.get(pid, 0.0) for pid in pids
+                       if (now := _cpu(pid)) is not None)
+            out[role] = round(100 * used / wall, 1)
+        return out
+
+
+def _cpu(pid: int) -> float | None:
+    try:
+        return fleet.cpu_seconds(pid)
+    except psutil.Error:
+        return None
+
+
+def postgres_pids() -> list[int]:
+    return [proc.pid for proc in psutil.process_iter(["name"]) if proc.info["name"] == "postgres"]
 
 
 def listens(pid: int, port: int) -> bool:
@@ -321,7 +354,8 @@ async def wait_online(proc: ServeProc, n: int, timeout: float) -> float | None:
     return None
 
 
-async def ping_through(proc: ServeProc) -> dict[str, Any]:
+async def ping_through(proc: ServeProc,
+                       roles: Callable[[], dict[str, list[int]]]) -> dict[str, Any]:
     """agents.ping {"all": true} through `proc` (fleet.command_all's call; the agents'
     side of it lives in the workers, so only the answers are counted here)."""
     from careline.shared.errors import RemoteError
@@ -332,19 +366,22 @@ async def ping_through(proc: ServeProc) -> dict[str, Any]:
             partials = list(client.stream("agents.ping", all=True, timeout=5.0))
             return partials, time.monotonic() - started
 
+    shares = CpuShares(roles)
     try:
         partials, seconds = await asyncio.wait_for(asyncio.to_thread(call), 300)
     except RemoteError as exc:
         return {"error": f"{exc.code}: {exc}"}
+    cpu = shares.read()
     rtts = fleet.rtts_in(partials)
     statuses = collections.Counter(
         part["status"] for part in partials if isinstance(part, dict) and "status" in part)
     return {"answers_with_rtt": len(rtts), "statuses": dict(statuses),
             "p50_s": fleet._round(percentile(rtts, 50)), "p99_s": fleet._round(percentile(rtts, 99)),
-            "call_seconds": round(seconds, 3)}
+            "call_seconds": round(seconds, 3), "cpu_percent_of_a_core": cpu}
 
 
-async def profile_ping(processes: list[ServeProc], out: Path) -> dict[str, Any]:
+async def profile_ping(processes: list[ServeProc], out: Path,
+                       roles: Callable[[], dict[str, list[int]]]) -> dict[str, Any]:
     """One more ping to all through process 1, apart from the measured ones (py-spy takes
     CPU), with both processes recorded: the asker's and the relaying holder's time."""
     import pyspy
@@ -352,15 +389,17 @@ async def profile_ping(processes: list[ServeProc], out: Path) -> dict[str, Any]:
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     recordings = {f"process_{i}": pyspy.Recording.start(proc.pid, 15, out / f"process_{i}.txt")
                   for i, proc in enumerate(processes, 1)}
-    ping = await ping_through(processes[0])
+    ping = await ping_through(processes[0], roles)
     return {"ping": ping, **{name: (await asyncio.to_thread(rec.finish, 30, 25)) if rec else {}
                              for name, rec in recordings.items()}}
 
 
-async def failover(victim: ServeProc, workers: list[Worker], timeout: float) -> dict[str, Any]:
+async def failover(victim: ServeProc, workers: list[Worker], timeout: float,
+                   roles: Callable[[], dict[str, list[int]]]) -> dict[str, Any]:
     """kill -9 `victim`; time until 95% (and all) of the agents it held are back; then
     start it again."""
     await on_all(workers, "arm")
+    shares = CpuShares(roles)
     killed = time.monotonic()
     victim.kill9()
     # Its agents' connections close within a moment (the kernel resets them, HAProxy
@@ -388,6 +427,7 @@ async def failover(victim: ServeProc, workers: list[Worker], timeout: float) -> 
         "failures_during_failover": status["failures"],
         "reconnect_window_p50_s": fleet._round(percentile(windows, 50), 2),
         "reconnect_window_max_s": fleet._round(max(windows, default=None), 2),
+        "cpu_percent_of_a_core": shares.read(),
     }
     await victim.start()  # as systemd's Restart= would; takes whoever could not get back
     return result
@@ -488,16 +528,22 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         # Presence is written in batches: ping once every process's view says all online.
         results["online_in_db_s"] = await wait_online(processes[0], n, timeout=args.connect_timeout)
         results["ping"] = {}
+
+        def roles() -> dict[str, list[int]]:
+            return {"coordinators": [proc.pid for proc in processes],
+                    "simulators": [w.proc.pid for w in workers],
+                    "haproxy": [proxy.pid for proxy in proxies], "postgres": postgres_pids()}
+
         for i, proc in enumerate(processes, 1):
-            results["ping"][f"through_process_{i}"] = await ping_through(proc)
+            results["ping"][f"through_process_{i}"] = await ping_through(proc, roles)
             log(f"ping through process {i}: {results['ping'][f'through_process_{i}']}")
         if args.profile:
-            results["ping"]["profile"] = await profile_ping(processes, Path(args.profile))
+            results["ping"]["profile"] = await profile_ping(processes, Path(args.profile), roles)
 
         victim_index = 0 if split[0] >= split[1] else 1
         victim, survivor = processes[victim_index], processes[1 - victim_index]
         log(f"kill -9 process {victim_index + 1} (pid {victim.pid}, {split[victim_index]} agents)")
-        results["failover"] = await failover(victim, workers, args.failover_timeout)
+        results["failover"] = await failover(victim, workers, args.failover_timeout, roles)
         results["failover"]["held_after_by_survivor"] = survivor.held()
         log(f"failover: {results['failover']}")
 

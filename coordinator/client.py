@@ -99,6 +99,8 @@ class AdminClient:
                 parts.extend(reply.result)
                 if reply.final:
                     yield parts
+            elif reply.many:  # partials sent together
+                yield from reply.result
             else:
                 yield reply.result
 

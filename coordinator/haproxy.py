@@ -9,13 +9,13 @@ the benchmark use one; `find_haproxy` only looks the program up.
 - The health check completes a TLS handshake with each process (and checks its
   certificate against the coordinator's CA). A frozen process's kernel still accepts TCP
   connections, so a plain connect check would keep sending agents to it; the handshake
-  needs the process itself. The check runs every `min(interval / 2, 2 s)`, may take up to
-  `min(interval / 2, 5 s)`, and three failures take a process out: a frozen one is out
-  before its agents give it up (they do within two heartbeat intervals) and their
-  reconnects go to a live one, while a live one busy taking back a dead one's agents (its
-  handshake then waits behind theirs) stays in. With a 2 s check timeout and two failures,
-  the survivor of a 20,000-agent pair was taken out again and again, and with no server
-  left HAProxy reset every agent trying to come back.
+  needs the process itself. The check runs every `min(interval / 2, 5 s)`, may take as
+  long (HAProxy bounds the handshake by the interval, whatever `timeout check` says), and
+  three failures take a process out: a frozen one is out before its agents give it up (they
+  do within two heartbeat intervals) and their reconnects go to a live one, while a live
+  one busy taking back a dead one's agents (its handshake then waits behind theirs) stays
+  in. With 2 s checks and two failures, the survivor of a 20,000-agent pair was taken out
+  again and again, and with no server left HAProxy reset every agent trying to come back.
 - Idle timeouts above the technicians' idle limit: the coordinator decides when a quiet
   connection is dead (keepalive, `missed_heartbeats`, `admin_idle_timeout`), not the proxy.
 - `server_maxconn`, what one coordinator process can hold (its open-files limit less a few
@@ -43,12 +43,7 @@ CHECK_FALL = 3  # failed checks in a row that take a process out
 
 
 def check_interval_ms(heartbeat_interval: float) -> int:
-    """Milliseconds between health checks."""
-    return max(100, round(min(heartbeat_interval / 2, 2.0) * 1000))
-
-
-def check_timeout_ms(heartbeat_interval: float) -> int:
-    """Milliseconds one health check may take (TCP connect and TLS handshake)."""
+    """Milliseconds between health checks, also what one may take (connect and TLS)."""
     return max(100, round(min(heartbeat_interval / 2, 5.0) * 1000))
 
 
@@ -72,7 +67,7 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         raise ConfigError(f"CA file path {ca_file!r} must not contain spaces or '#'")
     if heartbeat_interval <= 0 or maxconn <= 0 or server_maxconn < 0:
         raise ConfigError("heartbeat interval and maxconn must be positive")
-    check, check_timeout = check_interval_ms(heartbeat_interval), check_timeout_ms(heartbeat_interval)
+    check = check_interval_ms(heartbeat_interval)
     idle = max(60, int(admin_idle_timeout) + 60)
     servers = [f"    server careline{i} {_host_port(b, 'coordinator address')}"
                for i, b in enumerate(backends, 1)]
@@ -85,7 +80,7 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         "    timeout connect 5s",
         f"    timeout client {idle}s",
         f"    timeout server {idle}s",
-        f"    timeout check {check_timeout}ms",
+        f"    timeout check {check}ms",
         "    timeout queue 10s",
         "    option redispatch",
         "    retries 2",
@@ -98,7 +93,8 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         "backend coordinators",
         "    balance leastconn",
         f"    default-server check check-ssl verify required ca-file {ca_file} "
-        f"inter {check}ms fall {CHECK_FALL} rise 2" + (f" maxconn {server_maxconn}" if server_maxconn else ""),
+        f"inter {check}ms fall {CHECK_FALL} rise 2"
+        + (f" maxconn {server_maxconn}" if server_maxconn else ""),
         *servers,
         "",
     ])

@@ -129,6 +129,44 @@ def peer_address(ws: ServerConnection) -> str:
     return str(address[0]) if address else "?"
 
 
+async def send_stream(ws: ServerConnection, request_id: int,
+                      stream: AsyncGenerator[Any, None]) -> None:
+    """A streaming method's partials, each as soon as the socket takes it; those that came
+    while it was busy go together in one reply (`many`). One reply per answer was a fifth of
+    the process's CPU in a ping to 20,000 machines. The stream is closed at once if the
+    technician goes away mid-stream: its finally blocks (timers, relayed commands) run now,
+    not whenever the GC gets to it."""
+    waiting: list[Any] = []
+    ready = asyncio.Event()
+
+    async def produce() -> None:
+        try:
+            async with contextlib.aclosing(stream):
+                async for partial in stream:
+                    waiting.append(p.to_builtins(partial))
+                    ready.set()
+        finally:
+            ready.set()
+
+    producer = asyncio.create_task(produce())
+    try:
+        while not producer.done() or waiting:
+            await ready.wait()
+            ready.clear()
+            batch, waiting[:] = waiting[:], []
+            if len(batch) == 1:
+                await ws.send(p.encode(p.Reply(id=request_id, result=batch[0], final=False)))
+            elif batch:
+                await ws.send(p.encode(p.Reply(id=request_id, result=batch, final=False,
+                                               many=True)))
+        await producer  # the method's own error, if it failed
+    finally:
+        if not producer.done():
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+
 class Coordinator:
     def __init__(self, datadir: DataDir, settings: Settings, db: Database) -> None:
         self.datadir = datadir
@@ -541,12 +579,7 @@ class Coordinator:
             ctx = api.Context(self.services, caller, utcnow())
             if found.streams:
                 stream: AsyncGenerator[Any, None] = found.handler(ctx, params)  # type: ignore[assignment]
-                # Closed at once if the technician goes away mid-stream: its finally blocks
-                # (timers, relayed commands) run now, not whenever the GC gets to it.
-                async with contextlib.aclosing(stream):
-                    async for partial in stream:
-                        reply = p.Reply(id=request.id, result=p.to_builtins(partial), final=False)
-                        await ws.send(p.encode(reply))
+                await send_stream(ws, request.id, stream)
                 result = None
             else:
                 result = await found.handler(ctx, params)  # type: ignore[misc]

@@ -335,9 +335,11 @@ class Request(Message, tag="request"):
 
 
 class Reply(Message, tag="reply"):
-    """Answer to a request. `final=False` replies stream partial results (fan-out). A long
-    list is sent in parts (`part=True`, each a slice of it, the last one final) that the
-    client joins into one list, so no reply outgrows the admin frame limit."""
+    """Answer to a request. `final=False` replies stream partial results (fan-out); partials
+    that came while the previous one was being sent travel together (`many=True`: `result`
+    is the list of them). A long list is sent in parts (`part=True`, each a slice of it, the
+    last one final) that the client joins into one list, so no reply outgrows the admin
+    frame limit."""
 
     id: int
     ok: bool = True
@@ -346,6 +348,7 @@ class Reply(Message, tag="reply"):
     error: str = ""
     final: bool = True
     part: bool = False
+    many: bool = False
 
 
 REPLY_PART_BYTES = 1 << 20  # a list answer longer than this goes in parts of about this size
