@@ -98,7 +98,8 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         "backend coordinators",
         "    balance leastconn",
         f"    default-server check check-ssl verify required ca-file {ca_file} "
-        f"inter {check}ms fall {CHECK_FALL} rise 2" + (f" maxconn {server_maxconn}" if server_maxconn else ""),
+        f"inter {check}ms fall {CHECK_FALL} rise 2"
+        + (f" maxconn {server_maxconn}" if server_maxconn else ""),
         *servers,
         "",
     ])
