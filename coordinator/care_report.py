@@ -108,7 +108,7 @@ async def gather(db: Database, desk: IncidentDesk, settings: Settings, customer_
         for agent in agents:
             at_end = await desk.entitlement(conn, agent, min(last_day, today), now)
             current = await desk.entitlement(conn, agent, today, now)
-            status = store.agent_status(agent, now, desk.offline_after)
+            status = store.AgentPresence.of(agent).status(now, desk.offline_after)
             products = {p["name"]: p["version"] for p in (agent["health"] or {}).get("products", [])}
             machines.append({"id": agent["id"], "hostname": agent["hostname"], "status": status,
                              "coverage": at_end.kind, "tier": at_end.tier,

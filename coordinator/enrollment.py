@@ -56,7 +56,7 @@ async def enroll_machine(
     rows = await store.machines_matching(conn, customer_id, request.hardware)
     link = link_decision([
         Candidate(row["id"], matched(request.hardware, store.hardware_of(row)),
-                  online=store.agent_status(row, now, offline_after) == "online",
+                  online=store.AgentPresence.of(row).status(now, offline_after) == "online",
                   revoked=row["revoked_at"] is not None)
         for row in rows if row["replaced_by"] is None
     ])

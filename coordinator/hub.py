@@ -25,7 +25,7 @@ from careline.coordinator.agent_keys import AgentKeys
 from careline.coordinator.quotas import AgentQuota
 from careline.coordinator.relay import CommandRelay, RelayAnswer
 from careline.coordinator.storage.db import Database
-from careline.coordinator.storage.fleet import agent_status
+from careline.coordinator.storage.fleet import AgentPresence
 from careline.shared import protocol as p
 from careline.shared.hardware import valid as valid_hardware
 from careline.shared.session import ServerSession
@@ -228,11 +228,10 @@ class AgentHub:
     def quota(self, agent_id: str) -> AgentQuota:
         return self.quotas.setdefault(agent_id, AgentQuota())
 
-    def held_elsewhere(self, agent_id: str, row: Mapping[str, Any]) -> bool:
-        """Scale-out: connected to another coordinator process, by the database's presence
-        (`row` has the agent's connected, last_seen and revoked_at)."""
-        return (self.relay is not None and agent_id not in self.links
-                and agent_status(row, utcnow(), self.offline_after) == "online")
+    def held_elsewhere(self, agent: AgentPresence) -> bool:
+        """Scale-out: connected to another coordinator process, by the database's presence."""
+        return (self.relay is not None and agent.id not in self.links
+                and agent.status(utcnow(), self.offline_after) == "online")
 
     async def disconnect(self, agent_id: str, code: int, reason: str) -> None:
         link = self.links.get(agent_id)
@@ -277,13 +276,13 @@ class AgentHub:
         link = self.links.get(agent_id)
         return None if link is None else link.call(action, timeout)
 
-    async def call(self, agent: Mapping[str, Any], action: p.Action, timeout: float) -> Outcome:
+    async def call(self, agent: AgentPresence, action: p.Action, timeout: float) -> Outcome:
         """Run one action on one agent, connected here or (scale-out) to another coordinator
-        process (`agent` is its row, for its presence)."""
-        agent_id = agent["id"]
+        process."""
+        agent_id = agent.id
         started = time.perf_counter()
         running = self._call_here(agent_id, action, timeout)
-        if running is None and self.relay is not None and self.held_elsewhere(agent_id, agent):
+        if running is None and self.relay is not None and self.held_elsewhere(agent):
             running = self.relay.call(agent_id, action, timeout)
         if running is None:
             return Outcome(agent_id, failure="offline")
@@ -358,7 +357,7 @@ class AgentHub:
             for future in list(outstanding):
                 future.cancel()
 
-    async def fan_out(self, agents: Sequence[Mapping[str, Any]], action: p.Action,
+    async def fan_out(self, agents: Sequence[AgentPresence], action: p.Action,
                       timeout: float) -> AsyncIterator[Outcome]:
         """Run one action on many agents; yields their outcomes as they arrive.
 
@@ -368,10 +367,10 @@ class AgentHub:
         here: list[str] = []
         elsewhere: list[str] = []
         for agent in agents:
-            agent_id = agent["id"]
+            agent_id = agent.id
             if agent_id in self.links:
                 here.append(agent_id)
-            elif self.relay is not None and self.held_elsewhere(agent_id, agent):
+            elif self.held_elsewhere(agent):
                 elsewhere.append(agent_id)
             else:
                 answers.put_nowait(Outcome(agent_id, failure="offline"))

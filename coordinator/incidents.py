@@ -116,24 +116,25 @@ class IncidentDesk:
         self._bad_overrides: set[str] = set()  # logged once each
 
     # ------------------------------------------------------------------ policy
-    def policy_of(self, by_target: dict[str, dict[str, Any]], agent: dict[str, Any]) -> Policy:
+    def policy_of(self, by_target: dict[str, dict[str, Any]], customer_id: int,
+                  site_id: int | None, agent_id: str) -> Policy:
         """The effective policy of one machine: vendor, then its customer's, site's and
         own overrides (`by_target` from service.overrides_by_target)."""
         if not by_target:
             return self.policy
         try:
-            return self.layers.resolve(
-                chain(by_target, agent["customer_id"], agent.get("site_id"), agent["id"]))
+            return self.layers.resolve(chain(by_target, customer_id, site_id, agent_id))
         except ConfigError as exc:
             # Stored overrides the vendor's current policy file no longer accepts (a rule
             # or key gone): this machine runs on the vendor's policy until they are unset.
             if str(exc) not in self._bad_overrides:
                 self._bad_overrides.add(str(exc))
-                log.error("policy overrides of machine %s ignored: %s", agent["id"], exc)
+                log.error("policy overrides of machine %s ignored: %s", agent_id, exc)
             return self.policy
 
     async def policy_for(self, conn: AsyncConnection, agent: dict[str, Any]) -> Policy:
-        return self.policy_of(await service.overrides_by_target(conn), agent)
+        return self.policy_of(await service.overrides_by_target(conn), agent["customer_id"],
+                              agent.get("site_id"), agent["id"])
 
     async def urgent_from(self, conn: AsyncConnection, agent_id: str) -> str:
         """The machine's `notify.urgent_from`: how severe an incident notification must be
@@ -439,7 +440,8 @@ class IncidentDesk:
         by_target = await service.overrides_by_target(conn)
         if not any(key.startswith("alerts.") for keys in by_target.values() for key in keys):
             return {}
-        return {row["id"]: self.policy_of(by_target, row)
+        return {row["id"]: self.policy_of(by_target, row["customer_id"], row.get("site_id"),
+                                          row["id"])
                 for row in await service.agent_owners(conn, agent_ids)}
 
     async def on_heartbeats(self, conn: AsyncConnection, batch: Mapping[str, p.Health],
@@ -503,17 +505,17 @@ class IncidentDesk:
             calendars: dict[tuple[int, int], BusinessCalendar] = {}
             checks = {}
             for agent in await store.list_presence(conn):
-                if agent["revoked_at"] is not None:
+                if agent.revoked_at is not None:
                     continue
-                customer_id = agent["customer_id"]
-                policy = self.policy_of(by_target, agent)
+                customer_id = agent.customer_id
+                policy = self.policy_of(by_target, customer_id, agent.site_id, agent.id)
                 mine = (customer_id, id(policy))  # resolved policies are cached: ids are stable
                 if mine not in calendars:
                     calendars[mine] = customer_calendar(
                         policy, customers[customer_id], closures.get(customer_id, ()))
-                presence = Presence(agent["last_seen"] or agent["enrolled_at"],
-                                    agent["off_at"] if store.is_off(agent) else None)
-                checks[(agent["id"], "agent_offline", "")] = offline_check(
+                presence = Presence(agent.last_seen or agent.enrolled_at,
+                                    agent.off_at if agent.off else None)
+                checks[(agent.id, "agent_offline", "")] = offline_check(
                     presence, now, calendar=calendars[mine],
                     limit=policy.offline_incident_after, counts=policy.offline_counts)
             await self.observe(conn, checks, now)

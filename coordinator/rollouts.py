@@ -393,8 +393,7 @@ class Rollouts:
         return [waves.evaluate_wave(waves.wave_counts(s), self.rules) for s in states]
 
     def _online(self, machine: dict[str, Any]) -> bool:
-        agent_id = machine["agent_id"]
-        return agent_id in self.hub.links or self.hub.held_elsewhere(agent_id, machine)
+        return machine["agent_id"] in self.hub.links or self.hub.held_elsewhere(machine["presence"])
 
     def _outcome(self, machine: dict[str, Any]) -> str:
         state: str = machine["state"]
@@ -408,9 +407,9 @@ class Rollouts:
         a technician with an update_failed incident); retire revoked machines."""
         timed_out = {}
         for machine in machines:
-            if machine["revoked_at"] is not None and machine["state"] not in (
+            if machine["presence"].revoked_at is not None and machine["state"] not in (
                     "succeeded", "retired"):
-                new, detail = "retired", f"revoked {machine['revoked_at']:%Y-%m-%d %H:%M}Z"
+                new, detail = "retired", f"revoked {machine['presence'].revoked_at:%Y-%m-%d %H:%M}Z"
             elif machine["state"] != "sent":
                 continue
             elif machine["job_status"] in _SUCCEEDED:

@@ -15,6 +15,7 @@ import pytest
 
 from careline.coordinator.hub import AgentHub, AgentLink, Outcome
 from careline.coordinator.storage.db import Database
+from careline.coordinator.storage.fleet import AgentPresence
 from careline.shared import protocol as p
 from careline.shared.session import CommandAnswered, ServerSession
 
@@ -96,7 +97,9 @@ async def test_fan_out_reports_each_agent_once(hub: AgentHub) -> None:
     quick, silent = welcomed("ag-quick"), welcomed("ag-silent")
     for link in (quick, silent):
         await hub.connected(link, "t", None)
-    rows = [{"id": a, "revoked_at": None, "connected": False, "last_seen": None}
+    rows = [AgentPresence(id=a, hostname=a, customer_id=1, site_id=None,
+                          enrolled_at=dt.datetime.now(dt.UTC), revoked_at=None, connected=False,
+                          last_seen=None, last_connected_at=None, off_at=None)
             for a in ("ag-quick", "ag-silent", "ag-never")]
     outcomes: list[Outcome] = []
     async for outcome in hub.fan_out(rows, p.Ping(), timeout=0.3):

@@ -16,6 +16,7 @@ import pytest
 
 from careline.coordinator.hub import AgentHub, AgentLink, Outcome
 from careline.coordinator.storage.db import Database
+from careline.coordinator.storage.fleet import AgentPresence
 from careline.shared import protocol as p
 from careline.shared.session import CommandAnswered, ServerSession
 
@@ -55,10 +56,12 @@ async def hold(hub: AgentHub, agent_id: str, **socket: Any) -> None:
     await hub.connected(ws.link, "t", None)
 
 
-def online(agent_id: str) -> dict[str, Any]:
-    """The agent's row as the database shows an agent connected to some process."""
-    return {"id": agent_id, "revoked_at": None, "connected": True,
-            "last_seen": dt.datetime.now(dt.UTC)}
+def online(agent_id: str, connected: bool = True) -> AgentPresence:
+    """The agent as the database shows one connected to some process (or not)."""
+    now = dt.datetime.now(dt.UTC)
+    return AgentPresence(id=agent_id, hostname=agent_id, customer_id=1, site_id=None,
+                         enrolled_at=now, revoked_at=None, connected=connected, last_seen=now,
+                         last_connected_at=now, off_at=None)
 
 
 @pytest.fixture
@@ -107,12 +110,12 @@ async def test_every_agent_is_reported_once_whoever_holds_it(
     await hold(holding, "ag-big", payload=200_000)  # its answer needs many NOTIFY pieces
     await hold(holding, "ag-silent", silent=True)
     rows = [online(a) for a in ("ag-here", "ag-there", "ag-big", "ag-silent", "ag-nowhere")]
-    rows.append({**online("ag-offline"), "connected": False})
+    rows.append(online("ag-offline", connected=False))
     outcomes: dict[str, Outcome] = {}
     async for outcome in asking.fan_out(rows, p.Ping(), timeout=0.5):
         assert outcome.agent_id not in outcomes
         outcomes[outcome.agent_id] = outcome
-    assert set(outcomes) == {r["id"] for r in rows}
+    assert set(outcomes) == {r.id for r in rows}
     for agent_id in ("ag-here", "ag-there", "ag-big"):
         result = outcomes[agent_id].result
         assert result is not None, agent_id

@@ -19,7 +19,7 @@ AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen"
 
 def agent_view(ctx: Context, row: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
     view = {k: v for k, v in row.items() if k not in ("public_key", "health", "connected")}
-    view["status"] = store.agent_status(row, ctx.now, ctx.services.hub.offline_after)
+    view["status"] = store.AgentPresence.of(row).status(ctx.now, ctx.services.hub.offline_after)
     health = row["health"] or {}
     view["products"] = {
         p["name"]: {"version": p["version"], "running": p["running"]}

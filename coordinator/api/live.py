@@ -29,7 +29,12 @@ DIAGNOSTICS_SLACK = 16 << 10
 log = logging.getLogger("careline.coordinator")
 
 
-async def _call(ctx: Context, agent: dict[str, Any], action: p.Action,
+async def _machine(ctx: Context, ref: str) -> store.AgentPresence:
+    async with ctx.services.db.connect() as conn:
+        return store.AgentPresence.of(await store.get_agent(conn, ref))
+
+
+async def _call(ctx: Context, agent: store.AgentPresence, action: p.Action,
                 timeout: float) -> dict[str, Any]:
     """Run one action on one agent (AgentHub.call): its answer, or why there is none."""
     return _answer(await ctx.services.hub.call(agent, action, timeout), timeout)
@@ -69,20 +74,20 @@ async def ping(ctx: Context, p_: PingParams) -> AsyncIterator[dict[str, Any]]:
     timeout = _timeout(p_.timeout)
     if sum((p_.machine is not None, p_.customer is not None, p_.all)) != 1:
         raise ConfigError("give exactly one of --machine, --customer or --all")
-    async with ctx.services.db.connect() as conn:
-        if p_.machine is not None:
-            rows = [await store.get_agent(conn, p_.machine)]
-        else:
+    if p_.machine is not None:
+        rows = [await _machine(ctx, p_.machine)]
+    else:
+        async with ctx.services.db.connect() as conn:
             customer_id = await store.customer_id_of(conn, p_.customer)
             rows = await store.list_presence(conn, customer_id)
     if not rows:
         raise NotFound("no enrolled machines match")
-    hostnames = {r["id"]: r["hostname"] for r in rows}
+    hostnames = {r.id: r.hostname for r in rows}
     counts: dict[str, int] = {}
-    for revoked in (r for r in rows if r["revoked_at"] is not None):
+    for revoked in (r for r in rows if r.revoked_at is not None):
         counts["revoked"] = counts.get("revoked", 0) + 1
-        yield {"machine": revoked["id"], "hostname": revoked["hostname"], "status": "revoked"}
-    targets = [r for r in rows if r["revoked_at"] is None]
+        yield {"machine": revoked.id, "hostname": revoked.hostname, "status": "revoked"}
+    targets = [r for r in rows if r.revoked_at is None]
     async with ctx.services.db.transaction() as conn:
         await ctx.audit(conn, "agents.ping", p_.machine or p_.customer or "all",
                         machines=len(rows))
@@ -117,32 +122,32 @@ async def diagnose(ctx: Context, p_: DiagnoseParams) -> dict[str, Any]:
         raise ConfigError("log_lines must be between 1 and 10000")
     if not 4096 <= p_.max_bytes <= p.MAX_MESSAGE_BYTES // 2:
         raise ConfigError(f"max_bytes must be between 4096 and {p.MAX_MESSAGE_BYTES // 2}")
-    async with ctx.services.db.connect() as conn:
-        agent = await store.get_agent(conn, p_.machine)
-        if p_.incident is not None:
+    agent = await _machine(ctx, p_.machine)
+    if p_.incident is not None:
+        async with ctx.services.db.connect() as conn:
             await service.get_incident(conn, p_.incident)
     answer = await _call(
         ctx, agent, p.Diagnose(log_lines=p_.log_lines, max_bytes=p_.max_bytes),
         _timeout(p_.timeout),
     )
     if answer["status"] != "ok":
-        raise ConfigError(f"{agent['id']}: {answer['status']} {answer.get('error', '')}".strip())
+        raise ConfigError(f"{agent.id}: {answer['status']} {answer.get('error', '')}".strip())
     bundle = answer["data"]
     size = len(json.dumps(bundle))
     # The agent is asked for max_bytes; a hostile one may send more, up to a whole message.
     if size > p_.max_bytes + DIAGNOSTICS_SLACK:
         log.warning("agent %s sent %d bytes of diagnostics when %d were asked; not stored",
-                    agent["id"], size, p_.max_bytes)
-        raise ConfigError(f"{agent['id']} sent {size} bytes of diagnostics, more than the "
+                    agent.id, size, p_.max_bytes)
+        raise ConfigError(f"{agent.id} sent {size} bytes of diagnostics, more than the "
                           f"{p_.max_bytes} asked for; not stored")
     async with ctx.services.db.transaction() as conn:
         diag_id = await service.add_diagnostics(
-            conn, agent_id=agent["id"], incident_id=p_.incident, requested_by=ctx.caller.name,
+            conn, agent_id=agent.id, incident_id=p_.incident, requested_by=ctx.caller.name,
             size=size, bundle=bundle, now=ctx.now,
         )
-        await ctx.audit(conn, "agents.diagnose", f"agent:{agent['id']}", diagnostics=diag_id,
+        await ctx.audit(conn, "agents.diagnose", f"agent:{agent.id}", diagnostics=diag_id,
                         incident=p_.incident)
-    return {"id": diag_id, "machine": agent["id"], "rtt_ms": answer["rtt_ms"], "bundle": bundle}
+    return {"id": diag_id, "machine": agent.id, "rtt_ms": answer["rtt_ms"], "bundle": bundle}
 
 
 class MachineRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -175,16 +180,15 @@ class RestartParams(msgspec.Struct, forbid_unknown_fields=True):
 
 @method("agents.restart_product", "technician", RestartParams)
 async def restart_product(ctx: Context, p_: RestartParams) -> dict[str, Any]:
-    async with ctx.services.db.connect() as conn:
-        agent = await store.get_agent(conn, p_.machine)
+    agent = await _machine(ctx, p_.machine)
     answer = await _call(ctx, agent, p.RestartProduct(product=p_.product), _timeout(p_.timeout))
     async with ctx.services.db.transaction() as conn:
-        await ctx.audit(conn, "agents.restart_product", f"agent:{agent['id']}",
+        await ctx.audit(conn, "agents.restart_product", f"agent:{agent.id}",
                         product=p_.product, outcome=answer["status"],
                         running=answer.get("data", {}).get("running"))
     if answer["status"] != "ok":
         raise ConfigError(
-            f"restart of {p_.product} on {agent['id']}: {answer['status']} "
+            f"restart of {p_.product} on {agent.id}: {answer['status']} "
             f"{answer.get('error', '')}".strip()
         )
-    return {"machine": agent["id"], "rtt_ms": answer["rtt_ms"], **answer["data"]}
+    return {"machine": agent.id, "rtt_ms": answer["rtt_ms"], **answer["data"]}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +30,49 @@ from careline.shared.errors import AuthError, Conflict, NotFound
 from careline.shared.keys import looks_like_agent_id
 
 Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPresence:
+    """What the database says of an agent and its connection, without its health report
+    (most of a row's bytes): what its status, a live command to thousands of machines, the
+    offline sweep and a rollout's "is it online" need. Any agent row can be read as one."""
+
+    id: str
+    hostname: str
+    customer_id: int
+    site_id: int | None
+    enrolled_at: dt.datetime
+    revoked_at: dt.datetime | None
+    connected: bool
+    last_seen: dt.datetime | None
+    last_connected_at: dt.datetime | None
+    off_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> AgentPresence:
+        return cls(*(row[name] for name in PRESENCE_COLUMNS))
+
+    @property
+    def off(self) -> bool:
+        """Stopped cleanly (PC shut down) and not connected since: "off", not "offline".
+        (The stop is stored before the disconnect it explains, so `connected` may still be
+        set.)"""
+        return self.off_at is not None and (
+            self.last_connected_at is None or self.off_at >= self.last_connected_at)
+
+    def status(self, now: dt.datetime, offline_after: dt.timedelta) -> str:
+        """online while connected and heard from recently; off when its agent stopped
+        cleanly (the PC was shut down); any other silent or dropped agent is offline."""
+        if self.revoked_at is not None:
+            return "revoked"
+        seen = self.last_seen
+        if self.connected and seen is not None and now - seen <= offline_after:
+            return "online"
+        return "off" if self.off else "offline"
+
+
+PRESENCE_COLUMNS = tuple(f.name for f in fields(AgentPresence))
 
 
 def rows_of(result: sa.CursorResult[Any]) -> list[Row]:
@@ -393,17 +437,15 @@ async def coverage_groups(conn: AsyncConnection) -> list[Row]:
     return rows_of(await conn.execute(query))
 
 
-async def list_presence(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
-    """Each agent's identity and presence, without its health report (most of a row's
-    bytes): what a sweep or a command to thousands of machines needs."""
-    query = sa.select(
-        agents.c.id, agents.c.hostname, agents.c.customer_id, agents.c.enrolled_at,
-        agents.c.revoked_at, agents.c.connected, agents.c.last_seen,
-        agents.c.last_connected_at, agents.c.off_at, agents.c.site_id,
-    ).order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
+async def list_presence(conn: AsyncConnection,
+                        customer_id: int | None = None) -> list[AgentPresence]:
+    """Each agent's identity and presence: what a sweep or a command to thousands of
+    machines needs."""
+    query = sa.select(*(agents.c[name] for name in PRESENCE_COLUMNS)).order_by(
+        agents.c.customer_id, agents.c.hostname, agents.c.id)
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
-    return rows_of(await conn.execute(query))
+    return [AgentPresence(*row) for row in await conn.execute(query)]
 
 
 async def revoke_agent(conn: AsyncConnection, agent_id: str, now: dt.datetime) -> None:
@@ -489,24 +531,6 @@ async def store_presence(
                        agents.c.last_connected_at <= sa.bindparam("b_at")),
             ).values(connected=False),
             downs)
-
-
-def is_off(row: Mapping[str, Any]) -> bool:
-    """Stopped cleanly (PC shut down) and not connected since: "off", not "offline". (The
-    stop is stored before the disconnect it explains, so `connected` may still be set.)"""
-    off, connected_at = row.get("off_at"), row.get("last_connected_at")
-    return off is not None and (connected_at is None or off >= connected_at)
-
-
-def agent_status(row: Mapping[str, Any], now: dt.datetime, offline_after: dt.timedelta) -> str:
-    """online while connected and heard from recently; off when its agent stopped cleanly
-    (the PC was shut down); any other silent or dropped agent is offline."""
-    if row["revoked_at"] is not None:
-        return "revoked"
-    seen = row["last_seen"]
-    if row["connected"] and seen is not None and now - seen <= offline_after:
-        return "online"
-    return "off" if is_off(row) else "offline"
 
 
 async def store_clean_stops(conn: AsyncConnection, stops: Mapping[str, dt.datetime]) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.storage.fleet import Row, insert_row, rows_of
+from careline.coordinator.storage.fleet import PRESENCE_COLUMNS, AgentPresence, Row, insert_row, rows_of
 from careline.coordinator.storage.schema import (
     agents,
     customers,
@@ -51,12 +51,12 @@ async def add_machines(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
 
 
 async def machines_of(conn: AsyncConnection, rollout_id: int) -> list[Row]:
-    """Every machine of a rollout with its customer, hostname, presence and its job part's
-    status."""
+    """Every machine of a rollout with its customer, hostname, presence (`presence`, an
+    AgentPresence) and its job part's status."""
     query = (
-        sa.select(rollout_machines, agents.c.hostname, agents.c.connected, agents.c.last_seen,
-                  agents.c.revoked_at, customers.c.name.label("customer"),
-                  job_machines.c.status.label("job_status"))
+        sa.select(rollout_machines, customers.c.name.label("customer"),
+                  job_machines.c.status.label("job_status"),
+                  *(agents.c[name].label(f"presence_{name}") for name in PRESENCE_COLUMNS))
         .select_from(
             rollout_machines.join(agents, agents.c.id == rollout_machines.c.agent_id)
             .join(customers, customers.c.id == rollout_machines.c.customer_id)
@@ -66,7 +66,11 @@ async def machines_of(conn: AsyncConnection, rollout_id: int) -> list[Row]:
         .where(rollout_machines.c.rollout_id == rollout_id)
         .order_by(rollout_machines.c.wave, rollout_machines.c.id)
     )
-    return rows_of(await conn.execute(query))
+    machines = []
+    for row in rows_of(await conn.execute(query)):
+        presence = AgentPresence(*(row.pop(f"presence_{name}") for name in PRESENCE_COLUMNS))
+        machines.append({**row, "hostname": presence.hostname, "presence": presence})
+    return machines
 
 
 async def set_machine(conn: AsyncConnection, row_id: int, **values: Any) -> None:

@@ -24,7 +24,7 @@ from careline.coordinator.storage.schema import (
 
 async def fleet_overview(conn: AsyncConnection, online_since: dt.datetime) -> list[Row]:
     """Per customer: machines online, off (shut down cleanly), offline, and needing attention
-    (an open incident); the same rules as fleet.agent_status, counted in the database."""
+    (an open incident); the same rules as fleet.AgentPresence.status, counted in the database."""
     live = agents.c.revoked_at.is_(None)
     online = sa.and_(live, agents.c.connected.is_(True), agents.c.last_seen >= online_since)
     off = sa.and_(live, agents.c.connected.is_(False), agents.c.off_at.is_not(None),
