@@ -395,11 +395,19 @@ async def profile_ping(processes: list[ServeProc], out: Path,
 
 
 async def failover(victim: ServeProc, workers: list[Worker], timeout: float,
-                   roles: Callable[[], dict[str, list[int]]]) -> dict[str, Any]:
+                   roles: Callable[[], dict[str, list[int]]],
+                   profile: dict[str, int] | None = None, out: Path | None = None) -> dict[str, Any]:
     """kill -9 `victim`; time until 95% (and all) of the agents it held are back; then
-    start it again."""
+    start it again. `profile`: name -> pid of processes py-spy records for the first 60 s
+    into `out` (the survivor, the simulators)."""
     await on_all(workers, "arm")
     shares = CpuShares(roles)
+    recordings: dict[str, Any] = {}
+    if profile and out is not None:
+        import pyspy
+
+        recordings = {name: pyspy.Recording.start(pid, 60, out / f"failover_{name}.txt")
+                      for name, pid in profile.items()}
     killed = time.monotonic()
     victim.kill9()
     # Its agents' connections close within a moment (the kernel resets them, HAProxy
@@ -429,6 +437,9 @@ async def failover(victim: ServeProc, workers: list[Worker], timeout: float,
         "reconnect_window_max_s": fleet._round(max(windows, default=None), 2),
         "cpu_percent_of_a_core": shares.read(),
     }
+    if recordings:
+        result["profile"] = {name: (await asyncio.to_thread(rec.finish, 30, 25)) if rec else {}
+                             for name, rec in recordings.items()}
     await victim.start()  # as systemd's Restart= would; takes whoever could not get back
     return result
 
@@ -543,7 +554,10 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         victim_index = 0 if split[0] >= split[1] else 1
         victim, survivor = processes[victim_index], processes[1 - victim_index]
         log(f"kill -9 process {victim_index + 1} (pid {victim.pid}, {split[victim_index]} agents)")
-        results["failover"] = await failover(victim, workers, args.failover_timeout, roles)
+        profile = None if not args.profile else {
+            "survivor": survivor.pid, **{f"simulator_{w.index}": w.proc.pid for w in workers}}
+        results["failover"] = await failover(victim, workers, args.failover_timeout, roles,
+                                             profile, Path(args.profile) if args.profile else None)
         results["failover"]["held_after_by_survivor"] = survivor.held()
         log(f"failover: {results['failover']}")
 

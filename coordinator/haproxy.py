@@ -9,13 +9,15 @@ the benchmark use one; `find_haproxy` only looks the program up.
 - The health check completes a TLS handshake with each process (and checks its
   certificate against the coordinator's CA). A frozen process's kernel still accepts TCP
   connections, so a plain connect check would keep sending agents to it; the handshake
-  needs the process itself. The check runs every `min(interval / 2, 5 s)`, may take as
-  long (HAProxy bounds the handshake by the interval, whatever `timeout check` says), and
-  three failures take a process out: a frozen one is out before its agents give it up (they
-  do within two heartbeat intervals) and their reconnects go to a live one, while a live
-  one busy taking back a dead one's agents (its handshake then waits behind theirs) stays
-  in. With 2 s checks and two failures, the survivor of a 20,000-agent pair was taken out
-  again and again, and with no server left HAProxy reset every agent trying to come back.
+  needs the process itself. The check runs every `min(interval / 2, 5 s)` and may take as
+  long (HAProxy bounds the handshake by the interval, whatever `timeout check` says); two
+  failures take a process out. A frozen one is out before its agents give it up (they do
+  within two heartbeat intervals) and their reconnects go to a live one (leastconn would
+  otherwise send them to the frozen one, which holds fewest). A live one busy taking back
+  a dead one's agents answers slowly, its handshake queued behind theirs: with the default
+  30 s heartbeat it has 5 s per check. With 2 s, the survivor of a 20,000-agent pair was
+  taken out again and again, and with no server left HAProxy reset every agent trying to
+  come back.
 - Idle timeouts above the technicians' idle limit: the coordinator decides when a quiet
   connection is dead (keepalive, `missed_heartbeats`, `admin_idle_timeout`), not the proxy.
 - `server_maxconn`, what one coordinator process can hold (its open-files limit less a few
@@ -39,7 +41,7 @@ def find_haproxy() -> str | None:
         (str(p) for p in (Path("/usr/sbin/haproxy"), Path("/usr/local/sbin/haproxy")) if p.exists()), None)
 
 
-CHECK_FALL = 3  # failed checks in a row that take a process out
+CHECK_FALL = 2  # failed checks in a row that take a process out
 
 
 def check_interval_ms(heartbeat_interval: float) -> int:

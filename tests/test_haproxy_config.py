@@ -24,7 +24,7 @@ def test_tcp_passthrough_leastconn_and_tls_health_check():
     assert "bind 0.0.0.0:8443" in got  # no "ssl crt": the proxy does not terminate TLS
     assert "balance leastconn" in got
     assert ("default-server check check-ssl verify required ca-file /srv/careline/pki/ca.pem "
-            "inter 5000ms fall 3 rise 2") in got
+            "inter 5000ms fall 2 rise 2") in got
     assert "timeout check 5000ms" in got
     assert got[-2:] == ["server careline1 10.0.0.1:8443", "server careline2 10.0.0.2:8443"]
     assert "timeout client 960s" in got
@@ -35,8 +35,8 @@ def test_tcp_passthrough_leastconn_and_tls_health_check():
 @pytest.mark.parametrize(("interval", "ms"), [(30.0, 5000), (4.0, 2000), (1.0, 500), (0.5, 250)])
 def test_a_frozen_process_is_out_before_its_agents_give_it_up(interval, ms):
     assert check_interval_ms(interval) == ms
-    # The next check starts within one interval, then CHECK_FALL checks time out in a row,
-    # each taking at most one interval.
+    # The next check starts within one check interval, then CHECK_FALL checks time out in a
+    # row, each taking at most one: out before its agents give it up (two intervals).
     assert (ms + CHECK_FALL * ms) / 1000 <= 2 * interval
 
 

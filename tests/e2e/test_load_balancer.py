@@ -32,6 +32,13 @@ class Cluster:
     second: subprocess.Popen[bytes]
     second_port: int
     proxy_url: str
+    proxy_log: Path
+
+    def taken_out(self, port: int, since: int) -> bool:
+        """HAProxy has marked the process on `port` down, in its log past byte `since`
+        (careline1 is the first backend)."""
+        name = "careline1" if port == self.first.port else "careline2"
+        return f"coordinators/{name} is DOWN" in self.proxy_log.read_bytes()[since:].decode()
 
     def processes(self) -> dict[int, psutil.Process]:
         """Listening port -> coordinator process."""
@@ -65,7 +72,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
                            "--data", str(first.data), "--listen", f"127.0.0.1:{proxy_port}",
                            "--backend", f"127.0.0.1:{first.port}",
                            "--backend", f"127.0.0.1:{second_port}", "--maxconn", "1000"]).stdout)
-    assert "inter 1000ms fall 3" in config.read_text()  # from the 2 s heartbeat interval
+    assert "inter 1000ms fall 2" in config.read_text()  # from the 2 s heartbeat interval
     first.start()
     with open(tmp_path / "coordinator2.log", "ab") as log:
         second = subprocess.Popen(
@@ -77,7 +84,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
     try:
         wait_for_port(second_port, second)
         wait_for_port(proxy_port, proxy)
-        yield Cluster(first, second, second_port, proxy_url)
+        yield Cluster(first, second, second_port, proxy_url, tmp_path / "haproxy.log")
     finally:
         for proc in (proxy, second):
             if proc.poll() is None:
@@ -108,6 +115,7 @@ def test_frozen_process_agents_come_back_through_the_other(cluster, spawn_agent)
                       and sum(h.values()) == 3 and h)
     frozen_port = max(held, key=lambda port: held[port])
     frozen = procs[frozen_port]
+    logged = cluster.proxy_log.stat().st_size
     frozen.send_signal(signal.SIGSTOP)
     frozen_at = time.time()
     # An event queued during the outage (the agents send what is pending on reconnecting).
@@ -132,6 +140,10 @@ def test_frozen_process_agents_come_back_through_the_other(cluster, spawn_agent)
     wait_until(lambda: all(a.status()["connection"]["state"] == "connected" for a in agents),
                timeout=20, interval=0.2)
     wait_until(lambda: agent_connections(procs[live_port], live_port) >= 3)
+    # The technician's connection must not go to the frozen process: HAProxy takes it out
+    # (two failed checks; the agents may have left it a moment before, and leastconn
+    # favours the process holding fewest).
+    wait_until(lambda: cluster.taken_out(frozen_port, logged), timeout=3 * INTERVAL)
     # (presence is written in batches: online once the live process has flushed it)
     wait_until(lambda: {r["id"]: r["status"] for r in first.cli("agents", "list", "--server",
                                                                 cluster.proxy_url)}
