@@ -1,10 +1,12 @@
 """The keys agents authenticate with, held in memory.
 
 A reconnect storm is thousands of authentications a second; each one costs a signature
-check and no database round trip. The cache is loaded when the coordinator starts; an agent
-enrolled through another coordinator process (scale-out) is looked up on first sight and
-kept. A revocation evicts its key at once in the process that made it, and in every other
-process at its next `revocations()` check, which also tells it whom to disconnect.
+check and no database round trip. The cache is loaded when the coordinator starts. An agent
+enrolled through another coordinator process (scale-out) is learnt at this process's next
+`refresh()`, every couple of seconds (or looked up on first sight if it comes sooner): when
+a process dies, its agents come back to the others with no query each. A revocation
+evicts its key at once in the process that made it, and in every other process at its next
+`refresh()`, which also tells it whom to disconnect.
 
 Ids found unknown are remembered for a while (bounded), so a stranger repeating Hellos with
 made-up ids costs no query after the first.
@@ -84,17 +86,21 @@ class AgentKeys:
     def evict(self, agent_id: str) -> None:
         self._keys.pop(agent_id, None)
 
-    async def revocations(self, now: dt.datetime) -> tuple[list[str], list[str]]:
-        """Agents revoked by any process since the last check (give or take CLOCK_MARGIN),
-        evicted from the cache; the caller closes their connections. Second, the ids
-        (machine and new key) of machines given a new key by a reinstall, each once: the
-        caller closes their connections for them to say hello again, and the old key,
-        gone from the cache, is then refused."""
+    async def refresh(self, now: dt.datetime) -> tuple[list[str], list[str]]:
+        """What other processes did since the last check (give or take CLOCK_MARGIN): the
+        agents they enrolled join the cache. Returned: the agents revoked by any process,
+        evicted from the cache, whose connections the caller closes; and the ids (machine
+        and new key) of machines given a new key by a reinstall, each once: the caller
+        closes their connections for them to say hello again, and the old key, gone from
+        the cache, is then refused."""
         since = (self._checked_at or now) - CLOCK_MARGIN
         async with self.db.connect() as conn:
+            enrolled = await store.agent_keys(conn, enrolled_since=since)
             revoked = await store.revoked_since(conn, since)
             rekeys = await store.rekeyed_since(conn, since)
         self._checked_at = now
+        for agent_id, key in enrolled.items():
+            self.add(agent_id, *key)
         for agent_id in revoked:
             self.evict(agent_id)
         rekeyed = []

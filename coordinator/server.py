@@ -419,7 +419,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(REVOCATION_CHECK_SECONDS)
             try:
-                revoked, rekeyed = await self.hub.keys.revocations(utcnow())
+                revoked, rekeyed = await self.hub.keys.refresh(utcnow())
                 for agent_id in revoked:
                     await self.hub.disconnect_revoked(agent_id)
                 for ref in rekeyed:  # a reinstall linked elsewhere: say hello again

@@ -188,6 +188,27 @@ async def test_refusals(db: Database) -> None:
         await enroll(db, token, request({"uuid": "not-a-hash"}))
 
 
+async def test_other_processes_learn_of_new_enrollments_without_a_query_each(db: Database) -> None:
+    """Scale-out: agents enrolled through another process are in this one's cache after its
+    next refresh, so a failover's thousands of hellos cost no lookup each."""
+    from careline.coordinator.agent_keys import AgentKey, AgentKeys
+
+    token = await setup(db)
+    keys = AgentKeys(db)
+    await keys.load(NOW)
+    assert len(keys) == 0
+    elsewhere = await enroll(db, token, request(PC1, "pc1"))
+    revoked = await enroll(db, token, request(CLONE_OF_2, "pc2"))
+    async with db.transaction() as conn:
+        await store.revoke_agent(conn, revoked, NOW)
+    assert await keys.refresh(NOW + dt.timedelta(seconds=2)) == ([revoked], [])
+    assert len(keys) == 1
+    key = await keys.lookup(elsewhere)
+    assert isinstance(key, AgentKey)
+    assert key.machine_id == elsewhere
+    assert await keys.lookup(revoked) == "revoked"
+
+
 async def test_other_processes_learn_of_a_rekey_once(db: Database) -> None:
     """Scale-out: a process that did not link the reinstall drops the old key from its cache
     and has the machine's connections say hello again, once; the retired agent of a
@@ -203,15 +224,15 @@ async def test_other_processes_learn_of_a_rekey_once(db: Database) -> None:
     later = NOW + dt.timedelta(seconds=5)
     fresh = request(PC1, "pc1-new")
     assert await enroll(db, token, fresh, later) == old  # reinstalled, via another process
-    revoked, rekeyed = await keys.revocations(later)
+    revoked, rekeyed = await keys.refresh(later)
     assert revoked == []
     assert rekeyed == [old, agent_id_for(fresh.public_key)]
     assert (await keys.lookup(old)).public_key == fresh.public_key  # type: ignore[union-attr]
-    assert await keys.revocations(later + dt.timedelta(seconds=2)) == ([], [])  # once
+    assert await keys.refresh(later + dt.timedelta(seconds=2)) == ([], [])  # once
     async with db.transaction() as conn:
         await replace(conn, await store.get_agent(conn, old), await store.get_agent(conn, clone),
                       actor="lan", now=later + dt.timedelta(seconds=3))
-    revoked, rekeyed = await keys.revocations(later + dt.timedelta(seconds=4))
+    revoked, rekeyed = await keys.refresh(later + dt.timedelta(seconds=4))
     assert revoked == []
     assert rekeyed == [old, clone]
     key = await keys.lookup(clone)  # the clone's agent says hello with its own id

@@ -464,12 +464,15 @@ async def agent_by_id(conn: AsyncConnection, agent_id: str) -> Row | None:
     return dict(row) if row else None
 
 
-async def agent_keys(conn: AsyncConnection) -> dict[str, tuple[bytes, int, str]]:
-    """Public key, customer and machine of every agent not revoked, by the ids its agent
-    may say hello with (the machine id, and its key's id after a reinstall): all
-    authentication needs."""
+async def agent_keys(conn: AsyncConnection, enrolled_since: dt.datetime | None = None,
+                     ) -> dict[str, tuple[bytes, int, str]]:
+    """Public key, customer and machine of every agent not revoked (enrolled since
+    `enrolled_since`, if given), by the ids its agent may say hello with (the machine id,
+    and its key's id after a reinstall): all authentication needs."""
     query = sa.select(agents.c.id, agents.c.key_id, agents.c.public_key,
                       agents.c.customer_id).where(agents.c.revoked_at.is_(None))
+    if enrolled_since is not None:
+        query = query.where(agents.c.enrolled_at >= enrolled_since)
     keys = {}
     for row in await conn.execute(query):
         keys[row.id] = keys[row.key_id or row.id] = (
