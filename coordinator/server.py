@@ -74,7 +74,10 @@ log = logging.getLogger("careline.coordinator")
 
 # TLS and upgrade, then answering the challenge (or sending the enrollment): a real agent
 # needs well under a second; a stranger holding a connection open is dropped after this.
-HANDSHAKE_TIMEOUT = 5.0
+# Not less: when a dead process's agents come back to a survivor faster than it can take
+# them, their handshakes wait their turn, and with 5 s a fifth of them were cut after the
+# survivor had done most of the work (TLS), to be redone later.
+HANDSHAKE_TIMEOUT = 10.0
 # Connections the kernel holds for us before we accept them (it caps this at
 # net.core.somaxconn, 4096 by default). With asyncio's 100, the thousands of agents of a
 # killed process reconnecting through a proxy overflowed it: dropped SYNs, retried after
