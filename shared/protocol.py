@@ -12,6 +12,7 @@ half-valid message. Three channels share one TLS port, each with its own message
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from types import UnionType
 from typing import Annotated, Any, Literal, TypeVar, overload
 
@@ -354,19 +355,28 @@ class Reply(Message, tag="reply"):
 REPLY_PART_BYTES = 1 << 20  # a list answer longer than this goes in parts of about this size
 
 
+T = TypeVar("T")
+
+
+def slices_by_size(items: Iterable[T], limit: int, size_of: Callable[[T], int]) -> list[list[T]]:
+    """Consecutive slices of `items` whose sizes add up to at most `limit` each (an item
+    larger than that alone in its slice); one slice if they fit."""
+    slices: list[list[T]] = [[]]
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if slices[-1] and size + item_size > limit:
+            slices.append([])
+            size = 0
+        slices[-1].append(item)
+        size += item_size
+    return slices
+
+
 def reply_parts(items: list[Any], limit: int = REPLY_PART_BYTES) -> list[list[Any]]:
     """Split a list answer into consecutive slices of at most about `limit` encoded bytes
     each (an item larger than that alone in its slice); one slice if it fits."""
-    parts: list[list[Any]] = [[]]
-    size = 0
-    for item in items:
-        item_size = len(_encoder.encode(item))
-        if parts[-1] and size + item_size > limit:
-            parts.append([])
-            size = 0
-        parts[-1].append(item)
-        size += item_size
-    return parts
+    return slices_by_size(items, limit, lambda item: len(_encoder.encode(item)))
 
 
 # ----------------------------------------------------------------------------- codec
