@@ -389,6 +389,8 @@ class AgentHub:
 
     async def _relay(self, agent_ids: list[str], action: p.Action, timeout: float,
                      on_outcome: Callable[[Outcome], None]) -> None:
+        """Agents other processes hold, through the relay: each one's outcome reaches
+        `on_outcome` exactly once, an error if the relay cannot be used."""
         assert self.relay is not None
         started = time.perf_counter()
         left = set(agent_ids)
@@ -397,6 +399,6 @@ class AgentHub:
                 left.discard(answer.agent)
                 on_outcome(Outcome(answer.agent, answer.result, answer.failure,
                                    seconds=time.perf_counter() - started))
-        except ConnectionError as exc:
+        except Exception as exc:  # the relay is down (or broke): each agent left says so once
             for agent_id in left:
-                on_outcome(Outcome(agent_id, failure="error", error=str(exc)))
+                on_outcome(Outcome(agent_id, failure="error", error=str(exc) or type(exc).__name__))

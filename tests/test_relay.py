@@ -137,3 +137,19 @@ async def test_one_call_to_an_agent_held_elsewhere(two_hubs: tuple[AgentHub, Age
     assert outcome.result.ok
     gone = await asking.call(online("ag-gone"), p.Ping(), timeout=0.3)
     assert gone.failure == "timeout"
+
+
+async def test_a_relay_that_cannot_reach_postgresql_reports_each_agent_once(
+        two_hubs: tuple[AgentHub, AgentHub]) -> None:
+    asking, holding = two_hubs
+    await hold(asking, "ag-here")
+    await hold(holding, "ag-there")
+    assert asking.relay is not None
+    await asking.relay.close()  # its listening connection is gone
+    outcomes = {o.agent_id: o async for o in asking.fan_out(
+        [online("ag-here"), online("ag-there"), online("ag-other")], p.Ping(), timeout=1.0)}
+    assert set(outcomes) == {"ag-here", "ag-there", "ag-other"}
+    assert outcomes["ag-here"].result is not None  # held here: no relay needed
+    assert outcomes["ag-there"].failure == "error"
+    assert "PostgreSQL" in outcomes["ag-there"].error
+    assert outcomes["ag-other"].failure == "error"
