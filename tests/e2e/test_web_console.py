@@ -8,16 +8,17 @@ the agents are real `careline-agent` processes, and the hostile hostname comes t
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -187,8 +188,12 @@ def test_technician_works_an_incident_and_pushes_an_update_viewer_is_refused(
     from pypdf import PdfReader
 
     out = tmp_path / "care.pdf"
-    coord.cli("report", "care", "--customer", "Cong ty Minh Anh", "--month",
-              time.strftime("%Y-%m", time.gmtime()), "--out", str(out))
+    # This month in the customer's time zone (from 17:00 UTC on the last day of a month it
+    # is already the next month in Vietnam, and the visit is in that one).
+    (customer,) = [c for c in coord.cli("customers", "list") if c["name"] == "Cong ty Minh Anh"]
+    month = dt.datetime.now(ZoneInfo(customer["timezone"])).strftime("%Y-%m")
+    coord.cli("report", "care", "--customer", "Cong ty Minh Anh", "--month", month,
+              "--out", str(out))
     text = " ".join(" ".join(p.extract_text() for p in PdfReader(out).pages).split())
     for expected in ("Báo cáo chăm sóc", "Cong ty Minh Anh", HOSTILE, "500.000", "acct 1.0.0",
                      "cài lại tại chỗ", "Bảo hành"):
