@@ -19,7 +19,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -99,7 +99,7 @@ class CommandRelay:
         self._ids = itertools.count(1)
         self._batches = itertools.count(1)
         self._waiting: dict[int, asyncio.Queue[RelayAnswer]] = {}
-        self._pieces: dict[str, list[str]] = {}
+        self._pieces: dict[tuple[int, str], list[str]] = {}  # (req, batch) -> pieces so far
         self._outgoing: dict[tuple[str, int], _Outgoing] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -138,7 +138,7 @@ class CommandRelay:
 
     # ------------------------------------------------------------------ the asking side
     async def fan_out(self, agent_ids: Sequence[str], action: p.Action,
-                      timeout: float) -> AsyncIterator[RelayAnswer]:  # noqa: ASYNC109 -- sent to the holders, which enforce it
+                      timeout: float) -> AsyncGenerator[RelayAnswer, None]:  # noqa: ASYNC109 -- sent to the holders, which enforce it
         """Run `action` on agents other processes hold; yields each one's answer as it
         comes, then "timeout" for those no holder answered in time. ConnectionError, before
         anything is yielded, if the request cannot be sent."""
@@ -167,32 +167,35 @@ class CommandRelay:
                 yield RelayAnswer(agent_id, failure="timeout")
         finally:
             del self._waiting[req]
+            for key in [key for key in self._pieces if key[0] == req]:  # a holder cut short
+                del self._pieces[key]
 
     async def call(self, agent_id: str, action: p.Action,
                    timeout: float) -> p.CommandResult:  # noqa: ASYNC109 -- sent to the holder, which enforces it
         """Run `action` on one agent another process holds; raises TimeoutError when no
         answer came in time, ConnectionError when the holder has lost the agent."""
-        async for answer in self.fan_out([agent_id], action, timeout):
-            if answer.result is not None:
-                return answer.result
-            if answer.failure == "timeout":
-                raise TimeoutError
-            raise ConnectionError(f"agent {agent_id}: {answer.failure}")
+        async with contextlib.aclosing(self.fan_out([agent_id], action, timeout)) as answers:
+            async for answer in answers:
+                if answer.result is not None:
+                    return answer.result
+                if answer.failure == "timeout":
+                    raise TimeoutError
+                raise ConnectionError(f"agent {agent_id}: {answer.failure}")
         raise AssertionError("fan_out yields one answer per agent")
 
     def _take_piece(self, piece: RelayPiece) -> None:
         answers = self._waiting.get(piece.req)
-        if answers is None:
-            self._pieces.pop(piece.batch, None)
+        if answers is None:  # the asker stopped waiting
             return
-        pieces = self._pieces.setdefault(piece.batch, [])
+        key = (piece.req, piece.batch)
+        pieces = self._pieces.setdefault(key, [])
         if piece.index != len(pieces):  # NOTIFYs from one session arrive in order
-            del self._pieces[piece.batch]
+            del self._pieces[key]
             log.warning("relay batch %s arrived out of order; its agents time out", piece.batch)
             return
         pieces.append(piece.text)
         if len(pieces) == piece.count:
-            del self._pieces[piece.batch]
+            del self._pieces[key]
             data = base64.b64decode("".join(pieces))
             for answer in msgspec.msgpack.decode(data, type=list[RelayAnswer]):
                 answers.put_nowait(answer)
