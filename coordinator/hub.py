@@ -11,10 +11,11 @@ argument; the websocket serving and the channel routing stay in server.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -96,13 +97,6 @@ class AgentLink:
         self.pending[command_id] = future  # before sending: the answer may come at once
         await self._flush_command(command_id)
         return command_id, future
-
-    async def call(self, action: p.Action, timeout: float) -> p.CommandResult:
-        command_id, future = await self.start_call(action, timeout)
-        try:
-            return await future
-        finally:
-            self.done_with(command_id)
 
     def done_with(self, command_id: int) -> None:
         """The caller stops waiting (answered, timed out, or gone itself): a later answer is
@@ -270,29 +264,13 @@ class AgentHub:
             return False
         return True
 
-    def _call_here(self, agent_id: str, action: p.Action,
-                   timeout: float) -> Awaitable[p.CommandResult] | None:
-        """The answer of an agent connected here, None if it is not."""
-        link = self.links.get(agent_id)
-        return None if link is None else link.call(action, timeout)
-
     async def call(self, agent: AgentPresence, action: p.Action, timeout: float) -> Outcome:
         """Run one action on one agent, connected here or (scale-out) to another coordinator
-        process."""
-        agent_id = agent.id
-        started = time.perf_counter()
-        running = self._call_here(agent_id, action, timeout)
-        if running is None and self.relay is not None and self.held_elsewhere(agent):
-            running = self.relay.call(agent_id, action, timeout)
-        if running is None:
-            return Outcome(agent_id, failure="offline")
-        try:
-            result = await running
-        except TimeoutError:
-            return Outcome(agent_id, failure="timeout")
-        except (ConnectionError, OSError):
-            return Outcome(agent_id, failure="offline")
-        return Outcome(agent_id, result, seconds=time.perf_counter() - started)
+        process: a fan-out to one."""
+        async with contextlib.aclosing(self.fan_out([agent], action, timeout)) as outcomes:
+            async for outcome in outcomes:
+                return outcome
+        raise AssertionError("fan_out yields one outcome per agent")
 
     async def _call_held_here(
         self, agent_ids: Iterable[str], action: p.Action, timeout: float,
@@ -358,7 +336,7 @@ class AgentHub:
                 future.cancel()
 
     async def fan_out(self, agents: Sequence[AgentPresence], action: p.Action,
-                      timeout: float) -> AsyncIterator[Outcome]:
+                      timeout: float) -> AsyncGenerator[Outcome, None]:
         """Run one action on many agents; yields their outcomes as they arrive.
 
         Agents connected here get the command at once; agents another process holds

@@ -170,19 +170,6 @@ class CommandRelay:
             for key in [key for key in self._pieces if key[0] == req]:  # a holder cut short
                 del self._pieces[key]
 
-    async def call(self, agent_id: str, action: p.Action,
-                   timeout: float) -> p.CommandResult:  # noqa: ASYNC109 -- sent to the holder, which enforces it
-        """Run `action` on one agent another process holds; raises TimeoutError when no
-        answer came in time, ConnectionError when the holder has lost the agent."""
-        async with contextlib.aclosing(self.fan_out([agent_id], action, timeout)) as answers:
-            async for answer in answers:
-                if answer.result is not None:
-                    return answer.result
-                if answer.failure == "timeout":
-                    raise TimeoutError
-                raise ConnectionError(f"agent {agent_id}: {answer.failure}")
-        raise AssertionError("fan_out yields one answer per agent")
-
     def _take_piece(self, piece: RelayPiece) -> None:
         answers = self._waiting.get(piece.req)
         if answers is None:  # the asker stopped waiting
