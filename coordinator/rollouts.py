@@ -547,12 +547,12 @@ class Rollouts:
         overdue = rollout["effective"] is not None and waves.days_until(
             rollout["effective"], now) <= 0
         rollout["not_covered"] = [
-            {"machine": m["agent_id"], "hostname": m["hostname"], "customer": m["customer"],
+            {"machine": m["agent_id"], "hostname": m["presence"].hostname, "customer": m["customer"],
              "detail": m["detail"]}
             for m in machines if m["state"] == "not_covered"
         ]
         rollout["machines"] = [
-            {"machine": m["agent_id"], "hostname": m["hostname"], "customer": m["customer"],
+            {"machine": m["agent_id"], "hostname": m["presence"].hostname, "customer": m["customer"],
              "wave": None if m["wave"] is None else m["wave"] + 1,
              "state": str(waves.scope_state(
                  m["state"], wave_sent=m["wave"] is not None and m["wave"] < rollout["sent_waves"],

@@ -51,8 +51,8 @@ async def add_machines(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
 
 
 async def machines_of(conn: AsyncConnection, rollout_id: int) -> list[Row]:
-    """Every machine of a rollout with its customer, hostname, presence (`presence`, an
-    AgentPresence) and its job part's status."""
+    """Every machine of a rollout with its customer, the agent (`presence`, an
+    AgentPresence: hostname, presence) and its job part's status."""
     query = (
         sa.select(rollout_machines, customers.c.name.label("customer"),
                   job_machines.c.status.label("job_status"),
@@ -66,10 +66,9 @@ async def machines_of(conn: AsyncConnection, rollout_id: int) -> list[Row]:
         .where(rollout_machines.c.rollout_id == rollout_id)
         .order_by(rollout_machines.c.wave, rollout_machines.c.id)
     )
-    machines = []
-    for row in rows_of(await conn.execute(query)):
-        presence = AgentPresence(*(row.pop(f"presence_{name}") for name in PRESENCE_COLUMNS))
-        machines.append({**row, "hostname": presence.hostname, "presence": presence})
+    machines = rows_of(await conn.execute(query))
+    for row in machines:
+        row["presence"] = AgentPresence(*(row.pop(f"presence_{name}") for name in PRESENCE_COLUMNS))
     return machines
 
 
