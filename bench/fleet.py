@@ -752,14 +752,12 @@ async def profile_blast(fleet: Fleet, coord: CoordinatorProc, duration: float, i
     the coordinator and this simulator recorded: where each side spends its time."""
     import pyspy
 
-    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
-    recordings = {name: pyspy.Recording.start(pid, duration, out / f"{name}.txt")
-                  for name, pid in (("coordinator", coord.pid), ("simulator", os.getpid()))}
+    recordings = pyspy.Recordings({"coordinator": coord.pid, "simulator": os.getpid()},
+                                  duration, out)
     fleet.start_blast(in_flight)
     await asyncio.sleep(duration + 1)
     await fleet.end_blast()
-    return {name: (await asyncio.to_thread(rec.finish, 30, 25)) if rec else {"error": "no py-spy"}
-            for name, rec in recordings.items()}
+    return await asyncio.to_thread(recordings.finish)
 
 
 async def settle_rss(pid: int, seconds: float) -> int:

@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,17 @@ class Recording:
             self.proc.kill()
             with contextlib.suppress(Exception):
                 self.proc.wait(5)
+
+
+class Recordings:
+    """Several processes recorded at once for `seconds`, each into `out`/<prefix><name>.txt."""
+
+    def __init__(self, pids: Mapping[str, int], seconds: float, out: Path, prefix: str = "") -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.recordings = {name: Recording.start(pid, seconds, out / f"{prefix}{name}.txt")
+                           for name, pid in pids.items()}
+
+    def finish(self, timeout: float = 30, top: int = 25) -> dict[str, Any]:
+        """Each one's summary (Recording.finish), by name."""
+        return {name: rec.finish(timeout, top) if rec else {"error": "py-spy is missing"}
+                for name, rec in self.recordings.items()}

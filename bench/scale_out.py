@@ -386,12 +386,10 @@ async def profile_ping(processes: list[ServeProc], out: Path,
     CPU), with both processes recorded: the asker's and the relaying holder's time."""
     import pyspy
 
-    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
-    recordings = {f"process_{i}": pyspy.Recording.start(proc.pid, 15, out / f"process_{i}.txt")
-                  for i, proc in enumerate(processes, 1)}
+    recordings = pyspy.Recordings(
+        {f"process_{i}": proc.pid for i, proc in enumerate(processes, 1)}, 15, out)
     ping = await ping_through(processes[0], roles)
-    return {"ping": ping, **{name: (await asyncio.to_thread(rec.finish, 30, 25)) if rec else {}
-                             for name, rec in recordings.items()}}
+    return {"ping": ping, **await asyncio.to_thread(recordings.finish)}
 
 
 async def failover(victim: ServeProc, workers: list[Worker], timeout: float,
@@ -402,12 +400,11 @@ async def failover(victim: ServeProc, workers: list[Worker], timeout: float,
     into `out` (the survivor, the simulators)."""
     await on_all(workers, "arm")
     shares = CpuShares(roles)
-    recordings: dict[str, Any] = {}
+    recordings = None
     if profile and out is not None:
         import pyspy
 
-        recordings = {name: pyspy.Recording.start(pid, 60, out / f"failover_{name}.txt")
-                      for name, pid in profile.items()}
+        recordings = pyspy.Recordings(profile, 60, out, prefix="failover_")
     killed = time.monotonic()
     victim.kill9()
     # Its agents' connections close within a moment (the kernel resets them, HAProxy
@@ -437,9 +434,8 @@ async def failover(victim: ServeProc, workers: list[Worker], timeout: float,
         "reconnect_window_max_s": fleet._round(max(windows, default=None), 2),
         "cpu_percent_of_a_core": shares.read(),
     }
-    if recordings:
-        result["profile"] = {name: (await asyncio.to_thread(rec.finish, 30, 25)) if rec else {}
-                             for name, rec in recordings.items()}
+    if recordings is not None:
+        result["profile"] = await asyncio.to_thread(recordings.finish)
     await victim.start()  # as systemd's Restart= would; takes whoever could not get back
     return result
 
@@ -549,7 +545,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
             results["ping"][f"through_process_{i}"] = await ping_through(proc, roles)
             log(f"ping through process {i}: {results['ping'][f'through_process_{i}']}")
         if args.profile:
-            results["ping"]["profile"] = await profile_ping(processes, Path(args.profile), roles)
+            results["ping_profile"] = await profile_ping(processes, Path(args.profile), roles)
 
         victim_index = 0 if split[0] >= split[1] else 1
         victim, survivor = processes[victim_index], processes[1 - victim_index]
