@@ -48,6 +48,10 @@ log = logging.getLogger("careline.agent")
 BACKOFF_FIRST_WINDOW = 10.0
 BACKOFF_CAP = 60.0
 MAX_FIRST_WINDOW = 600.0  # whatever a Welcome says
+# The keepalive sleeps until the session's next deadline, but at most this long: a metadata
+# request made meanwhile (its timeout is 30 s) is timed out at most this late. One wake-up a
+# second per agent was a tenth of a 10,000-agent simulator's CPU, and an idle PC's too.
+KEEPALIVE_MAX_SLEEP = 5.0
 
 
 class CoordinatorSilent(TimeoutError):
@@ -104,7 +108,8 @@ async def keepalive(ws: ClientConnection, session: AgentSession,
         expired = session.expired(now)
         if expired:
             on_expired(expired)
-        await asyncio.sleep(min(max(session.next_deadline() - time.monotonic(), 0.01), 1.0))
+        await asyncio.sleep(min(max(session.next_deadline() - time.monotonic(), 0.01),
+                                KEEPALIVE_MAX_SLEEP))
 
 
 async def first_of(*coros: Coroutine[Any, Any, Any]) -> None:
