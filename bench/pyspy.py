@@ -72,13 +72,17 @@ class Recording:
         self.out = out
 
     @classmethod
-    def start(cls, pid: int, seconds: float, out: Path, rate: int = 100) -> Recording | None:
+    def start(cls, pid: int, seconds: float, out: Path, rate: int = 100,
+              busy_only: bool = False) -> Recording | None:
+        """`busy_only`: no idle samples, and native frames (uvloop, OpenSSL) shown: where the
+        CPU of a saturated phase goes, rather than where its wall time goes."""
         exe = py_spy()
         if exe is None:
             return None
+        how = ["--native"] if busy_only else ["--nonblocking", "--idle"]
         proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-             "--rate", str(rate), "--nonblocking", "--idle", "--format", "raw", "-o", str(out)],
+             "--rate", str(rate), *how, "--format", "raw", "-o", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         return cls(proc, out)
 
@@ -107,9 +111,11 @@ class Recording:
 class Recordings:
     """Several processes recorded at once for `seconds`, each into `out`/<prefix><name>.txt."""
 
-    def __init__(self, pids: Mapping[str, int], seconds: float, out: Path, prefix: str = "") -> None:
+    def __init__(self, pids: Mapping[str, int], seconds: float, out: Path, prefix: str = "",
+                 busy_only: bool = False) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        self.recordings = {name: Recording.start(pid, seconds, out / f"{prefix}{name}.txt")
+        self.recordings = {name: Recording.start(pid, seconds, out / f"{prefix}{name}.txt",
+                                                 busy_only=busy_only)
                            for name, pid in pids.items()}
 
     def finish(self, timeout: float = 30, top: int = 25) -> dict[str, Any]:

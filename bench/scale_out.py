@@ -75,6 +75,7 @@ TARGET_BACK_95_S = 60.0
 FD_MARGIN = 300  # descriptors a process needs besides its connections (DB pool, logs, ...)
 FLEET_CONCURRENCY = 200  # first connections under way at once, over all workers
 ENROLL_CONCURRENCY = 16  # enrollments under way at once, per worker
+PROFILE_PING_SECONDS = 15.0  # how long --profile records back-to-back pings to all
 # Each phase's time limit grows with the fleet: seconds per agent, and at least MIN_TIMEOUT_S.
 TIMEOUT_PER_AGENT_S = {"enroll": 0.05, "connect": 0.05, "failover": 0.01, "settle": 0.02}
 MIN_TIMEOUT_S = 180.0
@@ -151,12 +152,14 @@ class ServeProc(fleet.CoordinatorProc):
     def __init__(self, children: fleet.Children, data: Path, port: int, log_file: Path,
                  admin_token: str, ca_pem: str, database_url: str) -> None:
         self.children, self.data, self.log, self.port = children, data, log_file, port
+        self.health_port = free_port()  # HAProxy's checks (`serve --health-listen`)
         self.url = f"wss://127.0.0.1:{port}"
         self.admin_token, self.ca_pem, self.database_url = admin_token, ca_pem, database_url
         self.proc = None
 
     def serve_argv(self) -> list[str]:
-        return [*super().serve_argv(), "--listen", f"127.0.0.1:{self.port}"]
+        return [*super().serve_argv(), "--listen", f"127.0.0.1:{self.port}",
+                "--health-listen", f"127.0.0.1:{self.health_port}"]
 
     def held(self) -> int:
         """Established connections to this process (HAProxy's health checks are brief)."""
@@ -380,16 +383,23 @@ async def ping_through(proc: ServeProc,
             "call_seconds": round(seconds, 3), "cpu_percent_of_a_core": cpu}
 
 
-async def profile_ping(processes: list[ServeProc], out: Path,
+async def profile_ping(processes: list[ServeProc], workers: list[Worker], out: Path,
                        roles: Callable[[], dict[str, list[int]]]) -> dict[str, Any]:
-    """One more ping to all through process 1, apart from the measured ones (py-spy takes
-    CPU), with both processes recorded: the asker's and the relaying holder's time."""
+    """Pings to all through process 1, back to back for PROFILE_PING_SECONDS, apart from the
+    measured ones (py-spy takes CPU), with both processes (the asker, the relaying holder)
+    and the simulators recorded, busy samples only: where each side's CPU goes."""
     import pyspy
 
     recordings = pyspy.Recordings(
-        {f"process_{i}": proc.pid for i, proc in enumerate(processes, 1)}, 15, out)
-    ping = await ping_through(processes[0], roles)
-    return {"ping": ping, **await asyncio.to_thread(recordings.finish)}
+        {**{f"process_{i}": proc.pid for i, proc in enumerate(processes, 1)},
+         **{f"simulator_{w.index}": w.proc.pid for w in workers}},
+        PROFILE_PING_SECONDS, out, prefix="ping_", busy_only=True)
+    pings: list[dict[str, Any]] = []
+    started = time.monotonic()
+    while time.monotonic() - started < PROFILE_PING_SECONDS - 2 and len(pings) < 20:
+        pings.append(await ping_through(processes[0], roles))
+    return {"pings": len(pings), "p99_s": [ping.get("p99_s") for ping in pings],
+            **await asyncio.to_thread(recordings.finish)}
 
 
 async def failover(victim: ServeProc, workers: list[Worker], timeout: float,
@@ -500,7 +510,8 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         config = root / "haproxy.cfg"
         share = math.ceil(n / n_proxies)
         config.write_text(haproxy_config(
-            f"127.0.0.1:{proxy_port}", [f"127.0.0.1:{proc.port}" for proc in processes],
+            f"127.0.0.1:{proxy_port}",
+            [f"127.0.0.1:{proc.port}/{proc.health_port}" for proc in processes],
             str(datadir.ca_file), heartbeat_interval=args.heartbeat_interval,
             maxconn=min(share + max(500, share // 4), (args.nofile - FD_MARGIN) // 2),
             # What one coordinator can hold, shared by the K proxies: a survivor takes agents
@@ -545,7 +556,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
             results["ping"][f"through_process_{i}"] = await ping_through(proc, roles)
             log(f"ping through process {i}: {results['ping'][f'through_process_{i}']}")
         if args.profile:
-            results["ping_profile"] = await profile_ping(processes, Path(args.profile), roles)
+            results["ping_profile"] = await profile_ping(processes, workers, Path(args.profile), roles)
 
         victim_index = 0 if split[0] >= split[1] else 1
         victim, survivor = processes[victim_index], processes[1 - victim_index]
