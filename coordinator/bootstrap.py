@@ -95,7 +95,8 @@ def tune_gc() -> None:
 
 
 def serve_forever(data: str | None, *, listen: str | None, database: str | None,
-                  policy: str | None, verbose: bool, web: str | None = None) -> None:
+                  policy: str | None, verbose: bool, web: str | None = None,
+                  health_listen: str | None = None) -> None:
     from careline.coordinator.server import run_coordinator
 
     logging.basicConfig(
@@ -114,7 +115,8 @@ def serve_forever(data: str | None, *, listen: str | None, database: str | None,
 
     logging.getLogger("careline.coordinator").info("Careline %s coordinator starting, data %s",
                                                    __version__, datadir.path)
-    settings = datadir.settings(listen=listen, database=database, policy=policy, web=web)
+    settings = datadir.settings(listen=listen, database=database, policy=policy, web=web,
+                                health_listen=health_listen)
     from careline.coordinator.policy.config import load_policy
 
     load_policy(Path(settings.policy) if settings.policy else None)  # refuse a bad file now

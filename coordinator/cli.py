@@ -59,13 +59,16 @@ def init(
 @click.option("--database", default=None, help="postgresql://... (overrides the setting).")
 @click.option("--policy", default=None, help="Vendor policy TOML merged over the defaults.")
 @click.option("--web", default=None, help="HOST:PORT for the web console and REST API (HTTPS).")
+@click.option("--health-listen", default=None,
+              help="HOST:PORT answering a load balancer's health checks (plain HTTP, GET /health).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every connection.")
 def serve(data: str | None, listen: str | None, database: str | None, policy: str | None,
-          web: str | None, verbose: bool) -> None:
+          web: str | None, health_listen: str | None, verbose: bool) -> None:
     """Run the coordinator (websockets over TLS) until stopped."""
     from careline.coordinator.bootstrap import serve_forever
 
-    serve_forever(data, listen=listen, database=database, policy=policy, verbose=verbose, web=web)
+    serve_forever(data, listen=listen, database=database, policy=policy, verbose=verbose, web=web,
+                  health_listen=health_listen)
 
 
 @main.group(cls=CarelineGroup)

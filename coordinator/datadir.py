@@ -45,12 +45,22 @@ class Settings:
     # the built-in caps (coordinator/quotas.py). Raise it when every agent arrives through
     # one address (a TCP proxy without the PROXY protocol, a load test).
     max_unauthenticated_per_address: int = 0
+    # Plain-HTTP health endpoint (HOST:PORT) for a load balancer's checks (coordinator/
+    # health_port.py); empty: not served.
+    health_listen: str = ""
 
     def listen_host_port(self) -> tuple[str, int]:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ConfigError(f"listen address {self.listen!r} is not HOST:PORT")
-        return host.strip("[]"), int(port)
+        return host_port(self.listen, "listen address")
+
+    def health_host_port(self) -> tuple[str, int] | None:
+        return host_port(self.health_listen, "health listen address") if self.health_listen else None
+
+
+def host_port(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what} {value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
 
 
 def parse_settings(raw: dict[str, Any], source: str) -> Settings:

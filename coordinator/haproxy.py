@@ -18,6 +18,11 @@ the benchmark use one; `find_haproxy` only looks the program up.
   30 s heartbeat it has 5 s per check. With 2 s, the survivor of a 20,000-agent pair was
   taken out again and again, and with no server left HAProxy reset every agent trying to
   come back.
+- With health ports (`HOST:PORT/HEALTH_PORT` backends, each process run with
+  `serve --health-listen`), the check is a plain `GET /health` on that port instead
+  (coordinator/health_port.py): answered by the process's event loop, so a frozen process
+  still fails it, but not queued behind the handshakes a busy one has in progress. The
+  supported setup for more than one process; the TLS check is what works without it.
 - Idle timeouts above the technicians' idle limit: the coordinator decides when a quiet
   connection is dead (keepalive, `missed_heartbeats`, `admin_idle_timeout`), not the proxy.
 - `server_maxconn`, what one coordinator process can hold (its open-files limit less a few
@@ -32,6 +37,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from careline.coordinator.health_port import HEALTH_PATH
 from careline.shared.errors import ConfigError
 
 
@@ -56,12 +62,22 @@ def _host_port(value: str, what: str) -> str:
     return value
 
 
+def _backend(value: str) -> tuple[str, int | None]:
+    """HOST:PORT, or HOST:PORT/HEALTH_PORT: the process's address and its health port."""
+    address, sep, health = value.partition("/")
+    if sep and not (health.isdigit() and 0 < int(health) < 65536):
+        raise ConfigError(f"coordinator address {value!r}: the health port after '/' must be "
+                          "a port number")
+    return _host_port(address, "coordinator address"), int(health) if sep else None
+
+
 def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
                    heartbeat_interval: float = 30.0, admin_idle_timeout: float = 900.0,
                    maxconn: int = 10_000, server_maxconn: int = 0) -> str:
     """haproxy.cfg for agents and technicians reaching `backends` (coordinator processes'
-    HOST:PORT, one shared database) through `listen`; `ca_file` is the data dir's pki/ca.pem.
-    `server_maxconn` 0: no limit per process."""
+    HOST:PORT, or HOST:PORT/HEALTH_PORT with their health ports; one shared database) through
+    `listen`; `ca_file` is the data dir's pki/ca.pem. `server_maxconn` 0: no limit per
+    process."""
     _host_port(listen, "listen address")
     if not backends:
         raise ConfigError("at least one coordinator process (HOST:PORT) is needed")
@@ -71,8 +87,23 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         raise ConfigError("heartbeat interval and maxconn must be positive")
     check = check_interval_ms(heartbeat_interval)
     idle = max(60, int(admin_idle_timeout) + 60)
-    servers = [f"    server careline{i} {_host_port(b, 'coordinator address')}"
-               for i, b in enumerate(backends, 1)]
+    parsed = [_backend(b) for b in backends]
+    health_ports = [health for _, health in parsed if health is not None]
+    if health_ports and len(health_ports) != len(parsed):
+        raise ConfigError("give every coordinator address a health port (HOST:PORT/HEALTH_PORT) "
+                          "or none: one backend cannot mix HTTP and TLS checks")
+    servers = [f"    server careline{i} {address}" + (f" port {health}" if health else "")
+               for i, (address, health) in enumerate(parsed, 1)]
+    limits = (f"inter {check}ms fall {CHECK_FALL} rise 2"
+              + (f" maxconn {server_maxconn}" if server_maxconn else ""))
+    checks = ([
+        "    option httpchk",
+        f"    http-check send meth GET uri {HEALTH_PATH} ver HTTP/1.0",
+        "    http-check expect status 200",
+        f"    default-server check {limits}",
+    ] if health_ports else [
+        f"    default-server check check-ssl verify required ca-file {ca_file} {limits}",
+    ])
     return "\n".join([
         "global",
         f"    maxconn {maxconn}",
@@ -94,9 +125,7 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         "",
         "backend coordinators",
         "    balance leastconn",
-        f"    default-server check check-ssl verify required ca-file {ca_file} "
-        f"inter {check}ms fall {CHECK_FALL} rise 2"
-        + (f" maxconn {server_maxconn}" if server_maxconn else ""),
+        *checks,
         *servers,
         "",
     ])

@@ -36,6 +36,7 @@ from careline.coordinator.datadir import DataDir, Settings
 from careline.coordinator.enrollment import enroll_machine
 from careline.coordinator.health_history import RETENTION as HEALTH_RETENTION
 from careline.coordinator.health_history import Sampler, sample_of
+from careline.coordinator.health_port import serve_health
 from careline.coordinator.hub import AgentHub, AgentLink, close
 from careline.coordinator.incidents import IncidentDesk
 from careline.coordinator.notify.sender import Notifier
@@ -218,6 +219,9 @@ class Coordinator:
             backlog=LISTEN_BACKLOG,
         ) as server:
             self.server = server
+            health = self.settings.health_host_port()
+            health_server = None if health is None else await serve_health(
+                *health, serving=lambda: not stop.is_set())
             # Owned by a TaskGroup: at stop they are cancelled and awaited (a flush cut
             # short keeps its batch for the last one below).
             async with asyncio.TaskGroup() as group:
@@ -234,6 +238,8 @@ class Coordinator:
                 await stop.wait()
                 for task in tasks:
                     task.cancel()
+            if health_server is not None:
+                health_server.close()
             server.close(close_connections=True)
             await server.wait_closed()
         await self.updates.close()

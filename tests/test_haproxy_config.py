@@ -32,6 +32,18 @@ def test_tcp_passthrough_leastconn_and_tls_health_check():
     assert "option redispatch" in got
 
 
+def test_with_health_ports_the_check_is_a_plain_http_get_on_them():
+    got = lines(haproxy_config("0.0.0.0:8443", ["10.0.0.1:8443/8444", "10.0.0.2:8443/8444"],
+                               "/srv/careline/pki/ca.pem", server_maxconn=9000))
+    assert "option httpchk" in got
+    assert "http-check send meth GET uri /health ver HTTP/1.0" in got
+    assert "http-check expect status 200" in got
+    assert "default-server check inter 5000ms fall 2 rise 2 maxconn 9000" in got
+    assert not any("check-ssl" in line for line in got)
+    assert got[-2:] == ["server careline1 10.0.0.1:8443 port 8444",
+                        "server careline2 10.0.0.2:8443 port 8444"]
+
+
 @pytest.mark.parametrize(("interval", "ms"), [(30.0, 5000), (4.0, 2000), (1.0, 500), (0.5, 250)])
 def test_a_frozen_process_is_out_before_its_agents_give_it_up(interval, ms):
     assert check_interval_ms(interval) == ms
@@ -60,6 +72,10 @@ def test_idle_timeouts_follow_the_technicians_idle_limit():
     ("127.0.0.1:8443", [], "/ca.pem"),
     ("127.0.0.1:8443", ["localhost"], "/ca.pem"),
     ("127.0.0.1:8443", ["127.0.0.1:1"], "/my data/ca.pem"),
+    ("127.0.0.1:8443", ["127.0.0.1:1/"], "/ca.pem"),
+    ("127.0.0.1:8443", ["127.0.0.1:1/health"], "/ca.pem"),
+    ("127.0.0.1:8443", ["127.0.0.1:1/70000"], "/ca.pem"),
+    ("127.0.0.1:8443", ["127.0.0.1:1/2", "127.0.0.1:3"], "/ca.pem"),  # one check kind for all
 ])
 def test_bad_input_is_named(listen, backends, ca):
     with pytest.raises(ConfigError):
@@ -68,12 +84,13 @@ def test_bad_input_is_named(listen, backends, ca):
 
 @pytest.mark.skipif(find_haproxy() is None,
                     reason="haproxy is not installed (scripts/test.sh installs Debian's package)")
-def test_haproxy_accepts_it(tmp_path):
+@pytest.mark.parametrize("backends", [["127.0.0.1:18444", "127.0.0.1:18445"],
+                                      ["127.0.0.1:18444/18446", "127.0.0.1:18445/18447"]])
+def test_haproxy_accepts_it(tmp_path, backends):
     create_pki(tmp_path / "pki", ["127.0.0.1"])  # a real CA file for `verify required`
     ca = tmp_path / "pki" / "ca.pem"
     config = tmp_path / "haproxy.cfg"
-    config.write_text(haproxy_config("127.0.0.1:18443", ["127.0.0.1:18444", "127.0.0.1:18445"],
-                                     str(ca), maxconn=100))
+    config.write_text(haproxy_config("127.0.0.1:18443", backends, str(ca), maxconn=100))
     result = subprocess.run([str(find_haproxy()), "-c", "-f", str(config)], capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -61,6 +61,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
         pytest.skip("haproxy is not installed (scripts/test.sh installs Debian's package)")
     first = CoordinatorProcess(tmp_path, pg_url, heartbeat_interval=INTERVAL)
     proxy_port, second_port = free_port(), free_port()
+    health_ports = free_port(), free_port()  # each process answers HAProxy's checks there
     proxy_url = f"wss://127.0.0.1:{proxy_port}"
     # Join strings and the local CLI point at the proxy; every agent arrives from its address.
     datadir = DataDir(first.data)
@@ -70,14 +71,17 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
     config = tmp_path / "haproxy.cfg"
     config.write_text(run([PYTHON, "-m", "careline.coordinator.cli", "haproxy-config",
                            "--data", str(first.data), "--listen", f"127.0.0.1:{proxy_port}",
-                           "--backend", f"127.0.0.1:{first.port}",
-                           "--backend", f"127.0.0.1:{second_port}", "--maxconn", "1000"]).stdout)
+                           "--backend", f"127.0.0.1:{first.port}/{health_ports[0]}",
+                           "--backend", f"127.0.0.1:{second_port}/{health_ports[1]}",
+                           "--maxconn", "1000"]).stdout)
     assert "inter 1000ms fall 2" in config.read_text()  # from the 2 s heartbeat interval
-    first.start()
+    assert f"port {health_ports[1]}" in config.read_text()
+    first.start("--health-listen", f"127.0.0.1:{health_ports[0]}")
     with open(tmp_path / "coordinator2.log", "ab") as log:
         second = subprocess.Popen(
             [PYTHON, "-m", "careline.coordinator.cli", "serve", "--data", str(first.data), "-v",
-             "--listen", f"127.0.0.1:{second_port}"], stdout=log, stderr=subprocess.STDOUT)
+             "--listen", f"127.0.0.1:{second_port}",
+             "--health-listen", f"127.0.0.1:{health_ports[1]}"], stdout=log, stderr=subprocess.STDOUT)
     with open(tmp_path / "haproxy.log", "ab") as log:
         proxy = subprocess.Popen([HAPROXY, "-db", "-f", str(config)], stdout=log,
                                  stderr=subprocess.STDOUT)
