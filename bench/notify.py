@@ -76,7 +76,7 @@ async def queue(database_url: str, n: int) -> dict[int, float]:
     committed: dict[int, float] = {}
     try:
         async with db.connect() as conn:
-            ids = [(await fstore.get_customer(conn, name))["id"] for name in CUSTOMERS]
+            ids = [(await fstore.get_customer(conn, name)).id for name in CUSTOMERS]
         facts = {"kind": "disk_failing", "severity": "high", "detail": "SMART failed",
                  "machine": "ab" * 20, "action": "onsite_reinstall", "covered": True,
                  "fee_vnd": 500_000, "due_at": dt.datetime.now(dt.UTC).isoformat()}

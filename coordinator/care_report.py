@@ -95,12 +95,12 @@ async def gather(db: Database, desk: IncidentDesk, settings: Settings, customer_
 
     async with db.connect() as conn:
         customer = await store.get_customer(conn, customer_ref)
-        start, end = month_bounds(month, customer["timezone"])
-        last_day = (end - dt.timedelta(seconds=1)).astimezone(ZoneInfo(customer["timezone"])).date()
-        today = now.astimezone(ZoneInfo(customer["timezone"])).date()
-        agents = [a for a in await store.list_agents(conn, customer["id"]) if a["revoked_at"] is None]
+        start, end = month_bounds(month, customer.timezone)
+        last_day = (end - dt.timedelta(seconds=1)).astimezone(ZoneInfo(customer.timezone)).date()
+        today = now.astimezone(ZoneInfo(customer.timezone)).date()
+        agents = [a for a in await store.list_agents(conn, customer.id) if a["revoked_at"] is None]
         open_by_agent: dict[str, int] = {}
-        _, open_rows = await views.incidents_page(conn, open_only=True, customer_id=customer["id"],
+        _, open_rows = await views.incidents_page(conn, open_only=True, customer_id=customer.id,
                                                   agent_id=None, limit=10_000, offset=0)
         for row in open_rows:
             open_by_agent[row["agent_id"]] = open_by_agent.get(row["agent_id"], 0) + 1
@@ -121,14 +121,14 @@ async def gather(db: Database, desk: IncidentDesk, settings: Settings, customer_
                                 "tier": current.tier, "ends_on": current.ends_on,
                                 "days_left": current.days_left})
         incidents = [incident_line(r) for r in
-                     await views.incidents_between(conn, customer["id"], start, end)]
-        updates = await views.installed_updates(conn, customer["id"], start, end)
+                     await views.incidents_between(conn, customer.id, start, end)]
+        updates = await views.installed_updates(conn, customer.id, start, end)
         visits = [{**v, "charged": int(v["fee_vnd"]) > 0}
-                  for v in await views.visits_between(conn, customer["id"], start, end)]
+                  for v in await views.visits_between(conn, customer.id, start, end)]
     resolved = [i for i in incidents if i["on_time"] is not None]
     return {
-        "customer": {"id": customer["id"], "name": customer["name"], "timezone": customer["timezone"]},
-        "month": month, "first_day": start.astimezone(ZoneInfo(customer["timezone"])).date(),
+        "customer": {"id": customer.id, "name": customer.name, "timezone": customer.timezone},
+        "month": month, "first_day": start.astimezone(ZoneInfo(customer.timezone)).date(),
         "last_day": last_day, "generated_at": now,
         "vendor": {"name": settings.vendor_name, "logo": logo_data_uri(settings.vendor_logo)},
         "machines": machines, "incidents": incidents, "updates": updates, "visits": visits,

@@ -84,13 +84,13 @@ async def _check_seat(conn: AsyncConnection, token: Mapping[str, Any], now: dt.d
     current = await service.current_contract(conn, customer_id, now.date())
     contract = (await service.get_contract(conn, token["contract_id"]) if token["contract_id"]
                 else current)
-    if contract is None or contract["machines"] is None:
+    if contract is None or contract.machines is None:
         return
-    used = await store.count_seats(conn, contract["id"], customer_id,
+    used = await store.count_seats(conn, contract.id, customer_id,
                                    default_contract=current is not None
-                                   and current["id"] == contract["id"])
-    if used >= contract["machines"]:
-        raise Conflict(f"contract {contract['id']} allows {contract['machines']} machines and"
+                                   and current.id == contract.id)
+    if used >= contract.machines:
+        raise Conflict(f"contract {contract.id} allows {contract.machines} machines and"
                        f" has {used}: revoke one or raise the limit")
 
 

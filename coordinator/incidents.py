@@ -21,7 +21,6 @@ from careline.coordinator.policy.config import WEEKDAYS, Policy
 from careline.coordinator.policy.decide import IncidentFacts, MachineState, Pause, decide
 from careline.coordinator.policy.entitlement import (
     NOTHING,
-    Contract,
     Entitlement,
     MaintenancePackage,
     entitlement_at,
@@ -66,30 +65,30 @@ ConditionKey = tuple[str, str, str]  # agent id, kind, subject
 
 
 def customer_calendar(
-    policy: Policy, customer: dict[str, Any],
+    policy: Policy, customer: store.Customer,
     closures: tuple[tuple[dt.date, dt.date], ...] = (),
 ) -> BusinessCalendar:
     """The policy's business calendar in the customer's time zone and hours, with the
     customer's own closures."""
     default = policy.calendar
     workdays = default.workdays
-    if customer.get("workdays"):
-        workdays = frozenset(WEEKDAYS.index(d) for d in customer["workdays"].split(","))
+    if customer.workdays:
+        workdays = frozenset(WEEKDAYS.index(d) for d in customer.workdays.split(","))
     return dataclasses.replace(
-        default, timezone=customer["timezone"], workdays=workdays,
-        opens=dt.time.fromisoformat(customer["opens"]) if customer.get("opens") else default.opens,
-        closes=dt.time.fromisoformat(customer["closes"]) if customer.get("closes") else default.closes,
+        default, timezone=customer.timezone, workdays=workdays,
+        opens=dt.time.fromisoformat(customer.opens) if customer.opens else default.opens,
+        closes=dt.time.fromisoformat(customer.closes) if customer.closes else default.closes,
         closures=closures,
     )
 
 
 async def load_calendar(
-    conn: AsyncConnection, policy: Policy, customer: dict[str, Any]
+    conn: AsyncConnection, policy: Policy, customer: store.Customer
 ) -> BusinessCalendar:
     """A customer's calendar with their closures, read from storage."""
-    closures = await service.list_closures(conn, customer["id"])
+    closures = await service.list_closures(conn, customer.id)
     return customer_calendar(policy, customer, tuple(
-        (row["first_day"], row["last_day"]) for row in closures))
+        (row.first_day, row.last_day) for row in closures))
 
 
 def _state_to_json(state: ConditionState) -> dict[str, Any]:
@@ -158,19 +157,18 @@ class IncidentDesk:
         """Many machines' entitlements in three queries, whatever their number (a rollout
         targets thousands at once)."""
         customer_ids = sorted({a["customer_id"] for a in agents})
-        customers = {c["id"]: c for c in await store.list_customers(conn)
-                     if c["id"] in customer_ids}
-        by_customer: dict[int, list[dict[str, Any]]] = {}
+        customers = {c.id: c for c in await store.list_customers(conn)
+                     if c.id in customer_ids}
+        by_customer: dict[int, list[service.ContractRow]] = {}
         for found in await service.contracts_of(conn, customer_ids):
-            by_customer.setdefault(found["customer_id"], []).append(found)
-        contracts = {c["id"]: c for rows in by_customer.values() for c in rows}
+            by_customer.setdefault(found.customer_id, []).append(found)
+        contracts = {c.id: c for rows in by_customer.values() for c in rows}
         missing = {a["contract_id"] for a in agents if a["contract_id"]} - set(contracts)
         for contract_id in sorted(missing):  # a contract of another customer: by id
             contracts[contract_id] = await service.get_contract(conn, contract_id)
         packages: dict[int, list[MaintenancePackage]] = {}
-        for r in await service.maintenance_of(conn, sorted(contracts)):
-            packages.setdefault(r["contract_id"], []).append(
-                MaintenancePackage(r["id"], r["contract_id"], r["start"], r["end"], r["tier"]))
+        for package in await service.maintenance_of(conn, sorted(contracts)):
+            packages.setdefault(package.contract_id, []).append(package)
         now = now or dt.datetime.now(dt.UTC)
         days = {cid: at or customer_calendar(self.policy, customer).local(now).date()
                 for cid, customer in customers.items()}
@@ -182,18 +180,16 @@ class IncidentDesk:
         result: dict[str, Entitlement] = {}
         for agent in agents:
             on = days[agent["customer_id"]]
-            row: dict[str, Any] | None = (
-                contracts[agent["contract_id"]] if agent["contract_id"] else
-                current[agent["customer_id"]])
-            if row is None:
+            contract = (contracts[agent["contract_id"]] if agent["contract_id"] else
+                        current[agent["customer_id"]])
+            if contract is None:
                 result[agent["id"]] = Entitlement(on, "not_covered", NOTHING)
                 continue
             joined = agent["joined_contract_on"] or agent["enrolled_at"].date()
-            key = (row["id"], joined, on)
+            key = (contract.id, joined, on)
             if key not in computed:
                 computed[key] = entitlement_at(
-                    Contract(row["id"], row["signed_on"], row["warranty_months"]),
-                    packages.get(row["id"], []), on, machine_joined_on=joined,
+                    contract.terms, packages.get(contract.id, []), on, machine_joined_on=joined,
                     tiers=self.policy.tiers, warranty_tier=self.policy.warranty,
                     expiring_within_days=self.policy.expiring_within_days,
                 )
@@ -209,7 +205,7 @@ class IncidentDesk:
         rows = []
         agents = await store.list_coverage_keys(conn, customer_id)
         entitlements = await self.entitlements(conn, agents, None, now)
-        names = {c["id"]: c["name"] for c in await store.list_customers(conn)}
+        names = {c.id: c.name for c in await store.list_customers(conn)}
         for agent in agents:
             entitlement = entitlements[agent["id"]]
             if expiring(entitlement, within_days):
@@ -233,7 +229,7 @@ class IncidentDesk:
                   "enrolled_at": dt.datetime.combine(g["enrolled_on"], dt.time(), dt.UTC)}
                  for i, g in enumerate(groups)]
         entitlements = await self.entitlements(conn, keyed, None, now)
-        names = {c["id"]: c["name"] for c in await store.list_customers(conn)}
+        names = {c.id: c.name for c in await store.list_customers(conn)}
         contacts = await nstore.customer_contacts(conn)
         rows: dict[tuple[int, str, dt.date | None], dict[str, Any]] = {}
         for key, group in zip(keyed, groups, strict=True):
@@ -342,7 +338,7 @@ class IncidentDesk:
         decision = decide(
             IncidentFacts(incident["category"], incident["severity"], reported), entitlement,
             machine, fix_available=fix is not None, policy=policy, calendar=calendar,
-            onsite_visits_used=await service.count_visits(conn, customer["id"], year_ago),
+            onsite_visits_used=await service.count_visits(conn, customer.id, year_ago),
             paused=paused,
         )
         facts: dict[str, Any] = {
@@ -372,7 +368,7 @@ class IncidentDesk:
         elif decision.action in ONSITE_ACTIONS:
             visit_id = await service.add_visit(conn, {
                 "incident_id": incident_id, "agent_id": agent["id"],
-                "customer_id": customer["id"], "action": decision.action,
+                "customer_id": customer.id, "action": decision.action,
                 "fee_vnd": decision.fee_vnd, "due_at": decision.due_at, "status": "open",
                 "created_at": now,
             })
@@ -499,7 +495,7 @@ class IncidentDesk:
         """One agent_offline check per machine: silent longer than the policy allows, in
         its customer's business time? A machine switched off cleanly is never offline."""
         async with self.db.transaction() as conn:
-            customers = {c["id"]: c for c in await store.list_customers(conn)}
+            customers = {c.id: c for c in await store.list_customers(conn)}
             closures = await service.closures_by_customer(conn)
             by_target = await service.overrides_by_target(conn)
             calendars: dict[tuple[int, int], BusinessCalendar] = {}

@@ -433,7 +433,7 @@ class Rollouts:
                     machines: list[dict[str, Any]], sent_waves: int, now: dt.datetime) -> list[int]:
         """Create one job for every pending machine of a sent wave that may install now."""
         ready = []
-        customers: dict[int, dict[str, Any]] = {}
+        customers: dict[int, store.Customer] = {}
         window_of = _Windows(self.desk.layers,
                              await service.overrides_by_target(conn))
         for machine in machines:
@@ -446,14 +446,14 @@ class Rollouts:
                 continue
             customer = customers.get(agent["customer_id"]) or await store.get_customer(
                 conn, agent["customer_id"])
-            customers[customer["id"]] = customer
+            customers[customer.id] = customer
             window, source = window_of(agent)
             # Updating the agent itself interrupts no one: its running never holds a wave back.
             running = rollout["product"] != AGENT_PRODUCT and any(
                 x["name"] == rollout["product"] and x["running"]
                 for x in (agent["health"] or {}).get("products", []))
             decision = waves.install_window_open(
-                now, window, customer["timezone"], running,
+                now, window, customer.timezone, running,
                 rollout["effective"] or now.date() + dt.timedelta(days=365),
                 self.rules.window_override_days)
             reason = decision.reason + (f" ({source} policy)" if window else "")

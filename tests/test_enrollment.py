@@ -42,9 +42,9 @@ async def setup(db: Database, machines: int | None = None) -> dict:
     async with db.transaction() as conn:
         customer = await store.add_customer(conn, "Minh Anh", "Asia/Ho_Chi_Minh", NOW)
         contract = await service.add_contract(
-            conn, customer_id=customer["id"], signed_on=NOW.date(), warranty_months=12,
+            conn, customer_id=customer.id, signed_on=NOW.date(), warranty_months=12,
             machines=machines, now=NOW)
-    return {"id": 1, "customer_id": customer["id"], "contract_id": contract, "site_id": None}
+    return {"id": 1, "customer_id": customer.id, "contract_id": contract, "site_id": None}
 
 
 async def enroll(db: Database, token: dict, req: p.EnrollRequest,
@@ -178,7 +178,7 @@ async def test_refusals(db: Database) -> None:
     token = await setup(db)
     async with db.transaction() as conn:
         other = await store.add_customer(conn, "Hoa Mai", "Asia/Ho_Chi_Minh", NOW)
-    theirs = await enroll(db, {**token, "customer_id": other["id"], "contract_id": None},
+    theirs = await enroll(db, {**token, "customer_id": other.id, "contract_id": None},
                           request(PC1, "theirs"))
     with pytest.raises(ConfigError, match="belongs to another customer"):
         await enroll(db, token, request(PC1, replaces=theirs))

@@ -41,7 +41,7 @@ async def desk(database: str) -> AsyncIterator[tuple[Database, IncidentDesk]]:
             ("Dong A", dt.date(2025, 12, 25), False, {NOW - 5 * DAY: 1}, []),
         ):
             customer = await fleet.add_customer(conn, name, "Asia/Ho_Chi_Minh", NOW)
-            contract = await service.add_contract(conn, customer_id=customer["id"],
+            contract = await service.add_contract(conn, customer_id=customer.id,
                                                   signed_on=signed, warranty_months=12,
                                                   machines=None, now=NOW)
             if booked:  # a renewal booked back to back: nothing to sell
@@ -51,14 +51,14 @@ async def desk(database: str) -> AsyncIterator[tuple[Database, IncidentDesk]]:
             for when, count in joined.items():
                 for i in range(count):
                     await fleet.add_agent(conn, agent_id=os.urandom(20).hex(),
-                                          customer_id=customer["id"], public_key=os.urandom(32),
+                                          customer_id=customer.id, public_key=os.urandom(32),
                                           hostname=f"{name[:2]}-{when.day}-{i}", os="Windows 11",
                                           agent_version="1.0", now=when, contract_id=contract)
             for contact in contacts:
                 await nstore.add_recipient(conn, {
                     "name": contact, "channel_id": channel, "address": f"{contact}@{name[:2]}.vn",
                     "language": "vi", "timezone": "Asia/Ho_Chi_Minh", "workdays": "mon,tue",
-                    "opens": "08:00", "closes": "17:00", "customer_id": customer["id"],
+                    "opens": "08:00", "closes": "17:00", "customer_id": customer.id,
                     "created_at": NOW})
     yield db, IncidentDesk(db, PolicyLayers(*load_policy_data(None)), dt.timedelta(seconds=90))
     await db.close()

@@ -65,14 +65,14 @@ async def test_business_time_closures_clean_stops_and_overrides(db: Database) ->
     async with db.transaction() as conn:
         open_co = await store.add_customer(conn, "Minh Anh", "Asia/Ho_Chi_Minh", vn(2026, 3, 1))
         closed_co = await store.add_customer(conn, "Hoa Mai", "Asia/Ho_Chi_Minh", vn(2026, 3, 1))
-        await service.add_closure(conn, customer_id=closed_co["id"], first_day=dt.date(2026, 3, 3),
+        await service.add_closure(conn, customer_id=closed_co.id, first_day=dt.date(2026, 3, 3),
                                   last_day=dt.date(2026, 3, 4), note="moving office",
                                   created_by="lan", now=vn(2026, 3, 1))
     tuesday_nine = vn(2026, 3, 3, 9, 0)
-    crashed = await machine(db, open_co["id"], tuesday_nine)
-    shut_down = await machine(db, open_co["id"], tuesday_nine, off=True)
-    closed = await machine(db, closed_co["id"], tuesday_nine)
-    impatient = await machine(db, open_co["id"], tuesday_nine)
+    crashed = await machine(db, open_co.id, tuesday_nine)
+    shut_down = await machine(db, open_co.id, tuesday_nine, off=True)
+    closed = await machine(db, closed_co.id, tuesday_nine)
+    impatient = await machine(db, open_co.id, tuesday_nine)
     async with db.transaction() as conn:  # this machine: offline after 1 business hour
         await service.set_override(conn, target=target("machine", impatient),
                                    key="machine.offline_incident_after_minutes", value=60,
@@ -102,10 +102,10 @@ async def test_overrides_the_policy_file_no_longer_accepts_are_ignored(db: Datab
     desk = IncidentDesk(db, PolicyLayers(*load_policy_data()), dt.timedelta(seconds=90))
     async with db.transaction() as conn:
         customer = await store.add_customer(conn, "Minh Anh", "Asia/Ho_Chi_Minh", vn(2026, 3, 1))
-        await service.set_override(conn, target=target("customer", customer["id"]),
+        await service.set_override(conn, target=target("customer", customer.id),
                                    key="rules[40].due", value="same_day", by="lan",
                                    now=vn(2026, 3, 1))
-    gone = await machine(db, customer["id"], vn(2026, 3, 3, 9, 0))
+    gone = await machine(db, customer.id, vn(2026, 3, 3, 9, 0))
     await sweep(db, desk, vn(2026, 3, 3, 14, 0), vn(2026, 3, 3, 15, 0))
     assert await open_kinds(db, gone) == ["agent_offline"]
     async with db.connect() as conn:

@@ -40,7 +40,7 @@ async def db(database: str) -> AsyncIterator[Database]:
 
 async def customer(db: Database, name: str) -> int:
     async with db.transaction() as conn:
-        return int((await store.add_customer(conn, name, "Asia/Ho_Chi_Minh", NOW))["id"])
+        return int((await store.add_customer(conn, name, "Asia/Ho_Chi_Minh", NOW)).id)
 
 
 async def agent(db: Database, customer_id: int, contract_id: int | None = None) -> str:
@@ -146,12 +146,13 @@ async def test_targeting_candidates_are_the_changed_machines_outside_the_rollout
 @pytest.mark.parametrize("on", [dt.date(2024, 1, 1), dt.date(2025, 1, 1), dt.date(2025, 6, 1),
                                 dt.date(2026, 1, 1), dt.date(2027, 1, 1)])
 def test_pick_current_contract(on: dt.date) -> None:
-    contracts = [{"id": 1, "signed_on": dt.date(2025, 1, 1)},
-                 {"id": 2, "signed_on": dt.date(2026, 1, 1)},
-                 {"id": 3, "signed_on": dt.date(2026, 1, 1)}]
+    contracts = [service.ContractRow(i, 1, signed_on, 12, None, NOW) for i, signed_on in
+                 [(1, dt.date(2025, 1, 1)), (2, dt.date(2026, 1, 1)), (3, dt.date(2026, 1, 1))]]
     expected = {dt.date(2024, 1, 1): 1, dt.date(2025, 1, 1): 1, dt.date(2025, 6, 1): 1,
                 dt.date(2026, 1, 1): 3, dt.date(2027, 1, 1): 3}[on]
-    assert (service.pick_current_contract(contracts, on) or {})["id"] == expected
+    current = service.pick_current_contract(contracts, on)
+    assert current is not None
+    assert current.id == expected
     assert service.pick_current_contract([], on) is None
 
 

@@ -32,7 +32,7 @@ async def db(database: str) -> AsyncIterator[Database]:
 
 async def new_customer(db: Database, name: str = "Acme") -> int:
     async with db.transaction() as conn:
-        return int((await store.add_customer(conn, name, "Asia/Ho_Chi_Minh", NOW))["id"])
+        return int((await store.add_customer(conn, name, "Asia/Ho_Chi_Minh", NOW)).id)
 
 
 async def new_agent(db: Database, customer_id: int, hostname: str = "pc-1",
@@ -102,7 +102,7 @@ async def test_migrate_twice_is_idempotent_and_keeps_data(database: str) -> None
         async with db.connect() as conn:
             version = (await conn.execute(sa.text("SELECT version_num FROM alembic_version"))).all()
             names = await conn.run_sync(lambda c: set(sa.inspect(c).get_table_names()))
-            assert (await store.get_customer(conn, cid))["name"] == "Acme"
+            assert (await store.get_customer(conn, cid)).name == "Acme"
         assert version == [(head_revision(),)]
         assert {"customers", "technicians", "enrollment_tokens", "agents", "events", "audit"} <= names
     finally:
@@ -112,7 +112,7 @@ async def test_migrate_twice_is_idempotent_and_keeps_data(database: str) -> None
     try:
         await again.migrate()
         async with again.connect() as conn:
-            assert [c["name"] for c in await store.list_customers(conn)] == ["Acme"]
+            assert [c.name for c in await store.list_customers(conn)] == ["Acme"]
     finally:
         await again.close()
 
@@ -123,16 +123,16 @@ async def test_customers_add_list_get_conflict_and_rollback(db: Database) -> Non
     async with db.transaction() as conn:
         acme = await store.add_customer(conn, "Acme", "Asia/Ho_Chi_Minh", NOW)
         beta = await store.add_customer(conn, "Beta Ltd", "UTC", NOW)
-    assert acme["id"] != beta["id"]
+    assert acme.id != beta.id
     async with db.connect() as conn:
         listed = await store.list_customers(conn)
-        assert [c["name"] for c in listed] == ["Acme", "Beta Ltd"]
-        expected = {"id": acme["id"], "name": "Acme", "timezone": "Asia/Ho_Chi_Minh",
+        assert [c.name for c in listed] == ["Acme", "Beta Ltd"]
+        expected = {"id": acme.id, "name": "Acme", "timezone": "Asia/Ho_Chi_Minh",
                     "created_at": NOW}
-        assert {k: listed[0][k] for k in expected} == expected
-        assert (await store.get_customer(conn, acme["id"]))["name"] == "Acme"
-        assert (await store.get_customer(conn, str(beta["id"])))["name"] == "Beta Ltd"
-        assert (await store.get_customer(conn, "Beta Ltd"))["id"] == beta["id"]
+        assert {k: getattr(listed[0], k) for k in expected} == expected
+        assert (await store.get_customer(conn, acme.id)).name == "Acme"
+        assert (await store.get_customer(conn, str(beta.id))).name == "Beta Ltd"
+        assert (await store.get_customer(conn, "Beta Ltd")).id == beta.id
         with pytest.raises(NotFound, match="no customer"):
             await store.get_customer(conn, 9999)
         with pytest.raises(NotFound):
@@ -149,9 +149,9 @@ async def test_customers_add_list_get_conflict_and_rollback(db: Database) -> Non
             await store.add_customer(conn, "Ghost", "UTC", NOW)
             raise RuntimeError("boom")
     async with db.connect() as conn:
-        assert [c["name"] for c in await store.list_customers(conn)] == ["Acme", "Beta Ltd"]
+        assert [c.name for c in await store.list_customers(conn)] == ["Acme", "Beta Ltd"]
     # The pool is still usable after the failed transactions.
-    assert await new_customer(db, "Other") > beta["id"]
+    assert await new_customer(db, "Other") > beta.id
 
 
 # ----------------------------------------------------------------------------- enrollment tokens
@@ -412,10 +412,10 @@ ROUND_TRIP_TIMES = [
 
 async def test_utc_datetime_round_trips_aware_values_as_utc(db: Database) -> None:
     async with db.transaction() as conn:
-        ids = [(await store.add_customer(conn, f"c{i}", "UTC", when))["id"]
+        ids = [(await store.add_customer(conn, f"c{i}", "UTC", when)).id
                for i, when in enumerate(ROUND_TRIP_TIMES)]
     async with db.connect() as conn:
-        back = [(await store.get_customer(conn, cid))["created_at"] for cid in ids]
+        back = [(await store.get_customer(conn, cid)).created_at for cid in ids]
     for when, got in zip(ROUND_TRIP_TIMES, back, strict=True):
         assert got == when  # same instant
         assert got.utcoffset() == dt.timedelta(0)
@@ -435,7 +435,7 @@ async def test_utc_datetime_round_trips_aware_values_as_utc(db: Database) -> Non
         async with db.transaction() as conn:
             await store.add_customer(conn, "Naive", "UTC", dt.datetime(2025, 1, 1))
     async with db.connect() as conn:
-        assert "Naive" not in [c["name"] for c in await store.list_customers(conn)]
+        assert "Naive" not in [c.name for c in await store.list_customers(conn)]
 
 
 @pytest.mark.parametrize("dialect", [sqlite.dialect(), postgresql.dialect()], ids=["sqlite", "pg"])

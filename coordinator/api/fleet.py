@@ -38,7 +38,7 @@ class AddCustomer(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @method("customers.add", "technician", AddCustomer)
-async def add_customer(ctx: Context, p: AddCustomer) -> dict[str, Any]:
+async def add_customer(ctx: Context, p: AddCustomer) -> store.Customer:
     if not p.name.strip():
         raise ConfigError("customer name must not be empty")
     try:
@@ -47,12 +47,12 @@ async def add_customer(ctx: Context, p: AddCustomer) -> dict[str, Any]:
         raise ConfigError(f"unknown time zone {p.timezone!r}") from None
     async with ctx.services.db.transaction() as conn:
         row = await store.add_customer(conn, p.name.strip(), p.timezone, ctx.now)
-        await ctx.audit(conn, "customer.add", f"customer:{row['id']}", name=row["name"])
+        await ctx.audit(conn, "customer.add", f"customer:{row.id}", name=row.name)
     return row
 
 
 @method("customers.list", "viewer")
-async def list_customers(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
+async def list_customers(ctx: Context, _: NoParams) -> list[store.Customer]:
     async with ctx.services.db.connect() as conn:
         return await store.list_customers(conn)
 
@@ -68,8 +68,8 @@ async def add_site(ctx: Context, p: AddSite) -> dict[str, Any]:
         raise ConfigError("site name must not be empty")
     async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
-        row = await store.add_site(conn, customer["id"], p.name.strip())
-        await ctx.audit(conn, "site.add", f"customer:{customer['id']}", site=row["name"])
+        row = await store.add_site(conn, customer.id, p.name.strip())
+        await ctx.audit(conn, "site.add", f"customer:{customer.id}", site=row["name"])
     return row
 
 
@@ -105,22 +105,22 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
         customer = await store.get_customer(conn, p.customer)
         if p.contract is not None:
             contract = await service.get_contract(conn, p.contract)
-            if contract["customer_id"] != customer["id"]:
+            if contract.customer_id != customer.id:
                 raise ConfigError(f"contract {p.contract} belongs to another customer")
-        site_id = (await store.get_site(conn, customer["id"], p.site))["id"] if p.site else None
+        site_id = (await store.get_site(conn, customer.id, p.site))["id"] if p.site else None
         token_id = await store.add_enrollment_token(
-            conn, token_hash=token_hash(token), customer_id=customer["id"], uses_allowed=p.uses,
+            conn, token_hash=token_hash(token), customer_id=customer.id, uses_allowed=p.uses,
             expires_at=expires_at, created_by=ctx.caller.name, now=ctx.now,
             contract_id=p.contract, site_id=site_id,
         )
         await ctx.audit(
-            conn, "token.create", f"customer:{customer['id']}", token_id=token_id, uses=p.uses,
+            conn, "token.create", f"customer:{customer.id}", token_id=token_id, uses=p.uses,
             expires_at=expires_at,
         )
     pin = ctx.services.updates.root_pin()
     join = JoinString(ctx.services.public_url, token, ctx.services.ca_fingerprint, pin)
     return {
-        "join": str(join), "token_id": token_id, "customer_id": customer["id"],
+        "join": str(join), "token_id": token_id, "customer_id": customer.id,
         "uses": p.uses, "expires_at": expires_at, "root_pin": pin or None,
     }
 

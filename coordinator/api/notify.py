@@ -249,14 +249,14 @@ async def customer_optin(ctx: Context, p: OptIn) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         customer = await fstore.get_customer(conn, p.customer)
         recipient_id = await _add_recipient(ctx, conn, AddRecipient(
-            name=f"{customer['name']} <{p.address}>", channel=p.channel, address=p.address,
-            language=p.language, timezone=customer["timezone"],
-            workdays=customer["workdays"] or "mon,tue,wed,thu,fri,sat",
-            opens=customer["opens"] or "08:00", closes=customer["closes"] or "17:30",
-            customer=str(customer["id"])))
+            name=f"{customer.name} <{p.address}>", channel=p.channel, address=p.address,
+            language=p.language, timezone=customer.timezone,
+            workdays=customer.workdays or "mon,tue,wed,thu,fri,sat",
+            opens=customer.opens or "08:00", closes=customer.closes or "17:30",
+            customer=str(customer.id)))
         route = await _add_route(ctx, conn, recipient_id, AddRoute(
             recipient=str(recipient_id), events=",".join(sorted(events)),
-            customer=str(customer["id"])))
+            customer=str(customer.id)))
         return {"recipient": await store.get_recipient(conn, recipient_id), "route": route}
 
 

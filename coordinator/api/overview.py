@@ -69,7 +69,7 @@ async def customer_rollouts(ctx: Context, p: CustomerRef) -> list[dict[str, Any]
     """Rollouts that reached the customer's machines, with how many succeeded or failed there."""
     async with ctx.services.db.connect() as conn:
         customer = await store.get_customer(conn, p.customer)
-        return await views.customer_rollouts(conn, customer["id"])
+        return await views.customer_rollouts(conn, customer.id)
 
 
 class CustomerMachines(msgspec.Struct, forbid_unknown_fields=True):
@@ -86,7 +86,7 @@ async def customer_machines(ctx: Context, p: CustomerMachines) -> dict[str, Any]
         raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset at least 0")
     async with ctx.services.db.connect() as conn:
         customer = await store.get_customer(conn, p.customer)
-        total, rows = await store.agents_page(conn, customer["id"], p.limit, p.offset)
+        total, rows = await store.agents_page(conn, customer.id, p.limit, p.offset)
         coverage = await ctx.services.desk.entitlements(conn, rows, None, ctx.now)
     machines = [{**agent_view(ctx, row), "coverage": coverage[row["id"]].to_dict()} for row in rows]
     return {"total": total, "limit": p.limit, "offset": p.offset, "rows": machines}

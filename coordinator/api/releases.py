@@ -207,10 +207,10 @@ async def _machines(conn: Any, machine: str | None, customer: str | None) -> lis
     if machine:
         return [(await fleet_store.get_agent(conn, machine))["id"]]
     cust = await fleet_store.get_customer(conn, customer)  # type: ignore[arg-type]
-    ids = [a["id"] for a in await fleet_store.list_agents(conn, cust["id"])
+    ids = [a["id"] for a in await fleet_store.list_agents(conn, cust.id)
            if a["revoked_at"] is None]
     if not ids:
-        raise NotFound(f"customer {cust['name']} has no enrolled machine")
+        raise NotFound(f"customer {cust.name} has no enrolled machine")
     return ids
 
 

@@ -127,7 +127,7 @@ async def set_install_window(ctx: Context, p: InstallWindowParams) -> dict[str, 
     key = INSTALL_WINDOW_KEY
     async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
-        owner = target("customer", customer["id"])
+        owner = target("customer", customer.id)
         previous = (await service.overrides_by_target(conn)).get(owner, {}).get(key)
         if p.window is None:
             await service.unset_override(conn, owner, key)
@@ -137,5 +137,5 @@ async def set_install_window(ctx: Context, p: InstallWindowParams) -> dict[str, 
         await ctx.audit(conn, "policy.unset" if p.window is None else "policy.set", owner,
                         key=key, value=p.window, previous=previous)
         window, source = ctx.services.policy_layers.value(
-            key, await service.overrides_by_target(conn), customer["id"])
-        return {"customer": customer["name"], "install_window": window, "source": source}
+            key, await service.overrides_by_target(conn), customer.id)
+        return {"customer": customer.name, "install_window": window, "source": source}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ class CustomerHours(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @method("customers.hours", "technician", CustomerHours)
-async def set_customer_hours(ctx: Context, p: CustomerHours) -> dict[str, Any]:
+async def set_customer_hours(ctx: Context, p: CustomerHours) -> store.Customer:
     values: dict[str, Any] = {}
     if p.workdays is not None:
         days = [d.strip().lower() for d in p.workdays.split(",") if d.strip()]
@@ -45,9 +46,9 @@ async def set_customer_hours(ctx: Context, p: CustomerHours) -> dict[str, Any]:
                 raise ConfigError(f"--{key} must be HH:MM, got {text!r}") from None
     async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
-        await store.update_customer(conn, customer["id"], **values)
-        await ctx.audit(conn, "customer.hours", f"customer:{customer['id']}", **values)
-        return await store.get_customer(conn, customer["id"])
+        await store.update_customer(conn, customer.id, **values)
+        await ctx.audit(conn, "customer.hours", f"customer:{customer.id}", **values)
+        return await store.get_customer(conn, customer.id)
 
 
 class CustomerClosed(msgspec.Struct, forbid_unknown_fields=True):
@@ -58,7 +59,7 @@ class CustomerClosed(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @method("customers.closed", "technician", CustomerClosed)
-async def customer_closed(ctx: Context, p: CustomerClosed) -> list[dict[str, Any]]:
+async def customer_closed(ctx: Context, p: CustomerClosed) -> list[service.Closure]:
     """Record days a customer is closed (their own holidays): not business time, so no
     offline incidents and no due times fall in them. Returns all their closures."""
     if (p.first_day is None) != (p.last_day is None):
@@ -69,12 +70,12 @@ async def customer_closed(ctx: Context, p: CustomerClosed) -> list[dict[str, Any
         customer = await store.get_customer(conn, p.customer)
         if p.first_day and p.last_day:
             closure = await service.add_closure(
-                conn, customer_id=customer["id"], first_day=p.first_day, last_day=p.last_day,
+                conn, customer_id=customer.id, first_day=p.first_day, last_day=p.last_day,
                 note=p.note, created_by=ctx.caller.name, now=ctx.now)
-            await ctx.audit(conn, "customer.closed", f"customer:{customer['id']}",
+            await ctx.audit(conn, "customer.closed", f"customer:{customer.id}",
                             closure=closure, first_day=p.first_day, last_day=p.last_day,
                             note=p.note)
-        return await service.list_closures(conn, customer["id"])
+        return await service.list_closures(conn, customer.id)
 
 
 # ----------------------------------------------------------------------------- contracts
@@ -86,7 +87,7 @@ class AddContract(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @method("contracts.add", "technician", AddContract)
-async def add_contract(ctx: Context, p: AddContract) -> dict[str, Any]:
+async def add_contract(ctx: Context, p: AddContract) -> service.ContractRow:
     if not 0 <= p.warranty_months <= 120:
         raise ConfigError("--warranty-months must be between 0 and 120")
     if p.machines is not None and p.machines < 1:
@@ -94,11 +95,11 @@ async def add_contract(ctx: Context, p: AddContract) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
         contract_id = await service.add_contract(
-            conn, customer_id=customer["id"], signed_on=p.signed,
+            conn, customer_id=customer.id, signed_on=p.signed,
             warranty_months=p.warranty_months, machines=p.machines, now=ctx.now)
         await ctx.audit(conn, "contract.add", f"contract:{contract_id}",
-                        customer=customer["id"], signed=p.signed, months=p.warranty_months)
-        await rstore.mark_targeting_changed(conn, ctx.now, customer_id=customer["id"])
+                        customer=customer.id, signed=p.signed, months=p.warranty_months)
+        await rstore.mark_targeting_changed(conn, ctx.now, customer_id=customer.id)
         return await service.get_contract(conn, contract_id)
 
 
@@ -107,7 +108,7 @@ class ListContracts(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @method("contracts.list", "viewer", ListContracts)
-async def list_contracts(ctx: Context, p: ListContracts) -> list[dict[str, Any]]:
+async def list_contracts(ctx: Context, p: ListContracts) -> list[service.ContractRow]:
     async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         return await service.list_contracts(conn, customer_id)
@@ -120,10 +121,9 @@ class ContractRef(msgspec.Struct, forbid_unknown_fields=True):
 @method("contracts.show", "viewer", ContractRef)
 async def show_contract(ctx: Context, p: ContractRef) -> dict[str, Any]:
     async with ctx.services.db.connect() as conn:
-        contract = await service.get_contract(conn, p.id)
-        contract["maintenance"] = await service.list_maintenance(conn, p.id)
-        contract["machines_joined"] = await service.contract_machines(conn, p.id)
-    return contract
+        return {**dataclasses.asdict(await service.get_contract(conn, p.id)),
+                "maintenance": await service.list_maintenance(conn, p.id),
+                "machines_joined": await service.contract_machines(conn, p.id)}
 
 
 class AddMaintenance(msgspec.Struct, forbid_unknown_fields=True):
@@ -144,7 +144,7 @@ async def add_maintenance(ctx: Context, p: AddMaintenance) -> dict[str, Any]:
             conn, contract_id=p.contract, start=p.start, end=p.end, tier=p.tier, now=ctx.now)
         await ctx.audit(conn, "maintenance.add", f"contract:{p.contract}", package=package_id,
                         start=p.start, end=p.end, tier=p.tier)
-        await rstore.mark_targeting_changed(conn, ctx.now, customer_id=contract["customer_id"])
+        await rstore.mark_targeting_changed(conn, ctx.now, customer_id=contract.customer_id)
     return {"id": package_id, "contract_id": p.contract, "start": p.start, "end": p.end,
             "tier": p.tier}
 

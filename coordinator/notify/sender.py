@@ -328,7 +328,7 @@ class Notifier:
         from careline.coordinator import care_report
 
         async with self.db.connect() as conn:
-            customers = [(c["id"], c["timezone"]) for c in await fstore.list_customers(conn)]
+            customers = [(c.id, c.timezone) for c in await fstore.list_customers(conn)]
             routes, recipients = routing_policy(await store.list_routes(conn),
                                                 await store.list_recipients(conn))
         queued = []

@@ -9,7 +9,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,6 +30,21 @@ from careline.shared.errors import AuthError, Conflict, NotFound
 from careline.shared.keys import looks_like_agent_id
 
 Row = dict[str, Any]
+RowType = TypeVar("RowType")
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """A customer, and its office hours when they differ from the policy's defaults
+    (workdays "mon,tue,...", opens/closes "HH:MM")."""
+
+    id: int
+    name: str
+    timezone: str
+    created_at: dt.datetime
+    workdays: str | None = None
+    opens: str | None = None
+    closes: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +94,11 @@ def rows_of(result: sa.CursorResult[Any]) -> list[Row]:
     return [dict(r) for r in result.mappings()]
 
 
+def typed_rows(result: sa.CursorResult[Any], row_type: type[RowType]) -> list[RowType]:
+    """The rows as `row_type`, a dataclass whose fields are the columns selected."""
+    return [row_type(**row) for row in result.mappings()]
+
+
 async def insert_row(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], what: str) -> int:
     """Insert one row and return its id; a unique-key clash is a Conflict, not a crash."""
     try:
@@ -95,19 +115,20 @@ def insert_ignoring_duplicates(conn: AsyncConnection, table: sa.Table) -> Any:
 
 
 # ----------------------------------------------------------------------------- customers
-async def add_customer(conn: AsyncConnection, name: str, timezone: str, now: dt.datetime) -> Row:
+async def add_customer(conn: AsyncConnection, name: str, timezone: str,
+                       now: dt.datetime) -> Customer:
     cid = await insert_row(
         conn, customers, {"name": name, "timezone": timezone, "created_at": now},
         f"customer {name!r}",
     )
-    return {"id": cid, "name": name, "timezone": timezone, "created_at": now}
+    return Customer(cid, name, timezone, now)
 
 
-async def list_customers(conn: AsyncConnection) -> list[Row]:
-    return rows_of(await conn.execute(sa.select(customers).order_by(customers.c.id)))
+async def list_customers(conn: AsyncConnection) -> list[Customer]:
+    return typed_rows(await conn.execute(sa.select(customers).order_by(customers.c.id)), Customer)
 
 
-async def get_customer(conn: AsyncConnection, ref: str | int) -> Row:
+async def get_customer(conn: AsyncConnection, ref: str | int) -> Customer:
     """A customer by id or exact name (a name made of digits still matches by name)."""
     text = str(ref)
     condition = customers.c.name == text
@@ -115,15 +136,15 @@ async def get_customer(conn: AsyncConnection, ref: str | int) -> Row:
         condition = sa.or_(customers.c.id == int(text), condition)
     query = sa.select(customers).where(condition).order_by(customers.c.id != (
         int(text) if text.isdigit() else -1))
-    row = (await conn.execute(query)).mappings().first()
-    if row is None:
+    found = typed_rows(await conn.execute(query.limit(1)), Customer)
+    if not found:
         raise NotFound(f"no customer {ref!r}")
-    return dict(row)
+    return found[0]
 
 
 async def customer_id_of(conn: AsyncConnection, ref: str | None) -> int | None:
     """The id of the customer a filter names (id or name); None when no filter is given."""
-    return int((await get_customer(conn, ref))["id"]) if ref else None
+    return (await get_customer(conn, ref)).id if ref else None
 
 
 async def update_customer(conn: AsyncConnection, customer_id: int, **values: Any) -> None:

@@ -4,12 +4,14 @@ diagnostics and the flap-suppression state of trouble conditions."""
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, fields
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.storage.fleet import Row, beyond_newest, insert_row, rows_of
+from careline.coordinator.policy.entitlement import Contract, MaintenancePackage
+from careline.coordinator.storage.fleet import Row, beyond_newest, insert_row, rows_of, typed_rows
 from careline.coordinator.storage.schema import (
     agents,
     conditions,
@@ -25,6 +27,37 @@ from careline.coordinator.storage.schema import (
     visits,
 )
 from careline.shared.errors import Conflict, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class ContractRow:
+    """A contract as stored (the entitlement policy's `Contract` is the part it reasons on):
+    `machines` is how many seats it sells, None for no limit."""
+
+    id: int
+    customer_id: int
+    signed_on: dt.date
+    warranty_months: int
+    machines: int | None
+    created_at: dt.datetime
+
+    @property
+    def terms(self) -> Contract:
+        """What the entitlement calculation reasons on."""
+        return Contract(self.id, self.signed_on, self.warranty_months)
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    """Days a customer's office is closed (Tết, a move): no business time runs on them."""
+
+    id: int
+    customer_id: int
+    first_day: dt.date
+    last_day: dt.date
+    note: str
+    created_by: str
+    created_at: dt.datetime
 
 
 async def _one(conn: AsyncConnection, query: sa.Select[Any], missing: str) -> Row:
@@ -45,46 +78,54 @@ async def add_contract(
     }, "contract")
 
 
-async def get_contract(conn: AsyncConnection, contract_id: int) -> Row:
-    return await _one(conn, sa.select(contracts).where(contracts.c.id == contract_id),
-                      f"no contract {contract_id}")
+async def get_contract(conn: AsyncConnection, contract_id: int) -> ContractRow:
+    found = typed_rows(await conn.execute(
+        sa.select(contracts).where(contracts.c.id == contract_id)), ContractRow)
+    if not found:
+        raise NotFound(f"no contract {contract_id}")
+    return found[0]
 
 
-async def list_contracts(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+async def list_contracts(conn: AsyncConnection,
+                         customer_id: int | None = None) -> list[ContractRow]:
     query = sa.select(contracts).order_by(contracts.c.id)
     if customer_id is not None:
         query = query.where(contracts.c.customer_id == customer_id)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), ContractRow)
 
 
-def pick_current_contract(customer_contracts: list[Row], on: dt.date) -> Row | None:
+def pick_current_contract(customer_contracts: list[ContractRow],
+                          on: dt.date) -> ContractRow | None:
     """The contract a customer's machines join by default: the latest one signed by `on`,
     else the earliest one signed later."""
-    signed = [c for c in customer_contracts if c["signed_on"] <= on]
+    signed = [c for c in customer_contracts if c.signed_on <= on]
     if signed:
-        return max(signed, key=lambda c: (c["signed_on"], c["id"]))
-    return min(customer_contracts, key=lambda c: (c["signed_on"], c["id"]), default=None)
+        return max(signed, key=lambda c: (c.signed_on, c.id))
+    return min(customer_contracts, key=lambda c: (c.signed_on, c.id), default=None)
 
 
-async def current_contract(conn: AsyncConnection, customer_id: int, on: dt.date) -> Row | None:
+async def current_contract(conn: AsyncConnection, customer_id: int,
+                           on: dt.date) -> ContractRow | None:
     return pick_current_contract(await list_contracts(conn, customer_id), on)
 
 
-async def contracts_of(conn: AsyncConnection, customer_ids: list[int]) -> list[Row]:
+async def contracts_of(conn: AsyncConnection, customer_ids: list[int]) -> list[ContractRow]:
     """Every contract of these customers, in one query."""
     if not customer_ids:
         return []
-    return rows_of(await conn.execute(
-        sa.select(contracts).where(contracts.c.customer_id.in_(customer_ids))))
+    return typed_rows(await conn.execute(
+        sa.select(contracts).where(contracts.c.customer_id.in_(customer_ids))), ContractRow)
 
 
-async def maintenance_of(conn: AsyncConnection, contract_ids: list[int]) -> list[Row]:
+async def maintenance_of(conn: AsyncConnection,
+                         contract_ids: list[int]) -> list[MaintenancePackage]:
     """Every maintenance package of these contracts, in one query, by start date."""
     if not contract_ids:
         return []
-    return rows_of(await conn.execute(
-        sa.select(maintenance_packages).where(maintenance_packages.c.contract_id.in_(contract_ids))
-        .order_by(maintenance_packages.c.start)))
+    return typed_rows(await conn.execute(
+        sa.select(*(maintenance_packages.c[f.name] for f in fields(MaintenancePackage)))
+        .where(maintenance_packages.c.contract_id.in_(contract_ids))
+        .order_by(maintenance_packages.c.start)), MaintenancePackage)
 
 
 async def add_maintenance(
@@ -96,11 +137,8 @@ async def add_maintenance(
     }, "maintenance package")
 
 
-async def list_maintenance(conn: AsyncConnection, contract_id: int) -> list[Row]:
-    query = (sa.select(maintenance_packages)
-             .where(maintenance_packages.c.contract_id == contract_id)
-             .order_by(maintenance_packages.c.start))
-    return rows_of(await conn.execute(query))
+async def list_maintenance(conn: AsyncConnection, contract_id: int) -> list[MaintenancePackage]:
+    return await maintenance_of(conn, [contract_id])
 
 
 async def contract_machines(conn: AsyncConnection, contract_id: int) -> list[Row]:
@@ -120,11 +158,11 @@ async def add_closure(
     }, "closure")
 
 
-async def list_closures(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+async def list_closures(conn: AsyncConnection, customer_id: int | None = None) -> list[Closure]:
     query = sa.select(customer_closures).order_by(customer_closures.c.first_day)
     if customer_id is not None:
         query = query.where(customer_closures.c.customer_id == customer_id)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Closure)
 
 
 async def closures_by_customer(
@@ -133,7 +171,7 @@ async def closures_by_customer(
     """Every customer's closures as (first, last) days: what their calendars need."""
     found: dict[int, list[tuple[dt.date, dt.date]]] = {}
     for row in await list_closures(conn):
-        found.setdefault(row["customer_id"], []).append((row["first_day"], row["last_day"]))
+        found.setdefault(row.customer_id, []).append((row.first_day, row.last_day))
     return {customer: tuple(days) for customer, days in found.items()}
 
 

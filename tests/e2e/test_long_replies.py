@@ -26,7 +26,7 @@ async def add_machines(url: str) -> None:
             customer = await fleet.add_customer(conn, "Big Co", "Asia/Ho_Chi_Minh", now)
             ids = [os.urandom(20).hex() for _ in range(MACHINES)]
             for i, agent_id in enumerate(ids):
-                await fleet.add_agent(conn, agent_id=agent_id, customer_id=customer["id"],
+                await fleet.add_agent(conn, agent_id=agent_id, customer_id=customer.id,
                                       public_key=os.urandom(32), hostname=f"KT-{i:05d}",
                                       os="Windows 11", agent_version="1.0", now=now)
             await fleet.store_heartbeats(conn, [(a, now, {"products": PRODUCTS}) for a in ids])

@@ -127,7 +127,7 @@ async def _enroll_offline(db_url: str, customer: str, count: int) -> None:
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     try:
         async with db.transaction() as conn:
-            customer_id = (await fleet.get_customer(conn, customer))["id"]
+            customer_id = (await fleet.get_customer(conn, customer)).id
             for n in range(count):
                 key = secrets.token_bytes(32)
                 await fleet.add_agent(conn, agent_id=f"sim{n:04d}{key.hex()[:20]}",
@@ -174,7 +174,7 @@ async def _queue(db_url: str, customer: str, count: int) -> None:
     db = Database(db_url)
     try:
         async with db.transaction() as conn:
-            customer_id = (await fleet.get_customer(conn, customer))["id"]
+            customer_id = (await fleet.get_customer(conn, customer)).id
             for n in range(count):
                 await notify(conn, policy.Event(
                     "incident.opened", f"incident:{n}:opened", "high",

@@ -74,7 +74,7 @@ async def world(database: str, tmp_path: Path) -> AsyncIterator[World]:
                 customer = await fleet.add_customer(conn, name, "Asia/Ho_Chi_Minh", utcnow())
                 for host in hosts:
                     await fleet.add_agent(conn, agent_id=os.urandom(20).hex(),
-                                          customer_id=customer["id"], public_key=os.urandom(32),
+                                          customer_id=customer.id, public_key=os.urandom(32),
                                           hostname=host, os="Windows 11", agent_version="1.0",
                                           now=utcnow())
         await api.add_channel(ctx, api.AddChannel(
