@@ -21,8 +21,11 @@ the benchmark use one; `find_haproxy` only looks the program up.
 - With health ports (`HOST:PORT/HEALTH_PORT` backends, each process run with
   `serve --health-listen`), the check is a plain `GET /health` on that port instead
   (coordinator/health_port.py): answered by the process's event loop, so a frozen process
-  still fails it, but not queued behind the handshakes a busy one has in progress. The
-  supported setup for more than one process; the TLS check is what works without it.
+  still fails it, but not queued behind the handshakes a busy one has in progress. It runs
+  every `min(interval / 5, 5 s)`, so a frozen process is out before any of its agents
+  notices (one interval after the freeze at the earliest) and tries to come back through
+  the proxy, which would otherwise send it to the frozen one again. The supported setup
+  for more than one process; the TLS check is what works without it.
 - Idle timeouts above the technicians' idle limit: the coordinator decides when a quiet
   connection is dead (keepalive, `missed_heartbeats`, `admin_idle_timeout`), not the proxy.
 - `server_maxconn`, what one coordinator process can hold (its open-files limit less a few
@@ -50,9 +53,14 @@ def find_haproxy() -> str | None:
 CHECK_FALL = 2  # failed checks in a row that take a process out
 
 
-def check_interval_ms(heartbeat_interval: float) -> int:
-    """Milliseconds between health checks, also what one may take (connect and TLS)."""
-    return max(100, round(min(heartbeat_interval / 2, 5.0) * 1000))
+def check_interval_ms(heartbeat_interval: float, health_port: bool = False) -> int:
+    """Milliseconds between health checks, also what one may take (connect and TLS, or the
+    health port's answer). A health port's check costs nearly nothing, so it runs often
+    enough that a frozen process is out (CHECK_FALL checks timing out, each after waiting
+    its turn) before its first agent notices, one heartbeat interval after the freeze at
+    the earliest; the TLS check runs half as often as that allows, each may take as long."""
+    share = 2 * CHECK_FALL + 1 if health_port else 2
+    return max(100, round(min(heartbeat_interval / share, 5.0) * 1000))
 
 
 def _host_port(value: str, what: str) -> str:
@@ -85,13 +93,13 @@ def haproxy_config(listen: str, backends: Sequence[str], ca_file: str, *,
         raise ConfigError(f"CA file path {ca_file!r} must not contain spaces or '#'")
     if heartbeat_interval <= 0 or maxconn <= 0 or server_maxconn < 0:
         raise ConfigError("heartbeat interval and maxconn must be positive")
-    check = check_interval_ms(heartbeat_interval)
     idle = max(60, int(admin_idle_timeout) + 60)
     parsed = [_backend(b) for b in backends]
     health_ports = [health for _, health in parsed if health is not None]
     if health_ports and len(health_ports) != len(parsed):
         raise ConfigError("give every coordinator address a health port (HOST:PORT/HEALTH_PORT) "
                           "or none: one backend cannot mix HTTP and TLS checks")
+    check = check_interval_ms(heartbeat_interval, health_port=bool(health_ports))
     servers = [f"    server careline{i} {address}" + (f" port {health}" if health else "")
                for i, (address, health) in enumerate(parsed, 1)]
     limits = (f"inter {check}ms fall {CHECK_FALL} rise 2"

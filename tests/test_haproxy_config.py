@@ -39,6 +39,7 @@ def test_with_health_ports_the_check_is_a_plain_http_get_on_them():
     assert "http-check send meth GET uri /health ver HTTP/1.0" in got
     assert "http-check expect status 200" in got
     assert "default-server check inter 5000ms fall 2 rise 2 maxconn 9000" in got
+    assert "timeout check 5000ms" in got
     assert not any("check-ssl" in line for line in got)
     assert got[-2:] == ["server careline1 10.0.0.1:8443 port 8444",
                         "server careline2 10.0.0.2:8443 port 8444"]
@@ -50,6 +51,19 @@ def test_a_frozen_process_is_out_before_its_agents_give_it_up(interval, ms):
     # The next check starts within one check interval, then CHECK_FALL checks time out in a
     # row, each taking at most one: out before its agents give it up (two intervals).
     assert (ms + CHECK_FALL * ms) / 1000 <= 2 * interval
+
+
+@pytest.mark.parametrize(("interval", "ms"), [(30.0, 5000), (10.0, 2000), (2.0, 400), (0.2, 100)])
+def test_with_health_ports_a_frozen_process_is_out_before_any_agent_notices(interval, ms):
+    assert check_interval_ms(interval, health_port=True) == ms
+    # Each failing check waits its turn (one interval) and its timeout (as long): out before
+    # the earliest agent notices, one heartbeat interval after the freeze (its last pong
+    # came one interval before it, and two intervals of silence are its limit).
+    if ms > 100:  # (100 ms is HAProxy's floor here)
+        assert CHECK_FALL * 2 * ms / 1000 < interval
+    config = lines(haproxy_config("127.0.0.1:1", ["127.0.0.1:2/3"], "/ca.pem",
+                                  heartbeat_interval=interval))
+    assert f"default-server check inter {ms}ms fall {CHECK_FALL} rise 2" in config
 
 
 def test_each_process_takes_what_its_open_files_allow_and_the_rest_wait_in_the_queue():

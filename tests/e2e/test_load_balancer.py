@@ -21,7 +21,7 @@ from careline.coordinator.haproxy import find_haproxy
 from tests.conftest import PYTHON, CoordinatorProcess, free_port, run, wait_for_port, wait_until
 from tests.e2e.test_durability import events_of
 
-INTERVAL = 2.0  # heartbeat interval of the test coordinators (health checks every 1 s)
+INTERVAL = 2.0  # heartbeat interval of the test coordinators (health checks every 0.4 s)
 
 HAPROXY = find_haproxy()
 
@@ -74,7 +74,7 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
                            "--backend", f"127.0.0.1:{first.port}/{health_ports[0]}",
                            "--backend", f"127.0.0.1:{second_port}/{health_ports[1]}",
                            "--maxconn", "1000"]).stdout)
-    assert "inter 1000ms fall 2" in config.read_text()  # from the 2 s heartbeat interval
+    assert "inter 400ms fall 2" in config.read_text()  # from the 2 s heartbeat interval
     assert f"port {health_ports[1]}" in config.read_text()
     first.start("--health-listen", f"127.0.0.1:{health_ports[0]}")
     with open(tmp_path / "coordinator2.log", "ab") as log:
