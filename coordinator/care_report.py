@@ -98,7 +98,7 @@ async def gather(db: Database, desk: IncidentDesk, settings: Settings, customer_
         start, end = month_bounds(month, customer.timezone)
         last_day = (end - dt.timedelta(seconds=1)).astimezone(ZoneInfo(customer.timezone)).date()
         today = now.astimezone(ZoneInfo(customer.timezone)).date()
-        agents = [a for a in await store.list_agents(conn, customer.id) if a["revoked_at"] is None]
+        agents = [a for a in await store.list_agents(conn, customer.id) if a.revoked_at is None]
         open_by_agent: dict[str, int] = {}
         _, open_rows = await views.incidents_page(conn, open_only=True, customer_id=customer.id,
                                                   agent_id=None, limit=10_000, offset=0)
@@ -108,16 +108,16 @@ async def gather(db: Database, desk: IncidentDesk, settings: Settings, customer_
         for agent in agents:
             at_end = await desk.entitlement(conn, agent, min(last_day, today), now)
             current = await desk.entitlement(conn, agent, today, now)
-            status = store.AgentPresence.of(agent).status(now, desk.offline_after)
-            products = {p["name"]: p["version"] for p in (agent["health"] or {}).get("products", [])}
-            machines.append({"id": agent["id"], "hostname": agent["hostname"], "status": status,
+            status = agent.presence.status(now, desk.offline_after)
+            products = {p["name"]: p["version"] for p in agent.products}
+            machines.append({"id": agent.id, "hostname": agent.hostname, "status": status,
                              "coverage": at_end.kind, "tier": at_end.tier,
                              "until": at_end.ends_on, "products": products})
-            reasons = attention_reasons(status, current.kind, open_by_agent.get(agent["id"], 0))
+            reasons = attention_reasons(status, current.kind, open_by_agent.get(agent.id, 0))
             if reasons:
-                attention.append({"hostname": agent["hostname"], "reasons": reasons})
+                attention.append({"hostname": agent.hostname, "reasons": reasons})
             if expiring(current, RENEWAL_WITHIN_DAYS):
-                renewal.append({"hostname": agent["hostname"], "coverage": current.kind,
+                renewal.append({"hostname": agent.hostname, "coverage": current.kind,
                                 "tier": current.tier, "ends_on": current.ends_on,
                                 "days_left": current.days_left})
         incidents = [incident_line(r) for r in

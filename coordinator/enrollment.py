@@ -48,22 +48,22 @@ async def enroll_machine(
     actor = f"enrollment-token:{token['id']}"
     if request.replaces:
         machine = await store.get_agent(conn, request.replaces)
-        if machine["customer_id"] != customer_id:
+        if machine.customer_id != customer_id:
             raise ConfigError(f"machine {request.replaces} belongs to another customer")
-        note = f"technician says it replaces {machine['id']} (--replaces)"
+        note = f"technician says it replaces {machine.id} (--replaces)"
         await relink(conn, machine, request, actor=actor, note=note, now=now)
-        return Enrollment(machine["id"], customer_id, True, note)
+        return Enrollment(machine.id, customer_id, True, note)
     rows = await store.machines_matching(conn, customer_id, request.hardware)
     link = link_decision([
-        Candidate(row["id"], matched(request.hardware, store.hardware_of(row)),
-                  online=store.AgentPresence.of(row).status(now, offline_after) == "online",
-                  revoked=row["revoked_at"] is not None)
-        for row in rows if row["replaced_by"] is None
+        Candidate(row.id, matched(request.hardware, store.hardware_of(row)),
+                  online=row.presence.status(now, offline_after) == "online",
+                  revoked=row.revoked_at is not None)
+        for row in rows if row.replaced_by is None
     ])
     if link.kind == "auto":
-        machine = next(row for row in rows if row["id"] == link.machine)
+        machine = next(row for row in rows if row.id == link.machine)
         await relink(conn, machine, request, actor=actor, note=link.reason, now=now)
-        return Enrollment(machine["id"], customer_id, True, link.reason)
+        return Enrollment(machine.id, customer_id, True, link.reason)
     await _check_seat(conn, token, now)
     agent_id = agent_id_for(request.public_key)
     await store.add_agent(
@@ -95,62 +95,62 @@ async def _check_seat(conn: AsyncConnection, token: Mapping[str, Any], now: dt.d
 
 
 async def relink(
-    conn: AsyncConnection, machine: Mapping[str, Any], request: p.EnrollRequest, *,
+    conn: AsyncConnection, machine: store.Agent, request: p.EnrollRequest, *,
     actor: str, note: str, now: dt.datetime,
 ) -> None:
     """Give `machine` the new key of its reinstalled agent; complete its open on-site
     reinstall, which this re-enrollment is the end of."""
-    old_key = machine["key_id"] or machine["id"]
+    old_key = machine.key_id or machine.id
     new_key = agent_id_for(request.public_key)
     await store.rekey_agent(
-        conn, machine["id"], public_key=request.public_key, key_id=new_key,
+        conn, machine.id, public_key=request.public_key, key_id=new_key,
         hostname=request.hostname[:255], os=request.os[:100],
         agent_version=request.agent_version[:40], hardware=request.hardware, now=now)
     visits = await service.complete_reinstall_visits(
-        conn, machine["id"], f"reinstalled: {machine['id']} re-enrolled with key {new_key}"
+        conn, machine.id, f"reinstalled: {machine.id} re-enrolled with key {new_key}"
         f" (was {old_key}); {note}", now)
     await store.record_audit(conn, actor=actor, action="agent.relink",
-                             target=f"agent:{machine['id']}",
+                             target=f"agent:{machine.id}",
                              detail={"old_key": old_key, "new_key": new_key, "note": note,
                                      "hostname": request.hostname, "visits_completed": visits},
                              now=now)
 
 
 async def replace(
-    conn: AsyncConnection, old: Mapping[str, Any], new: Mapping[str, Any], *, actor: str,
+    conn: AsyncConnection, old: store.Agent, new: store.Agent, *, actor: str,
     now: dt.datetime,
 ) -> str:
     """A technician links `new` (enrolled on its own) to the machine `old` it reinstalls:
     `old` takes over its key, `new` is revoked (its few records stay where they are)."""
-    if old["id"] == new["id"]:
+    if old.id == new.id:
         raise ConfigError("a machine cannot replace itself")
-    if old["customer_id"] != new["customer_id"]:
-        raise ConfigError(f"{new['id']} and {old['id']} belong to different customers")
-    if new["revoked_at"] is not None:
-        raise Conflict(f"agent {new['id']} is revoked: enroll the reinstalled PC again")
-    public_key = bytes(new["public_key"])
-    await store.retire_replaced(conn, new["id"], old["id"], now)
+    if old.customer_id != new.customer_id:
+        raise ConfigError(f"{new.id} and {old.id} belong to different customers")
+    if new.revoked_at is not None:
+        raise Conflict(f"agent {new.id} is revoked: enroll the reinstalled PC again")
+    public_key = new.public_key
+    await store.retire_replaced(conn, new.id, old.id, now)
     request = p.EnrollRequest(
-        token="", public_key=public_key, hostname=new["hostname"], os=new["os"],
-        agent_version=new["agent_version"],
+        token="", public_key=public_key, hostname=new.hostname, os=new.os,
+        agent_version=new.agent_version,
         hardware={k: v for k, v in store.hardware_of(new).items() if v})
-    note = f"technician linked {new['id']} to {old['id']}"
+    note = f"technician linked {new.id} to {old.id}"
     await relink(conn, old, request, actor=actor, note=note, now=now)
     return note
 
 
 async def mark_distinct(
-    conn: AsyncConnection, old: Mapping[str, Any], new: Mapping[str, Any], *, actor: str,
+    conn: AsyncConnection, old: store.Agent, new: store.Agent, *, actor: str,
     now: dt.datetime,
 ) -> None:
     """A proposed pair are different PCs (a cloned disk image): no longer proposed."""
-    if old["id"] == new["id"]:
+    if old.id == new.id:
         raise ConfigError("a machine is not distinct from itself")
-    first, second = sorted((old, new), key=lambda r: (r["enrolled_at"], r["id"]))
-    await store.mark_distinct(conn, first["id"], second["id"], actor, now)
+    first, second = sorted((old, new), key=lambda r: (r.enrolled_at, r.id))
+    await store.mark_distinct(conn, first.id, second.id, actor, now)
     await store.record_audit(conn, actor=actor, action="agent.distinct",
-                             target=f"agent:{second['id']}", detail={"not_a_reinstall_of":
-                                                                     first["id"]}, now=now)
+                             target=f"agent:{second.id}", detail={"not_a_reinstall_of":
+                                                                     first.id}, now=now)
 
 
 async def candidates(
@@ -158,24 +158,24 @@ async def candidates(
 ) -> list[dict[str, Any]]:
     """Machines enrolled on their own whose hardware matches an earlier machine of the same
     customer: possible reinstalls for a technician to link (or leave)."""
-    rows = [r for r in await store.list_agents(conn, customer_id) if r["replaced_by"] is None]
+    rows = [r for r in await store.list_agents(conn, customer_id) if r.replaced_by is None]
     distinct = await store.distinct_pairs(conn)
     found = []
     for new in rows:
-        if new["revoked_at"] is not None:
+        if new.revoked_at is not None:
             continue
         for old in rows:
-            if old["customer_id"] != new["customer_id"] or (
-                    (old["enrolled_at"], old["id"]) >= (new["enrolled_at"], new["id"])):
+            if old.customer_id != new.customer_id or (
+                    (old.enrolled_at, old.id) >= (new.enrolled_at, new.id)):
                 continue  # each pair once, the earlier machine as the one reinstalled
-            if (old["id"], new["id"]) in distinct:
+            if (old.id, new.id) in distinct:
                 continue  # a technician said: different PCs
             fields = matched(store.hardware_of(new), store.hardware_of(old))
             if fields:
                 found.append({
-                    "customer": new["customer"], "old": old["id"],
-                    "old_hostname": old["hostname"], "new": new["id"],
-                    "new_hostname": new["hostname"], "strength": strength(fields),
+                    "customer": new.customer, "old": old.id,
+                    "old_hostname": old.hostname, "new": new.id,
+                    "new_hostname": new.hostname, "strength": strength(fields),
                     "matching": ", ".join(fields),
                 })
     return found

@@ -131,9 +131,9 @@ class IncidentDesk:
                 log.error("policy overrides of machine %s ignored: %s", agent_id, exc)
             return self.policy
 
-    async def policy_for(self, conn: AsyncConnection, agent: dict[str, Any]) -> Policy:
-        return self.policy_of(await service.overrides_by_target(conn), agent["customer_id"],
-                              agent.get("site_id"), agent["id"])
+    async def policy_for(self, conn: AsyncConnection, agent: store.Agent) -> Policy:
+        return self.policy_of(await service.overrides_by_target(conn), agent.customer_id,
+                              agent.site_id, agent.id)
 
     async def urgent_from(self, conn: AsyncConnection, agent_id: str) -> str:
         """The machine's `notify.urgent_from`: how severe an incident notification must be
@@ -144,26 +144,26 @@ class IncidentDesk:
 
     # ------------------------------------------------------------------ entitlement
     async def entitlement(
-        self, conn: AsyncConnection, agent: dict[str, Any], at: dt.date | None = None,
+        self, conn: AsyncConnection, agent: store.Agent, at: dt.date | None = None,
         now: dt.datetime | None = None,
     ) -> Entitlement:
         """A machine's entitlement on a local date (default: today in its customer's zone)."""
-        return (await self.entitlements(conn, [agent], at, now))[agent["id"]]
+        return (await self.entitlements(conn, [agent.coverage_key], at, now))[agent.id]
 
     async def entitlements(
-        self, conn: AsyncConnection, agents: list[dict[str, Any]], at: dt.date | None = None,
+        self, conn: AsyncConnection, agents: Sequence[store.CoverageKey], at: dt.date | None = None,
         now: dt.datetime | None = None,
     ) -> dict[str, Entitlement]:
         """Many machines' entitlements in three queries, whatever their number (a rollout
         targets thousands at once)."""
-        customer_ids = sorted({a["customer_id"] for a in agents})
+        customer_ids = sorted({a.customer_id for a in agents})
         customers = {c.id: c for c in await store.list_customers(conn)
                      if c.id in customer_ids}
         by_customer: dict[int, list[service.ContractRow]] = {}
         for found in await service.contracts_of(conn, customer_ids):
             by_customer.setdefault(found.customer_id, []).append(found)
         contracts = {c.id: c for rows in by_customer.values() for c in rows}
-        missing = {a["contract_id"] for a in agents if a["contract_id"]} - set(contracts)
+        missing = {a.contract_id for a in agents if a.contract_id} - set(contracts)
         for contract_id in sorted(missing):  # a contract of another customer: by id
             contracts[contract_id] = await service.get_contract(conn, contract_id)
         packages: dict[int, list[MaintenancePackage]] = {}
@@ -179,13 +179,13 @@ class IncidentDesk:
         computed: dict[tuple[int, dt.date, dt.date], Entitlement] = {}
         result: dict[str, Entitlement] = {}
         for agent in agents:
-            on = days[agent["customer_id"]]
-            contract = (contracts[agent["contract_id"]] if agent["contract_id"] else
-                        current[agent["customer_id"]])
+            on = days[agent.customer_id]
+            contract = (contracts[agent.contract_id] if agent.contract_id else
+                        current[agent.customer_id])
             if contract is None:
-                result[agent["id"]] = Entitlement(on, "not_covered", NOTHING)
+                result[agent.id] = Entitlement(on, "not_covered", NOTHING)
                 continue
-            joined = agent["joined_contract_on"] or agent["enrolled_at"].date()
+            joined = agent.joined_contract_on or agent.enrolled_at.date()
             key = (contract.id, joined, on)
             if key not in computed:
                 computed[key] = entitlement_at(
@@ -193,7 +193,7 @@ class IncidentDesk:
                     tiers=self.policy.tiers, warranty_tier=self.policy.warranty,
                     expiring_within_days=self.policy.expiring_within_days,
                 )
-            result[agent["id"]] = computed[key]
+            result[agent.id] = computed[key]
         return result
 
     async def expiring_machines(
@@ -207,11 +207,11 @@ class IncidentDesk:
         entitlements = await self.entitlements(conn, agents, None, now)
         names = {c.id: c.name for c in await store.list_customers(conn)}
         for agent in agents:
-            entitlement = entitlements[agent["id"]]
+            entitlement = entitlements[agent.id]
             if expiring(entitlement, within_days):
                 rows.append({
-                    "customer": names[agent["customer_id"]], "machine": agent["id"],
-                    "hostname": agent["hostname"], "coverage": entitlement.label,
+                    "customer": names[agent.customer_id], "machine": agent.id,
+                    "hostname": agent.hostname, "coverage": entitlement.label,
                     "ends_on": entitlement.ends_on, "days_left": entitlement.days_left,
                 })
         return sorted(rows, key=lambda r: (r["days_left"], r["customer"]))
@@ -224,16 +224,15 @@ class IncidentDesk:
         Coverage is computed once per group of machines that share it (coverage_groups), so
         the report costs the same for 10 machines or 10,000."""
         groups = await store.coverage_groups(conn)
-        keyed = [{"id": str(i), "customer_id": g["customer_id"], "contract_id": g["contract_id"],
-                  "joined_contract_on": g["joined_contract_on"],
-                  "enrolled_at": dt.datetime.combine(g["enrolled_on"], dt.time(), dt.UTC)}
+        keyed = [store.CoverageKey(str(i), g["customer_id"], g["contract_id"], g["joined_contract_on"],
+                                   dt.datetime.combine(g["enrolled_on"], dt.time(), dt.UTC))
                  for i, g in enumerate(groups)]
         entitlements = await self.entitlements(conn, keyed, None, now)
         names = {c.id: c.name for c in await store.list_customers(conn)}
         contacts = await nstore.customer_contacts(conn)
         rows: dict[tuple[int, str, dt.date | None], dict[str, Any]] = {}
         for key, group in zip(keyed, groups, strict=True):
-            entitlement = entitlements[key["id"]]
+            entitlement = entitlements[key.id]
             if not expiring(entitlement, within_days):
                 continue
             found = rows.setdefault((group["customer_id"], entitlement.label, entitlement.ends_on), {
@@ -247,34 +246,34 @@ class IncidentDesk:
 
     # ------------------------------------------------------------------ incidents
     async def open_incident(
-        self, conn: AsyncConnection, agent: dict[str, Any], *, kind: str, subject: str,
+        self, conn: AsyncConnection, agent: store.Agent, *, kind: str, subject: str,
         category: str, severity: str, opened_by: str, detail: str, now: dt.datetime,
     ) -> int:
         incident_id = await service.add_incident(conn, {
-            "agent_id": agent["id"], "customer_id": agent["customer_id"], "kind": kind,
+            "agent_id": agent.id, "customer_id": agent.customer_id, "kind": kind,
             "subject": subject, "category": category, "severity": severity, "status": "open",
             "opened_by": opened_by, "opened_at": now, "updated_at": now, "detail": detail,
         })
         decision = await self.decide(conn, incident_id, now)
         await store.record_audit(conn, actor=opened_by, action="incident.open",
                                  target=f"incident:{incident_id}",
-                                 detail={"agent": agent["id"], "kind": kind}, now=now)
-        customer = await store.get_customer(conn, agent["customer_id"])
+                                 detail={"agent": agent.id, "kind": kind}, now=now)
+        customer = await store.get_customer(conn, agent.customer_id)
         await notify_incident(conn, incident_id, "incident.opened", now,
                               await load_calendar(conn, self.policy, customer), decision.get("visit"),
                               urgent_from=(await self.policy_for(conn, agent)).urgent_from)
         return incident_id
 
     async def machine_state(
-        self, conn: AsyncConnection, agent: dict[str, Any], entitlement: Entitlement,
+        self, conn: AsyncConnection, agent: store.Agent, entitlement: Entitlement,
         now: dt.datetime, calendar: BusinessCalendar, policy: Policy,
     ) -> MachineState:
         """What the agent can do remotely. Restoring integrity needs the agent online, the
         installed versions known and the machine entitled to remote fixes (the signed copy).
         How long it has been offline is counted as the policy says (business time)."""
-        seen = agent["last_seen"]
-        online = bool(agent["connected"] and seen and now - seen <= self.offline_after)
-        health = agent["health"] or {}
+        seen = agent.last_seen
+        online = bool(agent.connected and seen and now - seen <= self.offline_after)
+        health = agent.health or {}
         problems = {x["kind"] for x in health.get("problems", [])}
         versions_known = all(x.get("version") for x in health.get("products", []))
         return MachineState(
@@ -287,11 +286,11 @@ class IncidentDesk:
         )
 
     async def newest_fix(
-        self, conn: AsyncConnection, agent: dict[str, Any], product: str
+        self, conn: AsyncConnection, agent: store.Agent, product: str
     ) -> tuple[str, str] | None:
         """(product, version) of the newest release above what the machine runs, if any.
         `product` narrows it to one product; empty means any watched product."""
-        health = agent["health"] or {}
+        health = agent.health or {}
         best: tuple[str, str] | None = None
         for reported in health.get("products", []):
             if product and reported["name"] != product:
@@ -304,14 +303,14 @@ class IncidentDesk:
         return best
 
     async def _job_for(
-        self, conn: AsyncConnection, agent: dict[str, Any], incident: dict[str, Any],
+        self, conn: AsyncConnection, agent: store.Agent, incident: dict[str, Any],
         action: str, fix: tuple[str, str] | None, now: dt.datetime,
     ) -> dict[str, Any]:
         """Carry out a remote decision with an update job; why not, if it can't be."""
         product = fix[0] if fix else incident["subject"] or None
         try:
             job = await create_job(
-                conn, kind=JOB_ACTIONS[action], agent_ids=[agent["id"]],
+                conn, kind=JOB_ACTIONS[action], agent_ids=[agent.id],
                 actor=f"incident:{incident['id']}", product=product,
                 version=fix[1] if fix and action == "remote_update" else None,
                 reason=f"incident {incident['id']}: {incident['kind']}", now=now)
@@ -323,7 +322,7 @@ class IncidentDesk:
         """Decide (again) what to do about an incident, and store the decision and any visit."""
         incident = await service.get_incident(conn, incident_id)
         agent = await store.get_agent_exact(conn, incident["agent_id"])
-        customer = await store.get_customer(conn, agent["customer_id"])
+        customer = await store.get_customer(conn, agent.customer_id)
         policy = await self.policy_for(conn, agent)
         calendar = await load_calendar(conn, policy, customer)
         reported = incident["opened_at"]
@@ -367,7 +366,7 @@ class IncidentDesk:
                                        due_at=decision.due_at)
         elif decision.action in ONSITE_ACTIONS:
             visit_id = await service.add_visit(conn, {
-                "incident_id": incident_id, "agent_id": agent["id"],
+                "incident_id": incident_id, "agent_id": agent.id,
                 "customer_id": customer.id, "action": decision.action,
                 "fee_vnd": decision.fee_vnd, "due_at": decision.due_at, "status": "open",
                 "created_at": now,
@@ -394,7 +393,7 @@ class IncidentDesk:
             (r["agent_id"], r["kind"], r["subject"]): r
             for r in await service.conditions_for(conn, agent_ids)
         }
-        agents_by_id: dict[str, dict[str, Any]] = {}
+        agents_by_id: dict[str, store.Agent] = {}
         policies = await self._alert_policies(conn, agent_ids)
         for key, (failing, detail) in checks.items():
             row = existing.get(key)

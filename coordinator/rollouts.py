@@ -91,14 +91,14 @@ class _Windows:
         self.by_target = by_target
         self.parsed: dict[str, waves.InstallWindow | None] = {}
 
-    def __call__(self, agent: dict[str, Any]) -> tuple[waves.InstallWindow | None, str]:
-        text, source = self.layers.value(INSTALL_WINDOW_KEY, self.by_target, agent["customer_id"],
-                                         agent["site_id"], agent["id"])
+    def __call__(self, agent: store.Agent) -> tuple[waves.InstallWindow | None, str]:
+        text, source = self.layers.value(INSTALL_WINDOW_KEY, self.by_target, agent.customer_id,
+                                         agent.site_id, agent.id)
         if text not in self.parsed:
             try:
                 self.parsed[text] = waves.InstallWindow.setting(text)
             except ValueError as exc:  # checked when set: only a hand-edited database
-                log.error("%s %r of machine %s ignored: %s", INSTALL_WINDOW_KEY, text, agent["id"], exc)
+                log.error("%s %r of machine %s ignored: %s", INSTALL_WINDOW_KEY, text, agent.id, exc)
                 self.parsed[text] = None
         return self.parsed[text], source
 
@@ -204,7 +204,8 @@ class Rollouts:
         # after the date is owed the update under today's warranty or package).
         effective = rollout["effective"]
         on = effective if effective and waves.days_until(effective, now) > 0 else None
-        entitlements = await self.desk.entitlements(conn, needing, on, now)
+        entitlements = await self.desk.entitlements(
+            conn, [store.CoverageKey.of(agent) for agent in needing], on, now)
         covered, rows = [], []
         for agent in needing:
             entitlement = entitlements[agent["id"]]
@@ -444,14 +445,14 @@ class Rollouts:
             agent = await store.agent_by_id(conn, machine["agent_id"])
             if agent is None:
                 continue
-            customer = customers.get(agent["customer_id"]) or await store.get_customer(
-                conn, agent["customer_id"])
+            customer = customers.get(agent.customer_id) or await store.get_customer(
+                conn, agent.customer_id)
             customers[customer.id] = customer
             window, source = window_of(agent)
             # Updating the agent itself interrupts no one: its running never holds a wave back.
             running = rollout["product"] != AGENT_PRODUCT and any(
                 x["name"] == rollout["product"] and x["running"]
-                for x in (agent["health"] or {}).get("products", []))
+                for x in agent.products)
             decision = waves.install_window_open(
                 now, window, customer.timezone, running,
                 rollout["effective"] or now.date() + dt.timedelta(days=365),

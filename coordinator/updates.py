@@ -148,9 +148,9 @@ async def create_job(
         machine = await fleet_store.agent_by_id(conn, agent_id) or await fleet_store.get_agent(
             conn, agent_id)  # technicians may give a prefix or a hostname
         machines.append(machine)
-        if machine["revoked_at"] is not None:
-            raise Conflict(f"agent {machine['id']} is revoked")
-    plans: list[tuple[dict[str, Any], str | None, str | None]] = []
+        if machine.revoked_at is not None:
+            raise Conflict(f"agent {machine.id} is revoked")
+    plans: list[tuple[fleet_store.Agent, str | None, str | None]] = []
     if kind == "update":
         if not version:
             raise ConfigError("an update needs --version")
@@ -177,14 +177,14 @@ async def create_job(
     parts = []
     for machine, part_product, part_version in plans:
         part = await store.insert_job_machine(
-            conn, job_id=job_id, agent_id=machine["id"], product=part_product,
+            conn, job_id=job_id, agent_id=machine.id, product=part_product,
             version=part_version, status=status, now=now,
         )
-        parts.append({**part, "hostname": machine["hostname"], "product": part_product,
+        parts.append({**part, "hostname": machine.hostname, "product": part_product,
                       "version": part_version})
     await fleet_store.record_audit(
         conn, actor=actor, action=f"job.{kind}", target=f"job:{job_id}",
-        detail={"machines": [m["id"] for m in machines], "product": product,
+        detail={"machines": [m.id for m in machines], "product": product,
                 "version": version, "reason": reason, "delivery": delivery},
         now=now,
     )
@@ -202,8 +202,8 @@ async def _one_release(conn: AsyncConnection, product: str | None, version: str)
     return found[0]
 
 
-def _only_product(machine: dict[str, Any]) -> str | None:
-    products = [pr["name"] for pr in (machine.get("health") or {}).get("products", [])]
+def _only_product(machine: fleet_store.Agent) -> str | None:
+    products = [pr["name"] for pr in machine.products]
     return products[0] if len(products) == 1 else None
 
 
@@ -214,8 +214,8 @@ async def _only_released_product(conn: AsyncConnection) -> str:
     return products[0]
 
 
-def _reported_version(machine: dict[str, Any], product: str) -> str | None:
-    for reported in (machine.get("health") or {}).get("products", []):
+def _reported_version(machine: fleet_store.Agent, product: str) -> str | None:
+    for reported in machine.products:
         if reported["name"] == product:
             version = reported.get("version")
             return None if version is None else str(version)

@@ -74,17 +74,17 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
     assert await enroll(db, token, second, later) == machine
     async with db.connect() as conn:
         rows = await store.list_agents(conn)
-        assert [r["id"] for r in rows] == [machine]  # one machine, one seat
+        assert [r.id for r in rows] == [machine]  # one machine, one seat
         row = rows[0]
-        assert bytes(row["public_key"]) == second.public_key
-        assert row["key_id"] == agent_id_for(second.public_key)
-        assert row["hostname"] == "ketoan-1-new"
-        assert row["key_changed_at"] == later
-        hello = await store.agent_for_hello(conn, row["key_id"])
+        assert bytes(row.public_key) == second.public_key
+        assert row.key_id == agent_id_for(second.public_key)
+        assert row.hostname == "ketoan-1-new"
+        assert row.key_changed_at == later
+        hello = await store.agent_for_hello(conn, row.key_id)
         assert hello is not None
         assert hello["id"] == machine
         keys = await store.agent_keys(conn)
-        assert keys[machine][0] == second.public_key == keys[row["key_id"]][0]
+        assert keys[machine][0] == second.public_key == keys[row.key_id][0]
         assert [i["id"] for i in await service.list_incidents(conn, agent_id=machine)] == [
             incident]
         done = await service.get_visit(conn, visit)
@@ -138,7 +138,7 @@ async def test_contract_limit_counts_machines_refuses_new_accepts_reinstall(db: 
     assert await enroll(db, token, request(PC1))  # the reinstall takes no new seat
     async with db.transaction() as conn:
         assert len(await store.list_agents(conn)) == 2
-        await store.revoke_agent(conn, (await store.list_agents(conn))[1]["id"], NOW)
+        await store.revoke_agent(conn, (await store.list_agents(conn))[1].id, NOW)
     assert await enroll(db, token, request(hashed({"uuid": "u9", "disk": "d9"})))
 
 
@@ -156,14 +156,14 @@ async def test_technician_names_the_machine_and_replace_links_a_proposal(db: Dat
     async with db.connect() as conn:
         linked = await store.get_agent(conn, pc2)
         retired = await store.agent_by_id(conn, clone)
-        assert bytes(linked["public_key"]) == bytes(new["public_key"])
-        assert linked["key_id"] == clone  # the agent says hello as `clone`: it is pc2 now
+        assert bytes(linked.public_key) == bytes(new.public_key)
+        assert linked.key_id == clone  # the agent says hello as `clone`: it is pc2 now
         hello = await store.agent_for_hello(conn, clone)
         assert hello is not None
         assert hello["id"] == pc2
         assert retired is not None
-        assert retired["revoked_at"] is not None
-        assert retired["replaced_by"] == pc2
+        assert retired.revoked_at is not None
+        assert retired.replaced_by == pc2
         assert await candidates(conn) == []
     async with db.transaction() as conn:
         current, again = await store.get_agent(conn, pc2), await store.agent_by_id(conn, clone)

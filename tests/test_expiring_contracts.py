@@ -87,8 +87,8 @@ async def test_a_revoked_machine_is_not_counted_and_a_short_window_finds_less(
         desk: tuple[Database, IncidentDesk]) -> None:
     db, incidents = desk
     async with db.transaction() as conn:
-        some = next(a for a in await fleet.list_agents(conn) if a["hostname"].startswith("Do"))
-        await fleet.revoke_agent(conn, some["id"], NOW)
+        some = next(a for a in await fleet.list_agents(conn) if a.hostname.startswith("Do"))
+        await fleet.revoke_agent(conn, some.id, NOW)
     async with db.connect() as conn:
         assert [r["customer"] for r in await incidents.expiring_contracts(conn, 60, NOW)] == [
             "Minh Anh"]

@@ -52,7 +52,7 @@ async def report(coord: Coordinator, agent_ids: list[str]) -> None:
 
 async def seen(coord: Coordinator) -> dict[str, Any]:
     async with coord.db.connect() as conn:
-        return {r["id"]: r["last_seen"] for r in await store.list_agents(conn)}
+        return {r.id: r.last_seen for r in await store.list_agents(conn)}
 
 
 async def test_bad_agent_costs_only_its_own_report(coordinator: Coordinator, caplog) -> None:

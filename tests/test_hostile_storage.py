@@ -43,15 +43,15 @@ async def test_hostnames_equal_to_an_id_never_stand_for_that_agent(db: Database)
     victim = await new_agent(db, cid, "pc-victim")
     impostors = [await new_agent(db, cid, victim) for _ in range(3)]
     async with db.connect() as conn:
-        assert (await store.get_agent_exact(conn, victim))["id"] == victim
-        assert (await store.get_agent(conn, victim))["id"] == victim
+        assert (await store.get_agent_exact(conn, victim)).id == victim
+        assert (await store.get_agent(conn, victim)).id == victim
         for impostor in impostors:
-            assert (await store.get_agent_exact(conn, impostor))["hostname"] == victim
+            assert (await store.get_agent_exact(conn, impostor)).hostname == victim
         with pytest.raises(NotFound):
             await store.get_agent_exact(conn, victim[:8])  # no prefixes
         with pytest.raises(NotFound):
             await store.get_agent_exact(conn, "pc-victim")  # no hostnames
-        assert (await store.get_agent(conn, "pc-victim"))["id"] == victim
+        assert (await store.get_agent(conn, "pc-victim")).id == victim
     other = agent_id_for(public_bytes(generate_key()))
     await new_agent(db, cid, other)  # hostname shaped like an id that is nobody's
     async with db.connect() as conn:

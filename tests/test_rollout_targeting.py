@@ -52,7 +52,7 @@ async def agent(db: Database, customer_id: int, contract_id: int | None = None) 
     return agent_id_for(key)
 
 
-async def row(db: Database, agent_id: str) -> dict[str, Any]:
+async def row(db: Database, agent_id: str) -> store.Agent:
     async with db.connect() as conn:
         found = await store.agent_by_id(conn, agent_id)
     assert found is not None
@@ -66,21 +66,21 @@ async def test_a_job_result_sets_the_version_and_an_older_heartbeat_keeps_it(db:
     async with db.transaction() as conn:
         await ustore.set_product_version(conn, pc, "acct", "1.0.0", NOW + dt.timedelta(seconds=10))
     stored = await row(db, pc)
-    assert stored["health"]["products"][0]["version"] == "1.0.0"
-    assert stored["health"]["cpu_percent"] == 1.0  # the rest of the report is kept
-    assert stored["targeting_changed_at"] == stored["versions_at"] == NOW + dt.timedelta(seconds=10)
+    assert stored.products[0]["version"] == "1.0.0"
+    assert (stored.health or {})["cpu_percent"] == 1.0  # the rest of the report is kept
+    assert stored.targeting_changed_at == stored.versions_at == NOW + dt.timedelta(seconds=10)
 
     # Received before the result, flushed after it: last_seen moves, the versions do not.
     async with db.transaction() as conn:
         await store.store_heartbeats(conn, [(pc, NOW + dt.timedelta(seconds=5), health(None, 9))])
     stored = await row(db, pc)
-    assert stored["health"]["products"][0]["version"] == "1.0.0"
-    assert stored["last_seen"] == NOW + dt.timedelta(seconds=5)
+    assert stored.products[0]["version"] == "1.0.0"
+    assert stored.last_seen == NOW + dt.timedelta(seconds=5)
     # A report received after it is the news.
     async with db.transaction() as conn:
         await store.store_heartbeats(conn, [(pc, NOW + dt.timedelta(seconds=11),
                                              health("1.0.0", 7))])
-    assert (await row(db, pc))["health"]["cpu_percent"] == 7
+    assert ((await row(db, pc)).health or {})["cpu_percent"] == 7
 
 
 async def test_stored_products_reads_only_the_products(db: Database) -> None:
@@ -97,7 +97,7 @@ async def test_a_product_not_in_the_report_yet_is_added(db: Database) -> None:
     pc = await agent(db, await customer(db, "New"))
     async with db.transaction() as conn:
         await ustore.set_product_version(conn, pc, "acct", "2.0", NOW)
-    assert (await row(db, pc))["health"]["products"] == [
+    assert (await row(db, pc)).products == [
         {"name": "acct", "version": "2.0", "running": False, "pid": None}]
 
 
@@ -174,12 +174,14 @@ async def test_entitlements_of_many_machines_in_one_go(db: Database) -> None:
     bound = await agent(db, lapsed, contract_id=contract[renewed])  # bound by its token
     async with db.connect() as conn:
         rows = [await store.agent_by_id(conn, m) for m in (*machines, bound)]
-        found = await desk.entitlements(conn, [r for r in rows if r], dt.date(2026, 12, 20))
+        found = await desk.entitlements(conn, [r.coverage_key for r in rows if r],
+                                        dt.date(2026, 12, 20))
     labels = [found[m].label for m in (*machines, bound)]
     assert labels == ["warranty", "not_covered", "maintenance:standard", "not_covered",
                       "maintenance:standard"]
     async with db.connect() as conn:  # one machine at a time says the same
         for m in (*machines, bound):
-            one = await desk.entitlement(conn, await store.agent_by_id(conn, m) or {},
-                                         dt.date(2026, 12, 20))
+            stored = await store.agent_by_id(conn, m)
+            assert stored is not None
+            one = await desk.entitlement(conn, stored, dt.date(2026, 12, 20))
             assert one == found[m]

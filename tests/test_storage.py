@@ -217,14 +217,14 @@ async def test_agents_add_list_and_get_by_id_prefix_hostname(db: Database) -> No
     c = await new_agent(db, beta, "pc-3", agent_id="ag-bbbb3333")
     async with db.connect() as conn:
         got = await store.get_agent(conn, a)
-        assert got["id"] == a
-        assert got["customer_id"] == cid
-        assert got["enrolled_at"] == NOW
-        assert got["revoked_at"] is None
-        assert got["connected"] is False
-        assert (await store.get_agent(conn, "ag-aaaa2"))["id"] == b
-        assert (await store.get_agent(conn, "ag-b"))["id"] == c
-        assert (await store.get_agent(conn, "pc-3"))["id"] == c
+        assert got.id == a
+        assert got.customer_id == cid
+        assert got.enrolled_at == NOW
+        assert got.revoked_at is None
+        assert got.connected is False
+        assert (await store.get_agent(conn, "ag-aaaa2")).id == b
+        assert (await store.get_agent(conn, "ag-b")).id == c
+        assert (await store.get_agent(conn, "pc-3")).id == c
         with pytest.raises(Conflict, match="several agents"):
             await store.get_agent(conn, "ag-aaaa")
         with pytest.raises(Conflict):
@@ -238,9 +238,9 @@ async def test_agents_add_list_and_get_by_id_prefix_hostname(db: Database) -> No
             with pytest.raises(NotFound):
                 await store.get_agent(conn, wildcard)
         # Listing orders by customer, then hostname; filtering by customer works.
-        assert [r["id"] for r in await store.list_agents(conn, cid)] == [b, a]
-        assert [r["id"] for r in await store.list_agents(conn, beta)] == [c]
-        assert [r["id"] for r in await store.list_agents(conn)] == [b, a, c]
+        assert [r.id for r in await store.list_agents(conn, cid)] == [b, a]
+        assert [r.id for r in await store.list_agents(conn, beta)] == [c]
+        assert [r.id for r in await store.list_agents(conn)] == [b, a, c]
 
     key = public_bytes(generate_key())
     await new_agent(db, cid, "pc-9", agent_id=agent_id_for(key))
@@ -261,27 +261,27 @@ async def test_presence_and_revocation(db: Database) -> None:
         row = await store.agent_by_id(conn, aid)
         assert await store.agent_by_id(conn, aid[:-1]) is None  # exact ids only
     assert row is not None
-    assert (row["connected"], row["last_seen"], row["last_connected_at"], row["agent_version"]) == (
+    assert (row.connected, row.last_seen, row.last_connected_at, row.agent_version) == (
         True, t1, t1, "2.0")
     async with db.transaction() as conn:
         await store.store_presence(conn, {aid: (False, t1 + dt.timedelta(seconds=5), "")})
     async with db.connect() as conn:
         row = await store.get_agent(conn, aid)
-    assert row["connected"] is False
-    assert row["last_seen"] == t1
+    assert row.connected is False
+    assert row.last_seen == t1
 
     later = NOW + dt.timedelta(minutes=5)
     async with db.transaction() as conn:
         await store.revoke_agent(conn, aid, later)
     async with db.connect() as conn:
         row = await store.get_agent(conn, aid)
-    assert row["revoked_at"] == later
-    assert row["connected"] is False
+    assert row.revoked_at == later
+    assert row.connected is False
     with pytest.raises(Conflict, match="already revoked"):
         async with db.transaction() as conn:
             await store.revoke_agent(conn, aid, later + dt.timedelta(minutes=1))
     async with db.connect() as conn:
-        assert (await store.get_agent(conn, aid))["revoked_at"] == later  # first time kept
+        assert (await store.get_agent(conn, aid)).revoked_at == later  # first time kept
 
 
 async def test_late_disconnect_of_an_older_connection_leaves_the_newer_one(db: Database) -> None:
@@ -297,11 +297,11 @@ async def test_late_disconnect_of_an_older_connection_leaves_the_newer_one(db: D
     async with db.transaction() as conn:
         await store.store_presence(conn, {aid: (False, t_a, "")})  # A, late
     async with db.connect() as conn:
-        assert (await store.get_agent(conn, aid))["connected"] is True
+        assert (await store.get_agent(conn, aid)).connected is True
     async with db.transaction() as conn:
         await store.store_presence(conn, {aid: (False, t_b, "")})  # B's own connection
     async with db.connect() as conn:
-        assert (await store.get_agent(conn, aid))["connected"] is False
+        assert (await store.get_agent(conn, aid)).connected is False
 
 
 async def test_a_heartbeat_marks_its_agent_connected(db: Database) -> None:
@@ -312,7 +312,7 @@ async def test_a_heartbeat_marks_its_agent_connected(db: Database) -> None:
         await store.store_heartbeats(conn, [(aid, NOW, {"cpu_percent": 1.0})])
     async with db.connect() as conn:
         row = await store.get_agent(conn, aid)
-    assert (row["connected"], row["last_seen"]) == (True, NOW)
+    assert (row.connected, row.last_seen) == (True, NOW)
 
 
 async def test_store_heartbeats_updates_a_batch(db: Database) -> None:
@@ -329,16 +329,16 @@ async def test_store_heartbeats_updates_a_batch(db: Database) -> None:
         # Unknown agents in a batch are skipped (the agent may have been deleted).
         await store.store_heartbeats(conn, [("ag-gone", ta, {})])
     async with db.connect() as conn:
-        rows = {r["id"]: r for r in await store.list_agents(conn)}
-    assert (rows[a]["last_seen"], rows[a]["health"]) == (ta, health_a)
-    assert (rows[b]["last_seen"], rows[b]["health"]) == (tb, health_b)
-    assert (rows[c]["last_seen"], rows[c]["health"]) == (None, None)
+        rows = {r.id: r for r in await store.list_agents(conn)}
+    assert (rows[a].last_seen, rows[a].health) == (ta, health_a)
+    assert (rows[b].last_seen, rows[b].health) == (tb, health_b)
+    assert (rows[c].last_seen, rows[c].health) == (None, None)
     # A later batch replaces the earlier values.
     async with db.transaction() as conn:
         await store.store_heartbeats(conn, (x for x in [(a, tb, {"cpu_percent": 99.0})]))
     async with db.connect() as conn:
         row = await store.get_agent(conn, a)
-    assert (row["last_seen"], row["health"]) == (tb, {"cpu_percent": 99.0})
+    assert (row.last_seen, row.health) == (tb, {"cpu_percent": 99.0})
 
 
 # ----------------------------------------------------------------------------- events

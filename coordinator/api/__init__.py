@@ -106,18 +106,25 @@ def parse_params(found: Method, params: dict[str, Any]) -> Any:
         raise ProtocolError(f"{found.name}: {exc}") from None
 
 
+# What an in-process answer keeps as it is (the wire turns them into text).
+IN_PROCESS_TYPES = (dt.datetime, dt.date, dt.time, dt.timedelta, bytes)
+
+
 async def invoke(services: Services, caller: Caller, name: str, params: dict[str, Any],
                  now: dt.datetime) -> Any:
     """Call a method in-process as `caller` (the web console and REST API): the same role
-    check, validation and audit as a request on /admin. A streaming method's partial results
-    come back as one list."""
+    check, validation and audit as a request on /admin, and the same plain data as its
+    answer there (typed rows become dicts), but with dates and times kept as such. A
+    streaming method's partial results come back as one list."""
     found = lookup(name, caller)
     parsed = parse_params(found, params)
     ctx = Context(services, caller, now)
     if found.streams:
         stream: AsyncIterator[Any] = found.handler(ctx, parsed)  # type: ignore[assignment]
-        return [partial async for partial in stream]
-    return await found.handler(ctx, parsed)  # type: ignore[misc]
+        result = [partial async for partial in stream]
+    else:
+        result = await found.handler(ctx, parsed)  # type: ignore[misc]
+    return msgspec.to_builtins(result, builtin_types=IN_PROCESS_TYPES)
 
 
 def load_all() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import zoneinfo
 from typing import Annotated, Any
@@ -17,17 +18,17 @@ from careline.shared.keys import JoinString, new_token, token_hash
 AGENT_LIST_FIELDS = ("id", "customer", "site", "hostname", "status", "last_seen", "agent_version", "products")
 
 
-def agent_view(ctx: Context, row: dict[str, Any], *, full: bool = False) -> dict[str, Any]:
-    view = {k: v for k, v in row.items() if k not in ("public_key", "health", "connected")}
-    view["status"] = store.AgentPresence.of(row).status(ctx.now, ctx.services.hub.offline_after)
-    health = row["health"] or {}
-    view["products"] = {
-        p["name"]: {"version": p["version"], "running": p["running"]}
-        for p in health.get("products", [])
-    }
+def agent_view(ctx: Context, row: store.Agent, *, full: bool = False) -> dict[str, Any]:
+    """An agent as technicians see it: its status and products instead of its raw health
+    report (all of it, and its public key, when `full`)."""
+    view = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)
+            if f.name not in ("public_key", "health", "connected")}
+    view["status"] = row.presence.status(ctx.now, ctx.services.hub.offline_after)
+    view["products"] = {p["name"]: {"version": p["version"], "running": p["running"]}
+                        for p in row.products}
     if full:
-        view["health"] = health
-        view["public_key"] = row["public_key"].hex()
+        view["health"] = row.health or {}
+        view["public_key"] = row.public_key.hex()
     return view
 
 
@@ -147,8 +148,8 @@ async def show_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
     async with ctx.services.db.connect() as conn:
         row = await store.get_agent(conn, p.id)
         view = agent_view(ctx, row, full=True)
-        view["recent_events"] = await store.list_events(conn, row["id"], limit=20)
-    quota = ctx.services.hub.quotas.get(row["id"])  # this process's count since it started
+        view["recent_events"] = await store.list_events(conn, row.id, limit=20)
+    quota = ctx.services.hub.quotas.get(row.id)  # this process's count since it started
     view["refused"] = {"over_quota": quota.refused if quota else 0,
                        "unknown_kind_events": quota.unknown_kinds if quota else 0}
     return view
@@ -167,18 +168,18 @@ async def health_history(ctx: Context, p: HealthHistory) -> dict[str, Any]:
 
     async with ctx.services.db.connect() as conn:
         row = await store.get_agent(conn, p.id)
-        samples = await health.list_samples(conn, row["id"], ctx.now - dt.timedelta(hours=p.hours))
-    return {"id": row["id"], "hostname": row["hostname"], "samples": samples}
+        samples = await health.list_samples(conn, row.id, ctx.now - dt.timedelta(hours=p.hours))
+    return {"id": row.id, "hostname": row.hostname, "samples": samples}
 
 
 @method("agents.revoke", "technician", AgentRef)
 async def revoke_agent(ctx: Context, p: AgentRef) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         row = await store.get_agent(conn, p.id)
-        await store.revoke_agent(conn, row["id"], ctx.now)
-        await ctx.audit(conn, "agent.revoke", f"agent:{row['id']}", hostname=row["hostname"])
-    await ctx.services.hub.disconnect_revoked(row["id"])
-    return {"id": row["id"], "revoked_at": ctx.now}
+        await store.revoke_agent(conn, row.id, ctx.now)
+        await ctx.audit(conn, "agent.revoke", f"agent:{row.id}", hostname=row.hostname)
+    await ctx.services.hub.disconnect_revoked(row.id)
+    return {"id": row.id, "revoked_at": ctx.now}
 
 
 @method("agents.candidates", "viewer", ListAgents)
@@ -205,9 +206,9 @@ async def replace_agent(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
         old = await store.get_agent(conn, p.old)
         new = await store.get_agent(conn, p.new)
         note = await replace(conn, old, new, actor=ctx.caller.name, now=ctx.now)
-        row = await store.get_agent(conn, old["id"])
-    await ctx.services.hub.relinked(old["id"], new["id"], ctx.now)
-    return {**agent_view(ctx, row), "replaced": new["id"], "note": note}
+        row = await store.get_agent(conn, old.id)
+    await ctx.services.hub.relinked(old.id, new.id, ctx.now)
+    return {**agent_view(ctx, row), "replaced": new.id, "note": note}
 
 
 @method("agents.distinct", "technician", ReplaceAgent)
@@ -219,7 +220,7 @@ async def distinct_agents(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
         old = await store.get_agent(conn, p.old)
         new = await store.get_agent(conn, p.new)
         await mark_distinct(conn, old, new, actor=ctx.caller.name, now=ctx.now)
-    return {"old": old["id"], "new": new["id"], "distinct": True}
+    return {"old": old.id, "new": new.id, "distinct": True}
 
 
 # ----------------------------------------------------------------------------- technicians

@@ -31,7 +31,7 @@ log = logging.getLogger("careline.coordinator")
 
 async def _machine(ctx: Context, ref: str) -> store.AgentPresence:
     async with ctx.services.db.connect() as conn:
-        return store.AgentPresence.of(await store.get_agent(conn, ref))
+        return (await store.get_agent(conn, ref)).presence
 
 
 async def _call(ctx: Context, agent: store.AgentPresence, action: p.Action,
@@ -158,7 +158,7 @@ class MachineRef(msgspec.Struct, forbid_unknown_fields=True):
 async def list_diagnostics(ctx: Context, p_: MachineRef) -> list[dict[str, Any]]:
     async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p_.machine)
-        return await service.list_diagnostics(conn, agent["id"])
+        return await service.list_diagnostics(conn, agent.id)
 
 
 class DiagnosticsRef(msgspec.Struct, forbid_unknown_fields=True):

@@ -57,7 +57,7 @@ async def machine_jobs(ctx: Context, p: MachineJobs) -> list[dict[str, Any]]:
         raise ConfigError(f"limit must be 1..{MAX_PAGE}")
     async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p.machine)
-        return await views.machine_jobs(conn, agent["id"], p.limit)
+        return await views.machine_jobs(conn, agent.id, p.limit)
 
 
 class CustomerRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -87,8 +87,9 @@ async def customer_machines(ctx: Context, p: CustomerMachines) -> dict[str, Any]
     async with ctx.services.db.connect() as conn:
         customer = await store.get_customer(conn, p.customer)
         total, rows = await store.agents_page(conn, customer.id, p.limit, p.offset)
-        coverage = await ctx.services.desk.entitlements(conn, rows, None, ctx.now)
-    machines = [{**agent_view(ctx, row), "coverage": coverage[row["id"]].to_dict()} for row in rows]
+        coverage = await ctx.services.desk.entitlements(
+            conn, [row.coverage_key for row in rows], None, ctx.now)
+    machines = [{**agent_view(ctx, row), "coverage": coverage[row.id].to_dict()} for row in rows]
     return {"total": total, "limit": p.limit, "offset": p.offset, "rows": machines}
 
 
@@ -107,7 +108,7 @@ async def incidents_page(ctx: Context, p: IncidentPage) -> dict[str, Any]:
         raise ConfigError(f"limit must be 1..{MAX_PAGE} and offset at least 0")
     async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
-        agent_id = (await store.get_agent(conn, p.machine))["id"] if p.machine else None
+        agent_id = (await store.get_agent(conn, p.machine)).id if p.machine else None
         total, rows = await views.incidents_page(conn, open_only=p.open, customer_id=customer_id,
                                                  agent_id=agent_id, limit=p.limit, offset=p.offset)
     return {"total": total, "limit": p.limit, "offset": p.offset, "rows": rows}

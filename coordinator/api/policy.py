@@ -32,8 +32,8 @@ async def _owner(conn: Any, p: PolicyTarget) -> Owner:
         if p.customer or p.site:
             raise ConfigError("give --machine alone, or --customer (with --site)")
         agent = await store.get_agent(conn, p.machine)
-        return ("machine", target("machine", agent["id"]),
-                (agent["customer_id"], agent["site_id"], agent["id"]))
+        return ("machine", target("machine", agent.id),
+                (agent.customer_id, agent.site_id, agent.id))
     if p.customer is None:
         if p.site:
             raise ConfigError("--site needs --customer")

@@ -205,10 +205,10 @@ async def _machines(conn: Any, machine: str | None, customer: str | None) -> lis
     if bool(machine) == bool(customer):
         raise ConfigError("name exactly one of --machine or --customer")
     if machine:
-        return [(await fleet_store.get_agent(conn, machine))["id"]]
+        return [(await fleet_store.get_agent(conn, machine)).id]
     cust = await fleet_store.get_customer(conn, customer)  # type: ignore[arg-type]
-    ids = [a["id"] for a in await fleet_store.list_agents(conn, cust.id)
-           if a["revoked_at"] is None]
+    ids = [a.id for a in await fleet_store.list_agents(conn, cust.id)
+           if a.revoked_at is None]
     if not ids:
         raise NotFound(f"customer {cust.name} has no enrolled machine")
     return ids
@@ -302,7 +302,7 @@ async def bundle(ctx: Context, p: Bundle) -> AsyncIterator[dict[str, Any]]:
         raise ConfigError(f"--expires must be more than 0 and at most {MAX_BUNDLE_EXPIRY.days} days")
     updates = _updates(ctx)
     async with ctx.services.db.transaction() as conn:
-        agent_id = (await fleet_store.get_agent(conn, p.machine))["id"]
+        agent_id = (await fleet_store.get_agent(conn, p.machine)).id
         job = await create_job(
             conn, kind="update", agent_ids=[agent_id], actor=ctx.caller.name,
             product=p.product, version=p.version, delivery="media", now=ctx.now,

@@ -160,7 +160,7 @@ async def show_entitlement(ctx: Context, p: EntitlementParams) -> dict[str, Any]
     async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p.machine)
         entitlement = await ctx.services.desk.entitlement(conn, agent, p.at, ctx.now)
-    return {"machine": agent["id"], "hostname": agent["hostname"], "customer": agent["customer"],
+    return {"machine": agent.id, "hostname": agent.hostname, "customer": agent.customer,
             **entitlement.to_dict()}
 
 
@@ -218,7 +218,7 @@ class ListIncidents(msgspec.Struct, forbid_unknown_fields=True):
 async def list_incidents(ctx: Context, p: ListIncidents) -> list[dict[str, Any]]:
     async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
-        agent_id = (await store.get_agent(conn, p.machine))["id"] if p.machine else None
+        agent_id = (await store.get_agent(conn, p.machine)).id if p.machine else None
         rows = await service.list_incidents(conn, open_only=p.open, customer_id=customer_id,
                                             agent_id=agent_id)
         for row in rows:

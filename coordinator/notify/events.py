@@ -108,8 +108,8 @@ async def incident_facts(conn: AsyncConnection, incident_id: int) -> dict[str, A
     return {
         "incident": incident_id, "kind": incident["kind"], "subject": incident["subject"],
         "category": incident["category"], "severity": incident["severity"],
-        "detail": incident["detail"], "machine": agent["id"], "hostname": agent["hostname"],
-        "customer": agent["customer"],
+        "detail": incident["detail"], "machine": agent.id, "hostname": agent.hostname,
+        "customer": agent.customer,
         "action": decision.get("action"), "covered": decision.get("covered"),
         "fee_vnd": decision.get("fee_vnd"), "due_at": decision.get("due_at"),
         "opened_at": incident["opened_at"],
@@ -149,10 +149,10 @@ async def notify_job_result(conn: AsyncConnection, part: dict[str, Any], outcome
     kind = "update.installed" if outcome == "installed" else "job.failed"
     await notify(conn, policy.Event(
         kind, f"job:{part['ref']}:{outcome}", "low" if outcome == "installed" else "high",
-        {"machine": agent["id"], "hostname": agent["hostname"], "customer": agent["customer"],
+        {"machine": agent.id, "hostname": agent.hostname, "customer": agent.customer,
          "product": part["product"], "version": part["version"], "outcome": outcome,
          "reason": reason or "", "job": part["ref"]},
-        customer_id=agent["customer_id"]), now)
+        customer_id=agent.customer_id), now)
 
 
 async def notify_rollout(conn: AsyncConnection, kind: str, rollout: dict[str, Any],
@@ -164,7 +164,7 @@ async def notify_rollout(conn: AsyncConnection, kind: str, rollout: dict[str, An
     hostnames = []
     for machine in machines[:20]:
         agent = await fstore.agent_by_id(conn, machine["agent_id"])
-        hostnames.append(agent["hostname"] if agent else machine["agent_id"])
+        hostnames.append(agent.hostname if agent else machine["agent_id"])
     await notify(conn, policy.Event(
         kind, f"rollout:{rollout['id']}:{kind.split('.')[1]}:{now.isoformat()}", "high",
         {"rollout": rollout["id"], "product": rollout["product"], "version": rollout["version"],

@@ -371,7 +371,7 @@ class Notifier:
                     incident = await service.get_incident(conn, visit["incident_id"])
                     agent = await fstore.get_agent(conn, visit["agent_id"])
                     facts = {"visit": visit["id"], "incident": visit["incident_id"],
-                             "hostname": agent["hostname"], "customer": agent["customer"],
+                             "hostname": agent.hostname, "customer": agent.customer,
                              "action": visit["action"], "fee_vnd": visit["fee_vnd"],
                              "due_at": visit["due_at"], "technician": visit["technician"],
                              "kind": incident["kind"]}
@@ -412,8 +412,8 @@ class Notifier:
                 if recipient["customer_id"] is not None:
                     continue
                 agent = await fstore.get_agent(conn, v["agent_id"])
-                visits.append({"id": v["id"], "customer": agent["customer"],
-                               "hostname": agent["hostname"], "action": v["action"],
+                visits.append({"id": v["id"], "customer": agent.customer,
+                               "hostname": agent.hostname, "action": v["action"],
                                "due_at": v["due_at"].isoformat(), "overdue": v["due_at"] < now})
             open_incidents = len(await service.list_incidents(conn, open_only=True))
             updates = [{"event": i["event"], **{k: i["facts"].get(k) for k in

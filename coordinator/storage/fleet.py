@@ -90,6 +90,72 @@ class AgentPresence:
 PRESENCE_COLUMNS = tuple(f.name for f in fields(AgentPresence))
 
 
+@dataclass(frozen=True, slots=True)
+class CoverageKey:
+    """What a machine's coverage depends on: its customer, its contract (None: the
+    customer's current one) and the day it joined it (else the day it enrolled)."""
+
+    id: str
+    customer_id: int
+    contract_id: int | None
+    joined_contract_on: dt.date | None
+    enrolled_at: dt.datetime
+    hostname: str = ""
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> CoverageKey:
+        return cls(row["id"], row["customer_id"], row["contract_id"], row["joined_contract_on"],
+                   row["enrolled_at"], row.get("hostname", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """An enrolled machine's agent, as stored, with its customer's and its site's names
+    (`customer`, `site`) when read for display."""
+
+    id: str
+    customer_id: int
+    public_key: bytes
+    hostname: str
+    os: str
+    agent_version: str
+    enrolled_at: dt.datetime
+    revoked_at: dt.datetime | None
+    connected: bool
+    last_seen: dt.datetime | None
+    last_connected_at: dt.datetime | None
+    health: dict[str, Any] | None  # its last report, as a JSON object
+    contract_id: int | None
+    site_id: int | None
+    joined_contract_on: dt.date | None
+    off_at: dt.datetime | None
+    hw_uuid: str | None
+    hw_serial: str | None
+    hw_disk: str | None
+    hw_mac: str | None
+    key_id: str | None  # its current key's id, when a reinstall gave the machine a new key
+    key_changed_at: dt.datetime | None
+    replaced_by: str | None
+    versions_at: dt.datetime | None
+    targeting_changed_at: dt.datetime | None
+    customer: str = ""
+    site: str | None = None
+
+    @property
+    def coverage_key(self) -> CoverageKey:
+        return CoverageKey(self.id, self.customer_id, self.contract_id, self.joined_contract_on,
+                           self.enrolled_at, self.hostname)
+
+    @property
+    def presence(self) -> AgentPresence:
+        return AgentPresence(*(getattr(self, name) for name in PRESENCE_COLUMNS))
+
+    @property
+    def products(self) -> list[dict[str, Any]]:
+        """The products its last health report listed."""
+        return list((self.health or {}).get("products", []))
+
+
 def rows_of(result: sa.CursorResult[Any]) -> list[Row]:
     return [dict(r) for r in result.mappings()]
 
@@ -292,21 +358,21 @@ def hardware_columns(hardware: Mapping[str, str]) -> dict[str, str | None]:
     return {column: hardware.get(field) for field, column in HARDWARE_COLUMNS.items()}
 
 
-def hardware_of(row: Mapping[str, Any]) -> dict[str, str | None]:
-    return {field: row.get(column) for field, column in HARDWARE_COLUMNS.items()}
+def hardware_of(agent: Agent) -> dict[str, str | None]:
+    return {field: getattr(agent, column) for field, column in HARDWARE_COLUMNS.items()}
 
 
 async def machines_matching(
     conn: AsyncConnection, customer_id: int, hardware: Mapping[str, str]
-) -> list[Row]:
+) -> list[Agent]:
     """A customer's machines sharing any hardware identity field with `hardware`."""
     conditions = [agents.c[column] == hardware[field]
                   for field, column in HARDWARE_COLUMNS.items() if hardware.get(field)]
     if not conditions:
         return []
-    return rows_of(await conn.execute(
+    return typed_rows(await conn.execute(
         _agents_with_customer().where(agents.c.customer_id == customer_id, sa.or_(*conditions))
-        .order_by(agents.c.enrolled_at)))
+        .order_by(agents.c.enrolled_at)), Agent)
 
 
 async def rekey_agent(
@@ -383,17 +449,17 @@ def _agents_with_customer() -> sa.Select[Any]:
         .outerjoin(sites, agents.c.site_id == sites.c.id))
 
 
-async def get_agent_exact(conn: AsyncConnection, agent_id: str) -> Row:
+async def get_agent_exact(conn: AsyncConnection, agent_id: str) -> Agent:
     """An agent (with its customer and site names) by its exact id: all internal code uses
     this, so no hostname or prefix can ever stand for another machine."""
-    row = (await conn.execute(_agents_with_customer().where(agents.c.id == agent_id))
-           ).mappings().first()
-    if row is None:
+    found = typed_rows(await conn.execute(_agents_with_customer().where(agents.c.id == agent_id)),
+                       Agent)
+    if not found:
         raise NotFound(f"no agent {agent_id!r}")
-    return dict(row)
+    return found[0]
 
 
-async def get_agent(conn: AsyncConnection, ref: str) -> Row:
+async def get_agent(conn: AsyncConnection, ref: str) -> Agent:
     """What a technician typed: an agent's full id first, else an unambiguous prefix of an
     id, or a unique hostname (never when `ref` is shaped like an id)."""
     if not ref:
@@ -403,7 +469,7 @@ async def get_agent(conn: AsyncConnection, ref: str) -> Row:
     matches = agents.c.id.startswith(ref, autoescape=True)
     if not looks_like_agent_id(ref):
         matches = sa.or_(matches, agents.c.hostname == ref)
-    rows = rows_of(await conn.execute(_agents_with_customer().where(matches).limit(2)))
+    rows = typed_rows(await conn.execute(_agents_with_customer().where(matches).limit(2)), Agent)
     if not rows:
         raise NotFound(f"no agent {ref!r}")
     if len(rows) > 1:
@@ -411,35 +477,34 @@ async def get_agent(conn: AsyncConnection, ref: str) -> Row:
     return rows[0]
 
 
-async def list_agents(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+async def list_agents(conn: AsyncConnection, customer_id: int | None = None) -> list[Agent]:
     query = _agents_with_customer().order_by(agents.c.customer_id, agents.c.hostname, agents.c.id)
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Agent)
 
 
 async def agents_page(conn: AsyncConnection, customer_id: int, limit: int,
-                      offset: int) -> tuple[int, list[Row]]:
+                      offset: int) -> tuple[int, list[Agent]]:
     """How many machines a customer has, and one page of them by hostname (a customer with
     2,000 machines shows 50 at a time)."""
     total = (await conn.execute(sa.select(sa.func.count()).select_from(agents)
                                 .where(agents.c.customer_id == customer_id))).scalar_one()
-    rows = rows_of(await conn.execute(
+    rows = typed_rows(await conn.execute(
         _agents_with_customer().where(agents.c.customer_id == customer_id)
-        .order_by(agents.c.hostname, agents.c.id).limit(limit).offset(offset)))
+        .order_by(agents.c.hostname, agents.c.id).limit(limit).offset(offset)), Agent)
     return int(total), rows
 
 
-async def list_coverage_keys(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+async def list_coverage_keys(conn: AsyncConnection,
+                             customer_id: int | None = None) -> list[CoverageKey]:
     """What the coverage of every machine in service depends on (its customer, contract and
     the day it joined), and its name: the few columns a fleet-wide entitlement pass reads."""
-    query = sa.select(
-        agents.c.id, agents.c.hostname, agents.c.customer_id, agents.c.contract_id,
-        agents.c.joined_contract_on, agents.c.enrolled_at,
-    ).where(agents.c.revoked_at.is_(None))
+    query = sa.select(*(agents.c[f.name] for f in fields(CoverageKey))).where(
+        agents.c.revoked_at.is_(None))
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), CoverageKey)
 
 
 async def coverage_groups(conn: AsyncConnection) -> list[Row]:
@@ -479,10 +544,10 @@ async def revoke_agent(conn: AsyncConnection, agent_id: str, now: dt.datetime) -
         raise Conflict(f"agent {agent_id} is already revoked")
 
 
-async def agent_by_id(conn: AsyncConnection, agent_id: str) -> Row | None:
-    """Exact lookup by primary key: what authentication needs, with no scan."""
-    row = (await conn.execute(sa.select(agents).where(agents.c.id == agent_id))).mappings().first()
-    return dict(row) if row else None
+async def agent_by_id(conn: AsyncConnection, agent_id: str) -> Agent | None:
+    """Exact lookup by primary key, with no scan (and no customer or site name)."""
+    found = typed_rows(await conn.execute(sa.select(agents).where(agents.c.id == agent_id)), Agent)
+    return found[0] if found else None
 
 
 async def agent_keys(conn: AsyncConnection, enrolled_since: dt.datetime | None = None,

@@ -183,7 +183,7 @@ async def test_processes_claim_disjoint_rows(setup: Setup, database: str) -> Non
         await other.close()
 
 
-async def _machine(setup: Setup, signed_on: dt.date, at: dt.datetime) -> dict[str, Any]:
+async def _machine(setup: Setup, signed_on: dt.date, at: dt.datetime) -> fleet.Agent:
     """A machine of customer 1 on a contract signed `signed_on` (12 months of warranty)."""
     from careline.coordinator.storage import service
 
@@ -267,10 +267,10 @@ async def test_rollout_pause_and_job_results_name_their_machines(setup: Setup) -
     agent = await _machine(setup, now().date(), now())
     rollout = {"id": 4, "product": "KeToan", "version": "2026.2", "effective": dt.date(2027, 1, 1),
                "customer_id": None}
-    part = {"agent_id": agent["id"], "ref": "job-9-1", "product": "KeToan", "version": "2026.2"}
+    part = {"agent_id": agent.id, "ref": "job-9-1", "product": "KeToan", "version": "2026.2"}
     async with setup.db.transaction() as conn:
         await notify_rollout(conn, "rollout.paused", rollout,
-                             [{"agent_id": agent["id"]}] * 40, "wave 2: 40 of 200 failed", now())
+                             [{"agent_id": agent.id}] * 40, "wave 2: 40 of 200 failed", now())
         await notify_rollout(conn, "rollout.deadline_at_risk", rollout, [], "", now())  # none late
         await notify_job_result(conn, part, "rolled_back", "check failed", now())
         await notify_job_result(conn, part, "downloading", None, now())  # not a result
