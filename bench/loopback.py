@@ -4,6 +4,7 @@ and stopping every process it started."""
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import subprocess
 import time
@@ -13,9 +14,26 @@ from typing import Any
 
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, below the kernel's range for outgoing connections: with
+    tens of thousands of loopback connections those ports are all but taken, and a killed
+    coordinator's port (an ephemeral one) was taken by a new outgoing connection before
+    its restart could bind it again."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as s:  # all taken: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
