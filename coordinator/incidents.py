@@ -303,17 +303,17 @@ class IncidentDesk:
         return best
 
     async def _job_for(
-        self, conn: AsyncConnection, agent: store.Agent, incident: dict[str, Any],
+        self, conn: AsyncConnection, agent: store.Agent, incident: service.Incident,
         action: str, fix: tuple[str, str] | None, now: dt.datetime,
     ) -> dict[str, Any]:
         """Carry out a remote decision with an update job; why not, if it can't be."""
-        product = fix[0] if fix else incident["subject"] or None
+        product = fix[0] if fix else incident.subject or None
         try:
             job = await create_job(
                 conn, kind=JOB_ACTIONS[action], agent_ids=[agent.id],
-                actor=f"incident:{incident['id']}", product=product,
+                actor=f"incident:{incident.id}", product=product,
                 version=fix[1] if fix and action == "remote_update" else None,
-                reason=f"incident {incident['id']}: {incident['kind']}", now=now)
+                reason=f"incident {incident.id}: {incident.kind}", now=now)
         except CarelineError as exc:
             return {"job_error": str(exc)}
         return {"job": job["id"]}
@@ -321,21 +321,21 @@ class IncidentDesk:
     async def decide(self, conn: AsyncConnection, incident_id: int, now: dt.datetime) -> dict[str, Any]:
         """Decide (again) what to do about an incident, and store the decision and any visit."""
         incident = await service.get_incident(conn, incident_id)
-        agent = await store.get_agent_exact(conn, incident["agent_id"])
+        agent = await store.get_agent_exact(conn, incident.agent_id)
         customer = await store.get_customer(conn, agent.customer_id)
         policy = await self.policy_for(conn, agent)
         calendar = await load_calendar(conn, policy, customer)
-        reported = incident["opened_at"]
+        reported = incident.opened_at
         entitlement = await self.entitlement(conn, agent, calendar.local(reported).date())
         machine = await self.machine_state(conn, agent, entitlement, now, calendar, policy)
         paused = tuple(Pause(w["started_at"], w["ended_at"], w["on_whom"], w["note"])
                        for w in await service.list_waits(conn, incident_id))
         year_ago = now - dt.timedelta(days=365)
         # The release that just failed to install is not a fix for its own failure.
-        fix = (None if incident["kind"] == "update_failed"
-               else await self.newest_fix(conn, agent, incident["subject"]))
+        fix = (None if incident.kind == "update_failed"
+               else await self.newest_fix(conn, agent, incident.subject))
         decision = decide(
-            IncidentFacts(incident["category"], incident["severity"], reported), entitlement,
+            IncidentFacts(incident.category, incident.severity, reported), entitlement,
             machine, fix_available=fix is not None, policy=policy, calendar=calendar,
             onsite_visits_used=await service.count_visits(conn, customer.id, year_ago),
             paused=paused,

@@ -85,7 +85,7 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
         assert hello["id"] == machine
         keys = await store.agent_keys(conn)
         assert keys[machine][0] == second.public_key == keys[row.key_id][0]
-        assert [i["id"] for i in await service.list_incidents(conn, agent_id=machine)] == [
+        assert [i.id for i in await service.list_incidents(conn, agent_id=machine)] == [
             incident]
         done = await service.get_visit(conn, visit)
         assert done["status"] == "completed"

@@ -56,7 +56,7 @@ async def sweep(db: Database, desk: IncidentDesk, start: dt.datetime, end: dt.da
 
 async def open_kinds(db: Database, agent_id: str) -> list[str]:
     async with db.connect() as conn:
-        return [i["kind"] for i in await service.list_incidents(conn, open_only=True,
+        return [i.kind for i in await service.list_incidents(conn, open_only=True,
                                                                  agent_id=agent_id)]
 
 

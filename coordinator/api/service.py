@@ -203,9 +203,8 @@ async def open_incident(ctx: Context, p: OpenIncident) -> dict[str, Any]:
 
 
 async def _incident_view(conn: Any, incident_id: int) -> dict[str, Any]:
-    incident = await service.get_incident(conn, incident_id)
-    incident["decision"] = await service.latest_decision(conn, incident_id)
-    return incident
+    return {**dataclasses.asdict(await service.get_incident(conn, incident_id)),
+            "decision": await service.latest_decision(conn, incident_id)}
 
 
 class ListIncidents(msgspec.Struct, forbid_unknown_fields=True):
@@ -219,13 +218,12 @@ async def list_incidents(ctx: Context, p: ListIncidents) -> list[dict[str, Any]]
     async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         agent_id = (await store.get_agent(conn, p.machine)).id if p.machine else None
-        rows = await service.list_incidents(conn, open_only=p.open, customer_id=customer_id,
-                                            agent_id=agent_id)
-        for row in rows:
-            decision = await service.latest_decision(conn, row["id"])
-            row["action"] = decision["action"] if decision else None
-            row["fee_vnd"] = decision["fee_vnd"] if decision else None
-            row["due_at"] = decision["due_at"] if decision else None
+        rows = []
+        for incident in await service.list_incidents(conn, open_only=p.open,
+                                                     customer_id=customer_id, agent_id=agent_id):
+            decision = await service.latest_decision(conn, incident.id) or {}
+            rows.append({**dataclasses.asdict(incident),
+                         **{key: decision.get(key) for key in ("action", "fee_vnd", "due_at")}})
     return rows
 
 
@@ -247,12 +245,12 @@ async def explain_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
         waits = await service.list_waits(conn, p.id)
     if decision is None:
         raise Conflict(f"incident {p.id} has no decision")
-    return {"incident": p.id, "category": incident["category"], "severity": incident["severity"],
+    return {"incident": p.id, "category": incident.category, "severity": incident.severity,
             "action": decision["action"], "covered": decision["covered"],
             "fee_vnd": decision["fee_vnd"], "quote_vnd": decision["quote_vnd"],
             "due_at": decision["due_at"], "reasons": decision["reasons"],
             "explanation": decision["explanation"],
-            "facts": decision["facts"], "waiting_on": incident["waiting_on"],
+            "facts": decision["facts"], "waiting_on": incident.waiting_on,
             "paused": [{k: w[k] for k in ("on_whom", "note", "started_at", "ended_at",
                                           "started_by", "ended_by")} for w in waits]}
 
@@ -287,7 +285,7 @@ async def redecide_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
         await notify_incident(conn, p.id, "incident.escalated" if escalated else "incident.updated",
                               ctx.now, visit_id=decision["visit"],
                               urgent_from=await ctx.services.desk.urgent_from(
-                                  conn, incident["agent_id"]))
+                                  conn, incident.agent_id))
         await ctx.audit(conn, "incident.redecide", f"incident:{p.id}",
                         decided=decision["action"])
     return decision
@@ -305,10 +303,10 @@ async def wait_incident(ctx: Context, p: WaitIncident) -> dict[str, Any]:
     clock stops until `resume`."""
     async with ctx.services.db.transaction() as conn:
         incident = await service.get_incident(conn, p.id)
-        if incident["status"] != "open":
+        if incident.status != "open":
             raise Conflict(f"incident {p.id} is not open")
-        if incident["waiting_on"]:
-            raise Conflict(f"incident {p.id} already waits on {incident['waiting_on']}")
+        if incident.waiting_on:
+            raise Conflict(f"incident {p.id} already waits on {incident.waiting_on}")
         await ctx.services.desk.touch(conn, p.id)
         await service.start_wait(conn, incident_id=p.id, on_whom=p.on, note=p.note,
                                  by=ctx.caller.name, now=ctx.now)

@@ -103,16 +103,16 @@ async def notify(conn: AsyncConnection, event: policy.Event, now: dt.datetime,
 async def incident_facts(conn: AsyncConnection, incident_id: int) -> dict[str, Any]:
     """What a message about an incident says: machine, customer, decision, fee, due time."""
     incident = await service.get_incident(conn, incident_id)
-    agent = await fstore.get_agent(conn, incident["agent_id"])
+    agent = await fstore.get_agent(conn, incident.agent_id)
     decision = await service.latest_decision(conn, incident_id) or {}
     return {
-        "incident": incident_id, "kind": incident["kind"], "subject": incident["subject"],
-        "category": incident["category"], "severity": incident["severity"],
-        "detail": incident["detail"], "machine": agent.id, "hostname": agent.hostname,
+        "incident": incident_id, "kind": incident.kind, "subject": incident.subject,
+        "category": incident.category, "severity": incident.severity,
+        "detail": incident.detail, "machine": agent.id, "hostname": agent.hostname,
         "customer": agent.customer,
         "action": decision.get("action"), "covered": decision.get("covered"),
         "fee_vnd": decision.get("fee_vnd"), "due_at": decision.get("due_at"),
-        "opened_at": incident["opened_at"],
+        "opened_at": incident.opened_at,
     }
 
 
@@ -129,14 +129,14 @@ async def notify_incident(conn: AsyncConnection, incident_id: int, kind: str, no
               "incident.escalated": f":{now.isoformat()}",
               "incident.overdue": f":{facts['due_at']}"}.get(kind, "")
     await notify(conn, policy.Event(
-        kind, f"incident:{incident_id}:{kind.split('.')[1]}{suffix}", incident["severity"], facts,
-        customer_id=incident["customer_id"], thread=f"incident:{incident_id}",
-        incident_kind=incident["kind"], urgent_from=urgent_from), now, customer_open=open_now)
+        kind, f"incident:{incident_id}:{kind.split('.')[1]}{suffix}", incident.severity, facts,
+        customer_id=incident.customer_id, thread=f"incident:{incident_id}",
+        incident_kind=incident.kind, urgent_from=urgent_from), now, customer_open=open_now)
     if visit_id is not None:
         await notify(conn, policy.Event(
-            "visit.created", f"visit:{visit_id}:created", incident["severity"],
-            {**facts, "visit": visit_id}, customer_id=incident["customer_id"],
-            thread=f"incident:{incident_id}", incident_kind=incident["kind"],
+            "visit.created", f"visit:{visit_id}:created", incident.severity,
+            {**facts, "visit": visit_id}, customer_id=incident.customer_id,
+            thread=f"incident:{incident_id}", incident_kind=incident.kind,
             urgent_from=urgent_from), now)
 
 

@@ -352,17 +352,17 @@ class Notifier:
                            if v["status"] == "open"]
             late_incidents = []
             for incident in await service.list_incidents(conn, open_only=True):
-                decision = await service.latest_decision(conn, incident["id"])
+                decision = await service.latest_decision(conn, incident.id)
                 if decision and decision["due_at"] < now:
                     late_incidents.append((incident, decision))
         for incident, decision in late_incidents:
-            key = f"incident:{incident['id']}:overdue:{decision['due_at'].isoformat()}"
+            key = f"incident:{incident.id}:overdue:{decision['due_at'].isoformat()}"
             if key not in self._periodic_done:
                 async with self.db.transaction() as conn:
                     await notify_incident(
-                        conn, incident["id"], "incident.overdue", now,
+                        conn, incident.id, "incident.overdue", now,
                         urgent_from=await self.desk.urgent_from(
-                            conn, incident["agent_id"]))
+                            conn, incident.agent_id))
                 self._periodic_done.add(key)
         for visit in late_visits:
             key = f"visit:{visit['id']}:overdue"
@@ -374,11 +374,11 @@ class Notifier:
                              "hostname": agent.hostname, "customer": agent.customer,
                              "action": visit["action"], "fee_vnd": visit["fee_vnd"],
                              "due_at": visit["due_at"], "technician": visit["technician"],
-                             "kind": incident["kind"]}
+                             "kind": incident.kind}
                     await notify(conn, policy.Event(
-                        "visit.overdue", key, incident["severity"], facts,
+                        "visit.overdue", key, incident.severity, facts,
                         customer_id=visit["customer_id"], thread=f"incident:{visit['incident_id']}",
-                        incident_kind=incident["kind"]), now)
+                        incident_kind=incident.kind), now)
                 self._periodic_done.add(key)
 
     def _due_today(self, recipient: Mapping[str, Any], now: dt.datetime, weekly: bool) -> str | None:

@@ -60,6 +60,31 @@ class Closure:
     created_at: dt.datetime
 
 
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """An incident, with its customer's name and its machine's hostname."""
+
+    id: int
+    agent_id: str
+    customer_id: int
+    kind: str
+    subject: str
+    category: str
+    severity: str
+    status: str  # open, resolved
+    opened_by: str  # "agent", or the technician who reported it
+    opened_at: dt.datetime
+    updated_at: dt.datetime
+    resolved_at: dt.datetime | None
+    signals: int  # how many times it was seen (flap suppression bumps instead of reopening)
+    touched: bool
+    detail: str
+    resolution: str | None
+    waiting_on: str | None  # what its due clock waits for (customer, parts, ...), if anything
+    customer: str
+    hostname: str
+
+
 async def _one(conn: AsyncConnection, query: sa.Select[Any], missing: str) -> Row:
     row = (await conn.execute(query)).mappings().first()
     if row is None:
@@ -260,9 +285,12 @@ def _incident_query() -> sa.Select[Any]:
         .join(agents, incidents.c.agent_id == agents.c.id))
 
 
-async def get_incident(conn: AsyncConnection, incident_id: int) -> Row:
-    return await _one(conn, _incident_query().where(incidents.c.id == incident_id),
-                      f"no incident {incident_id}")
+async def get_incident(conn: AsyncConnection, incident_id: int) -> Incident:
+    found = typed_rows(await conn.execute(_incident_query().where(incidents.c.id == incident_id)),
+                       Incident)
+    if not found:
+        raise NotFound(f"no incident {incident_id}")
+    return found[0]
 
 
 async def count_open_incidents(conn: AsyncConnection, agent_id: str, kind: str) -> int:
@@ -274,7 +302,7 @@ async def count_open_incidents(conn: AsyncConnection, agent_id: str, kind: str) 
 async def list_incidents(
     conn: AsyncConnection, *, open_only: bool = False, customer_id: int | None = None,
     agent_id: str | None = None,
-) -> list[Row]:
+) -> list[Incident]:
     query = _incident_query().order_by(incidents.c.id.desc())
     if open_only:
         query = query.where(incidents.c.status == "open")
@@ -282,7 +310,7 @@ async def list_incidents(
         query = query.where(incidents.c.customer_id == customer_id)
     if agent_id is not None:
         query = query.where(incidents.c.agent_id == agent_id)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Incident)
 
 
 async def update_incident(conn: AsyncConnection, incident_id: int, **values: Any) -> None:
