@@ -546,9 +546,9 @@ class Coordinator:
         """The technician holding this token now, or None once it is revoked."""
         async with self.db.connect() as conn:
             row = await store.technician_by_token_hash(conn, digest)
-        if row is None or row["revoked_at"] is not None:
+        if row is None or row.revoked_at is not None:
             return None
-        return api.Caller(row["name"], row["role"])
+        return api.Caller(row.name, row.role)
 
     async def _serve_admin(self, ws: ServerConnection, headers: Headers) -> None:
         digest = token_hash(headers.get("Authorization", "").removeprefix("Bearer ").strip())

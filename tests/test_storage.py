@@ -385,10 +385,10 @@ async def test_technicians_and_audit(db: Database) -> None:
     async with db.connect() as conn:
         found = await store.technician_by_token_hash(conn, token_hash("clt_x"))
         assert found is not None
-        assert found["id"] == tech["id"]
-        assert found["revoked_at"] is None
+        assert found.id == tech.id
+        assert found.revoked_at is None
         assert await store.technician_by_token_hash(conn, token_hash("clt_y")) is None
-        assert all("token_hash" not in t for t in await store.list_technicians(conn))
+        assert all(not hasattr(t, "token_hash") for t in await store.list_technicians(conn))
         (entry,) = await store.list_audit(conn)
         assert (entry["actor"], entry["detail"], entry["at"]) == ("lan", {"name": "Acme"}, NOW)
     async with db.transaction() as conn:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from careline.coordinator.storage.fleet import Role
 from careline.shared.errors import PermissionDenied, ProtocolError
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
     from careline.coordinator.services import Services
 
-Role = Literal["viewer", "technician", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "technician", "admin")
 
 

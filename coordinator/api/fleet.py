@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from careline.coordinator.api import Context, NoParams, Role, method
+from careline.coordinator.api import Context, NoParams, method
 from careline.coordinator.storage import fleet as store
 from careline.coordinator.storage import service
 from careline.shared.errors import ConfigError
@@ -226,20 +226,21 @@ async def distinct_agents(ctx: Context, p: ReplaceAgent) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- technicians
 class AddTechnician(msgspec.Struct, forbid_unknown_fields=True):
     name: str
-    role: Role
+    role: store.Role
 
 
 @method("technicians.add", "admin", AddTechnician)
 async def add_technician(ctx: Context, p: AddTechnician) -> dict[str, Any]:
+    """The new technician, with their token: shown this once, stored only as a hash."""
     token = new_token("clt")
     async with ctx.services.db.transaction() as conn:
         row = await store.add_technician(conn, p.name, p.role, token_hash(token), ctx.now)
         await ctx.audit(conn, "technician.add", f"technician:{p.name}", role=p.role)
-    return {**row, "token": token}
+    return {**dataclasses.asdict(row), "token": token}
 
 
 @method("technicians.list", "viewer")
-async def list_technicians(ctx: Context, _: NoParams) -> list[dict[str, Any]]:
+async def list_technicians(ctx: Context, _: NoParams) -> list[store.Technician]:
     async with ctx.services.db.connect() as conn:
         return await store.list_technicians(conn)
 

@@ -361,7 +361,7 @@ async def assign_visit(ctx: Context, p: AssignVisit) -> dict[str, Any]:
         visit = await service.get_visit(conn, p.id)
         if visit["status"] == "completed":
             raise Conflict(f"visit {p.id} is already completed")
-        if p.technician not in {t["name"] for t in await store.list_technicians(conn)}:
+        if p.technician not in {t.name for t in await store.list_technicians(conn)}:
             raise ConfigError(f"no technician {p.technician!r}")
         await service.update_visit(conn, p.id, technician=p.technician, status="assigned")
         await ctx.services.desk.touch(conn, visit["incident_id"])

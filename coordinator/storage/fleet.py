@@ -9,7 +9,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -88,6 +88,21 @@ class AgentPresence:
 
 
 PRESENCE_COLUMNS = tuple(f.name for f in fields(AgentPresence))
+
+
+Role = Literal["viewer", "technician", "admin"]  # what a technician may do, least first
+
+
+@dataclass(frozen=True, slots=True)
+class Technician:
+    """A technician (their token's hash never leaves storage)."""
+
+    id: int
+    name: str
+    role: Role
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+    language: str | None = None  # the web console's, once chosen
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,20 +260,24 @@ async def get_site(conn: AsyncConnection, customer_id: int, ref: str) -> Row:
 
 # ----------------------------------------------------------------------------- technicians
 async def add_technician(
-    conn: AsyncConnection, name: str, role: str, token_hash: str, now: dt.datetime
-) -> Row:
+    conn: AsyncConnection, name: str, role: Role, token_hash: str, now: dt.datetime
+) -> Technician:
     tid = await insert_row(
         conn, technicians,
         {"name": name, "role": role, "token_hash": token_hash, "created_at": now},
         f"technician {name!r}",
     )
-    return {"id": tid, "name": name, "role": role, "created_at": now, "revoked_at": None}
+    return Technician(tid, name, role, now)
 
 
-async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Row | None:
-    query = sa.select(technicians).where(technicians.c.token_hash == token_hash)
-    row = (await conn.execute(query)).mappings().first()
-    return dict(row) if row else None
+def _technicians() -> sa.Select[Any]:
+    return sa.select(*(technicians.c[f.name] for f in fields(Technician)))
+
+
+async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Technician | None:
+    found = typed_rows(await conn.execute(
+        _technicians().where(technicians.c.token_hash == token_hash)), Technician)
+    return found[0] if found else None
 
 
 async def set_technician_language(conn: AsyncConnection, name: str, language: str) -> None:
@@ -275,12 +294,8 @@ async def active_token_hashes(conn: AsyncConnection, hashes: Iterable[str]) -> s
     return {row.token_hash for row in await conn.execute(query)}
 
 
-async def list_technicians(conn: AsyncConnection) -> list[Row]:
-    query = sa.select(technicians).order_by(technicians.c.id)
-    return [
-        {k: v for k, v in r.items() if k != "token_hash"}
-        for r in rows_of(await conn.execute(query))
-    ]
+async def list_technicians(conn: AsyncConnection) -> list[Technician]:
+    return typed_rows(await conn.execute(_technicians().order_by(technicians.c.id)), Technician)
 
 
 async def revoke_technician(conn: AsyncConnection, name: str, now: dt.datetime) -> None:

@@ -34,6 +34,7 @@ from careline.shared.keys import token_hash
 
 if TYPE_CHECKING:
     from careline.coordinator.services import Services
+    from careline.coordinator.storage import fleet as store
 
 log = logging.getLogger("careline.coordinator")
 
@@ -93,17 +94,17 @@ class Console:
         self.env = environment("web", overrides if overrides.is_dir() else None)
 
     # ------------------------------------------------------------------ who is asking
-    async def technician(self, hashed: str) -> dict[str, Any] | None:
+    async def technician(self, hashed: str) -> store.Technician | None:
         """The technician holding this token now: None once revoked (re-read on every request)."""
         from careline.coordinator.storage import fleet as store
 
         async with self.services.db.connect() as conn:
             row = await store.technician_by_token_hash(conn, hashed)
-        return None if row is None or row["revoked_at"] is not None else row
+        return None if row is None or row.revoked_at is not None else row
 
     async def caller_for(self, hashed: str) -> api.Caller | None:
         row = await self.technician(hashed)
-        return None if row is None else api.Caller(row["name"], row["role"])
+        return None if row is None else api.Caller(row.name, row.role)
 
     async def signed_in(self, request: Request[Any, Any, Any]) -> tuple[Session, api.Caller]:
         """The request's session and technician, read afresh; SignInRequired when the session
@@ -232,7 +233,7 @@ def create_app(services: Services) -> Litestar:
         if row is None:
             await services.technicians.login_failed(_address(request))
             return console.html("signin.html", lang, 401, pre=pre, error="token")
-        lang = row.get("language") or lang  # chosen once in the console, else the browser's
+        lang = row.language or lang  # chosen once in the console, else the browser's
         timezone = form.get("timezone") or DEFAULT_TIMEZONE
         try:
             i18n.format_time(utcnow(), timezone, lang)
