@@ -69,10 +69,9 @@ class AgentKeys:
             while len(self._unknown) > UNKNOWN_CACHE_SIZE:
                 self._unknown.popitem(last=False)
             return "unknown"
-        if row["revoked_at"] is not None:
+        if row.revoked_at is not None:
             return "revoked"
-        key = self._keys[agent_id] = AgentKey(
-            bytes(row["public_key"]), row["customer_id"], row["id"])
+        key = self._keys[agent_id] = AgentKey(row.public_key, row.customer_id, row.id)
         return key
 
     def __len__(self) -> int:

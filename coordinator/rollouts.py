@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from collections import Counter
@@ -132,10 +133,10 @@ class Rollouts:
         percents = percents or self.rules.percents
         waves.WaveRules(percents=percents)  # validate before anything is stored
         for open_rollout in await rstore.list_rollouts(conn, OPEN_STATUSES):
-            if open_rollout["release_id"] == release["id"] and (
-                open_rollout["customer_id"] in (None, customer_id)
+            if open_rollout.release_id == release["id"] and (
+                open_rollout.customer_id in (None, customer_id)
             ):
-                raise Conflict(f"rollout {open_rollout['id']} of this release is still open")
+                raise Conflict(f"rollout {open_rollout.id} of this release is still open")
         rollout_id = await rstore.add_rollout(conn, {
             "release_id": release["id"], "product": release["product"],
             "version": release["version"], "kind": release["kind"],
@@ -162,7 +163,7 @@ class Rollouts:
 
     # ------------------------------------------------------------------ targeting
     async def _retarget(
-        self, conn: AsyncConnection, rollout: dict[str, Any],
+        self, conn: AsyncConnection, rollout: rstore.Rollout,
         machines: list[dict[str, Any]] | None, now: dt.datetime,
     ) -> dict[str, int]:
         """Bring the rollout's scope up to date with the machines whose inputs changed since
@@ -171,20 +172,20 @@ class Rollouts:
         wave, machines found on the version are settled. A completed rollout that gains a
         target reopens. `machines`: the rollout's rows, None to load them only if needed.
         Returns counts of what changed."""
-        last, last_full = self._last_look.get(rollout["id"]), self._last_full.get(rollout["id"])
+        last, last_full = self._last_look.get(rollout.id), self._last_full.get(rollout.id)
         full = last is None or last_full is None or now - last_full >= FULL_RETARGET
         since = None if full or last is None else last - RETARGET_OVERLAP
         candidates = await rstore.targeting_candidates(
-            conn, rollout["id"], rollout["customer_id"], since)
-        self._last_look[rollout["id"]] = now
+            conn, rollout.id, rollout.customer_id, since)
+        self._last_look[rollout.id] = now
         if full:
-            self._last_full[rollout["id"]] = now
-            await rstore.update_rollout(conn, rollout["id"], last_targeting_at=now)
+            self._last_full[rollout.id] = now
+            await rstore.update_rollout(conn, rollout.id, last_targeting_at=now)
         changed = {"targeted": 0, "not_covered": 0, "settled": 0}
         needing, reported = [], {}
         for agent in candidates:
-            watching, version = product_report(agent["products"], rollout["product"])
-            standing = waves.version_standing(watching, version, rollout["version"])
+            watching, version = product_report(agent["products"], rollout.product)
+            standing = waves.version_standing(watching, version, rollout.version)
             reported[agent["id"]] = version
             if standing is waves.Standing.CURRENT:
                 if agent["row_id"] is not None and agent["row_state"] != "succeeded":
@@ -202,20 +203,20 @@ class Rollouts:
             return changed
         # Covered on the effective date; once it has passed, covered now (a PC bought
         # after the date is owed the update under today's warranty or package).
-        effective = rollout["effective"]
+        effective = rollout.effective
         on = effective if effective and waves.days_until(effective, now) > 0 else None
         entitlements = await self.desk.entitlements(
             conn, [store.CoverageKey.of(agent) for agent in needing], on, now)
         covered, rows = [], []
         for agent in needing:
             entitlement = entitlements[agent["id"]]
-            if covers(entitlement.to_dict()["includes"], rollout["kind"]) and entitlement.covered:
+            if covers(entitlement.to_dict()["includes"], rollout.kind) and entitlement.covered:
                 covered.append(agent)
             else:
                 detail = (f"{entitlement.label} on {entitlement.at}; "
-                          f"{self._suggestion(rollout['kind'])}")
+                          f"{self._suggestion(rollout.kind)}")
                 if agent["row_id"] is None:
-                    rows.append({"rollout_id": rollout["id"], "agent_id": agent["id"],
+                    rows.append({"rollout_id": rollout.id, "agent_id": agent["id"],
                                  "customer_id": agent["customer_id"], "wave": None,
                                  "state": "not_covered", "from_version": reported[agent["id"]],
                                  "detail": detail})
@@ -226,7 +227,7 @@ class Rollouts:
                     changed["settled"] += 1
         changed["not_covered"] = len(rows)
         if machines is None:
-            machines = await rstore.machines_of(conn, rollout["id"])
+            machines = await rstore.machines_of(conn, rollout.id)
         placed = self._place(rollout, machines, covered)
         for agent in covered:
             wave, reason = placed[agent["id"]]
@@ -238,35 +239,34 @@ class Rollouts:
                                          sent_at=None, finished_at=None,
                                          detail=f"{why}; {reason}".strip("; "))
             else:
-                rows.append({"rollout_id": rollout["id"], "agent_id": agent["id"],
+                rows.append({"rollout_id": rollout.id, "agent_id": agent["id"],
                              "customer_id": agent["customer_id"], "wave": wave,
                              "state": "pending", "from_version": reported[agent["id"]],
                              "detail": reason})
         await rstore.add_machines(conn, rows)
         changed["targeted"] = len(covered)
-        if covered and rollout["status"] == "completed":
-            reason = f"reopened: {len(covered)} more machine(s) need {rollout['version']}"
-            await rstore.update_rollout(conn, rollout["id"], status="running", reason=reason,
+        if covered and rollout.status == "completed":
+            reason = f"reopened: {len(covered)} more machine(s) need {rollout.version}"
+            await rstore.update_rollout(conn, rollout.id, status="running", reason=reason,
                                         updated_at=now)
-            rollout.update(status="running", reason=reason)
-            await store.record_audit(conn, actor=f"rollout:{rollout['id']}",
-                                     action="rollout.reopen", target=f"rollout:{rollout['id']}",
+            await store.record_audit(conn, actor=f"rollout:{rollout.id}",
+                                     action="rollout.reopen", target=f"rollout:{rollout.id}",
                                      detail={"machines": [a["id"] for a in covered]}, now=now)
         return changed
 
-    def _place(self, rollout: dict[str, Any], machines: list[dict[str, Any]],
+    def _place(self, rollout: rstore.Rollout, machines: list[dict[str, Any]],
                covered: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
         """Wave and reason for each new target. The first targets of a rollout are planned
         as at the start (canary first); later ones join where place_late_joiner says."""
         if not any(m["wave"] is not None for m in machines):
             plan = waves.plan_waves([waves.Target(a["id"], a["customer_id"]) for a in covered],
-                                    tuple(int(x) for x in rollout["percents"].split(",")),
-                                    seed=f"release-{rollout['release_id']}")
+                                    tuple(int(x) for x in rollout.percents.split(",")),
+                                    seed=f"release-{rollout.release_id}")
             return {agent_id: (index, "") for index, wave in enumerate(plan)
                     for agent_id in wave}
-        verdicts = self._verdicts(machines, len(rollout["percents"].split(",")))
-        status = "running" if rollout["status"] == "completed" else rollout["status"]
-        placement = waves.place_late_joiner(status, min(rollout["sent_waves"], len(verdicts)),
+        verdicts = self._verdicts(machines, len(rollout.percents.split(",")))
+        status = "running" if rollout.status == "completed" else rollout.status
+        placement = waves.place_late_joiner(status, min(rollout.sent_waves, len(verdicts)),
                                             verdicts)
         wave = placement.wave if placement.wave is not None else max(len(verdicts) - 1, 0)
         return {a["id"]: (wave, placement.reason) for a in covered}
@@ -327,18 +327,19 @@ class Rollouts:
                 conn, (*OPEN_STATUSES, "completed")))
         for rollout in rollouts:
             async with self.db.transaction() as conn:
-                job_ids = await self.advance(conn, rollout["id"], now)
+                job_ids = await self.advance(conn, rollout.id, now)
             for job_id in job_ids:
                 await self.updates.dispatch(job_id=job_id)
 
     async def advance(self, conn: AsyncConnection, rollout_id: int, now: dt.datetime) -> list[int]:
         """One step of one rollout; returns the jobs it created (to dispatch after commit)."""
         rollout = await rstore.get_rollout(conn, rollout_id, lock=True)
-        if rollout["status"] not in (*OPEN_STATUSES, "completed"):
+        if rollout.status not in (*OPEN_STATUSES, "completed"):
             return []
-        if rollout["status"] == "completed":  # watching: its rows are read only if it reopens
+        if rollout.status == "completed":  # watching: its rows are read only if it reopens
             await self._retarget(conn, rollout, None, now)
-            if rollout["status"] == "completed":
+            rollout = await rstore.get_rollout(conn, rollout_id)  # reopened, perhaps
+            if rollout.status == "completed":
                 return []
             machines = await rstore.machines_of(conn, rollout_id)
         else:
@@ -347,10 +348,10 @@ class Rollouts:
                 machines = await rstore.machines_of(conn, rollout_id)
         await self._settle(conn, rollout, machines, now)
         await self._watch_deadline(conn, rollout, machines, now)
-        plan_size = len(rollout["percents"].split(","))
+        plan_size = len(rollout.percents.split(","))
         verdicts = self._verdicts(machines, plan_size)
-        sent_waves = min(rollout["sent_waves"], len(verdicts))
-        action = waves.next_action(rollout["status"], sent_waves, verdicts)
+        sent_waves = min(rollout.sent_waves, len(verdicts))
+        action = waves.next_action(rollout.status, sent_waves, verdicts)
         sending = action.wave + 1 if action.kind is waves.ActionKind.SEND_WAVE and (
             action.wave is not None) else sent_waves
         if sending < len(verdicts):  # a wave still held: its machines' results bring the
@@ -366,9 +367,9 @@ class Rollouts:
             await self._pause(conn, rollout, machines, action.reason, now)
             return []
         elif action.kind is waves.ActionKind.COMPLETE:
-            still_open = waves.open_reason(rollout["kind"], [m["state"] for m in machines])
+            still_open = waves.open_reason(rollout.kind, [m["state"] for m in machines])
             if still_open:  # offline machines catch up when they are back; stay open for them
-                if still_open != rollout["reason"]:
+                if still_open != rollout.reason:
                     await rstore.update_rollout(conn, rollout_id, updated_at=now,
                                                 reason=still_open)
                 return await self._send(conn, rollout, machines, sent_waves, now)
@@ -378,7 +379,7 @@ class Rollouts:
                                      action="rollout.complete", target=f"rollout:{rollout_id}",
                                      detail={}, now=now)
             return []
-        if rollout["status"] != "running":
+        if rollout.status != "running":
             return []
         return await self._send(conn, rollout, machines, sent_waves, now)
 
@@ -402,7 +403,7 @@ class Rollouts:
             return "offline"
         return state
 
-    async def _settle(self, conn: AsyncConnection, rollout: dict[str, Any],
+    async def _settle(self, conn: AsyncConnection, rollout: rstore.Rollout,
                       machines: list[dict[str, Any]], now: dt.datetime) -> None:
         """Move sent machines on from their job parts; time out the silent ones (handed to
         a technician with an update_failed incident); retire revoked machines."""
@@ -420,8 +421,8 @@ class Rollouts:
             elif waves.effective_state("sent", machine["sent_at"], now,
                                        self.rules.install_timeout) is waves.MachineOutcome.TIMED_OUT:
                 new, detail = "timed_out", f"no result within {self.rules.install_timeout}"
-                timed_out[(machine["agent_id"], "update_failed", rollout["product"])] = (
-                    True, f"rollout {rollout['id']} of {rollout['version']}: {detail}")
+                timed_out[(machine["agent_id"], "update_failed", rollout.product)] = (
+                    True, f"rollout {rollout.id} of {rollout.version}: {detail}")
             else:
                 continue
             await rstore.set_machine(conn, machine["id"], state=new, finished_at=now,
@@ -430,7 +431,7 @@ class Rollouts:
         if timed_out:
             await self.desk.observe(conn, timed_out, now)
 
-    async def _send(self, conn: AsyncConnection, rollout: dict[str, Any],
+    async def _send(self, conn: AsyncConnection, rollout: rstore.Rollout,
                     machines: list[dict[str, Any]], sent_waves: int, now: dt.datetime) -> list[int]:
         """Create one job for every pending machine of a sent wave that may install now."""
         ready = []
@@ -450,12 +451,12 @@ class Rollouts:
             customers[customer.id] = customer
             window, source = window_of(agent)
             # Updating the agent itself interrupts no one: its running never holds a wave back.
-            running = rollout["product"] != AGENT_PRODUCT and any(
-                x["name"] == rollout["product"] and x["running"]
+            running = rollout.product != AGENT_PRODUCT and any(
+                x["name"] == rollout.product and x["running"]
                 for x in agent.products)
             decision = waves.install_window_open(
                 now, window, customer.timezone, running,
-                rollout["effective"] or now.date() + dt.timedelta(days=365),
+                rollout.effective or now.date() + dt.timedelta(days=365),
                 self.rules.window_override_days)
             reason = decision.reason + (f" ({source} policy)" if window else "")
             if decision.open:
@@ -466,62 +467,62 @@ class Rollouts:
             return []
         job = await create_job(
             conn, kind="update", agent_ids=[m["agent_id"] for m, _ in ready],
-            actor=f"rollout:{rollout['id']}", product=rollout["product"],
-            version=rollout["version"], reason=f"rollout {rollout['id']}", now=now)
+            actor=f"rollout:{rollout.id}", product=rollout.product,
+            version=rollout.version, reason=f"rollout {rollout.id}", now=now)
         for machine, reason in ready:
             await rstore.set_machine(conn, machine["id"], state="sent", job_id=job["id"],
                                      sent_at=now, detail=reason)
         return [job["id"]]
 
-    async def _pause(self, conn: AsyncConnection, rollout: dict[str, Any],
+    async def _pause(self, conn: AsyncConnection, rollout: rstore.Rollout,
                      machines: list[dict[str, Any]], reason: str, now: dt.datetime) -> None:
         """Stop sending and open an update_failed incident on each failed machine."""
-        await rstore.update_rollout(conn, rollout["id"], status="paused", reason=reason,
+        await rstore.update_rollout(conn, rollout.id, status="paused", reason=reason,
                                     updated_at=now)
         failed = {
-            (m["agent_id"], "update_failed", rollout["product"]):
-                (True, f"rollout {rollout['id']} of {rollout['version']}: {m['detail']}")
+            (m["agent_id"], "update_failed", rollout.product):
+                (True, f"rollout {rollout.id} of {rollout.version}: {m['detail']}")
             for m in machines if m["state"] in ("failed", "timed_out")
         }
         await self.desk.observe(conn, failed, now)
         await notify_rollout(conn, "rollout.paused", rollout,
                              [m for m in machines if m["state"] in ("failed", "timed_out")],
                              reason, now)
-        await store.record_audit(conn, actor=f"rollout:{rollout['id']}", action="rollout.pause",
-                                 target=f"rollout:{rollout['id']}", detail={"reason": reason},
+        await store.record_audit(conn, actor=f"rollout:{rollout.id}", action="rollout.pause",
+                                 target=f"rollout:{rollout.id}", detail={"reason": reason},
                                  now=now)
 
-    async def _watch_deadline(self, conn: AsyncConnection, rollout: dict[str, Any],
+    async def _watch_deadline(self, conn: AsyncConnection, rollout: rstore.Rollout,
                               machines: list[dict[str, Any]], now: dt.datetime) -> None:
         """Covered machines still without the update close to the effective date: incident.
         Runs while the rollout is paused too, and for machines that joined late."""
-        if rollout["effective"] is None or not waves.deadline_due(
-                rollout["effective"], now, self.rules.deadline_days):
+        if rollout.effective is None or not waves.deadline_due(
+                rollout.effective, now, self.rules.deadline_days):
             return
         late = [m for m in machines if m["wave"] is not None
                 and m["state"] not in ("succeeded", *waves.EXCUSED)
                 and not m["deadline_incident"]]
         checks = {
-            (m["agent_id"], "regulation_deadline", rollout["product"]):
-                (True, f"{rollout['product']} {rollout['version']} effective "
-                       f"{rollout['effective']}: still {m['state']}")
+            (m["agent_id"], "regulation_deadline", rollout.product):
+                (True, f"{rollout.product} {rollout.version} effective "
+                       f"{rollout.effective}: still {m['state']}")
             for m in late
         }
         await self.desk.observe(conn, checks, now)
         await notify_rollout(conn, "rollout.deadline_at_risk", rollout, late,
-                             f"effective {rollout['effective']}", now)
+                             f"effective {rollout.effective}", now)
         for machine in late:
             await rstore.set_machine(conn, machine["id"], deadline_incident=True)
 
     # ------------------------------------------------------------------ operator actions
     async def set_status(self, conn: AsyncConnection, rollout_id: int, status: str, actor: str,
-                         now: dt.datetime) -> dict[str, Any]:
+                         now: dt.datetime) -> rstore.Rollout:
         rollout = await rstore.get_rollout(conn, rollout_id)
         # Cancelling a completed rollout stops it watching for machines that fall behind.
         allowed = {"paused": ("running",), "running": ("paused",),
                    "cancelled": ("running", "paused", "completed")}
-        if rollout["status"] not in allowed[status]:
-            raise Conflict(f"rollout {rollout_id} is {rollout['status']}; cannot make it {status}")
+        if rollout.status not in allowed[status]:
+            raise Conflict(f"rollout {rollout_id} is {rollout.status}; cannot make it {status}")
         await rstore.update_rollout(conn, rollout_id, status=status, updated_at=now,
                                     reason=f"{status} by {actor}")
         await store.record_audit(conn, actor=actor, action=f"rollout.{status}",
@@ -533,40 +534,40 @@ class Rollouts:
         up to `in_scope`."""
         rollout = await rstore.get_rollout(conn, rollout_id)
         machines = await rstore.machines_of(conn, rollout_id)
-        plan_size = len(rollout["percents"].split(","))
+        plan_size = len(rollout.percents.split(","))
         verdicts = self._verdicts(machines, plan_size)
-        rollout["waves"] = []
+        view: dict[str, Any] = {**dataclasses.asdict(rollout), "waves": []}
         for index, verdict in enumerate(verdicts):
             wave = [m for m in machines if m["wave"] == index and m["state"] not in waves.EXCUSED]
             counts = waves.wave_counts(self._outcome(m) for m in wave)
-            rollout["waves"].append({
+            view["waves"].append({
                 "wave": index + 1, "targeted": counts.targeted, "succeeded": counts.succeeded,
                 "failed": counts.failed, "pending": counts.pending, "offline": counts.offline,
-                "sent": index < rollout["sent_waves"], "verdict": str(verdict.status),
+                "sent": index < rollout.sent_waves, "verdict": str(verdict.status),
                 "reason": verdict.reason,
             })
-        overdue = rollout["effective"] is not None and waves.days_until(
-            rollout["effective"], now) <= 0
-        rollout["not_covered"] = [
+        overdue = rollout.effective is not None and waves.days_until(
+            rollout.effective, now) <= 0
+        view["not_covered"] = [
             {"machine": m["agent_id"], "hostname": m["presence"].hostname, "customer": m["customer"],
              "detail": m["detail"]}
             for m in machines if m["state"] == "not_covered"
         ]
-        rollout["machines"] = [
+        view["machines"] = [
             {"machine": m["agent_id"], "hostname": m["presence"].hostname, "customer": m["customer"],
              "wave": None if m["wave"] is None else m["wave"] + 1,
              "state": str(waves.scope_state(
-                 m["state"], wave_sent=m["wave"] is not None and m["wave"] < rollout["sent_waves"],
+                 m["state"], wave_sent=m["wave"] is not None and m["wave"] < rollout.sent_waves,
                  online=self._online(m), window_closed=m["detail"].startswith(WINDOW_WAIT),
                  version_known=m["from_version"] is not None, overdue=overdue)),
              "stage": m["state"], "version": m["from_version"], "job": m["job_id"],
              "detail": m["detail"]}
             for m in machines
         ]
-        tally = Counter(m["state"] for m in rollout["machines"])
-        rollout["counts"] = {str(state): tally.get(str(state), 0) for state in waves.ScopeState}
-        rollout["in_scope"] = len(machines)
-        return rollout
+        tally = Counter(m["state"] for m in view["machines"])
+        view["counts"] = {str(state): tally.get(str(state), 0) for state in waves.ScopeState}
+        view["in_scope"] = len(machines)
+        return view
 
 
 async def release_by_id(conn: AsyncConnection, release_id: int) -> dict[str, Any]:

@@ -82,7 +82,7 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
         assert row.key_changed_at == later
         hello = await store.agent_for_hello(conn, row.key_id)
         assert hello is not None
-        assert hello["id"] == machine
+        assert hello.id == machine
         keys = await store.agent_keys(conn)
         assert keys[machine][0] == second.public_key == keys[row.key_id][0]
         assert [i.id for i in await service.list_incidents(conn, agent_id=machine)] == [
@@ -160,7 +160,7 @@ async def test_technician_names_the_machine_and_replace_links_a_proposal(db: Dat
         assert linked.key_id == clone  # the agent says hello as `clone`: it is pc2 now
         hello = await store.agent_for_hello(conn, clone)
         assert hello is not None
-        assert hello["id"] == pc2
+        assert hello.id == pc2
         assert retired is not None
         assert retired.revoked_at is not None
         assert retired.replaced_by == pc2

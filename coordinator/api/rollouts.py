@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -52,15 +53,15 @@ class ListRollouts(msgspec.Struct, forbid_unknown_fields=True):
 @method("rollouts.list", "viewer", ListRollouts)
 async def list_rollouts(ctx: Context, p: ListRollouts) -> list[dict[str, Any]]:
     async with ctx.services.db.connect() as conn:
-        rows = await rstore.list_rollouts(conn, ("running", "paused") if p.open else None)
-        for row in rows:
-            summary = await ctx.services.rollouts.summary(conn, row["id"], ctx.now)
-            row["targeted"] = sum(w["targeted"] for w in summary["waves"])
-            row["succeeded"] = sum(w["succeeded"] for w in summary["waves"])
-            row["failed"] = sum(w["failed"] for w in summary["waves"])
-            row["not_covered"] = len(summary["not_covered"])
-            row["in_scope"] = summary["in_scope"]
-            row["overdue"] = summary["counts"]["overdue"]
+        rows = []
+        for rollout in await rstore.list_rollouts(conn, ("running", "paused") if p.open else None):
+            summary = await ctx.services.rollouts.summary(conn, rollout.id, ctx.now)
+            rows.append({
+                **dataclasses.asdict(rollout),
+                **{key: sum(w[key] for w in summary["waves"])
+                   for key in ("targeted", "succeeded", "failed")},
+                "not_covered": len(summary["not_covered"]), "in_scope": summary["in_scope"],
+                "overdue": summary["counts"]["overdue"]})
     return rows
 
 
@@ -74,24 +75,24 @@ async def show(ctx: Context, p: RolloutRef) -> dict[str, Any]:
         return await ctx.services.rollouts.summary(conn, p.id, ctx.now)
 
 
-async def _set(ctx: Context, rollout_id: int, status: str) -> dict[str, Any]:
+async def _set(ctx: Context, rollout_id: int, status: str) -> rstore.Rollout:
     async with ctx.services.db.transaction() as conn:
         return await ctx.services.rollouts.set_status(conn, rollout_id, status,
                                                          ctx.caller.name, ctx.now)
 
 
 @method("rollouts.pause", "technician", RolloutRef)
-async def pause(ctx: Context, p: RolloutRef) -> dict[str, Any]:
+async def pause(ctx: Context, p: RolloutRef) -> rstore.Rollout:
     return await _set(ctx, p.id, "paused")
 
 
 @method("rollouts.resume", "technician", RolloutRef)
-async def resume(ctx: Context, p: RolloutRef) -> dict[str, Any]:
+async def resume(ctx: Context, p: RolloutRef) -> rstore.Rollout:
     return await _set(ctx, p.id, "running")
 
 
 @method("rollouts.cancel", "technician", RolloutRef)
-async def cancel(ctx: Context, p: RolloutRef) -> dict[str, Any]:
+async def cancel(ctx: Context, p: RolloutRef) -> rstore.Rollout:
     return await _set(ctx, p.id, "cancelled")
 
 
@@ -101,8 +102,8 @@ async def retry_failed(ctx: Context, p: RolloutRef) -> dict[str, Any]:
     and reopens a completed one (its failed machines were handed to a technician)."""
     async with ctx.services.db.transaction() as conn:
         rollout = await rstore.get_rollout(conn, p.id)
-        if rollout["status"] not in ("running", "paused", "completed"):
-            raise Conflict(f"rollout {p.id} is {rollout['status']}")
+        if rollout.status not in ("running", "paused", "completed"):
+            raise Conflict(f"rollout {p.id} is {rollout.status}")
         count = await rstore.reset_failed(conn, p.id, ctx.now)
         await rstore.update_rollout(conn, p.id, status="running", updated_at=ctx.now,
                                     reason=f"{count} failed machines retried by {ctx.caller.name}")

@@ -19,6 +19,7 @@ from careline.coordinator.policy.calendar import BusinessCalendar
 from careline.coordinator.storage import fleet as fstore
 from careline.coordinator.storage import notify as store
 from careline.coordinator.storage import service
+from careline.coordinator.storage.rollouts import Rollout
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -155,7 +156,7 @@ async def notify_job_result(conn: AsyncConnection, part: dict[str, Any], outcome
         customer_id=agent.customer_id), now)
 
 
-async def notify_rollout(conn: AsyncConnection, kind: str, rollout: dict[str, Any],
+async def notify_rollout(conn: AsyncConnection, kind: str, rollout: Rollout,
                          machines: list[dict[str, Any]], reason: str, now: dt.datetime) -> None:
     """A rollout paused or at risk of missing its regulation deadline: one message naming
     how many machines, not one per machine."""
@@ -166,8 +167,8 @@ async def notify_rollout(conn: AsyncConnection, kind: str, rollout: dict[str, An
         agent = await fstore.agent_by_id(conn, machine["agent_id"])
         hostnames.append(agent.hostname if agent else machine["agent_id"])
     await notify(conn, policy.Event(
-        kind, f"rollout:{rollout['id']}:{kind.split('.')[1]}:{now.isoformat()}", "high",
-        {"rollout": rollout["id"], "product": rollout["product"], "version": rollout["version"],
-         "effective": rollout["effective"], "count": len(machines), "reason": reason,
-         "hostnames": hostnames}, customer_id=rollout["customer_id"],
-        thread=f"rollout:{rollout['id']}:{kind}"), now)
+        kind, f"rollout:{rollout.id}:{kind.split('.')[1]}:{now.isoformat()}", "high",
+        {"rollout": rollout.id, "product": rollout.product, "version": rollout.version,
+         "effective": rollout.effective, "count": len(machines), "reason": reason,
+         "hostnames": hostnames}, customer_id=rollout.customer_id,
+        thread=f"rollout:{rollout.id}:{kind}"), now)

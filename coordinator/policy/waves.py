@@ -32,12 +32,12 @@ import hashlib
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any
+from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from careline.shared.errors import ConfigError
@@ -53,6 +53,7 @@ __all__ = [
     "InstallWindow",
     "LatePlacement",
     "MachineOutcome",
+    "RolloutScope",
     "RolloutStatus",
     "ScopeState",
     "Standing",
@@ -774,7 +775,25 @@ def scope_state(
     return ScopeState.PENDING if version_known else ScopeState.UNKNOWN_VERSION
 
 
-def watched(rollouts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+class RolloutScope(Protocol):
+    """What `watched` reads of a rollout (storage's Rollout is one)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def product(self) -> str: ...
+    @property
+    def customer_id(self) -> int | None: ...
+
+
+AnyRollout = TypeVar("AnyRollout", bound=RolloutScope)
+
+
+def watched(rollouts: Iterable[AnyRollout]) -> list[AnyRollout]:
     """Rollouts the tick advances: the running and paused ones, and the newest regulation
     rollout of each product (and customer scope) even once completed, so a machine that
     joins or falls behind later reopens it. An older one is superseded: the newer version
@@ -782,8 +801,8 @@ def watched(rollouts: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     rollouts = list(rollouts)
     newest: dict[tuple[str, int | None], int] = {}
     for r in rollouts:
-        if r["kind"] == "regulation" and r["status"] != "cancelled":
-            key = (r["product"], r["customer_id"])
-            newest[key] = max(newest.get(key, r["id"]), r["id"])
-    return [r for r in rollouts if r["status"] in ("running", "paused") or (
-        r["status"] == "completed" and newest.get((r["product"], r["customer_id"])) == r["id"])]
+        if r.kind == "regulation" and r.status != "cancelled":
+            key = (r.product, r.customer_id)
+            newest[key] = max(newest.get(key, r.id), r.id)
+    return [r for r in rollouts if r.status in ("running", "paused") or (
+        r.status == "completed" and newest.get((r.product, r.customer_id)) == r.id)]

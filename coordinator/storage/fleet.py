@@ -581,14 +581,14 @@ async def agent_keys(conn: AsyncConnection, enrolled_since: dt.datetime | None =
     return keys
 
 
-async def agent_for_hello(conn: AsyncConnection, ref: str) -> Row | None:
+async def agent_for_hello(conn: AsyncConnection, ref: str) -> Agent | None:
     """The machine an agent saying hello as `ref` is, in one query: the machine whose
     current key has that id (a reinstall linked to an older machine), else the agent whose
     id it is (revoked or not)."""
-    rows = rows_of(await conn.execute(sa.select(agents).where(
-        sa.or_(agents.c.key_id == ref, agents.c.id == ref))))
-    current = [r for r in rows if r["key_id"] == ref and r["revoked_at"] is None]
-    return next(iter(current or [r for r in rows if r["id"] == ref]), None)
+    rows = typed_rows(await conn.execute(sa.select(agents).where(
+        sa.or_(agents.c.key_id == ref, agents.c.id == ref))), Agent)
+    current = [r for r in rows if r.key_id == ref and r.revoked_at is None]
+    return next(iter(current or [r for r in rows if r.id == ref]), None)
 
 
 async def rekeyed_since(

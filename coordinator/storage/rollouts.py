@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.storage.fleet import PRESENCE_COLUMNS, AgentPresence, Row, insert_row, rows_of
+from careline.coordinator.storage.fleet import (
+    PRESENCE_COLUMNS,
+    AgentPresence,
+    Row,
+    insert_row,
+    rows_of,
+    typed_rows,
+)
 from careline.coordinator.storage.schema import (
     agents,
     customers,
@@ -23,21 +31,44 @@ async def add_rollout(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, rollouts, values, "rollout")
 
 
-async def get_rollout(conn: AsyncConnection, rollout_id: int, lock: bool = False) -> Row:
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A regulation (or bug-fix) release pushed in waves to every covered machine of the
+    fleet (or of one customer)."""
+
+    id: int
+    release_id: int
+    product: str
+    version: str
+    kind: str  # what it updates: the entitlement tiers say which kinds a machine is owed
+    effective: dt.date | None  # the regulation's effective date: overdue after it
+    customer_id: int | None  # None: the whole fleet
+    percents: str  # the waves' cumulative shares, "5,25,100"
+    status: str
+    sent_waves: int
+    reason: str
+    started_by: str
+    started_at: dt.datetime
+    updated_at: dt.datetime
+    last_targeting_at: dt.datetime | None
+
+
+async def get_rollout(conn: AsyncConnection, rollout_id: int, lock: bool = False) -> Rollout:
     """A rollout; `lock` holds its row until the transaction ends, so coordinators sharing a
     PostgreSQL database never advance the same rollout at once (SQLite has one writer)."""
     query = sa.select(rollouts).where(rollouts.c.id == rollout_id)
-    rows = rows_of(await conn.execute(query.with_for_update() if lock else query))
-    if not rows:
+    found = typed_rows(await conn.execute(query.with_for_update() if lock else query), Rollout)
+    if not found:
         raise NotFound(f"no rollout {rollout_id}")
-    return rows[0]
+    return found[0]
 
 
-async def list_rollouts(conn: AsyncConnection, statuses: tuple[str, ...] | None = None) -> list[Row]:
+async def list_rollouts(conn: AsyncConnection,
+                        statuses: tuple[str, ...] | None = None) -> list[Rollout]:
     query = sa.select(rollouts).order_by(rollouts.c.id.desc())
     if statuses:
         query = query.where(rollouts.c.status.in_(statuses))
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Rollout)
 
 
 async def update_rollout(conn: AsyncConnection, rollout_id: int, **values: Any) -> None:

@@ -263,10 +263,13 @@ async def test_channel_throttle_holds_the_rest_without_counting_an_attempt(setup
 
 async def test_rollout_pause_and_job_results_name_their_machines(setup: Setup) -> None:
     from careline.coordinator.notify.events import notify_job_result, notify_rollout
+    from careline.coordinator.storage.rollouts import Rollout
 
     agent = await _machine(setup, now().date(), now())
-    rollout = {"id": 4, "product": "KeToan", "version": "2026.2", "effective": dt.date(2027, 1, 1),
-               "customer_id": None}
+    rollout = Rollout(id=4, release_id=1, product="KeToan", version="2026.2", kind="regulation",
+                      effective=dt.date(2027, 1, 1), customer_id=None, percents="5,25,100",
+                      status="paused", sent_waves=2, reason="", started_by="admin",
+                      started_at=now(), updated_at=now(), last_targeting_at=None)
     part = {"agent_id": agent.id, "ref": "job-9-1", "product": "KeToan", "version": "2026.2"}
     async with setup.db.transaction() as conn:
         await notify_rollout(conn, "rollout.paused", rollout,

@@ -4,6 +4,7 @@ when a rollout may complete, and the state `rollouts show` gives each machine.""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
@@ -140,10 +141,18 @@ def test_scope_state_rejects_unknown_stored_state() -> None:
 
 
 # --------------------------------------------------------------------------- watching
+@dataclass(frozen=True)
+class _Rollout:
+    id: int
+    status: str
+    kind: str
+    product: str
+    customer_id: int | None
+
+
 def _rollout(id_: int, status: str, kind: str = "regulation", product: str = "acct",
-             customer: int | None = None) -> dict[str, object]:
-    return {"id": id_, "status": status, "kind": kind, "product": product,
-            "customer_id": customer}
+             customer: int | None = None) -> _Rollout:
+    return _Rollout(id_, status, kind, product, customer)
 
 
 def test_watched_keeps_open_rollouts_and_the_newest_completed_regulation() -> None:
@@ -158,7 +167,7 @@ def test_watched_keeps_open_rollouts_and_the_newest_completed_regulation() -> No
         _rollout(8, "completed", product="luong", customer=3),  # newest for that scope
         _rollout(9, "completed", product="luong", customer=4),
     ]
-    assert [r["id"] for r in watched(rollouts)] == [2, 4, 6, 7, 8, 9]
+    assert [r.id for r in watched(rollouts)] == [2, 4, 6, 7, 8, 9]
 
 
 @given(st.lists(st.tuples(st.sampled_from(["running", "paused", "completed", "cancelled"]),
@@ -168,9 +177,7 @@ def test_watched_properties(specs: list[tuple[str, str, str]]) -> None:
     rollouts = [_rollout(i, status, kind, product)
                 for i, (status, kind, product) in enumerate(specs, 1)]
     chosen = watched(rollouts)
-    assert {r["id"] for r in rollouts if r["status"] in ("running", "paused")} <= {
-        r["id"] for r in chosen}
-    assert all(r["status"] != "cancelled" for r in chosen)
+    assert {r.id for r in rollouts if r.status in ("running", "paused")} <= {r.id for r in chosen}
+    assert all(r.status != "cancelled" for r in chosen)
     for product in ("a", "b"):  # at most one completed rollout watched per product
-        assert sum(1 for r in chosen if r["status"] == "completed"
-                   and r["product"] == product) <= 1
+        assert sum(1 for r in chosen if r.status == "completed" and r.product == product) <= 1
