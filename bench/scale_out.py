@@ -150,16 +150,23 @@ class ServeProc(fleet.CoordinatorProc):
     """One more `careline serve` on an existing data dir (its own port and log)."""
 
     def __init__(self, children: fleet.Children, data: Path, port: int, log_file: Path,
-                 admin_token: str, ca_pem: str, database_url: str) -> None:
+                 admin_token: str, ca_pem: str, database_url: str, health_port: bool) -> None:
         self.children, self.data, self.log, self.port = children, data, log_file, port
-        self.health_port = free_port()  # HAProxy's checks (`serve --health-listen`)
+        # HAProxy's checks on a port of its own (`serve --health-listen`), else TLS on `port`
+        self.health_port = free_port() if health_port else None
         self.url = f"wss://127.0.0.1:{port}"
         self.admin_token, self.ca_pem, self.database_url = admin_token, ca_pem, database_url
         self.proc = None
 
     def serve_argv(self) -> list[str]:
-        return [*super().serve_argv(), "--listen", f"127.0.0.1:{self.port}",
-                "--health-listen", f"127.0.0.1:{self.health_port}"]
+        health = [] if self.health_port is None else ["--health-listen", f"127.0.0.1:{self.health_port}"]
+        return [*super().serve_argv(), "--listen", f"127.0.0.1:{self.port}", *health]
+
+    @property
+    def backend(self) -> str:
+        """Its `haproxy-config --backend`."""
+        address = f"127.0.0.1:{self.port}"
+        return address if self.health_port is None else f"{address}/{self.health_port}"
 
     def held(self) -> int:
         """Established connections to this process (HAProxy's health checks are brief)."""
@@ -484,6 +491,7 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
     haproxy = await asyncio.to_thread(ensure_haproxy)
     results: dict[str, Any] = {
         "agents": n, "heartbeat_interval_s": args.heartbeat_interval,
+        "health_check": "health port" if args.health_port else "TLS handshake",
         "event_every_s": args.event_every, "machine": fleet.machine_info(),
         "source": fleet.source_info(),
         "haproxy": subprocess.run([haproxy, "-v"], capture_output=True, text=True,
@@ -505,13 +513,13 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         for i in (1, 2):
             processes.append(ServeProc(children, first.data, first.port if i == 1 else free_port(),
                                        root / f"coordinator{i}.log", first.admin_token,
-                                       first.ca_pem, database_url))
+                                       first.ca_pem, database_url, args.health_port))
         await asyncio.gather(*(proc.start() for proc in processes))
         config = root / "haproxy.cfg"
         share = math.ceil(n / n_proxies)
         config.write_text(haproxy_config(
             f"127.0.0.1:{proxy_port}",
-            [f"127.0.0.1:{proc.port}/{proc.health_port}" for proc in processes],
+            [proc.backend for proc in processes],
             str(datadir.ca_file), heartbeat_interval=args.heartbeat_interval,
             maxconn=min(share + max(500, share // 4), (args.nofile - FD_MARGIN) // 2),
             # What one coordinator can hold, shared by the K proxies: a survivor takes agents
@@ -634,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     for phase, per_agent in TIMEOUT_PER_AGENT_S.items():
         parser.add_argument(f"--{phase}-timeout", type=float, default=0.0,
                             help=f"seconds (default max({MIN_TIMEOUT_S:g}, {per_agent:g} x agents))")
+    parser.add_argument("--health-port", action="store_true",
+                        help="HAProxy checks each process's health port (serve --health-listen) "
+                        "instead of a TLS handshake on its agents' port")
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir")
