@@ -24,8 +24,11 @@ the benchmark use one; `find_haproxy` only looks the program up.
   still fails it, but not queued behind the handshakes a busy one has in progress. It runs
   every `min(interval / 5, 5 s)`, so a frozen process is out before any of its agents
   notices (one interval after the freeze at the earliest) and tries to come back through
-  the proxy, which would otherwise send it to the frozen one again. The supported setup
-  for more than one process; the TLS check is what works without it.
+  the proxy, which would otherwise send it to the frozen one again. But a survivor too
+  small for a dead peer's agents then stays in rotation and drowns (its accept queue
+  outgrows the agents' connect timeout), where the TLS check took it out and HAProxy's
+  resets shed load by accident (bench/README.md, 20,000 agents): an option, not the
+  default, until the coordinator sheds excess connections itself before TLS.
 - Idle timeouts above the technicians' idle limit: the coordinator decides when a quiet
   connection is dead (keepalive, `missed_heartbeats`, `admin_idle_timeout`), not the proxy.
 - `server_maxconn`, what one coordinator process can hold (its open-files limit less a few

@@ -296,10 +296,10 @@ class IncidentDesk:
             if product and reported["name"] != product:
                 continue
             for release in await ustore.find_releases(conn, reported["name"], None):
-                if _newer(release["version"], reported.get("version")) and (
-                    best is None or _newer(release["version"], best[1])
+                if _newer(release.version, reported.get("version")) and (
+                    best is None or _newer(release.version, best[1])
                 ):
-                    best = (reported["name"], release["version"])
+                    best = (reported["name"], release.version)
         return best
 
     async def _job_for(

@@ -126,21 +126,21 @@ class Rollouts:
 
     # ------------------------------------------------------------------ start
     async def start(
-        self, conn: AsyncConnection, release: dict[str, Any], *, actor: str,
+        self, conn: AsyncConnection, release: ustore.Release, *, actor: str,
         customer_id: int | None = None, percents: tuple[int, ...] | None = None,
         now: dt.datetime,
     ) -> int:
         percents = percents or self.rules.percents
         waves.WaveRules(percents=percents)  # validate before anything is stored
         for open_rollout in await rstore.list_rollouts(conn, OPEN_STATUSES):
-            if open_rollout.release_id == release["id"] and (
+            if open_rollout.release_id == release.id and (
                 open_rollout.customer_id in (None, customer_id)
             ):
                 raise Conflict(f"rollout {open_rollout.id} of this release is still open")
         rollout_id = await rstore.add_rollout(conn, {
-            "release_id": release["id"], "product": release["product"],
-            "version": release["version"], "kind": release["kind"],
-            "effective": release["effective"], "customer_id": customer_id,
+            "release_id": release.id, "product": release.product,
+            "version": release.version, "kind": release.kind,
+            "effective": release.effective, "customer_id": customer_id,
             "percents": ",".join(map(str, percents)), "status": "running", "started_by": actor,
             "started_at": now, "updated_at": now, "last_targeting_at": now,
         })
@@ -148,7 +148,7 @@ class Rollouts:
         added = await self._retarget(conn, rollout, [], now)
         await store.record_audit(conn, actor=actor, action="rollout.start",
                                  target=f"rollout:{rollout_id}",
-                                 detail={"release": release["id"], **added}, now=now)
+                                 detail={"release": release.id, **added}, now=now)
         self._wake.set()  # its first wave goes out at the next tick, after this commits
         return rollout_id
 
@@ -570,8 +570,8 @@ class Rollouts:
         return view
 
 
-async def release_by_id(conn: AsyncConnection, release_id: int) -> dict[str, Any]:
+async def release_by_id(conn: AsyncConnection, release_id: int) -> ustore.Release:
     for release in await ustore.list_releases(conn):
-        if release["id"] == release_id:
+        if release.id == release_id:
             return release
     raise ConfigError(f"no release {release_id}")

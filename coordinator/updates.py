@@ -155,8 +155,8 @@ async def create_job(
         if not version:
             raise ConfigError("an update needs --version")
         release = await _one_release(conn, product, version)
-        plans = [(m, release["product"], release["version"]) for m in machines]
-        product = release["product"]
+        plans = [(m, release.product, release.version) for m in machines]
+        product = release.product
     elif kind == "reinstall":
         for machine in machines:
             name = product or _only_product(machine) or await _only_released_product(conn)
@@ -165,7 +165,7 @@ async def create_job(
                 releases = await store.find_releases(conn, name, None)
                 if version or not releases:
                     raise NotFound(f"no release of {name} {wanted or ''} to reinstall".strip())
-                wanted = releases[-1]["version"]
+                wanted = releases[-1].version
             plans.append((machine, name, wanted))
     else:
         plans = [(m, product, None) for m in machines]
@@ -192,12 +192,12 @@ async def create_job(
             "delivery": delivery, "created_by": actor, "created_at": now, "machines": parts}
 
 
-async def _one_release(conn: AsyncConnection, product: str | None, version: str) -> dict[str, Any]:
+async def _one_release(conn: AsyncConnection, product: str | None, version: str) -> store.Release:
     found = await store.find_releases(conn, product, version)
     if not found:
         raise NotFound(f"no published release {product + ' ' if product else ''}{version}")
     if len(found) > 1:
-        names = ", ".join(r["product"] for r in found)
+        names = ", ".join(r.product for r in found)
         raise Conflict(f"version {version} exists for {names}; pass --product")
     return found[0]
 
@@ -208,7 +208,7 @@ def _only_product(machine: fleet_store.Agent) -> str | None:
 
 
 async def _only_released_product(conn: AsyncConnection) -> str:
-    products: list[str] = sorted({r["product"] for r in await store.list_releases(conn)})
+    products: list[str] = sorted({r.product for r in await store.list_releases(conn)})
     if len(products) != 1:
         raise ConfigError("name the product with --product")
     return products[0]
@@ -251,7 +251,7 @@ class UpdateService:
         self._reconnected: set[str] = set()  # agents to re-send unfinished jobs to
         self._sending: set[str] = set()  # job part refs a dispatch is sending now
         self._last_renew = 0.0
-        self._releases: dict[tuple[str, str], dict[str, Any]] = {}
+        self._releases: dict[tuple[str, str], store.Release] = {}
         # Called in the transaction that stores a job part's result (Rollouts settles its
         # machine there): (conn, job part row, outcome, now).
         self.result_hooks: list[ResultHook] = []
@@ -276,7 +276,7 @@ class UpdateService:
         root = self.enrollment_trust()["tuf_root"]
         return root_pin(root) if root else ""
 
-    async def _release(self, product: str, version: str) -> dict[str, Any]:
+    async def _release(self, product: str, version: str) -> store.Release:
         key = (product, version)
         if key not in self._releases:
             async with self.db.connect() as conn:
@@ -387,9 +387,9 @@ class UpdateService:
         release = await self._release(row["product"], row["version"])
         now = utcnow()
         return Instruction(
-            job_id=row["ref"], machine_id=row["agent_id"], product=release["product"],
-            version=release["version"], target=release["target"], sha256=release["sha256"],
-            length=int(release["length"]),
+            job_id=row["ref"], machine_id=row["agent_id"], product=release.product,
+            version=release.version, target=release.target, sha256=release.sha256,
+            length=int(release.length),
             action="install" if row["kind"] == "update" else "reinstall",
             stop_product=bool(row.get("stop_product")), issued_at=now,
             expires_at=now + lifetime,
@@ -435,7 +435,7 @@ class UpdateService:
             return
         assert row is not None
         release = await self._release(row["product"], row["version"])
-        length = int(release["length"])
+        length = int(release.length)
         if not 0 <= message.offset <= length:
             link.session.send_chunk(message.job, message.offset,
                                     error=f"offset {message.offset} outside the {length}-byte package")
@@ -447,7 +447,7 @@ class UpdateService:
             previous.cancel()
             await asyncio.gather(previous, return_exceptions=True)
         task = asyncio.create_task(
-            self._stream(link, message.job, self.packages.path(release["sha256"]),
+            self._stream(link, message.job, self.packages.path(release.sha256),
                          message.offset, length)
         )
         self._streams[key] = task

@@ -172,7 +172,7 @@ async def publish(ctx: Context, p: Publish) -> dict[str, Any]:
                                     sha256=sha256, length=length, kind=info.kind)
                     if info.kind == "regulation":  # every covered machine gets it, in waves
                         row["rollout"] = await ctx.services.rollouts.start(
-                            conn, row, actor=AUTO_ROLLOUT_ACTOR, now=ctx.now)
+                            conn, store.Release(**row), actor=AUTO_ROLLOUT_ACTOR, now=ctx.now)
             except BaseException:
                 await asyncio.to_thread(updates.repo.restore, checkpoint)
                 raise
@@ -187,7 +187,7 @@ class ListReleases(msgspec.Struct, forbid_unknown_fields=True):
 
 
 @method("releases.list", "viewer", ListReleases)
-async def list_releases(ctx: Context, p: ListReleases) -> list[dict[str, Any]]:
+async def list_releases(ctx: Context, p: ListReleases) -> list[store.Release]:
     async with ctx.services.db.connect() as conn:
         return await store.list_releases(conn, p.product)
 
@@ -320,7 +320,7 @@ async def bundle(ctx: Context, p: Bundle) -> AsyncIterator[dict[str, Any]]:
         async with updates.repo_lock:
             await asyncio.to_thread(
                 write_bundle, out, updates.repo, updates.instruction_key, instruction,
-                updates.packages.path(release["sha256"]), expiry=expiry,
+                updates.packages.path(release.sha256), expiry=expiry,
             )
         size = out.stat().st_size
         with await asyncio.to_thread(open, out, "rb") as f:

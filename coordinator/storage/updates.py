@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.storage.fleet import Row, insert_row, rows_of
+from careline.coordinator.storage.fleet import Row, insert_row, rows_of, typed_rows
 from careline.coordinator.storage.schema import agents, job_machines, job_steps, jobs, releases
 from careline.shared.errors import NotFound
 
@@ -32,22 +33,40 @@ async def add_release(conn: AsyncConnection, **values: Any) -> int:
     )
 
 
-async def list_releases(conn: AsyncConnection, product: str | None = None) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A published release: its package is the TUF target `target` (sha256, length)."""
+
+    id: int
+    product: str
+    version: str
+    kind: str  # regulation, bugfix, feature
+    regulation_ref: str | None  # the decree or circular a regulation update follows
+    effective: dt.date | None  # when that regulation takes effect
+    notes: str | None
+    target: str
+    sha256: str
+    length: int
+    published_by: str
+    published_at: dt.datetime
+
+
+async def list_releases(conn: AsyncConnection, product: str | None = None) -> list[Release]:
     query = sa.select(releases).order_by(releases.c.product, releases.c.id)
     if product:
         query = query.where(releases.c.product == product)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Release)
 
 
 async def find_releases(
     conn: AsyncConnection, product: str | None, version: str | None
-) -> list[Row]:
+) -> list[Release]:
     query = sa.select(releases).order_by(releases.c.id)
     if product:
         query = query.where(releases.c.product == product)
     if version:
         query = query.where(releases.c.version == version)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Release)
 
 
 # ----------------------------------------------------------------------------- versions
