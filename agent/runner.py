@@ -182,6 +182,8 @@ class Status:
     since: float = dataclasses.field(default_factory=time.time)
     last_report_at: float | None = None
     last_error: str = ""
+    # When the connection was last lost: the state moves on to retrying within a second.
+    disconnected_at: float | None = None
 
 
 class AgentRunner:
@@ -210,6 +212,8 @@ class AgentRunner:
     def _set_status(self, state: str | None = None, error: str | None = None) -> None:
         if state is not None and state != self.status.state:
             self.status.state, self.status.since = state, time.time()
+            if state == "disconnected":
+                self.status.disconnected_at = self.status.since
         if error is not None:
             self.status.last_error = error
         self.state.write_json(self.state.status_file, {
