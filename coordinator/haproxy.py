@@ -43,6 +43,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from careline.coordinator.datadir import host_port
 from careline.coordinator.health_port import HEALTH_PATH
 from careline.shared.errors import ConfigError
 
@@ -67,8 +68,9 @@ def check_interval_ms(heartbeat_interval: float, health_port: bool = False) -> i
 
 
 def _host_port(value: str, what: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    """`value` as given, once it is HOST:PORT with a host and a port HAProxy can use."""
+    host, port = host_port(value, what)
+    if not host or not 0 < port < 65536:
         raise ConfigError(f"{what} {value!r} is not HOST:PORT")
     return value
 

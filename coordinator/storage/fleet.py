@@ -64,10 +64,6 @@ class AgentPresence:
     last_connected_at: dt.datetime | None
     off_at: dt.datetime | None
 
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> AgentPresence:
-        return cls(*(row[name] for name in PRESENCE_COLUMNS))
-
     @property
     def off(self) -> bool:
         """Stopped cleanly (PC shut down) and not connected since: "off", not "offline".
@@ -180,6 +176,22 @@ def typed_rows(result: sa.CursorResult[Any], row_type: type[RowType]) -> list[Ro
     return [row_type(**row) for row in result.mappings()]
 
 
+async def typed_first(conn: AsyncConnection, query: sa.Select[Any],
+                      row_type: type[RowType]) -> RowType | None:
+    """The query's first row as `row_type`, or None."""
+    row = (await conn.execute(query)).mappings().first()
+    return None if row is None else row_type(**row)
+
+
+async def typed_one(conn: AsyncConnection, query: sa.Select[Any], row_type: type[RowType],
+                    missing: str) -> RowType:
+    """The query's first row as `row_type`; NotFound(`missing`) when there is none."""
+    found = await typed_first(conn, query, row_type)
+    if found is None:
+        raise NotFound(missing)
+    return found
+
+
 async def insert_row(conn: AsyncConnection, table: sa.Table, values: Mapping[str, Any], what: str) -> int:
     """Insert one row and return its id; a unique-key clash is a Conflict, not a crash."""
     try:
@@ -217,10 +229,7 @@ async def get_customer(conn: AsyncConnection, ref: str | int) -> Customer:
         condition = sa.or_(customers.c.id == int(text), condition)
     query = sa.select(customers).where(condition).order_by(customers.c.id != (
         int(text) if text.isdigit() else -1))
-    found = typed_rows(await conn.execute(query.limit(1)), Customer)
-    if not found:
-        raise NotFound(f"no customer {ref!r}")
-    return found[0]
+    return await typed_one(conn, query.limit(1), Customer, f"no customer {ref!r}")
 
 
 async def customer_id_of(conn: AsyncConnection, ref: str | None) -> int | None:
@@ -275,9 +284,8 @@ def _technicians() -> sa.Select[Any]:
 
 
 async def technician_by_token_hash(conn: AsyncConnection, token_hash: str) -> Technician | None:
-    found = typed_rows(await conn.execute(
-        _technicians().where(technicians.c.token_hash == token_hash)), Technician)
-    return found[0] if found else None
+    return await typed_first(conn, _technicians().where(technicians.c.token_hash == token_hash),
+                             Technician)
 
 
 async def set_technician_language(conn: AsyncConnection, name: str, language: str) -> None:
@@ -467,11 +475,8 @@ def _agents_with_customer() -> sa.Select[Any]:
 async def get_agent_exact(conn: AsyncConnection, agent_id: str) -> Agent:
     """An agent (with its customer and site names) by its exact id: all internal code uses
     this, so no hostname or prefix can ever stand for another machine."""
-    found = typed_rows(await conn.execute(_agents_with_customer().where(agents.c.id == agent_id)),
-                       Agent)
-    if not found:
-        raise NotFound(f"no agent {agent_id!r}")
-    return found[0]
+    return await typed_one(conn, _agents_with_customer().where(agents.c.id == agent_id), Agent,
+                           f"no agent {agent_id!r}")
 
 
 async def get_agent(conn: AsyncConnection, ref: str) -> Agent:
@@ -561,8 +566,7 @@ async def revoke_agent(conn: AsyncConnection, agent_id: str, now: dt.datetime) -
 
 async def agent_by_id(conn: AsyncConnection, agent_id: str) -> Agent | None:
     """Exact lookup by primary key, with no scan (and no customer or site name)."""
-    found = typed_rows(await conn.execute(sa.select(agents).where(agents.c.id == agent_id)), Agent)
-    return found[0] if found else None
+    return await typed_first(conn, sa.select(agents).where(agents.c.id == agent_id), Agent)
 
 
 async def agent_keys(conn: AsyncConnection, enrolled_since: dt.datetime | None = None,

@@ -15,6 +15,7 @@ from careline.coordinator.storage.fleet import (
     Row,
     insert_row,
     rows_of,
+    typed_one,
     typed_rows,
 )
 from careline.coordinator.storage.schema import (
@@ -24,7 +25,6 @@ from careline.coordinator.storage.schema import (
     rollout_machines,
     rollouts,
 )
-from careline.shared.errors import NotFound
 
 
 async def add_rollout(conn: AsyncConnection, values: dict[str, Any]) -> int:
@@ -57,10 +57,8 @@ async def get_rollout(conn: AsyncConnection, rollout_id: int, lock: bool = False
     """A rollout; `lock` holds its row until the transaction ends, so coordinators sharing a
     PostgreSQL database never advance the same rollout at once (SQLite has one writer)."""
     query = sa.select(rollouts).where(rollouts.c.id == rollout_id)
-    found = typed_rows(await conn.execute(query.with_for_update() if lock else query), Rollout)
-    if not found:
-        raise NotFound(f"no rollout {rollout_id}")
-    return found[0]
+    return await typed_one(conn, query.with_for_update() if lock else query, Rollout,
+                           f"no rollout {rollout_id}")
 
 
 async def list_rollouts(conn: AsyncConnection,

@@ -11,7 +11,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from careline.coordinator.policy.entitlement import Contract, MaintenancePackage
-from careline.coordinator.storage.fleet import Row, beyond_newest, insert_row, rows_of, typed_rows
+from careline.coordinator.storage.fleet import (
+    Row,
+    beyond_newest,
+    insert_row,
+    rows_of,
+    typed_one,
+    typed_rows,
+)
 from careline.coordinator.storage.schema import (
     agents,
     conditions,
@@ -26,7 +33,7 @@ from careline.coordinator.storage.schema import (
     policy_overrides,
     visits,
 )
-from careline.shared.errors import Conflict, NotFound
+from careline.shared.errors import Conflict
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +92,6 @@ class Incident:
     hostname: str
 
 
-async def _one(conn: AsyncConnection, query: sa.Select[Any], missing: str) -> Row:
-    row = (await conn.execute(query)).mappings().first()
-    if row is None:
-        raise NotFound(missing)
-    return dict(row)
-
-
 # ----------------------------------------------------------------------------- contracts
 async def add_contract(
     conn: AsyncConnection, *, customer_id: int, signed_on: dt.date, warranty_months: int,
@@ -104,11 +104,8 @@ async def add_contract(
 
 
 async def get_contract(conn: AsyncConnection, contract_id: int) -> ContractRow:
-    found = typed_rows(await conn.execute(
-        sa.select(contracts).where(contracts.c.id == contract_id)), ContractRow)
-    if not found:
-        raise NotFound(f"no contract {contract_id}")
-    return found[0]
+    return await typed_one(conn, sa.select(contracts).where(contracts.c.id == contract_id),
+                           ContractRow, f"no contract {contract_id}")
 
 
 async def list_contracts(conn: AsyncConnection,
@@ -286,11 +283,8 @@ def _incident_query() -> sa.Select[Any]:
 
 
 async def get_incident(conn: AsyncConnection, incident_id: int) -> Incident:
-    found = typed_rows(await conn.execute(_incident_query().where(incidents.c.id == incident_id)),
-                       Incident)
-    if not found:
-        raise NotFound(f"no incident {incident_id}")
-    return found[0]
+    return await typed_one(conn, _incident_query().where(incidents.c.id == incident_id), Incident,
+                           f"no incident {incident_id}")
 
 
 async def count_open_incidents(conn: AsyncConnection, agent_id: str, kind: str) -> int:
@@ -379,8 +373,8 @@ async def add_visit(conn: AsyncConnection, values: dict[str, Any]) -> int:
 
 
 async def get_visit(conn: AsyncConnection, visit_id: int) -> Row:
-    return await _one(conn, sa.select(visits).where(visits.c.id == visit_id),
-                      f"no visit {visit_id}")
+    return await typed_one(conn, sa.select(visits).where(visits.c.id == visit_id), dict,
+                           f"no visit {visit_id}")
 
 
 async def list_visits(conn: AsyncConnection, due_before: dt.datetime | None = None,
@@ -457,5 +451,5 @@ async def list_diagnostics(conn: AsyncConnection, agent_id: str) -> list[Row]:
 
 
 async def get_diagnostics(conn: AsyncConnection, diag_id: int) -> Row:
-    return await _one(conn, sa.select(diagnostics).where(diagnostics.c.id == diag_id),
-                      f"no diagnostics {diag_id}")
+    return await typed_one(conn, sa.select(diagnostics).where(diagnostics.c.id == diag_id), dict,
+                           f"no diagnostics {diag_id}")
