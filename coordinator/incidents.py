@@ -275,13 +275,13 @@ class IncidentDesk:
         online = bool(agent.connected and seen and now - seen <= self.offline_after)
         health = agent.health or {}
         problems = {x["kind"] for x in health.get("problems", [])}
-        versions_known = all(x.get("version") for x in health.get("products", []))
+        versions_known = all(x.get("version") for x in agent.products)
         return MachineState(
             online=online,
             healthy_for_remote=not problems & {"disk_full", "disk_failing"},
             offline_for=None if online or seen is None else silent_for(
                 Presence(seen), now, calendar, policy.offline_counts),
-            integrity_restorable=online and versions_known and bool(health.get("products"))
+            integrity_restorable=online and versions_known and bool(agent.products)
             and entitlement.includes.remote_fixes,
         )
 
@@ -290,9 +290,8 @@ class IncidentDesk:
     ) -> tuple[str, str] | None:
         """(product, version) of the newest release above what the machine runs, if any.
         `product` narrows it to one product; empty means any watched product."""
-        health = agent.health or {}
         best: tuple[str, str] | None = None
-        for reported in health.get("products", []):
+        for reported in agent.products:
             if product and reported["name"] != product:
                 continue
             for release in await ustore.find_releases(conn, reported["name"], None):
