@@ -288,14 +288,18 @@ class IncidentDesk:
     async def newest_fix(
         self, conn: AsyncConnection, agent: store.Agent, product: str
     ) -> tuple[str, str] | None:
-        """(product, version) of the newest release above what the machine runs, if any.
+        """(product, version) of the newest release above what the machine runs, if any,
+        leaving out versions that already failed to install on it (a rollout's failed
+        machine is handed to a technician, not sent the same install again).
         `product` narrows it to one product; empty means any watched product."""
         best: tuple[str, str] | None = None
         for reported in agent.products:
             if product and reported["name"] != product:
                 continue
+            failed = await ustore.versions_that_failed(conn, agent.id, reported["name"])
             for release in await ustore.find_releases(conn, reported["name"], None):
-                if _newer(release.version, reported.get("version")) and (
+                if release.version not in failed and _newer(
+                        release.version, reported.get("version")) and (
                     best is None or _newer(release.version, best[1])
                 ):
                     best = (reported["name"], release.version)

@@ -347,13 +347,15 @@ class Rollouts:
             if any((await self._retarget(conn, rollout, machines, now)).values()):
                 machines = await rstore.machines_of(conn, rollout_id)
         await self._settle(conn, rollout, machines, now)
-        await self._watch_deadline(conn, rollout, machines, now)
         plan_size = len(rollout.percents.split(","))
         verdicts = self._verdicts(machines, plan_size)
         sent_waves = min(rollout.sent_waves, len(verdicts))
         action = waves.next_action(rollout.status, sent_waves, verdicts)
         sending = action.wave + 1 if action.kind is waves.ActionKind.SEND_WAVE and (
             action.wave is not None) else sent_waves
+        delivering = (sending if rollout.status == "running"
+                      and action.kind is not waves.ActionKind.PAUSE else 0)
+        await self._watch_deadline(conn, rollout, machines, delivering, now)
         if sending < len(verdicts):  # a wave still held: its machines' results bring the
             self._holding.add(rollout_id)  # next tick forward
         else:
@@ -493,15 +495,20 @@ class Rollouts:
                                  now=now)
 
     async def _watch_deadline(self, conn: AsyncConnection, rollout: rstore.Rollout,
-                              machines: list[dict[str, Any]], now: dt.datetime) -> None:
-        """Covered machines still without the update close to the effective date: incident.
-        Runs while the rollout is paused too, and for machines that joined late."""
+                              machines: list[dict[str, Any]], delivering: int,
+                              now: dt.datetime) -> None:
+        """Covered machines still without the update close to the effective date, that the
+        rollout is not delivering now (waves.deadline_at_risk): incident. Runs while the
+        rollout is paused too, and for machines that joined late. `delivering`: how many
+        waves this tick sends to (0 when paused)."""
         if rollout.effective is None or not waves.deadline_due(
                 rollout.effective, now, self.rules.deadline_days):
             return
-        late = [m for m in machines if m["wave"] is not None
-                and m["state"] not in ("succeeded", *waves.EXCUSED)
-                and not m["deadline_incident"]]
+        late = [m for m in machines if m["wave"] is not None and not m["deadline_incident"]
+                and waves.deadline_at_risk(
+                    m["state"], online=self._online(m),
+                    delivering=m["wave"] < delivering
+                    and not (m["detail"] or "").startswith(WINDOW_WAIT))]
         checks = {
             (m["agent_id"], "regulation_deadline", rollout.product):
                 (True, f"{rollout.product} {rollout.version} effective "

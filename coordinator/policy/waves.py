@@ -64,6 +64,7 @@ __all__ = [
     "WaveVerdict",
     "WindowDecision",
     "days_until",
+    "deadline_at_risk",
     "deadline_due",
     "effective_state",
     "evaluate_wave",
@@ -672,6 +673,24 @@ def deadline_due(
     """True once a covered machine still lacking the update should get an incident:
     from deadline_days before the effective date (local date in tz) onwards, and after."""
     return days_until(effective_on, now_utc, tz) <= deadline_days
+
+
+def deadline_at_risk(stored: str, *, online: bool, delivering: bool) -> bool:
+    """Once the deadline is due, does this machine need a technician for it?
+
+    Not while the rollout is delivering it: online, with its install on its way (sent) or
+    going out now (pending in a wave being sent by a running rollout). An incident then
+    would push a second install of the same version beside the rollout's, or hand the
+    technician a machine that is minutes from done. Yes when the install failed or timed
+    out, the machine is offline, or it waits in a wave held back (rollout paused, earlier
+    waves unfinished). stored: pending | sent | succeeded | failed | timed_out |
+    not_covered | retired; `delivering`: its wave is being sent by a running rollout.
+    """
+    if stored == "succeeded" or stored in EXCUSED:
+        return False
+    if stored == "sent" or (stored == "pending" and delivering):
+        return not online
+    return True
 
 
 # --------------------------------------------------------------------------- scope (issue 11)

@@ -24,6 +24,8 @@ from careline.shared.errors import NotFound
 TERMINAL = frozenset({
     "installed", "rolled_back", "refused", "failed", "verified", "mismatch", "cancelled",
 })
+# Finished update parts whose version did not end up installed (cancelled: not tried).
+DID_NOT_INSTALL = frozenset({"rolled_back", "refused", "failed"})
 
 
 # ----------------------------------------------------------------------------- releases
@@ -67,6 +69,20 @@ async def find_releases(
     if version:
         query = query.where(releases.c.version == version)
     return typed_rows(await conn.execute(query), Release)
+
+
+async def versions_that_failed(conn: AsyncConnection, agent_id: str, product: str) -> set[str]:
+    """Versions of `product` whose last finished update on this machine did not install
+    (rolled back, failed, refused): pushing one again would most likely fail the same way."""
+    query = (
+        sa.select(job_machines.c.version, job_machines.c.outcome)
+        .join(jobs, jobs.c.id == job_machines.c.job_id)
+        .where(job_machines.c.agent_id == agent_id, job_machines.c.product == product,
+               jobs.c.kind == "update", job_machines.c.finished_at.is_not(None))
+        .order_by(job_machines.c.finished_at, job_machines.c.id)
+    )
+    last = {row.version: row.outcome for row in await conn.execute(query)}
+    return {version for version, outcome in last.items() if outcome in DID_NOT_INSTALL}
 
 
 # ----------------------------------------------------------------------------- versions

@@ -185,6 +185,11 @@ def test_a_rollout_with_nobody_to_update_waits_for_its_first_machine(
     done = rollout_reaches(coord, rid, "completed", timeout=20)
     never_completed_while_missing(done)
     assert done["in_scope"] == 1
+    # Inside the deadline window, but the rollout was delivering it: no technician was
+    # called and no second install was pushed beside the rollout's.
+    first = done["machines"][0]["machine"]
+    assert coord.cli("incidents", "list", "--machine", first) == []
+    assert [j["created_by"] for j in coord.cli("jobs", "list")] == [f"rollout:{rid}"]
 
     # Reinstalled from old media: it reports 1.0.0 again, and the rollout takes it back.
     shutil.rmtree(product)
@@ -204,6 +209,8 @@ def test_a_rollout_with_nobody_to_update_waits_for_its_first_machine(
     kinds = {i["kind"] for i in coord.cli("incidents", "list", "--open", "--machine",
                                           late.agent_id)}
     assert kinds == {"update_failed", "regulation_deadline"}
+    # The technician gets it; the version that just rolled back is not pushed again.
+    assert [j["created_by"] for j in coord.cli("jobs", "list")] == [f"rollout:{rid}"] * 3
     assert version_of(broken) == "1.0.0"
 
     # The machine is retired (revoked): excused with a reason, the rollout may complete.

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from careline.coordinator.policy.waves import (
+    EXCUSED,
     Action,
     ActionKind,
     InstallWindow,
@@ -23,6 +24,7 @@ from careline.coordinator.policy.waves import (
     WaveStatus,
     WaveVerdict,
     days_until,
+    deadline_at_risk,
     deadline_due,
     effective_state,
     evaluate_wave,
@@ -584,6 +586,38 @@ def test_window_rejects_naive_now_and_unknown_zone() -> None:
 )
 def test_deadline_due(now: datetime, days: int, due: bool) -> None:
     assert deadline_due(date(2025, 3, 13), now, days) is due
+
+
+@pytest.mark.parametrize(
+    ("stored", "online", "delivering", "at_risk"),
+    [
+        ("pending", True, True, False),  # its wave goes out now: no second install beside it
+        ("sent", True, False, False),  # on its way (a paused rollout still awaits results)
+        ("sent", False, True, True),  # the job waits for a machine that is off
+        ("pending", False, True, True),
+        ("pending", True, False, True),  # held back: rollout paused or earlier waves open
+        ("failed", True, True, True),
+        ("timed_out", True, False, True),
+        ("succeeded", False, False, False),
+        ("not_covered", False, False, False),
+        ("retired", True, True, False),
+    ],
+)
+def test_deadline_at_risk(stored: str, online: bool, delivering: bool, at_risk: bool) -> None:
+    assert deadline_at_risk(stored, online=online, delivering=delivering) is at_risk
+
+
+@given(st.sampled_from(["pending", "sent", "succeeded", "failed", "timed_out",
+                        "not_covered", "retired"]), st.booleans(), st.booleans())
+def test_deadline_at_risk_only_for_machines_without_it(stored: str, online: bool,
+                                                       delivering: bool) -> None:
+    """Installed and excused machines never need a technician for the deadline; a
+    machine that is off always does unless it has it."""
+    at_risk = deadline_at_risk(stored, online=online, delivering=delivering)
+    if stored in ("succeeded", *EXCUSED):
+        assert not at_risk
+    elif not online:
+        assert at_risk
 
 
 def test_days_until_uses_local_date() -> None:
