@@ -11,6 +11,9 @@ Pure code with the clock passed in, tested directly (tests/test_quotas.py); the 
 - `Gate`: connections not yet authenticated, per channel, per peer address and in all.
   One source flooding the port fills only its own per-address allowance, so a real agent
   from elsewhere still gets in.
+- `Overload`: whether the process is too busy to start another TLS handshake at all,
+  judged by how late its event loop runs (the server refuses at the ClientHello, before
+  the handshake's key exchange and signature are computed).
 """
 
 from __future__ import annotations
@@ -145,3 +148,45 @@ class Gate:
         if address is None:
             return self._by_channel[channel]
         return self._by_address[(channel, address)]
+
+
+# ----------------------------------------------------------------------------- overload
+# The event loop this late (seconds) starts the shedding of new TLS handshakes; back under
+# RESUME_LAG it stops. A healthy coordinator runs its timers within milliseconds; a survivor
+# taking back a dead process's 10,000 agents falls seconds behind, and then the oldest
+# connections in its accept queue have been given up by their agents (20 s connect timeout)
+# by the time it computes their handshake: work for no one, while the fresh ones wait.
+SHED_LAG = 0.5
+RESUME_LAG = 0.1
+
+
+@dataclass
+class Overload:
+    """Sheds new TLS handshakes while the event loop runs late, with hysteresis.
+
+    Refusing at the ClientHello costs a few microseconds, so the accept queue drains
+    instead of ageing, and the handshakes the process does take are ones whose agents
+    still wait for them; a refused agent retries after its backoff, as after any failed
+    connect. Only real lateness sheds: a stranger cannot trigger it without loading the
+    process as much as its handshakes would anyway."""
+
+    shed_lag: float = SHED_LAG
+    resume_lag: float = RESUME_LAG
+    shedding: bool = False
+    refused: int = 0  # handshakes refused since the shedding started
+
+    def measure(self, lag: float) -> bool:
+        """Take one measure of the loop's lateness; True if shedding started or stopped."""
+        if self.shedding and lag < self.resume_lag:
+            self.shedding = False
+            return True
+        if not self.shedding and lag > self.shed_lag:
+            self.shedding, self.refused = True, 0
+            return True
+        return False
+
+    def admit(self) -> bool:
+        """May a new TLS handshake start now? Counts the ones refused."""
+        if self.shedding:
+            self.refused += 1
+        return not self.shedding

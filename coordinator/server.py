@@ -20,6 +20,7 @@ import datetime as dt
 import http
 import logging
 import secrets
+import ssl
 import time
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
@@ -43,7 +44,7 @@ from careline.coordinator.notify.sender import Notifier
 from careline.coordinator.pki import server_context
 from careline.coordinator.policy.config import load_policy_data
 from careline.coordinator.policy.overrides import PolicyLayers
-from careline.coordinator.quotas import Gate, caps_for
+from careline.coordinator.quotas import Gate, Overload, caps_for
 from careline.coordinator.rollouts import Rollouts
 from careline.coordinator.services import Services
 from careline.coordinator.storage import fleet as store
@@ -106,6 +107,8 @@ RECONNECT_WINDOW_MIN, RECONNECT_WINDOW_MAX = 1.0, 300.0
 # How soon a revocation made through another coordinator process (scale-out) disconnects
 # the agent here.
 REVOCATION_CHECK_SECONDS = 2.0
+# How often the event loop's lateness is measured (quotas.Overload).
+LAG_SAMPLE_SECONDS = 0.1
 
 
 def reconnect_window(fleet_size: int) -> float:
@@ -194,6 +197,7 @@ class Coordinator:
         self.health_sampler = Sampler()  # which reports become the machines' health history
         self.gate = Gate(caps_for(settings.max_unauthenticated_per_address))
         self._shed_since, self._shed_count = 0.0, 0
+        self.overload = Overload()
         self.technicians = Technicians(db)
         self.server: Server | None = None
         api.load_all()
@@ -211,8 +215,10 @@ class Coordinator:
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         host, port = self.settings.listen_host_port()
         await self.hub.start()
+        context = server_context(self.datadir.pki)
+        context.sni_callback = self._on_client_hello  # called with or without SNI
         async with serve(
-            self._route, host, port, ssl=server_context(self.datadir.pki),
+            self._route, host, port, ssl=context,
             process_request=self._check_request, compression=None,
             max_size=p.MAX_MESSAGE_BYTES, ping_interval=None,
             open_timeout=HANDSHAKE_TIMEOUT, logger=logging.getLogger("careline.websockets"),
@@ -228,7 +234,7 @@ class Coordinator:
                 loops = [self._flush_heartbeats_forever(), self._sweep_silent_forever(),
                          self._sweep_offline_forever(), self.rollouts.run_forever(),
                          self._prune_forever(), self.notifier.run_forever(),
-                         self.events.run_forever()]
+                         self.events.run_forever(), self._measure_lag_forever()]
                 if self.hub.relay is not None:  # other processes may share the database
                     loops.append(self._disconnect_revoked_forever())
                 tasks = [group.create_task(loop) for loop in loops]
@@ -245,6 +251,26 @@ class Coordinator:
         await self.updates.close()
         await self.hub.close()
         await self._flush_heartbeats()
+
+    def _on_client_hello(self, ssl_object: ssl.SSLObject, server_name: str | None,
+                         context: ssl.SSLContext) -> int | None:
+        """Refuse a TLS handshake before its key exchange while overloaded (the client
+        sees the connection reset and retries after its backoff)."""
+        return None if self.overload.admit() else ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+
+    async def _measure_lag_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(LAG_SAMPLE_SECONDS)
+            lag = loop.time() - started - LAG_SAMPLE_SECONDS
+            refused = self.overload.refused
+            if self.overload.measure(lag):
+                if self.overload.shedding:
+                    log.warning("event loop %.1f s late: refusing new TLS handshakes until "
+                                "it catches up", lag)
+                else:
+                    log.warning("caught up: refused %d TLS handshake(s) meanwhile", refused)
 
     async def _check_request(self, ws: ServerConnection, request: Request) -> Response | None:
         if request.path not in (p.ENROLL_PATH, p.AGENT_PATH, p.ADMIN_PATH):

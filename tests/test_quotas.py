@@ -109,3 +109,39 @@ def test_every_channel_has_caps(channel: str) -> None:
     assert q.caps_for(0) == q.DEFAULT_CAPS
     assert q.caps_for(10)[channel] == q.Caps(min(10, caps.total), caps.total)
     assert q.caps_for(10**6)[channel] == q.Caps(caps.total, caps.total)  # never above total
+
+
+# ----------------------------------------------------------------------------- overload
+def test_overload_sheds_from_the_high_mark_until_under_the_low_one() -> None:
+    load = q.Overload(shed_lag=0.5, resume_lag=0.1)
+    assert load.admit()
+    assert not load.measure(0.4)
+    assert load.measure(0.6)
+    assert load.shedding
+    assert not load.admit()
+    assert not load.admit()
+    assert not load.measure(0.3)
+    assert load.shedding
+    assert load.refused == 2
+    assert load.measure(0.05)
+    assert not load.shedding
+    assert load.admit()
+    assert load.refused == 2
+    assert load.measure(0.9)
+    assert load.refused == 0
+
+
+@given(lags=st.lists(st.floats(min_value=0, max_value=5), max_size=60))
+def test_overload_follows_the_lag_with_hysteresis(lags: list[float]) -> None:
+    load = q.Overload(shed_lag=0.5, resume_lag=0.1)
+    for lag in lags:
+        before = load.shedding
+        changed = load.measure(lag)
+        assert changed == (load.shedding != before)
+        if lag > 0.5:
+            assert load.shedding
+        elif lag < 0.1:
+            assert not load.shedding
+        else:
+            assert load.shedding == before  # in between nothing changes
+        assert load.admit() != load.shedding
