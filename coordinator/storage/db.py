@@ -16,6 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from careline.shared.errors import ConfigError
 
 MIGRATION_LOCK = 0x6361726C  # "carl": the advisory lock key for migrations
+# PostgreSQL ends a session left idle inside a transaction this long (seconds) and rolls it
+# back. A coordinator process frozen mid-transaction (SIGSTOP, a paused VM, a dropped
+# route) would otherwise hold its row locks for good: the agent it was storing could not be
+# marked online by the process it reconnected to, nor a rollout it was ticking be advanced.
+# Our transactions wait only on the database (slow work runs outside them), so only a
+# process that stopped running reaches it.
+IDLE_IN_TRANSACTION_TIMEOUT = 15.0
 T = TypeVar("T")
 
 
@@ -55,12 +62,15 @@ class Database:
     failing with 'database is locked'; PostgreSQL writes run concurrently.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str,
+                 idle_in_transaction_timeout: float = IDLE_IN_TRANSACTION_TIMEOUT) -> None:
         self.url = async_url(url)
         self.is_sqlite = self.url.startswith("sqlite")
         kwargs: dict[str, Any] = {}
         if not self.is_sqlite:
-            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+            timeout_ms = str(int(idle_in_transaction_timeout * 1000))
+            kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True, connect_args={
+                "server_settings": {"idle_in_transaction_session_timeout": timeout_ms}})
         # JSON columns are written by msgspec: it takes protocol Structs (an agent's Health)
         # as they are, with no conversion to dicts first, and encodes in C.
         self.engine: AsyncEngine = create_async_engine(self.url, json_serializer=_json_text,

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from careline.coordinator.client import AdminClient, Credentials
+from careline.coordinator.storage.db import IDLE_IN_TRANSACTION_TIMEOUT
 from tests.conftest import PYTHON, CoordinatorProcess, free_port, wait_for_port, wait_until
 from tests.e2e.test_scale_out import join_via
 
@@ -125,4 +126,7 @@ def test_agent_is_back_through_the_other_process(two_behind_one_address, spawn_a
         with AdminClient(credentials) as client:
             return str({a["id"]: a for a in client.call("agents.list")}[agent.agent_id]["status"])
 
-    wait_until(lambda: status_via_alive() == "online", timeout=15)
+    # If it froze inside a transaction (its heartbeat flush, now and then), this agent's row
+    # stays locked until PostgreSQL ends the frozen session (IDLE_IN_TRANSACTION_TIMEOUT).
+    wait_until(lambda: status_via_alive() == "online",
+               timeout=IDLE_IN_TRANSACTION_TIMEOUT + 15)
