@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,29 +66,44 @@ def reply_timeout(default: float, server_wait: float | None) -> float:
     return default if server_wait is None else max(default, server_wait + REPLY_MARGIN)
 
 
+# A coordinator too busy to start a TLS handshake drops it (server.Overload); the CLI tries
+# again after this, doubling up to BUSY_RETRY_MAX, within its open timeout.
+BUSY_RETRY_FIRST, BUSY_RETRY_MAX = 0.1, 2.0
+
+
 class AdminClient:
     def __init__(self, credentials: Credentials, timeout: float = 30.0) -> None:
         from websockets.exceptions import InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
 
-        from careline.shared.tls import pinned_client_context
+        from careline.shared.tls import pinned_client_context, refused_while_busy
 
         self._ids = itertools.count(1)
         self._stack = contextlib.ExitStack()
-        try:
-            self._ws = self._stack.enter_context(connect(
-                credentials.server_url + p.ADMIN_PATH,
-                ssl=pinned_client_context(credentials.ca_pem),
-                additional_headers={"Authorization": f"Bearer {credentials.token}"},
-                max_size=p.MAX_ADMIN_MESSAGE_BYTES, compression=None, open_timeout=timeout,
-                close_timeout=2,
-            ))
-        except InvalidStatus as exc:
-            raise AuthError(f"coordinator refused the connection: {exc.response.status_code}") from None
-        except (OSError, InvalidHandshake) as exc:
-            raise ConfigError(
-                f"cannot reach the coordinator at {credentials.server_url}: {exc}"
-            ) from None
+        deadline, pause, refused = time.monotonic() + timeout, BUSY_RETRY_FIRST, 0
+        while True:
+            try:
+                self._ws = self._stack.enter_context(connect(
+                    credentials.server_url + p.ADMIN_PATH,
+                    ssl=pinned_client_context(credentials.ca_pem),
+                    additional_headers={"Authorization": f"Bearer {credentials.token}"},
+                    max_size=p.MAX_ADMIN_MESSAGE_BYTES, compression=None,
+                    open_timeout=max(deadline - time.monotonic(), 0.1), close_timeout=2,
+                ))
+                break
+            except InvalidStatus as exc:
+                raise AuthError(
+                    f"coordinator refused the connection: {exc.response.status_code}") from None
+            except (OSError, InvalidHandshake) as exc:
+                if refused_while_busy(exc) and time.monotonic() + pause < deadline:
+                    refused += 1
+                    time.sleep(pause)
+                    pause = min(pause * 2, BUSY_RETRY_MAX)
+                    continue
+                busy = f" (busy: refused {refused} time(s) before)" if refused else ""
+                raise ConfigError(
+                    f"cannot reach the coordinator at {credentials.server_url}: {exc}{busy}"
+                ) from None
         self.timeout = timeout
 
     def stream(self, method: str, *, wait: float | None = None, **params: Any) -> Iterator[Any]:

@@ -272,7 +272,7 @@ class IncidentDesk:
         installed versions known and the machine entitled to remote fixes (the signed copy).
         How long it has been offline is counted as the policy says (business time)."""
         seen = agent.last_seen
-        online = bool(agent.connected and seen and now - seen <= self.offline_after)
+        online = agent.presence.status(now, self.offline_after) == "online"
         health = agent.health or {}
         problems = {x["kind"] for x in health.get("problems", [])}
         versions_known = all(x.get("version") for x in agent.products)

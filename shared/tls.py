@@ -24,3 +24,10 @@ def first_contact_context() -> ssl.SSLContext:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     return context
+
+
+def refused_while_busy(error: BaseException) -> bool:
+    """Did the server drop this connection during the TLS handshake, as a coordinator whose
+    event loop runs late does (it refuses at the ClientHello)? Worth retrying shortly; a
+    certificate that fails the pinned CA, or a refused TCP connection, is not."""
+    return isinstance(error, (ConnectionResetError, ssl.SSLEOFError))

@@ -53,3 +53,19 @@ def test_a_prompt_coordinator_refuses_nothing(sqlite_coordinator):
     for _ in range(20):
         assert tls_handshake(coord) is None
     assert "refusing new TLS handshakes" not in coord.log.read_text()
+
+
+def test_a_technician_refused_while_it_catches_up_gets_in_on_a_retry(sqlite_coordinator):
+    coord = sqlite_coordinator
+    assert coord.proc is not None
+    answered: list[object] = []
+    cli = threading.Thread(target=lambda: answered.append(coord.cli("agents", "list")))
+    coord.proc.send_signal(signal.SIGSTOP)
+    try:
+        cli.start()  # its handshake waits in the accept queue, to be refused at first
+        time.sleep(1.5)
+    finally:
+        coord.proc.send_signal(signal.SIGCONT)
+    cli.join(30)
+    assert answered == [[]]  # no agents: the command ran, after the refusal
+    wait_until(lambda: "caught up: refused 1 TLS handshake" in coord.log.read_text())
