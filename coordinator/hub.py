@@ -38,6 +38,10 @@ REPLACED_CLOSE_TIMEOUT = 1.0  # for the close handshake of a connection an agent
 # A job's command is answered at once ("accepted"; its outcome comes as durable events): the
 # session forgets an answer later than this.
 JOB_COMMAND_TIMEOUT = 60.0
+# A fan-out gives the event loop a turn before each this many sends: a send that fits the
+# socket's buffer never waits, so 10,000 of them would otherwise hold the loop for a second
+# or more (answers unread, heartbeats waiting, the loop-lag watcher shedding handshakes).
+FAN_OUT_SENDS_PER_TURN = 200
 
 
 def utcnow() -> dt.datetime:
@@ -154,6 +158,8 @@ class AgentLink:
 
 
 Failure = Literal["", "timeout", "offline", "error"]
+# A fan-out's commands waiting for their answers: future -> (link, command id)
+Outstanding = dict[asyncio.Future[p.CommandResult], tuple[AgentLink, int]]
 
 
 @dataclass(frozen=True)
@@ -274,14 +280,15 @@ class AgentHub:
 
     async def _call_held_here(
         self, agent_ids: Iterable[str], action: p.Action, timeout: float,
-        on_outcome: Callable[[Outcome], None],
-    ) -> dict[asyncio.Future[p.CommandResult], tuple[AgentLink, int]]:
+        on_outcome: Callable[[Outcome], None], outstanding: Outstanding,
+    ) -> None:
         """Send the command to each of `agent_ids` connected here, with no task per agent (at
         10,000 agents a task each was a fifth of the call's CPU): every agent's outcome
         reaches `on_outcome`, from its future's callback or at once if it is not connected
-        here. Returns the futures still outstanding, which the caller cancels if it stops
-        waiting; each link's session times its commands out."""
-        outstanding: dict[asyncio.Future[p.CommandResult], tuple[AgentLink, int]] = {}
+        here. The loop gets a turn every FAN_OUT_SENDS_PER_TURN sends, so answers are read
+        while later agents are still being sent to. `outstanding` holds the futures not yet
+        settled, also while this still sends: the caller cancels them if it stops waiting
+        (each link's session times its commands out)."""
 
         def settle(agent_id: str, started: float, future: asyncio.Future[p.CommandResult]) -> None:
             link, command_id = outstanding.pop(future)
@@ -295,7 +302,9 @@ class AgentHub:
                 on_outcome(Outcome(agent_id, future.result(),
                                    seconds=time.perf_counter() - started))
 
-        for agent_id in agent_ids:
+        for sent, agent_id in enumerate(agent_ids):
+            if sent % FAN_OUT_SENDS_PER_TURN == 0:
+                await asyncio.sleep(0)  # the relay's request, and answers already in, go first
             link = self.links.get(agent_id)
             if link is None:
                 on_outcome(Outcome(agent_id, failure="offline"))
@@ -308,7 +317,6 @@ class AgentHub:
                 continue
             outstanding[future] = (link, command_id)
             future.add_done_callback(functools.partial(settle, agent_id, started))
-        return outstanding
 
     async def _run_for_relay(self, agent_ids: Sequence[str], action: p.Action, timeout: float,
                              on_answer: Callable[[RelayAnswer], None]) -> None:
@@ -328,8 +336,9 @@ class AgentHub:
 
         if not held:
             return
-        outstanding = await self._call_held_here(held, action, timeout, answered)
+        outstanding: Outstanding = {}
         try:
+            await self._call_held_here(held, action, timeout, answered, outstanding)
             await all_done
         finally:
             for future in list(outstanding):
@@ -354,9 +363,9 @@ class AgentHub:
                 answers.put_nowait(Outcome(agent_id, failure="offline"))
         relaying = (None if not elsewhere else
                     asyncio.create_task(self._relay(elsewhere, action, timeout, answers.put_nowait)))
-        outstanding: dict[asyncio.Future[p.CommandResult], tuple[AgentLink, int]] = {}
+        outstanding: Outstanding = {}
         try:
-            outstanding = await self._call_held_here(here, action, timeout, answers.put_nowait)
+            await self._call_held_here(here, action, timeout, answers.put_nowait, outstanding)
             for _ in agents:
                 yield await answers.get()
         finally:  # the asker went away: what is left is not waited for

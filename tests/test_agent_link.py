@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from careline.coordinator.hub import AgentHub, AgentLink, Outcome
+from careline.coordinator.hub import FAN_OUT_SENDS_PER_TURN, AgentHub, AgentLink, Outcome
 from careline.coordinator.storage.db import Database
 from careline.coordinator.storage.fleet import AgentPresence
 from careline.shared import protocol as p
@@ -103,14 +103,17 @@ async def test_a_lost_connection_fails_every_waiting_call() -> None:
         await call(link, p.Ping(), timeout=1.0)
 
 
+def presence(agent_id: str) -> AgentPresence:
+    return AgentPresence(id=agent_id, hostname=agent_id, customer_id=1, site_id=None,
+                         enrolled_at=dt.datetime.now(dt.UTC), revoked_at=None, connected=False,
+                         last_seen=None, last_connected_at=None, off_at=None)
+
+
 async def test_fan_out_reports_each_agent_once(hub: AgentHub) -> None:
     quick, silent = welcomed("ag-quick"), welcomed("ag-silent")
     for link in (quick, silent):
         await hub.connected(link, "t", None)
-    rows = [AgentPresence(id=a, hostname=a, customer_id=1, site_id=None,
-                          enrolled_at=dt.datetime.now(dt.UTC), revoked_at=None, connected=False,
-                          last_seen=None, last_connected_at=None, off_at=None)
-            for a in ("ag-quick", "ag-silent", "ag-never")]
+    rows = [presence(a) for a in ("ag-quick", "ag-silent", "ag-never")]
     outcomes: list[Outcome] = []
     async for outcome in hub.fan_out(rows, p.Ping(), timeout=0.3):
         if outcome.agent_id == "ag-never":  # not connected here, no relay: offline at once
@@ -128,3 +131,66 @@ async def test_fan_out_reports_each_agent_once(hub: AgentHub) -> None:
     assert by_agent["ag-quick"].seconds > 0
     assert quick.pending == {}
     assert silent.pending == {}
+
+
+async def connected_links(hub: AgentHub, n: int) -> list[AgentLink]:
+    links = [welcomed(f"ag-{i:05d}") for i in range(n)]
+    for link in links:
+        await hub.connected(link, "t", None)
+    return links
+
+
+def sent_on(link: AgentLink) -> list[p.Message]:
+    socket: Socket = link.ws  # type: ignore[assignment]
+    return socket.sent
+
+
+def commands_sent(links: list[AgentLink]) -> int:
+    return sum(len(sent_on(link)) for link in links)
+
+
+async def test_a_large_fan_out_lets_the_loop_run_between_its_sends(hub: AgentHub) -> None:
+    """Sends that fit the socket buffers never wait: without a turn now and then, a ping to
+    10,000 agents held the event loop until the last was sent, so no answer was read (and
+    no heartbeat stored, no handshake let in by the loop-lag watcher) meanwhile."""
+    links = await connected_links(hub, 3 * FAN_OUT_SENDS_PER_TURN)
+    seen_while_sending: list[int] = []
+
+    async def other_work() -> None:
+        while commands_sent(links) < len(links):
+            seen_while_sending.append(commands_sent(links))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(other_work())
+    outcomes = hub.fan_out([presence(link.agent_id) for link in links], p.Ping(), timeout=5.0)
+    answering = asyncio.create_task(anext(outcomes))
+    await asyncio.wait_for(watcher, 5)
+    assert any(0 < sent < len(links) for sent in seen_while_sending), seen_while_sending
+    for link in links:  # every agent got the ping once
+        (command,) = sent_on(link)
+        assert isinstance(command, p.Command)
+        answer(link, command.id)
+    assert (await answering).result is not None
+    got = 1 + len([o async for o in outcomes])
+    assert got == len(links)
+
+
+async def test_an_asker_leaving_in_the_middle_of_the_sends_leaves_nothing_waiting(
+        hub: AgentHub) -> None:
+    links = await connected_links(hub, 3 * FAN_OUT_SENDS_PER_TURN)
+    outcomes = hub.fan_out([presence(link.agent_id) for link in links], p.Ping(), timeout=30.0)
+    asking = asyncio.create_task(anext(outcomes))
+    for _ in range(len(links)):  # a bounded wait for the middle of the sends
+        if 0 < commands_sent(links) < len(links):
+            break
+        await asyncio.sleep(0)
+    assert 0 < commands_sent(links) < len(links), "the asker never had a turn mid-send"
+    asking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asking
+    await outcomes.aclose()
+    await asyncio.sleep(0)
+    assert commands_sent(links) < len(links)  # it stopped sending when the asker left
+    assert all(link.pending == {} for link in links)
+    assert not any(link.session.waiting(command.id) for link in links
+                   for command in sent_on(link) if isinstance(command, p.Command))
