@@ -12,8 +12,10 @@ bench/fleet.py's simulator with an outbox delivered as agent.runner does, events
 and the real keepalive) enroll and connect through the proxy. Reports:
 
   connect   all connected through the proxy, how long, and how leastconn split them
-  ping      agents.ping to all, asked through each process in turn: answers and p99 RTT
-            (the other process's agents are reached over LISTEN/NOTIFY)
+  ping      agents.ping to all, asked through each process in turn: answers, p99 RTT and
+            the call's length (the other process's agents are reached over LISTEN/NOTIFY);
+            the target is judged with the fleet emitting its events, and the same pings
+            are repeated with them paused (and delivered), to show what the events cost
   failover  kill -9 of the process holding more agents: seconds until 95% (and all) of
             its agents are authenticated again, through the proxy, by the other process;
             then the killed process is started again, as its supervisor would
@@ -75,6 +77,7 @@ TARGET_BACK_95_S = 60.0
 FD_MARGIN = 300  # descriptors a process needs besides its connections (DB pool, logs, ...)
 FLEET_CONCURRENCY = 200  # first connections under way at once, over all workers
 ENROLL_CONCURRENCY = 16  # enrollments under way at once, per worker
+QUIET_DRAIN_TIMEOUT_S = 30.0  # for the outboxes to empty before the pings with events paused
 PROFILE_PING_SECONDS = 15.0  # how long --profile records back-to-back pings to all
 # Each phase's time limit grows with the fleet: seconds per agent, and at least MIN_TIMEOUT_S.
 TIMEOUT_PER_AGENT_S = {"enroll": 0.05, "connect": 0.05, "failover": 0.01, "settle": 0.02}
@@ -220,8 +223,8 @@ class Slice:
     async def back_at(self) -> list[float]:
         return list(self.fleet.sim.back_at)
 
-    async def stop_emitting(self) -> None:
-        self.soak.emitting = False
+    async def set_emitting(self, on: bool) -> None:
+        self.soak.emitting = on
 
     async def emitted(self) -> dict[str, list[int]]:
         return {a.identity.agent_id: a.emitted for a in self.agents}
@@ -237,7 +240,7 @@ async def worker_main() -> None:
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     piece = Slice(json.loads(await reader.readline()))
-    calls = {"enroll", "connect", "status", "arm", "cut", "back_at", "stop_emitting", "emitted"}
+    calls = {"enroll", "connect", "status", "arm", "cut", "back_at", "set_emitting", "emitted"}
     try:
         while line := await reader.readline():
             request = json.loads(line)
@@ -459,7 +462,7 @@ async def failover(victim: ServeProc, workers: list[Worker], timeout: float,
 
 async def settle(workers: list[Worker], n: int, timeout: float) -> dict[str, Any]:
     """Emitting stops; until every outbox is acknowledged and every agent online."""
-    await on_all(workers, "stop_emitting")
+    await on_all(workers, "set_emitting", on=False)
     started = time.monotonic()
     status = await fleet_status(workers)
     while (status["pending"] or status["online"] < n) and time.monotonic() - started < timeout:
@@ -563,6 +566,15 @@ async def run(args: argparse.Namespace, root: Path, children: fleet.Children) ->
         for i, proc in enumerate(processes, 1):
             results["ping"][f"through_process_{i}"] = await ping_through(proc, roles)
             log(f"ping through process {i}: {results['ping'][f'through_process_{i}']}")
+        # The same pings with the fleet's events paused and delivered: what the ping costs
+        # without the run's synthetic event load (one per agent every --event-every s).
+        await on_all(workers, "set_emitting", on=False)
+        drained = await settle(workers, n, QUIET_DRAIN_TIMEOUT_S)
+        results["quiet_ping"] = {"outboxes_pending": drained["pending"]}
+        for i, proc in enumerate(processes, 1):
+            results["quiet_ping"][f"through_process_{i}"] = await ping_through(proc, roles)
+            log(f"quiet ping through process {i}: {results['quiet_ping'][f'through_process_{i}']}")
+        await on_all(workers, "set_emitting", on=True)
         if args.profile:
             results["ping_profile"] = await profile_ping(processes, workers, Path(args.profile), roles)
 
@@ -611,10 +623,13 @@ def table(r: dict[str, Any]) -> str:
         f"({c['rate_per_s']}/s), held per process {c['held_per_process']}, "
         f"per haproxy {c['held_per_proxy']}",
     ]
-    for name, ping in r["ping"].items():
+    pings = [*r["ping"].items(),
+             *((f"{k}, events paused", v) for k, v in r["quiet_ping"].items() if k != "outboxes_pending")]
+    for name, ping in pings:
         lines.append(f"  ping      {name}: {ping.get('answers_with_rtt')} answered, "
                      f"p50 {ping.get('p50_s')} s, p99 {ping.get('p99_s')} s "
-                     f"(target <= {TARGET_PING_P99_S:g} s) {ping.get('error') or ''}".rstrip())
+                     f"(target <= {TARGET_PING_P99_S:g} s), call {ping.get('call_seconds')} s "
+                     f"{ping.get('error') or ''}".rstrip())
     lines += [
         f"  failover  kill -9 cut {f['agents_cut']} agents: 95% back in {f['back_95_s']} s, all in "
         f"{f['back_100_s']} s (target 95% <= {TARGET_BACK_95_S:g} s); survivor holds "
