@@ -305,7 +305,7 @@ class Rollouts:
             except Exception:
                 log.exception("rollout tick failed; will retry")
 
-    async def _job_result(self, conn: AsyncConnection, part: dict[str, Any], outcome: str,
+    async def _job_result(self, conn: AsyncConnection, part: ustore.JobPart, outcome: str,
                           now: dt.datetime) -> None:
         """A job part's result settles its rollout machine in the same transaction, so a
         wave's verdict is known as soon as its results are stored."""
@@ -313,7 +313,7 @@ class Rollouts:
                  "failed" if outcome in _FAILED else None)
         if state is None:
             return
-        rollout_id = await rstore.settle_job_part(conn, part["job_id"], part["agent_id"],
+        rollout_id = await rstore.settle_job_part(conn, part.job_id, part.agent_id,
                                                   state, outcome, now)
         if rollout_id is None:
             return

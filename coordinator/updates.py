@@ -176,11 +176,12 @@ async def create_job(
     status = "bundled" if delivery == "media" else "pending"
     parts = []
     for machine, part_product, part_version in plans:
-        part = await store.insert_job_machine(
+        ref = await store.insert_job_machine(
             conn, job_id=job_id, agent_id=machine.id, product=part_product,
             version=part_version, status=status, now=now,
         )
-        parts.append({**part, "hostname": machine.hostname, "product": part_product,
+        parts.append({"ref": ref, "agent_id": machine.id, "status": status,
+                      "hostname": machine.hostname, "product": part_product,
                       "version": part_version})
     await fleet_store.record_audit(
         conn, actor=actor, action=f"job.{kind}", target=f"job:{job_id}",
@@ -230,7 +231,7 @@ def instruction_key(data: Path) -> Ed25519PrivateKey:
     return load_or_create_private_key(data / "releases" / "instruction.key")
 
 
-ResultHook = Callable[[AsyncConnection, dict[str, Any], str, dt.datetime], Awaitable[None]]
+ResultHook = Callable[[AsyncConnection, store.JobPart, str, dt.datetime], Awaitable[None]]
 
 
 class UpdateService:
@@ -338,27 +339,27 @@ class UpdateService:
                 conn, agent_ids=agent_ids, job_id=job_id, statuses=statuses)
         # A part another dispatch is sending right now (a sweep beside a rollout tick) is
         # left to it: each machine gets each send once.
-        rows = [row for row in rows if row["ref"] not in self._sending]
-        self._sending.update(row["ref"] for row in rows)
+        rows = [row for row in rows if row.ref not in self._sending]
+        self._sending.update(row.ref for row in rows)
         try:
             return await self._send_parts(rows)
         finally:
-            self._sending.difference_update(row["ref"] for row in rows)
+            self._sending.difference_update(row.ref for row in rows)
 
-    async def _send_parts(self, rows: list[dict[str, Any]]) -> int:
-        sent: list[dict[str, Any]] = []
-        failed: list[tuple[dict[str, Any], str]] = []
+    async def _send_parts(self, rows: list[store.JobPart]) -> int:
+        sent: list[store.JobPart] = []
+        failed: list[tuple[store.JobPart, str]] = []
         for row in rows:
-            if row["agent_id"] not in self.hub.links:
+            if row.agent_id not in self.hub.links:
                 continue
             try:
                 action = await self._action(row)
             except NotFound as exc:
                 failed.append((row, str(exc)))
                 continue
-            if await self.hub.send(row["agent_id"], action):
+            if await self.hub.send(row.agent_id, action):
                 sent.append(row)
-        newly_sent = [row for row in sent if row["status"] == "pending"]
+        newly_sent = [row for row in sent if row.status == "pending"]
         if newly_sent or failed:  # one transaction for the whole fan-out
             async with self.db.transaction() as conn:
                 now = utcnow()
@@ -368,30 +369,32 @@ class UpdateService:
                     await store.set_status(conn, row, "failed", now, reason)
         return len(sent)
 
-    async def _action(self, row: dict[str, Any]) -> p.Action:
-        if row["kind"] == "verify":
-            return p.VerifyIntegrity(job=row["ref"], product=row["product"])
+    async def _action(self, row: store.JobPart) -> p.Action:
+        if row.kind == "verify":
+            return p.VerifyIntegrity(job=row.ref, product=row.product)
         signed = await self.instruction_for(row)
-        if row["kind"] == "update":
-            return p.InstallPackage(job=row["ref"], instruction=signed)
-        return p.ReinstallProduct(job=row["ref"], instruction=signed)
+        if row.kind == "update":
+            return p.InstallPackage(job=row.ref, instruction=signed)
+        return p.ReinstallProduct(job=row.ref, instruction=signed)
 
     async def instruction_for(
-        self, row: dict[str, Any], lifetime: dt.timedelta = INSTRUCTION_LIFETIME,
+        self, row: store.JobPart, lifetime: dt.timedelta = INSTRUCTION_LIFETIME,
     ) -> bytes:
         return sign_instruction(self.instruction_key, await self.make_instruction(row, lifetime))
 
     async def make_instruction(
-        self, row: dict[str, Any], lifetime: dt.timedelta = INSTRUCTION_LIFETIME,
+        self, row: store.JobPart, lifetime: dt.timedelta = INSTRUCTION_LIFETIME,
     ) -> Instruction:
-        release = await self._release(row["product"], row["version"])
+        if row.product is None or row.version is None:  # a verify part has no package
+            raise ConfigError(f"job {row.ref} installs no release")
+        release = await self._release(row.product, row.version)
         now = utcnow()
         return Instruction(
-            job_id=row["ref"], machine_id=row["agent_id"], product=release.product,
+            job_id=row.ref, machine_id=row.agent_id, product=release.product,
             version=release.version, target=release.target, sha256=release.sha256,
             length=int(release.length),
-            action="install" if row["kind"] == "update" else "reinstall",
-            stop_product=bool(row.get("stop_product")), issued_at=now,
+            action="install" if row.kind == "update" else "reinstall",
+            stop_product=row.stop_product, issued_at=now,
             expires_at=now + lifetime,
         )
 
@@ -417,29 +420,23 @@ class UpdateService:
     async def _start_download(self, link: AgentLink, message: p.Download) -> None:
         others = [job for agent, job in self._streams if agent == link.agent_id and job != message.job]
         if len(others) >= MAX_DOWNLOADS_PER_AGENT:
-            link.session.send_chunk(
-                message.job, message.offset,
-                error=f"this machine already downloads {len(others)} packages; retry later")
-            await link.flush()
+            await self._refuse_download(
+                link, message, f"this machine already downloads {len(others)} packages; retry later")
             return
         async with self.db.connect() as conn:
             row = await store.get_job_machine(conn, message.job)
-        error = ""
-        if row is None or row["agent_id"] != link.agent_id or row["kind"] == "verify":
-            error = f"no download {message.job} for this agent"
-        elif row["finished_at"] is not None:
-            error = f"job {message.job} is finished ({row['status']})"
-        if error:
-            link.session.send_chunk(message.job, message.offset, error=error)
-            await link.flush()
+        if (row is None or row.agent_id != link.agent_id or row.product is None
+                or row.version is None):  # a verify part has no package to download
+            await self._refuse_download(link, message, f"no download {message.job} for this agent")
             return
-        assert row is not None
-        release = await self._release(row["product"], row["version"])
+        if row.finished_at is not None:
+            await self._refuse_download(link, message, f"job {message.job} is finished ({row.status})")
+            return
+        release = await self._release(row.product, row.version)
         length = int(release.length)
         if not 0 <= message.offset <= length:
-            link.session.send_chunk(message.job, message.offset,
-                                    error=f"offset {message.offset} outside the {length}-byte package")
-            await link.flush()
+            await self._refuse_download(
+                link, message, f"offset {message.offset} outside the {length}-byte package")
             return
         key = (link.agent_id, message.job)
         previous = self._streams.pop(key, None)
@@ -453,6 +450,11 @@ class UpdateService:
         self._streams[key] = task
         task.add_done_callback(lambda t: self._streams.pop(key, None)
                                if self._streams.get(key) is t else None)
+
+    @staticmethod
+    async def _refuse_download(link: AgentLink, message: p.Download, error: str) -> None:
+        link.session.send_chunk(message.job, message.offset, error=error)
+        await link.flush()
 
     async def _stream(self, link: AgentLink, job: str, path: Path, offset: int,
                       length: int) -> None:
@@ -499,13 +501,13 @@ class UpdateService:
         for agent_id, event in mine:
             ref = str(event.data["job"])
             row = parts.get(ref)
-            if row is None or row["agent_id"] != agent_id:
+            if row is None or row.agent_id != agent_id:
                 continue
             if event.kind == "update_step":
-                if row["finished_at"] is None:  # a late step of a finished part moves nothing
+                if row.finished_at is None:  # a late step of a finished part moves nothing
                     status, detail = str(event.data.get("step", "?"))[:40], _text(event.data.get("detail"))
-                    moves.append((row["id"], status, detail))
-                    steps.append((row["id"], status, now, detail))
+                    moves.append((row.id, status, detail))
+                    steps.append((row.id, status, now, detail))
                 continue
             await store.set_progress(conn, moves, now)  # in order: steps before the result
             await store.add_steps(conn, steps)
@@ -514,16 +516,17 @@ class UpdateService:
         await store.set_progress(conn, moves, now)
         await store.add_steps(conn, steps)
 
-    async def _on_result(self, conn: AsyncConnection, agent_id: str, row: dict[str, Any],
+    async def _on_result(self, conn: AsyncConnection, agent_id: str, row: store.JobPart,
                          event: p.Event, now: dt.datetime) -> None:
         if event.kind == "update_result":
             outcome = str(event.data.get("outcome", "failed"))[:40]
             await store.set_status(conn, row, outcome, now, _text(event.data.get("reason")),
                                    outcome=outcome)
             version = event.data.get("version")
-            if (outcome in VERSION_OUTCOMES and event.data.get("product") == row["product"]
+            if (outcome in VERSION_OUTCOMES and row.product is not None
+                    and event.data.get("product") == row.product
                     and isinstance(version, str) and 0 < len(version) <= 40):
-                await store.set_product_version(conn, agent_id, row["product"], version, now)
+                await store.set_product_version(conn, agent_id, row.product, version, now)
             await notify_job_result(conn, row, outcome, _text(event.data.get("reason")), now)
             for hook in self.result_hooks:
                 await hook(conn, row, outcome, now)
@@ -531,7 +534,7 @@ class UpdateService:
             ok = bool(event.data.get("ok"))
             await store.set_status(conn, row, "verified" if ok else "mismatch", now,
                                    _text(event.data.get("summary")))
-        self.progress.pop(row["ref"], None)
+        self.progress.pop(row.ref, None)
 
 
 def _text(value: Any) -> str | None:

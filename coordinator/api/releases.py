@@ -308,14 +308,13 @@ async def bundle(ctx: Context, p: Bundle) -> AsyncIterator[dict[str, Any]]:
             product=p.product, version=p.version, delivery="media", now=ctx.now,
             reason="physical media",
         )
-    part = job["machines"][0]
+        part = await store.get_job_machine(conn, job["machines"][0]["ref"])
+    assert part is not None  # made just above, in the same transaction
     expiry = dt.timedelta(days=p.expiry_days)
-    instruction = await updates.make_instruction(
-        {**part, "kind": "update", "stop_product": False}, lifetime=expiry
-    )
+    instruction = await updates.make_instruction(part, lifetime=expiry)
     release = await updates._release(instruction.product, instruction.version)
     updates.uploads.mkdir(parents=True, exist_ok=True)
-    out = updates.uploads / f"bundle-{part['ref']}.careline-bundle"
+    out = updates.uploads / f"bundle-{part.ref}.careline-bundle"
     try:
         async with updates.repo_lock:
             await asyncio.to_thread(

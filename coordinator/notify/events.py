@@ -20,6 +20,7 @@ from careline.coordinator.storage import fleet as fstore
 from careline.coordinator.storage import notify as store
 from careline.coordinator.storage import service
 from careline.coordinator.storage.rollouts import Rollout
+from careline.coordinator.storage.updates import JobPart
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -141,18 +142,18 @@ async def notify_incident(conn: AsyncConnection, incident_id: int, kind: str, no
             urgent_from=urgent_from), now)
 
 
-async def notify_job_result(conn: AsyncConnection, part: dict[str, Any], outcome: str,
+async def notify_job_result(conn: AsyncConnection, part: JobPart, outcome: str,
                             reason: str | None, now: dt.datetime) -> None:
     """An update job's result on one machine: installed (customers may hear) or failed."""
     if outcome not in ("installed", "failed", "rolled_back", "refused"):
         return
-    agent = await fstore.get_agent(conn, part["agent_id"])
+    agent = await fstore.get_agent(conn, part.agent_id)
     kind = "update.installed" if outcome == "installed" else "job.failed"
     await notify(conn, policy.Event(
-        kind, f"job:{part['ref']}:{outcome}", "low" if outcome == "installed" else "high",
+        kind, f"job:{part.ref}:{outcome}", "low" if outcome == "installed" else "high",
         {"machine": agent.id, "hostname": agent.hostname, "customer": agent.customer,
-         "product": part["product"], "version": part["version"], "outcome": outcome,
-         "reason": reason or "", "job": part["ref"]},
+         "product": part.product, "version": part.version, "outcome": outcome,
+         "reason": reason or "", "job": part.ref},
         customer_id=agent.customer_id), now)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.storage.fleet import Row, insert_row, rows_of, typed_rows
+from careline.coordinator.storage.fleet import Row, insert_row, rows_of, typed_first, typed_rows
 from careline.coordinator.storage.schema import agents, job_machines, job_steps, jobs, releases
 from careline.shared.errors import NotFound
 
@@ -124,14 +124,15 @@ async def insert_job(
 async def insert_job_machine(
     conn: AsyncConnection, *, job_id: int, agent_id: str, product: str | None,
     version: str | None, status: str, now: dt.datetime,
-) -> Row:
+) -> str:
+    """A machine's part of job `job_id`; returns its ref (what the agent calls the job)."""
     ref = f"j{job_id}-{agent_id[:16]}"
     jm_id = await insert_row(conn, job_machines, {
         "job_id": job_id, "agent_id": agent_id, "ref": ref, "product": product,
         "version": version, "status": status, "created_at": now, "updated_at": now,
     }, f"job {job_id} for {agent_id}")
     await add_step(conn, jm_id, status, now)
-    return {"id": jm_id, "ref": ref, "agent_id": agent_id, "status": status}
+    return ref
 
 
 async def add_step(
@@ -168,36 +169,51 @@ async def set_progress(conn: AsyncConnection,
          for part, status, detail in moves])
 
 
-async def job_machines_by_ref(conn: AsyncConnection, refs: Collection[str]) -> dict[str, Row]:
+@dataclass(frozen=True, slots=True)
+class JobPart:
+    """One machine's part of a job (a `job_machines` row) with what its job says of it."""
+
+    id: int
+    job_id: int
+    agent_id: str
+    ref: str  # what the agent calls the job
+    product: str | None
+    version: str | None
+    status: str
+    outcome: str | None
+    detail: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+    kind: str  # the job's: update, reinstall, verify
+    delivery: str  # network or media
+    stop_product: bool
+
+
+def _parts() -> sa.Select[Any]:
+    return (sa.select(job_machines, jobs.c.kind, jobs.c.delivery, jobs.c.stop_product)
+            .join(jobs, jobs.c.id == job_machines.c.job_id))
+
+
+async def job_machines_by_ref(conn: AsyncConnection, refs: Collection[str]) -> dict[str, JobPart]:
     """Job parts by their refs, in one query (a batch of agents' events names many)."""
     if not refs:
         return {}
-    query = (
-        sa.select(job_machines, jobs.c.kind, jobs.c.delivery, jobs.c.stop_product)
-        .join(jobs, jobs.c.id == job_machines.c.job_id)
-        .where(job_machines.c.ref.in_(sorted(refs)))
-    )
-    return {row["ref"]: row for row in rows_of(await conn.execute(query))}
+    query = _parts().where(job_machines.c.ref.in_(sorted(refs)))
+    return {part.ref: part for part in typed_rows(await conn.execute(query), JobPart)}
 
 
-async def get_job_machine(conn: AsyncConnection, ref: str) -> Row | None:
-    query = (
-        sa.select(job_machines, jobs.c.kind, jobs.c.delivery, jobs.c.stop_product)
-        .join(jobs, jobs.c.id == job_machines.c.job_id)
-        .where(job_machines.c.ref == ref)
-    )
-    rows = rows_of(await conn.execute(query))
-    return rows[0] if rows else None
+async def get_job_machine(conn: AsyncConnection, ref: str) -> JobPart | None:
+    return await typed_first(conn, _parts().where(job_machines.c.ref == ref), JobPart)
 
 
 async def open_job_machines(
     conn: AsyncConnection, *, agent_ids: Collection[str] | None = None,
     job_id: int | None = None, statuses: Sequence[str] | None = None,
-) -> list[Row]:
+) -> list[JobPart]:
     """Unfinished machine parts of network jobs, oldest first."""
     query = (
-        sa.select(job_machines, jobs.c.kind, jobs.c.delivery, jobs.c.stop_product)
-        .join(jobs, jobs.c.id == job_machines.c.job_id)
+        _parts()
         .where(job_machines.c.finished_at.is_(None), jobs.c.delivery == "network")
         .order_by(job_machines.c.id)
     )
@@ -207,11 +223,11 @@ async def open_job_machines(
         query = query.where(job_machines.c.job_id == job_id)
     if statuses is not None:
         query = query.where(job_machines.c.status.in_(list(statuses)))
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), JobPart)
 
 
 async def set_status(
-    conn: AsyncConnection, job_machine: Row, status: str, now: dt.datetime,
+    conn: AsyncConnection, job_machine: JobPart, status: str, now: dt.datetime,
     detail: str | None = None, outcome: str | None = None,
 ) -> bool:
     """Move a machine's part on; False (and nothing written) once it is finished."""
@@ -222,12 +238,12 @@ async def set_status(
         values.update(finished_at=now, outcome=outcome or status)
     result = await conn.execute(
         job_machines.update()
-        .where(job_machines.c.id == job_machine["id"], job_machines.c.finished_at.is_(None))
+        .where(job_machines.c.id == job_machine.id, job_machines.c.finished_at.is_(None))
         .values(**values)
     )
     if not result.rowcount:
         return False
-    await add_step(conn, job_machine["id"], status, now, detail)
+    await add_step(conn, job_machine.id, status, now, detail)
     return True
 
 

@@ -264,13 +264,17 @@ async def test_channel_throttle_holds_the_rest_without_counting_an_attempt(setup
 async def test_rollout_pause_and_job_results_name_their_machines(setup: Setup) -> None:
     from careline.coordinator.notify.events import notify_job_result, notify_rollout
     from careline.coordinator.storage.rollouts import Rollout
+    from careline.coordinator.storage.updates import JobPart
 
     agent = await _machine(setup, now().date(), now())
     rollout = Rollout(id=4, release_id=1, product="KeToan", version="2026.2", kind="regulation",
                       effective=dt.date(2027, 1, 1), customer_id=None, percents="5,25,100",
                       status="paused", sent_waves=2, reason="", started_by="admin",
                       started_at=now(), updated_at=now(), last_targeting_at=None)
-    part = {"agent_id": agent.id, "ref": "job-9-1", "product": "KeToan", "version": "2026.2"}
+    part = JobPart(id=1, job_id=9, agent_id=agent.id, ref="job-9-1", product="KeToan",
+                   version="2026.2", status="downloading", outcome=None, detail=None,
+                   created_at=now(), updated_at=now(), finished_at=None, kind="update",
+                   delivery="network", stop_product=False)
     async with setup.db.transaction() as conn:
         await notify_rollout(conn, "rollout.paused", rollout,
                              [{"agent_id": agent.id}] * 40, "wave 2: 40 of 200 failed", now())
