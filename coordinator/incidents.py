@@ -331,7 +331,7 @@ class IncidentDesk:
         reported = incident.opened_at
         entitlement = await self.entitlement(conn, agent, calendar.local(reported).date())
         machine = await self.machine_state(conn, agent, entitlement, now, calendar, policy)
-        paused = tuple(Pause(w["started_at"], w["ended_at"], w["on_whom"], w["note"])
+        paused = tuple(Pause(w.started_at, w.ended_at, w.on_whom, w.note)
                        for w in await service.list_waits(conn, incident_id))
         year_ago = now - dt.timedelta(days=365)
         # The release that just failed to install is not a fix for its own failure.
@@ -363,9 +363,9 @@ class IncidentDesk:
         })
         visit_id = None  # a new work order (notified as visit.created)
         visit = await service.open_visit_of(conn, incident_id)
-        if visit is not None and visit["action"] == decision.action:
+        if visit is not None and visit.action == decision.action:
             # Decided again (resumed, redecided): the same work order, with the new terms.
-            await service.update_visit(conn, visit["id"], fee_vnd=decision.fee_vnd,
+            await service.update_visit(conn, visit.id, fee_vnd=decision.fee_vnd,
                                        due_at=decision.due_at)
         elif decision.action in ONSITE_ACTIONS:
             visit_id = await service.add_visit(conn, {
@@ -380,10 +380,9 @@ class IncidentDesk:
         """A technician worked on the incident: it will no longer close by itself."""
         await service.update_incident(conn, incident_id, touched=True)
         for row in await service.touch_conditions_of(conn, incident_id):
-            state = touch(_state_from_json(row["state"]))
-            await service.save_condition(
-                conn, (row["agent_id"], row["kind"], row["subject"]), _state_to_json(state),
-                incident_id, exists=True)
+            state = touch(_state_from_json(row.state))
+            await service.save_condition(conn, row.key, _state_to_json(state), incident_id,
+                                         exists=True)
 
     # ------------------------------------------------------------------ signals
     async def observe(
@@ -392,21 +391,18 @@ class IncidentDesk:
     ) -> None:
         """Feed one check per condition (failing?, detail) through flap suppression."""
         agent_ids = sorted({key[0] for key in checks})
-        existing = {
-            (r["agent_id"], r["kind"], r["subject"]): r
-            for r in await service.conditions_for(conn, agent_ids)
-        }
+        existing = {r.key: r for r in await service.conditions_for(conn, agent_ids)}
         agents_by_id: dict[str, store.Agent] = {}
         policies = await self._alert_policies(conn, agent_ids)
         for key, (failing, detail) in checks.items():
             row = existing.get(key)
-            state = _state_from_json(row["state"]) if row else None
+            state = _state_from_json(row.state) if row else None
             if state is None and not failing:
                 continue
             agent_id, kind, subject = key
             new_state, transition = observe(state, failing, now,
                                             policies.get(agent_id, self.policy).alerts[kind])
-            incident_id = row["incident_id"] if row else None
+            incident_id = row.incident_id if row else None
             if transition is Transition.OPEN and (
                 await service.count_open_incidents(conn, agent_id, kind) >= MAX_OPEN_PER_KIND
             ):
@@ -438,18 +434,14 @@ class IncidentDesk:
         by_target = await service.overrides_by_target(conn)
         if not any(key.startswith("alerts.") for keys in by_target.values() for key in keys):
             return {}
-        return {row["id"]: self.policy_of(by_target, row["customer_id"], row.get("site_id"),
-                                          row["id"])
+        return {row.id: self.policy_of(by_target, row.customer_id, row.site_id, row.id)
                 for row in await service.agent_owners(conn, agent_ids)}
 
     async def on_heartbeats(self, conn: AsyncConnection, batch: Mapping[str, p.Health],
                             now: dt.datetime) -> None:
         """Each heartbeat is one check of every heartbeat condition of that agent."""
         checks: dict[ConditionKey, tuple[bool, str]] = {}
-        known = {
-            (r["agent_id"], r["kind"], r["subject"])
-            for r in await service.conditions_for(conn, sorted(batch))
-        }
+        known = {r.key for r in await service.conditions_for(conn, sorted(batch))}
         for agent_id, health in batch.items():
             for problem in health.problems:
                 if problem.kind in HEARTBEAT_KINDS:

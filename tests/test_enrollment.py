@@ -88,8 +88,8 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
         assert [i.id for i in await service.list_incidents(conn, agent_id=machine)] == [
             incident]
         done = await service.get_visit(conn, visit)
-        assert done["status"] == "completed"
-        assert "re-enrolled" in done["note"]
+        assert done.status == "completed"
+        assert "re-enrolled" in (done.note or "")
         audit = await store.list_audit(conn)
         assert audit[0]["action"] == "agent.relink"
         assert audit[0]["detail"]["old_key"] == machine

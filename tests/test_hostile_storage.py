@@ -93,7 +93,7 @@ async def test_diagnostics_budget_and_open_incident_count(db: Database) -> None:
                for n in range(6) for agent in (a, b)]
         assert await service.prune_diagnostics(conn, 4) == 4
     async with db.connect() as conn:
-        left = {r["id"] for agent in (a, b) for r in await service.list_diagnostics(conn, agent)}
+        left = {r.id for agent in (a, b) for r in await service.list_diagnostics(conn, agent)}
     assert left == set(ids[4:])  # each agent's four newest
 
     async with db.transaction() as conn:

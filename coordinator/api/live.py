@@ -7,6 +7,7 @@ agent only ever costs its own timeout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -158,7 +159,7 @@ class MachineRef(msgspec.Struct, forbid_unknown_fields=True):
 async def list_diagnostics(ctx: Context, p_: MachineRef) -> list[dict[str, Any]]:
     async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p_.machine)
-        return await service.list_diagnostics(conn, agent.id)
+        return [dataclasses.asdict(entry) for entry in await service.list_diagnostics(conn, agent.id)]
 
 
 class DiagnosticsRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -168,7 +169,7 @@ class DiagnosticsRef(msgspec.Struct, forbid_unknown_fields=True):
 @method("diagnostics.show", "viewer", DiagnosticsRef)
 async def show_diagnostics(ctx: Context, p_: DiagnosticsRef) -> dict[str, Any]:
     async with ctx.services.db.connect() as conn:
-        return await service.get_diagnostics(conn, p_.id)
+        return dataclasses.asdict(await service.get_diagnostics(conn, p_.id))
 
 
 # ----------------------------------------------------------------------------- restart

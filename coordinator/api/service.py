@@ -203,8 +203,9 @@ async def open_incident(ctx: Context, p: OpenIncident) -> dict[str, Any]:
 
 
 async def _incident_view(conn: Any, incident_id: int) -> dict[str, Any]:
+    decision = await service.latest_decision(conn, incident_id)
     return {**dataclasses.asdict(await service.get_incident(conn, incident_id)),
-            "decision": await service.latest_decision(conn, incident_id)}
+            "decision": None if decision is None else dataclasses.asdict(decision)}
 
 
 class ListIncidents(msgspec.Struct, forbid_unknown_fields=True):
@@ -221,9 +222,10 @@ async def list_incidents(ctx: Context, p: ListIncidents) -> list[dict[str, Any]]
         rows = []
         for incident in await service.list_incidents(conn, open_only=p.open,
                                                      customer_id=customer_id, agent_id=agent_id):
-            decision = await service.latest_decision(conn, incident.id) or {}
+            decision = await service.latest_decision(conn, incident.id)
+            terms = {} if decision is None else dataclasses.asdict(decision)
             rows.append({**dataclasses.asdict(incident),
-                         **{key: decision.get(key) for key in ("action", "fee_vnd", "due_at")}})
+                         **{key: terms.get(key) for key in ("action", "fee_vnd", "due_at")}})
     return rows
 
 
@@ -246,13 +248,14 @@ async def explain_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
     if decision is None:
         raise Conflict(f"incident {p.id} has no decision")
     return {"incident": p.id, "category": incident.category, "severity": incident.severity,
-            "action": decision["action"], "covered": decision["covered"],
-            "fee_vnd": decision["fee_vnd"], "quote_vnd": decision["quote_vnd"],
-            "due_at": decision["due_at"], "reasons": decision["reasons"],
-            "explanation": decision["explanation"],
-            "facts": decision["facts"], "waiting_on": incident.waiting_on,
-            "paused": [{k: w[k] for k in ("on_whom", "note", "started_at", "ended_at",
-                                          "started_by", "ended_by")} for w in waits]}
+            "action": decision.action, "covered": decision.covered,
+            "fee_vnd": decision.fee_vnd, "quote_vnd": decision.quote_vnd,
+            "due_at": decision.due_at, "reasons": decision.reasons,
+            "explanation": decision.explanation,
+            "facts": decision.facts, "waiting_on": incident.waiting_on,
+            "paused": [{"on_whom": w.on_whom, "note": w.note, "started_at": w.started_at,
+                        "ended_at": w.ended_at, "started_by": w.started_by,
+                        "ended_by": w.ended_by} for w in waits]}
 
 
 class ResolveIncident(msgspec.Struct, forbid_unknown_fields=True):
@@ -280,7 +283,7 @@ async def redecide_incident(ctx: Context, p: IncidentRef) -> dict[str, Any]:
         before = await service.latest_decision(conn, p.id)
         decision = await ctx.services.desk.decide(conn, p.id, ctx.now)
         escalated = decision["action"] in ONSITE_ACTIONS and (
-            before is None or before["action"] not in ONSITE_ACTIONS)
+            before is None or before.action not in ONSITE_ACTIONS)
         incident = await service.get_incident(conn, p.id)
         await notify_incident(conn, p.id, "incident.escalated" if escalated else "incident.updated",
                               ctx.now, visit_id=decision["visit"],
@@ -339,15 +342,15 @@ async def list_visits(ctx: Context, p: ListVisits) -> list[dict[str, Any]]:
     async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
         rows = await service.list_visits(conn, open_only=not p.completed, customer_id=customer_id)
-        if p.due != "today":
-            return rows
-        today = []
-        for row in rows:
-            calendar = customer_calendar(ctx.services.desk.policy,
-                                         await store.get_customer(conn, row["customer_id"]))
-            if calendar.local(row["due_at"]).date() <= calendar.local(ctx.now).date():
-                today.append(row)
-        return today
+        if p.due == "today":
+            today = []
+            for row in rows:
+                calendar = customer_calendar(ctx.services.desk.policy,
+                                             await store.get_customer(conn, row.customer_id))
+                if calendar.local(row.due_at).date() <= calendar.local(ctx.now).date():
+                    today.append(row)
+            rows = today
+    return [dataclasses.asdict(row) for row in rows]
 
 
 class AssignVisit(msgspec.Struct, forbid_unknown_fields=True):
@@ -359,14 +362,14 @@ class AssignVisit(msgspec.Struct, forbid_unknown_fields=True):
 async def assign_visit(ctx: Context, p: AssignVisit) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         visit = await service.get_visit(conn, p.id)
-        if visit["status"] == "completed":
+        if visit.status == "completed":
             raise Conflict(f"visit {p.id} is already completed")
         if p.technician not in {t.name for t in await store.list_technicians(conn)}:
             raise ConfigError(f"no technician {p.technician!r}")
         await service.update_visit(conn, p.id, technician=p.technician, status="assigned")
-        await ctx.services.desk.touch(conn, visit["incident_id"])
+        await ctx.services.desk.touch(conn, visit.incident_id)
         await ctx.audit(conn, "visit.assign", f"visit:{p.id}", technician=p.technician)
-        return await service.get_visit(conn, p.id)
+        return dataclasses.asdict(await service.get_visit(conn, p.id))
 
 
 class CompleteVisit(msgspec.Struct, forbid_unknown_fields=True):
@@ -378,11 +381,11 @@ class CompleteVisit(msgspec.Struct, forbid_unknown_fields=True):
 async def complete_visit(ctx: Context, p: CompleteVisit) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         visit = await service.get_visit(conn, p.id)
-        if visit["status"] == "completed":
+        if visit.status == "completed":
             raise Conflict(f"visit {p.id} is already completed")
         await service.update_visit(conn, p.id, status="completed", completed_at=ctx.now,
                                    note=p.note)
-        await ctx.services.desk.touch(conn, visit["incident_id"])
-        await ctx.audit(conn, "visit.complete", f"visit:{p.id}", fee_vnd=visit["fee_vnd"],
+        await ctx.services.desk.touch(conn, visit.incident_id)
+        await ctx.audit(conn, "visit.complete", f"visit:{p.id}", fee_vnd=visit.fee_vnd,
                         note=p.note)
-        return await service.get_visit(conn, p.id)
+        return dataclasses.asdict(await service.get_visit(conn, p.id))

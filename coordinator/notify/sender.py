@@ -349,14 +349,14 @@ class Notifier:
     async def _overdue(self, now: dt.datetime) -> None:
         async with self.db.connect() as conn:
             late_visits = [v for v in await service.list_visits(conn, due_before=now)
-                           if v["status"] == "open"]
+                           if v.status == "open"]
             late_incidents = []
             for incident in await service.list_incidents(conn, open_only=True):
                 decision = await service.latest_decision(conn, incident.id)
-                if decision and decision["due_at"] < now:
+                if decision and decision.due_at < now:
                     late_incidents.append((incident, decision))
         for incident, decision in late_incidents:
-            key = f"incident:{incident.id}:overdue:{decision['due_at'].isoformat()}"
+            key = f"incident:{incident.id}:overdue:{decision.due_at.isoformat()}"
             if key not in self._periodic_done:
                 async with self.db.transaction() as conn:
                     await notify_incident(
@@ -365,19 +365,19 @@ class Notifier:
                             conn, incident.agent_id))
                 self._periodic_done.add(key)
         for visit in late_visits:
-            key = f"visit:{visit['id']}:overdue"
+            key = f"visit:{visit.id}:overdue"
             if key not in self._periodic_done:
                 async with self.db.transaction() as conn:
-                    incident = await service.get_incident(conn, visit["incident_id"])
-                    agent = await fstore.get_agent(conn, visit["agent_id"])
-                    facts = {"visit": visit["id"], "incident": visit["incident_id"],
+                    incident = await service.get_incident(conn, visit.incident_id)
+                    agent = await fstore.get_agent(conn, visit.agent_id)
+                    facts = {"visit": visit.id, "incident": visit.incident_id,
                              "hostname": agent.hostname, "customer": agent.customer,
-                             "action": visit["action"], "fee_vnd": visit["fee_vnd"],
-                             "due_at": visit["due_at"], "technician": visit["technician"],
+                             "action": visit.action, "fee_vnd": visit.fee_vnd,
+                             "due_at": visit.due_at, "technician": visit.technician,
                              "kind": incident.kind}
                     await notify(conn, policy.Event(
                         "visit.overdue", key, incident.severity, facts,
-                        customer_id=visit["customer_id"], thread=f"incident:{visit['incident_id']}",
+                        customer_id=visit.customer_id, thread=f"incident:{visit.incident_id}",
                         incident_kind=incident.kind), now)
                 self._periodic_done.add(key)
 
@@ -407,14 +407,14 @@ class Notifier:
             items = await store.digest_items(conn, recipient["id"])
             visits = []
             for v in await service.list_visits(conn):
-                if v["status"] != "open" or v["technician"] not in (None, recipient["technician"]):
+                if v.status != "open" or v.technician not in (None, recipient["technician"]):
                     continue
                 if recipient["customer_id"] is not None:
                     continue
-                agent = await fstore.get_agent(conn, v["agent_id"])
-                visits.append({"id": v["id"], "customer": agent.customer,
-                               "hostname": agent.hostname, "action": v["action"],
-                               "due_at": v["due_at"].isoformat(), "overdue": v["due_at"] < now})
+                agent = await fstore.get_agent(conn, v.agent_id)
+                visits.append({"id": v.id, "customer": agent.customer,
+                               "hostname": agent.hostname, "action": v.action,
+                               "due_at": v.due_at.isoformat(), "overdue": v.due_at < now})
             open_incidents = len(await service.list_incidents(conn, open_only=True))
             updates = [{"event": i["event"], **{k: i["facts"].get(k) for k in
                                                 ("hostname", "customer", "incident")}}

@@ -16,6 +16,7 @@ from careline.coordinator.storage.fleet import (
     beyond_newest,
     insert_row,
     rows_of,
+    typed_first,
     typed_one,
     typed_rows,
 )
@@ -90,6 +91,59 @@ class Incident:
     waiting_on: str | None  # what its due clock waits for (customer, parts, ...), if anything
     customer: str
     hostname: str
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentWait:
+    """A time an incident's due clock was paused, waiting on someone; open while `ended_at`
+    is None."""
+
+    id: int
+    incident_id: int
+    on_whom: str  # customer, vendor, third_party
+    note: str
+    started_at: dt.datetime
+    started_by: str
+    ended_at: dt.datetime | None
+    ended_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRow:
+    """A stored decision (the policy's `Decision` as it was made, with the facts it saw)."""
+
+    id: int
+    incident_id: int
+    decided_at: dt.datetime
+    action: str
+    covered: bool
+    billable: bool
+    fee_vnd: int
+    quote_vnd: int
+    due_at: dt.datetime
+    rule: int
+    reasons: list[str]  # English, as `incidents explain` prints
+    explanation: list[dict[str, Any]] | None  # policy reasons as data; None before i15d
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """A work order for a technician on site, with its customer's name."""
+
+    id: int
+    incident_id: int
+    agent_id: str
+    customer_id: int
+    action: str
+    fee_vnd: int
+    due_at: dt.datetime
+    technician: str | None
+    status: str  # open, assigned, completed
+    created_at: dt.datetime
+    completed_at: dt.datetime | None
+    note: str | None
+    customer: str
 
 
 # ----------------------------------------------------------------------------- contracts
@@ -214,34 +268,55 @@ async def unset_override(conn: AsyncConnection, target: str, key: str) -> bool:
     return bool(result.rowcount)
 
 
-async def list_overrides(conn: AsyncConnection) -> list[Row]:
-    return rows_of(await conn.execute(
-        sa.select(policy_overrides).order_by(policy_overrides.c.target, policy_overrides.c.key)))
+@dataclass(frozen=True, slots=True)
+class AgentOwner:
+    """Whose overrides apply to an agent: its customer's and its site's."""
+
+    id: str
+    customer_id: int
+    site_id: int | None
 
 
-async def agent_owners(conn: AsyncConnection, agent_ids: list[str]) -> list[Row]:
-    """Id, customer and site of each agent: whose overrides apply to it."""
+async def agent_owners(conn: AsyncConnection, agent_ids: list[str]) -> list[AgentOwner]:
     if not agent_ids:
         return []
-    return rows_of(await conn.execute(
+    return typed_rows(await conn.execute(
         sa.select(agents.c.id, agents.c.customer_id, agents.c.site_id)
-        .where(agents.c.id.in_(agent_ids))))
+        .where(agents.c.id.in_(agent_ids))), AgentOwner)
 
 
 async def overrides_by_target(conn: AsyncConnection) -> dict[str, dict[str, Any]]:
     """Every override, target -> key -> value (a small table, read whole)."""
     found: dict[str, dict[str, Any]] = {}
-    for row in await list_overrides(conn):
-        found.setdefault(row["target"], {})[row["key"]] = row["value"]
+    query = (sa.select(policy_overrides.c.target, policy_overrides.c.key, policy_overrides.c.value)
+             .order_by(policy_overrides.c.target, policy_overrides.c.key))
+    for target, key, value in await conn.execute(query):
+        found.setdefault(target, {})[key] = value
     return found
 
 
 # ----------------------------------------------------------------------------- conditions
-async def conditions_for(conn: AsyncConnection, agent_ids: list[str]) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A condition an agent reports (a problem of one kind on one subject) going through
+    flap suppression: its state as JSON, and the incident it opened, if any."""
+
+    agent_id: str
+    kind: str
+    subject: str
+    state: dict[str, Any]
+    incident_id: int | None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.agent_id, self.kind, self.subject
+
+
+async def conditions_for(conn: AsyncConnection, agent_ids: list[str]) -> list[Condition]:
     if not agent_ids:
         return []
-    return rows_of(await conn.execute(
-        sa.select(conditions).where(conditions.c.agent_id.in_(agent_ids))))
+    return typed_rows(await conn.execute(
+        sa.select(conditions).where(conditions.c.agent_id.in_(agent_ids))), Condition)
 
 
 async def save_condition(
@@ -266,9 +341,9 @@ async def forget_conditions_of(conn: AsyncConnection, incident_id: int) -> None:
     await conn.execute(conditions.delete().where(conditions.c.incident_id == incident_id))
 
 
-async def touch_conditions_of(conn: AsyncConnection, incident_id: int) -> list[Row]:
-    return rows_of(await conn.execute(
-        sa.select(conditions).where(conditions.c.incident_id == incident_id)))
+async def touch_conditions_of(conn: AsyncConnection, incident_id: int) -> list[Condition]:
+    return typed_rows(await conn.execute(
+        sa.select(conditions).where(conditions.c.incident_id == incident_id)), Condition)
 
 
 # ----------------------------------------------------------------------------- incidents
@@ -349,10 +424,10 @@ async def end_wait(conn: AsyncConnection, incident_id: int, by: str, now: dt.dat
     await update_incident(conn, incident_id, waiting_on=None, updated_at=now)
 
 
-async def list_waits(conn: AsyncConnection, incident_id: int) -> list[Row]:
-    return rows_of(await conn.execute(
+async def list_waits(conn: AsyncConnection, incident_id: int) -> list[IncidentWait]:
+    return typed_rows(await conn.execute(
         sa.select(incident_waits).where(incident_waits.c.incident_id == incident_id)
-        .order_by(incident_waits.c.started_at)))
+        .order_by(incident_waits.c.started_at)), IncidentWait)
 
 
 # ----------------------------------------------------------------------------- decisions
@@ -360,11 +435,9 @@ async def add_decision(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, decisions, values, "decision")
 
 
-async def latest_decision(conn: AsyncConnection, incident_id: int) -> Row | None:
-    row = (await conn.execute(
-        sa.select(decisions).where(decisions.c.incident_id == incident_id)
-        .order_by(decisions.c.id.desc()).limit(1))).mappings().first()
-    return dict(row) if row else None
+async def latest_decision(conn: AsyncConnection, incident_id: int) -> DecisionRow | None:
+    return await typed_first(conn, sa.select(decisions).where(decisions.c.incident_id == incident_id)
+                             .order_by(decisions.c.id.desc()).limit(1), DecisionRow)
 
 
 # ----------------------------------------------------------------------------- visits
@@ -372,32 +445,33 @@ async def add_visit(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, visits, values, "visit")
 
 
-async def get_visit(conn: AsyncConnection, visit_id: int) -> Row:
-    return await typed_one(conn, sa.select(visits).where(visits.c.id == visit_id), dict,
+def _visits() -> sa.Select[Any]:
+    return (sa.select(visits, customers.c.name.label("customer"))
+            .select_from(visits.join(customers, visits.c.customer_id == customers.c.id)))
+
+
+async def get_visit(conn: AsyncConnection, visit_id: int) -> Visit:
+    return await typed_one(conn, _visits().where(visits.c.id == visit_id), Visit,
                            f"no visit {visit_id}")
 
 
 async def list_visits(conn: AsyncConnection, due_before: dt.datetime | None = None,
-                      open_only: bool = True, customer_id: int | None = None) -> list[Row]:
-    query = (sa.select(visits, customers.c.name.label("customer"))
-             .select_from(visits.join(customers, visits.c.customer_id == customers.c.id))
-             .order_by(visits.c.due_at))
+                      open_only: bool = True, customer_id: int | None = None) -> list[Visit]:
+    query = _visits().order_by(visits.c.due_at)
     if open_only:
         query = query.where(visits.c.status != "completed")
     if due_before is not None:
         query = query.where(visits.c.due_at <= due_before)
     if customer_id is not None:  # ix_visits_customer
         query = query.where(visits.c.customer_id == customer_id)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Visit)
 
 
-async def open_visit_of(conn: AsyncConnection, incident_id: int) -> Row | None:
+async def open_visit_of(conn: AsyncConnection, incident_id: int) -> Visit | None:
     """The incident's visit not yet completed, if any (a new decision updates it)."""
-    row = (await conn.execute(
-        sa.select(visits).where(visits.c.incident_id == incident_id,
-                                visits.c.status != "completed")
-        .order_by(visits.c.id.desc()).limit(1))).mappings().first()
-    return dict(row) if row else None
+    return await typed_first(conn, _visits().where(
+        visits.c.incident_id == incident_id, visits.c.status != "completed",
+    ).order_by(visits.c.id.desc()).limit(1), Visit)
 
 
 async def complete_reinstall_visits(
@@ -443,13 +517,30 @@ async def prune_diagnostics(conn: AsyncConnection, keep_per_agent: int) -> int:
     return int(result.rowcount or 0)
 
 
-async def list_diagnostics(conn: AsyncConnection, agent_id: str) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class DiagnosticsEntry:
+    """A diagnostics bundle collected from a machine, without the bundle (a listing)."""
+
+    id: int
+    agent_id: str
+    incident_id: int | None
+    requested_by: str
+    created_at: dt.datetime
+    size: int  # bytes of the bundle as the agent sent it
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostics(DiagnosticsEntry):
+    bundle: dict[str, Any]  # what the agent answered to Diagnose (logs, versions, health)
+
+
+async def list_diagnostics(conn: AsyncConnection, agent_id: str) -> list[DiagnosticsEntry]:
     query = (sa.select(diagnostics.c.id, diagnostics.c.agent_id, diagnostics.c.incident_id,
                        diagnostics.c.requested_by, diagnostics.c.created_at, diagnostics.c.size)
              .where(diagnostics.c.agent_id == agent_id).order_by(diagnostics.c.id.desc()))
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), DiagnosticsEntry)
 
 
-async def get_diagnostics(conn: AsyncConnection, diag_id: int) -> Row:
-    return await typed_one(conn, sa.select(diagnostics).where(diagnostics.c.id == diag_id), dict,
-                           f"no diagnostics {diag_id}")
+async def get_diagnostics(conn: AsyncConnection, diag_id: int) -> Diagnostics:
+    return await typed_one(conn, sa.select(diagnostics).where(diagnostics.c.id == diag_id),
+                           Diagnostics, f"no diagnostics {diag_id}")
