@@ -164,7 +164,7 @@ class Rollouts:
     # ------------------------------------------------------------------ targeting
     async def _retarget(
         self, conn: AsyncConnection, rollout: rstore.Rollout,
-        machines: list[dict[str, Any]] | None, now: dt.datetime,
+        machines: list[rstore.RolloutMachine] | None, now: dt.datetime,
     ) -> dict[str, int]:
         """Bring the rollout's scope up to date with the machines whose inputs changed since
         this process last looked (every machine on its first look and every FULL_RETARGET):
@@ -254,11 +254,11 @@ class Rollouts:
                                      detail={"machines": [a["id"] for a in covered]}, now=now)
         return changed
 
-    def _place(self, rollout: rstore.Rollout, machines: list[dict[str, Any]],
+    def _place(self, rollout: rstore.Rollout, machines: list[rstore.RolloutMachine],
                covered: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
         """Wave and reason for each new target. The first targets of a rollout are planned
         as at the start (canary first); later ones join where place_late_joiner says."""
-        if not any(m["wave"] is not None for m in machines):
+        if not any(m.wave is not None for m in machines):
             plan = waves.plan_waves([waves.Target(a["id"], a["customer_id"]) for a in covered],
                                     tuple(int(x) for x in rollout.percents.split(",")),
                                     seed=f"release-{rollout.release_id}")
@@ -360,7 +360,7 @@ class Rollouts:
             self._holding.add(rollout_id)  # next tick forward
         else:
             self._holding.discard(rollout_id)
-        self._unsettled[rollout_id] = sum(1 for m in machines if m["state"] in ("pending", "sent"))
+        self._unsettled[rollout_id] = sum(1 for m in machines if m.state in ("pending", "sent"))
         if action.kind is waves.ActionKind.SEND_WAVE and action.wave is not None:
             sent_waves = action.wave + 1
             await rstore.update_rollout(conn, rollout_id, sent_waves=sent_waves,
@@ -369,7 +369,7 @@ class Rollouts:
             await self._pause(conn, rollout, machines, action.reason, now)
             return []
         elif action.kind is waves.ActionKind.COMPLETE:
-            still_open = waves.open_reason(rollout.kind, [m["state"] for m in machines])
+            still_open = waves.open_reason(rollout.kind, [m.state for m in machines])
             if still_open:  # offline machines catch up when they are back; stay open for them
                 if still_open != rollout.reason:
                     await rstore.update_rollout(conn, rollout_id, updated_at=now,
@@ -385,67 +385,69 @@ class Rollouts:
             return []
         return await self._send(conn, rollout, machines, sent_waves, now)
 
-    def _verdicts(self, machines: list[dict[str, Any]], plan_size: int) -> list[waves.WaveVerdict]:
+    def _verdicts(self, machines: list[rstore.RolloutMachine], plan_size: int) -> list[waves.WaveVerdict]:
         states: list[list[str]] = [[] for _ in range(plan_size)]
         for machine in machines:
-            if machine["wave"] is not None and machine["wave"] < plan_size and (
-                    machine["state"] not in waves.EXCUSED):
-                states[machine["wave"]].append(self._outcome(machine))
+            if machine.wave is not None and machine.wave < plan_size and (
+                    machine.state not in waves.EXCUSED):
+                states[machine.wave].append(self._outcome(machine))
         # Planning drops waves that would be empty; so do the verdicts.
         while states and not states[-1]:
             states.pop()
         return [waves.evaluate_wave(waves.wave_counts(s), self.rules) for s in states]
 
-    def _online(self, machine: dict[str, Any]) -> bool:
-        return machine["agent_id"] in self.hub.links or self.hub.held_elsewhere(machine["presence"])
+    def _online(self, machine: rstore.RolloutMachine) -> bool:
+        return machine.agent_id in self.hub.links or self.hub.held_elsewhere(machine.presence)
 
-    def _outcome(self, machine: dict[str, Any]) -> str:
-        state: str = machine["state"]
+    def _outcome(self, machine: rstore.RolloutMachine) -> str:
+        state: str = machine.state
         if state in ("pending", "sent") and not self._online(machine):
             return "offline"
         return state
 
     async def _settle(self, conn: AsyncConnection, rollout: rstore.Rollout,
-                      machines: list[dict[str, Any]], now: dt.datetime) -> None:
+                      machines: list[rstore.RolloutMachine], now: dt.datetime) -> None:
         """Move sent machines on from their job parts; time out the silent ones (handed to
-        a technician with an update_failed incident); retire revoked machines."""
+        a technician with an update_failed incident); retire revoked machines. `machines`
+        is updated in place for the steps after this one."""
         timed_out = {}
-        for machine in machines:
-            if machine["presence"].revoked_at is not None and machine["state"] not in (
+        for index, machine in enumerate(machines):
+            if machine.presence.revoked_at is not None and machine.state not in (
                     "succeeded", "retired"):
-                new, detail = "retired", f"revoked {machine['presence'].revoked_at:%Y-%m-%d %H:%M}Z"
-            elif machine["state"] != "sent":
+                new, detail = "retired", f"revoked {machine.presence.revoked_at:%Y-%m-%d %H:%M}Z"
+            elif machine.state != "sent":
                 continue
-            elif machine["job_status"] in _SUCCEEDED:
-                new, detail = "succeeded", machine["job_status"]
-            elif machine["job_status"] in _FAILED:
-                new, detail = "failed", machine["job_status"]
-            elif waves.effective_state("sent", machine["sent_at"], now,
+            elif machine.job_status in _SUCCEEDED:
+                new, detail = "succeeded", machine.job_status
+            elif machine.job_status in _FAILED:
+                new, detail = "failed", machine.job_status
+            elif waves.effective_state("sent", machine.sent_at, now,
                                        self.rules.install_timeout) is waves.MachineOutcome.TIMED_OUT:
                 new, detail = "timed_out", f"no result within {self.rules.install_timeout}"
-                timed_out[(machine["agent_id"], "update_failed", rollout.product)] = (
+                timed_out[(machine.agent_id, "update_failed", rollout.product)] = (
                     True, f"rollout {rollout.id} of {rollout.version}: {detail}")
             else:
                 continue
-            await rstore.set_machine(conn, machine["id"], state=new, finished_at=now,
+            await rstore.set_machine(conn, machine.id, state=new, finished_at=now,
                                      detail=detail)
-            machine.update(state=new, finished_at=now, detail=detail)
+            machines[index] = dataclasses.replace(machine, state=new, finished_at=now,
+                                                  detail=detail)
         if timed_out:
             await self.desk.observe(conn, timed_out, now)
 
     async def _send(self, conn: AsyncConnection, rollout: rstore.Rollout,
-                    machines: list[dict[str, Any]], sent_waves: int, now: dt.datetime) -> list[int]:
+                    machines: list[rstore.RolloutMachine], sent_waves: int, now: dt.datetime) -> list[int]:
         """Create one job for every pending machine of a sent wave that may install now."""
         ready = []
         customers: dict[int, store.Customer] = {}
         window_of = _Windows(self.desk.layers,
                              await service.overrides_by_target(conn))
         for machine in machines:
-            if machine["state"] != "pending" or machine["wave"] is None:
+            if machine.state != "pending" or machine.wave is None:
                 continue
-            if machine["wave"] >= sent_waves or machine["agent_id"] not in self.hub.links:
+            if machine.wave >= sent_waves or machine.agent_id not in self.hub.links:
                 continue  # offline machines get it when they are back (next tick)
-            agent = await store.agent_by_id(conn, machine["agent_id"])
+            agent = await store.agent_by_id(conn, machine.agent_id)
             if agent is None:
                 continue
             customer = customers.get(agent.customer_id) or await store.get_customer(
@@ -463,39 +465,39 @@ class Rollouts:
             reason = decision.reason + (f" ({source} policy)" if window else "")
             if decision.open:
                 ready.append((machine, reason))
-            elif machine["detail"] != WINDOW_WAIT + reason:
-                await rstore.set_machine(conn, machine["id"], detail=WINDOW_WAIT + reason)
+            elif machine.detail != WINDOW_WAIT + reason:
+                await rstore.set_machine(conn, machine.id, detail=WINDOW_WAIT + reason)
         if not ready:
             return []
         job = await create_job(
-            conn, kind="update", agent_ids=[m["agent_id"] for m, _ in ready],
+            conn, kind="update", agent_ids=[m.agent_id for m, _ in ready],
             actor=f"rollout:{rollout.id}", product=rollout.product,
             version=rollout.version, reason=f"rollout {rollout.id}", now=now)
         for machine, reason in ready:
-            await rstore.set_machine(conn, machine["id"], state="sent", job_id=job["id"],
+            await rstore.set_machine(conn, machine.id, state="sent", job_id=job["id"],
                                      sent_at=now, detail=reason)
         return [job["id"]]
 
     async def _pause(self, conn: AsyncConnection, rollout: rstore.Rollout,
-                     machines: list[dict[str, Any]], reason: str, now: dt.datetime) -> None:
+                     machines: list[rstore.RolloutMachine], reason: str, now: dt.datetime) -> None:
         """Stop sending and open an update_failed incident on each failed machine."""
         await rstore.update_rollout(conn, rollout.id, status="paused", reason=reason,
                                     updated_at=now)
         failed = {
-            (m["agent_id"], "update_failed", rollout.product):
-                (True, f"rollout {rollout.id} of {rollout.version}: {m['detail']}")
-            for m in machines if m["state"] in ("failed", "timed_out")
+            (m.agent_id, "update_failed", rollout.product):
+                (True, f"rollout {rollout.id} of {rollout.version}: {m.detail}")
+            for m in machines if m.state in ("failed", "timed_out")
         }
         await self.desk.observe(conn, failed, now)
         await notify_rollout(conn, "rollout.paused", rollout,
-                             [m for m in machines if m["state"] in ("failed", "timed_out")],
+                             [m for m in machines if m.state in ("failed", "timed_out")],
                              reason, now)
         await store.record_audit(conn, actor=f"rollout:{rollout.id}", action="rollout.pause",
                                  target=f"rollout:{rollout.id}", detail={"reason": reason},
                                  now=now)
 
     async def _watch_deadline(self, conn: AsyncConnection, rollout: rstore.Rollout,
-                              machines: list[dict[str, Any]], delivering: int,
+                              machines: list[rstore.RolloutMachine], delivering: int,
                               now: dt.datetime) -> None:
         """Covered machines still without the update close to the effective date, that the
         rollout is not delivering now (waves.deadline_at_risk): incident. Runs while the
@@ -504,22 +506,22 @@ class Rollouts:
         if rollout.effective is None or not waves.deadline_due(
                 rollout.effective, now, self.rules.deadline_days):
             return
-        late = [m for m in machines if m["wave"] is not None and not m["deadline_incident"]
+        late = [m for m in machines if m.wave is not None and not m.deadline_incident
                 and waves.deadline_at_risk(
-                    m["state"], online=self._online(m),
-                    delivering=m["wave"] < delivering
-                    and not (m["detail"] or "").startswith(WINDOW_WAIT))]
+                    m.state, online=self._online(m),
+                    delivering=m.wave < delivering
+                    and not (m.detail or "").startswith(WINDOW_WAIT))]
         checks = {
-            (m["agent_id"], "regulation_deadline", rollout.product):
+            (m.agent_id, "regulation_deadline", rollout.product):
                 (True, f"{rollout.product} {rollout.version} effective "
-                       f"{rollout.effective}: still {m['state']}")
+                       f"{rollout.effective}: still {m.state}")
             for m in late
         }
         await self.desk.observe(conn, checks, now)
         await notify_rollout(conn, "rollout.deadline_at_risk", rollout, late,
                              f"effective {rollout.effective}", now)
         for machine in late:
-            await rstore.set_machine(conn, machine["id"], deadline_incident=True)
+            await rstore.set_machine(conn, machine.id, deadline_incident=True)
 
     # ------------------------------------------------------------------ operator actions
     async def set_status(self, conn: AsyncConnection, rollout_id: int, status: str, actor: str,
@@ -545,7 +547,7 @@ class Rollouts:
         verdicts = self._verdicts(machines, plan_size)
         view: dict[str, Any] = {**dataclasses.asdict(rollout), "waves": []}
         for index, verdict in enumerate(verdicts):
-            wave = [m for m in machines if m["wave"] == index and m["state"] not in waves.EXCUSED]
+            wave = [m for m in machines if m.wave == index and m.state not in waves.EXCUSED]
             counts = waves.wave_counts(self._outcome(m) for m in wave)
             view["waves"].append({
                 "wave": index + 1, "targeted": counts.targeted, "succeeded": counts.succeeded,
@@ -556,19 +558,19 @@ class Rollouts:
         overdue = rollout.effective is not None and waves.days_until(
             rollout.effective, now) <= 0
         view["not_covered"] = [
-            {"machine": m["agent_id"], "hostname": m["presence"].hostname, "customer": m["customer"],
-             "detail": m["detail"]}
-            for m in machines if m["state"] == "not_covered"
+            {"machine": m.agent_id, "hostname": m.presence.hostname, "customer": m.customer,
+             "detail": m.detail}
+            for m in machines if m.state == "not_covered"
         ]
         view["machines"] = [
-            {"machine": m["agent_id"], "hostname": m["presence"].hostname, "customer": m["customer"],
-             "wave": None if m["wave"] is None else m["wave"] + 1,
+            {"machine": m.agent_id, "hostname": m.presence.hostname, "customer": m.customer,
+             "wave": None if m.wave is None else m.wave + 1,
              "state": str(waves.scope_state(
-                 m["state"], wave_sent=m["wave"] is not None and m["wave"] < rollout.sent_waves,
-                 online=self._online(m), window_closed=m["detail"].startswith(WINDOW_WAIT),
-                 version_known=m["from_version"] is not None, overdue=overdue)),
-             "stage": m["state"], "version": m["from_version"], "job": m["job_id"],
-             "detail": m["detail"]}
+                 m.state, wave_sent=m.wave is not None and m.wave < rollout.sent_waves,
+                 online=self._online(m), window_closed=m.detail.startswith(WINDOW_WAIT),
+                 version_known=m.from_version is not None, overdue=overdue)),
+             "stage": m.state, "version": m.from_version, "job": m.job_id,
+             "detail": m.detail}
             for m in machines
         ]
         tally = Counter(m["state"] for m in view["machines"])

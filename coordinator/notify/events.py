@@ -20,7 +20,7 @@ from careline.coordinator.policy.calendar import BusinessCalendar
 from careline.coordinator.storage import fleet as fstore
 from careline.coordinator.storage import notify as store
 from careline.coordinator.storage import service
-from careline.coordinator.storage.rollouts import Rollout
+from careline.coordinator.storage.rollouts import Rollout, RolloutMachine
 from careline.coordinator.storage.updates import JobPart
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -159,15 +159,12 @@ async def notify_job_result(conn: AsyncConnection, part: JobPart, outcome: str,
 
 
 async def notify_rollout(conn: AsyncConnection, kind: str, rollout: Rollout,
-                         machines: list[dict[str, Any]], reason: str, now: dt.datetime) -> None:
+                         machines: list[RolloutMachine], reason: str, now: dt.datetime) -> None:
     """A rollout paused or at risk of missing its regulation deadline: one message naming
     how many machines, not one per machine."""
     if not machines:
         return
-    hostnames = []
-    for machine in machines[:20]:
-        agent = await fstore.agent_by_id(conn, machine["agent_id"])
-        hostnames.append(agent.hostname if agent else machine["agent_id"])
+    hostnames = [machine.presence.hostname for machine in machines[:20]]
     await notify(conn, policy.Event(
         kind, f"rollout:{rollout.id}:{kind.split('.')[1]}:{now.isoformat()}", "high",
         {"rollout": rollout.id, "product": rollout.product, "version": rollout.version,

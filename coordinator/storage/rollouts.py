@@ -79,9 +79,30 @@ async def add_machines(conn: AsyncConnection, rows: list[dict[str, Any]]) -> Non
         await conn.execute(rollout_machines.insert(), rows)
 
 
-async def machines_of(conn: AsyncConnection, rollout_id: int) -> list[Row]:
-    """Every machine of a rollout with its customer, the agent (`presence`, an
-    AgentPresence: hostname, presence) and its job part's status."""
+@dataclass(frozen=True, slots=True)
+class RolloutMachine:
+    """One machine's place in a rollout (a `rollout_machines` row), with its customer's name,
+    its agent's presence and the status of the job part it was sent, if any."""
+
+    id: int
+    rollout_id: int
+    agent_id: str
+    customer_id: int
+    wave: int | None  # None: not placed (not covered)
+    state: str  # pending, sent, succeeded, failed, timed_out, not_covered, retired
+    job_id: int | None
+    sent_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    detail: str
+    deadline_incident: bool  # its regulation_deadline incident is open
+    from_version: str | None  # reported when targeted; None: unknown
+    customer: str
+    job_status: str | None
+    presence: AgentPresence
+
+
+async def machines_of(conn: AsyncConnection, rollout_id: int) -> list[RolloutMachine]:
+    """Every machine of a rollout, in wave order."""
     query = (
         sa.select(rollout_machines, customers.c.name.label("customer"),
                   job_machines.c.status.label("job_status"),
@@ -95,9 +116,10 @@ async def machines_of(conn: AsyncConnection, rollout_id: int) -> list[Row]:
         .where(rollout_machines.c.rollout_id == rollout_id)
         .order_by(rollout_machines.c.wave, rollout_machines.c.id)
     )
-    machines = rows_of(await conn.execute(query))
-    for row in machines:
-        row["presence"] = AgentPresence(*(row.pop(f"presence_{name}") for name in PRESENCE_COLUMNS))
+    machines = []
+    for row in rows_of(await conn.execute(query)):
+        presence = AgentPresence(*(row.pop(f"presence_{name}") for name in PRESENCE_COLUMNS))
+        machines.append(RolloutMachine(**row, presence=presence))
     return machines
 
 

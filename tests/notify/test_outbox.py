@@ -263,7 +263,8 @@ async def test_channel_throttle_holds_the_rest_without_counting_an_attempt(setup
 
 async def test_rollout_pause_and_job_results_name_their_machines(setup: Setup) -> None:
     from careline.coordinator.notify.events import notify_job_result, notify_rollout
-    from careline.coordinator.storage.rollouts import Rollout
+    from careline.coordinator.storage import fleet as fstore
+    from careline.coordinator.storage.rollouts import Rollout, RolloutMachine
     from careline.coordinator.storage.updates import JobPart
 
     agent = await _machine(setup, now().date(), now())
@@ -276,8 +277,14 @@ async def test_rollout_pause_and_job_results_name_their_machines(setup: Setup) -
                    created_at=now(), updated_at=now(), finished_at=None, kind="update",
                    delivery="network", stop_product=False)
     async with setup.db.transaction() as conn:
+        (presence,) = await fstore.list_presence(conn, agent.customer_id)
+        failed = RolloutMachine(
+            id=1, rollout_id=4, agent_id=agent.id, customer_id=agent.customer_id, wave=1,
+            state="failed", job_id=9, sent_at=now(), finished_at=now(), detail="check failed",
+            deadline_incident=False, from_version="2026.1", customer=agent.customer,
+            job_status="rolled_back", presence=presence)
         await notify_rollout(conn, "rollout.paused", rollout,
-                             [{"agent_id": agent.id}] * 40, "wave 2: 40 of 200 failed", now())
+                             [failed] * 40, "wave 2: 40 of 200 failed", now())
         await notify_rollout(conn, "rollout.deadline_at_risk", rollout, [], "", now())  # none late
         await notify_job_result(conn, part, "rolled_back", "check failed", now())
         await notify_job_result(conn, part, "downloading", None, now())  # not a result
@@ -285,6 +292,7 @@ async def test_rollout_pause_and_job_results_name_their_machines(setup: Setup) -
     by_event = {m["event"]: m for m in setup.hook.received}
     assert by_event["rollout.paused"]["subject"] == "Rollout 4 of KeToan 2026.2 paused"
     assert "Machines affected: 40" in by_event["rollout.paused"]["text"]
+    assert "- KT-01" in by_event["rollout.paused"]["text"]
     assert by_event["job.failed"]["subject"] == "Update failed on KT-01 (Minh Anh)"
     assert "Result: rolled back" in by_event["job.failed"]["text"]
 
