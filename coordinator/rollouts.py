@@ -184,20 +184,21 @@ class Rollouts:
         changed = {"targeted": 0, "not_covered": 0, "settled": 0}
         needing, reported = [], {}
         for agent in candidates:
-            watching, version = product_report(agent["products"], rollout.product)
+            watching, version = product_report(agent.products, rollout.product)
             standing = waves.version_standing(watching, version, rollout.version)
-            reported[agent["id"]] = version
+            reported[agent.id] = version
             if standing is waves.Standing.CURRENT:
-                if agent["row_id"] is not None and agent["row_state"] != "succeeded":
-                    await rstore.set_machine(conn, agent["row_id"], state="succeeded",
+                if agent.row_id is not None and agent.row_state != "succeeded":
+                    await rstore.set_machine(conn, agent.row_id, state="succeeded",
                                              finished_at=now, from_version=version,
                                              detail=f"runs {version}")
                     changed["settled"] += 1
             elif standing in (waves.Standing.BELOW, waves.Standing.UNKNOWN):
-                if agent["row_state"] == "pending":
-                    if version:  # its version became known: nothing else changes
-                        await rstore.set_machine(conn, agent["row_id"], from_version=version)
-                elif agent["row_state"] in (None, "not_covered", "succeeded"):
+                if agent.row_state == "pending":
+                    # its version became known: nothing else changes
+                    if version and agent.row_id is not None:
+                        await rstore.set_machine(conn, agent.row_id, from_version=version)
+                elif agent.row_state in (None, "not_covered", "succeeded"):
                     needing.append(agent)  # new, perhaps renewed, or fallen behind
         if not needing:
             return changed
@@ -206,42 +207,42 @@ class Rollouts:
         effective = rollout.effective
         on = effective if effective and waves.days_until(effective, now) > 0 else None
         entitlements = await self.desk.entitlements(
-            conn, [store.CoverageKey.of(agent) for agent in needing], on, now)
+            conn, [agent.coverage_key for agent in needing], on, now)
         covered, rows = [], []
         for agent in needing:
-            entitlement = entitlements[agent["id"]]
+            entitlement = entitlements[agent.id]
             if covers(entitlement.to_dict()["includes"], rollout.kind) and entitlement.covered:
                 covered.append(agent)
             else:
                 detail = (f"{entitlement.label} on {entitlement.at}; "
                           f"{self._suggestion(rollout.kind)}")
-                if agent["row_id"] is None:
-                    rows.append({"rollout_id": rollout.id, "agent_id": agent["id"],
-                                 "customer_id": agent["customer_id"], "wave": None,
-                                 "state": "not_covered", "from_version": reported[agent["id"]],
+                if agent.row_id is None:
+                    rows.append({"rollout_id": rollout.id, "agent_id": agent.id,
+                                 "customer_id": agent.customer_id, "wave": None,
+                                 "state": "not_covered", "from_version": reported[agent.id],
                                  "detail": detail})
-                elif agent["row_state"] == "succeeded":  # fell behind, no longer covered
-                    await rstore.set_machine(conn, agent["row_id"], wave=None,
+                elif agent.row_state == "succeeded":  # fell behind, no longer covered
+                    await rstore.set_machine(conn, agent.row_id, wave=None,
                                              state="not_covered", detail=detail,
-                                             from_version=reported[agent["id"]])
+                                             from_version=reported[agent.id])
                     changed["settled"] += 1
         changed["not_covered"] = len(rows)
         if machines is None:
             machines = await rstore.machines_of(conn, rollout.id)
         placed = self._place(rollout, machines, covered)
         for agent in covered:
-            wave, reason = placed[agent["id"]]
-            if agent["row_id"] is not None:  # renewed, or installed and fallen behind
-                why = ("renewed" if agent["row_state"] == "not_covered" else
-                       f"fell behind: runs {reported[agent['id']] or 'an unknown version'}")
-                await rstore.set_machine(conn, agent["row_id"], wave=wave, state="pending",
-                                         from_version=reported[agent["id"]], job_id=None,
+            wave, reason = placed[agent.id]
+            if agent.row_id is not None:  # renewed, or installed and fallen behind
+                why = ("renewed" if agent.row_state == "not_covered" else
+                       f"fell behind: runs {reported[agent.id] or 'an unknown version'}")
+                await rstore.set_machine(conn, agent.row_id, wave=wave, state="pending",
+                                         from_version=reported[agent.id], job_id=None,
                                          sent_at=None, finished_at=None,
                                          detail=f"{why}; {reason}".strip("; "))
             else:
-                rows.append({"rollout_id": rollout.id, "agent_id": agent["id"],
-                             "customer_id": agent["customer_id"], "wave": wave,
-                             "state": "pending", "from_version": reported[agent["id"]],
+                rows.append({"rollout_id": rollout.id, "agent_id": agent.id,
+                             "customer_id": agent.customer_id, "wave": wave,
+                             "state": "pending", "from_version": reported[agent.id],
                              "detail": reason})
         await rstore.add_machines(conn, rows)
         changed["targeted"] = len(covered)
@@ -251,15 +252,15 @@ class Rollouts:
                                         updated_at=now)
             await store.record_audit(conn, actor=f"rollout:{rollout.id}",
                                      action="rollout.reopen", target=f"rollout:{rollout.id}",
-                                     detail={"machines": [a["id"] for a in covered]}, now=now)
+                                     detail={"machines": [a.id for a in covered]}, now=now)
         return changed
 
     def _place(self, rollout: rstore.Rollout, machines: list[rstore.RolloutMachine],
-               covered: list[dict[str, Any]]) -> dict[str, tuple[int, str]]:
+               covered: list[rstore.TargetingCandidate]) -> dict[str, tuple[int, str]]:
         """Wave and reason for each new target. The first targets of a rollout are planned
         as at the start (canary first); later ones join where place_late_joiner says."""
         if not any(m.wave is not None for m in machines):
-            plan = waves.plan_waves([waves.Target(a["id"], a["customer_id"]) for a in covered],
+            plan = waves.plan_waves([waves.Target(a.id, a.customer_id) for a in covered],
                                     tuple(int(x) for x in rollout.percents.split(",")),
                                     seed=f"release-{rollout.release_id}")
             return {agent_id: (index, "") for index, wave in enumerate(plan)
@@ -269,7 +270,7 @@ class Rollouts:
         placement = waves.place_late_joiner(status, min(rollout.sent_waves, len(verdicts)),
                                             verdicts)
         wave = placement.wave if placement.wave is not None else max(len(verdicts) - 1, 0)
-        return {a["id"]: (wave, placement.reason) for a in covered}
+        return {a.id: (wave, placement.reason) for a in covered}
 
     async def on_heartbeats(self, conn: AsyncConnection, batch: Mapping[str, p.Health],
                             now: dt.datetime) -> None:

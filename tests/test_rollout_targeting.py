@@ -132,8 +132,8 @@ async def test_targeting_candidates_are_the_changed_machines_outside_the_rollout
         recent = await rstore.targeting_candidates(conn, rid, cid, NOW - dt.timedelta(minutes=1))
         every = await rstore.targeting_candidates(conn, rid, None, None)
     names = {v: k for k, v in ids.items()}
-    assert {names[r["id"]] for r in recent} == {"changed", "pending_unknown", "uncovered"}
-    assert {names[r["id"]] for r in every} == {"old", "changed", "pending_unknown", "uncovered",
+    assert {names[r.id] for r in recent} == {"changed", "pending_unknown", "uncovered"}
+    assert {names[r.id] for r in every} == {"old", "changed", "pending_unknown", "uncovered",
                                                "elsewhere"}
     # A contract or maintenance change marks every machine of the customer.
     async with db.transaction() as conn:

@@ -113,11 +113,6 @@ class CoverageKey:
     enrolled_at: dt.datetime
     hostname: str = ""
 
-    @classmethod
-    def of(cls, row: Mapping[str, Any]) -> CoverageKey:
-        return cls(row["id"], row["customer_id"], row["contract_id"], row["joined_contract_on"],
-                   row["enrolled_at"], row.get("hostname", ""))
-
 
 @dataclass(frozen=True, slots=True)
 class Agent:

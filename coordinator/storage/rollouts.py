@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from careline.coordinator.storage.fleet import (
     PRESENCE_COLUMNS,
     AgentPresence,
-    Row,
+    CoverageKey,
     insert_row,
     rows_of,
     typed_one,
@@ -160,10 +160,32 @@ async def reset_failed(conn: AsyncConnection, rollout_id: int, now: dt.datetime)
 REVISITED = ("not_covered", "failed", "timed_out")
 
 
+@dataclass(frozen=True, slots=True)
+class TargetingCandidate:
+    """A machine a rollout should (re)consider: what its coverage depends on, the products
+    it last reported, and its row in the rollout if it has one (`row_*`, else None)."""
+
+    id: str
+    customer_id: int
+    contract_id: int | None
+    joined_contract_on: dt.date | None
+    enrolled_at: dt.datetime
+    products: list[dict[str, Any]] | None  # the health report's products, as stored
+    row_id: int | None
+    row_state: str | None
+    row_wave: int | None
+    row_detail: str | None
+
+    @property
+    def coverage_key(self) -> CoverageKey:
+        return CoverageKey(self.id, self.customer_id, self.contract_id, self.joined_contract_on,
+                           self.enrolled_at)
+
+
 async def targeting_candidates(
     conn: AsyncConnection, rollout_id: int, customer_id: int | None,
     since: dt.datetime | None,
-) -> list[Row]:
+) -> list[TargetingCandidate]:
     """Machines a rollout should (re)consider, in one query: every machine not revoked and
     not yet in it (or in it in a REVISITED state, pending with an unknown version, or
     installed but changed since) whose targeting inputs changed at or after `since` (None:
@@ -190,7 +212,7 @@ async def targeting_candidates(
         query = query.where(agents.c.targeting_changed_at >= since)
     if customer_id is not None:
         query = query.where(agents.c.customer_id == customer_id)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), TargetingCandidate)
 
 
 async def stored_products(conn: AsyncConnection, agent_ids: list[str]) -> dict[str, Any]:
