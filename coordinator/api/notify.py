@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
 from typing import Any
@@ -34,9 +35,9 @@ class AddChannel(msgspec.Struct, forbid_unknown_fields=True):
     secret: str | None = None
 
 
-def _channel_view(row: dict[str, Any]) -> dict[str, Any]:
-    view = {k: v for k, v in row.items() if k != "secret"}
-    view["secret"] = "set" if row["secret"] else "none"  # never the secret itself
+def _channel_view(channel: store.Channel) -> dict[str, Any]:
+    view = dataclasses.asdict(channel)
+    view["secret"] = "set" if channel.secret else "none"  # never the secret itself
     return view
 
 
@@ -84,9 +85,9 @@ class ChannelRef(msgspec.Struct, forbid_unknown_fields=True):
 async def remove_channel(ctx: Context, p: ChannelRef) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         channel = await store.get_channel(conn, p.name)
-        await store.remove_channel(conn, channel["id"])
-        await ctx.audit(conn, "notify.channel.remove", f"channel:{channel['name']}")
-    return {"removed": channel["name"]}
+        await store.remove_channel(conn, channel.id)
+        await ctx.audit(conn, "notify.channel.remove", f"channel:{channel.name}")
+    return {"removed": channel.name}
 
 
 class TestChannel(msgspec.Struct, forbid_unknown_fields=True):
@@ -104,18 +105,18 @@ async def test_channel(ctx: Context, p: TestChannel) -> dict[str, Any]:
     text = f"Careline test message from the coordinator ({ctx.now:%Y-%m-%d %H:%M}Z)\n"
     message = channels.Message(delivery, p.address, "Careline test", text,
                                {"delivery": delivery, "event": "test", "text": text})
-    if channel["kind"] == "email" and not p.address:
+    if channel.kind == "email" and not p.address:
         raise ConfigError("testing an e-mail channel needs --to ADDRESS")
     error = None
     try:
-        await channels.deliver(channel["kind"], channel["config"],
-                               notifier.secrets.decrypt(channel["secret"]), message)
+        await channels.deliver(channel.kind, channel.config,
+                               notifier.secrets.decrypt(channel.secret), message)
     except channels.DeliveryError as exc:
         error = str(exc)
     async with ctx.services.db.transaction() as conn:
-        await ctx.audit(conn, "notify.channel.test", f"channel:{channel['name']}",
+        await ctx.audit(conn, "notify.channel.test", f"channel:{channel.name}",
                         ok=error is None, error=error)
-    return {"channel": channel["name"], "ok": error is None, "error": error, "delivery": delivery}
+    return {"channel": channel.name, "ok": error is None, "error": error, "delivery": delivery}
 
 
 class AddRecipient(msgspec.Struct, forbid_unknown_fields=True):
@@ -141,16 +142,16 @@ async def _add_recipient(ctx: Context, conn: Any, p: AddRecipient) -> int:
               "timezone": p.timezone, "workdays": ",".join(days), "opens": p.opens,
               "closes": p.closes, "technician": p.technician, "created_at": ctx.now}
     try:
-        recipient_calendar(values)
+        recipient_calendar(p.timezone, values["workdays"], p.opens, p.closes)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     channel = await store.get_channel(conn, p.channel)
-    if channel["kind"] == "email" and "@" not in p.address:
+    if channel.kind == "email" and "@" not in p.address:
         raise ConfigError("an e-mail recipient needs --address NAME@DOMAIN")
-    values["channel_id"] = channel["id"]
+    values["channel_id"] = channel.id
     values["customer_id"] = await fstore.customer_id_of(conn, p.customer)
     recipient_id = await store.add_recipient(conn, values)
-    await ctx.audit(conn, "notify.recipient.add", f"recipient:{p.name}", channel=channel["name"],
+    await ctx.audit(conn, "notify.recipient.add", f"recipient:{p.name}", channel=channel.name,
                     customer=p.customer, language=p.language)
     return recipient_id
 
@@ -158,13 +159,13 @@ async def _add_recipient(ctx: Context, conn: Any, p: AddRecipient) -> int:
 @method("notify.recipients.add", "admin", AddRecipient)
 async def add_recipient(ctx: Context, p: AddRecipient) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
-        return await store.get_recipient(conn, await _add_recipient(ctx, conn, p))
+        return dataclasses.asdict(await store.get_recipient(conn, await _add_recipient(ctx, conn, p)))
 
 
 @method("notify.recipients.list", "viewer")
 async def list_recipients(ctx: Context, p: Any) -> list[dict[str, Any]]:
     async with ctx.services.db.connect() as conn:
-        return await store.list_recipients(conn)
+        return [dataclasses.asdict(r) for r in await store.list_recipients(conn)]
 
 
 class RecipientRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -175,9 +176,9 @@ class RecipientRef(msgspec.Struct, forbid_unknown_fields=True):
 async def remove_recipient(ctx: Context, p: RecipientRef) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         recipient = await store.get_recipient(conn, p.name)
-        await store.remove_recipient(conn, recipient["id"])
-        await ctx.audit(conn, "notify.recipient.remove", f"recipient:{recipient['name']}")
-    return {"removed": recipient["name"]}
+        await store.remove_recipient(conn, recipient.id)
+        await ctx.audit(conn, "notify.recipient.remove", f"recipient:{recipient.name}")
+    return {"removed": recipient.name}
 
 
 class AddRoute(msgspec.Struct, forbid_unknown_fields=True):
@@ -203,20 +204,20 @@ async def _add_route(ctx: Context, conn: Any, recipient_id: int, p: AddRoute) ->
         "created_at": ctx.now})
     await ctx.audit(conn, "notify.route.add", f"route:{route_id}", recipient=p.recipient,
                     events=p.events, customer=p.customer, min_severity=p.min_severity)
-    return next(r for r in await store.list_routes(conn) if r["id"] == route_id)
+    return next(dataclasses.asdict(r) for r in await store.list_routes(conn) if r.id == route_id)
 
 
 @method("notify.routes.add", "admin", AddRoute)
 async def add_route(ctx: Context, p: AddRoute) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         recipient = await store.get_recipient(conn, p.recipient)
-        return await _add_route(ctx, conn, recipient["id"], p)
+        return await _add_route(ctx, conn, recipient.id, p)
 
 
 @method("notify.routes.list", "viewer")
 async def list_routes(ctx: Context, p: Any) -> list[dict[str, Any]]:
     async with ctx.services.db.connect() as conn:
-        return await store.list_routes(conn)
+        return [dataclasses.asdict(r) for r in await store.list_routes(conn)]
 
 
 class RouteRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -257,7 +258,8 @@ async def customer_optin(ctx: Context, p: OptIn) -> dict[str, Any]:
         route = await _add_route(ctx, conn, recipient_id, AddRoute(
             recipient=str(recipient_id), events=",".join(sorted(events)),
             customer=str(customer.id)))
-        return {"recipient": await store.get_recipient(conn, recipient_id), "route": route}
+        return {"recipient": dataclasses.asdict(await store.get_recipient(conn, recipient_id)),
+                "route": route}
 
 
 @method("notify.status", "viewer")
@@ -269,12 +271,12 @@ async def status(ctx: Context, p: Any) -> dict[str, Any]:
         chans = await store.list_channels(conn)
     rows = []
     for channel in chans:
-        c = counts.get(channel["id"], {})
-        waiting = oldest.get(channel["id"])
+        c = counts.get(channel.id, {})
+        waiting = oldest.get(channel.id)
         rows.append({
-            "channel": channel["name"], "kind": channel["kind"],
-            "healthy": channel["healthy"], "failures": channel["failures"],
-            "last_error": channel["last_error"], "last_success_at": channel["last_success_at"],
+            "channel": channel.name, "kind": channel.kind,
+            "healthy": channel.healthy, "failures": channel.failures,
+            "last_error": channel.last_error, "last_success_at": channel.last_success_at,
             "pending": c.get("pending", 0) + c.get("sending", 0), "sent": c.get("sent", 0),
             "dead": c.get("dead", 0), "in_digest": c.get("digest", 0),
             "oldest_pending_seconds": None if waiting is None

@@ -26,11 +26,11 @@ from careline.coordinator.storage.updates import JobPart
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-def recipient_calendar(row: dict[str, Any]) -> BusinessCalendar:
+def recipient_calendar(timezone: str, workdays: str, opens: str, closes: str) -> BusinessCalendar:
+    """A recipient's business hours (as stored: "mon,tue,...", "08:00"); ValueError if bad."""
     return BusinessCalendar(
-        timezone=row["timezone"],
-        workdays=frozenset(WEEKDAYS.index(d) for d in row["workdays"].split(",")),
-        opens=dt.time.fromisoformat(row["opens"]), closes=dt.time.fromisoformat(row["closes"]))
+        timezone=timezone, workdays=frozenset(WEEKDAYS.index(d) for d in workdays.split(",")),
+        opens=dt.time.fromisoformat(opens), closes=dt.time.fromisoformat(closes))
 
 
 def _json(value: Any) -> Any:
@@ -48,14 +48,14 @@ def _json(value: Any) -> Any:
 _ROUTING = "careline.notify.routing"
 
 
-async def _routing(conn: AsyncConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+async def _routing(conn: AsyncConnection) -> tuple[list[store.Route], list[store.Recipient]]:
     """Routes and recipients, read once per transaction: a sweep that opens 200 incidents
     queues their notifications without reading the routes 200 times."""
     sync = conn.sync_connection
     transaction = sync.get_transaction() if sync is not None else None
     cached = conn.info.get(_ROUTING)
     if transaction is not None and cached is not None and cached[0] is transaction:
-        routing: tuple[list[dict[str, Any]], list[dict[str, Any]]] = cached[1]
+        routing: tuple[list[store.Route], list[store.Recipient]] = cached[1]
         return routing
     data = (await store.list_routes(conn), await store.list_recipients(conn))
     if transaction is not None:
@@ -63,13 +63,15 @@ async def _routing(conn: AsyncConnection) -> tuple[list[dict[str, Any]], list[di
     return data
 
 
-def routing_policy(route_rows: list[dict[str, Any]], recipient_rows: list[dict[str, Any]],
+def routing_policy(route_rows: list[store.Route], recipient_rows: list[store.Recipient],
                    ) -> tuple[list[policy.Route], dict[int, policy.Recipient]]:
     """Stored routes and recipients as the pure policy's values."""
-    recipients = {r["id"]: policy.Recipient(r["id"], recipient_calendar(r), r["customer_id"])
-                  for r in recipient_rows}
-    routes = [policy.Route(r["recipient_id"], policy.Route.parse_list(r["events"]),
-                           r["customer_id"], r["min_severity"], policy.Route.parse_list(r["kinds"]))
+    recipients = {
+        r.id: policy.Recipient(r.id, recipient_calendar(r.timezone, r.workdays, r.opens, r.closes),
+                               r.customer_id)
+        for r in recipient_rows}
+    routes = [policy.Route(r.recipient_id, policy.Route.parse_list(r.events), r.customer_id,
+                           r.min_severity, policy.Route.parse_list(r.kinds))
               for r in route_rows]
     return routes, recipients
 
@@ -81,7 +83,7 @@ async def notify(conn: AsyncConnection, event: policy.Event, now: dt.datetime,
     route_rows, recipient_rows = await _routing(conn)
     if not route_rows:
         return 0
-    rows = {r["id"]: r for r in recipient_rows}
+    rows = {r.id: r for r in recipient_rows}
     routes, recipients = routing_policy(route_rows, recipient_rows)
     wanted = policy.recipients_for(routes, recipients, event)
     if not wanted:
@@ -94,7 +96,7 @@ async def notify(conn: AsyncConnection, event: policy.Event, now: dt.datetime,
                                  customer_open=customer_open)
         inserts.append({
             "key": f"{event.key}:r{rid}"[:200], "recipient_id": rid,
-            "channel_id": rows[rid]["channel_id"], "event": event.kind,
+            "channel_id": rows[rid].channel_id, "event": event.kind,
             "severity": event.severity, "customer_id": event.customer_id,
             "thread": event.thread, "fold_key": event.fold_key, "facts": facts,
             "status": placement.status, "created_at": now,

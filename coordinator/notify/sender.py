@@ -175,8 +175,8 @@ class Notifier:
                         sum(map(len, groups)))
             await asyncio.Event().wait()
         async with self.db.connect() as conn:
-            chans = {c["id"]: c for c in await store.list_channels(conn)}
-            people = {r["id"]: r for r in await store.list_recipients(conn)}
+            chans = {c.id: c for c in await store.list_channels(conn)}
+            people = {r.id: r for r in await store.list_recipients(conn)}
         by_channel: dict[int, list[list[dict[str, Any]]]] = {}
         for group in groups:
             by_channel.setdefault(group[0]["channel_id"], []).append(group)
@@ -184,22 +184,22 @@ class Notifier:
                                for cid, mine in by_channel.items()))
         return sum(map(len, groups))
 
-    async def _send_channel(self, channel: dict[str, Any], chans: dict[int, dict[str, Any]],
+    async def _send_channel(self, channel: store.Channel, chans: dict[int, store.Channel],
                             groups: list[list[dict[str, Any]]],
-                            people: Mapping[int, dict[str, Any]]) -> None:
+                            people: Mapping[int, store.Recipient]) -> None:
         """Send one channel's messages in batches (one SMTP session each), recording the
         results after every batch so a crash repeats at most one batch."""
-        secret = self.secrets.decrypt(channel["secret"])
+        secret = self.secrets.decrypt(channel.secret)
         for start in range(0, len(groups), SEND_BATCH):
             batch = groups[start:start + SEND_BATCH]
             results: list[str | float | None] = []
             sending: list[tuple[int, channels.Message]] = []
             for group in batch:
-                wait = self.throttle.wait(channel["id"], channel["rate_per_minute"], time.monotonic())
+                wait = self.throttle.wait(channel.id, channel.rate_per_minute, time.monotonic())
                 if wait > 0:
                     results.append(wait)
                     continue
-                self.throttle.record(channel["id"], time.monotonic())
+                self.throttle.record(channel.id, time.monotonic())
                 try:
                     recipient = people[group[0]["recipient_id"]]
                     attachments = await self.attachments(channel, group, recipient)
@@ -210,34 +210,34 @@ class Notifier:
                     results.append(f"{type(exc).__name__}: {exc}")
             if sending:
                 await self._pace(len(sending))
-                sent = await channels.deliver_many(channel["kind"], channel["config"], secret,
+                sent = await channels.deliver_many(channel.kind, channel.config, secret,
                                                    [m for _, m in sending], self.settings.parallel)
                 for (index, _), error in zip(sending, sent, strict=True):
                     results[index] = error
             await self._record(list(zip(batch, results, strict=True)), chans)
 
-    def message(self, group: Sequence[Mapping[str, Any]], recipient: Mapping[str, Any],
+    def message(self, group: Sequence[Mapping[str, Any]], recipient: store.Recipient,
                 attachments: tuple[channels.Attachment, ...] = ()) -> channels.Message:
         first = group[0]
         items = [r["facts"] for r in group]
-        subject, text = render(first["event"], items, lang=recipient["language"],
-                               timezone=recipient["timezone"], recipient=recipient["name"],
+        subject, text = render(first["event"], items, lang=recipient.language,
+                               timezone=recipient.timezone, recipient=recipient.name,
                                overrides=self.overrides if self.overrides.is_dir() else None,
                                attached=bool(attachments))
         payload = {
             "delivery": first["delivery"], "event": first["event"], "severity": first["severity"],
-            "count": len(group), "recipient": recipient["name"], "language": recipient["language"],
+            "count": len(group), "recipient": recipient.name, "language": recipient.language,
             "subject": subject, "text": text, "items": items,
         }
-        return channels.Message(first["delivery"], recipient["address"], subject, text, payload,
+        return channels.Message(first["delivery"], recipient.address, subject, text, payload,
                                 attachments)
 
-    async def attachments(self, channel: Mapping[str, Any], group: Sequence[Mapping[str, Any]],
-                          recipient: Mapping[str, Any]) -> tuple[channels.Attachment, ...]:
+    async def attachments(self, channel: store.Channel, group: Sequence[Mapping[str, Any]],
+                          recipient: store.Recipient) -> tuple[channels.Attachment, ...]:
         """The care report's PDF for an e-mail, printed when sent (never stored in the outbox)
         by the code `careline report care` uses, in the recipient's language."""
         first = group[0]
-        if first["event"] != "report.care_monthly" or channel["kind"] != "email":
+        if first["event"] != "report.care_monthly" or channel.kind != "email":
             return ()
         from careline.coordinator import care_report, i18n
 
@@ -251,13 +251,13 @@ class Notifier:
         overrides = self.data / "templates"
         # Printing takes a second or so: off the event loop the agents' connections share.
         pdf = await asyncio.to_thread(care_report.render_pdf, data,
-                                      i18n.language(recipient["language"]),
+                                      i18n.language(recipient.language),
                                       overrides if overrides.is_dir() else None)
         return (channels.Attachment(f"careline-care-report-{facts['month']}.pdf",
                                     "application/pdf", pdf),)
 
     async def _record(self, results: list[tuple[list[dict[str, Any]], str | float | None]],
-                      chans: dict[int, dict[str, Any]]) -> None:
+                      chans: dict[int, store.Channel]) -> None:
         now = utcnow()
         async with self.db.transaction() as conn:
             for group, result in results:
@@ -278,27 +278,29 @@ class Notifier:
                     await store.set_notifications(conn, ids, status="dead" if dead else "pending",
                                                   claim=None, attempts=attempts,
                                                   next_attempt_at=retry, last_error=result[:2000])
-                await self._health(conn, channel, result, now)
+                chans[channel.id] = await self._health(conn, channel, result, now)
 
-    async def _health(self, conn: Any, channel: dict[str, Any], error: str | None,
-                      now: dt.datetime) -> None:
+    async def _health(self, conn: Any, channel: store.Channel, error: str | None,
+                      now: dt.datetime) -> store.Channel:
+        """Record the attempt's result on the channel; returns the channel as it is now."""
         health, change = policy.after_attempt(
-            policy.Health(channel["healthy"], channel["failures"]), error is None,
+            policy.Health(channel.healthy, channel.failures), error is None,
             self.settings.unhealthy_after)
         values: dict[str, Any] = {"healthy": health.healthy, "failures": health.failures}
         if error is None:
             values["last_success_at"] = now
         else:
             values["last_error"] = error[:2000]
-        if values["healthy"] != channel["healthy"] or values["failures"] != channel["failures"] \
+        if values["healthy"] != channel.healthy or values["failures"] != channel.failures \
                 or error is None:
-            await store.update_channel(conn, channel["id"], **values)
-        channel.update(values)
+            await store.update_channel(conn, channel.id, **values)
+        updated = dataclasses.replace(channel, **values)
         if change is not None:
-            log.warning("notification channel %s is %s (%s)", channel["name"], change, error or "ok")
+            log.warning("notification channel %s is %s (%s)", channel.name, change, error or "ok")
             await fstore.record_audit(conn, actor="notify", action=f"notify.channel.{change}",
-                                      target=f"channel:{channel['name']}",
+                                      target=f"channel:{channel.name}",
                                       detail={"failures": health.failures, "error": error}, now=now)
+        return updated
 
     # ------------------------------------------------------------------ periodic messages
     async def periodic(self, now: dt.datetime) -> None:
@@ -306,11 +308,11 @@ class Notifier:
         reports."""
         async with self.db.connect() as conn:
             routes = await store.list_routes(conn)
-            people = {r["id"]: r for r in await store.list_recipients(conn)}
+            people = {r.id: r for r in await store.list_recipients(conn)}
         wanted: dict[str, set[int]] = {}
         for route in routes:
-            for kind in policy.Route.parse_list(route["events"]) or policy.EVENTS:
-                wanted.setdefault(kind, set()).add(route["recipient_id"])
+            for kind in policy.Route.parse_list(route.events) or policy.EVENTS:
+                wanted.setdefault(kind, set()).add(route.recipient_id)
         if wanted.keys() & {"incident.overdue", "visit.overdue"}:
             await self._overdue(now)
         for rid in sorted(wanted.get("digest.daily", set())):
@@ -381,10 +383,11 @@ class Notifier:
                         incident_kind=incident.kind), now)
                 self._periodic_done.add(key)
 
-    def _due_today(self, recipient: Mapping[str, Any], now: dt.datetime, weekly: bool) -> str | None:
+    def _due_today(self, recipient: store.Recipient, now: dt.datetime, weekly: bool) -> str | None:
         """The period key (local date, or ISO week) if the recipient's periodic message is
         due now: a business day, after opening; weekly ones on the week's first business day."""
-        calendar = recipient_calendar(dict(recipient))
+        calendar = recipient_calendar(recipient.timezone, recipient.workdays, recipient.opens,
+                                      recipient.closes)
         local = calendar.local(now)
         day = local.date()
         if not calendar.is_business_day(day) or local.time() < calendar.opens:
@@ -398,18 +401,18 @@ class Notifier:
             return f"{year}-W{week:02d}"
         return day.isoformat()
 
-    async def _digest(self, recipient: Mapping[str, Any], now: dt.datetime) -> None:
+    async def _digest(self, recipient: store.Recipient, now: dt.datetime) -> None:
         period = self._due_today(recipient, now, weekly=False)
-        key = f"digest:{recipient['id']}:{period}"
+        key = f"digest:{recipient.id}:{period}"
         if period is None or key in self._periodic_done:
             return
         async with self.db.transaction() as conn:
-            items = await store.digest_items(conn, recipient["id"])
+            items = await store.digest_items(conn, recipient.id)
             visits = []
             for v in await service.list_visits(conn):
-                if v.status != "open" or v.technician not in (None, recipient["technician"]):
+                if v.status != "open" or v.technician not in (None, recipient.technician):
                     continue
-                if recipient["customer_id"] is not None:
+                if recipient.customer_id is not None:
                     continue
                 agent = await fstore.get_agent(conn, v.agent_id)
                 visits.append({"id": v.id, "customer": agent.customer,
@@ -421,8 +424,8 @@ class Notifier:
                        for i in items]
             if visits or updates or open_incidents:
                 new = await store.insert_notifications(conn, [{
-                    "key": key, "recipient_id": recipient["id"],
-                    "channel_id": recipient["channel_id"], "event": "digest.daily",
+                    "key": key, "recipient_id": recipient.id,
+                    "channel_id": recipient.channel_id, "event": "digest.daily",
                     "severity": "low", "customer_id": None, "thread": key, "fold_key": None,
                     "facts": {"visits": visits, "open_incidents": open_incidents,
                               "updates": updates},
@@ -433,20 +436,20 @@ class Notifier:
                                                   status="digested")
         self._periodic_done.add(key)
 
-    async def _coverage(self, recipient: Mapping[str, Any], now: dt.datetime) -> None:
+    async def _coverage(self, recipient: store.Recipient, now: dt.datetime) -> None:
         period = self._due_today(recipient, now, weekly=True)
-        customer_facing = recipient["customer_id"] is not None
+        customer_facing = recipient.customer_id is not None
         event = "coverage.ending" if customer_facing else "coverage.expiring"
-        key = f"coverage:{recipient['id']}:{period}"
+        key = f"coverage:{recipient.id}:{period}"
         if period is None or key in self._periodic_done:
             return
         within = self.settings.expiring_within_days
         async with self.db.transaction() as conn:
             machines = await self.desk.expiring_machines(
-                conn, within, now, customer_id=recipient["customer_id"])
+                conn, within, now, customer_id=recipient.customer_id)
             if machines:
                 await notify(conn, policy.Event(
-                    event, f"coverage:{period}:{recipient['customer_id'] or 'all'}", "low",
+                    event, f"coverage:{period}:{recipient.customer_id or 'all'}", "low",
                     {"within_days": within, "machines": machines},
-                    customer_id=recipient["customer_id"]), now)
+                    customer_id=recipient.customer_id), now)
         self._periodic_done.add(key)

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.storage.fleet import Row, insert_ignoring_duplicates, insert_row, rows_of
+from careline.coordinator.storage.fleet import (
+    Row,
+    insert_ignoring_duplicates,
+    insert_row,
+    rows_of,
+    typed_first,
+    typed_rows,
+)
 from careline.coordinator.storage.schema import (
     customers,
     notifications,
@@ -24,21 +32,41 @@ TOLD = ("pending", "sending", "sent", "dead")
 
 
 # ----------------------------------------------------------------------------- channels
+@dataclass(frozen=True, slots=True)
+class Channel:
+    """A way to send notifications (an SMTP server, a webhook, an apprise URL) and its
+    health: failing channels are shown, not silently dropped."""
+
+    id: int
+    name: str
+    kind: str  # email, webhook, apprise
+    config: dict[str, Any]  # what is not secret
+    secret: str  # Fernet token of the secret part ("" when none)
+    rate_per_minute: int
+    healthy: bool
+    failures: int
+    last_error: str | None
+    last_success_at: dt.datetime | None
+    created_by: str
+    created_at: dt.datetime
+
+
 async def add_channel(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, notify_channels, values, f"channel {values['name']!r}")
 
 
-async def list_channels(conn: AsyncConnection) -> list[Row]:
-    return rows_of(await conn.execute(sa.select(notify_channels).order_by(notify_channels.c.id)))
+async def list_channels(conn: AsyncConnection) -> list[Channel]:
+    return typed_rows(await conn.execute(sa.select(notify_channels).order_by(notify_channels.c.id)),
+                      Channel)
 
 
-async def get_channel(conn: AsyncConnection, ref: str | int) -> Row:
+async def get_channel(conn: AsyncConnection, ref: str | int) -> Channel:
     column = notify_channels.c.id if isinstance(ref, int) or str(ref).isdigit() else notify_channels.c.name
     value = int(ref) if column is notify_channels.c.id else ref
-    rows = rows_of(await conn.execute(sa.select(notify_channels).where(column == value)))
-    if not rows:
+    found = await typed_first(conn, sa.select(notify_channels).where(column == value), Channel)
+    if found is None:
         raise NotFound(f"no notification channel {ref!r}")
-    return rows[0]
+    return found
 
 
 async def remove_channel(conn: AsyncConnection, channel_id: int) -> None:
@@ -56,6 +84,27 @@ async def update_channel(conn: AsyncConnection, channel_id: int, **values: Any) 
 
 
 # ----------------------------------------------------------------------------- recipients
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """Who hears, through which channel, in which language and business hours; with its
+    channel's and its customer's names."""
+
+    id: int
+    name: str
+    channel_id: int
+    address: str  # an e-mail address, or "" for a webhook or chat channel
+    language: str
+    timezone: str
+    workdays: str  # e.g. "mon-fri"
+    opens: str  # "08:00"
+    closes: str
+    customer_id: int | None  # a customer's own contact: hears only about that customer
+    technician: str | None  # whose visits the daily digest lists
+    created_at: dt.datetime
+    channel: str
+    customer: str | None
+
+
 async def add_recipient(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, notify_recipients, values, f"recipient {values['name']!r}")
 
@@ -68,18 +117,18 @@ def _recipients_query() -> sa.Select[Any]:
             .order_by(notify_recipients.c.id))
 
 
-async def list_recipients(conn: AsyncConnection) -> list[Row]:
-    return rows_of(await conn.execute(_recipients_query()))
+async def list_recipients(conn: AsyncConnection) -> list[Recipient]:
+    return typed_rows(await conn.execute(_recipients_query()), Recipient)
 
 
-async def get_recipient(conn: AsyncConnection, ref: str | int) -> Row:
+async def get_recipient(conn: AsyncConnection, ref: str | int) -> Recipient:
     column = (notify_recipients.c.id if isinstance(ref, int) or str(ref).isdigit()
               else notify_recipients.c.name)
     value = int(ref) if column is notify_recipients.c.id else ref
-    rows = rows_of(await conn.execute(_recipients_query().where(column == value)))
-    if not rows:
+    found = await typed_first(conn, _recipients_query().where(column == value), Recipient)
+    if found is None:
         raise NotFound(f"no notification recipient {ref!r}")
-    return rows[0]
+    return found
 
 
 async def remove_recipient(conn: AsyncConnection, recipient_id: int) -> None:
@@ -90,17 +139,32 @@ async def remove_recipient(conn: AsyncConnection, recipient_id: int) -> None:
 
 
 # ----------------------------------------------------------------------------- routes
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Which events reach a recipient, with the recipient's and customer's names."""
+
+    id: int
+    recipient_id: int
+    events: str  # comma list of event kinds, or *
+    customer_id: int | None  # None: every customer
+    min_severity: str
+    kinds: str  # incident kinds, comma list; "" any
+    created_at: dt.datetime
+    recipient: str
+    customer: str | None
+
+
 async def add_route(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, notify_routes, values, "route")
 
 
-async def list_routes(conn: AsyncConnection) -> list[Row]:
+async def list_routes(conn: AsyncConnection) -> list[Route]:
     query = (sa.select(notify_routes, notify_recipients.c.name.label("recipient"),
                        customers.c.name.label("customer"))
              .join(notify_recipients, notify_recipients.c.id == notify_routes.c.recipient_id)
              .outerjoin(customers, customers.c.id == notify_routes.c.customer_id)
              .order_by(notify_routes.c.id))
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Route)
 
 
 async def remove_route(conn: AsyncConnection, route_id: int) -> None:

@@ -129,8 +129,8 @@ async def test_failures_back_off_mark_channel_unhealthy_then_recover(setup: Setu
     async with setup.db.connect() as conn:
         channel = (await store.list_channels(conn))[0]
         actions = [a["action"] for a in fleet.rows_of(await conn.execute(sa.select(audit)))]
-    assert channel["healthy"] is False
-    assert channel["failures"] == 2
+    assert channel.healthy is False
+    assert channel.failures == 2
     assert actions == ["notify.channel.unhealthy"]
 
     setup.hook.status = 200
@@ -139,7 +139,7 @@ async def test_failures_back_off_mark_channel_unhealthy_then_recover(setup: Setu
     async with setup.db.connect() as conn:
         channel = (await store.list_channels(conn))[0]
         actions = [a["action"] for a in fleet.rows_of(await conn.execute(sa.select(audit)))]
-    assert channel["healthy"] is True
+    assert channel.healthy is True
     assert actions[-1] == "notify.channel.recovered"
     assert len(setup.hook.received) == 1
     assert setup.hook.received[0]["delivery"] == row["delivery"]
