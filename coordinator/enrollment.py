@@ -13,7 +13,6 @@ technician links it (`careline agents replace OLD NEW`) or leaves it be.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,15 +36,15 @@ class Enrollment:
 
 
 async def enroll_machine(
-    conn: AsyncConnection, token: Mapping[str, Any], request: p.EnrollRequest,
+    conn: AsyncConnection, token: store.EnrollmentGrant, request: p.EnrollRequest,
     now: dt.datetime, offline_after: dt.timedelta,
 ) -> Enrollment:
     """Register `request`'s key with the token's customer: as the machine it replaces, or
     as a new machine within its contract's limit."""
     if not valid(request.hardware):
         raise ProtocolError("hardware must map uuid/serial/disk/mac to SHA-256 hex digests")
-    customer_id = token["customer_id"]
-    actor = f"enrollment-token:{token['id']}"
+    customer_id = token.customer_id
+    actor = f"enrollment-token:{token.id}"
     if request.replaces:
         machine = await store.get_agent(conn, request.replaces)
         if machine.customer_id != customer_id:
@@ -69,8 +68,8 @@ async def enroll_machine(
     await store.add_agent(
         conn, agent_id=agent_id, customer_id=customer_id, public_key=request.public_key,
         hostname=request.hostname[:255], os=request.os[:100],
-        agent_version=request.agent_version[:40], now=now, contract_id=token["contract_id"],
-        site_id=token["site_id"], hardware=request.hardware,
+        agent_version=request.agent_version[:40], now=now, contract_id=token.contract_id,
+        site_id=token.site_id, hardware=request.hardware,
     )
     note = f"proposed: {link.reason}" if link.kind == "propose" else ""
     await store.record_audit(conn, actor=actor, action="agent.enroll", target=f"agent:{agent_id}",
@@ -78,11 +77,12 @@ async def enroll_machine(
     return Enrollment(agent_id, customer_id, False, note)
 
 
-async def _check_seat(conn: AsyncConnection, token: Mapping[str, Any], now: dt.datetime) -> None:
+async def _check_seat(conn: AsyncConnection, token: store.EnrollmentGrant,
+                      now: dt.datetime) -> None:
     """Refuse a new machine past its contract's machine limit (machines, not keys)."""
-    customer_id = token["customer_id"]
+    customer_id = token.customer_id
     current = await service.current_contract(conn, customer_id, now.date())
-    contract = (await service.get_contract(conn, token["contract_id"]) if token["contract_id"]
+    contract = (await service.get_contract(conn, token.contract_id) if token.contract_id
                 else current)
     if contract is None or contract.machines is None:
         return

@@ -359,18 +359,18 @@ class Coordinator:
         if enrolled.relinked:  # a reinstall: the machine's old key is gone
             await self.hub.disconnect_revoked(agent_id)
             self.hub.keys.rekeyed(agent_id, now)
-        self.hub.keys.add(agent_id, request.public_key, token["customer_id"], agent_id)
+        self.hub.keys.add(agent_id, request.public_key, token.customer_id, agent_id)
         await ws.send(
             p.encode(
                 p.Enrolled(
-                    agent_id=agent_id, customer_id=token["customer_id"],
+                    agent_id=agent_id, customer_id=token.customer_id,
                     heartbeat_interval=self.heartbeat_interval,
                     **self.updates.enrollment_trust(),
                 )
             )
         )
         log.info("enrolled %s (%s) for customer %s", agent_id, safe_text(request.hostname),
-                 token["customer_id"])
+                 token.customer_id)
 
     # ------------------------------------------------------------------ /agent
     async def _authenticate_agent(self, ws: ServerConnection) -> AgentLink | None:

@@ -3,6 +3,7 @@ are only proposed, and a contract's machine limit counts machines, not keys."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator
 
@@ -38,16 +39,16 @@ def request(hardware: dict[str, str], hostname: str = "pc", replaces: str = "") 
                            replaces=replaces)
 
 
-async def setup(db: Database, machines: int | None = None) -> dict:
+async def setup(db: Database, machines: int | None = None) -> store.EnrollmentGrant:
     async with db.transaction() as conn:
         customer = await store.add_customer(conn, "Minh Anh", "Asia/Ho_Chi_Minh", NOW)
         contract = await service.add_contract(
             conn, customer_id=customer.id, signed_on=NOW.date(), warranty_months=12,
             machines=machines, now=NOW)
-    return {"id": 1, "customer_id": customer.id, "contract_id": contract, "site_id": None}
+    return store.EnrollmentGrant(id=1, customer_id=customer.id, contract_id=contract, site_id=None)
 
 
-async def enroll(db: Database, token: dict, req: p.EnrollRequest,
+async def enroll(db: Database, token: store.EnrollmentGrant, req: p.EnrollRequest,
                  now: dt.datetime = NOW) -> str:
     async with db.transaction() as conn:
         return (await enroll_machine(conn, token, req, now, OFFLINE_AFTER)).machine_id
@@ -61,11 +62,11 @@ async def test_reinstall_is_the_same_machine_with_its_history_and_one_seat(db: D
     async with db.transaction() as conn:
         await store.store_events(conn, [(machine, seq, "x", NOW, {}) for seq in (1, 2)], NOW)
         incident = await service.add_incident(conn, {
-            "agent_id": machine, "customer_id": token["customer_id"], "kind": "reported",
+            "agent_id": machine, "customer_id": token.customer_id, "kind": "reported",
             "category": "virus", "severity": "critical", "status": "open",
             "opened_by": "lan", "opened_at": NOW, "updated_at": NOW})
         visit = await service.add_visit(conn, {
-            "incident_id": incident, "agent_id": machine, "customer_id": token["customer_id"],
+            "incident_id": incident, "agent_id": machine, "customer_id": token.customer_id,
             "action": "onsite_reinstall", "fee_vnd": 500_000, "due_at": NOW, "status": "open",
             "created_at": NOW})
 
@@ -178,7 +179,7 @@ async def test_refusals(db: Database) -> None:
     token = await setup(db)
     async with db.transaction() as conn:
         other = await store.add_customer(conn, "Hoa Mai", "Asia/Ho_Chi_Minh", NOW)
-    theirs = await enroll(db, {**token, "customer_id": other.id, "contract_id": None},
+    theirs = await enroll(db, dataclasses.replace(token, customer_id=other.id, contract_id=None),
                           request(PC1, "theirs"))
     with pytest.raises(ConfigError, match="belongs to another customer"):
         await enroll(db, token, request(PC1, replaces=theirs))

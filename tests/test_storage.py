@@ -56,7 +56,7 @@ async def new_token(db: Database, customer_id: int, secret: str, uses: int = 1,
         )
 
 
-async def spend(db: Database, secret: str, now: dt.datetime = NOW) -> dict[str, object]:
+async def spend(db: Database, secret: str, now: dt.datetime = NOW) -> store.EnrollmentGrant:
     async with db.transaction() as conn:
         return await store.spend_enrollment_token(conn, token_hash(secret), now)
 
@@ -159,7 +159,7 @@ async def test_token_spends_and_every_refusal(db: Database) -> None:
     cid = await new_customer(db)
     await new_token(db, cid, "cle_three", uses=3)
     for _ in range(3):
-        assert (await spend(db, "cle_three"))["customer_id"] == cid
+        assert (await spend(db, "cle_three")).customer_id == cid
     for _ in range(2):
         with pytest.raises(AuthError, match="used up"):
             await spend(db, "cle_three")
@@ -169,7 +169,7 @@ async def test_token_spends_and_every_refusal(db: Database) -> None:
         await spend(db, "cle_old", now=NOW)  # expiry is exclusive
     with pytest.raises(AuthError, match="expired"):
         await spend(db, "cle_old", now=NOW + dt.timedelta(seconds=1))
-    assert (await spend(db, "cle_old", now=NOW - dt.timedelta(microseconds=1)))["customer_id"] == cid
+    assert (await spend(db, "cle_old", now=NOW - dt.timedelta(microseconds=1))).customer_id == cid
 
     # Expiry compares instants: 09:00 in Hanoi is 02:00 UTC, so 03:00 UTC is too late.
     await new_token(db, cid, "cle_tz", expires_at=dt.datetime(2025, 3, 1, 9, 0, tzinfo=HCM))

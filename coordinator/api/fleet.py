@@ -70,8 +70,8 @@ async def add_site(ctx: Context, p: AddSite) -> dict[str, Any]:
     async with ctx.services.db.transaction() as conn:
         customer = await store.get_customer(conn, p.customer)
         row = await store.add_site(conn, customer.id, p.name.strip())
-        await ctx.audit(conn, "site.add", f"customer:{customer.id}", site=row["name"])
-    return row
+        await ctx.audit(conn, "site.add", f"customer:{customer.id}", site=row.name)
+    return dataclasses.asdict(row)
 
 
 class ListSites(msgspec.Struct, forbid_unknown_fields=True):
@@ -82,7 +82,7 @@ class ListSites(msgspec.Struct, forbid_unknown_fields=True):
 async def list_sites(ctx: Context, p: ListSites) -> list[dict[str, Any]]:
     async with ctx.services.db.connect() as conn:
         customer_id = await store.customer_id_of(conn, p.customer)
-        return await store.list_sites(conn, customer_id)
+        return [dataclasses.asdict(site) for site in await store.list_sites(conn, customer_id)]
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -108,7 +108,7 @@ async def create_token(ctx: Context, p: CreateToken) -> dict[str, Any]:
             contract = await service.get_contract(conn, p.contract)
             if contract.customer_id != customer.id:
                 raise ConfigError(f"contract {p.contract} belongs to another customer")
-        site_id = (await store.get_site(conn, customer.id, p.site))["id"] if p.site else None
+        site_id = (await store.get_site(conn, customer.id, p.site)).id if p.site else None
         token_id = await store.add_enrollment_token(
             conn, token_hash=token_hash(token), customer_id=customer.id, uses_allowed=p.uses,
             expires_at=expires_at, created_by=ctx.caller.name, now=ctx.now,

@@ -42,7 +42,7 @@ async def _owner(conn: Any, p: PolicyTarget) -> Owner:
     if p.site is None:
         return "customer", target("customer", customer.id), (customer.id, None, None)
     site = await store.get_site(conn, customer.id, p.site)
-    return "site", target("site", site["id"]), (customer.id, site["id"], None)
+    return "site", target("site", site.id), (customer.id, site.id, None)
 
 
 class SetPolicy(PolicyTarget, forbid_unknown_fields=True):

@@ -237,29 +237,35 @@ async def update_customer(conn: AsyncConnection, customer_id: int, **values: Any
         await conn.execute(customers.update().where(customers.c.id == customer_id).values(**values))
 
 
-async def add_site(conn: AsyncConnection, customer_id: int, name: str) -> Row:
+@dataclass(frozen=True, slots=True)
+class Site:
+    """One of a customer's offices (policy overrides and enrollment tokens may name it)."""
+
+    id: int
+    customer_id: int
+    name: str
+
+
+async def add_site(conn: AsyncConnection, customer_id: int, name: str) -> Site:
     site_id = await insert_row(conn, sites, {"customer_id": customer_id, "name": name},
                                f"site {name!r}")
-    return {"id": site_id, "customer_id": customer_id, "name": name}
+    return Site(site_id, customer_id, name)
 
 
-async def list_sites(conn: AsyncConnection, customer_id: int | None = None) -> list[Row]:
+async def list_sites(conn: AsyncConnection, customer_id: int | None = None) -> list[Site]:
     query = sa.select(sites).order_by(sites.c.customer_id, sites.c.name)
     if customer_id is not None:
         query = query.where(sites.c.customer_id == customer_id)
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), Site)
 
 
-async def get_site(conn: AsyncConnection, customer_id: int, ref: str) -> Row:
+async def get_site(conn: AsyncConnection, customer_id: int, ref: str) -> Site:
     """A customer's site by id or name."""
     condition = sites.c.name == ref
     if ref.isdigit():
         condition = sa.or_(sites.c.id == int(ref), condition)
-    row = (await conn.execute(sa.select(sites).where(
-        sites.c.customer_id == customer_id, condition))).mappings().first()
-    if row is None:
-        raise NotFound(f"customer {customer_id} has no site {ref!r}")
-    return dict(row)
+    return await typed_one(conn, sa.select(sites).where(sites.c.customer_id == customer_id, condition),
+                           Site, f"customer {customer_id} has no site {ref!r}")
 
 
 # ----------------------------------------------------------------------------- technicians
@@ -328,8 +334,20 @@ async def add_enrollment_token(
     )
 
 
-async def spend_enrollment_token(conn: AsyncConnection, token_hash: str, now: dt.datetime) -> Row:
-    """Use the token once, atomically, and return its row; AuthError says why it can't be."""
+@dataclass(frozen=True, slots=True)
+class EnrollmentGrant:
+    """What one use of an enrollment token grants: a machine of this customer, in this
+    contract and site if the token names them."""
+
+    id: int  # the token's
+    customer_id: int
+    contract_id: int | None
+    site_id: int | None
+
+
+async def spend_enrollment_token(conn: AsyncConnection, token_hash: str,
+                                 now: dt.datetime) -> EnrollmentGrant:
+    """Use the token once, atomically; AuthError says why it can't be."""
     t = enrollment_tokens
     spent = await conn.execute(
         t.update()
@@ -339,7 +357,7 @@ async def spend_enrollment_token(conn: AsyncConnection, token_hash: str, now: dt
     )
     row = spent.mappings().first()
     if row is not None:
-        return dict(row)
+        return EnrollmentGrant(**row)
     existing = (await conn.execute(sa.select(t).where(t.c.token_hash == token_hash))).mappings().first()
     if existing is None:
         raise AuthError("enrollment token is not known")
