@@ -224,24 +224,21 @@ class IncidentDesk:
         Coverage is computed once per group of machines that share it (coverage_groups), so
         the report costs the same for 10 machines or 10,000."""
         groups = await store.coverage_groups(conn)
-        keyed = [store.CoverageKey(str(i), g["customer_id"], g["contract_id"], g["joined_contract_on"],
-                                   dt.datetime.combine(g["enrolled_on"], dt.time(), dt.UTC))
-                 for i, g in enumerate(groups)]
-        entitlements = await self.entitlements(conn, keyed, None, now)
+        entitlements = await self.entitlements(conn, [g.key for g in groups], None, now)
         names = {c.id: c.name for c in await store.list_customers(conn)}
         contacts = await nstore.customer_contacts(conn)
         rows: dict[tuple[int, str, dt.date | None], dict[str, Any]] = {}
-        for key, group in zip(keyed, groups, strict=True):
-            entitlement = entitlements[key.id]
+        for group in groups:
+            entitlement = entitlements[group.a_machine]
             if not expiring(entitlement, within_days):
                 continue
-            found = rows.setdefault((group["customer_id"], entitlement.label, entitlement.ends_on), {
-                "customer": names[group["customer_id"]], "customer_id": group["customer_id"],
+            found = rows.setdefault((group.customer_id, entitlement.label, entitlement.ends_on), {
+                "customer": names[group.customer_id], "customer_id": group.customer_id,
                 "coverage": entitlement.label, "ends_on": entitlement.ends_on,
-                "days_left": entitlement.days_left, "machines": 0, "a_machine": group["a_machine"],
-                "contacts": contacts.get(group["customer_id"], []),
+                "days_left": entitlement.days_left, "machines": 0, "a_machine": group.a_machine,
+                "contacts": contacts.get(group.customer_id, []),
             })
-            found["machines"] += group["machines"]
+            found["machines"] += group.machines
         return sorted(rows.values(), key=lambda r: (r["days_left"], r["customer"], r["coverage"]))
 
     # ------------------------------------------------------------------ incidents

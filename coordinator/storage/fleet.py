@@ -540,7 +540,26 @@ async def list_coverage_keys(conn: AsyncConnection,
     return typed_rows(await conn.execute(query), CoverageKey)
 
 
-async def coverage_groups(conn: AsyncConnection) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class CoverageGroup:
+    """Machines in service that share what their coverage depends on, and how many."""
+
+    customer_id: int
+    contract_id: int | None
+    joined_contract_on: dt.date | None
+    enrolled_on: dt.date
+    machines: int
+    a_machine: str  # one of them (the lowest id), for a link
+
+    @property
+    def key(self) -> CoverageKey:
+        """As one machine's key (`id` is the group's `a_machine`)."""
+        return CoverageKey(self.a_machine, self.customer_id, self.contract_id,
+                           self.joined_contract_on,
+                           dt.datetime.combine(self.enrolled_on, dt.time(), dt.UTC))
+
+
+async def coverage_groups(conn: AsyncConnection) -> list[CoverageGroup]:
     """Machines in service counted by what their coverage depends on (customer, contract,
     the day they joined): a fleet-wide report computes coverage once per group, in as many
     rows as there are distinct groups, not one per machine."""
@@ -553,7 +572,7 @@ async def coverage_groups(conn: AsyncConnection) -> list[Row]:
         .group_by(agents.c.customer_id, agents.c.contract_id, agents.c.joined_contract_on,
                   enrolled_on)
     )
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), CoverageGroup)
 
 
 async def list_presence(conn: AsyncConnection,
