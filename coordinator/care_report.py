@@ -8,6 +8,7 @@ data into one document from one template, in Vietnamese unless English is asked 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import mimetypes
 from pathlib import Path
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from careline.coordinator.datadir import Settings
     from careline.coordinator.incidents import IncidentDesk
     from careline.coordinator.storage.db import Database
+    from careline.coordinator.storage.views import IncidentLine
 
 ON_SITE = frozenset({"technician_visit", "onsite_reinstall"})
 RENEWAL_WITHIN_DAYS = 60
@@ -48,17 +50,17 @@ def handled(action: str | None) -> str | None:
     return "on_site" if action in ON_SITE else "remote"
 
 
-def incident_line(row: dict[str, Any]) -> dict[str, Any]:
+def incident_line(row: IncidentLine) -> dict[str, Any]:
     """One incident as the report shows it: handling, time to resolution against the due time."""
-    resolved, due = row["resolved_at"], row["due_at"]
-    hours = None if resolved is None else round((resolved - row["opened_at"]).total_seconds() / 3600, 1)
+    resolved, due = row.resolved_at, row.due_at
+    hours = None if resolved is None else round((resolved - row.opened_at).total_seconds() / 3600, 1)
     on_time = None if resolved is None or due is None else resolved <= due
     return {
-        "id": row["id"], "hostname": row["hostname"], "category": row["category"],
-        "severity": row["severity"], "status": row["status"], "opened_at": row["opened_at"],
-        "resolved_at": resolved, "due_at": due, "action": row["action"],
-        "handled": handled(row["action"]), "covered": row["covered"],
-        "fee_vnd": int(row["fee_vnd"] or 0), "hours_to_resolve": hours, "on_time": on_time,
+        "id": row.id, "hostname": row.hostname, "category": row.category,
+        "severity": row.severity, "status": row.status, "opened_at": row.opened_at,
+        "resolved_at": resolved, "due_at": due, "action": row.action,
+        "handled": handled(row.action), "covered": row.covered,
+        "fee_vnd": int(row.fee_vnd or 0), "hours_to_resolve": hours, "on_time": on_time,
     }
 
 
@@ -103,7 +105,7 @@ async def gather(db: Database, desk: IncidentDesk, settings: Settings, customer_
         _, open_rows = await views.incidents_page(conn, open_only=True, customer_id=customer.id,
                                                   agent_id=None, limit=10_000, offset=0)
         for row in open_rows:
-            open_by_agent[row["agent_id"]] = open_by_agent.get(row["agent_id"], 0) + 1
+            open_by_agent[row.agent_id] = open_by_agent.get(row.agent_id, 0) + 1
         machines, attention, renewal = [], [], []
         for agent in agents:
             at_end = await desk.entitlement(conn, agent, min(last_day, today), now)
@@ -122,8 +124,9 @@ async def gather(db: Database, desk: IncidentDesk, settings: Settings, customer_
                                 "days_left": current.days_left})
         incidents = [incident_line(r) for r in
                      await views.incidents_between(conn, customer.id, start, end)]
-        updates = await views.installed_updates(conn, customer.id, start, end)
-        visits = [{**v, "charged": int(v["fee_vnd"]) > 0}
+        updates = [dataclasses.asdict(u)
+                   for u in await views.installed_updates(conn, customer.id, start, end)]
+        visits = [{**dataclasses.asdict(v), "charged": v.fee_vnd > 0}
                   for v in await views.visits_between(conn, customer.id, start, end)]
     resolved = [i for i in incidents if i["on_time"] is not None]
     return {

@@ -6,6 +6,7 @@ pages stay fast at 10,000 machines; the CLI and REST API can call them too.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import msgspec
@@ -26,9 +27,10 @@ async def fleet_overview(ctx: Context, _: NoParams) -> dict[str, Any]:
     incident), per customer."""
     async with ctx.services.db.connect() as conn:
         rows = await views.fleet_overview(conn, ctx.now - ctx.services.hub.offline_after)
-    totals = {key: sum(r[key] for r in rows)
+    customers = [dataclasses.asdict(row) for row in rows]
+    totals = {key: sum(c[key] for c in customers)
               for key in ("machines", "online", "off", "offline", "needs_attention", "open_incidents")}
-    return {"customers": rows, "totals": totals}
+    return {"customers": customers, "totals": totals}
 
 
 class LanguageParams(msgspec.Struct, forbid_unknown_fields=True):
@@ -57,7 +59,7 @@ async def machine_jobs(ctx: Context, p: MachineJobs) -> list[dict[str, Any]]:
         raise ConfigError(f"limit must be 1..{MAX_PAGE}")
     async with ctx.services.db.connect() as conn:
         agent = await store.get_agent(conn, p.machine)
-        return await views.machine_jobs(conn, agent.id, p.limit)
+        return [dataclasses.asdict(job) for job in await views.machine_jobs(conn, agent.id, p.limit)]
 
 
 class CustomerRef(msgspec.Struct, forbid_unknown_fields=True):
@@ -69,7 +71,7 @@ async def customer_rollouts(ctx: Context, p: CustomerRef) -> list[dict[str, Any]
     """Rollouts that reached the customer's machines, with how many succeeded or failed there."""
     async with ctx.services.db.connect() as conn:
         customer = await store.get_customer(conn, p.customer)
-        return await views.customer_rollouts(conn, customer.id)
+        return [dataclasses.asdict(r) for r in await views.customer_rollouts(conn, customer.id)]
 
 
 class CustomerMachines(msgspec.Struct, forbid_unknown_fields=True):
@@ -111,4 +113,5 @@ async def incidents_page(ctx: Context, p: IncidentPage) -> dict[str, Any]:
         agent_id = (await store.get_agent(conn, p.machine)).id if p.machine else None
         total, rows = await views.incidents_page(conn, open_only=p.open, customer_id=customer_id,
                                                  agent_id=agent_id, limit=p.limit, offset=p.offset)
-    return {"total": total, "limit": p.limit, "offset": p.offset, "rows": rows}
+    return {"total": total, "limit": p.limit, "offset": p.offset,
+            "rows": [dataclasses.asdict(row) for row in rows]}

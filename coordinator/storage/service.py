@@ -144,6 +144,7 @@ class Visit:
     completed_at: dt.datetime | None
     note: str | None
     customer: str
+    hostname: str
 
 
 # ----------------------------------------------------------------------------- contracts
@@ -351,14 +352,15 @@ async def add_incident(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, incidents, values, "incident")
 
 
-def _incident_query() -> sa.Select[Any]:
+def incident_query() -> sa.Select[Any]:
+    """Incidents with their customer's name and machine's hostname (as `Incident`)."""
     return sa.select(incidents, customers.c.name.label("customer"), agents.c.hostname).select_from(
         incidents.join(customers, incidents.c.customer_id == customers.c.id)
         .join(agents, incidents.c.agent_id == agents.c.id))
 
 
 async def get_incident(conn: AsyncConnection, incident_id: int) -> Incident:
-    return await typed_one(conn, _incident_query().where(incidents.c.id == incident_id), Incident,
+    return await typed_one(conn, incident_query().where(incidents.c.id == incident_id), Incident,
                            f"no incident {incident_id}")
 
 
@@ -372,7 +374,7 @@ async def list_incidents(
     conn: AsyncConnection, *, open_only: bool = False, customer_id: int | None = None,
     agent_id: str | None = None,
 ) -> list[Incident]:
-    query = _incident_query().order_by(incidents.c.id.desc())
+    query = incident_query().order_by(incidents.c.id.desc())
     if open_only:
         query = query.where(incidents.c.status == "open")
     if customer_id is not None:
@@ -445,19 +447,21 @@ async def add_visit(conn: AsyncConnection, values: dict[str, Any]) -> int:
     return await insert_row(conn, visits, values, "visit")
 
 
-def _visits() -> sa.Select[Any]:
-    return (sa.select(visits, customers.c.name.label("customer"))
-            .select_from(visits.join(customers, visits.c.customer_id == customers.c.id)))
+def visits_query() -> sa.Select[Any]:
+    """Visits with their customer's name and machine's hostname (as `Visit`)."""
+    return (sa.select(visits, customers.c.name.label("customer"), agents.c.hostname)
+            .select_from(visits.join(customers, visits.c.customer_id == customers.c.id)
+                         .join(agents, visits.c.agent_id == agents.c.id)))
 
 
 async def get_visit(conn: AsyncConnection, visit_id: int) -> Visit:
-    return await typed_one(conn, _visits().where(visits.c.id == visit_id), Visit,
+    return await typed_one(conn, visits_query().where(visits.c.id == visit_id), Visit,
                            f"no visit {visit_id}")
 
 
 async def list_visits(conn: AsyncConnection, due_before: dt.datetime | None = None,
                       open_only: bool = True, customer_id: int | None = None) -> list[Visit]:
-    query = _visits().order_by(visits.c.due_at)
+    query = visits_query().order_by(visits.c.due_at)
     if open_only:
         query = query.where(visits.c.status != "completed")
     if due_before is not None:
@@ -469,7 +473,7 @@ async def list_visits(conn: AsyncConnection, due_before: dt.datetime | None = No
 
 async def open_visit_of(conn: AsyncConnection, incident_id: int) -> Visit | None:
     """The incident's visit not yet completed, if any (a new decision updates it)."""
-    return await typed_first(conn, _visits().where(
+    return await typed_first(conn, visits_query().where(
         visits.c.incident_id == incident_id, visits.c.status != "completed",
     ).order_by(visits.c.id.desc()).limit(1), Visit)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, fields
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from careline.coordinator.storage.fleet import Row, rows_of
+from careline.coordinator.storage.fleet import rows_of, typed_rows
 from careline.coordinator.storage.schema import (
     agents,
     customers,
@@ -20,9 +22,25 @@ from careline.coordinator.storage.schema import (
     rollouts,
     visits,
 )
+from careline.coordinator.storage.service import Incident, Visit, incident_query, visits_query
 
 
-async def fleet_overview(conn: AsyncConnection, online_since: dt.datetime) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class CustomerOverview:
+    """One customer's machines by presence, and how many need attention."""
+
+    id: int
+    name: str
+    timezone: str
+    machines: int
+    online: int
+    off: int  # shut down cleanly
+    offline: int
+    needs_attention: int  # machines with an open incident
+    open_incidents: int
+
+
+async def fleet_overview(conn: AsyncConnection, online_since: dt.datetime) -> list[CustomerOverview]:
     """Per customer: machines online, off (shut down cleanly), offline, and needing attention
     (an open incident); the same rules as fleet.AgentPresence.status, counted in the database."""
     live = agents.c.revoked_at.is_(None)
@@ -51,18 +69,29 @@ async def fleet_overview(conn: AsyncConnection, online_since: dt.datetime) -> li
                      .outerjoin(attention, attention.c.customer_id == customers.c.id))
         .order_by(customers.c.name)
     )
-    rows = rows_of(await conn.execute(query))
-    for row in rows:
+    overview = []
+    for row in rows_of(await conn.execute(query)):
         for key in ("machines", "online", "off", "needs_attention", "open_incidents"):
-            row[key] = int(row[key] or 0)
-        row["offline"] = row["machines"] - row["online"] - row["off"]
-    return rows
+            row[key] = int(row[key] or 0)  # NULL for a customer with no machines
+        overview.append(CustomerOverview(
+            **row, offline=row["machines"] - row["online"] - row["off"]))
+    return overview
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentLine(Incident):
+    """An incident with its latest decision's terms (each None before the first)."""
+
+    action: str | None
+    covered: bool | None
+    fee_vnd: int | None
+    due_at: dt.datetime | None
 
 
 async def incidents_page(
     conn: AsyncConnection, *, open_only: bool, customer_id: int | None, agent_id: str | None,
     limit: int, offset: int,
-) -> tuple[int, list[Row]]:
+) -> tuple[int, list[IncidentLine]]:
     """Incidents, open ones first then newest, with their latest decision; and how many match."""
     where = []
     if open_only:
@@ -73,49 +102,58 @@ async def incidents_page(
         where.append(incidents.c.agent_id == agent_id)
     total = (await conn.execute(sa.select(sa.func.count()).select_from(incidents).where(*where))).scalar_one()
     query = (
-        sa.select(incidents, agents.c.hostname, customers.c.name.label("customer"))
-        .select_from(incidents.join(agents, agents.c.id == incidents.c.agent_id)
-                     .join(customers, customers.c.id == incidents.c.customer_id))
-        .where(*where)
+        incident_query().where(*where)
         .order_by(sa.case((incidents.c.status == "open", 0), else_=1), incidents.c.id.desc())
         .limit(limit).offset(offset)
     )
-    rows = rows_of(await conn.execute(query))
-    await _with_decisions(conn, rows)
-    return int(total), rows
+    return int(total), await _with_decisions(conn, typed_rows(await conn.execute(query), Incident))
 
 
-async def _with_decisions(conn: AsyncConnection, rows: list[Row]) -> None:
-    """Add each incident's latest decision (action, covered, fee, due time) to its row: one
-    query for the rows shown, not a scan of every decision ever made."""
-    ids = [row["id"] for row in rows]
+_NO_DECISION: dict[str, Any] = {"action": None, "covered": None, "fee_vnd": None, "due_at": None}
+
+
+async def _with_decisions(conn: AsyncConnection, found: list[Incident]) -> list[IncidentLine]:
+    """Each incident with its latest decision (action, covered, fee, due time): one query for
+    the rows shown, not a scan of every decision ever made."""
+    ids = [incident.id for incident in found]
     latest = (sa.select(sa.func.max(decisions.c.id)).where(decisions.c.incident_id.in_(ids))
               .group_by(decisions.c.incident_id))
-    found = {d["incident_id"]: d for d in rows_of(await conn.execute(
+    terms = {d.pop("incident_id"): d for d in rows_of(await conn.execute(
         sa.select(decisions.c.incident_id, decisions.c.action, decisions.c.covered,
                   decisions.c.fee_vnd, decisions.c.due_at).where(decisions.c.id.in_(latest))))} if ids else {}
-    for row in rows:
-        decision = found.get(row["id"], {})
-        for key in ("action", "covered", "fee_vnd", "due_at"):
-            row[key] = decision.get(key)
+    return [IncidentLine(**{f.name: getattr(incident, f.name) for f in fields(Incident)},
+                         **terms.get(incident.id, _NO_DECISION))
+            for incident in found]
 
 
 async def incidents_between(conn: AsyncConnection, customer_id: int, start: dt.datetime,
-                            end: dt.datetime) -> list[Row]:
+                            end: dt.datetime) -> list[IncidentLine]:
     """A customer's incidents opened in [start, end), with their latest decision."""
     query = (
-        sa.select(incidents, agents.c.hostname)
-        .select_from(incidents.join(agents, agents.c.id == incidents.c.agent_id))
+        incident_query()
         .where(incidents.c.customer_id == customer_id, incidents.c.opened_at >= start,
                incidents.c.opened_at < end)
         .order_by(incidents.c.opened_at)
     )
-    rows = rows_of(await conn.execute(query))
-    await _with_decisions(conn, rows)
-    return rows
+    return await _with_decisions(conn, typed_rows(await conn.execute(query), Incident))
 
 
-async def machine_jobs(conn: AsyncConnection, agent_id: str, limit: int) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class MachineJob:
+    """A machine's part of a job, as its page lists it."""
+
+    job_id: int
+    kind: str
+    product: str | None
+    version: str | None
+    status: str
+    detail: str | None
+    created_by: str
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+async def machine_jobs(conn: AsyncConnection, agent_id: str, limit: int) -> list[MachineJob]:
     """A machine's update, reinstall and verify jobs, newest first, with its part's state."""
     query = (
         sa.select(job_machines.c.job_id, jobs.c.kind, job_machines.c.product, job_machines.c.version,
@@ -125,10 +163,25 @@ async def machine_jobs(conn: AsyncConnection, agent_id: str, limit: int) -> list
         .where(job_machines.c.agent_id == agent_id)
         .order_by(job_machines.c.id.desc()).limit(limit)
     )
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), MachineJob)
 
 
-async def customer_rollouts(conn: AsyncConnection, customer_id: int) -> list[Row]:
+@dataclass(frozen=True, slots=True)
+class CustomerRollout:
+    """A rollout as one customer saw it: its machines there and how they fared."""
+
+    id: int
+    product: str
+    version: str
+    kind: str
+    status: str
+    effective: dt.date | None
+    machines: int  # covered ones (a machine listed as not covered is not counted)
+    succeeded: int
+    failed: int
+
+
+async def customer_rollouts(conn: AsyncConnection, customer_id: int) -> list[CustomerRollout]:
     """Rollouts that reached any of a customer's machines, with that customer's counts
     (machines: those covered for it; a machine listed as not covered is not counted)."""
     machines = rollout_machines
@@ -145,26 +198,40 @@ async def customer_rollouts(conn: AsyncConnection, customer_id: int) -> list[Row
                   rollouts.c.status, rollouts.c.effective)
         .order_by(rollouts.c.id.desc())
     )
-    rows = rows_of(await conn.execute(query))
-    for row in rows:
+    found = []
+    for row in rows_of(await conn.execute(query)):
         for key in ("machines", "succeeded", "failed"):
-            row[key] = int(row[key] or 0)
-    return rows
+            row[key] = int(row[key] or 0)  # SUM of no rows is NULL
+        found.append(CustomerRollout(**row))
+    return found
 
 
 async def visits_between(conn: AsyncConnection, customer_id: int, start: dt.datetime,
-                         end: dt.datetime) -> list[Row]:
+                         end: dt.datetime) -> list[Visit]:
     """A customer's visits created or completed in [start, end)."""
     in_period = sa.or_(sa.and_(visits.c.created_at >= start, visits.c.created_at < end),
                        sa.and_(visits.c.completed_at >= start, visits.c.completed_at < end))
-    query = (sa.select(visits, agents.c.hostname)
-             .select_from(visits.join(agents, agents.c.id == visits.c.agent_id))
-             .where(visits.c.customer_id == customer_id, in_period).order_by(visits.c.due_at))
-    return rows_of(await conn.execute(query))
+    query = (visits_query().where(visits.c.customer_id == customer_id, in_period)
+             .order_by(visits.c.due_at))
+    return typed_rows(await conn.execute(query), Visit)
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledUpdate:
+    """A release installed on a customer's machines in a period."""
+
+    product: str
+    version: str
+    kind: str | None  # None: no release of that version is published (any more)
+    regulation_ref: str | None
+    effective: dt.date | None
+    machines: int
+    first: dt.datetime
+    last: dt.datetime
 
 
 async def installed_updates(conn: AsyncConnection, customer_id: int, start: dt.datetime,
-                            end: dt.datetime) -> list[Row]:
+                            end: dt.datetime) -> list[InstalledUpdate]:
     """Releases installed on a customer's machines in [start, end): one row per release."""
     query = (
         sa.select(job_machines.c.product, job_machines.c.version, releases.c.kind,
@@ -183,4 +250,4 @@ async def installed_updates(conn: AsyncConnection, customer_id: int, start: dt.d
                   releases.c.regulation_ref, releases.c.effective)
         .order_by(sa.func.min(job_machines.c.finished_at))
     )
-    return rows_of(await conn.execute(query))
+    return typed_rows(await conn.execute(query), InstalledUpdate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import re
@@ -13,6 +14,7 @@ import pytest
 
 from careline.coordinator import care_report as cr
 from careline.coordinator import i18n
+from careline.coordinator.storage.views import IncidentLine
 from careline.shared.errors import ConfigError
 
 UTC = dt.UTC
@@ -29,16 +31,25 @@ def test_month_bounds_are_the_customers_local_month() -> None:
             cr.month_bounds(bad, "UTC")
 
 
+def incident(opened: dt.datetime, **changes: Any) -> IncidentLine:
+    """A resolved high disk incident on KT-01, handled on site within its due time."""
+    row = IncidentLine(
+        id=1, agent_id="a1", customer_id=1, kind="reported", subject="", category="disk",
+        severity="high", status="resolved", opened_by="lan", opened_at=opened,
+        updated_at=opened, resolved_at=opened + dt.timedelta(hours=5), signals=1, touched=True,
+        detail="", resolution="done", waiting_on=None, customer="Minh Anh", hostname="KT-01",
+        action="onsite_reinstall", covered=True, fee_vnd=500_000,
+        due_at=opened + dt.timedelta(hours=6))
+    return dataclasses.replace(row, **changes)
+
+
 def test_handling_and_time_to_resolution() -> None:
     opened = dt.datetime(2026, 11, 3, 2, tzinfo=UTC)
-    row = {"id": 1, "hostname": "KT-01", "category": "disk", "severity": "high", "status": "resolved",
-           "opened_at": opened, "resolved_at": opened + dt.timedelta(hours=5), "action": "onsite_reinstall",
-           "covered": True, "fee_vnd": 500_000, "due_at": opened + dt.timedelta(hours=6)}
-    line = cr.incident_line(row)
+    line = cr.incident_line(incident(opened))
     assert (line["handled"], line["hours_to_resolve"], line["on_time"]) == ("on_site", 5.0, True)
-    late = cr.incident_line({**row, "due_at": opened + dt.timedelta(hours=4)})
+    late = cr.incident_line(incident(opened, due_at=opened + dt.timedelta(hours=4)))
     assert late["on_time"] is False
-    still_open = cr.incident_line({**row, "resolved_at": None, "action": "remote_update"})
+    still_open = cr.incident_line(incident(opened, resolved_at=None, action="remote_update"))
     assert (still_open["handled"], still_open["on_time"], still_open["hours_to_resolve"]) == (
         "remote", None, None)
     assert cr.handled(None) is None
@@ -63,11 +74,8 @@ def sample() -> dict[str, Any]:
             {"id": "a2", "hostname": "<b>PC</b>", "status": "offline", "coverage": "maintenance",
              "tier": "standard", "until": dt.date(2027, 6, 1), "products": {}},
         ],
-        "incidents": [cr.incident_line({
-            "id": 7, "hostname": "KETOAN-01", "category": "disk", "severity": "high",
-            "status": "resolved", "opened_at": t, "resolved_at": t + dt.timedelta(hours=3),
-            "action": "onsite_reinstall", "covered": True, "fee_vnd": 500_000,
-            "due_at": t + dt.timedelta(hours=6)})],
+        "incidents": [cr.incident_line(incident(
+            t, id=7, hostname="KETOAN-01", resolved_at=t + dt.timedelta(hours=3)))],
         "updates": [{"product": "KeToan", "version": "2026.2", "kind": "regulation",
                      "regulation_ref": "Thông tư 99/2025/TT-BTC", "effective": dt.date(2026, 1, 1),
                      "machines": 2, "first": t, "last": t}],

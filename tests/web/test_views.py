@@ -57,8 +57,8 @@ async def test_fleet_overview_counts_per_customer(db: Database) -> None:
     await incident(db, away, minh_anh, "resolved", NOW, [0])
     async with db.connect() as conn:
         rows = await views.fleet_overview(conn, NOW - dt.timedelta(minutes=2))
-    got = {r["name"]: (r["machines"], r["online"], r["off"], r["offline"], r["needs_attention"],
-                       r["open_incidents"]) for r in rows}
+    got = {r.name: (r.machines, r.online, r.off, r.offline, r.needs_attention,
+                       r.open_incidents) for r in rows}
     assert got == {"Acme": (2, 1, 0, 1, 1, 2), "Minh Anh": (2, 0, 1, 1, 0, 0)}
 
 
@@ -80,15 +80,15 @@ async def test_incident_pages_open_first_with_the_latest_decision(db: Database) 
     shown = first + rest
     assert total == 7
     assert len(shown) == 7
-    assert len({r["id"] for r in shown}) == 7
-    assert [r["status"] for r in shown] == ["open"] * 3 + ["resolved"] * 4
-    assert [r["id"] for r in shown[:3]] == [ids[6], ids[3], ids[0]]  # newest first within each
-    assert all(r["fee_vnd"] == (ids.index(r["id"])) * 1000 for r in shown)  # the latest decision
-    assert all(r["hostname"] == "pc-1" and r["customer"] == "Acme" for r in shown)
+    assert len({r.id for r in shown}) == 7
+    assert [r.status for r in shown] == ["open"] * 3 + ["resolved"] * 4
+    assert [r.id for r in shown[:3]] == [ids[6], ids[3], ids[0]]  # newest first within each
+    assert all(r.fee_vnd == (ids.index(r.id)) * 1000 for r in shown)  # the latest decision
+    assert all(r.hostname == "pc-1" and r.customer == "Acme" for r in shown)
     assert open_total == 3
-    assert {r["id"] for r in open_rows} == {ids[0], ids[3], ids[6]}
-    assert [r["id"] for r in month] == ids[:3]
-    assert month[0]["action"] == "onsite_reinstall"
+    assert {r.id for r in open_rows} == {ids[0], ids[3], ids[6]}
+    assert [r.id for r in month] == ids[:3]
+    assert month[0].action == "onsite_reinstall"
 
 
 async def test_sessions_are_stored_found_with_their_technician_and_pruned(db: Database) -> None:
@@ -142,4 +142,4 @@ async def test_rollouts_touching_a_customer_count_only_its_machines(db: Database
             {"rollout_id": 2, "agent_id": theirs, "customer_id": other, "wave": 0, "state": "succeeded"}])
     async with db.connect() as conn:
         mine = await views.customer_rollouts(conn, acme)
-    assert [(r["id"], r["machines"], r["succeeded"], r["failed"]) for r in mine] == [(1, 2, 1, 1)]
+    assert [(r.id, r.machines, r.succeeded, r.failed) for r in mine] == [(1, 2, 1, 1)]
