@@ -38,20 +38,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loopback import free_port
 from measure import percentile
 
 PAGES = ("fleet_page", "incidents_page", "customer_page", "expiring_page", "api_fleet_overview",
          "api_incidents_page")
 PYTHON = sys.executable
 CLI = [PYTHON, "-m", "careline.coordinator.cli"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def customer_of(i: int, machines: int, customers: int, big_share: float) -> int:

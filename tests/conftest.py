@@ -6,6 +6,8 @@ Everything listens on 127.0.0.1 only. PostgreSQL tests get a fresh database each
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import signal
@@ -24,8 +26,46 @@ PG_ADMIN_URL = os.environ.get("CARELINE_TEST_PG", "postgresql://127.0.0.1:5432/t
 PYTHON = sys.executable
 
 
+PORT_SPAN = 12_000  # the ports below the kernel's range for outgoing connections that tests use
+
+
+def ephemeral_low() -> int:
+    """Where the kernel's range for outgoing connections' local ports starts."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def worker_ports(worker: str, workers: int, low: int) -> range:
+    """Pytest-xdist worker `worker` ("gw0", ...; "" without xdist)'s own slice of the
+    PORT_SPAN ports below `low`."""
+    first = max(1024, low - PORT_SPAN)
+    size = (low - first) // max(1, workers)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    return range(first + index * size, first + (index + 1) * size)
+
+
+_ports: Iterator[int] | None = None
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, from this worker's slice in turn. Bound to port 0, two
+    xdist workers were given the same port between one's check and its server's bind (a
+    coordinator then failed to start, "address already in use", and the test talked to the
+    other worker's server), and ports in the kernel's range for outgoing connections are
+    taken by them."""
+    global _ports
+    if _ports is None:
+        ports = worker_ports(os.environ.get("PYTEST_XDIST_WORKER", ""),
+                             int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), ephemeral_low())
+        offset = os.getpid() % len(ports)  # elsewhere each run: the last run's may be in TIME_WAIT
+        _ports = itertools.cycle([*ports[offset:], *ports[:offset]])
+    for port in itertools.islice(_ports, 2000):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as s:  # the slice is taken: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
