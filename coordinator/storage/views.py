@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -106,23 +106,24 @@ async def incidents_page(
         .order_by(sa.case((incidents.c.status == "open", 0), else_=1), incidents.c.id.desc())
         .limit(limit).offset(offset)
     )
-    return int(total), await _with_decisions(conn, typed_rows(await conn.execute(query), Incident))
+    return int(total), await _with_decisions(conn, query)
 
 
 _NO_DECISION: dict[str, Any] = {"action": None, "covered": None, "fee_vnd": None, "due_at": None}
 
 
-async def _with_decisions(conn: AsyncConnection, found: list[Incident]) -> list[IncidentLine]:
-    """Each incident with its latest decision (action, covered, fee, due time): one query for
-    the rows shown, not a scan of every decision ever made."""
-    ids = [incident.id for incident in found]
+async def _with_decisions(conn: AsyncConnection, query: sa.Select[Any]) -> list[IncidentLine]:
+    """The incidents `query` (an incident_query) selects, each with its latest decision
+    (action, covered, fee, due time): one query for the rows shown, not a scan of every
+    decision ever made."""
+    found = rows_of(await conn.execute(query))
+    ids = [incident["id"] for incident in found]
     latest = (sa.select(sa.func.max(decisions.c.id)).where(decisions.c.incident_id.in_(ids))
               .group_by(decisions.c.incident_id))
     terms = {d.pop("incident_id"): d for d in rows_of(await conn.execute(
         sa.select(decisions.c.incident_id, decisions.c.action, decisions.c.covered,
                   decisions.c.fee_vnd, decisions.c.due_at).where(decisions.c.id.in_(latest))))} if ids else {}
-    return [IncidentLine(**{f.name: getattr(incident, f.name) for f in fields(Incident)},
-                         **terms.get(incident.id, _NO_DECISION))
+    return [IncidentLine(**incident, **terms.get(incident["id"], _NO_DECISION))
             for incident in found]
 
 
@@ -135,7 +136,7 @@ async def incidents_between(conn: AsyncConnection, customer_id: int, start: dt.d
                incidents.c.opened_at < end)
         .order_by(incidents.c.opened_at)
     )
-    return await _with_decisions(conn, typed_rows(await conn.execute(query), Incident))
+    return await _with_decisions(conn, query)
 
 
 @dataclass(frozen=True, slots=True)
