@@ -222,10 +222,9 @@ async def list_incidents(ctx: Context, p: ListIncidents) -> list[dict[str, Any]]
         rows = []
         for incident in await service.list_incidents(conn, open_only=p.open,
                                                      customer_id=customer_id, agent_id=agent_id):
-            decision = await service.latest_decision(conn, incident.id)
-            terms = {} if decision is None else dataclasses.asdict(decision)
+            decision = await service.latest_decision(conn, incident.id)  # None: no terms yet
             rows.append({**dataclasses.asdict(incident),
-                         **{key: terms.get(key) for key in ("action", "fee_vnd", "due_at")}})
+                         **{key: getattr(decision, key, None) for key in ("action", "fee_vnd", "due_at")}})
     return rows
 
 

@@ -9,7 +9,6 @@ inserts one row per recipient; the sender (coordinator.notify.sender) delivers t
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -109,14 +108,13 @@ async def incident_facts(conn: AsyncConnection, incident_id: int) -> dict[str, A
     """What a message about an incident says: machine, customer, decision, fee, due time."""
     incident = await service.get_incident(conn, incident_id)
     agent = await fstore.get_agent(conn, incident.agent_id)
-    decision = await service.latest_decision(conn, incident_id)
-    terms = {} if decision is None else dataclasses.asdict(decision)
+    decision = await service.latest_decision(conn, incident_id)  # None: each term is None
     return {
         "incident": incident_id, "kind": incident.kind, "subject": incident.subject,
         "category": incident.category, "severity": incident.severity,
         "detail": incident.detail, "machine": agent.id, "hostname": agent.hostname,
         "customer": agent.customer,
-        **{key: terms.get(key) for key in ("action", "covered", "fee_vnd", "due_at")},
+        **{key: getattr(decision, key, None) for key in ("action", "covered", "fee_vnd", "due_at")},
         "opened_at": incident.opened_at,
     }
 
